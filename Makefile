@@ -1,0 +1,60 @@
+# Every target creates or updates .venv itself, so each works on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+ARGS ?=
+
+.PHONY: demo test lint typecheck pytest bench system-deps node-deps golden clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=25.1"
+
+# The runtime install: the package and its dependencies only.
+$(VENV)/.run-installed: pyproject.toml | $(BIN)/python
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# The test install: the runtime plus the `test` dependency group (PEP 735; pip >= 25.1).
+$(VENV)/.test-installed: pyproject.toml $(VENV)/.run-installed
+	$(PY) -m pip install -q --group test -e .
+	touch $@
+
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.test-installed
+	$(PY) -m pip install -q --group bench -e .
+	touch $@
+
+demo: $(VENV)/.run-installed
+	$(BIN)/ehpc-image-exporter demo $(ARGS)
+
+# System tools the tests drive for real (Prometheus, Alertmanager, wrk, Node for schema checks).
+system-deps:
+	bash scripts/install-system-deps.sh
+
+node-deps: system-deps
+	cd tools/node && (npm ci --no-audit --no-fund --silent || npm install --no-audit --no-fund --silent)
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.test-installed
+	$(BIN)/mypy
+
+pytest: $(VENV)/.test-installed system-deps node-deps
+	$(BIN)/pytest $(ARGS)
+
+test: lint typecheck pytest
+
+bench: $(VENV)/.bench-installed system-deps
+	$(PY) -m bench $(ARGS)
+
+# Regenerate the golden expositions and the dashboard JSON after an intended change.
+golden: $(VENV)/.test-installed
+	UPDATE_GOLDEN=1 $(BIN)/pytest -q tests/test_golden.py
+	$(PY) -m grafana.build
+
+clean:
+	rm -rf $(VENV) tools/node/node_modules .mypy_cache .ruff_cache .pytest_cache

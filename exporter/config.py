@@ -1,0 +1,134 @@
+"""The frozen runtime configuration the exporter runs on.
+
+``exporter.settings`` validates the YAML file and CLI flags into these objects; everything after start-up
+reads only these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+DEFAULT_LISTEN_ADDRESS = ":9765"  # the exporter's default port; see README "Ports"
+DEFAULT_TELEMETRY_PATH = "/metrics"
+DEFAULT_STATUS_VOCABULARY = ("Available", "Creating", "Waiting", "UnAvailable", "CreateFailed", "Deprecated")
+
+CredentialType = Literal[
+    "default", "access_key", "sts", "credentials_uri", "ecs_ram_role", "ram_role_arn", "oidc_role_arn"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """Retry policy of one API call: exponential backoff with full jitter, bounded twice."""
+
+    max_attempts: int = 4
+    base_delay_seconds: float = 0.2
+    max_delay_seconds: float = 5.0
+    max_elapsed_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """Where and how fast to call the E-HPC Instant API."""
+
+    region_id: str = "cn-hangzhou"
+    # Overrides the host built from region_id: "host[:port]" or a full "http(s)://host[:port]" URL.
+    endpoint: str | None = None
+    network: Literal["public", "vpc"] = "public"
+    protocol: Literal["https", "http"] = "https"
+    ca_file: str | None = None  # extra CA bundle (e.g. the simulator's throwaway CA)
+    timeout_seconds: float = 10.0  # one attempt, connect to last byte
+    connect_timeout_seconds: float = 5.0
+    max_concurrency: int = 50
+    qps: float = 20.0  # 0 disables the budget
+    max_response_bytes: int = 4 * 1024 * 1024
+    retry: RetryConfig = field(default_factory=RetryConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialsConfig:
+    """Explicit credentials; absent means the alibabacloud-credentials default chain."""
+
+    type: CredentialType = "default"
+    access_key_id: str | None = None
+    access_key_secret: str | None = field(default=None, repr=False)
+    security_token: str | None = field(default=None, repr=False)
+    credentials_uri: str | None = None
+    role_arn: str | None = None
+    role_session_name: str | None = None
+    oidc_provider_arn: str | None = None
+    oidc_token_file: str | None = None
+    role_name: str | None = None  # ecs_ram_role
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedImage:
+    """One image to watch, as GetImage is asked about it."""
+
+    image_id: str
+    image_type: Literal["VM", "Container"] = "VM"
+    image_category: Literal["Public", "Custom"] | None = None
+    additional_region_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryConfig:
+    """Watch images found by ListImages as well as the static list."""
+
+    enabled: bool = False
+    image_type: Literal["VM", "Container"] | None = None
+    image_category: Literal["Public", "Custom"] | None = None
+    name_regex: str | None = None
+    image_ids: tuple[str, ...] = ()
+    additional_region_ids: tuple[str, ...] = ()  # asked of every discovered image
+    page_size: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshConfig:
+    """The refresh loop's cadence."""
+
+    interval_seconds: float = 60.0
+    jitter_ratio: float = 0.1  # each sleep is interval * (1 ± jitter_ratio)
+    image_timeout_seconds: float = 30.0  # one image, retries included
+
+
+@dataclass(frozen=True, slots=True)
+class StatusConfig:
+    """What the exporter calls healthy, and which statuses every state set always carries."""
+
+    healthy: tuple[str, ...] = ("Available",)
+    replication_healthy: tuple[str, ...] = ("Available",)
+    vocabulary: tuple[str, ...] = DEFAULT_STATUS_VOCABULARY
+
+
+@dataclass(frozen=True, slots=True)
+class ShardingConfig:
+    """Split the watched set across replicas: this replica keeps hash(image_id) mod shards == shard."""
+
+    shards: int = 1
+    shard: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The exporter's own HTTP server."""
+
+    listen_address: str = DEFAULT_LISTEN_ADDRESS
+    telemetry_path: str = DEFAULT_TELEMETRY_PATH
+    config_file: str | None = None  # Prometheus exporter-toolkit web config (TLS, basic auth)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole runtime configuration."""
+
+    api: ApiConfig = field(default_factory=ApiConfig)
+    credentials: CredentialsConfig | None = None
+    images: tuple[WatchedImage, ...] = ()
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    web: WebConfig = field(default_factory=WebConfig)

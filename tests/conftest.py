@@ -1,0 +1,6 @@
+"""Shared pytest configuration; fixtures live in tests/fixtures/ and are registered here."""
+
+pytest_plugins = [
+    "tests.fixtures.sim",
+    "tests.fixtures.tls",
+]
