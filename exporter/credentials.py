@@ -1,0 +1,193 @@
+"""Alibaba Cloud credentials for the API client, through alibabacloud-credentials (default chain or explicit).
+
+Every failure of the library (a missing provider, a bad answer from a credentials URI, an unreachable STS)
+becomes ``ApiError(code="CredentialError", http_status=0)`` with a message scrubbed of anything that could
+be a secret; nothing here raises anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from exporter.config import CredentialsConfig
+from exporter.openapi.errors import CREDENTIAL_ERROR, ApiError
+
+_MAX_MESSAGE = 600
+
+# Library messages embed whole response bodies ("... result: {...AccessKeySecret...}") and URIs whose query
+# may carry a token; these patterns cut both out.
+_BODY_RE = re.compile(
+    r"((?:result|response|body)\s*[:=]\s*).*?(?=', '|'\]|\"\]|$)", re.IGNORECASE | re.DOTALL
+)
+_SECRET_KV_RE = re.compile(
+    r"""(["']?[\w-]*(?:secret|token|password|passwd)[\w-]*["']?\s*[:=]\s*)"""
+    r"""("[^"]*"|'[^']*'|[^\s,;}&'"]+)""",
+    re.IGNORECASE,
+)
+_URL_QUERY_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"]*)\?[^\s#'\"]*", re.IGNORECASE)
+
+
+def scrub(message: str) -> str:
+    """Remove response bodies, secret-looking key/value pairs and URL queries from a library message."""
+    message = _BODY_RE.sub(r"\1<redacted>", message)
+    message = _URL_QUERY_RE.sub(r"\1?<redacted>", message)
+    message = _SECRET_KV_RE.sub(r"\1<redacted>", message)
+    message = " ".join(message.split())
+    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
+
+
+class _ScrubFilter(logging.Filter):
+    """Rewrites the library's log records so they cannot carry a secret (its warnings quote responses)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = scrub(record.getMessage())
+        record.args = ()
+        record.exc_info = None  # tracebacks repeat the unscrubbed exception message
+        record.exc_text = None
+        return True
+
+
+def _tame_library_logger() -> None:
+    # alibabacloud-credentials attaches its own stderr handler at INFO to the "credentials" logger and logs
+    # failed refreshes with the raw response body; route its records through the application's logging
+    # instead, scrubbed and from WARNING up.
+    lib = logging.getLogger("credentials")
+    for handler in list(lib.handlers):
+        lib.removeHandler(handler)
+    if not any(isinstance(f, _ScrubFilter) for f in lib.filters):
+        lib.addFilter(_ScrubFilter())
+    lib.setLevel(logging.WARNING)
+    lib.propagate = True
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """One AccessKey pair, plus the STS token when the key is temporary; secrets stay out of repr."""
+
+    access_key_id: str
+    access_key_secret: str = field(repr=False)
+    security_token: str | None = field(default=None, repr=False)
+
+
+class CredentialSource(Protocol):
+    """Where the client gets the credential to sign each attempt with."""
+
+    async def get(self) -> Credential:
+        """The current credential; raises ``ApiError(code="CredentialError")`` on failure."""
+        ...
+
+
+def credential_error(message: str) -> ApiError:
+    """A ``CredentialError`` with a scrubbed message."""
+    return ApiError(code=CREDENTIAL_ERROR, message=scrub(message), http_status=0)
+
+
+class StaticCredentialSource:
+    """A fixed credential (tests, benchmarks); no library involved."""
+
+    def __init__(self, credential: Credential) -> None:
+        self._credential = credential
+
+    async def get(self) -> Credential:
+        """Return the fixed credential."""
+        return self._credential
+
+
+class LibraryCredentialSource:
+    """Credentials from an alibabacloud-credentials client, which caches and refreshes them.
+
+    The library's refresh guard is a ``threading.Lock`` taken with a blocking 5 s timeout, so two
+    coroutines refreshing at once would stall the event loop; an ``asyncio.Lock`` keeps them in line.
+    The library client is built on first use, and rebuilt on the next call if building it failed.
+    """
+
+    def __init__(self, factory: Callable[[], Any], description: str) -> None:
+        self._factory = factory
+        self._client: Any = None
+        self._lock = asyncio.Lock()
+        self._last: Credential | None = None
+        self.description = description
+
+    async def get(self) -> Credential:
+        """Fetch (normally: read from the library's cache) the current credential."""
+        async with self._lock:
+            try:
+                if self._client is None:
+                    self._client = self._factory()
+                model = await self._client.get_credential_async()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any library failure is a CredentialError, never a crash
+                raise credential_error(
+                    f"{self.description}: {type(exc).__name__}: {_exception_message(exc)}"
+                ) from None
+        ak = getattr(model, "access_key_id", None)
+        secret = getattr(model, "access_key_secret", None)
+        token = getattr(model, "security_token", None) or None
+        if not isinstance(ak, str) or not ak or not isinstance(secret, str) or not secret:
+            raise credential_error(f"{self.description}: the provider returned an empty AccessKey")
+        if token is not None and not isinstance(token, str):
+            raise credential_error(f"{self.description}: the provider returned a malformed security token")
+        last = self._last
+        # Reuse the previous object while nothing changed: the common case costs no allocation.
+        if (
+            last is not None
+            and last.access_key_id == ak
+            and last.access_key_secret == secret
+            and last.security_token == token
+        ):
+            return last
+        self._last = Credential(ak, secret, token)
+        return self._last
+
+
+def _exception_message(exc: BaseException) -> str:
+    msg = getattr(exc, "message", None)
+    return msg if isinstance(msg, str) and msg else str(exc)
+
+
+def _library_config(cfg: CredentialsConfig) -> Any:
+    from alibabacloud_credentials.models import Config as LibConfig
+
+    common: dict[str, Any] = {"type": cfg.type}
+    if cfg.type in ("access_key", "sts", "ram_role_arn"):
+        common.update(access_key_id=cfg.access_key_id, access_key_secret=cfg.access_key_secret)
+    if cfg.type in ("sts", "ram_role_arn"):
+        common["security_token"] = cfg.security_token
+    if cfg.type == "credentials_uri":
+        common["credentials_uri"] = cfg.credentials_uri
+    if cfg.type == "ecs_ram_role":
+        common["role_name"] = cfg.role_name
+    if cfg.type in ("ram_role_arn", "oidc_role_arn"):
+        common.update(role_arn=cfg.role_arn, role_session_name=cfg.role_session_name)
+    if cfg.type == "oidc_role_arn":
+        common.update(oidc_provider_arn=cfg.oidc_provider_arn, oidc_token_file_path=cfg.oidc_token_file)
+    return LibConfig(**common)
+
+
+def build_credential_source(cfg: CredentialsConfig | None) -> CredentialSource:
+    """A source for ``cfg``; ``None`` or type ``default`` is the library's default provider chain.
+
+    Never raises: a configuration the library rejects surfaces as ``CredentialError`` on ``get()``.
+    """
+    _tame_library_logger()
+
+    def default_chain() -> Any:
+        from alibabacloud_credentials.client import Client
+
+        return Client()
+
+    if cfg is None or cfg.type == "default":
+        return LibraryCredentialSource(default_chain, "default credential chain")
+
+    def explicit() -> Any:
+        from alibabacloud_credentials.client import Client
+
+        return Client(_library_config(cfg))
+
+    return LibraryCredentialSource(explicit, f"credentials type {cfg.type}")

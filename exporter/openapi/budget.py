@@ -1,0 +1,93 @@
+"""The call budget of one API client: a QPS token bucket and a concurrency cap, shared by every attempt."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+
+class TokenBucket:
+    """Spaces sends ``1/qps`` apart on a virtual schedule (GCRA with a burst of one token).
+
+    Each taker reserves the next free send time and sleeps until then, so the rate is exact however
+    late the event loop wakes a sleeper (lateness does not accumulate), no background task ticks, and
+    after an idle spell only one send goes out at once: a server limit of ``qps`` is never exceeded.
+    """
+
+    __slots__ = ("_interval", "_next")
+
+    def __init__(self, qps: float) -> None:
+        if qps < 0:
+            raise ValueError("qps must be >= 0")
+        self._interval = 1.0 / qps if qps > 0 else 0.0
+        self._next = float("-inf")
+
+    @property
+    def qps(self) -> float:
+        """The configured rate; 0 means unlimited."""
+        return 1.0 / self._interval if self._interval else 0.0
+
+    async def take(self) -> None:
+        """Wait for this caller's send slot."""
+        interval = self._interval
+        if not interval:
+            return
+        now = asyncio.get_running_loop().time()
+        slot = self._next if self._next > now else now
+        self._next = slot + interval
+        delay = slot - now
+        if delay <= 0:
+            return
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            # Hand the slot back if nobody queued behind it, so a cancelled caller costs no rate.
+            if self._next == slot + interval:
+                self._next = slot
+            raise
+
+
+class Budget:
+    """Concurrency cap first, then a token: a held slot never lets queued tokens fire in a burst."""
+
+    __slots__ = ("_bucket", "_sem", "in_flight", "max_concurrency", "max_in_flight")
+
+    def __init__(self, qps: float, max_concurrency: int) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        self._bucket = TokenBucket(qps)
+        self._sem = asyncio.Semaphore(max_concurrency)
+        self.max_concurrency = max_concurrency
+        self.in_flight = 0  # attempts holding a slot right now
+        self.max_in_flight = 0  # high-water mark, for tests and debugging
+
+    @property
+    def qps(self) -> float:
+        """The configured rate; 0 means unlimited."""
+        return self._bucket.qps
+
+    async def acquire(self) -> None:
+        """Take a concurrency slot, then wait for a send slot of the token bucket."""
+        await self._sem.acquire()
+        try:
+            await self._bucket.take()
+        except BaseException:
+            self._sem.release()
+            raise
+        self.in_flight += 1
+        if self.in_flight > self.max_in_flight:
+            self.max_in_flight = self.in_flight
+
+    def release(self) -> None:
+        """Give the concurrency slot back."""
+        self.in_flight -= 1
+        self._sem.release()
+
+    async def __aenter__(self) -> Budget:
+        await self.acquire()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()

@@ -1,0 +1,428 @@
+"""The signed async client of the E-HPC Instant OpenAPI (ACS3-HMAC-SHA256, RPC style, version 2023-07-01).
+
+One pooled aiohttp session per client; every attempt is budgeted (concurrency cap, then a QPS token),
+signed with a fresh date and nonce, bounded by a timeout and a response-size cap, and every failure
+surfaces as :class:`ApiError`. Retries (exponential backoff, full jitter, ``x-acs-retry-after`` as a lower
+bound) are bounded by ``RetryConfig.max_attempts`` and ``max_elapsed_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import random
+import ssl
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
+
+import aiohttp
+import structlog
+import yarl
+
+from exporter import __version__
+from exporter.config import ApiConfig
+from exporter.credentials import CredentialSource
+from exporter.models import Image, ImageSummary, parse_get_image, parse_list_images
+from exporter.openapi.budget import Budget
+from exporter.openapi.errors import CONNECTION_ERROR, INVALID_RESPONSE, TIMEOUT, ApiError
+from exporter.openapi.signing import canonical_query, sign
+
+API_VERSION = "2023-07-01"
+PRODUCT_HOST = "ehpcinstant"
+USER_AGENT = (
+    f"ehpc-image-exporter/{__version__} Python/{platform.python_version()} aiohttp/{aiohttp.__version__}"
+)
+_MAX_MESSAGE = 300
+_MAX_LIST_PAGES = 10_000  # hard stop for ListImages, whatever TotalCount claims
+_EMPTY = b""
+
+log = structlog.get_logger("ehpc.api")
+T = TypeVar("T")
+
+
+class ApiObserver(Protocol):
+    """Told about every attempt (each retry counts), with its duration and its error or ``None``."""
+
+    def on_attempt(self, action: str, duration_seconds: float, error: ApiError | None) -> None:
+        """Record one attempt."""
+        ...
+
+
+def compact_json_list(values: Sequence[str]) -> str:
+    """The SDK's encoding of list parameters (``["a","b"]``), not flattened to ``X.1``/``X.2``."""
+    return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False)
+
+
+def resolve_endpoint(api: ApiConfig) -> tuple[str, str]:
+    """``(scheme, host)`` to call; ``host`` is the exact ``Host`` value, with any non-default port.
+
+    ``api.endpoint`` may be ``host[:port]`` (scheme from ``api.protocol``) or a full ``http(s)://`` URL.
+    Raises ``ValueError`` for an endpoint that is not a bare origin.
+    """
+    if not api.endpoint:
+        suffix = "-vpc" if api.network == "vpc" else ""
+        return api.protocol, f"{PRODUCT_HOST}{suffix}.{api.region_id}.aliyuncs.com"
+    raw = api.endpoint.strip()
+    url = yarl.URL(raw if "://" in raw else f"{api.protocol}://{raw}")
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"api.endpoint {raw!r}: expected host[:port] or an http(s):// URL")
+    if url.user or url.password or url.path not in ("", "/") or url.query_string or url.fragment:
+        raise ValueError(f"api.endpoint {raw!r}: only scheme, host and port are allowed")
+    return url.scheme, url.host_port_subcomponent or url.host
+
+
+def _short(message: str) -> str:
+    # SignatureDoesNotMatch quotes the server's string to sign: no secret, but long and noisy.
+    cut = message.lower().find("server string to sign is:")
+    if cut >= 0:
+        message = message[:cut].rstrip()
+    message = " ".join(message.split())
+    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``x-acs-retry-after`` (milliseconds) to seconds; ignored unless a positive integer."""
+    if not value:
+        return None
+    try:
+        ms = int(value.strip())
+    except ValueError:
+        return None
+    return ms / 1000.0 if ms > 0 else None
+
+
+def error_from_response(action: str, status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
+    """The :class:`ApiError` of a non-2xx answer: its JSON body, or ``InvalidResponse`` if it has none."""
+    retry_after = _retry_after(headers.get("x-acs-retry-after"))
+    request_id = headers.get("x-acs-request-id") or None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    code = data.get("Code") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(code, str) or not code:
+        return ApiError(
+            code=INVALID_RESPONSE,
+            message=f"{action}: HTTP {status} without a JSON error body",
+            http_status=status,
+            request_id=request_id,
+            action=action,
+            retry_after=retry_after,
+        )
+    message = data.get("Message")
+    rid = data.get("RequestId")
+    return ApiError(
+        code=code,
+        message=_short(message) if isinstance(message, str) else "",
+        http_status=status,
+        request_id=rid if isinstance(rid, str) and rid else request_id,
+        action=action,
+        retry_after=retry_after,
+    )
+
+
+class EhpcClient:
+    """Signed, budgeted, retrying calls to one E-HPC Instant endpoint; use as ``async with``."""
+
+    def __init__(
+        self, api: ApiConfig, credentials: CredentialSource, *, observer: ApiObserver | None = None
+    ) -> None:
+        self._api = api
+        self._credentials = credentials
+        self._observer = observer
+        self._scheme, self._host = resolve_endpoint(api)
+        self.base_url = f"{self._scheme}://{self._host}/"
+        self.budget = Budget(api.qps, api.max_concurrency)
+        self._timeout = aiohttp.ClientTimeout(
+            total=api.timeout_seconds, connect=min(api.connect_timeout_seconds, api.timeout_seconds)
+        )
+        # Headers that never change, computed once; the per-attempt ones are added to a copy.
+        self._static_headers = {
+            "host": self._host,
+            "accept": "application/json",
+            "user-agent": USER_AGENT,
+            "x-acs-version": API_VERSION,
+        }
+        self._session: aiohttp.ClientSession | None = None
+        self._proxy: str | None = None
+        self._date_second = -1
+        self._date = ""
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> EhpcClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the pooled session (a later call opens a new one)."""
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        session = self._session
+        if session is not None and not session.closed:
+            return session
+        ssl_context: ssl.SSLContext | bool = False
+        if self._scheme == "https":
+            ssl_context = ssl.create_default_context()
+            if self._api.ca_file:
+                ssl_context.load_verify_locations(cafile=self._api.ca_file)  # added to the default trust
+        connector = aiohttp.TCPConnector(
+            limit=self._api.max_concurrency, ssl=ssl_context, ttl_dns_cache=300, keepalive_timeout=10
+        )
+        # trust_env would re-read proxy variables and ~/.netrc on every request; resolve the proxy once.
+        host_only = yarl.URL(self.base_url).host or ""
+        self._proxy = (
+            None
+            if urllib.request.proxy_bypass(host_only)
+            else (urllib.request.getproxies().get(self._scheme))
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            skip_auto_headers=("Accept-Encoding",),  # identity bodies: the size cap is the wire size
+            raise_for_status=False,
+        )
+        return self._session
+
+    # -- public API --------------------------------------------------------------------------------------
+
+    async def get_image(
+        self,
+        image_id: str,
+        *,
+        image_type: str | None = None,
+        image_category: str | None = None,
+        additional_region_ids: Sequence[str] = (),
+    ) -> Image:
+        """GetImage for ``image_id``; the returned ``Image.image_id`` is the requested id."""
+        params = {"ImageId": image_id}
+        if image_type:
+            params["ImageType"] = image_type
+        if image_category:
+            params["ImageCategory"] = image_category
+        if additional_region_ids:
+            params["AdditionalRegionIds"] = compact_json_list(additional_region_ids)
+        return await self._call("GetImage", params, lambda body: parse_get_image(body, image_id))
+
+    async def list_images(
+        self,
+        *,
+        image_type: str | None = None,
+        image_category: str | None = None,
+        image_ids: Sequence[str] = (),
+        image_names: Sequence[str] = (),
+        mode: str | None = None,
+        page_size: int = 50,
+    ) -> list[ImageSummary]:
+        """ListImages, every page: continue while ``PageNumber*PageSize < TotalCount``, stop on an empty page.
+
+        A server whose paging never ends (more pages than its first ``TotalCount`` allows, or the same
+        page again) raises ``InvalidResponse`` rather than looping.
+        """
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        base: dict[str, str] = {"PageSize": str(page_size)}
+        if image_type:
+            base["ImageType"] = image_type
+        if image_category:
+            base["ImageCategory"] = image_category
+        if image_ids:
+            base["ImageIds"] = compact_json_list(image_ids)
+        if image_names:
+            base["ImageNames"] = compact_json_list(image_names)
+        if mode:
+            base["Mode"] = mode
+        out: list[ImageSummary] = []
+        page_limit = _MAX_LIST_PAGES
+        previous: tuple[ImageSummary, ...] | None = None
+        page_number = 1
+        while True:
+            page = await self._call("ListImages", {**base, "PageNumber": str(page_number)}, parse_list_images)
+            if not page.images:
+                break
+            if page.images == previous:
+                raise self._paging_error(
+                    f"page {page_number} repeats page {page_number - 1}", page.request_id
+                )
+            previous = page.images
+            out.extend(page.images)
+            size = page.page_size if page.page_size > 0 else page_size  # the server may cap PageSize
+            if page_number == 1:
+                page_limit = min(_MAX_LIST_PAGES, -(-page.total_count // size) + 1)
+            if page_number * size >= page.total_count:
+                break
+            page_number += 1
+            if page_number > page_limit:
+                raise self._paging_error(f"paging did not end after {page_limit} pages", page.request_id)
+        return out
+
+    @staticmethod
+    def _paging_error(what: str, request_id: str) -> ApiError:
+        return ApiError(
+            code=INVALID_RESPONSE,
+            message=f"ListImages: {what}",
+            http_status=200,
+            request_id=request_id or None,
+            action="ListImages",
+        )
+
+    # -- machinery ---------------------------------------------------------------------------------------
+
+    async def _call(self, action: str, params: Mapping[str, str], parse: Callable[[Any], T]) -> T:
+        """One logical call: budgeted attempts with backoff until success, a final error or the deadline."""
+        query = canonical_query(params)
+        # encoded=True: the bytes on the wire are exactly the canonical query that was signed.
+        url = yarl.URL(f"{self.base_url}?{query}" if query else self.base_url, encoded=True)
+        retry = self._api.retry
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        error: ApiError | None = None
+        attempt = 0
+        while True:
+            async with self.budget:
+                start = loop.time()
+                if deadline is None:
+                    # The retry clock starts at the first send, not while queued behind the budget.
+                    deadline = start + retry.max_elapsed_seconds
+                elif start >= deadline and error is not None:
+                    raise error  # the wait for a send slot used up the time left
+                try:
+                    result = parse(await self._attempt(action, url, query))
+                except ApiError as exc:
+                    error = exc
+                    if error.action is None:
+                        error.action = action
+                    self._observe(action, loop.time() - start, error)
+                else:
+                    self._observe(action, loop.time() - start, None)
+                    return result
+            attempt += 1
+            if attempt >= retry.max_attempts or not error.retryable:
+                raise error
+            ceiling = min(retry.max_delay_seconds, retry.base_delay_seconds * 2 ** (attempt - 1))
+            delay = random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
+            if error.retry_after is not None and error.retry_after > delay:
+                delay = error.retry_after
+            if loop.time() + delay > deadline:
+                raise error  # never sleep past the deadline: the last error is the answer
+            log.debug("api_retry", action=action, code=error.code, attempt=attempt, delay=round(delay, 3))
+            await asyncio.sleep(delay)
+
+    def _observe(self, action: str, duration: float, error: ApiError | None) -> None:
+        observer = self._observer
+        if observer is None:
+            return
+        try:
+            observer.on_attempt(action, duration, error)
+        except Exception:  # an observer bug must not turn a call into a non-ApiError failure
+            log.exception("api_observer_failed", action=action)
+
+    def _headers(
+        self, action: str, query: str, access_key_id: str, secret: str, token: str | None
+    ) -> dict[str, str]:
+        now = int(time.time())
+        if now != self._date_second:
+            self._date_second = now
+            self._date = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        headers = self._static_headers.copy()
+        headers["x-acs-action"] = action
+        headers["x-acs-date"] = self._date
+        headers["x-acs-signature-nonce"] = uuid.uuid4().hex
+        if token:
+            headers["x-acs-accesskey-id"] = access_key_id
+            headers["x-acs-security-token"] = token
+        return sign(
+            method="POST",
+            query=query,
+            headers=headers,
+            body=_EMPTY,
+            access_key_id=access_key_id,
+            access_key_secret=secret,
+        )
+
+    async def _attempt(self, action: str, url: yarl.URL, query: str) -> Any:
+        """One signed HTTP attempt; returns the decoded JSON of a 2xx answer or raises :class:`ApiError`."""
+        cred = await self._credentials.get()
+        headers = self._headers(
+            action, query, cred.access_key_id, cred.access_key_secret, cred.security_token
+        )
+        session = self._get_session()
+        try:
+            async with session.post(url, headers=headers, allow_redirects=False, proxy=self._proxy) as resp:
+                status = resp.status
+                body = await self._read_body(action, resp)
+                if 200 <= status < 300:
+                    try:
+                        return json.loads(body)
+                    except ValueError:
+                        raise ApiError(
+                            code=INVALID_RESPONSE,
+                            message=f"{action}: HTTP {status} with a body that is not JSON",
+                            http_status=status,
+                            request_id=resp.headers.get("x-acs-request-id"),
+                            action=action,
+                        ) from None
+                raise error_from_response(action, status, body, resp.headers)
+        except ApiError:
+            raise
+        except TimeoutError:
+            raise ApiError(
+                code=TIMEOUT,
+                message=f"{action}: no answer within {self._api.timeout_seconds:g}s",
+                action=action,
+            ) from None
+        except aiohttp.ClientPayloadError as exc:
+            raise ApiError(
+                code=INVALID_RESPONSE,
+                message=f"{action}: truncated response ({_describe(exc)})",
+                action=action,
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ApiError(
+                code=CONNECTION_ERROR, message=f"{action}: {_describe(exc)}", action=action
+            ) from None
+
+    async def _read_body(self, action: str, resp: aiohttp.ClientResponse) -> bytes:
+        """The body, refusing more than ``max_response_bytes`` without buffering past the cap."""
+        cap = self._api.max_response_bytes
+        length = resp.content_length
+        if length is not None and "Content-Encoding" not in resp.headers:
+            if length > cap:
+                resp.close()
+                raise self._too_large(action, resp, f"{length} bytes announced")
+            return await resp.read()
+        buf = bytearray()
+        stream = resp.content
+        while chunk := await stream.readany():
+            buf += chunk
+            if len(buf) > cap:
+                resp.close()  # drop the connection rather than drain the rest
+                raise self._too_large(action, resp, f"more than {cap} bytes")
+        return bytes(buf)
+
+    def _too_large(self, action: str, resp: aiohttp.ClientResponse, what: str) -> ApiError:
+        return ApiError(
+            code=INVALID_RESPONSE,
+            message=f"{action}: response too large ({what}; limit {self._api.max_response_bytes})",
+            http_status=resp.status,
+            request_id=resp.headers.get("x-acs-request-id"),
+            action=action,
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
