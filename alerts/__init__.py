@@ -1,0 +1,1 @@
+"""Prometheus alerting rules of ehpc-image-exporter, generated from alerts/thresholds.yaml."""

@@ -1,0 +1,247 @@
+"""The shipped alerting rules: generated from one thresholds file, valid, unit-tested and documented."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from alerts import build
+from tests.fixtures.promstack import Prometheus, promql_metric_names
+
+ALERTS = build.ALERTS_DIR
+PROMTOOL_TESTS = ALERTS / "tests.yml"
+RUNBOOK = ALERTS / "runbook.md"
+
+# The metric contract of docs/product.md, plus the names interfaces.md adds and Prometheus' own `up`.
+CONTRACT_METRICS = frozenset(
+    {
+        "ehpc_image_info",
+        "ehpc_image_status",
+        "ehpc_image_available",
+        "ehpc_image_size_bytes",
+        "ehpc_image_created_timestamp_seconds",
+        "ehpc_image_replication_status",
+        "ehpc_image_replication_available",
+        "ehpc_image_up",
+        "ehpc_image_last_success_timestamp_seconds",
+        "ehpc_image_last_error_info",
+        "ehpc_api_requests_total",
+        "ehpc_api_errors_total",
+        "ehpc_api_request_duration_seconds",
+        "ehpc_refresh_duration_seconds",
+        "ehpc_refresh_last_success_timestamp_seconds",
+        "ehpc_watched_images",
+        "ehpc_exporter_build_info",
+        "ehpc_config_last_reload_successful",
+        "ehpc_config_last_reload_success_timestamp_seconds",
+        "ehpc_refresh_overruns_total",
+        "up",
+    }
+)
+HISTOGRAMS = frozenset({"ehpc_api_request_duration_seconds"})
+
+
+def in_contract(name: str) -> bool:
+    """A contract name, or a histogram's _bucket/_sum/_count series."""
+    if name in CONTRACT_METRICS:
+        return True
+    base, _, suffix = name.rpartition("_")
+    return suffix in {"bucket", "sum", "count"} and base in HISTOGRAMS
+
+
+def load_rules(path: Path = build.RULES_FILE) -> list[dict[str, Any]]:
+    """Every rule of a rules file."""
+    doc = yaml.safe_load(path.read_text())
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def promtool(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run promtool; stdout and stderr together in .stdout."""
+    return subprocess.run(
+        ["promtool", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return slug.replace(" ", "-")
+
+
+def test_generated_rules_match_thresholds_and_chart_copy() -> None:
+    """Regenerating changes nothing, and the chart's PrometheusRule embeds the same bytes."""
+    expected = build.render(build.load_thresholds())
+    assert build.RULES_FILE.read_text() == expected, "run: python -m alerts.build"
+    assert build.CHART_RULES_FILE.read_text() == build.RULES_FILE.read_text()
+    proc = subprocess.run(
+        [sys.executable, "-m", "alerts.build", "--check"],
+        capture_output=True,
+        text=True,
+        cwd=build.REPO_ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_promtool_check_rules() -> None:
+    """promtool accepts the shipped rules, and finds every alert."""
+    proc = promtool("check", "rules", build.RULES_FILE)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(load_rules())} rules found" in proc.stdout
+
+
+def test_promtool_unit_tests_pass() -> None:
+    """The hand-written promtool cases pass against the generated rules file (not a copy)."""
+    tests = yaml.safe_load(PROMTOOL_TESTS.read_text())
+    assert [(ALERTS / f).resolve() for f in tests["rule_files"]] == [build.RULES_FILE]
+    proc = promtool("test", "rules", PROMTOOL_TESTS, cwd=Path("/"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout
+
+
+def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
+    """Each alert is proven to fire and proven to stay quiet, and no case tests an alert that is gone."""
+    tests = yaml.safe_load(PROMTOOL_TESTS.read_text())["tests"]
+    cases = [case for group in tests for case in group.get("alert_rule_test", [])]
+    names = {rule["alert"] for rule in load_rules()}
+    firing = {c["alertname"] for c in cases if c.get("exp_alerts")}
+    quiet = {c["alertname"] for c in cases if not c.get("exp_alerts")}
+    assert names - firing == set(), "alerts without a firing case"
+    assert names - quiet == set(), "alerts without a quiet case"
+    assert (firing | quiet) - names == set(), "cases for alerts that do not exist"
+
+
+def test_required_alerts_exist() -> None:
+    """The alerts the product promises are all shipped."""
+    names = {rule["alert"] for rule in load_rules()}
+    assert names >= {
+        "EhpcImageNotAvailable",
+        "EhpcImageReplicationIncomplete",
+        "EhpcImageMissing",
+        "EhpcImageDataStale",
+        "EhpcApiThrottled",
+        "EhpcApiAuthErrors",
+        "EhpcApiErrorsHigh",
+        "EhpcExporterDown",
+        "EhpcConfigReloadFailed",
+    }
+
+
+def test_alerts_are_labelled_and_link_to_existing_runbook_sections() -> None:
+    """Severity, summary, description and a runbook_url whose anchor is a runbook heading with all parts."""
+    runbook = RUNBOOK.read_text()
+    sections: dict[str, str] = {}
+    for match in re.finditer(r"^## ([^\n]+)\n(.*?)(?=^## |\Z)", runbook, flags=re.M | re.S):
+        sections[github_anchor(match.group(1))] = match.group(2)
+    base = build.load_thresholds().runbook_url
+    for rule in load_rules():
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
+        annotations = rule["annotations"]
+        assert annotations["summary"].strip(), name
+        assert annotations["description"].strip(), name
+        url, _, anchor = annotations["runbook_url"].partition("#")
+        assert url == base, name
+        assert anchor in sections, f"{name}: runbook has no heading for #{anchor}"
+        for part in ("Meaning", "Impact", "Diagnosis", "Fix"):
+            assert f"### {part}\n" in sections[anchor], f"runbook section {name} lacks {part}"
+
+
+def test_rules_use_only_contract_metrics() -> None:
+    """Every metric the rules select (expressions and annotation queries) is in the metric contract."""
+    used: set[str] = set()
+    for rule in load_rules():
+        used |= promql_metric_names(rule["expr"])
+        for text in rule["annotations"].values():
+            for query in re.findall(r'printf "((?:[^"\\]|\\.)*)"', text):
+                used |= promql_metric_names(query)
+    assert {n for n in used if not in_contract(n)} == set()
+    # The lexer really found names (an empty set would pass the check above vacuously).
+    assert {"ehpc_image_available", "ehpc_api_errors_total", "up", "ehpc_image_status"} <= used
+
+
+def test_promql_metric_names_lexer() -> None:
+    """The name lexer skips functions, keywords, strings, matchers, ranges, grouping labels and variables."""
+    expr = (
+        "histogram_quantile(0.9, sum by (le, action) "
+        '(rate(ehpc_api_request_duration_seconds_bucket{job="$job", code=~"a|b"}[$__rate_interval])))'
+        " / on(image_id) group_left(name) ehpc_image_info"
+        " or vector(0) unless absent(up{job=`x`}) > bool 1e3"
+    )
+    assert promql_metric_names(expr) == {"ehpc_api_request_duration_seconds_bucket", "ehpc_image_info", "up"}
+
+
+def test_thresholds_override_changes_only_the_output(tmp_path: Path) -> None:
+    """A partial override yields valid rules with short `for:` and leaves the shipped files alone."""
+    shipped = build.RULES_FILE.read_text()
+    override = tmp_path / "override.yaml"
+    alerts: dict[str, dict[str, Any]] = {rule["alert"]: {"for": "0s"} for rule in load_rules()}
+    alerts["EhpcImageDataStale"]["max_age_seconds"] = 5
+    override.write_text(yaml.safe_dump({"exporter_selector": 'job="e2e"', "alerts": alerts}))
+    out = tmp_path / "rules.yml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "alerts.build", "--thresholds", str(override), "--output", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=build.REPO_ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rules = {rule["alert"]: rule for rule in load_rules(out)}
+    assert {rule["for"] for rule in rules.values()} == {"0s"}
+    assert rules["EhpcExporterDown"]["expr"] == 'up{job="e2e"} == 0 or absent(up{job="e2e"})'
+    assert rules["EhpcImageDataStale"]["expr"].endswith("> 5")
+    # Settings not overridden keep their shipped values.
+    assert rules["EhpcApiThrottled"]["labels"]["severity"] == "warning"
+    assert promtool("check", "rules", out).returncode == 0
+    assert build.RULES_FILE.read_text() == shipped
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"alerts": {"EhpcApiThrottled": {"for": "soon"}}}, "alerts.EhpcApiThrottled.for"),
+        ({"alerts": {"EhpcApiErrorsHigh": {"max_ratio": 1.5}}}, "alerts.EhpcApiErrorsHigh.max_ratio"),
+        ({"alerts": {"EhpcImageMissing": {"severity": "page"}}}, "alerts.EhpcImageMissing.severity"),
+        ({"alerts": {"EhpcImageMissing": {"fro": "5m"}}}, "alerts.EhpcImageMissing.fro"),
+    ],
+)
+def test_invalid_thresholds_are_rejected_with_their_location(
+    tmp_path: Path, override: dict[str, Any], message: str
+) -> None:
+    """A typo in the thresholds file fails the build and names the setting, rather than shipping nonsense."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(override))
+    out = tmp_path / "rules.yml"
+    assert build.main(["--thresholds", str(path), "--output", str(out)]) == 2
+    assert not out.exists()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build.load_thresholds(path)
+
+
+def test_rules_load_and_evaluate_in_real_prometheus(tmp_path: Path, prometheus_factory: Any) -> None:
+    """Prometheus loads the generated rules, evaluates all of them without error, and with `for: 0s`
+    EhpcExporterDown fires at once when no exporter target exists (the absent() branch)."""
+    override = tmp_path / "override.yaml"
+    override.write_text(yaml.safe_dump({"alerts": {"EhpcExporterDown": {"for": "0s"}}}))
+    rules = tmp_path / "rules.yml"
+    assert build.main(["--thresholds", str(override), "--output", str(rules)]) == 0
+    prom: Prometheus = prometheus_factory(rule_files=[rules])
+    alert = prom.wait_for_alert("EhpcExporterDown", within=15)
+    assert alert["labels"] == {"alertname": "EhpcExporterDown", "severity": "critical"}
+    assert alert["annotations"]["summary"] == "ehpc-image-exporter is down"
+    groups = prom.rule_groups()
+    evaluated = [rule for group in groups for rule in group["rules"]]
+    assert {rule["name"] for rule in evaluated} == {rule["alert"] for rule in load_rules()}
+    assert [(rule["name"], rule["lastError"]) for rule in evaluated if rule["health"] != "ok"] == []
