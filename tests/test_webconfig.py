@@ -1,0 +1,612 @@
+"""Tests for exporter.webconfig: real TLS connections on loopback, real bcrypt, real aiohttp server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import bcrypt
+import pytest
+import structlog
+import trustme
+import yaml
+from aiohttp import web
+
+from exporter.webconfig import REALM, WebConfigError, WebSecurity, load_web_security
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+PASSWORD = "correct horse battery staple"
+# htpasswd writes $2y$; cost 4 keeps each check near a millisecond.
+HASH = "$2y$" + bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()[4:]
+# Failures a refused TLS client can see, depending on where in the handshake the server gives up.
+REFUSED = (aiohttp.ClientError, ssl.SSLError, ConnectionError)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    """The CA that signs the server's certificates."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def client_ca() -> trustme.CA:
+    """A separate CA for client certificates (mTLS)."""
+    return trustme.CA()
+
+
+def write_leaf(leaf: trustme.LeafCert, directory: Path, stem: str = "server") -> tuple[Path, Path]:
+    """Write a leaf's certificate and key atomically (new inode, as a Kubernetes secret update does)."""
+    cert, key = directory / f"{stem}.crt", directory / f"{stem}.key"
+    for target, blob in ((cert, leaf.cert_chain_pems[0]), (key, leaf.private_key_pem)):
+        tmp = target.with_suffix(".tmp")
+        blob.write_to_path(str(tmp))
+        os.replace(tmp, target)
+    return cert, key
+
+
+def write_config(directory: Path, document: dict[str, Any]) -> str:
+    """A web config file in ``directory`` (so relative paths resolve against it)."""
+    path = directory / "web-config.yml"
+    path.write_text(yaml.safe_dump(document))
+    return str(path)
+
+
+def der(leaf: trustme.LeafCert) -> bytes:
+    """The DER bytes of a leaf certificate, as ``getpeercert(binary_form=True)`` returns them."""
+    return ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
+
+
+def client_context(ca: trustme.CA, cert: trustme.LeafCert | None = None, **attrs: Any) -> ssl.SSLContext:
+    """A client context trusting ``ca``, optionally presenting ``cert``, with extra attributes set."""
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    if cert is not None:
+        cert.configure_cert(ctx)
+    for name, value in attrs.items():
+        setattr(ctx, name, value)
+    return ctx
+
+
+async def handle_ok(_request: web.Request) -> web.Response:
+    """The protected resource."""
+    return web.Response(text="metrics\n")
+
+
+@asynccontextmanager
+async def serve(security: WebSecurity) -> AsyncIterator[str]:
+    """Serve a tiny app behind the security middleware on 127.0.0.1; yield the base URL."""
+    app = web.Application(middlewares=[security.middleware(OPEN_PATHS)])
+    app.router.add_get("/metrics", handle_ok)
+    app.router.add_get("/healthz", handle_ok)
+    app.router.add_get("/readyz", handle_ok)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=security.ssl_context())
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        scheme = "https" if security.tls_enabled else "http"
+        yield f"{scheme}://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def get(
+    url: str, ctx: ssl.SSLContext | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], str]:
+    """GET ``url``: (status, headers, body)."""
+    connector = aiohttp.TCPConnector(ssl=ctx if ctx is not None else False, force_close=True)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=5)) as resp,
+    ):
+        return resp.status, dict(resp.headers), await resp.text()
+
+
+async def peer_certificate(url: str, ctx: ssl.SSLContext) -> bytes:
+    """The DER certificate a fresh TLS connection to ``url`` is served."""
+    port = int(url.rsplit(":", 1)[1])
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        cert = ssl_object.getpeercert(binary_form=True)
+        assert cert is not None
+        return bytes(cert)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.fixture
+def tls_dir(tmp_path: Path, ca: trustme.CA) -> Path:
+    """tmp_path holding server.crt/server.key for 127.0.0.1."""
+    write_leaf(ca.issue_cert("127.0.0.1", "localhost"), tmp_path)
+    return tmp_path
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    """An Authorization header for basic auth."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+# --------------------------------------------------------------------------------------------- TLS
+
+
+async def test_https_serves_the_configured_certificate(tls_dir: Path, ca: trustme.CA) -> None:
+    """The server presents cert_file and answers over HTTPS; relative paths resolve next to the file."""
+    leaf = ca.issue_cert("127.0.0.1")
+    write_leaf(leaf, tls_dir)
+    security = load_web_security(
+        write_config(tls_dir, {"tls_server_config": {"cert_file": "server.crt", "key_file": "server.key"}})
+    )
+    assert security.tls_enabled
+    assert not security.basic_auth_enabled
+    async with serve(security) as url:
+        assert await peer_certificate(url, client_context(ca)) == der(leaf)
+        status, _, body = await get(f"{url}/metrics", client_context(ca))
+        assert (status, body) == (200, "metrics\n")
+
+
+async def test_plain_http_to_the_tls_port_fails(tls_dir: Path) -> None:
+    """A plaintext request never reaches the handler of a TLS listener."""
+    security = load_web_security(
+        write_config(tls_dir, {"tls_server_config": {"cert_file": "server.crt", "key_file": "server.key"}})
+    )
+    async with serve(security) as url:
+        with pytest.raises(aiohttp.ClientError):
+            await get(url.replace("https://", "http://") + "/metrics")
+
+
+async def test_min_version_tls13_refuses_a_tls12_only_client(tls_dir: Path, ca: trustme.CA) -> None:
+    """min_version TLS13 rejects a client capped at TLS 1.2 and accepts a TLS 1.3 one."""
+    security = load_web_security(
+        write_config(
+            tls_dir,
+            {
+                "tls_server_config": {
+                    "cert_file": "server.crt",
+                    "key_file": "server.key",
+                    "min_version": "TLS13",
+                }
+            },
+        )
+    )
+    async with serve(security) as url:
+        with pytest.raises(REFUSED):
+            await get(f"{url}/metrics", client_context(ca, maximum_version=ssl.TLSVersion.TLSv1_2))
+        status, _, _ = await get(f"{url}/metrics", client_context(ca))
+        assert status == 200
+
+
+async def test_cipher_suites_and_curve_are_applied(tls_dir: Path, ca: trustme.CA) -> None:
+    """A Go cipher name maps to its OpenSSL suite; a one-curve preference excludes other curves."""
+    security = load_web_security(
+        write_config(
+            tls_dir,
+            {
+                "tls_server_config": {
+                    "cert_file": "server.crt",
+                    "key_file": "server.key",
+                    "max_version": "TLS12",
+                    "cipher_suites": ["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"],
+                    "curve_preferences": ["X25519"],
+                }
+            },
+        )
+    )
+    async with serve(security) as url:
+        port = int(url.rsplit(":", 1)[1])
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context(ca))
+        cipher = writer.get_extra_info("ssl_object").cipher()
+        writer.close()
+        await writer.wait_closed()
+        assert cipher[0] == "ECDHE-ECDSA-AES256-GCM-SHA384"
+        assert cipher[1] == "TLSv1.2"
+        p256_only = client_context(ca)
+        p256_only.set_ecdh_curve("prime256v1")
+        with pytest.raises(REFUSED):
+            await get(f"{url}/metrics", p256_only)
+
+
+async def test_prefer_server_cipher_suites_false_clears_the_option(tls_dir: Path) -> None:
+    """prefer_server_cipher_suites maps to OP_CIPHER_SERVER_PREFERENCE both ways."""
+    tls = {"cert_file": "server.crt", "key_file": "server.key"}
+    on = load_web_security(write_config(tls_dir, {"tls_server_config": tls})).ssl_context()
+    off = load_web_security(
+        write_config(tls_dir, {"tls_server_config": {**tls, "prefer_server_cipher_suites": False}})
+    ).ssl_context()
+    assert on is not None
+    assert off is not None
+    assert on.options & ssl.OP_CIPHER_SERVER_PREFERENCE
+    assert not off.options & ssl.OP_CIPHER_SERVER_PREFERENCE
+
+
+async def test_inline_cert_key_and_client_ca(tmp_path: Path, ca: trustme.CA, client_ca: trustme.CA) -> None:
+    """cert, key and client_ca can be given inline instead of as files."""
+    leaf = ca.issue_cert("127.0.0.1")
+    security = load_web_security(
+        write_config(
+            tmp_path,
+            {
+                "tls_server_config": {
+                    "cert": leaf.cert_chain_pems[0].bytes().decode(),
+                    "key": leaf.private_key_pem.bytes().decode(),
+                    "client_ca": client_ca.cert_pem.bytes().decode(),
+                    "client_auth_type": "RequireAndVerifyClientCert",
+                }
+            },
+        )
+    )
+    assert "PRIVATE KEY" not in repr(security.tls)
+    client = client_ca.issue_cert("scraper.example")
+    async with serve(security) as url:
+        assert await peer_certificate(url, client_context(ca, client)) == der(leaf)
+        with pytest.raises(REFUSED):
+            await get(f"{url}/metrics", client_context(ca))
+
+
+# --------------------------------------------------------------------------------------------- mTLS
+
+
+def mtls_config(directory: Path, client_ca: trustme.CA, auth_type: str, **extra: Any) -> str:
+    """A web config requiring client certificates signed by ``client_ca``."""
+    client_ca.cert_pem.write_to_path(str(directory / "clients-ca.crt"))
+    tls = {
+        "cert_file": "server.crt",
+        "key_file": "server.key",
+        "client_ca_file": "clients-ca.crt",
+        "client_auth_type": auth_type,
+        **extra,
+    }
+    return write_config(directory, {"tls_server_config": tls})
+
+
+async def test_mtls_required(tls_dir: Path, ca: trustme.CA, client_ca: trustme.CA) -> None:
+    """RequireAndVerifyClientCert: no cert or a cert from another CA is refused; a signed cert is served.
+
+    Open paths are no exception: the handshake happens before any path is known.
+    """
+    security = load_web_security(mtls_config(tls_dir, client_ca, "RequireAndVerifyClientCert"))
+    good = client_ca.issue_cert("scraper.example")
+    rogue = trustme.CA().issue_cert("scraper.example")
+    async with serve(security) as url:
+        status, _, _ = await get(f"{url}/metrics", client_context(ca, good))
+        assert status == 200
+        for ctx in (client_context(ca), client_context(ca, rogue)):
+            for path in ("/metrics", "/healthz"):
+                with pytest.raises(REFUSED):
+                    await get(url + path, ctx)
+
+
+async def test_mtls_verify_if_given(tls_dir: Path, ca: trustme.CA, client_ca: trustme.CA) -> None:
+    """VerifyClientCertIfGiven: no cert is served, a signed cert is served, a cert from another CA is not."""
+    security = load_web_security(mtls_config(tls_dir, client_ca, "VerifyClientCertIfGiven"))
+    async with serve(security) as url:
+        assert (await get(f"{url}/metrics", client_context(ca)))[0] == 200
+        assert (await get(f"{url}/metrics", client_context(ca, client_ca.issue_cert("a.example"))))[0] == 200
+        with pytest.raises(REFUSED):
+            await get(f"{url}/metrics", client_context(ca, trustme.CA().issue_cert("a.example")))
+
+
+async def test_client_allowed_sans(tls_dir: Path, ca: trustme.CA, client_ca: trustme.CA) -> None:
+    """Only client certificates carrying an allowed SAN (DNS or IP, any spelling of the IP) get through."""
+    security = load_web_security(
+        mtls_config(
+            tls_dir,
+            client_ca,
+            "RequireAndVerifyClientCert",
+            client_allowed_sans=["prometheus.example", "2001:db8::1"],
+        )
+    )
+    async with serve(security) as url:
+        for allowed in ("prometheus.example", "2001:db8:0::1"):
+            status, _, _ = await get(f"{url}/metrics", client_context(ca, client_ca.issue_cert(allowed)))
+            assert status == 200, allowed
+        status, _, _ = await get(f"{url}/healthz", client_context(ca, client_ca.issue_cert("other.example")))
+        assert status == 403
+
+
+# --------------------------------------------------------------------------------------------- rotation
+
+
+async def test_certificate_rotation_is_picked_up_without_restart(tls_dir: Path, ca: trustme.CA) -> None:
+    """New connections see a rotated certificate; a broken one keeps the old context and logs an error."""
+    first, second, third = (ca.issue_cert("127.0.0.1") for _ in range(3))
+    write_leaf(first, tls_dir)
+    security = load_web_security(
+        write_config(tls_dir, {"tls_server_config": {"cert_file": "server.crt", "key_file": "server.key"}}),
+        reload_interval_seconds=0,
+    )
+    ctx = client_context(ca)
+    async with serve(security) as url:
+        assert await peer_certificate(url, ctx) == der(first)
+
+        write_leaf(second, tls_dir)
+        assert await peer_certificate(url, ctx) == der(second)
+        assert (await get(f"{url}/metrics", ctx))[0] == 200
+
+        # A certificate that does not match the key: refused, logged, the previous context stays.
+        (tls_dir / "server.tmp").write_bytes(third.cert_chain_pems[0].bytes())
+        os.replace(tls_dir / "server.tmp", tls_dir / "server.crt")
+        with structlog.testing.capture_logs() as logs:
+            assert await peer_certificate(url, ctx) == der(second)
+            assert await peer_certificate(url, ctx) == der(second)
+        failures = [e for e in logs if e["event"] == "tls_reload_failed"]
+        assert len(failures) == 1, logs  # reported once per change, not per handshake
+        assert failures[0]["log_level"] == "error"
+        assert "cert_file" in failures[0]["error"]
+
+        write_leaf(third, tls_dir)
+        assert await peer_certificate(url, ctx) == der(third)
+
+
+async def test_reload_is_throttled(tls_dir: Path, ca: trustme.CA) -> None:
+    """Within the reload interval the files are not looked at again (handshakes stay cheap)."""
+    first, second = ca.issue_cert("127.0.0.1"), ca.issue_cert("127.0.0.1")
+    write_leaf(first, tls_dir)
+    security = load_web_security(
+        write_config(tls_dir, {"tls_server_config": {"cert_file": "server.crt", "key_file": "server.key"}}),
+        reload_interval_seconds=3600,
+    )
+    async with serve(security) as url:
+        write_leaf(second, tls_dir)
+        assert await peer_certificate(url, client_context(ca)) == der(first)
+
+
+# --------------------------------------------------------------------------------------------- basic auth
+
+
+@pytest.fixture
+def checkpw_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Spy on bcrypt.checkpw (the real one still runs): the hashes it was asked to check against."""
+    calls: list[bytes] = []
+    real = bcrypt.checkpw
+
+    def spy(password: bytes, hashed: bytes) -> bool:
+        calls.append(hashed)
+        return real(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", spy)
+    return calls
+
+
+@pytest.fixture
+async def auth_url(tmp_path: Path) -> AsyncIterator[str]:
+    """A plain-HTTP server with basic auth for user ``prometheus`` and two extra headers."""
+    security = load_web_security(
+        write_config(
+            tmp_path,
+            {
+                "basic_auth_users": {"prometheus": HASH},
+                "http_server_config": {
+                    "headers": {"X-Frame-Options": "deny", "X-Content-Type-Options": "nosniff"}
+                },
+            },
+        )
+    )
+    assert security.users == frozenset({"prometheus"})
+    assert HASH not in repr(security)
+    async with serve(security) as url:
+        yield url
+
+
+async def test_basic_auth_right_password(auth_url: str, checkpw_calls: list[bytes]) -> None:
+    """The right password is served; the second scrape is served from the cache without bcrypt."""
+    for _ in range(3):
+        status, headers, body = await get(f"{auth_url}/metrics", headers=basic("prometheus", PASSWORD))
+        assert (status, body) == (200, "metrics\n")
+        assert headers["X-Frame-Options"] == "deny"
+    assert checkpw_calls == [HASH.encode()]
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        pytest.param(None, id="missing"),
+        pytest.param(basic("prometheus", "wrong")["Authorization"], id="wrong-password"),
+        pytest.param(basic("nobody", PASSWORD)["Authorization"], id="unknown-user"),
+        pytest.param("Basic !!!not-base64!!!", id="bad-base64"),
+        pytest.param("Basic " + base64.b64encode(b"no-colon-here").decode(), id="no-colon"),
+        pytest.param("Basic " + base64.b64encode(b"\xffprom:\xfe").decode(), id="not-utf8"),
+        pytest.param("Basic", id="no-token"),
+        pytest.param("Bearer abc", id="other-scheme"),
+        pytest.param(basic("prometheus", PASSWORD + "x" * 80)["Authorization"], id="over-72-bytes"),
+    ],
+)
+async def test_basic_auth_refusals(auth_url: str, authorization: str | None) -> None:
+    """Missing, wrong and malformed credentials all answer 401 with the realm, never 500."""
+    headers = {} if authorization is None else {"Authorization": authorization}
+    status, resp_headers, _ = await get(f"{auth_url}/metrics", headers=headers)
+    assert status == 401
+    assert resp_headers["WWW-Authenticate"] == f'Basic realm="{REALM}"'
+    assert resp_headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_unknown_user_still_runs_bcrypt(auth_url: str, checkpw_calls: list[bytes]) -> None:
+    """Unknown users cost a bcrypt check at the configured cost (no user enumeration by timing).
+
+    Failures are never cached: each wrong attempt pays bcrypt again.
+    """
+    for _ in range(2):
+        assert (await get(f"{auth_url}/metrics", headers=basic("nobody", PASSWORD)))[0] == 401
+        assert (await get(f"{auth_url}/metrics", headers=basic("prometheus", "wrong")))[0] == 401
+    assert len(checkpw_calls) == 4
+    dummy = checkpw_calls[0]
+    assert dummy != HASH.encode()
+    assert dummy[4:7] == HASH.encode()[4:7]  # same cost
+    assert checkpw_calls[1] == HASH.encode()
+
+
+async def test_open_paths_need_no_auth(auth_url: str) -> None:
+    """/healthz and /readyz stay open; anything else, unknown paths included, needs credentials."""
+    for path in ("/healthz", "/readyz"):
+        status, headers, _ = await get(auth_url + path)
+        assert status == 200
+        assert headers["X-Frame-Options"] == "deny"
+    assert (await get(f"{auth_url}/nope"))[0] == 401
+    assert (await get(f"{auth_url}/healthz/"))[0] == 401
+    status, headers, _ = await get(f"{auth_url}/nope", headers=basic("prometheus", PASSWORD))
+    assert status == 404
+    assert headers["X-Frame-Options"] == "deny"  # headers reach aiohttp's own error responses too
+
+
+async def test_basic_auth_over_tls(tls_dir: Path, ca: trustme.CA) -> None:
+    """TLS and basic auth combine."""
+    config = {
+        "tls_server_config": {"cert_file": "server.crt", "key_file": "server.key"},
+        "basic_auth_users": {"prometheus": HASH},
+    }
+    async with serve(load_web_security(write_config(tls_dir, config))) as url:
+        assert (await get(f"{url}/metrics", client_context(ca)))[0] == 401
+        assert (await get(f"{url}/metrics", client_context(ca), basic("prometheus", PASSWORD)))[0] == 200
+
+
+async def test_rate_limit(tmp_path: Path) -> None:
+    """rate_limit answers 429 past the burst; health probes are never throttled."""
+    security = load_web_security(write_config(tmp_path, {"rate_limit": {"interval": "1h", "burst": 2}}))
+    async with serve(security) as url:
+        statuses = [(await get(f"{url}/metrics"))[0] for _ in range(3)]
+        assert statuses == [200, 200, 429]
+        assert (await get(f"{url}/healthz"))[0] == 200
+
+
+async def test_empty_file_means_plain_http_without_auth(tmp_path: Path) -> None:
+    """An empty web config is valid and changes nothing."""
+    path = tmp_path / "web.yml"
+    path.write_text("")
+    security = load_web_security(str(path))
+    assert security.ssl_context() is None
+    assert not security.basic_auth_enabled
+    async with serve(security) as url:
+        assert (await get(f"{url}/metrics"))[0] == 200
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+SECRET_HASH = "$2y$10$secretsecretsecretsecretsecretsecretsecretsecretsecre"  # valid shape, fake
+
+
+def _tls(**fields: Any) -> dict[str, Any]:
+    return {"tls_server_config": {"cert_file": "server.crt", "key_file": "server.key", **fields}}
+
+
+ERROR_CASES: list[tuple[str, Callable[[Path], Any], str]] = [
+    ("unknown-top-key", lambda d: {"tls_config": {}}, "tls_config"),
+    ("unknown-tls-key", lambda d: _tls(certfile="x"), "tls_server_config.certfile"),
+    ("missing-key-file", lambda d: {"tls_server_config": {"cert_file": "server.crt"}}, "key_file"),
+    ("missing-cert-file", lambda d: _tls(cert_file="absent.crt"), "cert_file"),
+    ("cert-is-a-directory", lambda d: _tls(cert_file="."), "cert_file"),
+    ("cert-not-pem", lambda d: _tls(cert_file="web-config.yml"), "cert_file"),
+    ("cert-and-key-mismatch", lambda d: _tls(key_file="other.key"), "cert_file"),
+    ("inline-and-file-key", lambda d: _tls(key="-----BEGIN PRIVATE KEY-----\nsecretkeymaterial\n"), "key"),
+    ("bad-client-auth-type", lambda d: _tls(client_auth_type="Always"), "client_auth_type"),
+    ("unsupported-client-auth", lambda d: _tls(client_auth_type="RequireAnyClientCert"), "client_auth_type"),
+    ("ca-without-auth-type", lambda d: _tls(client_ca_file="server.crt"), "client_auth_type"),
+    ("auth-type-without-ca", lambda d: _tls(client_auth_type="RequireAndVerifyClientCert"), "client_ca_file"),
+    ("sans-without-required", lambda d: _tls(client_allowed_sans=["a"]), "client_allowed_sans"),
+    ("bad-min-version", lambda d: _tls(min_version="TLS14"), "min_version"),
+    ("min-above-max", lambda d: _tls(min_version="TLS13", max_version="TLS12"), "min_version"),
+    ("unknown-cipher", lambda d: _tls(cipher_suites=["TLS_RSA_WITH_RC4_128_SHA"]), "cipher_suites"),
+    ("two-curves", lambda d: _tls(curve_preferences=["X25519", "CurveP256"]), "curve_preferences"),
+    ("unknown-curve", lambda d: _tls(curve_preferences=["P256"]), "curve_preferences"),
+    ("bad-hash", lambda d: {"basic_auth_users": {"alice": "secret-not-a-hash"}}, "basic_auth_users.alice"),
+    ("hash-not-string", lambda d: {"basic_auth_users": {"alice": 12345678}}, "basic_auth_users.alice"),
+    ("colon-in-user", lambda d: {"basic_auth_users": {"a:b": SECRET_HASH}}, "basic_auth_users.a:b"),
+    (
+        "forbidden-header",
+        lambda d: {"http_server_config": {"headers": {"Authorization": "x"}}},
+        "Authorization",
+    ),
+    (
+        "content-type-header",
+        lambda d: {"http_server_config": {"headers": {"Content-Type": "x"}}},
+        "Content-Type",
+    ),
+    (
+        "bad-frame-options",
+        lambda d: {"http_server_config": {"headers": {"X-Frame-Options": "allow"}}},
+        "X-Frame",
+    ),
+    ("http2-not-bool", lambda d: {"http_server_config": {"http2": "yes please"}}, "http2"),
+    ("bad-duration", lambda d: {"rate_limit": {"interval": "soon", "burst": 1}}, "rate_limit.interval"),
+    ("zero-burst", lambda d: {"rate_limit": {"interval": "1s", "burst": 0}}, "rate_limit.burst"),
+    ("not-a-mapping", lambda d: ["tls_server_config"], "mapping"),
+]
+
+
+@pytest.mark.parametrize(("make", "field"), [pytest.param(m, f, id=i) for i, m, f in ERROR_CASES])
+def test_config_errors_are_one_line_and_leak_nothing(
+    tls_dir: Path, ca: trustme.CA, make: Callable[[Path], Any], field: str
+) -> None:
+    """Each invalid file raises WebConfigError (a ValueError) naming file and field, without secrets."""
+    write_leaf(ca.issue_cert("other"), tls_dir, stem="other")
+    path = write_config(tls_dir, make(tls_dir))
+    with pytest.raises(WebConfigError) as info:
+        load_web_security(path)
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+    assert field in message
+    for secret in ("secret", "PRIVATE KEY", "12345678", SECRET_HASH):
+        assert secret not in message
+
+
+def test_duplicate_user_is_an_error(tmp_path: Path) -> None:
+    """A user listed twice is an error, not a silent override."""
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users:\n  alice: '{SECRET_HASH}'\n  alice: '{SECRET_HASH}'\n")
+    with pytest.raises(WebConfigError, match="duplicate key 'alice'") as info:
+        load_web_security(str(path))
+    assert "secret" not in str(info.value)
+
+
+def test_invalid_yaml_does_not_echo_the_file(tmp_path: Path) -> None:
+    """A YAML syntax error reports a position, not the offending text (which may be a hash)."""
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users:\n  alice: {SECRET_HASH}: [\n")
+    with pytest.raises(WebConfigError, match=r"invalid YAML at line \d+") as info:
+        load_web_security(str(path))
+    assert "secret" not in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    """A missing web config file is a WebConfigError naming it."""
+    path = str(tmp_path / "absent.yml")
+    with pytest.raises(WebConfigError, match="cannot read"):
+        load_web_security(path)
+
+
+@pytest.fixture
+def no_memfd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend os.memfd_create does not exist (macOS), to exercise the temporary-file fallback."""
+    monkeypatch.delattr(os, "memfd_create", raising=False)
+
+
+async def test_inline_key_without_memfd(tmp_path: Path, ca: trustme.CA, no_memfd: None) -> None:
+    """Inline PEMs load through a private temporary file where memfd is unavailable."""
+    leaf = ca.issue_cert("127.0.0.1")
+    security = load_web_security(
+        write_config(
+            tmp_path,
+            {
+                "tls_server_config": {
+                    "cert": leaf.cert_chain_pems[0].bytes().decode(),
+                    "key": leaf.private_key_pem.bytes().decode(),
+                }
+            },
+        )
+    )
+    async with serve(security) as url:
+        assert await peer_certificate(url, client_context(ca)) == der(leaf)
