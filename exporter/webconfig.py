@@ -862,6 +862,8 @@ class WebSecurity:
         hashed = self._users.get(user)
         too_long = len(password) > BCRYPT_MAX_PASSWORD_BYTES  # bcrypt>=5 raises; Go refuses such passwords
         async with self._bcrypt_slot:
+            if key in self._verified:  # a concurrent scrape with the same credentials got here first
+                return True
             ok = await asyncio.to_thread(
                 bcrypt.checkpw,
                 password[:BCRYPT_MAX_PASSWORD_BYTES],

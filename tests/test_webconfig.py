@@ -351,6 +351,23 @@ async def test_certificate_rotation_is_picked_up_without_restart(tls_dir: Path, 
         assert await peer_certificate(url, ctx) == der(third)
 
 
+async def test_client_ca_rotation_is_picked_up(tls_dir: Path, ca: trustme.CA, client_ca: trustme.CA) -> None:
+    """Replacing client_ca_file switches which client certificates verify, without a restart."""
+    security = load_web_security(
+        mtls_config(tls_dir, client_ca, "RequireAndVerifyClientCert"), reload_interval_seconds=0
+    )
+    new_ca = trustme.CA()
+    old_client = client_context(ca, client_ca.issue_cert("a.example"))
+    new_client = client_context(ca, new_ca.issue_cert("a.example"))
+    async with serve(security) as url:
+        assert (await get(f"{url}/metrics", old_client))[0] == 200
+        new_ca.cert_pem.write_to_path(str(tls_dir / "ca.tmp"))
+        os.replace(tls_dir / "ca.tmp", tls_dir / "clients-ca.crt")
+        assert (await get(f"{url}/metrics", new_client))[0] == 200
+        with pytest.raises(REFUSED):
+            await get(f"{url}/metrics", old_client)
+
+
 async def test_reload_is_throttled(tls_dir: Path, ca: trustme.CA) -> None:
     """Within the reload interval the files are not looked at again (handshakes stay cheap)."""
     first, second = ca.issue_cert("127.0.0.1"), ca.issue_cert("127.0.0.1")
@@ -446,6 +463,15 @@ async def test_unknown_user_still_runs_bcrypt(auth_url: str, checkpw_calls: list
     assert dummy != HASH.encode()
     assert dummy[4:7] == HASH.encode()[4:7]  # same cost
     assert checkpw_calls[1] == HASH.encode()
+
+
+async def test_concurrent_first_scrapes_share_one_bcrypt(auth_url: str, checkpw_calls: list[bytes]) -> None:
+    """Scrapes arriving together with the same good credentials pay bcrypt once, not once each."""
+    results = await asyncio.gather(
+        *(get(f"{auth_url}/metrics", headers=basic("prometheus", PASSWORD)) for _ in range(5))
+    )
+    assert [status for status, _, _ in results] == [200] * 5
+    assert checkpw_calls == [HASH.encode()]
 
 
 async def test_open_paths_need_no_auth(auth_url: str) -> None:
