@@ -1,0 +1,250 @@
+"""Structured logging: structlog configured once, JSON for machines, console for humans, secrets redacted.
+
+Logs go to stderr. stdout carries command output (the ``check`` table, the demo's URLs, the
+``--check-config`` summary) and stays parseable; the format default follows whether stderr is a terminal.
+
+Redaction runs last before rendering, on every event whatever the caller passed:
+
+- a key that looks secret (``secret``, ``password``, ``token``, ``authorization``, ``credential``; any case,
+  at any depth of nested dicts, lists and tuples) has its value replaced by ``[REDACTED]``;
+- every string value, the event message and formatted tracebacks included, has each occurrence of a
+  registered secret (see :func:`register_secret`) replaced by ``[REDACTED]``;
+- the password of a URL's userinfo (``scheme://user:password@host``) is replaced by ``[REDACTED]``.
+
+Records of the standard library's ``logging`` (aiohttp, asyncio) are rendered by the same chain.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+__all__ = [
+    "LEVELS",
+    "REDACTED",
+    "LogFormat",
+    "configure_logging",
+    "mask_secrets",
+    "redact",
+    "register_secret",
+    "register_secrets",
+    "registered_secret_count",
+    "reset_logging",
+]
+
+LogFormat = Literal["json", "console"]
+LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
+REDACTED = "[REDACTED]"
+
+_SECRET_KEY_RE = re.compile(r"secret|passw(or)?d|token|authorization|credential", re.IGNORECASE)
+_URL_PASSWORD_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)[^/@\s]+(?=@)")
+
+# Shorter strings are not masked: masking a two-letter "secret" would shred every log line, and no real
+# AccessKey secret or STS token is that short.
+MIN_SECRET_LENGTH = 4
+# STS tokens rotate hourly for the life of the process; keep the newest ones, the oldest have expired.
+# Pinned secrets (the config file's) are never evicted.
+MAX_SECRETS = 256
+
+_secrets_lock = threading.Lock()
+_pinned: dict[str, None] = {}  # insertion-ordered sets
+_rotating: dict[str, None] = {}
+_secrets_re: re.Pattern[str] | None = None
+
+
+def register_secret(value: str | None, *, pin: bool = False) -> None:
+    """Mask ``value`` wherever it appears in any later log event (``None`` and short values are ignored).
+
+    Unpinned secrets (fetched, rotating credentials) are bounded to the newest ``MAX_SECRETS``; ``pin``
+    keeps one for the life of the process (the settings loader pins the config file's).
+    """
+    global _secrets_re
+    if value is None or len(value) < MIN_SECRET_LENGTH:
+        return
+    with _secrets_lock:
+        if value in _pinned or (value in _rotating and not pin):
+            return
+        if pin:
+            _rotating.pop(value, None)
+            _pinned[value] = None
+        else:
+            _rotating[value] = None
+            while len(_rotating) > MAX_SECRETS:
+                del _rotating[next(iter(_rotating))]
+        # Longest first, so a secret that contains another is masked whole.
+        ordered = sorted([*_pinned, *_rotating], key=len, reverse=True)
+        _secrets_re = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def registered_secret_count() -> int:
+    """How many secrets are currently masked (for tests and diagnostics)."""
+    return len(_pinned) + len(_rotating)
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with every registered secret and every URL password replaced by ``[REDACTED]``."""
+    pattern = _secrets_re  # one read: registration swaps the compiled pattern atomically
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
+    return _URL_PASSWORD_RE.sub(rf"\g<head>{REDACTED}", text)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, Mapping):
+        return {k: (REDACTED if _is_secret_key(k) else _redact_value(v)) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact_value(v) for v in value]
+    # Anything else is rendered through repr() by both renderers anyway; do it here so it can be masked.
+    return mask_secrets(repr(value))
+
+
+def _is_secret_key(key: object) -> bool:
+    return isinstance(key, str) and _SECRET_KEY_RE.search(key) is not None
+
+
+def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: redact secret-looking keys and mask registered secrets in every value."""
+    return {k: (REDACTED if _is_secret_key(k) else _redact_value(v)) for k, v in event_dict.items()}
+
+
+class _NamedPrintLogger(structlog.PrintLogger):
+    """A PrintLogger that remembers the name it was created with (``get_logger("ehpc.refresh")``)."""
+
+    def __init__(self, file: TextIO, name: str | None) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+def _logger_factory(*args: Any) -> _NamedPrintLogger:
+    # sys.stderr is looked up per logger, not at configure time, so pytest's capture sees the output.
+    name = args[0] if args and isinstance(args[0], str) else None
+    return _NamedPrintLogger(sys.stderr, name)
+
+
+def _add_logger_name(logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    name = getattr(logger, "name", None)
+    if name and "logger" not in event_dict:
+        event_dict["logger"] = name
+    return event_dict
+
+
+def _add_stdlib_logger_name(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    record = event_dict.get("_record")
+    if isinstance(record, logging.LogRecord) and "logger" not in event_dict:
+        event_dict["logger"] = record.name
+    return event_dict
+
+
+_LEADING_KEYS = ("timestamp", "level", "logger", "event")
+
+
+def _leading_keys_first(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    # JSON lines read better (and grep better) when every line starts the same way.
+    head = {k: event_dict[k] for k in _LEADING_KEYS if k in event_dict}
+    return head | {k: v for k, v in event_dict.items() if k not in head}
+
+
+def _renderer(fmt: LogFormat, colors: bool) -> Processor:
+    if fmt == "json":
+        return _JsonRenderer()
+    return structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=structlog.dev.plain_traceback)
+
+
+def _shared_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        # Tracebacks become a string before redaction so an exception message cannot leak a secret.
+        structlog.processors.format_exc_info,
+    ]
+
+
+def configure_logging(fmt: LogFormat | None = None, level: str = "info") -> None:
+    """Configure structlog and the standard library's logging once for the process (idempotent)."""
+    level_name = level.lower()
+    if level_name not in LEVELS:
+        raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
+    numeric = logging.getLevelNamesMapping()[level_name.upper()]
+    is_tty = sys.stderr.isatty()
+    chosen: LogFormat = fmt if fmt is not None else ("console" if is_tty else "json")
+
+    shared = _shared_processors()
+    structlog.configure(
+        processors=[*shared, _add_logger_name, redact, _renderer(chosen, is_tty)],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=_logger_factory,
+        context_class=dict,
+        cache_logger_on_first_use=False,
+    )
+
+    # Route the standard library (aiohttp, asyncio) through the same processors and redaction.
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[_add_stdlib_logger_name, *shared],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            redact,
+            _renderer(chosen, is_tty),
+        ],
+    )
+    handler = _StderrHandler()
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    # One access-log line per scrape is noise unless someone is debugging.
+    logging.getLogger("aiohttp.access").setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)
+
+
+class _JsonRenderer:
+    """JSONRenderer with a stable leading key order."""
+
+    def __init__(self) -> None:
+        self._json = structlog.processors.JSONRenderer(sort_keys=False)
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+        """Render ``event_dict`` as one JSON line."""
+        rendered = self._json(logger, method, _leading_keys_first(logger, method, event_dict))
+        return rendered if isinstance(rendered, str) else rendered.decode()
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler that writes to whatever ``sys.stderr`` is at emit time (pytest swaps it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record`` to the current ``sys.stderr``."""
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def reset_logging() -> None:
+    """Undo :func:`configure_logging` (structlog defaults, our stdlib handler removed); for tests."""
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.NOTSET)
+
+
+def register_secrets(values: Iterable[str | None]) -> None:
+    """Register several secrets at once."""
+    for value in values:
+        register_secret(value)

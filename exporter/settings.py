@@ -1,0 +1,830 @@
+"""The configuration file: YAML in, validated by a pydantic schema, out as the frozen ``exporter.config``.
+
+Pipeline of :func:`load_config`: read the file, parse YAML (duplicate keys rejected), interpolate
+``${VAR}`` / ``${VAR:-default}`` from the environment in every string value, apply command-line overrides,
+validate each section against the schema below, run the cross-field checks, build the runtime ``Config``.
+
+Every problem becomes one line ``<source>: <location>: <message>`` in :class:`ConfigError`'s ``errors``,
+all problems of a file at once. Messages are written here from pydantic's location and error type; the
+offending input is never echoed (pydantic's ``input_value``), so a secret put in the wrong place cannot
+reach a terminal or a log. Secret values found in the file are registered with
+:func:`exporter.logging.register_secret` so later log lines mask them too.
+
+Decisions:
+
+- ``status.healthy`` and ``status.replication_healthy`` are automatically part of ``status.vocabulary``
+  (appended in order), so every state set carries the statuses the exporter calls healthy.
+- A config without images and with discovery disabled is valid (the exporter still serves its own
+  metrics and health endpoints); :func:`config_warnings` reports it and ``--check-config`` prints it.
+- An empty section (``images:`` with nothing after it) means "use the defaults".
+- ``$$`` writes a literal ``$``; ``${VAR:-default}`` uses the default when VAR is unset *or empty* (as in
+  the shell); an unset ``${VAR}`` without a default is an error naming the variable and the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
+
+from exporter.config import (
+    ApiConfig,
+    Config,
+    CredentialsConfig,
+    CredentialType,
+    DiscoveryConfig,
+    RefreshConfig,
+    RetryConfig,
+    ShardingConfig,
+    StatusConfig,
+    WatchedImage,
+    WebConfig,
+)
+from exporter.logging import register_secret
+
+__all__ = [
+    "RESERVED_PATHS",
+    "ConfigError",
+    "ConfigFile",
+    "config_json_schema",
+    "config_warnings",
+    "interpolate",
+    "load_config",
+    "parse_listen_address",
+]
+
+# Paths the web server keeps for itself; the telemetry path may not shadow them.
+RESERVED_PATHS = frozenset({"/", "/healthz", "/readyz"})
+COMMAND_LINE = "command line"
+
+_REGION_RE = re.compile(r"^[a-z]{2,}-[a-z0-9-]+$")
+_TELEMETRY_PATH_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+_ENV_RE = re.compile(
+    r"\$(?:(?P<dollar>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|(?P<bad>\{))"
+)
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``errors`` holds one line per problem, each naming where it is."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors: list[str] = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Field validators. Messages never quote a value that could be a secret: ids, regions and patterns only.
+
+
+def _region_id(value: str) -> str:
+    if not _REGION_RE.match(value):
+        raise ValueError(f"invalid region id {value!r} (expected lower-case like 'cn-hangzhou')")
+    return value
+
+
+def _image_id(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    if any(c.isspace() for c in value):
+        raise ValueError("must not contain whitespace")
+    return value
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from None
+    return value
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+def _endpoint(value: str) -> str:
+    if "://" in value:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be host[:port] or an http(s)://host[:port] URL")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials (user:password@)")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("must not have a path, query or fragment")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ValueError("invalid port") from None
+        return value
+    parse_listen_address(value, require_host=True)
+    return value
+
+
+def parse_listen_address(value: str, *, require_host: bool = False) -> tuple[str, int]:
+    """Split ``host:port`` (``:9765``, ``0.0.0.0:9765``, ``[::1]:9765``) into ``(host, port)``.
+
+    An empty host means every interface. Raises ValueError with a one-line message.
+    """
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or not rest.startswith(":") or ":" not in host:
+            raise ValueError("must be host:port, with an IPv6 host in brackets like [::1]:9765")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep:
+            if require_host and value and _HOST_RE.match(value):
+                return value, 0  # host alone: the scheme's default port
+            raise ValueError("must be host:port, like ':9765' or '127.0.0.1:9765'")
+        if ":" in host:
+            raise ValueError("an IPv6 host must be in brackets, like [::1]:9765")
+        if host and not _HOST_RE.match(host):
+            raise ValueError("invalid host")
+    if require_host and not host:
+        raise ValueError("must name a host")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError("port must be a number from 0 to 65535")
+    return host, int(port_text)
+
+
+def _listen_address(value: str) -> str:
+    parse_listen_address(value)
+    return value
+
+
+def _telemetry_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("must start with '/'")
+    if value in RESERVED_PATHS:
+        raise ValueError(f"must not be {value!r}, which the exporter serves itself")
+    if not _TELEMETRY_PATH_RE.match(value):
+        raise ValueError("must be a plain URL path (no spaces, query or fragment)")
+    return value
+
+
+RegionId = Annotated[str, AfterValidator(_region_id)]
+ImageId = Annotated[str, AfterValidator(_image_id)]
+NonEmptyStr = Annotated[str, AfterValidator(_non_empty)]
+StatusName = NonEmptyStr
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+ImageType = Literal["VM", "Container"]
+ImageCategory = Literal["Public", "Custom"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# The input schema. Defaults come from the runtime dataclasses so the two layers cannot drift.
+
+_RETRY = RetryConfig()
+_API = ApiConfig()
+_DISCOVERY = DiscoveryConfig()
+_REFRESH = RefreshConfig()
+_STATUS = StatusConfig()
+_SHARDING = ShardingConfig()
+_WEB = WebConfig()
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetryIn(_Schema):
+    """``api.retry``: exponential backoff with full jitter, bounded by attempts and by elapsed time."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = _RETRY.max_attempts
+    base_delay_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = _RETRY.base_delay_seconds
+    max_delay_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = _RETRY.max_delay_seconds
+    max_elapsed_seconds: Seconds = _RETRY.max_elapsed_seconds
+
+
+class ApiIn(_Schema):
+    """``api``: where and how fast to call E-HPC Instant."""
+
+    region_id: RegionId = _API.region_id
+    endpoint: Annotated[str, AfterValidator(_endpoint)] | None = None
+    network: Literal["public", "vpc"] = _API.network
+    protocol: Literal["https", "http"] = _API.protocol
+    ca_file: NonEmptyStr | None = None
+    timeout_seconds: Seconds = _API.timeout_seconds
+    connect_timeout_seconds: Seconds = _API.connect_timeout_seconds
+    max_concurrency: Annotated[int, Field(ge=1)] = _API.max_concurrency
+    qps: Annotated[float, Field(ge=0, allow_inf_nan=False)] = _API.qps
+    max_response_bytes: Annotated[int, Field(ge=1024)] = _API.max_response_bytes
+    retry: RetryIn = RetryIn()
+
+
+class CredentialsIn(_Schema):
+    """``credentials``: explicit credentials; leave the block out for the default chain."""
+
+    type: CredentialType
+    access_key_id: NonEmptyStr | None = None
+    access_key_secret: str | None = None
+    security_token: str | None = None
+    credentials_uri: Annotated[str, AfterValidator(_http_url)] | None = None
+    role_arn: NonEmptyStr | None = None
+    role_session_name: NonEmptyStr | None = None
+    oidc_provider_arn: NonEmptyStr | None = None
+    oidc_token_file: NonEmptyStr | None = None
+    role_name: NonEmptyStr | None = None
+
+
+class ImageIn(_Schema):
+    """One entry of ``images``."""
+
+    id: ImageId
+    type: ImageType = "VM"
+    category: ImageCategory | None = None
+    additional_regions: list[RegionId] = []
+
+
+class DiscoveryIn(_Schema):
+    """``discovery``: also watch what ListImages finds."""
+
+    enabled: bool = _DISCOVERY.enabled
+    type: ImageType | None = None
+    category: ImageCategory | None = None
+    name_regex: Annotated[str, AfterValidator(_regex)] | None = None
+    ids: list[ImageId] = []
+    additional_regions: list[RegionId] = []
+    page_size: Annotated[int, Field(ge=1, le=100)] = _DISCOVERY.page_size
+
+
+class RefreshIn(_Schema):
+    """``refresh``: the refresh loop's cadence."""
+
+    interval_seconds: Seconds = _REFRESH.interval_seconds
+    jitter_ratio: Annotated[float, Field(ge=0, lt=1)] = _REFRESH.jitter_ratio
+    image_timeout_seconds: Seconds = _REFRESH.image_timeout_seconds
+
+
+class StatusIn(_Schema):
+    """``status``: which statuses are healthy and which every state set carries."""
+
+    healthy: Annotated[list[StatusName], Field(min_length=1)] = list(_STATUS.healthy)
+    replication_healthy: Annotated[list[StatusName], Field(min_length=1)] = list(_STATUS.replication_healthy)
+    vocabulary: list[StatusName] = list(_STATUS.vocabulary)
+
+
+class ShardingIn(_Schema):
+    """``sharding``: this replica keeps the images with hash(image_id) mod shards == shard."""
+
+    shards: Annotated[int, Field(ge=1)] = _SHARDING.shards
+    shard: Annotated[int, Field(ge=0)] = _SHARDING.shard
+
+
+class WebIn(_Schema):
+    """``web``: the exporter's own HTTP server."""
+
+    listen_address: Annotated[str, AfterValidator(_listen_address)] = _WEB.listen_address
+    telemetry_path: Annotated[str, AfterValidator(_telemetry_path)] = _WEB.telemetry_path
+    config_file: NonEmptyStr | None = None
+
+
+class ConfigFile(_Schema):
+    """The whole file. Validation runs section by section (so one bad section hides nothing else)."""
+
+    api: ApiIn = ApiIn()
+    credentials: CredentialsIn | None = None
+    images: list[ImageIn] = []
+    discovery: DiscoveryIn = DiscoveryIn()
+    refresh: RefreshIn = RefreshIn()
+    status: StatusIn = StatusIn()
+    sharding: ShardingIn = ShardingIn()
+    web: WebIn = WebIn()
+
+
+def config_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the configuration file (for editors and the Helm chart)."""
+    return ConfigFile.model_json_schema()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Error collection.
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Problem:
+    loc: Loc
+    message: str
+
+
+def _format_loc(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
+    """The schema model that holds the field at ``loc`` (to suggest a key for an unknown one)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = _unwrap_model(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap_model(annotation: Any) -> Any:
+    """``list[X] | None`` -> ``X``: the model class inside containers and optionals, if any."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap_model(get_args(annotation)[0])
+    if origin in (list, tuple, typing.Union, types.UnionType):
+        for arg in get_args(annotation):
+            found = _unwrap_model(arg)
+            if isinstance(found, type) and issubclass(found, BaseModel):
+                return found
+        return None
+    return annotation
+
+
+def _num(value: Any) -> Any:
+    """``0.0`` -> ``0``: bounds read as people write them."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _describe(err: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
+    """One message for one pydantic error, from its type and context only (never its input)."""
+    kind = err["type"]
+    ctx: dict[str, Any] = dict(err.get("ctx") or {})
+    simple = {
+        "missing": "required",
+        "int_type": "must be an integer",
+        "int_parsing": "must be an integer",
+        "int_from_float": "must be an integer",
+        "float_type": "must be a number",
+        "float_parsing": "must be a number",
+        "finite_number": "must be a finite number",
+        "bool_type": "must be true or false",
+        "bool_parsing": "must be true or false",
+        "string_type": "must be a string",
+        "list_type": "must be a list",
+        "model_type": "must be a mapping",
+        "model_attributes_type": "must be a mapping",
+        "dict_type": "must be a mapping",
+        "string_too_short": "must not be empty",
+        "literal_error": f"must be {ctx.get('expected', 'one of the allowed values')}",
+        "greater_than": f"must be greater than {_num(ctx.get('gt'))}",
+        "greater_than_equal": f"must be at least {_num(ctx.get('ge'))}",
+        "less_than": f"must be less than {_num(ctx.get('lt'))}",
+        "less_than_equal": f"must be at most {_num(ctx.get('le'))}",
+        "too_short": f"must have at least {ctx.get('min_length')} item(s)",
+        "too_long": f"must have at most {ctx.get('max_length')} item(s)",
+    }
+    if kind in simple:
+        return simple[kind]
+    if kind == "extra_forbidden":
+        holder = _model_at(model, loc[:-1])
+        key = loc[-1]
+        if holder is not None and isinstance(key, str):
+            close = difflib.get_close_matches(key, list(holder.model_fields), n=1, cutoff=0.6)
+            if close:
+                return f"unknown key (did you mean '{close[0]}'?)"
+        return "unknown key"
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        return str(ctx["error"])
+    return err["msg"]
+
+
+def _validate(
+    adapter: TypeAdapter[Any], model: type[BaseModel], value: Any, loc: Loc, problems: list[_Problem]
+) -> Any:
+    """Validate ``value``; on failure add its problems (located under ``loc``) and return None."""
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        for err in exc.errors(include_input=False, include_url=False):
+            where = (*loc, *err["loc"])
+            problems.append(_Problem(where, _describe(err, model, where)))
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Environment interpolation.
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+    """Expand ``${VAR}``, ``${VAR:-default}`` and ``$$`` in ``text``; also return the unset names."""
+    missing: list[str] = []
+
+    def repl(m: re.Match[str]) -> str:
+        if m.group("dollar"):
+            return "$"
+        if m.group("bad"):
+            missing.append("")  # a '${' that is not a well-formed reference
+            return m.group(0)
+        name = m.group("name")
+        default = m.group("default")
+        value = env.get(name)
+        if default is not None:
+            return value if value else default
+        if value is None:
+            missing.append(name)
+            return ""
+        return value
+
+    return _ENV_RE.sub(repl, text), missing
+
+
+def _interpolate_tree(value: Any, loc: Loc, env: Mapping[str, str], problems: list[_Problem]) -> Any:
+    if isinstance(value, str):
+        expanded, missing = interpolate(value, env)
+        for name in missing:
+            if name:
+                problems.append(_Problem(loc, f"environment variable '{name}' is not set and has no default"))
+            else:
+                problems.append(
+                    _Problem(loc, "malformed '${' reference (use ${NAME} or ${NAME:-default}; $$ for '$')")
+                )
+        return expanded
+    if isinstance(value, dict):
+        return {str(k): _interpolate_tree(v, (*loc, str(k)), env, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate_tree(v, (*loc, i), env, problems) for i, v in enumerate(value)]
+    return value
+
+
+# --------------------------------------------------------------------------------------------------------
+# YAML reading.
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+        except TypeError:  # an unhashable key; construct_mapping below reports it
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first defined on line {seen[key].start_mark.line + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(path: str) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: cannot read config file: not UTF-8 text"]) from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+        problem = exc.problem or "invalid YAML"
+        context = f" ({exc.context})" if exc.context else ""
+        raise ConfigError([f"{where}: invalid YAML: {problem}{context}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: invalid YAML: {type(exc).__name__}"]) from None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Cross-field checks, each on one validated section.
+
+
+# Per credential type: the fields it needs, and the other fields it may use.
+_CREDENTIAL_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "default": ((), ()),
+    "access_key": (("access_key_id", "access_key_secret"), ()),
+    "sts": (("access_key_id", "access_key_secret", "security_token"), ()),
+    "credentials_uri": (("credentials_uri",), ()),
+    "ecs_ram_role": ((), ("role_name",)),
+    "ram_role_arn": (
+        ("access_key_id", "access_key_secret", "role_arn"),
+        ("security_token", "role_session_name"),
+    ),
+    "oidc_role_arn": (("role_arn", "oidc_provider_arn", "oidc_token_file"), ("role_session_name",)),
+}
+
+
+def _check_credentials(creds: CredentialsIn) -> list[_Problem]:
+    required, optional = _CREDENTIAL_FIELDS[creds.type]
+    out = []
+    for name in CredentialsIn.model_fields:
+        if name == "type":
+            continue
+        value = getattr(creds, name)
+        if name in required and not value:
+            out.append(_Problem(("credentials", name), f"required for type '{creds.type}'"))
+        elif name not in required and name not in optional and value is not None:
+            out.append(_Problem(("credentials", name), f"not used by type '{creds.type}'"))
+    return out
+
+
+def _check_section(name: str, value: Any) -> list[_Problem]:
+    out: list[_Problem] = []
+    if name == "api":
+        retry = value.retry
+        if retry.max_delay_seconds < retry.base_delay_seconds:
+            out.append(
+                _Problem(("api", "retry", "max_delay_seconds"), "must be at least retry.base_delay_seconds")
+            )
+    elif name == "credentials" and value is not None:
+        out += _check_credentials(value)
+    elif name == "sharding" and value.shard >= value.shards:
+        out.append(_Problem(("sharding", "shard"), f"must be less than sharding.shards ({value.shards})"))
+    return out
+
+
+def _raw_duplicates(raw: Mapping[str, Any]) -> list[_Problem]:
+    """Duplicate image ids and regions, found on the raw data so other errors in an item hide nothing."""
+
+    def strings(value: Any) -> list[str | None]:
+        return [v if isinstance(v, str) else None for v in value] if isinstance(value, list) else []
+
+    def dups(values: Sequence[str | None], base: Loc, what: str, field: str = "") -> list[_Problem]:
+        first: dict[str, int] = {}
+        out = []
+        for i, value in enumerate(values):
+            if value is None:
+                continue
+            if value in first:
+                loc: Loc = (*base, i, field) if field else (*base, i)
+                out.append(
+                    _Problem(loc, f"duplicate {what} {value!r} (also {_format_loc((*base, first[value]))})")
+                )
+            else:
+                first[value] = i
+        return out
+
+    out: list[_Problem] = []
+    images = raw.get("images")
+    if isinstance(images, list):
+        ids = [
+            item.get("id") if isinstance(item, dict) and isinstance(item.get("id"), str) else None
+            for item in images
+        ]
+        out += dups(ids, ("images",), "image id", "id")
+        for i, item in enumerate(images):
+            if isinstance(item, dict):
+                regions = ("images", i, "additional_regions")
+                out += dups(strings(item.get("additional_regions")), regions, "region")
+    discovery = raw.get("discovery")
+    if isinstance(discovery, dict):
+        out += dups(strings(discovery.get("ids")), ("discovery", "ids"), "image id")
+        out += dups(
+            strings(discovery.get("additional_regions")), ("discovery", "additional_regions"), "region"
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Building the runtime objects.
+
+
+def _merge_vocabulary(status: StatusIn) -> StatusConfig:
+    vocabulary = dict.fromkeys([*status.vocabulary, *status.healthy, *status.replication_healthy])
+    return StatusConfig(
+        healthy=tuple(dict.fromkeys(status.healthy)),
+        replication_healthy=tuple(dict.fromkeys(status.replication_healthy)),
+        vocabulary=tuple(vocabulary),
+    )
+
+
+def _build(sections: Mapping[str, Any]) -> Config:
+    api: ApiIn = sections["api"]
+    creds: CredentialsIn | None = sections["credentials"]
+    images: list[ImageIn] = sections["images"]
+    discovery: DiscoveryIn = sections["discovery"]
+    refresh: RefreshIn = sections["refresh"]
+    sharding: ShardingIn = sections["sharding"]
+    web: WebIn = sections["web"]
+    return Config(
+        api=ApiConfig(
+            region_id=api.region_id,
+            endpoint=api.endpoint,
+            network=api.network,
+            protocol=api.protocol,
+            ca_file=api.ca_file,
+            timeout_seconds=api.timeout_seconds,
+            connect_timeout_seconds=api.connect_timeout_seconds,
+            max_concurrency=api.max_concurrency,
+            qps=api.qps,
+            max_response_bytes=api.max_response_bytes,
+            retry=RetryConfig(**api.retry.model_dump()),
+        ),
+        credentials=None if creds is None else CredentialsConfig(**creds.model_dump()),
+        images=tuple(
+            WatchedImage(
+                image_id=i.id,
+                image_type=i.type,
+                image_category=i.category,
+                additional_region_ids=tuple(i.additional_regions),
+            )
+            for i in images
+        ),
+        discovery=DiscoveryConfig(
+            enabled=discovery.enabled,
+            image_type=discovery.type,
+            image_category=discovery.category,
+            name_regex=discovery.name_regex,
+            image_ids=tuple(discovery.ids),
+            additional_region_ids=tuple(discovery.additional_regions),
+            page_size=discovery.page_size,
+        ),
+        refresh=RefreshConfig(**refresh.model_dump()),
+        status=_merge_vocabulary(sections["status"]),
+        sharding=ShardingConfig(shards=sharding.shards, shard=sharding.shard),
+        web=WebConfig(
+            listen_address=web.listen_address, telemetry_path=web.telemetry_path, config_file=web.config_file
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# The entry point.
+
+_SECTION_ADAPTERS: dict[str, TypeAdapter[Any]] = {
+    name: TypeAdapter(typing.cast(Any, field.annotation)) for name, field in ConfigFile.model_fields.items()
+}
+_IMAGE_ADAPTER: TypeAdapter[ImageIn] = TypeAdapter(ImageIn)
+_SECRET_FIELDS = ("access_key_secret", "security_token")
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> list[Loc]:
+    """Set each dotted key of ``overrides`` (``None`` values skipped) in ``raw``; return their locations."""
+    applied: list[Loc] = []
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        node: Any = raw
+        for part in parents:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                break  # the file's own error for this section is reported
+            node = child
+        else:
+            node[leaf] = value
+            applied.append((*parents, leaf))
+    return applied
+
+
+def _secret_values(raw: Mapping[str, Any]) -> list[str]:
+    creds = raw.get("credentials")
+    if not isinstance(creds, dict):
+        return []
+    return [v for k in _SECRET_FIELDS if isinstance(v := creds.get(k), str) and v]
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load, interpolate, override and validate a config file (``None``: defaults and overrides only).
+
+    ``overrides`` maps dotted keys (``"web.listen_address"``) to values that replace the file's; ``None``
+    values are ignored, so unset command-line flags can be passed straight through. Raises ConfigError.
+    """
+    source = os.fspath(path) if path is not None else COMMAND_LINE
+    raw: Any = _read_yaml(source) if path is not None else None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping of sections (api, images, ...)"])
+
+    env_problems: list[_Problem] = []
+    raw = _interpolate_tree(raw, (), os.environ, env_problems)
+    overridden = _apply_overrides(raw, overrides or {})
+    secrets = _secret_values(raw)
+    for secret in secrets:
+        register_secret(secret, pin=True)
+
+    problems: list[_Problem] = []
+    sections: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in ConfigFile.model_fields:
+            close = difflib.get_close_matches(name, list(ConfigFile.model_fields), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(_Problem((name,), f"unknown key{hint}"))
+            continue
+        if value is None:
+            continue  # an empty section means its defaults
+        if name == "images":
+            if not isinstance(value, list):
+                problems.append(_Problem(("images",), "must be a list"))
+                continue
+            validated = [
+                (i, _validate(_IMAGE_ADAPTER, ConfigFile, item, ("images", i), problems))
+                for i, item in enumerate(value)
+            ]
+            sections[name] = [image for _, image in validated if image is not None]
+            continue
+        result = _validate(_SECTION_ADAPTERS[name], ConfigFile, value, (name,), problems)
+        if result is not None:
+            sections[name] = result
+            problems += _check_section(name, result)
+
+    problems += _raw_duplicates(raw)
+    # A field whose variable is unset gets that one line, not also the complaints about its empty value.
+    env_locs = {p.loc for p in env_problems}
+    problems = env_problems + [p for p in problems if p.loc not in env_locs]
+    if problems:
+        raise ConfigError([_render(p, source, overridden, secrets) for p in _ordered(problems, raw)])
+    defaults = ConfigFile()
+    return _build({name: sections.get(name, getattr(defaults, name)) for name in ConfigFile.model_fields})
+
+
+def _ordered(problems: list[_Problem], raw: Mapping[str, Any]) -> list[_Problem]:
+    """Problems in the order of the file (a missing field sorts after its siblings); stable otherwise."""
+
+    def position(loc: Loc) -> tuple[int, ...]:
+        node: Any = raw
+        out = []
+        for part in loc:
+            if isinstance(node, dict) and part in node:
+                out.append(list(node).index(part))
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                out.append(part)
+                node = node[part]
+            else:
+                out.append(1 << 30)
+                node = None
+        return tuple(out)
+
+    return sorted(problems, key=lambda p: position(p.loc))
+
+
+def _render(problem: _Problem, source: str, overridden: Sequence[Loc], secrets: Sequence[str]) -> str:
+    from_flag = any(problem.loc[: len(loc)] == loc for loc in overridden)
+    where = _format_loc(problem.loc)
+    prefix = COMMAND_LINE if from_flag else source
+    line = f"{prefix}: {where}: {problem.message}" if where else f"{prefix}: {problem.message}"
+    # Belt and braces: no message quotes a secret field's value, but a secret pasted into the wrong
+    # field (say, as a region id) must not be printed either.
+    for secret in secrets:
+        line = line.replace(secret, "[REDACTED]")
+    return line
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Valid but probably unintended settings, one line each (printed by --check-config, logged at start)."""
+    out: list[str] = []
+    if not config.images and not config.discovery.enabled:
+        out.append(
+            "images: no images to watch and discovery is disabled; only the exporter's own metrics are served"
+        )
+    if config.api.protocol == "http" and not _is_loopback_endpoint(config.api.endpoint):
+        out.append(
+            "api.protocol: 'http' sends requests (and any STS token) unencrypted; use it only for testing"
+        )
+    if config.refresh.image_timeout_seconds > config.refresh.interval_seconds:
+        out.append(
+            "refresh.image_timeout_seconds: longer than refresh.interval_seconds, so a slow image can make a"
+            " cycle overrun the next one"
+        )
+    return out
+
+
+def _is_loopback_endpoint(endpoint: str | None) -> bool:
+    if endpoint is None:
+        return False
+    host = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}").hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")

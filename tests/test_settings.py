@@ -1,0 +1,585 @@
+"""The config file loader: exact one-line errors naming where, no secret in any of them, and the runtime
+objects a valid file turns into."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from exporter.config import (
+    DEFAULT_STATUS_VOCABULARY,
+    ApiConfig,
+    Config,
+    CredentialsConfig,
+    DiscoveryConfig,
+    RefreshConfig,
+    RetryConfig,
+    ShardingConfig,
+    StatusConfig,
+    WatchedImage,
+    WebConfig,
+)
+from exporter.settings import (
+    ConfigError,
+    config_json_schema,
+    config_warnings,
+    interpolate,
+    load_config,
+    parse_listen_address,
+)
+
+SECRET = "TopSecretAccessKeySecret0123456789"
+TOKEN = "CAIS-TopSecretStsToken-abcdefghijklmnop"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def errors_of(path: str | None, overrides: dict[str, object] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    for line in info.value.errors:
+        assert "\n" not in line
+        assert SECRET not in line
+        assert TOKEN not in line
+    assert str(info.value) == "\n".join(info.value.errors)
+    return info.value.errors
+
+
+# Each case: the YAML (with a secret in it wherever it makes sense) and the exact lines, "{p}" for the path.
+CASES: list[tuple[str, str, list[str]]] = [
+    (
+        "unknown top-level key, with a suggestion",
+        "imagez: []\n",
+        ["{p}: imagez: unknown key (did you mean 'images'?)"],
+    ),
+    (
+        "unknown key in every section",
+        f"""
+        api: {{regon_id: cn-hangzhou, retry: {{attempts: 3}}}}
+        credentials: {{type: access_key, access_key_id: LTAI, access_key_secret: {SECRET}, secret: {SECRET}}}
+        images: [{{id: m-1, regions: [cn-beijing]}}]
+        discovery: {{enable: true}}
+        refresh: {{interval: 5}}
+        status: {{healthy_statuses: [Available]}}
+        sharding: {{shard_count: 2}}
+        web: {{listen: ":1"}}
+        """,
+        [
+            "{p}: api.regon_id: unknown key (did you mean 'region_id'?)",
+            "{p}: api.retry.attempts: unknown key (did you mean 'max_attempts'?)",
+            "{p}: credentials.secret: unknown key",
+            "{p}: images[0].regions: unknown key",
+            "{p}: discovery.enable: unknown key (did you mean 'enabled'?)",
+            "{p}: refresh.interval: unknown key (did you mean 'interval_seconds'?)",
+            "{p}: status.healthy_statuses: unknown key (did you mean 'healthy'?)",
+            "{p}: sharding.shard_count: unknown key (did you mean 'shard'?)",
+            "{p}: web.listen: unknown key (did you mean 'listen_address'?)",
+        ],
+    ),
+    (
+        "wrong types",
+        """
+        api: {max_concurrency: many, qps: fast, retry: []}
+        images: {id: m-1}
+        discovery: {enabled: maybe, ids: m-1}
+        web: {telemetry_path: 5}
+        """,
+        [
+            "{p}: api.max_concurrency: must be an integer",
+            "{p}: api.qps: must be a number",
+            "{p}: api.retry: must be a mapping",
+            "{p}: images: must be a list",
+            "{p}: discovery.enabled: must be true or false",
+            "{p}: discovery.ids: must be a list",
+            "{p}: web.telemetry_path: must be a string",
+        ],
+    ),
+    (
+        "numeric bounds",
+        """
+        api: {timeout_seconds: 0, max_concurrency: 0, qps: -1, retry: {max_attempts: 0}}
+        refresh: {interval_seconds: -5, jitter_ratio: 1, image_timeout_seconds: 0}
+        discovery: {page_size: 101}
+        sharding: {shards: 0, shard: -1}
+        """,
+        [
+            "{p}: api.timeout_seconds: must be greater than 0",
+            "{p}: api.max_concurrency: must be at least 1",
+            "{p}: api.qps: must be at least 0",
+            "{p}: api.retry.max_attempts: must be at least 1",
+            "{p}: refresh.interval_seconds: must be greater than 0",
+            "{p}: refresh.jitter_ratio: must be less than 1",
+            "{p}: refresh.image_timeout_seconds: must be greater than 0",
+            "{p}: discovery.page_size: must be at most 100",
+            "{p}: sharding.shards: must be at least 1",
+            "{p}: sharding.shard: must be at least 0",
+        ],
+    ),
+    (
+        "shard out of range, retry delays inverted",
+        """
+        sharding: {shards: 3, shard: 3}
+        api: {retry: {base_delay_seconds: 2, max_delay_seconds: 1}}
+        """,
+        [
+            "{p}: sharding.shard: must be less than sharding.shards (3)",
+            "{p}: api.retry.max_delay_seconds: must be at least retry.base_delay_seconds",
+        ],
+    ),
+    (
+        "invalid region ids",
+        """
+        api: {region_id: CN-Hangzhou}
+        images: [{id: m-1, additional_regions: [cn-beijing, hangzhou, cn_shanghai]}]
+        discovery: {additional_regions: [c-x]}
+        """,
+        [
+            "{p}: api.region_id: invalid region id 'CN-Hangzhou' (expected lower-case like 'cn-hangzhou')",
+            "{p}: images[0].additional_regions[1]: invalid region id 'hangzhou' (expected lower-case like"
+            " 'cn-hangzhou')",
+            "{p}: images[0].additional_regions[2]: invalid region id 'cn_shanghai' (expected lower-case like"
+            " 'cn-hangzhou')",
+            "{p}: discovery.additional_regions[0]: invalid region id 'c-x' (expected lower-case like"
+            " 'cn-hangzhou')",
+        ],
+    ),
+    (
+        "duplicate image ids and regions, reported even when the item has other errors",
+        """
+        images:
+          - id: m-abc
+          - id: m-abc
+            type: Docker
+          - id: m-def
+            additional_regions: [cn-beijing, ap-southeast-1, cn-beijing]
+          - id: m-abc
+        discovery: {ids: [m-x, m-x]}
+        """,
+        [
+            "{p}: images[1].id: duplicate image id 'm-abc' (also images[0])",
+            "{p}: images[1].type: must be 'VM' or 'Container'",
+            "{p}: images[2].additional_regions[2]: duplicate region 'cn-beijing' (also"
+            " images[2].additional_regions[0])",
+            "{p}: images[3].id: duplicate image id 'm-abc' (also images[0])",
+            "{p}: discovery.ids[1]: duplicate image id 'm-x' (also discovery.ids[0])",
+        ],
+    ),
+    (
+        "image ids: missing, empty, with whitespace",
+        """
+        images: [{type: VM}, {id: ""}, {id: "m 1"}, m-plain]
+        """,
+        [
+            "{p}: images[0].id: required",
+            "{p}: images[1].id: must not be empty",
+            "{p}: images[2].id: must not contain whitespace",
+            "{p}: images[3]: must be a mapping",
+        ],
+    ),
+    (
+        "bad regex",
+        'discovery: {enabled: true, name_regex: "hpc-(["}\n',
+        ["{p}: discovery.name_regex: invalid regular expression: unterminated character set at position 5"],
+    ),
+    (
+        "web: listen address and telemetry path",
+        """
+        web: {listen_address: "localhost", telemetry_path: /readyz}
+        """,
+        [
+            "{p}: web.listen_address: must be host:port, like ':9765' or '127.0.0.1:9765'",
+            "{p}: web.telemetry_path: must not be '/readyz', which the exporter serves itself",
+        ],
+    ),
+    (
+        "telemetry path must be absolute",
+        "web: {telemetry_path: metrics}\n",
+        ["{p}: web.telemetry_path: must start with '/'"],
+    ),
+    (
+        "status lists",
+        "status: {healthy: [], replication_healthy: [''], vocabulary: 3}\n",
+        [
+            "{p}: status.healthy: must have at least 1 item(s)",
+            "{p}: status.replication_healthy[0]: must not be empty",
+            "{p}: status.vocabulary: must be a list",
+        ],
+    ),
+    (
+        "access_key without its secret, and a field it does not use",
+        "credentials: {type: access_key, access_key_id: LTAI, role_arn: acs:ram::1:role/x}\n",
+        [  # file order; a missing field comes after the ones present
+            "{p}: credentials.role_arn: not used by type 'access_key'",
+            "{p}: credentials.access_key_secret: required for type 'access_key'",
+        ],
+    ),
+    (
+        "sts without its token",
+        f"credentials: {{type: sts, access_key_id: STS.x, access_key_secret: {SECRET}}}\n",
+        ["{p}: credentials.security_token: required for type 'sts'"],
+    ),
+    (
+        "credentials_uri without the uri; a token where it is not used",
+        f"credentials: {{type: credentials_uri, security_token: {TOKEN}}}\n",
+        [
+            "{p}: credentials.security_token: not used by type 'credentials_uri'",
+            "{p}: credentials.credentials_uri: required for type 'credentials_uri'",
+        ],
+    ),
+    (
+        "credentials_uri that is not a URL",
+        "credentials: {type: credentials_uri, credentials_uri: 'file:///etc/creds'}\n",
+        ["{p}: credentials.credentials_uri: must be an http:// or https:// URL"],
+    ),
+    (
+        "oidc_role_arn needs three fields; an unknown type",
+        """
+        credentials: {type: oidc_role_arn, role_arn: "acs:ram::1:role/x"}
+        """,
+        [
+            "{p}: credentials.oidc_provider_arn: required for type 'oidc_role_arn'",
+            "{p}: credentials.oidc_token_file: required for type 'oidc_role_arn'",
+        ],
+    ),
+    (
+        "credentials without a type; a secret of the wrong type is not echoed",
+        "credentials: {access_key_secret: 12345678901234567890}\n",
+        ["{p}: credentials.access_key_secret: must be a string", "{p}: credentials.type: required"],
+    ),
+    (
+        "default type takes no fields",
+        f"credentials: {{type: default, access_key_secret: {SECRET}}}\n",
+        ["{p}: credentials.access_key_secret: not used by type 'default'"],
+    ),
+    (
+        "a secret pasted into a field that quotes its value is masked",
+        f"credentials: {{type: access_key, access_key_id: LTAI, access_key_secret: {SECRET}}}\n"
+        f"api: {{region_id: {SECRET}}}\n",
+        ["{p}: api.region_id: invalid region id '[REDACTED]' (expected lower-case like 'cn-hangzhou')"],
+    ),
+    (
+        "endpoint with userinfo or path",
+        """
+        api: {endpoint: "https://user:pw@ehpc.example.com"}
+        """,
+        ["{p}: api.endpoint: must not carry credentials (user:password@)"],
+    ),
+    (
+        "top level is not a mapping",
+        "- api\n",
+        ["{p}: the top level must be a mapping of sections (api, images, ...)"],
+    ),
+    (
+        "malformed YAML names file:line:column",
+        "api:\n  region_id: cn-hangzhou\n   qps: 3\n",
+        ["{p}:3:7: invalid YAML: mapping values are not allowed here"],
+    ),
+    (
+        "unterminated flow sequence",
+        "images: [\n",
+        [
+            "{p}:2:1: invalid YAML: expected the node content, but found '<stream end>'"
+            " (while parsing a flow node)"
+        ],
+    ),
+    (
+        "duplicate keys are an error, not a silent override",
+        "refresh: {interval_seconds: 5}\nweb: {}\nrefresh: {interval_seconds: 9}\n",
+        ["{p}:3:1: invalid YAML: duplicate key 'refresh' (first defined on line 1)"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_invalid_configs_give_exact_lines(tmp_path: Path, text: str, expected: list[str]) -> None:
+    """Each mistake is one line naming the file and the field; none quotes a secret."""
+    path = write(tmp_path, text)
+    assert errors_of(path) == [line.format(p=path) for line in expected]
+
+
+def test_unreadable_file_is_one_line(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.yaml")
+    assert errors_of(missing) == [f"{missing}: cannot read config file: No such file or directory"]
+    assert errors_of(str(tmp_path)) == [f"{tmp_path}: cannot read config file: Is a directory"]
+
+
+def test_unreadable_permissions(tmp_path: Path) -> None:
+    path = write(tmp_path, "images: []\n")
+    os.chmod(path, 0)
+    try:
+        if os.access(path, os.R_OK):  # running as root: permissions do not stop us, use a non-UTF-8 file
+            Path(path).write_bytes(b"\xff\xfe images")
+            assert errors_of(path) == [f"{path}: cannot read config file: not UTF-8 text"]
+        else:
+            assert errors_of(path) == [f"{path}: cannot read config file: Permission denied"]
+    finally:
+        os.chmod(path, 0o600)
+
+
+def test_missing_env_var_names_variable_and_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unset ${VAR} is one line naming the variable and the field; the field's checks stay quiet."""
+    monkeypatch.delenv("EHPC_TEST_SECRET", raising=False)
+    monkeypatch.delenv("EHPC_TEST_REGION", raising=False)
+    path = write(
+        tmp_path,
+        """
+        credentials:
+          type: access_key
+          access_key_id: LTAI
+          access_key_secret: ${EHPC_TEST_SECRET}
+        images:
+          - id: m-1
+            additional_regions: ["${EHPC_TEST_REGION}"]
+        web: {telemetry_path: "/${"}
+        """,
+    )
+    assert errors_of(path) == [
+        f"{path}: credentials.access_key_secret: environment variable 'EHPC_TEST_SECRET' is not set and has"
+        " no default",
+        f"{path}: images[0].additional_regions[0]: environment variable 'EHPC_TEST_REGION' is not set and"
+        " has no default",
+        f"{path}: web.telemetry_path: malformed '${{' reference (use ${{NAME}} or ${{NAME:-default}}; $$ for"
+        " '$')",
+    ]
+
+
+def test_env_interpolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """${VAR}, ${VAR:-default} (also for empty), $$, inside strings and lists; numbers come from strings."""
+    monkeypatch.setenv("EHPC_TEST_SECRET", SECRET)
+    monkeypatch.setenv("EHPC_TEST_REGION", "cn-beijing")
+    monkeypatch.setenv("EHPC_TEST_EMPTY", "")
+    monkeypatch.setenv("EHPC_TEST_INTERVAL", "7.5")
+    monkeypatch.delenv("EHPC_TEST_UNSET", raising=False)
+    path = write(
+        tmp_path,
+        """
+        credentials:
+          type: access_key
+          access_key_id: ${EHPC_TEST_UNSET:-LTAIdefault}
+          access_key_secret: ${EHPC_TEST_SECRET}
+        images:
+          - id: m-${EHPC_TEST_EMPTY:-fallback}
+            additional_regions: ["${EHPC_TEST_REGION}", "ap-${EHPC_TEST_UNSET:-southeast}-1"]
+        refresh: {interval_seconds: "${EHPC_TEST_INTERVAL}"}
+        discovery: {name_regex: "^cost$$"}
+        """,
+    )
+    config = load_config(path)
+    assert config.credentials == CredentialsConfig(
+        type="access_key", access_key_id="LTAIdefault", access_key_secret=SECRET
+    )
+    assert config.images == (
+        WatchedImage("m-fallback", additional_region_ids=("cn-beijing", "ap-southeast-1")),
+    )
+    assert config.refresh.interval_seconds == 7.5
+    assert config.discovery.name_regex == "^cost$"
+    assert SECRET not in repr(config)
+
+
+def test_interpolate_function() -> None:
+    env = {"A": "x", "E": ""}
+    assert interpolate("${A}-${E}-${E:-d}-${B:-}-$$-$A", env) == ("x--d--$-$A", [])
+    assert interpolate("${B}${A}", env) == ("x", ["B"])
+
+
+def test_overrides_replace_file_values_and_none_is_ignored(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "web: {listen_address: ':9000', telemetry_path: /m}\nrefresh: {interval_seconds: 5}\n"
+    )
+    config = load_config(
+        path,
+        {"web.listen_address": "127.0.0.1:0", "web.telemetry_path": None, "web.config_file": "web.yml"},
+    )
+    assert config.web == WebConfig(listen_address="127.0.0.1:0", telemetry_path="/m", config_file="web.yml")
+    assert config.refresh.interval_seconds == 5
+
+
+def test_overrides_without_a_file_and_bad_override_says_command_line(tmp_path: Path) -> None:
+    assert load_config(None, {"web.listen_address": ":1234"}).web.listen_address == ":1234"
+    assert errors_of(None, {"web.telemetry_path": "/healthz"}) == [
+        "command line: web.telemetry_path: must not be '/healthz', which the exporter serves itself"
+    ]
+    path = write(tmp_path, "web: {listen_address: nope}\n")
+    # The file's bad value is replaced by the flag, so only the flag's problem remains, attributed to it.
+    assert errors_of(path, {"web.listen_address": "[::1]9"}) == [
+        "command line: web.listen_address: must be host:port, with an IPv6 host in brackets like [::1]:9765"
+    ]
+
+
+def test_empty_file_and_empty_sections_mean_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")) == Config()
+    assert load_config(write(tmp_path, "api:\nimages:\nweb:\n", "b.yaml")) == Config()
+    assert load_config(None) == Config()
+
+
+def test_full_config_maps_onto_runtime_objects(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        api:
+          region_id: ap-southeast-1
+          endpoint: "http://127.0.0.1:9766"
+          network: vpc
+          protocol: http
+          ca_file: /etc/ca.pem
+          timeout_seconds: 3
+          connect_timeout_seconds: 1
+          max_concurrency: 8
+          qps: 0
+          max_response_bytes: 65536
+          retry: {{max_attempts: 2, base_delay_seconds: 0.1, max_delay_seconds: 1, max_elapsed_seconds: 4}}
+        credentials:
+          type: sts
+          access_key_id: STS.abc
+          access_key_secret: {SECRET}
+          security_token: {TOKEN}
+        images:
+          - id: m-1
+          - id: c-2
+            type: Container
+            category: Custom
+            additional_regions: [cn-beijing, cn-shanghai]
+        discovery:
+          enabled: true
+          type: VM
+          category: Public
+          name_regex: "^hpc-"
+          ids: [m-9]
+          additional_regions: [cn-beijing]
+          page_size: 20
+        refresh: {{interval_seconds: 30, jitter_ratio: 0, image_timeout_seconds: 10}}
+        status:
+          healthy: [Available, Deprecated]
+          replication_healthy: [Available, Ready]
+          vocabulary: [Available, Creating, Available]
+        sharding: {{shards: 4, shard: 3}}
+        web: {{listen_address: "[::]:9765", telemetry_path: /metrics, config_file: web.yml}}
+        """,
+    )
+    assert load_config(path) == Config(
+        api=ApiConfig(
+            region_id="ap-southeast-1",
+            endpoint="http://127.0.0.1:9766",
+            network="vpc",
+            protocol="http",
+            ca_file="/etc/ca.pem",
+            timeout_seconds=3,
+            connect_timeout_seconds=1,
+            max_concurrency=8,
+            qps=0,
+            max_response_bytes=65536,
+            retry=RetryConfig(
+                max_attempts=2, base_delay_seconds=0.1, max_delay_seconds=1, max_elapsed_seconds=4
+            ),
+        ),
+        credentials=CredentialsConfig(
+            type="sts", access_key_id="STS.abc", access_key_secret=SECRET, security_token=TOKEN
+        ),
+        images=(
+            WatchedImage("m-1"),
+            WatchedImage("c-2", "Container", "Custom", ("cn-beijing", "cn-shanghai")),
+        ),
+        discovery=DiscoveryConfig(
+            enabled=True,
+            image_type="VM",
+            image_category="Public",
+            name_regex="^hpc-",
+            image_ids=("m-9",),
+            additional_region_ids=("cn-beijing",),
+            page_size=20,
+        ),
+        refresh=RefreshConfig(interval_seconds=30, jitter_ratio=0, image_timeout_seconds=10),
+        # Healthy statuses join the vocabulary (after the listed ones, duplicates dropped).
+        status=StatusConfig(
+            healthy=("Available", "Deprecated"),
+            replication_healthy=("Available", "Ready"),
+            vocabulary=("Available", "Creating", "Deprecated", "Ready"),
+        ),
+        sharding=ShardingConfig(shards=4, shard=3),
+        web=WebConfig(listen_address="[::]:9765", telemetry_path="/metrics", config_file="web.yml"),
+    )
+
+
+def test_default_vocabulary_is_the_runtime_default(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "status: {healthy: [Available]}\n")).status.vocabulary == (
+        DEFAULT_STATUS_VOCABULARY
+    )
+
+
+def test_loaded_secrets_are_registered_for_log_masking(tmp_path: Path) -> None:
+    from exporter.logging import mask_secrets
+
+    secret = "AnotherSecretOnlyInThisTest42"
+    load_config(
+        write(tmp_path, f"credentials: {{type: access_key, access_key_id: X, access_key_secret: {secret}}}")
+    )
+    assert mask_secrets(f"x {secret} y") == "x [REDACTED] y"
+
+
+def test_warnings(tmp_path: Path) -> None:
+    assert config_warnings(Config()) == [
+        "images: no images to watch and discovery is disabled; only the exporter's own metrics are served"
+    ]
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            api: {protocol: http, endpoint: "ehpc.example.com:80"}
+            images: [{id: m-1}]
+            refresh: {interval_seconds: 5, image_timeout_seconds: 6}
+            """,
+        )
+    )
+    assert config_warnings(config) == [
+        "api.protocol: 'http' sends requests (and any STS token) unencrypted; use it only for testing",
+        "refresh.image_timeout_seconds: longer than refresh.interval_seconds, so a slow image can make a"
+        " cycle overrun the next one",
+    ]
+    local = load_config(
+        write(tmp_path, "api: {protocol: http, endpoint: 'http://127.0.0.1:1'}\nimages: [{id: m}]")
+    )
+    assert config_warnings(local) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (":9765", ("", 9765)),
+        ("0.0.0.0:0", ("0.0.0.0", 0)),  # noqa: S104 - parsing, not binding
+        ("localhost:80", ("localhost", 80)),
+        ("[::1]:9765", ("::1", 9765)),
+    ],
+)
+def test_parse_listen_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9765", "host:", "host:99999", "::1:80", "[::1]", "a b:1", ":-1"])
+def test_parse_listen_address_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match=r"host|port"):
+        parse_listen_address(text)
+
+
+def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped, commented example loads (with the variables it documents set)."""
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", "LTAIexample")
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
+    config = load_config(REPO / "examples" / "config.yaml")
+    assert config.images
+    assert config_warnings(config) == []
+
+
+def test_json_schema_forbids_unknown_keys() -> None:
+    schema = config_json_schema()
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) == {
+        "api", "credentials", "images", "discovery", "refresh", "status", "sharding", "web"
+    }  # fmt: skip
