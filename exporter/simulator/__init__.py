@@ -1,0 +1,19 @@
+"""A faithful local simulator of the Alibaba Cloud E-HPC Instant API (2023-07-01) for tests and the demo.
+
+See :mod:`exporter.simulator.server` for the API behaviour and the admin API, :mod:`.auth` for the
+signature checks, :mod:`.fleet` for the fleet file format and :mod:`.cli` for the command line.
+"""
+
+from exporter.simulator.fleet import generate_fleet, load_fleet
+from exporter.simulator.model import Faults, SimImage
+from exporter.simulator.server import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, Simulator
+
+__all__ = [
+    "DEMO_ACCESS_KEY_ID",
+    "DEMO_ACCESS_KEY_SECRET",
+    "Faults",
+    "SimImage",
+    "Simulator",
+    "generate_fleet",
+    "load_fleet",
+]
