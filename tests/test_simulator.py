@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import ssl
+import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import aiohttp
 import pytest
 import yarl
 
+import exporter.simulator as simulator_pkg
 from exporter.openapi.signing import canonical_query, sign
-from exporter.simulator import SimImage
+from exporter.simulator import Faults, SimImage, generate_fleet, load_fleet
+from exporter.simulator.auth import NonceStore
 from tests.fixtures.sim import (
     SIM_CONTAINER_ID,
     SIM_REGISTRY_PASSWORD,
     SIM_VM_FAILED_ID,
     SIM_VM_ID,
     RunningSimulator,
+    SimulatorFactory,
     acs_date,
     signed_call,
 )
@@ -429,3 +436,492 @@ async def test_per_image_error_and_not_found_counted(
     assert_error_shape(status, headers, body, "NotAuthorized", 407)
     assert body["AccessDeniedDetail"]["AuthAction"] == "ehpc:GetImage"
     assert simulator.sim.counters() == {("GetImage", "NotAuthorized"): 1}
+
+
+# ----- seed error codes, fault injection, throttling --------------------------------------------------
+
+SEED_STATUSES = {
+    "InvalidParams": 400,
+    "NotEnabled": 400,
+    "ImageNotFound": 404,
+    "ServiceUnavailable": 503,
+    "EcsError": 406,
+    "AliyunError": 406,
+    "DbError": 406,
+    "NotAuthorized": 407,
+}
+
+
+@pytest.mark.parametrize(("code", "http"), sorted(SEED_STATUSES.items()))
+async def test_seed_code_per_image(
+    simulator: RunningSimulator, session: aiohttp.ClientSession, code: str, http: int
+) -> None:
+    simulator.sim.images[SIM_VM_ID].error = code
+    status, headers, body = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    assert_error_shape(status, headers, body, code, http)
+    assert ("AccessDeniedDetail" in body) == (code == "NotAuthorized")
+    # Other images are unaffected.
+    ok = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_CONTAINER_ID})
+    assert ok[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("code", "http"),
+    [*sorted(SEED_STATUSES.items()), ("Throttling.Api", 400), ("InternalError", 500), ("Forbidden.RAM", 403)],
+)
+async def test_code_by_fault_injection(
+    simulator: RunningSimulator, session: aiohttp.ClientSession, code: str, http: int
+) -> None:
+    """error_rates at 1 answers the code on every business call, GetImage and ListImages alike."""
+    simulator.sim.faults.error_rates = {code: 1.0}
+    for action, params in (("GetImage", {"ImageId": SIM_VM_ID}), ("ListImages", {})):
+        status, headers, body = await signed_call(session, simulator, action, params)
+        assert_error_shape(status, headers, body, code, http)
+    assert simulator.sim.counters() == {("GetImage", code): 1, ("ListImages", code): 1}
+
+
+async def test_global_error(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+    simulator.sim.faults.global_error = "NotEnabled"
+    status, headers, body = await signed_call(session, simulator, "ListImages", {})
+    assert_error_shape(status, headers, body, "NotEnabled", 400)
+
+
+async def test_invalid_params(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+    cases = [
+        ("GetImage", {}),
+        ("GetImage", {"ImageId": SIM_VM_ID, "AdditionalRegionIds": "cn-beijing"}),
+        ("GetImage", {"ImageId": SIM_VM_ID, "AdditionalRegionIds": "[1]"}),
+        ("GetImage", {"ImageId": SIM_VM_ID, "ImageType": "Bare"}),
+        ("ListImages", {"PageSize": "101"}),
+        ("ListImages", {"PageSize": "0"}),
+        ("ListImages", {"PageNumber": "x"}),
+        ("ListImages", {"Mode": "All"}),
+        ("ListImages", {"ImageIds": '{"a":1}'}),
+    ]
+    for action, params in cases:
+        status, headers, body = await signed_call(session, simulator, action, params)
+        assert_error_shape(status, headers, body, "InvalidParams", 400)
+
+
+async def test_qps_limit_throttles_with_retry_after(
+    simulator: RunningSimulator, session: aiohttp.ClientSession
+) -> None:
+    simulator.sim.faults.qps_limit = 2
+    simulator.sim.faults.retry_after_ms = 250
+    results = [await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID}) for _ in range(5)]
+    codes = [r[2].get("Code", "Success") for r in results]
+    # A burst of max(1, qps) = 2 passes, the rest of a burst this fast is throttled.
+    assert codes[:2] == ["Success", "Success"]
+    assert set(codes[2:]) == {"Throttling.User"}
+    for status, headers, body in results[2:]:
+        assert_error_shape(status, headers, body, "Throttling.User", 400)
+        assert headers["x-acs-retry-after"] == "250"
+    assert "x-acs-retry-after" not in results[0][1]
+    assert simulator.sim.counters() == {("GetImage", "Success"): 2, ("GetImage", "Throttling.User"): 3}
+
+
+async def test_injected_throttling_without_retry_after(
+    simulator: RunningSimulator, session: aiohttp.ClientSession
+) -> None:
+    simulator.sim.faults.error_rates = {"Throttling": 1.0}
+    _, headers, body = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    assert body["Code"] == "Throttling"
+    assert "x-acs-retry-after" not in headers
+
+
+async def test_reset_seen_by_a_real_client(
+    simulator: RunningSimulator, session: aiohttp.ClientSession
+) -> None:
+    simulator.sim.faults.reset_rate = 1.0
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    # The connection pool recovers: the next call (no faults) gets through on a fresh connection.
+    simulator.sim.faults.reset_rate = 0
+    ok = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    assert ok[0] == 200
+    assert simulator.sim.counters() == {("GetImage", "ConnectionError"): 1, ("GetImage", "Success"): 1}
+    assert {r["code"]: r["http_status"] for r in simulator.sim.counter_rows()}["ConnectionError"] == 0
+
+
+async def test_reset_over_tls(simulator_https: RunningSimulator, session: aiohttp.ClientSession) -> None:
+    simulator_https.sim.faults.reset_rate = 1.0
+    ctx = ssl.create_default_context(cafile=simulator_https.ca_file)
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await signed_call(session, simulator_https, "GetImage", {"ImageId": SIM_VM_ID}, ssl_context=ctx)
+    assert simulator_https.sim.counters() == {("GetImage", "ConnectionError"): 1}
+
+
+async def test_timeout_seen_by_a_real_client(simulator: RunningSimulator) -> None:
+    """The stall outlasts the client's timeout; it is counted at once, and shutdown does not wait for it."""
+    simulator.sim.faults.timeout_rate = 1.0
+    simulator.sim.faults.timeout_seconds = 30
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as s:
+        with pytest.raises(TimeoutError):
+            await signed_call(s, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    assert simulator.sim.counters() == {("GetImage", "Timeout"): 1}
+
+
+async def test_timeout_ends_without_an_answer(
+    simulator: RunningSimulator, session: aiohttp.ClientSession
+) -> None:
+    """A client waiting longer than timeout_seconds gets the connection dropped, never an answer."""
+    simulator.sim.faults.timeout_rate = 1.0
+    simulator.sim.faults.timeout_seconds = 0.2
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+
+
+async def test_malformed_body(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+    simulator.sim.faults.malformed_rate = 1.0
+    query = canonical_query({"ImageId": SIM_VM_ID})
+    status, resp_headers, text = await _raw_text(session, simulator, _signed_headers(simulator, query), query)
+    assert status == 200
+    assert resp_headers["Content-Type"] == JSON_CT
+    assert resp_headers["x-acs-request-id"]
+    with pytest.raises(ValueError, match=r"Unterminated|Expecting"):
+        json.loads(text)
+    assert simulator.sim.counter_rows() == [
+        {"action": "GetImage", "code": "InvalidResponse", "http_status": 200, "count": 1}
+    ]
+
+
+async def _raw_text(
+    session: aiohttp.ClientSession, running: RunningSimulator, headers: dict[str, str], query: str
+) -> tuple[int, dict[str, str], str]:
+    url = yarl.URL(f"{running.url}/?{query}", encoded=True)
+    async with session.post(url, headers=headers, skip_auto_headers=["Content-Type"]) as resp:
+        return resp.status, dict(resp.headers), await resp.text()
+
+
+async def test_fault_mix_counters_exact(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+    """With a mix of faults, the counters equal exactly what a client observed, call by call."""
+    simulator.sim.faults = Faults(
+        error_rates={"ServiceUnavailable": 0.2, "Throttling.User": 0.1},
+        reset_rate=0.1,
+        malformed_rate=0.1,
+        seed=42,
+    )
+    seen: Counter[tuple[str, str]] = Counter()
+    for n in range(60):
+        action, params = ("ListImages", {}) if n % 3 == 0 else ("GetImage", {"ImageId": SIM_VM_ID})
+        query = canonical_query(params)
+        headers = _signed_headers(simulator, query, **{"x-acs-action": action})
+        try:
+            _, _, text = await _raw_text(session, simulator, headers, query)
+        except aiohttp.ClientConnectionError:
+            seen[action, "ConnectionError"] += 1
+            continue
+        try:
+            code = json.loads(text).get("Code", "Success")
+        except ValueError:
+            code = "InvalidResponse"
+        seen[action, code] += 1
+    assert len(seen) >= 6  # every fault kind happened for at least one action
+    assert simulator.sim.counters() == dict(seen)
+
+
+async def test_fault_draws_are_reproducible_with_a_seed(
+    simulator: RunningSimulator, session: aiohttp.ClientSession
+) -> None:
+    async def run() -> list[str]:
+        simulator.sim.faults = Faults(error_rates={"DbError": 0.5}, seed=7)
+        out = []
+        for _ in range(12):
+            _, _, body = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+            out.append(body.get("Code", "Success"))
+        return out
+
+    first = await run()
+    assert set(first) == {"Success", "DbError"}
+    assert await run() == first
+
+
+async def test_latency_with_jitter(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+    simulator.sim.faults.latency_ms = 100
+    simulator.sim.faults.jitter_ms = 40
+    durations = []
+    for _ in range(4):
+        start = time.monotonic()
+        status, _, _ = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+        durations.append(time.monotonic() - start)
+        assert status == 200
+    assert min(durations) >= 0.058
+    assert max(durations) < 0.5
+    assert max(durations) - min(durations) > 0.001  # jitter varies the delay
+
+
+# ----- ListImages -------------------------------------------------------------------------------------
+
+
+async def test_list_images_paging(
+    simulator_factory: SimulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    fleet = generate_fleet(45, ["cn-beijing"], seed=3)
+    async with simulator_factory(images=fleet) as running:
+        collected: list[str] = []
+        page = 1
+        while True:
+            status, headers, body = await signed_call(
+                session, running, "ListImages", {"PageNumber": str(page), "PageSize": "20"}
+            )
+            assert status == 200
+            assert headers["x-acs-request-id"] == body["RequestId"]
+            assert (body["Success"], body["TotalCount"], body["PageNumber"], body["PageSize"]) == (
+                True,
+                45,
+                page,
+                20,
+            )
+            collected += [i["ImageId"] for i in body["Images"]]
+            if page * body["PageSize"] >= body["TotalCount"]:
+                break
+            page += 1
+        assert page == 3
+        assert collected == [i.image_id for i in fleet]
+        item = body["Images"][-1]
+        last = fleet[-1]
+        assert item == {
+            "ImageId": last.image_id,
+            "ImageType": last.image_type,
+            "Name": last.name,
+            "Version": last.version,
+            "Description": last.description,
+            "AppId": last.app_id,
+            "OsTag": last.os_tag,
+            "CreateTime": last.create_time,
+            "UpdateTime": last.update_time,
+            "DocumentId": last.document_id,
+            "Weight": last.weight,
+        }
+        # Defaults: page 1 of 20; past the end: an empty page with the same total.
+        _, _, body = await signed_call(session, running, "ListImages", {})
+        assert (body["PageNumber"], body["PageSize"], len(body["Images"])) == (1, 20, 20)
+        _, _, body = await signed_call(session, running, "ListImages", {"PageNumber": "9"})
+        assert (body["TotalCount"], body["Images"]) == (45, [])
+
+
+async def test_list_images_filters(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+    async def ids(**params: str) -> list[str]:
+        status, _, body = await signed_call(session, simulator, "ListImages", params)
+        assert status == 200, body
+        assert body["TotalCount"] == len(body["Images"])
+        return [i["ImageId"] for i in body["Images"]]
+
+    assert await ids() == [SIM_VM_ID, SIM_VM_FAILED_ID, SIM_CONTAINER_ID]
+    assert await ids(ImageType="Container") == [SIM_CONTAINER_ID]
+    assert await ids(ImageType="VM", ImageCategory="Custom") == [SIM_VM_ID, SIM_VM_FAILED_ID]
+    assert await ids(ImageCategory="Public") == []
+    assert await ids(ImageIds=json.dumps([SIM_CONTAINER_ID, "m-unknown", SIM_VM_ID])) == [
+        SIM_CONTAINER_ID,
+        SIM_VM_ID,
+    ]
+    assert await ids(ImageNames='["lammps","nginx"]') == [SIM_VM_FAILED_ID, SIM_CONTAINER_ID]
+    assert await ids(ImageIds=json.dumps([SIM_VM_ID, SIM_CONTAINER_ID]), ImageNames='["nginx"]') == [
+        SIM_CONTAINER_ID
+    ]
+    # Images added or removed show up at once (the indexes follow the image table).
+    simulator.sim.images["m-new"] = SimImage(image_id="m-new", name="nginx", version="v2", category="Public")
+    assert await ids(ImageCategory="Public") == ["m-new"]
+    del simulator.sim.images[SIM_VM_ID]
+    assert await ids(ImageType="VM") == [SIM_VM_FAILED_ID, "m-new"]
+
+
+async def test_list_images_merge_mode(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+    images = simulator.sim.images
+    images["m-g2"] = SimImage(
+        image_id="m-g2", name="gromacs", version="v2025.1", create_time="2025-01-01T00:00:00Z"
+    )
+    images["m-g0"] = SimImage(
+        image_id="m-g0", name="gromacs", version="v2023.1", create_time="2023-01-01T00:00:00Z"
+    )
+    _, _, body = await signed_call(session, simulator, "ListImages", {"Mode": "Merge", "ImageType": "VM"})
+    assert [i["ImageId"] for i in body["Images"]] == ["m-g2", SIM_VM_FAILED_ID]
+    _, _, body = await signed_call(
+        session, simulator, "ListImages", {"Mode": "List", "ImageNames": '["gromacs"]'}
+    )
+    assert [i["ImageId"] for i in body["Images"]] == [SIM_VM_ID, "m-g2", "m-g0"]
+
+
+# ----- counters and admin API -------------------------------------------------------------------------
+
+
+async def test_every_answer_counted_once(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+    await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    await signed_call(session, simulator, "GetImage", {"ImageId": "m-nope"})
+    await signed_call(session, simulator, "ListImages", {}, access_key_secret="bad")
+    await signed_call(session, simulator, "ListImages", {})
+    assert simulator.sim.counters() == {
+        ("GetImage", "Success"): 2,
+        ("GetImage", "ImageNotFound"): 1,
+        ("ListImages", "SignatureDoesNotMatch"): 1,
+        ("ListImages", "Success"): 1,
+    }
+    async with session.get(f"{simulator.url}/_sim/counters") as resp:
+        rows = (await resp.json())["responses"]
+    assert rows == [
+        {"action": "GetImage", "code": "ImageNotFound", "http_status": 404, "count": 1},
+        {"action": "GetImage", "code": "Success", "http_status": 200, "count": 2},
+        {"action": "ListImages", "code": "SignatureDoesNotMatch", "http_status": 400, "count": 1},
+        {"action": "ListImages", "code": "Success", "http_status": 200, "count": 1},
+    ]
+    async with session.post(f"{simulator.url}/_sim/counters/reset") as resp:
+        assert resp.status == 200
+    assert simulator.sim.counters() == {}
+
+
+async def test_admin_images(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+    base = f"{simulator.url}/_sim/images"
+    async with session.get(base) as resp:
+        listed = (await resp.json())["images"]
+    assert [i["image_id"] for i in listed] == [SIM_VM_ID, SIM_VM_FAILED_ID, SIM_CONTAINER_ID]
+    assert SIM_REGISTRY_PASSWORD not in json.dumps(listed)
+    assert listed[2]["registry_password"] == "<redacted>"
+
+    new = {
+        "image_id": "m-admin",
+        "name": "wrf",
+        "create_time": "2024-06-01T00:00:00Z",
+        "regions": {"cn-beijing": "Waiting"},
+    }
+    async with session.post(base, json=new) as resp:
+        assert resp.status == 201
+    async with session.patch(f"{base}/m-admin", json={"status": "CreateFailed", "error": "EcsError"}) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["status"] == "CreateFailed"
+    assert simulator.sim.images["m-admin"].error == "EcsError"
+    async with session.put(f"{base}/m-admin/regions/cn-shanghai", json={"status": "Available"}) as resp:
+        assert resp.status == 200
+    async with session.delete(f"{base}/m-admin/regions/cn-beijing") as resp:
+        assert resp.status == 204
+    assert simulator.sim.images["m-admin"].regions == {"cn-shanghai": "Available"}
+    async with session.patch(f"{base}/m-admin", json={"error": None}) as resp:
+        assert resp.status == 200
+    status, _, body = await signed_call(
+        session, simulator, "GetImage", {"ImageId": "m-admin", "AdditionalRegionIds": '["cn-shanghai"]'}
+    )
+    assert status == 200
+    assert body["Image"]["Status"] == "CreateFailed"
+    assert body["Image"]["AdditionalRegionsInfo"][0]["Status"] == "Available"
+
+    for method, url, payload in (
+        ("PATCH", f"{base}/m-admin", {"size_gib": "big"}),
+        ("PATCH", f"{base}/m-admin", {"colour": "red"}),
+        ("POST", base, {"name": "no id"}),
+        ("PUT", f"{base}/m-admin/regions/cn-beijing", {"state": "x"}),
+    ):
+        async with session.request(method, url, json=payload) as resp:
+            assert resp.status == 400, (method, url, payload)
+            assert (await resp.json())["error"]
+    async with session.get(f"{base}/m-missing") as resp:
+        assert resp.status == 404
+    async with session.delete(f"{base}/m-admin") as resp:
+        assert resp.status == 204
+    assert "m-admin" not in simulator.sim.images
+    assert simulator.sim.counters() == {("GetImage", "Success"): 1}  # admin calls are not API answers
+
+
+async def test_admin_faults(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+    url = f"{simulator.url}/_sim/faults"
+    async with session.put(url, json={"error_rates": {"DbError": 1}, "latency_ms": 5}) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["error_rates"] == {"DbError": 1.0}
+    async with session.patch(url, json={"retry_after_ms": 100}) as resp:
+        faults = await resp.json()
+    assert (faults["latency_ms"], faults["retry_after_ms"], faults["error_rates"]) == (
+        5,
+        100,
+        {"DbError": 1.0},
+    )
+    _, _, body = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    assert body["Code"] == "DbError"
+    async with session.put(url, json={}) as resp:  # PUT replaces: back to no faults
+        assert (await resp.json()) == Faults().to_dict()
+    for bad in ({"error_rates": {"NoSuchCode": 0.1}}, {"timeout_rate": 2}, {"qps_limit": 0}, {"bogus": 1}):
+        async with session.put(url, json=bad) as resp:
+            assert resp.status == 400, bad
+    async with session.get(url) as resp:
+        assert (await resp.json()) == Faults().to_dict()
+
+
+async def test_admin_sts_credentials_uri(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+    async with session.get(f"{simulator.url}/_sim/sts?ttl_seconds=900") as resp:
+        assert resp.status == 200
+        creds = await resp.json()
+    assert creds["Code"] == "Success"
+    expiration = datetime.strptime(creds["Expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert timedelta(minutes=14) < expiration - datetime.now(UTC) <= timedelta(minutes=15)
+    status, _, body = await signed_call(
+        session,
+        simulator,
+        "GetImage",
+        {"ImageId": SIM_VM_ID},
+        access_key_id=creds["AccessKeyId"],
+        access_key_secret=creds["AccessKeySecret"],
+        security_token=creds["SecurityToken"],
+    )
+    assert status == 200, body
+
+
+async def test_admin_index(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+    async with session.get(f"{simulator.url}/_sim/") as resp:
+        assert "GET /_sim/counters" in (await resp.json())["endpoints"]
+
+
+# ----- units: nonce store, fleets ---------------------------------------------------------------------
+
+
+def test_nonce_store_window_and_bound() -> None:
+    store = NonceStore(window=31 * 60, max_entries=1000)
+    assert not store.seen("a", 0)
+    assert store.seen("a", 30 * 60)
+    assert store.seen("a", 31 * 60 + 1)  # rotated to the previous generation: still remembered
+    assert not store.seen("b", 31 * 60 + 2)
+    assert not store.seen("a", 62 * 60 + 2)  # two windows later: forgotten
+    assert store.seen("b", 62 * 60 + 3)
+    assert not store.seen("c", 10_000 * 60)
+    assert len(store) == 1  # a long silence drops both generations
+    small = NonceStore(window=60, max_entries=10)
+    for n in range(1000):
+        small.seen(str(n), 1.0)
+    assert len(small) <= 20
+
+
+def test_generate_fleet_is_deterministic_and_mixed() -> None:
+    a = generate_fleet(200, ["cn-beijing", "cn-shanghai"], seed=5)
+    b = generate_fleet(200, ["cn-beijing", "cn-shanghai"], seed=5)
+    assert a == b
+    assert generate_fleet(200, ["cn-beijing"], seed=6) != a
+    assert len({i.image_id for i in a}) == 200
+    types = Counter(i.image_type for i in a)
+    assert 30 < types["Container"] < 90
+    statuses = Counter(i.status for i in a)
+    assert 150 < statuses["Available"] < 200
+    assert {"CreateFailed", "UnAvailable", "Creating"} & set(statuses)
+    assert any(set(i.regions.values()) - {"Available"} for i in a)
+    assert any(len(i.regions) < 2 for i in a)
+    errors = [i.error for i in a if i.error]
+    assert 1 <= len(errors) <= 6
+    assert all(i.registry_password for i in a if i.image_type == "Container")
+    assert all(not i.registry_url for i in a if i.image_type == "VM")
+
+
+def test_load_fleet_yaml_json_and_errors(tmp_path: Path) -> None:
+    example = load_fleet(Path(simulator_pkg.__file__).parent / "example-fleet.yaml")
+    assert len(example) > 5
+    assert any(i.image_type == "Container" for i in example)
+    (tmp_path / "f.json").write_text(json.dumps({"images": [{"image_id": "m-1", "status": "Creating"}]}))
+    assert load_fleet(tmp_path / "f.json") == [SimImage(image_id="m-1", status="Creating")]
+    (tmp_path / "f.yaml").write_text("- image_id: m-2\n  create_time: 2024-01-02T03:04:05Z\n")
+    assert load_fleet(tmp_path / "f.yaml")[0].create_time == "2024-01-02T03:04:05Z"
+    (tmp_path / "g.yaml").write_text("generate: {count: 4, regions: [cn-beijing], seed: 1}\n")
+    assert load_fleet(tmp_path / "g.yaml") == generate_fleet(4, ["cn-beijing"], seed=1)
+    for text, message in (
+        ("- image_id: m-1\n- image_id: m-1\n", "duplicate image_id m-1"),
+        ("- image_id: m-1\n  colour: red\n", r"images\[0\]: unknown field\(s\) colour"),
+        ("- image_id: m-1\n  image_type: Bare\n", r"images\[0\].image_type"),
+        ("images: [\n", "not valid YAML"),
+    ):
+        (tmp_path / "bad.yaml").write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_fleet(tmp_path / "bad.yaml")
