@@ -1,0 +1,311 @@
+"""The refresh loop: decide the watched set, GetImage every watched image concurrently, swap a snapshot.
+
+One cycle at a time: the first starts at once, each next one ``interval * (1 ± jitter_ratio)`` after
+the previous one *started*; a cycle that ends later than that is an overrun (logged, counted in
+``ehpc_refresh_overruns_total``) and the next one starts right away rather than stacking up.
+
+The watched set is the static images plus the discovered ones (ListImages with the configured filters;
+``name_regex`` is searched, unanchored, in the image name), static entries winning, then cut to this
+replica's shard (:func:`shard_of`). A failed discovery keeps the previously discovered set; its calls
+are counted by the client's observer under ``ListImages``.
+
+Per image, a failure keeps the last good :class:`~exporter.models.Image` and records the error code;
+``ImageNotFound`` marks the image missing until it answers again or leaves the watched set. An image
+that leaves the watched set is simply not in the next snapshot, so its series disappear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Literal, Protocol
+
+import structlog
+
+from exporter.config import Config, DiscoveryConfig, ShardingConfig, WatchedImage
+from exporter.metrics import SelfMetrics
+from exporter.models import Image, ImageSummary
+from exporter.openapi.errors import TIMEOUT, ApiError
+from exporter.snapshot import ImageError, ImageState, Snapshot
+
+__all__ = ["ImageApi", "Refresher", "in_shard", "shard_of"]
+
+log = structlog.get_logger("ehpc.refresh")
+
+ImageType = Literal["VM", "Container"]
+
+# An unexpected exception in one image's fetch (a bug, not an API answer) is reported under this code.
+EXPORTER_ERROR = "ExporterError"
+
+
+class ImageApi(Protocol):
+    """What the refresher needs of :class:`~exporter.openapi.client.EhpcClient`."""
+
+    async def get_image(
+        self,
+        image_id: str,
+        *,
+        image_type: str | None = None,
+        image_category: str | None = None,
+        additional_region_ids: Sequence[str] = (),
+    ) -> Image:
+        """GetImage; every failure raises ApiError."""
+        ...
+
+    async def list_images(
+        self,
+        *,
+        image_type: str | None = None,
+        image_category: str | None = None,
+        image_ids: Sequence[str] = (),
+        image_names: Sequence[str] = (),
+        mode: str | None = None,
+        page_size: int = 50,
+    ) -> list[ImageSummary]:
+        """ListImages, all pages; every failure raises ApiError."""
+        ...
+
+
+def shard_of(image_id: str, shards: int) -> int:
+    """The shard an image belongs to: ``int(sha1(image_id)) % shards``, stable across processes and hosts."""
+    return int(hashlib.sha1(image_id.encode(), usedforsecurity=False).hexdigest(), 16) % shards
+
+
+def in_shard(image_id: str, sharding: ShardingConfig) -> bool:
+    """Whether this replica watches ``image_id``."""
+    return sharding.shards <= 1 or shard_of(image_id, sharding.shards) == sharding.shard
+
+
+def _discovered(summaries: Sequence[ImageSummary], cfg: DiscoveryConfig) -> dict[str, WatchedImage]:
+    pattern = re.compile(cfg.name_regex) if cfg.name_regex else None
+    out: dict[str, WatchedImage] = {}
+    for s in summaries:
+        if not s.image_id or (pattern is not None and pattern.search(s.name) is None):
+            continue
+        image_type: ImageType = (
+            "Container"
+            if s.image_type == "Container"
+            else "VM"
+            if s.image_type == "VM"
+            else cfg.image_type or "VM"
+        )
+        out.setdefault(
+            s.image_id,
+            WatchedImage(
+                image_id=s.image_id,
+                image_type=image_type,
+                image_category=cfg.image_category,
+                additional_region_ids=cfg.additional_region_ids,
+            ),
+        )
+    return out
+
+
+Publish = Callable[[Snapshot], Awaitable[None]]
+
+
+class Refresher:
+    """Owns the refresh loop and the current snapshot; :meth:`reconfigure` applies a reloaded config."""
+
+    def __init__(
+        self,
+        config: Config,
+        client: ImageApi,
+        *,
+        metrics: SelfMetrics | None = None,
+        publish: Publish | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._client = client
+        self._metrics = metrics
+        self._publish = publish
+        self._clock = wall_clock
+        self._rng = rng or random.Random()  # noqa: S311 - schedule jitter, not cryptography
+        self._snapshot = Snapshot(status=config.status)
+        self._discovered: dict[str, WatchedImage] = {}
+        self._cycle_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._sequence = 0
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The latest snapshot (the empty start-up one until the first cycle completes)."""
+        return self._snapshot
+
+    @property
+    def config(self) -> Config:
+        """The configuration the next cycle will use."""
+        return self._config
+
+    @property
+    def client(self) -> ImageApi:
+        """The client the next cycle will use."""
+        return self._client
+
+    @property
+    def cycle_lock(self) -> asyncio.Lock:
+        """Held for the whole of every cycle (wait on it to know a client is no longer in use)."""
+        return self._cycle_lock
+
+    def reconfigure(self, config: Config, client: ImageApi | None = None) -> None:
+        """Use ``config`` (and ``client``) from the next cycle on, and start that cycle without waiting."""
+        self._config = config
+        if client is not None:
+            self._client = client
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Refresh forever: first at once, then every jittered interval, never overlapping; cancel to stop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self.refresh_once()
+            except Exception:  # a bug in one cycle must not end the loop; the next cycle retries
+                log.exception("refresh_crashed")
+            cfg = self._config.refresh
+            jitter = self._rng.uniform(-cfg.jitter_ratio, cfg.jitter_ratio)
+            next_start = started + cfg.interval_seconds * (1 + jitter)
+            now = loop.time()
+            if now >= next_start:
+                if self._metrics is not None:
+                    self._metrics.record_overrun()
+                log.warning(
+                    "refresh_overrun",
+                    duration_seconds=round(now - started, 3),
+                    interval_seconds=cfg.interval_seconds,
+                )
+                await asyncio.sleep(0)  # let scrapes and reloads in before the next cycle
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_start - now))
+
+    async def refresh_once(self) -> Snapshot:
+        """Run one full cycle now (waiting for a running one to finish first) and return its snapshot."""
+        async with self._cycle_lock:
+            self._wake.clear()
+            config, client = self._config, self._client
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            watched = await self._watched_set(config, client)
+            previous = self._snapshot.images
+            timeout = config.refresh.image_timeout_seconds
+            results = await asyncio.gather(*(self._fetch(client, w, timeout) for w in watched.values()))
+            states = [
+                self._next_state(w, previous.get(w.image_id), result, at)
+                for w, (result, at) in zip(watched.values(), results, strict=True)
+            ]
+            self._sequence += 1
+            snapshot = Snapshot.build(
+                states,
+                status=config.status,
+                refreshed_at=self._clock(),
+                duration_seconds=loop.time() - started,
+                sequence=self._sequence,
+            )
+            if self._publish is not None:
+                await self._publish(snapshot)
+            self._snapshot = snapshot
+            log.info(
+                "refresh_done",
+                watched=len(states),
+                ok=snapshot.ok_count,
+                failed=snapshot.failed_count,
+                missing=snapshot.missing_count,
+                duration_seconds=round(snapshot.duration_seconds or 0.0, 3),
+            )
+            return snapshot
+
+    async def _watched_set(self, config: Config, client: ImageApi) -> dict[str, WatchedImage]:
+        watched: dict[str, WatchedImage] = {}
+        if config.discovery.enabled:
+            watched.update(await self._discover(config, client))
+        else:
+            self._discovered = {}
+        for image in config.images:  # static configuration wins over what discovery says
+            watched[image.image_id] = image
+        return {k: watched[k] for k in sorted(watched) if in_shard(k, config.sharding)}
+
+    async def _discover(self, config: Config, client: ImageApi) -> Mapping[str, WatchedImage]:
+        cfg = config.discovery
+        # Paging through a big account takes many budgeted calls; the bound only keeps a hung loop out.
+        limit = config.refresh.interval_seconds + config.refresh.image_timeout_seconds
+        try:
+            async with asyncio.timeout(limit):
+                summaries = await client.list_images(
+                    image_type=cfg.image_type,
+                    image_category=cfg.image_category,
+                    image_ids=cfg.image_ids,
+                    page_size=cfg.page_size,
+                )
+        except ApiError as exc:
+            log.warning(
+                "discovery_failed",
+                code=exc.code,
+                http_status=exc.http_status,
+                request_id=exc.request_id,
+                kept=len(self._discovered),
+            )
+            return self._discovered
+        except TimeoutError:
+            log.warning("discovery_failed", code=TIMEOUT, timeout_seconds=limit, kept=len(self._discovered))
+            return self._discovered
+        self._discovered = _discovered(summaries, cfg)
+        return self._discovered
+
+    async def _fetch(
+        self, client: ImageApi, watched: WatchedImage, limit_seconds: float
+    ) -> tuple[Image | ApiError, float]:
+        """GetImage for one image within ``limit_seconds`` (retries included): answer or error, and when."""
+        result: Image | ApiError
+        try:
+            async with asyncio.timeout(limit_seconds):
+                result = await client.get_image(
+                    watched.image_id,
+                    image_type=watched.image_type,
+                    image_category=watched.image_category,
+                    additional_region_ids=watched.additional_region_ids,
+                )
+        except ApiError as exc:
+            result = exc
+        except TimeoutError:
+            result = ApiError(
+                code=TIMEOUT,
+                message=f"no answer within {limit_seconds:g}s, retries included",
+                action="GetImage",
+            )
+        except Exception as exc:  # a bug must cost one image, not the cycle
+            log.exception("image_refresh_crashed", image_id=watched.image_id)
+            result = ApiError(code=EXPORTER_ERROR, message=type(exc).__name__, action="GetImage")
+        return result, self._clock()
+
+    def _next_state(
+        self, watched: WatchedImage, prev: ImageState | None, result: Image | ApiError, at: float
+    ) -> ImageState:
+        if isinstance(result, Image):
+            # Reuse the previous object when nothing changed, so the renderer's cache hits by identity.
+            image = prev.image if prev is not None and prev.image == result else result
+            return ImageState(watched, image, at, None)
+        log.warning(
+            "image_refresh_failed",
+            image_id=watched.image_id,
+            code=result.code,
+            http_status=result.http_status,
+            request_id=result.request_id,
+        )
+        since = at
+        if prev is not None and prev.error is not None and prev.error.code == result.code:
+            since = prev.error.since
+        return ImageState(
+            watched,
+            prev.image if prev is not None else None,
+            prev.last_success if prev is not None else None,
+            ImageError(result.code, result.http_status, result.request_id, since),
+        )
