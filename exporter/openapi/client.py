@@ -191,7 +191,9 @@ class EhpcClient:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
-            skip_auto_headers=("Accept-Encoding",),  # identity bodies: the size cap is the wire size
+            # No Accept-Encoding: identity bodies, so the size cap is the wire size. No Content-Type:
+            # aiohttp would add an unsigned "application/octet-stream" to the bodiless POST (refused).
+            skip_auto_headers=("Accept-Encoding", "Content-Type"),
             raise_for_status=False,
         )
         return self._session

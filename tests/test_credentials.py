@@ -1,0 +1,256 @@
+"""Credentials through alibabacloud-credentials, offline: static keys, env chain, credentials URI, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from alibabacloud_credentials.utils import auth_constant, auth_util
+
+from exporter.config import ApiConfig, CredentialsConfig
+from exporter.credentials import Credential, build_credential_source, scrub
+from exporter.openapi.client import EhpcClient
+from exporter.openapi.errors import ApiError
+
+LEAKY_SECRET = "leaky-secret-9f8e7d"
+LEAKY_TOKEN = "leaky-token-CAIS1234"
+
+
+@pytest.fixture(autouse=True)
+def isolated_chain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The library reads its environment once at import: patch those module attributes, not os.environ."""
+    for name, value in {
+        "environment_access_key_id": None,
+        "environment_access_key_secret": None,
+        "environment_security_token": None,
+        "environment_ecs_metadata_disabled": "true",  # never probe 100.100.100.200
+        "environment_cli_profile_disabled": "true",
+        "environment_credentials_file": str(tmp_path / "credentials.ini"),
+        "environment_credentials_uri": None,
+        "enable_oidc_credential": False,
+        "environment_profile_name": None,
+    }.items():
+        monkeypatch.setattr(auth_util, name, value)
+    monkeypatch.setattr(auth_constant, "HOME", str(tmp_path))
+
+
+@dataclass
+class CredServer:
+    """A credentials-URI endpoint that counts fetches and issues a new key pair each time."""
+
+    url: str = ""
+    hits: int = 0
+    ttl: timedelta = timedelta(hours=1)
+    body: dict[str, Any] | None = None  # overrides the answer when set
+    status: int = 200
+    delay: float = 0.0
+    issued: list[str] = field(default_factory=list)
+
+    async def handle(self, _request: web.Request) -> web.Response:
+        self.hits += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.body is not None:
+            return web.json_response(self.body, status=self.status)
+        ak = f"STS.key{self.hits}"
+        self.issued.append(ak)
+        expiration = (datetime.now(UTC) + self.ttl).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return web.json_response(
+            {
+                "Code": "Success",
+                "AccessKeyId": ak,
+                "AccessKeySecret": f"secret{self.hits}",
+                "SecurityToken": f"token{self.hits}",
+                "Expiration": expiration,
+            }
+        )
+
+
+@pytest.fixture
+async def cred_server() -> AsyncIterator[CredServer]:
+    server = CredServer()
+    app = web.Application()
+    app.router.add_get("/creds", server.handle)
+    runner = web.AppRunner(app, access_log=None)  # its access log would quote the URI's query
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    server.url = f"http://127.0.0.1:{port}/creds?role=exporter"
+    try:
+        yield server
+    finally:
+        await runner.cleanup()
+
+
+def test_credential_repr_hides_secret_and_token() -> None:
+    cred = Credential("LTAIexample", "s3cr3t-value", "tok3n-value")
+    text = repr(cred) + str(cred)
+    assert "LTAIexample" in text
+    assert "s3cr3t-value" not in text
+    assert "tok3n-value" not in text
+
+
+async def test_explicit_access_key_and_sts() -> None:
+    ak = build_credential_source(
+        CredentialsConfig(type="access_key", access_key_id="id1", access_key_secret="sk1")
+    )
+    assert await ak.get() == Credential("id1", "sk1", None)
+    sts = build_credential_source(
+        CredentialsConfig(type="sts", access_key_id="STS.id", access_key_secret="sk2", security_token="tok")
+    )
+    assert await sts.get() == Credential("STS.id", "sk2", "tok")
+
+
+async def test_env_chain(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth_util, "environment_access_key_id", "env-id")
+    monkeypatch.setattr(auth_util, "environment_access_key_secret", "env-secret")
+    source = build_credential_source(None)
+    assert await source.get() == Credential("env-id", "env-secret", None)
+    monkeypatch.setattr(auth_util, "environment_security_token", "env-token")
+    sts_source = build_credential_source(CredentialsConfig(type="default"))
+    assert await sts_source.get() == Credential("env-id", "env-secret", "env-token")
+
+
+async def test_profile_file_in_chain(tmp_path: Path) -> None:
+    (tmp_path / "credentials.ini").write_text(
+        "[default]\ntype = access_key\naccess_key_id = ini-id\naccess_key_secret = ini-secret\n"
+    )
+    assert await build_credential_source(None).get() == Credential("ini-id", "ini-secret", None)
+
+
+async def test_empty_chain_is_a_credential_error_not_a_crash() -> None:
+    source = build_credential_source(None)
+    with pytest.raises(ApiError) as info:
+        await source.get()
+    err = info.value
+    assert err.code == "CredentialError"
+    assert err.http_status == 0
+    assert "unable to load credentials" in err.message
+    assert err.__cause__ is None  # no library exception chained along
+    assert err.__suppress_context__
+
+
+async def test_invalid_explicit_config_is_a_credential_error() -> None:
+    source = build_credential_source(CredentialsConfig(type="access_key", access_key_id="only-id"))
+    for _ in range(2):  # rebuilt (and failing again) on every call, never raising anything else
+        with pytest.raises(ApiError) as info:
+            await source.get()
+        assert info.value.code == "CredentialError"
+        assert "secret is empty" in info.value.message
+
+
+async def test_credentials_uri_cached_until_near_expiry(cred_server: CredServer) -> None:
+    source = build_credential_source(
+        CredentialsConfig(type="credentials_uri", credentials_uri=cred_server.url)
+    )
+    first = await source.get()
+    assert first == Credential("STS.key1", "secret1", "token1")
+    assert await source.get() is first  # served from the library cache, same object
+    assert cred_server.hits == 1
+
+
+async def test_credentials_uri_refetched_within_15_minutes_of_expiry(cred_server: CredServer) -> None:
+    cred_server.ttl = timedelta(minutes=10)  # already inside the library's 15-minute stale window
+    source = build_credential_source(
+        CredentialsConfig(type="credentials_uri", credentials_uri=cred_server.url)
+    )
+    keys = [(await source.get()).access_key_id for _ in range(3)]
+    assert keys == ["STS.key1", "STS.key2", "STS.key3"]
+    assert cred_server.hits == 3
+
+
+async def test_default_chain_uses_credentials_uri(
+    monkeypatch: pytest.MonkeyPatch, cred_server: CredServer
+) -> None:
+    monkeypatch.setattr(auth_util, "environment_credentials_uri", cred_server.url)
+    cred = await build_credential_source(None).get()
+    assert cred.access_key_id == "STS.key1"
+    assert cred.security_token == "token1"
+
+
+async def test_concurrent_refreshes_do_not_stall_the_event_loop(cred_server: CredServer) -> None:
+    """The library guards refreshes with a blocking threading.Lock (5 s timeout); we must serialize first."""
+    cred_server.ttl = timedelta(minutes=5)  # stale on arrival: every get() refreshes
+    cred_server.delay = 0.05
+    source = build_credential_source(
+        CredentialsConfig(type="credentials_uri", credentials_uri=cred_server.url)
+    )
+    start = time.monotonic()
+    creds = await asyncio.gather(*(source.get() for _ in range(10)))
+    assert time.monotonic() - start < 3.0  # 10 x 50 ms, not 5 s per contended refresh
+    assert all(c.access_key_id.startswith("STS.key") for c in creds)
+
+
+async def test_failure_messages_and_logs_never_carry_secrets(
+    cred_server: CredServer, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cred_server.body = {
+        "Code": "Failure",
+        "AccessKeyId": "STS.leaky",
+        "AccessKeySecret": LEAKY_SECRET,
+        "SecurityToken": LEAKY_TOKEN,
+        "Expiration": "2030-01-01T00:00:00Z",
+    }
+    uri = cred_server.url + "&signature=" + LEAKY_TOKEN
+    source = build_credential_source(CredentialsConfig(type="credentials_uri", credentials_uri=uri))
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(ApiError) as info:
+            await source.get()
+        cred_server.body, cred_server.status = {"Code": "Oops", "AccessKeySecret": LEAKY_SECRET}, 500
+        with pytest.raises(ApiError) as info500:
+            await source.get()
+    assert cred_server.hits == 2
+    for err in (info.value, info500.value):
+        assert err.code == "CredentialError"
+        assert LEAKY_SECRET not in str(err)
+        assert LEAKY_TOKEN not in str(err)
+        assert "credentials type credentials_uri" in err.message
+    logged = caplog.text + "".join(str(r.exc_info) for r in caplog.records)
+    out, errs = capsys.readouterr()
+    for text in (logged, out, errs):
+        assert LEAKY_SECRET not in text
+        assert LEAKY_TOKEN not in text
+
+
+def test_scrub() -> None:
+    msg = (
+        "error refreshing credentials from http://h/creds?token=abc,  http_code=500, result: "
+        '{"AccessKeySecret": "zzz"}'
+    )
+    out = scrub(msg)
+    assert "zzz" not in out
+    assert "token=abc" not in out
+    assert "http_code=500" in out
+    assert scrub("AccessKeySecret=zzz, SecurityToken: 'yyy'") == (
+        "AccessKeySecret=<redacted>, SecurityToken: <redacted>"
+    )
+    chain = (
+        "chain: ['EnvironmentVariableCredentialsProvider: Environment variable accessKeyId cannot be empty']"
+    )
+    assert scrub(chain) == chain
+
+
+async def test_sts_from_simulator_credentials_uri_signs_accepted_requests(simulator: Any) -> None:
+    """End to end: /_sim/sts -> library URI provider -> STS-signed GetImage accepted by the simulator."""
+    from exporter.simulator import SimImage
+
+    simulator.sim.images["m-sts1"] = SimImage(image_id="m-sts1", name="sts-image")
+    source = build_credential_source(
+        CredentialsConfig(type="credentials_uri", credentials_uri=f"{simulator.url.rstrip('/')}/_sim/sts")
+    )
+    cred = await source.get()
+    assert cred.security_token  # STS: the client adds x-acs-accesskey-id and x-acs-security-token
+    async with EhpcClient(ApiConfig(endpoint=simulator.url, qps=0), source) as client:
+        image = await client.get_image("m-sts1")
+    assert image.image_id == "m-sts1"
+    assert image.name == "sts-image"
+    assert simulator.sim.counters().get(("GetImage", "Success")) == 1
