@@ -1,0 +1,5 @@
+"""``python -m exporter.simulator``: the simulator on its own."""
+
+from exporter.simulator.cli import main
+
+main()

@@ -1,0 +1,286 @@
+"""Command-line glue for ``ehpc-image-exporter simulate`` (and ``python -m exporter.simulator``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import ssl
+import sys
+from typing import TextIO
+
+from exporter.simulator.catalogue import is_known
+from exporter.simulator.fleet import generate_fleet, load_fleet
+from exporter.simulator.model import Faults, SimImage
+from exporter.simulator.server import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, Simulator
+
+DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9766"
+DEFAULT_REGIONS = "cn-beijing,cn-shanghai"
+DEFAULT_IMAGES = 50
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` (all interfaces) -> (host, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0", int(port_text)  # noqa: S104 - ":PORT" asks for every interface
+
+
+def _access_key(value: str) -> tuple[str, str]:
+    ak, sep, secret = value.partition(":")
+    if not sep or not ak or not secret:
+        raise argparse.ArgumentTypeError("expected ID:SECRET")
+    return ak, secret
+
+
+def _probability(value: str) -> float:
+    try:
+        p = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability, got {value!r}") from None
+    if not 0 <= p <= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {value!r}")
+    return p
+
+
+def _non_negative(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if x < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {value!r}")
+    return x
+
+
+def _positive(value: str) -> float:
+    x = _non_negative(value)
+    if x == 0:
+        raise argparse.ArgumentTypeError("expected a positive number")
+    return x
+
+
+def _non_negative_int(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _error_code(value: str) -> str:
+    if not is_known(value):
+        raise argparse.ArgumentTypeError(f"unknown error code {value!r}")
+    return value
+
+
+def _error_rate(value: str) -> tuple[str, float]:
+    code, sep, p = value.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError("expected CODE=PROBABILITY, e.g. ServiceUnavailable=0.05")
+    return _error_code(code), _probability(p)
+
+
+def _regions(value: str) -> list[str]:
+    return [r.strip() for r in value.split(",") if r.strip()]
+
+
+def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the simulator's flags to ``parser`` (every one documented in ``--help``)."""
+    g = parser.add_argument_group("simulator")
+    g.add_argument(
+        "--listen-address",
+        default=DEFAULT_LISTEN_ADDRESS,
+        type=parse_listen_address,
+        metavar="HOST:PORT",
+        help=f"Address to serve the API and the unauthenticated /_sim/ admin API on "
+        f"(default {DEFAULT_LISTEN_ADDRESS}; keep it on loopback). Port 0 picks a free port.",
+    )
+    g.add_argument(
+        "--access-key",
+        action="append",
+        type=_access_key,
+        default=None,
+        metavar="ID:SECRET",
+        help=f"An AccessKey pair the API accepts; repeatable. Default: the public demo pair "
+        f"{DEMO_ACCESS_KEY_ID}:{DEMO_ACCESS_KEY_SECRET} (demo values, not secrets).",
+    )
+    g.add_argument(
+        "--region-id",
+        default="cn-hangzhou",
+        metavar="REGION",
+        help="Region the endpoint plays: HostId and registry hosts (default cn-hangzhou).",
+    )
+    g.add_argument(
+        "--fleet",
+        metavar="FILE",
+        help="YAML or JSON fleet file (format: exporter/simulator/fleet.py; example: "
+        "exporter/simulator/example-fleet.yaml).",
+    )
+    g.add_argument(
+        "--images",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help=f"Generate N images with a realistic mix of states (default {DEFAULT_IMAGES} without --fleet, "
+        f"0 with it; generated images are added after the fleet file's).",
+    )
+    g.add_argument(
+        "--regions",
+        type=_regions,
+        default=_regions(DEFAULT_REGIONS),
+        metavar="A,B,C",
+        help=f"Additional regions generated images are copied to (default {DEFAULT_REGIONS}).",
+    )
+    g.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="Seed of the generated fleet (default 0)."
+    )
+    g.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: serve HTTPS (needs --tls-key).")
+    g.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert.")
+    g.add_argument(
+        "--qps-limit",
+        type=_positive,
+        default=None,
+        metavar="QPS",
+        help="Server-side request rate limit; excess requests answer Throttling.User (default: none).",
+    )
+    g.add_argument(
+        "--retry-after-ms",
+        type=_non_negative_int,
+        default=None,
+        metavar="MS",
+        help="Send x-acs-retry-after: MS with Throttling answers (default: not sent).",
+    )
+    g.add_argument(
+        "--latency-ms", type=_non_negative, default=0.0, metavar="MS", help="Latency added to every answer."
+    )
+    g.add_argument(
+        "--jitter-ms",
+        type=_non_negative,
+        default=0.0,
+        metavar="MS",
+        help="Uniform jitter, plus or minus, around --latency-ms (never below 0).",
+    )
+    g.add_argument(
+        "--error-rate",
+        action="append",
+        type=_error_rate,
+        default=None,
+        metavar="CODE=P",
+        help="Answer API error CODE (at its HTTP status) with probability P; repeatable. "
+        "E.g. ServiceUnavailable=0.05, Throttling.User=0.02, NotAuthorized=0.01.",
+    )
+    g.add_argument(
+        "--global-error",
+        type=_error_code,
+        default=None,
+        metavar="CODE",
+        help="Answer every GetImage/ListImages with this error code (e.g. NotAuthorized).",
+    )
+    g.add_argument(
+        "--timeout-rate",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="Probability of stalling without an answer for --timeout-seconds.",
+    )
+    g.add_argument(
+        "--timeout-seconds",
+        type=_non_negative,
+        default=30.0,
+        metavar="S",
+        help="Length of an injected stall; make it longer than the client's timeout (default 30).",
+    )
+    g.add_argument(
+        "--reset-rate",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="Probability of resetting the connection.",
+    )
+    g.add_argument(
+        "--malformed-rate",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="Probability of a 200 answer whose body is not valid JSON.",
+    )
+    g.add_argument(
+        "--fault-seed", type=int, default=None, metavar="N", help="Seed of the fault draws (default: random)."
+    )
+
+
+def build_simulator(args: argparse.Namespace) -> Simulator:
+    """The Simulator the parsed flags describe; ValueError/OSError for a bad fleet file."""
+    images: list[SimImage] = load_fleet(args.fleet) if args.fleet else []
+    count = args.images if args.images is not None else (0 if args.fleet else DEFAULT_IMAGES)
+    generated = generate_fleet(count, args.regions, seed=args.seed, home_region=args.region_id)
+    taken = {i.image_id for i in images}
+    images += [i for i in generated if i.image_id not in taken]
+    faults = Faults(
+        error_rates=dict(args.error_rate or []),
+        timeout_rate=args.timeout_rate,
+        timeout_seconds=args.timeout_seconds,
+        reset_rate=args.reset_rate,
+        malformed_rate=args.malformed_rate,
+        latency_ms=args.latency_ms,
+        jitter_ms=args.jitter_ms,
+        qps_limit=args.qps_limit,
+        retry_after_ms=args.retry_after_ms,
+        global_error=args.global_error,
+        seed=args.fault_seed,
+    )
+    keys = dict(args.access_key) if args.access_key else {DEMO_ACCESS_KEY_ID: DEMO_ACCESS_KEY_SECRET}
+    return Simulator(images=images, access_keys=keys, faults=faults, region_id=args.region_id)
+
+
+def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if not args.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    return ctx
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def run_simulate(args: argparse.Namespace, *, out: TextIO | None = None) -> None:
+    """Serve the simulator the flags describe until cancelled; prints the URL when ready."""
+    stream = out if out is not None else sys.stdout
+    try:
+        ssl_context = _ssl_context(args)
+        sim = build_simulator(args)
+    except (ValueError, OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"simulate: {exc}") from None
+    host, port = args.listen_address
+    if not _is_loopback(host):
+        print(
+            f"warning: the simulator's /_sim/ admin API is unauthenticated and now listens on {host}",
+            file=sys.stderr,
+        )
+    async with sim.serve(host, port, ssl_context=ssl_context) as url:
+        key_ids = ", ".join(sim.access_keys)
+        print(f"E-HPC Instant simulator listening on {url}", file=stream)
+        print(f"  region {sim.region_id}, {len(sim.images)} images, access key id(s): {key_ids}", file=stream)
+        print(f"  admin API: {url}/_sim/ (STS credentials: {url}/_sim/sts)", file=stream, flush=True)
+        await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m exporter.simulator``: run the simulator alone."""
+    parser = argparse.ArgumentParser(prog="python -m exporter.simulator", description=__doc__)
+    add_simulate_arguments(parser)
+    args = parser.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_simulate(args))
