@@ -1,0 +1,127 @@
+"""Helpers shared by the exporter-core tests (metrics, refresher, web, service, golden files)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.config import (
+    ApiConfig,
+    Config,
+    CredentialsConfig,
+    RefreshConfig,
+    RetryConfig,
+    WatchedImage,
+    WebConfig,
+)
+from exporter.models import Image, RegionReplica
+from tests.fixtures.sim import RunningSimulator
+
+SampleKey = tuple[str, frozenset[tuple[str, str]]]
+
+
+def sim_config(
+    running: RunningSimulator,
+    images: Iterable[WatchedImage | str] = (),
+    *,
+    interval: float = 60.0,
+    max_attempts: int = 1,
+    api_timeout: float = 2.0,
+    **overrides: Any,
+) -> Config:
+    """A config pointed at the running simulator: no QPS budget, quick retries, an ephemeral port."""
+    watched = tuple(WatchedImage(i) if isinstance(i, str) else i for i in images)
+    api = ApiConfig(
+        endpoint=running.url,
+        protocol="http",
+        qps=0,
+        timeout_seconds=api_timeout,
+        connect_timeout_seconds=api_timeout,
+        retry=RetryConfig(
+            max_attempts=max_attempts, base_delay_seconds=0.01, max_delay_seconds=0.02, max_elapsed_seconds=10
+        ),
+    )
+    cfg = Config(
+        api=api,
+        credentials=CredentialsConfig(
+            type="access_key",
+            access_key_id=running.access_key_id,
+            access_key_secret=running.access_key_secret,
+        ),
+        images=watched,
+        refresh=RefreshConfig(interval_seconds=interval, jitter_ratio=0.0, image_timeout_seconds=10),
+        web=WebConfig(listen_address="127.0.0.1:0"),
+    )
+    return replace(cfg, **overrides)
+
+
+def samples(exposition: str | bytes) -> dict[SampleKey, float]:
+    """Every sample of a text-format exposition: (name, labels) -> value."""
+    text = exposition.decode() if isinstance(exposition, bytes) else exposition
+    out: dict[SampleKey, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[s.name, frozenset(s.labels.items())] = s.value
+    return out
+
+
+def value(found: dict[SampleKey, float], name: str, **labels: str) -> float | None:
+    """The value of one sample, or None when the series is absent."""
+    return found.get((name, frozenset(labels.items())))
+
+
+def series_of(found: dict[SampleKey, float], image_id: str) -> list[SampleKey]:
+    """Every sample key that belongs to ``image_id``."""
+    return [k for k in found if ("image_id", image_id) in k[1]]
+
+
+async def wait_until(predicate: Callable[[], bool], within: float = 5.0, step: float = 0.01) -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(step)
+
+
+def make_image(
+    image_id: str,
+    *,
+    status: str = "Available",
+    regions: Sequence[tuple[str, str]] = (),
+    name: str = "app",
+    version: str = "v1",
+    image_type: str = "VM",
+    registry_url: str = "",
+    size_bytes: int | None = 40 * 1024**3,
+    created: datetime | None = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
+    os_tag: str = "Alibaba Cloud Linux 3",
+) -> Image:
+    """A parsed GetImage answer with the given fields (for renderer tests that need no server)."""
+    return Image(
+        image_id=image_id,
+        image_type=image_type,
+        name=name,
+        version=version,
+        description="",
+        app_id="",
+        status=status,
+        size_bytes=size_bytes,
+        create_time=created,
+        os_tag=os_tag,
+        platform="Linux",
+        architecture="x86_64",
+        registry_url=registry_url,
+        is_acr_registry=None,
+        is_acr_enterprise=None,
+        registry_cri_id="",
+        document_id="",
+        additional_regions=tuple(RegionReplica(r, image_id, s) for r, s in regions),
+        request_id="req",
+    )

@@ -1,0 +1,396 @@
+"""Metric contract, series semantics, fast renderer == prometheus_client, gzip continuation, promtool."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import subprocess
+import time
+import zlib
+from dataclasses import replace
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+
+from exporter.config import StatusConfig, WatchedImage
+from exporter.metrics import (
+    SNAPSHOT_METRICS,
+    SPECS,
+    BuildInfo,
+    MetricName,
+    SelfMetrics,
+    SnapshotCollector,
+    SnapshotRenderer,
+    gzip_body,
+    render_snapshot,
+)
+from exporter.openapi.errors import KNOWN_CODES, ApiError
+from exporter.snapshot import ImageError, ImageState, Snapshot, safe_url
+from tests.exporter_support import make_image, samples, series_of, value
+
+NOW = 1_700_000_000.0
+REGIONS = ("cn-beijing", "cn-shanghai")
+
+
+def tricky_snapshot() -> Snapshot:
+    """Every kind of image the renderer distinguishes, with label values that need escaping."""
+    w = WatchedImage
+    states = [
+        ImageState(
+            w("m-ok", additional_region_ids=REGIONS),
+            make_image("m-ok", regions=[("cn-beijing", "Available")]),
+            NOW,
+        ),
+        ImageState(
+            w("m-esc"),
+            make_image(
+                "m-esc",
+                name='quote " backslash \\ newline \n end',
+                version="v1\\n",
+                registry_url="https://puller:hunter2@registry.example.com/ns/repo:tag",
+                image_type="Container",
+                os_tag="Ünïcödé 中文",
+            ),
+            NOW - 1.5,
+        ),
+        ImageState(w("m-unknown"), make_image("m-unknown", status="Frozen"), NOW),
+        ImageState(w("m-empty"), make_image("m-empty", status="", size_bytes=None, created=None), NOW),
+        ImageState(
+            w("m-dup", additional_region_ids=("cn-beijing",)),
+            make_image(
+                "m-dup", regions=[("cn-beijing", "Creating"), ("cn-beijing", "Available"), ("eu-x", "")]
+            ),
+            NOW,
+        ),
+        ImageState(
+            w("m-failing", additional_region_ids=REGIONS),
+            make_image("m-failing", status="Creating", regions=[("cn-beijing", "Available")]),
+            NOW - 600,
+            ImageError("Throttling.User", 400, "rid-1", NOW - 60),
+        ),
+        ImageState(
+            w("m-gone", additional_region_ids=REGIONS),
+            make_image("m-gone", regions=[("cn-beijing", "Available")]),
+            NOW - 3600,
+            ImageError("ImageNotFound", 404, "rid-2", NOW - 120),
+        ),
+        ImageState(
+            w("m-gone-never", additional_region_ids=("cn-beijing",)),
+            None,
+            None,
+            ImageError("ImageNotFound", 404),
+        ),
+        ImageState(w("m-never"), None, None, ImageError("Timeout", 0)),
+    ]
+    return Snapshot.build(
+        states, status=StatusConfig(), refreshed_at=NOW + 2, duration_seconds=2.25, sequence=7
+    )
+
+
+def reference(snapshot: Snapshot) -> tuple[bytes, bytes]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot))
+    return generate_latest(registry), generate_openmetrics(registry)  # type: ignore[no-untyped-call]  # untyped upstream
+
+
+def test_fast_renderer_is_byte_identical_to_prometheus_client() -> None:
+    """The hand-written renderer equals generate_latest over the reference collector, escaping included."""
+    snapshot = tricky_snapshot()
+    text, om = reference(snapshot)
+    rendered = render_snapshot(snapshot)
+    assert rendered.text == text
+    assert rendered.openmetrics + b"# EOF\n" == om
+    assert b'name="quote \\" backslash \\\\ newline \\n end"' in rendered.text
+
+
+def test_renderer_cache_follows_changes() -> None:
+    """A reused renderer re-renders changed images and drops removed ones."""
+    renderer = SnapshotRenderer()
+    first = tricky_snapshot()
+    renderer.render(first)
+    states = {k: v for k, v in first.images.items() if k != "m-unknown"}
+    states["m-ok"] = replace(
+        states["m-ok"], image=make_image("m-ok", status="Deprecated"), last_success=NOW + 60
+    )
+    states["m-never"] = replace(states["m-never"], error=ImageError("NotAuthorized", 407))
+    second = Snapshot.build(
+        states.values(), status=first.status, refreshed_at=NOW + 62, duration_seconds=1, sequence=8
+    )
+    assert renderer.render(second).text == reference(second)[0]
+    changed_status = replace(second, status=StatusConfig(vocabulary=("Available", "Frozen")))
+    assert renderer.render(changed_status).text == reference(changed_status)[0]
+
+
+def test_series_semantics() -> None:
+    """Failing keeps last data (up 0), missing zeroes the state sets, unknown/empty statuses get labels."""
+    found = samples(render_snapshot(tricky_snapshot()).text)
+    # healthy image
+    assert value(found, "ehpc_image_up", image_id="m-ok") == 1
+    assert value(found, "ehpc_image_available", image_id="m-ok") == 1
+    assert value(found, "ehpc_image_status", image_id="m-ok", status="Available") == 1
+    assert value(found, "ehpc_image_status", image_id="m-ok", status="Creating") == 0
+    assert value(found, "ehpc_image_size_bytes", image_id="m-ok") == 40 * 1024**3
+    assert value(found, "ehpc_image_created_timestamp_seconds", image_id="m-ok") == 1704164645
+    # an asked-for region without a copy: state set all 0, not available
+    rep = {"image_id": "m-ok", "replication_region": "cn-shanghai"}
+    assert value(found, "ehpc_image_replication_available", **rep) == 0
+    assert value(found, "ehpc_image_replication_status", **rep, status="Available") == 0
+    assert (
+        value(found, "ehpc_image_replication_available", image_id="m-ok", replication_region="cn-beijing")
+        == 1
+    )
+    # failing: last good status kept, up 0, error code shown
+    assert value(found, "ehpc_image_up", image_id="m-failing") == 0
+    assert value(found, "ehpc_image_status", image_id="m-failing", status="Creating") == 1
+    assert value(found, "ehpc_image_last_error_info", image_id="m-failing", code="Throttling.User") == 1
+    assert value(found, "ehpc_image_last_success_timestamp_seconds", image_id="m-failing") == NOW - 600
+    assert value(found, "ehpc_image_last_error_info", image_id="m-ok", code="Throttling.User") is None
+    # missing: info kept, every state 0, not available, replicas not available
+    assert value(found, "ehpc_image_available", image_id="m-gone") == 0
+    assert all(
+        v == 0
+        for (n, labels), v in found.items()
+        if n == "ehpc_image_status" and ("image_id", "m-gone") in labels
+    )
+    assert (
+        value(found, "ehpc_image_replication_available", image_id="m-gone", replication_region="cn-beijing")
+        == 0
+    )
+    assert value(found, "ehpc_image_last_error_info", image_id="m-gone", code="ImageNotFound") == 1
+    assert any(n == "ehpc_image_info" for n, _ in series_of(found, "m-gone"))
+    # missing and never seen: available 0 and the asked-for region 0, no info
+    assert value(found, "ehpc_image_available", image_id="m-gone-never") == 0
+    assert not any(n == "ehpc_image_info" for n, _ in series_of(found, "m-gone-never"))
+    assert (
+        value(
+            found,
+            "ehpc_image_replication_available",
+            image_id="m-gone-never",
+            replication_region="cn-beijing",
+        )
+        == 0
+    )
+    # never answered (not missing): only up and the error
+    assert sorted(n for n, _ in series_of(found, "m-never")) == [
+        "ehpc_image_last_error_info",
+        "ehpc_image_up",
+    ]
+    # unknown status gets its own label next to the vocabulary; empty status is "Unknown"
+    assert value(found, "ehpc_image_status", image_id="m-unknown", status="Frozen") == 1
+    assert value(found, "ehpc_image_available", image_id="m-unknown") == 0
+    assert value(found, "ehpc_image_status", image_id="m-empty", status="Unknown") == 1
+    assert value(found, "ehpc_image_size_bytes", image_id="m-empty") is None
+    # a region repeated in the answer is exposed once (first entry wins)
+    dup = [k for k in found if k[0] == "ehpc_image_replication_available" and ("image_id", "m-dup") in k[1]]
+    assert len(dup) == 2
+    # refresh gauges
+    assert value(found, "ehpc_watched_images") == 9
+    assert value(found, "ehpc_refresh_duration_seconds") == 2.25
+    assert value(found, "ehpc_refresh_last_success_timestamp_seconds") == NOW + 2
+
+
+def test_no_refresh_samples_before_the_first_cycle() -> None:
+    """The empty start-up snapshot has every family header but no refresh-gauge sample."""
+    text = render_snapshot(Snapshot()).text.decode()
+    assert not [line for line in text.splitlines() if not line.startswith("#")]
+    assert text.count("# TYPE ") == len(SNAPSHOT_METRICS)
+
+
+def test_no_credential_in_labels() -> None:
+    """Registry userinfo never reaches a label; no label is called ``region``."""
+    text = render_snapshot(tricky_snapshot()).text.decode()
+    assert "hunter2" not in text
+    assert "puller" not in text
+    assert 'registry_url="https://registry.example.com/ns/repo:tag"' in text
+    assert not re.search(r"[{,]region=", text)
+    assert all("region" not in spec.labels for spec in SPECS.values())
+
+
+@pytest.mark.parametrize(
+    ("url", "safe"),
+    [
+        (
+            "registry-vpc.cn-hangzhou.aliyuncs.com/ehpc_open/nginx:latest",
+            "registry-vpc.cn-hangzhou.aliyuncs.com/ehpc_open/nginx:latest",
+        ),
+        ("https://user:pass@host:5000/ns/repo", "https://host:5000/ns/repo"),
+        ("user:p%40ss@host/ns/repo", "host/ns/repo"),
+        ("host/ns/repo@sha256:abc", "host/ns/repo@sha256:abc"),
+        ("https://host/repo?token=secret#frag", "https://host/repo"),
+        ("", ""),
+    ],
+)
+def test_safe_url(url: str, safe: str) -> None:
+    """Userinfo, query and fragment are stripped; a digest after the path is kept."""
+    assert safe_url(url) == safe
+
+
+def test_contract_names_and_types() -> None:
+    """Every name of the product contract exists with its type (renaming one breaks dashboards)."""
+    contract = {
+        "ehpc_image_info": "gauge",
+        "ehpc_image_status": "gauge",
+        "ehpc_image_available": "gauge",
+        "ehpc_image_size_bytes": "gauge",
+        "ehpc_image_created_timestamp_seconds": "gauge",
+        "ehpc_image_replication_status": "gauge",
+        "ehpc_image_replication_available": "gauge",
+        "ehpc_image_up": "gauge",
+        "ehpc_image_last_success_timestamp_seconds": "gauge",
+        "ehpc_image_last_error_info": "gauge",
+        "ehpc_api_requests_total": "counter",
+        "ehpc_api_errors_total": "counter",
+        "ehpc_api_request_duration_seconds": "histogram",
+        "ehpc_refresh_duration_seconds": "gauge",
+        "ehpc_refresh_last_success_timestamp_seconds": "gauge",
+        "ehpc_watched_images": "gauge",
+        "ehpc_exporter_build_info": "gauge",
+        "ehpc_config_last_reload_successful": "gauge",
+        "ehpc_config_last_reload_success_timestamp_seconds": "gauge",
+        "ehpc_refresh_overruns_total": "counter",
+    }
+    assert {n.value: SPECS[n].type for n in MetricName} == contract
+    assert set(SPECS[MetricName.IMAGE_INFO].labels) == {
+        "image_id",
+        "name",
+        "version",
+        "image_type",
+        "app_id",
+        "os_tag",
+        "platform",
+        "architecture",
+        "registry_url",
+    }
+
+
+def test_self_metrics_start_at_zero_for_every_known_code() -> None:
+    """Each known code of both actions is exposed at 0 with its usual HTTP status ("0" for local codes)."""
+    metrics = SelfMetrics(BuildInfo("1.2.3", "3.11.0"), process_metrics=False)
+    found = samples(metrics.render(False))
+    for action in ("GetImage", "ListImages"):
+        assert value(found, "ehpc_api_requests_total", action=action) == 0
+        for code, status in KNOWN_CODES.items():
+            assert (
+                value(found, "ehpc_api_errors_total", action=action, code=code, http_status=str(status)) == 0
+            )
+    assert value(found, "ehpc_api_errors_total", action="GetImage", code="Timeout", http_status="0") == 0
+    assert value(found, "ehpc_exporter_build_info", version="1.2.3", python_version="3.11.0") == 1
+    assert value(found, "ehpc_refresh_overruns_total") == 0
+    assert value(found, "ehpc_config_last_reload_successful") is None
+
+
+def test_self_metrics_count_attempts() -> None:
+    """on_attempt counts requests, errors by code/status (local codes at "0") and latency buckets."""
+    metrics = SelfMetrics(BuildInfo("1", "3"), process_metrics=False)
+    metrics.on_attempt("GetImage", 0.003, None)
+    metrics.on_attempt("GetImage", 0.2, ApiError("ServiceUnavailable", "x", http_status=503))
+    metrics.on_attempt("GetImage", 0.2, ApiError("InvalidResponse", "x", http_status=200))
+    metrics.on_attempt("ListImages", 40.0, ApiError("Throttling.User", "x", http_status=429))
+    metrics.on_attempt("DescribeX", 0.01, None)
+    metrics.record_overrun()
+    metrics.record_reload(False, 5.0)
+    metrics.record_reload(True, 7.0)
+    metrics.record_reload(False, 9.0)
+    found = samples(metrics.render(False))
+    assert value(found, "ehpc_api_requests_total", action="GetImage") == 3
+    assert value(found, "ehpc_api_requests_total", action="DescribeX") == 1
+    assert (
+        value(found, "ehpc_api_errors_total", action="GetImage", code="ServiceUnavailable", http_status="503")
+        == 1
+    )
+    assert (
+        value(found, "ehpc_api_errors_total", action="GetImage", code="InvalidResponse", http_status="0") == 1
+    )
+    assert (
+        value(found, "ehpc_api_errors_total", action="ListImages", code="Throttling.User", http_status="429")
+        == 1
+    )
+    assert (
+        value(found, "ehpc_api_errors_total", action="ListImages", code="Throttling.User", http_status="400")
+        == 0
+    )
+    bucket = "ehpc_api_request_duration_seconds_bucket"
+    assert value(found, bucket, action="GetImage", le="0.005") == 1
+    assert value(found, bucket, action="GetImage", le="0.25") == 3
+    assert value(found, bucket, action="ListImages", le="30.0") == 0
+    assert value(found, bucket, action="ListImages", le="+Inf") == 1
+    assert value(found, "ehpc_api_request_duration_seconds_sum", action="GetImage") == pytest.approx(0.403)
+    assert value(found, "ehpc_refresh_overruns_total") == 1
+    assert value(found, "ehpc_config_last_reload_successful") == 0
+    assert value(found, "ehpc_config_last_reload_success_timestamp_seconds") == 7.0
+    assert metrics.errors()["GetImage", "ServiceUnavailable", "503"] == 1
+
+
+def test_openmetrics_parses_with_one_eof() -> None:
+    """Snapshot part + self part is valid OpenMetrics: the strict parser accepts it (it requires one EOF)."""
+    metrics = SelfMetrics(BuildInfo("1", "3"), process_metrics=True)
+    metrics.on_attempt("GetImage", 0.01, ApiError("NotAuthorized", "x", http_status=407))
+    body = render_snapshot(tricky_snapshot()).openmetrics + metrics.render(True)
+    text = body.decode()
+    assert text.count("# EOF") == 1
+    assert text.endswith("# EOF\n")
+    names = {f.name for f in parse_openmetrics(text)}  # type: ignore[no-untyped-call]  # untyped upstream
+    assert {"ehpc_image_info", "ehpc_api_errors", "ehpc_api_request_duration_seconds"} <= names
+
+
+def test_gzip_body_is_one_member_continuing_the_cached_stream() -> None:
+    """The cached deflate stream plus a per-scrape tail decompress to exactly body + tail, as one member."""
+    rendered = render_snapshot(tricky_snapshot())
+    tail = SelfMetrics(BuildInfo("1", "3"), process_metrics=False).render(False)
+    blob = b"".join(gzip_body(rendered.deflated(False), tail))
+    assert gzip.decompress(blob) == rendered.text + tail
+    one = zlib.decompressobj(wbits=31)  # stops at the end of the first member
+    assert one.decompress(blob) == rendered.text + tail
+    assert one.eof
+    assert one.unused_data == b""
+    assert rendered.deflated(False) is rendered.deflated(False)  # computed once
+    empty = render_snapshot(Snapshot())
+    assert (
+        gzip.decompress(b"".join(gzip_body(empty.deflated(True), b"# EOF\n")))
+        == empty.openmetrics + b"# EOF\n"
+    )
+
+
+def test_promtool_accepts_the_whole_exposition() -> None:
+    """`promtool check metrics` finds no problem in a full exposition (snapshot + self + process metrics)."""
+    metrics = SelfMetrics(BuildInfo("1", "3"), process_metrics=True)
+    metrics.on_attempt("GetImage", 0.01, ApiError("Timeout", "x"))
+    metrics.record_reload(True, NOW)
+    body = render_snapshot(tricky_snapshot()).text + metrics.render(False)
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30, check=False
+    )
+    assert proc.returncode == 0, proc.stderr.decode() + proc.stdout.decode()
+    assert proc.stderr.strip() == b""
+
+
+def test_scrape_path_is_far_faster_than_generate_latest() -> None:
+    """Serving a cached snapshot (self part + chunks) beats generate_latest over the same series >= 10x."""
+    regions = ("cn-beijing", "cn-shanghai", "cn-shenzhen", "ap-southeast-1", "us-west-1")
+    states = [
+        ImageState(
+            WatchedImage(f"m-{i:06d}", additional_region_ids=regions),
+            make_image(f"m-{i:06d}", regions=[(r, "Available") for r in regions]),
+            NOW,
+        )
+        for i in range(500)
+    ]
+    snapshot = Snapshot.build(states, status=StatusConfig(), refreshed_at=NOW, duration_seconds=1, sequence=1)
+    rendered = render_snapshot(snapshot)
+    metrics = SelfMetrics(BuildInfo("1", "3"), process_metrics=False)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot))
+
+    def per_scrape() -> int:
+        return len(rendered.body(False)) + len(metrics.render(False))
+
+    start = time.perf_counter()
+    for _ in range(5):
+        per_scrape()
+    fast = (time.perf_counter() - start) / 5
+    start = time.perf_counter()
+    generate_latest(registry)
+    slow = time.perf_counter() - start
+    assert slow / fast >= 10, (slow, fast)
