@@ -8,6 +8,8 @@ import contextlib
 import io
 import re
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -95,12 +97,29 @@ def test_listen_address_forms() -> None:
     assert parse_listen_address("localhost:1") == ("localhost", 1)
 
 
-async def test_bad_fleet_and_tls_files(tmp_path: Path) -> None:
+async def test_bad_fleet_and_tls_files(tmp_path: Path, server_cert_files: tuple[str, str]) -> None:
     (tmp_path / "f.yaml").write_text("- image_id: m-1\n  colour: red\n")
-    with pytest.raises(SystemExit, match=r"simulate: .*colour"):
+    with pytest.raises(ValueError, match=r"simulate: .*colour"):
         await run_simulate(parse("--fleet", str(tmp_path / "f.yaml")))
-    with pytest.raises(SystemExit, match="--tls-cert and --tls-key go together"):
+    with pytest.raises(ValueError, match="--tls-cert and --tls-key go together"):
         await run_simulate(parse("--tls-cert", str(tmp_path / "f.yaml")))
+    cert, key = server_cert_files
+    with pytest.raises(ValueError, match="simulate: "):
+        await run_simulate(parse("--tls-cert", key, "--tls-key", cert))  # swapped: not a certificate
+
+
+def test_module_entry_point_reports_bad_files(tmp_path: Path) -> None:
+    """``python -m exporter.simulator`` with a missing fleet exits 1 with a one-line message."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter.simulator", "--fleet", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("simulate: ")
+    assert "missing.yaml" in proc.stderr
 
 
 @contextlib.asynccontextmanager

@@ -256,13 +256,17 @@ def _is_loopback(host: str) -> bool:
 
 
 async def run_simulate(args: argparse.Namespace, *, out: TextIO | None = None) -> None:
-    """Serve the simulator the flags describe until cancelled; prints the URL when ready."""
+    """Serve the simulator the flags describe until cancelled; prints the URL when ready.
+
+    A bad fleet file or TLS file raises ValueError (one line); a busy port raises OSError.
+    """
     stream = out if out is not None else sys.stdout
     try:
         ssl_context = _ssl_context(args)
         sim = build_simulator(args)
-    except (ValueError, OSError, ssl.SSLError) as exc:
-        raise SystemExit(f"simulate: {exc}") from None
+    except (ValueError, OSError) as exc:  # ssl.SSLError is an OSError
+        # An ordinary exception (not SystemExit), so a caller running this in a task can report it.
+        raise ValueError(f"simulate: {exc}") from None
     host, port = args.listen_address
     if not _is_loopback(host):
         print(
@@ -283,4 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     add_simulate_arguments(parser)
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_simulate(args))
+        try:
+            asyncio.run(run_simulate(args))
+        except (ValueError, OSError) as exc:
+            parser.exit(1, f"{exc}\n")
