@@ -1,0 +1,390 @@
+"""The refresh loop against the real simulator: watched set, failures, missing images, schedule, counters."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+
+import pytest
+from structlog.testing import capture_logs
+
+from exporter.config import Config, DiscoveryConfig, RefreshConfig, ShardingConfig, WatchedImage
+from exporter.metrics import SelfMetrics, render_snapshot
+from exporter.openapi.client import EhpcClient
+from exporter.refresher import Refresher, in_shard, shard_of
+from exporter.service import default_client
+from exporter.simulator import Faults, SimImage, generate_fleet
+from exporter.snapshot import Snapshot
+from tests.exporter_support import samples, series_of, sim_config, value, wait_until
+from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
+
+ALL = (SIM_VM_ID, SIM_VM_FAILED_ID, WatchedImage(SIM_CONTAINER_ID, image_type="Container"))
+ALL_IDS = {SIM_VM_ID, SIM_VM_FAILED_ID, SIM_CONTAINER_ID}
+MakeRefresher = Callable[..., Refresher]
+
+
+@pytest.fixture
+def metrics() -> SelfMetrics:
+    """Self-metrics shared by the refresher and its client, as in the service."""
+    return SelfMetrics(process_metrics=False)
+
+
+@pytest.fixture
+async def make_refresher(metrics: SelfMetrics) -> AsyncIterator[MakeRefresher]:
+    """``make(config, **kwargs)``: a Refresher with a real client counting into ``metrics``."""
+    clients: list[EhpcClient] = []
+
+    def make(config: Config, **kwargs: object) -> Refresher:
+        client = default_client(config, metrics)
+        clients.append(client)
+        return Refresher(config, client, metrics=metrics, **kwargs)  # type: ignore[arg-type]
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+def exposed(snapshot: Snapshot) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return samples(render_snapshot(snapshot).text)
+
+
+async def test_first_refresh_reads_every_watched_image(
+    simulator: RunningSimulator, make_refresher: MakeRefresher
+) -> None:
+    """Every watched image is fetched with its asked-for regions; the snapshot is sorted and complete."""
+    cfg = sim_config(
+        simulator,
+        [
+            WatchedImage(SIM_VM_ID, additional_region_ids=("cn-beijing", "cn-shanghai")),
+            SIM_VM_FAILED_ID,
+            WatchedImage(SIM_CONTAINER_ID, image_type="Container"),
+        ],
+    )
+    refresher = make_refresher(cfg)
+    assert not refresher.snapshot.completed
+    with capture_logs() as logs:
+        snap = await refresher.refresh_once()
+    assert snap.completed
+    assert list(snap.images) == sorted(ALL_IDS)
+    assert (snap.ok_count, snap.failed_count, snap.missing_count) == (3, 0, 0)
+    vm = snap.images[SIM_VM_ID].image
+    assert vm is not None
+    assert vm.name == "gromacs"
+    assert {r.region_id: r.status for r in vm.additional_regions} == {
+        "cn-beijing": "Available",
+        "cn-shanghai": "Creating",
+    }
+    done = [e for e in logs if e["event"] == "refresh_done"]
+    assert len(done) == 1
+    assert done[0]["ok"] == 3
+    assert done[0]["failed"] == 0
+    assert done[0]["missing"] == 0
+    assert done[0]["duration_seconds"] >= 0
+
+
+async def test_failing_image_keeps_last_data_with_up_0(
+    simulator: RunningSimulator, make_refresher: MakeRefresher
+) -> None:
+    """A failed GetImage keeps the last good status, up 0 and last_error_info{code}; recovery clears it."""
+    refresher = make_refresher(sim_config(simulator, ALL))
+    first = await refresher.refresh_once()
+    simulator.sim.images[SIM_VM_ID].error = "ServiceUnavailable"
+    simulator.sim.images[SIM_VM_ID].status = "Deprecated"  # must not show: the call fails
+    with capture_logs() as logs:
+        second = await refresher.refresh_once()
+    state = second.images[SIM_VM_ID]
+    assert not state.up
+    assert state.error is not None
+    assert state.error.code == "ServiceUnavailable"
+    assert state.image is first.images[SIM_VM_ID].image
+    assert state.last_success == first.images[SIM_VM_ID].last_success
+    found = exposed(second)
+    assert value(found, "ehpc_image_up", image_id=SIM_VM_ID) == 0
+    assert value(found, "ehpc_image_last_error_info", image_id=SIM_VM_ID, code="ServiceUnavailable") == 1
+    assert value(found, "ehpc_image_status", image_id=SIM_VM_ID, status="Available") == 1
+    assert value(found, "ehpc_image_available", image_id=SIM_VM_ID) == 1
+    warnings = [e for e in logs if e["event"] == "image_refresh_failed"]
+    assert len(warnings) == 1
+    assert warnings[0]["image_id"] == SIM_VM_ID
+    assert warnings[0]["code"] == "ServiceUnavailable"
+    assert warnings[0]["request_id"]
+    assert warnings[0]["log_level"] == "warning"
+    done = next(e for e in logs if e["event"] == "refresh_done")
+    assert (done["ok"], done["failed"], done["missing"]) == (2, 1, 0)
+
+    simulator.sim.images[SIM_VM_ID].error = None
+    third = await refresher.refresh_once()
+    found = exposed(third)
+    assert value(found, "ehpc_image_up", image_id=SIM_VM_ID) == 1
+    assert value(found, "ehpc_image_status", image_id=SIM_VM_ID, status="Deprecated") == 1
+    assert not [k for k in found if k[0] == "ehpc_image_last_error_info"]
+
+
+async def test_image_not_found_is_missing_until_it_comes_back(
+    simulator: RunningSimulator, make_refresher: MakeRefresher
+) -> None:
+    """ImageNotFound: up 0, code ImageNotFound, state set all 0, available 0; normal again when it returns."""
+    refresher = make_refresher(
+        sim_config(simulator, [WatchedImage(SIM_VM_ID, additional_region_ids=("cn-beijing",))])
+    )
+    await refresher.refresh_once()
+    image = simulator.sim.images.pop(SIM_VM_ID)
+    snap = await refresher.refresh_once()
+    assert snap.images[SIM_VM_ID].missing
+    assert snap.missing_count == 1
+    found = exposed(snap)
+    assert value(found, "ehpc_image_up", image_id=SIM_VM_ID) == 0
+    assert value(found, "ehpc_image_last_error_info", image_id=SIM_VM_ID, code="ImageNotFound") == 1
+    assert value(found, "ehpc_image_available", image_id=SIM_VM_ID) == 0
+    assert value(found, "ehpc_image_status", image_id=SIM_VM_ID, status="Available") == 0
+    assert (
+        value(found, "ehpc_image_replication_available", image_id=SIM_VM_ID, replication_region="cn-beijing")
+        == 0
+    )
+    assert value(found, "ehpc_image_size_bytes", image_id=SIM_VM_ID) == 40 * 1024**3  # context kept
+
+    simulator.sim.images[SIM_VM_ID] = image
+    found = exposed(await refresher.refresh_once())
+    assert value(found, "ehpc_image_up", image_id=SIM_VM_ID) == 1
+    assert value(found, "ehpc_image_available", image_id=SIM_VM_ID) == 1
+    assert (
+        value(found, "ehpc_image_replication_available", image_id=SIM_VM_ID, replication_region="cn-beijing")
+        == 1
+    )
+
+
+async def test_malformed_answer_is_invalid_response_and_keeps_data(
+    simulator: RunningSimulator, make_refresher: MakeRefresher, metrics: SelfMetrics
+) -> None:
+    """A 200 that is not JSON counts as InvalidResponse; the last good data stays, marked up 0."""
+    refresher = make_refresher(sim_config(simulator, [SIM_VM_ID]))
+    first = await refresher.refresh_once()
+    simulator.sim.faults = Faults(malformed_rate=1.0)
+    snap = await refresher.refresh_once()
+    state = snap.images[SIM_VM_ID]
+    assert state.error is not None
+    assert state.error.code == "InvalidResponse"
+    assert state.image is first.images[SIM_VM_ID].image
+    assert metrics.errors()["GetImage", "InvalidResponse", "0"] == 1
+
+
+async def test_image_leaving_the_config_disappears(
+    simulator: RunningSimulator, make_refresher: MakeRefresher
+) -> None:
+    """After a reconfigure without an image, the next refresh has no series of it at all."""
+    cfg = sim_config(simulator, ALL)
+    refresher = make_refresher(cfg)
+    found = exposed(await refresher.refresh_once())
+    assert series_of(found, SIM_VM_FAILED_ID)
+    refresher.reconfigure(replace(cfg, images=tuple(i for i in cfg.images if i.image_id != SIM_VM_FAILED_ID)))
+    found = exposed(await refresher.refresh_once())
+    assert not series_of(found, SIM_VM_FAILED_ID)
+    assert series_of(found, SIM_VM_ID)
+    assert value(found, "ehpc_watched_images") == 2
+
+
+async def test_discovery_watches_filters_and_forgets(
+    simulator: RunningSimulator, make_refresher: MakeRefresher, metrics: SelfMetrics
+) -> None:
+    """Discovery adds matching images, static entries win, deleted images leave, failures keep the old set."""
+    static = WatchedImage(SIM_VM_ID, additional_region_ids=("cn-beijing",))
+    cfg = sim_config(
+        simulator,
+        [static],
+        discovery=DiscoveryConfig(
+            enabled=True, name_regex="^(gromacs|lammps|nginx)$", additional_region_ids=("cn-shanghai",)
+        ),
+    )
+    simulator.sim.images["m-other"] = SimImage("m-other", name="openfoam")
+    refresher = make_refresher(cfg)
+    snap = await refresher.refresh_once()
+    assert set(snap.images) == ALL_IDS  # m-other does not match the name regex
+    assert snap.images[SIM_VM_ID].watched == static
+    assert snap.images[SIM_CONTAINER_ID].watched.image_type == "Container"
+    assert snap.images[SIM_CONTAINER_ID].watched.additional_region_ids == ("cn-shanghai",)
+
+    del simulator.sim.images[SIM_VM_FAILED_ID]
+    simulator.sim.reindex()
+    snap = await refresher.refresh_once()
+    assert set(snap.images) == {SIM_VM_ID, SIM_CONTAINER_ID}
+    assert not series_of(exposed(snap), SIM_VM_FAILED_ID)
+
+    # PageSize 500 is refused (InvalidParams): the previously discovered set is kept.
+    refresher.reconfigure(replace(cfg, discovery=replace(cfg.discovery, page_size=500)))
+    with capture_logs() as logs:
+        snap = await refresher.refresh_once()
+    assert set(snap.images) == {SIM_VM_ID, SIM_CONTAINER_ID}
+    assert snap.images[SIM_CONTAINER_ID].up
+    assert metrics.errors()["ListImages", "InvalidParams", "400"] == 1
+    assert any(e["event"] == "discovery_failed" and e["code"] == "InvalidParams" for e in logs)
+
+    refresher.reconfigure(replace(cfg, discovery=DiscoveryConfig(enabled=False)))
+    assert set((await refresher.refresh_once()).images) == {SIM_VM_ID}
+
+
+def test_shard_of_is_a_stable_sha1_partition() -> None:
+    """shard_of is int(sha1(id)) % shards (same on every host and run), and shards partition the ids."""
+    ids = [f"m-{i:04d}" for i in range(200)]
+    for image_id in ids[:5]:
+        assert (
+            shard_of(image_id, 7)
+            == int(hashlib.sha1(image_id.encode(), usedforsecurity=False).hexdigest(), 16) % 7
+        )
+    assert (
+        shard_of("m-simvm000000000000001", 3)
+        == int(hashlib.sha1(b"m-simvm000000000000001", usedforsecurity=False).hexdigest(), 16) % 3
+    )
+    parts = [{i for i in ids if in_shard(i, ShardingConfig(shards=3, shard=s))} for s in range(3)]
+    assert set().union(*parts) == set(ids)
+    assert sum(len(p) for p in parts) == len(ids)
+    assert all(40 < len(p) < 95 for p in parts)  # roughly even
+    assert all(in_shard(i, ShardingConfig()) for i in ids)
+
+
+async def test_sharding_splits_the_watched_set(
+    simulator: RunningSimulator, make_refresher: MakeRefresher
+) -> None:
+    """Two replicas with shards=2 watch disjoint sets whose union is everything."""
+    seen: list[set[str]] = []
+    for shard in (0, 1):
+        cfg = sim_config(simulator, ALL, sharding=ShardingConfig(shards=2, shard=shard))
+        snap = await make_refresher(cfg).refresh_once()
+        seen.append(set(snap.images))
+    assert seen[0] | seen[1] == ALL_IDS
+    assert not seen[0] & seen[1]
+
+
+async def test_api_error_counters_equal_the_simulators(
+    simulator: RunningSimulator, make_refresher: MakeRefresher, metrics: SelfMetrics
+) -> None:
+    """With a mix of injected faults and retries, ehpc_api_errors_total matches what the simulator sent."""
+    fleet = generate_fleet(30, ["cn-beijing", "cn-shanghai"], seed=3)
+    for image in fleet:
+        simulator.sim.images[image.image_id] = image
+    simulator.sim.reindex()
+    simulator.sim.faults = Faults(
+        error_rates={
+            "ServiceUnavailable": 0.08,
+            "Throttling.User": 0.08,
+            "InternalError": 0.04,
+            "NotAuthorized": 0.03,
+        },
+        timeout_rate=0.03,
+        timeout_seconds=5,
+        reset_rate=0.04,
+        malformed_rate=0.04,
+        seed=11,
+    )
+    simulator.sim.reset_counters()
+    cfg = sim_config(
+        simulator,
+        ALL,
+        max_attempts=3,
+        api_timeout=0.3,
+        discovery=DiscoveryConfig(enabled=True, page_size=10),
+    )
+    refresher = make_refresher(cfg)
+    for _ in range(3):
+        await refresher.refresh_once()
+
+    sent = simulator.sim.counters()
+    exported: dict[tuple[str, str], int] = {}
+    for (action, code, _status), n in metrics.errors().items():
+        exported[action, code] = exported.get((action, code), 0) + n
+    codes_sent = {k for k in sent if k[1] != "Success"}
+    assert {k for k, n in exported.items() if n} == codes_sent
+    for key in codes_sent:
+        assert exported[key] == sent[key], key
+    for action, n in metrics.requests().items():
+        assert n == sum(c for (a, _), c in sent.items() if a == action), action
+    assert {code for _, code in codes_sent} >= {
+        "ServiceUnavailable",
+        "Timeout",
+        "ConnectionError",
+        "InvalidResponse",
+    }
+
+
+async def test_per_image_timeout_covers_retries(
+    simulator: RunningSimulator, make_refresher: MakeRefresher
+) -> None:
+    """refresh.image_timeout_seconds bounds one image, retries included; the image reports Timeout."""
+    simulator.sim.faults = Faults(latency_ms=800)
+    cfg = sim_config(simulator, ALL, refresh=RefreshConfig(interval_seconds=60, image_timeout_seconds=0.2))
+    start = asyncio.get_running_loop().time()
+    snap = await make_refresher(cfg).refresh_once()
+    assert asyncio.get_running_loop().time() - start < 0.7
+    assert {s.error.code for s in snap.images.values() if s.error} == {"Timeout"}
+    assert snap.failed_count == 3
+
+
+async def test_overruns_are_counted_and_cycles_never_overlap(
+    simulator: RunningSimulator, make_refresher: MakeRefresher, metrics: SelfMetrics
+) -> None:
+    """Cycles longer than the interval run back to back, one at a time, each counted as an overrun."""
+    simulator.sim.faults = Faults(latency_ms=60)
+    spans: list[tuple[float, float]] = []
+    active = 0
+
+    async def publish(snapshot: Snapshot) -> None:
+        nonlocal active
+        active += 1
+        assert active == 1
+        loop_now = asyncio.get_running_loop().time()
+        spans.append((loop_now - (snapshot.duration_seconds or 0), loop_now))
+        await asyncio.sleep(0.01)
+        active -= 1
+
+    cfg = sim_config(simulator, ALL, refresh=RefreshConfig(interval_seconds=0.02, jitter_ratio=0.0))
+    refresher = make_refresher(cfg, publish=publish)
+    with capture_logs() as logs:
+        task = asyncio.create_task(refresher.run())
+        await wait_until(lambda: len(spans) >= 4)
+        task.cancel()
+        await asyncio.wait([task])
+    assert metrics.overruns >= 3
+    assert any(e["event"] == "refresh_overrun" for e in logs)
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end - 0.001  # no overlap
+        assert start - end < 0.2  # and no waiting: the next cycle starts right after
+
+
+async def test_schedule_is_jittered_interval(
+    simulator: RunningSimulator, make_refresher: MakeRefresher
+) -> None:
+    """Cycles start interval*(1±jitter) apart (first one at once)."""
+    starts: list[float] = []
+
+    async def publish(snapshot: Snapshot) -> None:
+        starts.append(asyncio.get_running_loop().time() - (snapshot.duration_seconds or 0))
+
+    cfg = sim_config(simulator, [SIM_VM_ID], refresh=RefreshConfig(interval_seconds=0.15, jitter_ratio=0.5))
+    refresher = make_refresher(cfg, publish=publish, rng=random.Random(5))
+    t0 = asyncio.get_running_loop().time()
+    task = asyncio.create_task(refresher.run())
+    await wait_until(lambda: len(starts) >= 6)
+    task.cancel()
+    await asyncio.wait([task])
+    assert starts[0] - t0 < 0.1
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 0.075 - 0.005
+    assert max(gaps) <= 0.225 + 0.1  # slack for a busy test machine
+    assert max(gaps) - min(gaps) > 0.01  # not a fixed period
+
+
+async def test_reconfigure_wakes_the_loop(simulator: RunningSimulator, make_refresher: MakeRefresher) -> None:
+    """A reload does not wait for the (long) interval: the next cycle starts at once with the new set."""
+    cfg = sim_config(simulator, [SIM_VM_ID], interval=60)
+    refresher = make_refresher(cfg)
+    task = asyncio.create_task(refresher.run())
+    try:
+        await wait_until(lambda: refresher.snapshot.completed)
+        refresher.reconfigure(replace(cfg, images=(WatchedImage(SIM_CONTAINER_ID, image_type="Container"),)))
+        await wait_until(lambda: set(refresher.snapshot.images) == {SIM_CONTAINER_ID}, within=3)
+    finally:
+        task.cancel()
+        await asyncio.wait([task])
