@@ -96,8 +96,13 @@ class ImagePage:
 
 
 def _invalid(action: str, what: str, request_id: str | None) -> ApiError:
-    return ApiError(code=INVALID_RESPONSE, message=f"{action}: {what}", http_status=200,
-                    request_id=request_id, action=action)
+    return ApiError(
+        code=INVALID_RESPONSE,
+        message=f"{action}: {what}",
+        http_status=200,
+        request_id=request_id,
+        action=action,
+    )
 
 
 class _Reader:
@@ -111,7 +116,7 @@ class _Reader:
     def _path(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
 
-    def str(self, key: str) -> str:
+    def text(self, key: str) -> str:
         value = self.obj.get(key)
         if value is None:
             return ""
@@ -119,13 +124,13 @@ class _Reader:
             raise _invalid(self.action, f"{self._path(key)} is not a string", self.request_id)
         return value
 
-    def bool(self, key: str) -> bool | None:
+    def flag(self, key: str) -> bool | None:
         value = self.obj.get(key)
         if value is None or isinstance(value, bool):
             return value
         raise _invalid(self.action, f"{self._path(key)} is not a boolean", self.request_id)
 
-    def int(self, key: str, default: int) -> int:
+    def integer(self, key: str, default: int) -> int:
         value = self.obj.get(key)
         if value is None:
             return default
@@ -147,7 +152,9 @@ class _Reader:
             return []
         if not isinstance(value, list):
             raise _invalid(self.action, f"{self._path(key)} is not an array", self.request_id)
-        return [_Reader(self.action, v, f"{self._path(key)}[{i}]", self.request_id) for i, v in enumerate(value)]
+        return [
+            _Reader(self.action, v, f"{self._path(key)}[{i}]", self.request_id) for i, v in enumerate(value)
+        ]
 
 
 def _request_id(body: Any) -> str | None:
@@ -159,7 +166,7 @@ def parse_get_image(body: Any, requested_id: str) -> Image:
     """Parse a GetImage 200 body; any shape the API does not document raises ``InvalidResponse``."""
     rid = _request_id(body)
     root = _Reader("GetImage", body, "", rid)
-    if root.bool("Success") is False:
+    if root.flag("Success") is False:
         raise _invalid("GetImage", "Success is false", rid)
     img = root.child("Image", required=True)
     assert img is not None  # required=True raised otherwise
@@ -168,31 +175,31 @@ def parse_get_image(body: Any, requested_id: str) -> Image:
     spec = vm if vm is not None else ct
     doc = img.child("DocumentInfo")
     regions = tuple(
-        RegionReplica(region_id=r.str("RegionId"), image_id=r.str("ImageId"), status=r.str("Status"))
+        RegionReplica(region_id=r.text("RegionId"), image_id=r.text("ImageId"), status=r.text("Status"))
         for r in img.children("AdditionalRegionsInfo")
     )
-    image_type = img.str("ImageType")
+    image_type = img.text("ImageType")
     if not image_type:
         raise _invalid("GetImage", "Image.ImageType is missing", rid)
     return Image(
         # The watched id is the identity of the series; the VM spec repeats it for VM images.
-        image_id=requested_id or (vm.str("ImageId") if vm is not None else ""),
+        image_id=requested_id or (vm.text("ImageId") if vm is not None else ""),
         image_type=image_type,
-        name=img.str("Name"),
-        version=img.str("Version"),
-        description=img.str("Description"),
-        app_id=img.str("AppId"),
-        status=img.str("Status"),
-        size_bytes=parse_size(img.str("Size")),
-        create_time=parse_time(img.str("CreateTime")),
-        os_tag=spec.str("OsTag") if spec is not None else "",
-        platform=spec.str("Platform") if spec is not None else "",
-        architecture=spec.str("Architecture") if spec is not None else "",
-        registry_url=ct.str("RegistryUrl") if ct is not None else "",
-        is_acr_registry=ct.bool("IsACRRegistry") if ct is not None else None,
-        is_acr_enterprise=ct.bool("IsACREnterprise") if ct is not None else None,
-        registry_cri_id=ct.str("RegistryCriId") if ct is not None else "",
-        document_id=doc.str("DocumentId") if doc is not None else "",
+        name=img.text("Name"),
+        version=img.text("Version"),
+        description=img.text("Description"),
+        app_id=img.text("AppId"),
+        status=img.text("Status"),
+        size_bytes=parse_size(img.text("Size")),
+        create_time=parse_time(img.text("CreateTime")),
+        os_tag=spec.text("OsTag") if spec is not None else "",
+        platform=spec.text("Platform") if spec is not None else "",
+        architecture=spec.text("Architecture") if spec is not None else "",
+        registry_url=ct.text("RegistryUrl") if ct is not None else "",
+        is_acr_registry=ct.flag("IsACRRegistry") if ct is not None else None,
+        is_acr_enterprise=ct.flag("IsACREnterprise") if ct is not None else None,
+        registry_cri_id=ct.text("RegistryCriId") if ct is not None else "",
+        document_id=doc.text("DocumentId") if doc is not None else "",
         additional_regions=regions,
         request_id=rid or "",
     )
@@ -202,26 +209,26 @@ def parse_list_images(body: Any) -> ImagePage:
     """Parse one ListImages 200 body."""
     rid = _request_id(body)
     root = _Reader("ListImages", body, "", rid)
-    if root.bool("Success") is False:
+    if root.flag("Success") is False:
         raise _invalid("ListImages", "Success is false", rid)
     items = tuple(
         ImageSummary(
-            image_id=i.str("ImageId"),
-            image_type=i.str("ImageType"),
-            name=i.str("Name"),
-            version=i.str("Version"),
-            description=i.str("Description"),
-            app_id=i.str("AppId"),
-            os_tag=i.str("OsTag"),
-            create_time=parse_time(i.str("CreateTime")),
-            update_time=parse_time(i.str("UpdateTime")),
+            image_id=i.text("ImageId"),
+            image_type=i.text("ImageType"),
+            name=i.text("Name"),
+            version=i.text("Version"),
+            description=i.text("Description"),
+            app_id=i.text("AppId"),
+            os_tag=i.text("OsTag"),
+            create_time=parse_time(i.text("CreateTime")),
+            update_time=parse_time(i.text("UpdateTime")),
         )
         for i in root.children("Images")
     )
     return ImagePage(
         images=items,
-        total_count=root.int("TotalCount", len(items)),
-        page_number=root.int("PageNumber", 1),
-        page_size=root.int("PageSize", 20),
+        total_count=root.integer("TotalCount", len(items)),
+        page_number=root.integer("PageNumber", 1),
+        page_size=root.integer("PageSize", 20),
         request_id=rid or "",
     )
