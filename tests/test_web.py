@@ -1,0 +1,393 @@
+"""The HTTP surface on real sockets: negotiation, gzip, probes, landing page, errors, auth/TLS, no secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import re
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import bcrypt
+import pytest
+import yaml
+from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
+
+from exporter.config import Config, CredentialsConfig, WatchedImage, WebConfig
+from exporter.metrics import RenderedSnapshot, render_snapshot
+from exporter.service import ExporterService
+from exporter.simulator import Faults, SimImage
+from exporter.snapshot import Snapshot
+from exporter.web import accepts_gzip, create_app, parse_listen_address, wants_openmetrics
+from tests.exporter_support import samples, sim_config, value, wait_until
+from tests.fixtures.sim import (
+    SIM_CONTAINER_ID,
+    SIM_REGISTRY_PASSWORD,
+    SIM_VM_FAILED_ID,
+    SIM_VM_ID,
+    RunningSimulator,
+)
+
+WATCHED = (SIM_VM_ID, SIM_VM_FAILED_ID, WatchedImage(SIM_CONTAINER_ID, image_type="Container"))
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+TEXT = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client that shows bodies as sent (no transparent gunzip); identity unless a test asks for gzip."""
+    async with aiohttp.ClientSession(
+        auto_decompress=False, headers={"Accept-Encoding": "identity"}
+    ) as session:
+        yield session
+
+
+async def started(config: Config) -> ExporterService:
+    service = ExporterService(config, process_metrics=False)
+    await service.start()
+    return service
+
+
+@pytest.fixture
+async def service(simulator: RunningSimulator) -> AsyncIterator[ExporterService]:
+    """A started exporter watching the fixture fleet, after its first refresh."""
+    svc = await started(sim_config(simulator, WATCHED))
+    await wait_until(lambda: svc.ready)
+    yield svc
+    await svc.stop()
+
+
+async def get(
+    http: aiohttp.ClientSession, url: str, method: str = "GET", **headers: str
+) -> tuple[int, dict[str, str], bytes]:
+    async with http.request(method, url, headers=headers) as resp:
+        return resp.status, dict(resp.headers), await resp.read()
+
+
+async def test_readyz_turns_200_after_the_first_refresh(
+    simulator: RunningSimulator, http: aiohttp.ClientSession
+) -> None:
+    """/readyz answers 503 until the first refresh completed, /healthz 200 all along."""
+    simulator.sim.faults = Faults(latency_ms=400)
+    svc = await started(sim_config(simulator, WATCHED))
+    try:
+        status, _, body = await get(http, svc.url + "/readyz")
+        assert status == 503
+        assert b"first refresh" in body
+        assert (await get(http, svc.url + "/healthz"))[0] == 200
+        metrics_before = (await get(http, svc.url + "/metrics"))[2].decode()
+        assert "ehpc_image_up{" not in metrics_before
+        await wait_until(lambda: svc.ready)
+        assert (await get(http, svc.url + "/readyz"))[0] == 200
+    finally:
+        await svc.stop()
+
+
+@pytest.mark.parametrize(
+    ("accept", "content_type"),
+    [
+        ("", TEXT),
+        (PROMETHEUS_ACCEPT, OPENMETRICS),
+        ("application/openmetrics-text", OPENMETRICS),
+        ("text/plain;version=0.0.4", TEXT),
+        ("application/openmetrics-text;version=1.0.0;q=0.2,text/plain;q=0.9", TEXT),
+        ("application/openmetrics-text;q=0", TEXT),
+        ("*/*", TEXT),
+        ("application/json", TEXT),
+    ],
+)
+async def test_content_negotiation(
+    service: ExporterService, http: aiohttp.ClientSession, accept: str, content_type: str
+) -> None:
+    """OpenMetrics only when Accept prefers it; OpenMetrics ends with exactly one # EOF, text with none."""
+    headers = {"Accept": accept} if accept else {}
+    status, got, body = await get(http, service.url + "/metrics", **headers)
+    assert status == 200
+    assert got["Content-Type"] == content_type
+    assert "Accept" in got["Vary"]
+    text = body.decode()
+    if content_type == OPENMETRICS:
+        assert text.endswith("\n# EOF\n")
+        assert text.count("# EOF") == 1
+    else:
+        assert "# EOF" not in text
+        assert value(samples(text), "ehpc_image_up", image_id=SIM_VM_ID) == 1
+
+
+@pytest.mark.parametrize("accept", ["", PROMETHEUS_ACCEPT])
+async def test_gzip_when_accepted(service: ExporterService, http: aiohttp.ClientSession, accept: str) -> None:
+    """Accept-Encoding: gzip gets the same exposition gzipped, with a correct Content-Length."""
+    url = service.url + "/metrics"
+    headers = {"Accept": accept} if accept else {}
+    _, plain_headers, plain = await get(http, url, **headers)
+    _, zipped_headers, zipped = await get(http, url, **headers, **{"Accept-Encoding": "gzip, deflate"})
+    assert "Content-Encoding" not in plain_headers
+    assert zipped_headers["Content-Encoding"] == "gzip"
+    assert int(zipped_headers["Content-Length"]) == len(zipped)
+    assert gzip.decompress(zipped) == plain
+    _, again_headers, _ = await get(http, url, **headers, **{"Accept-Encoding": "gzip;q=0, identity"})
+    assert "Content-Encoding" not in again_headers
+
+
+async def test_gzip_is_understood_by_a_transparent_client(service: ExporterService) -> None:
+    """A client that decompresses by itself (as Prometheus does) reads the whole exposition."""
+    async with aiohttp.ClientSession() as session, session.get(service.url + "/metrics") as resp:
+        assert resp.headers["Content-Encoding"] == "gzip"
+        text = await resp.text()
+    assert text.rstrip().endswith("1.0")
+    assert value(samples(text), "ehpc_watched_images") == 3
+
+
+async def test_not_found_wrong_method_and_head(service: ExporterService, http: aiohttp.ClientSession) -> None:
+    """Unknown paths 404, wrong methods 405, HEAD answers headers only."""
+    assert (await get(http, service.url + "/nope"))[0] == 404
+    assert (await get(http, service.url + "/metrics/extra"))[0] == 404
+    assert (await get(http, service.url + "/metrics", "POST"))[0] == 405
+    assert (await get(http, service.url + "/healthz", "PUT"))[0] == 405
+    status, headers, body = await get(http, service.url + "/metrics", "HEAD")
+    assert (status, body) == (200, b"")
+    assert headers["Content-Type"] == TEXT
+    status, headers, body = await get(http, service.url + "/", "HEAD")
+    assert (status, body) == (200, b"")
+    assert headers["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+)
+async def test_bad_requests_get_4xx(
+    service: ExporterService, http: aiohttp.ClientSession, raw: bytes
+) -> None:
+    """Malformed HTTP is refused with a 4xx and the server keeps serving."""
+    host, port = service.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(raw)
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    await writer.wait_closed()
+    assert re.match(rb"HTTP/1\.[01] 4\d\d ", status_line), status_line
+    assert (await get(http, service.url + "/healthz"))[0] == 200
+
+
+class BrokenSource:
+    """A metrics source whose self part raises (a bug the app must contain)."""
+
+    rendered: RenderedSnapshot = render_snapshot(Snapshot())
+    ready = True
+    config = Config()
+    version = "test"
+
+    def render_self(self, openmetrics: bool) -> bytes:
+        raise RuntimeError("boom")
+
+
+async def test_handler_exception_is_a_logged_500() -> None:
+    """An exception inside a handler answers 500 and logs one error event with the path."""
+    async with TestClient(TestServer(create_app(BrokenSource()))) as client:
+        with capture_logs() as logs:
+            resp = await client.get("/metrics")
+            assert resp.status == 500
+            assert await resp.text() == "internal error\n"
+        assert (await client.get("/healthz")).status == 200
+    failed = [e for e in logs if e["event"] == "http_handler_failed"]
+    assert len(failed) == 1
+    assert failed[0]["path"] == "/metrics"
+    assert failed[0]["log_level"] == "error"
+
+
+async def test_landing_page(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
+    """The landing page shows version, config summary and the images table, HTML-escaped."""
+    simulator.sim.images["m-xss"] = SimImage("m-xss", name='<script>alert("x")</script>', status="Creating")
+    watched: list[WatchedImage | str] = [
+        WatchedImage(SIM_VM_ID, additional_region_ids=("cn-shanghai",)),
+        *WATCHED[1:],
+    ]
+    cfg = sim_config(simulator, [*watched, WatchedImage("m-xss", additional_region_ids=("cn-wulanchabu",))])
+    svc = await started(cfg)
+    try:
+        await wait_until(lambda: svc.ready)
+        status, headers, body = await get(http, svc.url + "/")
+    finally:
+        await svc.stop()
+    page = body.decode()
+    assert status == 200
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert svc.version in page
+    assert "<td>access_key</td>" in page
+    assert "cn-hangzhou" in page
+    assert SIM_VM_ID in page
+    assert "cn-shanghai: Creating" in page
+    assert "cn-wulanchabu: no copy" in page
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    assert simulator.access_key_secret not in page
+
+
+async def test_no_secret_in_metrics_page_or_logs(
+    simulator: RunningSimulator, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Registry passwords, userinfo in registry URLs, the AccessKey secret and an STS token never show."""
+    ak, secret, token = simulator.sim.issue_sts()
+    container = simulator.sim.images[SIM_CONTAINER_ID]
+    container.registry_url = "https://puller:url-password-never-shown@registry.example.com/ns/app:1"
+    simulator.sim.images["m-broken"] = SimImage("m-broken", error="NotAuthorized")
+    cfg = replace(
+        sim_config(simulator, [*WATCHED, "m-broken", "m-absent"]),
+        credentials=CredentialsConfig(
+            type="sts", access_key_id=ak, access_key_secret=secret, security_token=token
+        ),
+    )
+    with capture_logs() as logs:
+        svc = await started(cfg)
+        try:
+            await wait_until(lambda: svc.ready)
+            bodies = [
+                (await get(http, svc.url + "/metrics"))[2],
+                (await get(http, svc.url + "/metrics", Accept=PROMETHEUS_ACCEPT))[2],
+                (await get(http, svc.url + "/"))[2],
+            ]
+        finally:
+            await svc.stop()
+    found = samples(bodies[0])
+    assert value(found, "ehpc_image_up", image_id=SIM_CONTAINER_ID) == 1  # the STS credentials worked
+    assert value(found, "ehpc_image_last_error_info", image_id="m-broken", code="NotAuthorized") == 1
+    assert any(e["event"] == "image_refresh_failed" for e in logs)
+    everything = b"\n".join(bodies).decode() + repr(logs) + caplog.text
+    for leak in (
+        secret,
+        token,
+        SIM_REGISTRY_PASSWORD,
+        "url-password-never-shown",
+        simulator.access_key_secret,
+    ):
+        assert leak not in everything
+    assert "registry.example.com/ns/app:1" in bodies[0].decode()
+
+
+async def test_custom_telemetry_path(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
+    """web.telemetry_path moves the exposition; the old path is a 404."""
+    cfg = sim_config(
+        simulator, [SIM_VM_ID], web=WebConfig(listen_address="127.0.0.1:0", telemetry_path="/x/m")
+    )
+    svc = await started(cfg)
+    try:
+        assert (await get(http, svc.url + "/x/m"))[0] == 200
+        assert (await get(http, svc.url + "/metrics"))[0] == 404
+        assert 'href="/x/m"' in (await get(http, svc.url + "/"))[2].decode()
+    finally:
+        await svc.stop()
+
+
+async def test_web_config_file_tls_and_basic_auth(
+    simulator: RunningSimulator,
+    tmp_path: Path,
+    server_cert_files: tuple[str, str],
+    client_ssl_context: ssl.SSLContext,
+) -> None:
+    """With --web.config.file: HTTPS, basic auth on /metrics and /, probes open."""
+    cert, key = server_cert_files
+    hashed = bcrypt.hashpw(b"scrape-pass", bcrypt.gensalt(rounds=4)).decode()
+    web_config = tmp_path / "web.yml"
+    web_config.write_text(
+        yaml.safe_dump(
+            {
+                "tls_server_config": {"cert_file": cert, "key_file": key},
+                "basic_auth_users": {"prometheus": hashed},
+            }
+        )
+    )
+    cfg = sim_config(
+        simulator, [SIM_VM_ID], web=WebConfig(listen_address="127.0.0.1:0", config_file=str(web_config))
+    )
+    svc = await started(cfg)
+    try:
+        assert svc.url.startswith("https://")
+        connector = aiohttp.TCPConnector(ssl=client_ssl_context)
+        async with aiohttp.ClientSession(connector=connector) as https:
+            assert (await get(https, svc.url + "/metrics"))[0] == 401
+            assert (await get(https, svc.url + "/"))[0] == 401
+            assert (await get(https, svc.url + "/healthz"))[0] == 200
+            await wait_until(lambda: svc.ready)
+            assert (await get(https, svc.url + "/readyz"))[0] == 200
+            auth = aiohttp.encode_basic_auth("prometheus", "scrape-pass")
+            status, _, body = await get(https, svc.url + "/metrics", Authorization=auth)
+            assert status == 200
+            assert b"ehpc_image_up" in body
+            wrong = aiohttp.encode_basic_auth("prometheus", "nope")
+            assert (await get(https, svc.url + "/metrics", Authorization=wrong))[0] == 401
+    finally:
+        await svc.stop()
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("", False),
+        ("application/openmetrics-text", True),
+        ("Application/OpenMetrics-Text; version=1.0.0", True),
+        (PROMETHEUS_ACCEPT, True),
+        ("text/plain, application/openmetrics-text", True),
+        ("text/plain;q=1, application/openmetrics-text;q=0.5", False),
+        ("application/openmetrics-text;q=0", False),
+        ("application/openmetrics-text;q=bogus", False),
+        ("*/*;q=0.9, application/openmetrics-text;q=0.95", True),
+    ],
+)
+def test_wants_openmetrics(accept: str, expected: bool) -> None:
+    """q-values decide; ties go to OpenMetrics; malformed q means not acceptable."""
+    assert wants_openmetrics(accept) is expected
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "expected"),
+    [
+        ("", False),
+        ("gzip", True),
+        ("deflate, GZIP;q=0.5", True),
+        ("gzip;q=0", False),
+        ("identity", False),
+        ("*", True),
+        ("*;q=0.1, gzip;q=0", False),
+        ("br, x-gzip", True),
+    ],
+)
+def test_accepts_gzip(accept_encoding: str, expected: bool) -> None:
+    """gzip explicitly or through *, never with q=0."""
+    assert accepts_gzip(accept_encoding) is expected
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        (":9765", (None, 9765)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),
+        ("[::1]:80", ("::1", 80)),
+        ("0.0.0.0:1", ("0.0.0.0", 1)),  # noqa: S104 - parsing, not binding
+    ],
+)
+def test_parse_listen_address(address: str, expected: tuple[str | None, int]) -> None:
+    """':port' means every interface; IPv6 hosts come in brackets."""
+    assert parse_listen_address(address) == expected
+
+
+@pytest.mark.parametrize("address", ["9765", "host:", "host:port", "host:70000"])
+def test_parse_listen_address_rejects(address: str) -> None:
+    """Anything but host:port is refused with a message."""
+    with pytest.raises(ValueError, match="host:port"):
+        parse_listen_address(address)
