@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.promstack",
     "tests.fixtures.sim",
     "tests.fixtures.tls",
+    "tests.reliability",
 ]

@@ -1,0 +1,265 @@
+"""Pytest plugin: reliability cases record (area, case, expected, observed, pass) and become a report.
+
+A test asks for the ``reliability`` fixture and, per case::
+
+    case = reliability.case("config", "negative interval", "exit 2, one line naming refresh.interval_seconds")
+    ...
+    case.observe(f"exit {rc}: {line}", ok=rc == 2 and "refresh.interval_seconds" in line)
+
+``observe`` records and then asserts ``ok``. A case whose test fails before it observes anything, or
+fails after observing, is recorded as failed with the error's first line, so the report never shows a
+pass the test run did not have.
+
+``reliability.measure(area, name, value, unit)`` keeps a number that varies from run to run (latency,
+throughput): the report shows it only on a coarse power-of-ten scale ("under 10 ms"), so regenerating
+the report on a healthy system does not change it; the exact numbers go to the terminal summary and,
+when ``RELIABILITY_MEASUREMENTS=path`` is set, to that JSON file.
+
+With ``RELIABILITY_REPORT=path`` set, the session writes the markdown report there at its end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPORT_ENV = "RELIABILITY_REPORT"
+MEASUREMENTS_ENV = "RELIABILITY_MEASUREMENTS"
+GENERATE_COMMAND = (
+    "RELIABILITY_REPORT=docs/reliability.md .venv/bin/pytest tests/test_bad_input.py tests/test_soak.py"
+    " tests/test_e2e_paging.py tests/test_leaks.py tests/test_load.py"
+)
+# Areas in the order the report lists them; others follow alphabetically.
+AREA_ORDER = (
+    "paging",
+    "soak",
+    "config",
+    "credentials",
+    "api input",
+    "http methods",
+    "http paths",
+    "http headers",
+    "slow clients",
+    "web config",
+    "security",
+    "leaks",
+    "load",
+)
+
+_STASH: pytest.StashKey[Recorder] = pytest.StashKey()
+
+
+@dataclass
+class CaseRecord:
+    """One row of the report."""
+
+    area: str
+    case: str
+    expected: str
+    nodeid: str
+    observed: str | None = None
+    ok: bool | None = None
+    test_failed: bool = False
+
+    @property
+    def passed(self) -> bool:
+        """The case observed what it expected and its test did not fail."""
+        return bool(self.ok) and not self.test_failed
+
+
+@dataclass
+class Measurement:
+    """A number that varies from run to run."""
+
+    area: str
+    name: str
+    value: float
+    unit: str
+
+
+@dataclass
+class Recorder:
+    """Everything the session recorded."""
+
+    records: list[CaseRecord] = field(default_factory=list)
+    measurements: list[Measurement] = field(default_factory=list)
+
+    def for_node(self, nodeid: str) -> Iterator[CaseRecord]:
+        """The records a test made."""
+        return (r for r in self.records if r.nodeid == nodeid)
+
+
+class Case:
+    """One recorded case; ``observe`` completes it."""
+
+    def __init__(self, record: CaseRecord) -> None:
+        self.record = record
+
+    def observe(self, observed: str, ok: bool, *, fail: bool = True) -> bool:
+        """Record what happened and whether it is what was expected; fail the test if not (unless
+        ``fail=False``: then return ``ok`` so a test can observe several cases before asserting)."""
+        self.record.observed = " ".join(observed.split())
+        self.record.ok = ok
+        if fail:
+            assert ok, self.message
+        return ok
+
+    @property
+    def message(self) -> str:
+        """One line: the case, what was expected and what was observed."""
+        r = self.record
+        return f"[{r.area}] {r.case}: expected {r.expected}; observed {r.observed}"
+
+
+class Reliability:
+    """The fixture's face: open cases and keep measurements for the current test."""
+
+    def __init__(self, recorder: Recorder, nodeid: str) -> None:
+        self._recorder = recorder
+        self._nodeid = nodeid
+
+    def case(self, area: str, case: str, expected: str) -> Case:
+        """Open a case; call ``observe`` on the result."""
+        record = CaseRecord(area, case, expected, self._nodeid)
+        self._recorder.records.append(record)
+        return Case(record)
+
+    def check(self, area: str, case: str, expected: str, observed: str, ok: bool) -> None:
+        """Open and observe a case in one call."""
+        self.case(area, case, expected).observe(observed, ok)
+
+    def measure(self, area: str, name: str, value: float, unit: str) -> None:
+        """Keep a run-dependent number (shown coarsely in the report)."""
+        self._recorder.measurements.append(Measurement(area, name, value, unit))
+
+
+def recorder_of(config: pytest.Config) -> Recorder:
+    """The session's recorder (created on first use)."""
+    rec = config.stash.get(_STASH, None)
+    if rec is None:
+        rec = config.stash[_STASH] = Recorder()
+    return rec
+
+
+@pytest.fixture
+def reliability(request: pytest.FixtureRequest) -> Reliability:
+    """Record reliability cases of this test into the session's report."""
+    return Reliability(recorder_of(request.config), request.node.nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """Mark the cases of a failed test as failed, with the error's first line if nothing was observed."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if not report.failed:
+        return
+    message = ""
+    if call.excinfo is not None:
+        text = str(call.excinfo.value).strip().splitlines()
+        message = f"{call.excinfo.typename}: {text[0] if text else ''}".strip()
+    for record in recorder_of(item.config).for_node(item.nodeid):
+        record.test_failed = True
+        if record.observed is None:
+            record.observed = f"test failed ({report.when}): {message}"[:300]
+
+
+def coarse(value: float, unit: str) -> str:
+    """A run-independent rendering: the power of ten the value stays under ("under 10 ms")."""
+    if value <= 0:
+        return f"0 {unit}"
+    bound = 10 ** math.ceil(math.log10(value))
+    if bound == value:
+        bound *= 10
+    shown = f"{bound:g}" if bound >= 1 else f"{bound:.10f}".rstrip("0")
+    return f"under {shown} {unit}"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _area_key(area: str) -> tuple[int, str]:
+    return (AREA_ORDER.index(area), "") if area in AREA_ORDER else (len(AREA_ORDER), area)
+
+
+def render_report(recorder: Recorder) -> str:
+    """The markdown report (content depends only on the outcomes, not on timings)."""
+    records = recorder.records
+    passed = sum(r.passed for r in records)
+    lines = [
+        "# Reliability report",
+        "",
+        "<!-- Generated from test results; do not edit by hand. -->",
+        "Generated by running:",
+        "",
+        "```",
+        GENERATE_COMMAND,
+        "```",
+        "",
+        "Each row is one case of a reliability test (recorder: `tests/reliability.py`): what was expected,",
+        "what the run observed, and whether they match. Observations are worded so that a healthy run",
+        "always produces the same text; run-dependent numbers appear only on a power-of-ten scale.",
+        "",
+        "Modes:",
+        "",
+        "- `make test` runs these tests with the short soak (`SOAK_SECONDS` unset: about a minute).",
+        "- Release check: `scripts/soak.sh [SECONDS]` (default 1800) runs the fault soak and the leak",
+        "  checks for that long and writes its own report to `soak-report.md` (not committed).",
+        "- Exact numbers of a run: add `RELIABILITY_MEASUREMENTS=measurements.json`; pytest's terminal",
+        "  summary shows them too.",
+        "",
+        f"**{passed} of {len(records)} cases passed.**",
+        "",
+    ]
+    areas = sorted({r.area for r in records}, key=_area_key)
+    for area in areas:
+        lines += [f"## {area}", "", "| case | expected | observed | pass |", "| --- | --- | --- | --- |"]
+        for r in (r for r in records if r.area == area):
+            mark = "yes" if r.passed else "**NO**"
+            observed = r.observed if r.observed is not None else "(not observed)"
+            lines.append(f"| {_cell(r.case)} | {_cell(r.expected)} | {_cell(observed)} | {mark} |")
+        lines.append("")
+    if recorder.measurements:
+        lines += [
+            "## Measurements (coarse)",
+            "",
+            "| area | measurement | value |",
+            "| --- | --- | --- |",
+        ]
+        for m in sorted(recorder.measurements, key=lambda m: (_area_key(m.area), m.name)):
+            lines.append(f"| {_cell(m.area)} | {_cell(m.name)} | {coarse(m.value, m.unit)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the report (``RELIABILITY_REPORT``) and the exact measurements (``RELIABILITY_MEASUREMENTS``)."""
+    recorder = recorder_of(session.config)
+    report_path = os.environ.get(REPORT_ENV)
+    if report_path and recorder.records:
+        path = Path(report_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_report(recorder))
+    measurements_path = os.environ.get(MEASUREMENTS_ENV)
+    if measurements_path and recorder.measurements:
+        Path(measurements_path).write_text(
+            json.dumps([m.__dict__ for m in recorder.measurements], indent=2) + "\n"
+        )
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Show the exact measurements of this run (they are only coarse in the report)."""
+    recorder = recorder_of(config)
+    if not recorder.measurements:
+        return
+    terminalreporter.section("reliability measurements")
+    for m in recorder.measurements:
+        terminalreporter.write_line(f"{m.area}: {m.name} = {m.value:.6g} {m.unit}")
