@@ -142,6 +142,9 @@ class LibraryCredentialSource:
             and last.security_token == token
         ):
             return last
+        # They travel in HTTP headers (id and token) or key the HMAC: control characters cannot be sent.
+        if not (ak.isprintable() and secret.isprintable() and (token is None or token.isprintable())):
+            raise credential_error(f"{self.description}: the provider returned a key with control characters")
         self._last = Credential(ak, secret, token)
         return self._last
 

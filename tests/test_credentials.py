@@ -139,6 +139,18 @@ async def test_empty_chain_is_a_credential_error_not_a_crash() -> None:
     assert err.__suppress_context__
 
 
+async def test_control_characters_in_a_key_are_a_credential_error() -> None:
+    source = build_credential_source(
+        CredentialsConfig(
+            type="sts", access_key_id="id", access_key_secret="sk", security_token="tok\r\nX: y"
+        )
+    )
+    with pytest.raises(ApiError) as info:
+        await source.get()
+    assert info.value.code == "CredentialError"
+    assert "control characters" in info.value.message
+
+
 async def test_invalid_explicit_config_is_a_credential_error() -> None:
     source = build_credential_source(CredentialsConfig(type="access_key", access_key_id="only-id"))
     for _ in range(2):  # rebuilt (and failing again) on every call, never raising anything else

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import string
+import uuid
 from typing import Any
 
 import yarl
@@ -260,3 +261,29 @@ def test_client_nonce_is_fresh_per_attempt() -> None:
     client = EhpcClient(ApiConfig(), StaticCredentialSource(Credential(AK, SK)))
     nonces = {client._headers("GetImage", "", AK, SK, None)["x-acs-signature-nonce"] for _ in range(200)}
     assert len(nonces) == 200
+    for nonce in nonces:
+        parsed = uuid.UUID(hex=nonce)
+        assert (parsed.version, parsed.variant, parsed.hex) == (4, uuid.RFC_4122, nonce)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    params=st.dictionaries(_names, _values, max_size=5),
+    token=st.one_of(
+        st.none(), st.text(string.ascii_letters + string.digits + "+/=", min_size=1, max_size=60)
+    ),
+)
+def test_client_fast_path_equals_generic_sign(params: dict[str, str], token: str | None) -> None:
+    """The client's precomputed canonical request is exactly signing.sign over the headers it sends."""
+    client = EhpcClient(ApiConfig(), StaticCredentialSource(Credential(AK, SK)))
+    query = canonical_query(params)
+    headers = client._headers("GetImage", query, AK, SK, token)
+    generic = sign(
+        method="POST",
+        query=query,
+        headers={k: v for k, v in headers.items() if k != "authorization"},
+        body=b"",
+        access_key_id=AK,
+        access_key_secret=SK,
+    )
+    assert generic == headers
