@@ -1,0 +1,478 @@
+"""The installed console script, run for real as a subprocess: flags, exit codes, lifecycle (SIGTERM,
+SIGHUP reload), ``check`` against the simulator, and the one-process ``demo`` scraped and linted by
+promtool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from exporter import __version__
+from exporter.cli import build_parser
+from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
+
+REPO = Path(__file__).resolve().parent.parent
+EXE = str(REPO / ".venv" / "bin" / "ehpc-image-exporter")
+SECRET = "CliTestSecretThatMustNeverBePrinted"
+
+# The child must not pick up credentials or a terminal from whoever runs the tests.
+CHILD_ENV = {k: v for k, v in os.environ.items() if not k.startswith("ALIBABA_CLOUD_")} | {
+    "PYTHONUNBUFFERED": "1"
+}
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def sim_config(sim: RunningSimulator, images: list[str], *, interval: float = 60, extra: str = "") -> str:
+    """A config for the simulator fixture (its AccessKey pair, HTTP, fast retries)."""
+    kinds = {i: "Container" if i == SIM_CONTAINER_ID else "VM" for i in images}
+    entries = "\n".join(
+        f"  - {{id: {i}, type: {t}, additional_regions: [cn-beijing]}}" for i, t in kinds.items()
+    )
+    return (
+        f"api: {{endpoint: '{sim.url}', protocol: http,"
+        " retry: {max_attempts: 2, base_delay_seconds: 0.01}}\n"
+        f"credentials: {{type: access_key, access_key_id: {sim.access_key_id},"
+        f" access_key_secret: {sim.access_key_secret}}}\n"
+        f"images:\n{entries}\n"
+        f"refresh: {{interval_seconds: {interval}, jitter_ratio: 0}}\n{extra}"
+    )
+
+
+@contextlib.contextmanager
+def listening_socket() -> Iterator[int]:
+    """A port that is taken for as long as the block runs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield int(s.getsockname()[1])
+
+
+class Proc:
+    """A running CLI process whose stdout and stderr lines are collected in the background."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._changed = asyncio.Condition()
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        self._readers = [
+            asyncio.create_task(self._pump(proc.stdout, self.out)),
+            asyncio.create_task(self._pump(proc.stderr, self.err)),
+        ]
+
+    async def _pump(self, stream: asyncio.StreamReader, into: list[str]) -> None:
+        async for raw in stream:
+            into.append(raw.decode().rstrip("\n"))
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def wait_line(self, lines: list[str], pattern: str, within: float = 20) -> re.Match[str]:
+        """The first line of ``lines`` (self.out or self.err) matching ``pattern``."""
+
+        def find() -> re.Match[str] | None:
+            for line in lines:
+                if m := re.search(pattern, line):
+                    return m
+            return None
+
+        async with asyncio.timeout(within), self._changed:
+            while (found := find()) is None:
+                if self.proc.returncode is not None:
+                    raise AssertionError(f"exited {self.proc.returncode} first; stderr: {self.err[-5:]}")
+                # Woken by a new line; the short timeout notices the process exiting without one.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 0.5)
+            return found
+
+    async def exit_code(self, within: float) -> int:
+        """Wait for the exit (failing after ``within`` seconds) and for the output to be read."""
+        rc = await asyncio.wait_for(self.proc.wait(), within)
+        await asyncio.gather(*self._readers)
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+
+@contextlib.asynccontextmanager
+async def cli(*args: str) -> AsyncIterator[Proc]:
+    proc = await asyncio.create_subprocess_exec(
+        EXE, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=CHILD_ENV
+    )
+    running = Proc(proc)
+    try:
+        yield running
+    finally:
+        running.kill()
+        await proc.wait()
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    """Run to completion (30 s at most): (exit code, stdout, stderr)."""
+    async with cli(*args) as p:
+        rc = await p.exit_code(within=30)
+        return rc, "\n".join(p.out), "\n".join(p.err)
+
+
+def log_events(lines: list[str]) -> list[dict[str, object]]:
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+async def scrape(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        assert resp.status == 200
+        return await resp.text()
+
+
+async def wait_metric(url: str, pattern: str, within: float = 30) -> str:
+    """Scrape until a line matches ``pattern``; returns that exposition."""
+    deadline = time.monotonic() + within
+    last = ""
+    while time.monotonic() < deadline:
+        with contextlib.suppress(aiohttp.ClientError):
+            last = await scrape(url)
+            if re.search(pattern, last, re.MULTILINE):
+                return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no line matching {pattern!r} within {within}s; last scrape:\n{last[:2000]}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Flags and help
+
+
+async def test_version() -> None:
+    for args in (["--version"], ["run", "--version"]):
+        rc, out, err = await run_cli(*args)
+        assert (rc, out, err) == (0, f"ehpc-image-exporter {__version__}", "")
+
+
+def _subcommands() -> dict[str, list[str]]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    choices: dict[str, object] = getattr(sub, "choices", {})
+    out = {"": [s for a in parser._actions for s in a.option_strings]}
+    for name, subparser in choices.items():
+        assert hasattr(subparser, "_actions")
+        actions = subparser._actions
+        for action in actions:
+            assert action.help, f"{name}: {action.option_strings} has no help text"
+        out[name] = [s for a in actions for s in a.option_strings]
+    return out
+
+
+@pytest.mark.parametrize("command", ["", "run", "check", "demo", "simulate"])
+async def test_help_documents_every_flag(command: str) -> None:
+    """Every flag of every subcommand is in its --help, with a help text (checked on the parser)."""
+    flags = _subcommands()[command]
+    rc, out, err = await run_cli(*([command] if command else []), "--help")
+    assert rc == 0
+    assert err == ""
+    for flag in flags:
+        assert re.search(rf"(^|[\s\[,]){re.escape(flag)}\b", out), f"{flag} missing from {command} --help"
+    if command == "run":
+        for flag in ("--config", "--check-config", "--web.listen-address", "--web.telemetry-path",
+                     "--web.config.file", "--log-format", "--log-level", "--version"):  # fmt: skip
+            assert flag in flags
+    if command == "demo":
+        assert {"--web.listen-address", "--simulator.listen-address", "--images", "--interval"} <= set(flags)
+
+
+async def test_python_dash_m_is_the_same_cli() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "exporter", "--version", stdout=asyncio.subprocess.PIPE, env=CHILD_ENV
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    assert out.decode().strip() == f"ehpc-image-exporter {__version__}"
+
+
+async def test_unknown_flag_is_a_usage_error() -> None:
+    rc, _out, err = await run_cli("--no-such-flag")
+    assert rc == 2
+    assert "unrecognized arguments: --no-such-flag" in err
+    assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------------------
+# --check-config and bad configs
+
+
+async def test_check_config_ok(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        credentials: {{type: access_key, access_key_id: LTAI, access_key_secret: {SECRET}}}
+        images: [{{id: m-1}}, {{id: m-2}}]
+        refresh: {{interval_seconds: 30}}
+        """,
+    )
+    rc, out, err = await run_cli("--check-config", "--config", path, "--web.listen-address", "127.0.0.1:9999")
+    assert (rc, out, err) == (
+        0,
+        "config OK: 2 images, discovery off, refresh every 30s, listen 127.0.0.1:9999/metrics",
+        "",
+    )
+
+
+async def test_check_config_prints_warnings_and_still_passes(tmp_path: Path) -> None:
+    rc, out, err = await run_cli("--check-config", "--config", write(tmp_path, "web: {}\n"))
+    assert rc == 0
+    assert out.startswith("config OK: 0 images")
+    assert err == (
+        "warning: images: no images to watch and discovery is disabled; only the exporter's own metrics are"
+        " served"
+    )
+
+
+async def test_check_config_bad_prints_one_line_per_error(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        credentials: {{type: sts, access_key_id: LTAI, access_key_secret: {SECRET}}}
+        images: [{{id: m-1}}, {{id: m-1}}]
+        refresh: {{interval_seconds: -1}}
+        bogus: 1
+        """,
+    )
+    rc, out, err = await run_cli("run", "--check-config", "--config", path)
+    assert rc == 2
+    assert out == ""
+    assert err.splitlines() == [
+        f"{path}: credentials.security_token: required for type 'sts'",
+        f"{path}: images[1].id: duplicate image id 'm-1' (also images[0])",
+        f"{path}: refresh.interval_seconds: must be greater than 0",
+        f"{path}: bogus: unknown key",
+    ]
+    assert SECRET not in err
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "{p}: cannot read config file: No such file or directory"),
+        ("api: [unclosed\n", "{p}:2:1: invalid YAML: expected ',' or ']', but got '<stream end>'"),
+    ],
+)
+async def test_check_config_unreadable_or_malformed(
+    tmp_path: Path, content: str | None, expected: str
+) -> None:
+    path = str(tmp_path / "c.yaml") if content is None else write(tmp_path, content, "c.yaml")
+    rc, _out, err = await run_cli("--check-config", "--config", path)
+    assert rc == 2
+    assert err.splitlines()[0].startswith(expected.format(p=path))
+    assert len(err.splitlines()) == 1
+    assert "Traceback" not in err
+
+
+async def test_check_config_bad_flag_value_and_bad_web_config(tmp_path: Path) -> None:
+    rc, _out, err = await run_cli("--check-config", "--web.telemetry-path", "/healthz")
+    assert rc == 2
+    assert err == "command line: web.telemetry_path: must not be '/healthz', which the exporter serves itself"
+    web = write(tmp_path, "basic_auth_users: {prometheus: not-a-bcrypt-hash}\nnope: 1\n", "web.yml")
+    rc, _out, err = await run_cli("--check-config", "--web.config.file", web)
+    assert rc == 2
+    assert len(err.splitlines()) == 1
+    assert web in err
+    assert "not-a-bcrypt-hash" not in err
+    assert "Traceback" not in err
+
+
+async def test_run_with_bad_config_exits_before_binding(tmp_path: Path) -> None:
+    """The listen port is taken: had the exporter tried to serve, it would fail to bind instead."""
+    path = write(
+        tmp_path, f"credentials: {{type: access_key, access_key_secret: {SECRET}}}\nimages: [{{}}]\n"
+    )
+    with listening_socket() as port:
+        rc, out, err = await run_cli("--config", path, "--web.listen-address", f"127.0.0.1:{port}")
+    assert rc == 2
+    assert out == ""
+    events = log_events(err.splitlines())
+    assert [e["event"] for e in events] == ["config_invalid", "config_invalid"]
+    assert [e["error"] for e in events] == [
+        f"{path}: credentials.access_key_id: required for type 'access_key'",
+        f"{path}: images[0].id: required",
+    ]
+    assert SECRET not in err
+    assert "Traceback" not in err
+
+
+async def test_run_port_in_use_exits_1(tmp_path: Path) -> None:
+    with listening_socket() as port:
+        rc, _out, err = await run_cli("--web.listen-address", f"127.0.0.1:{port}", "--log-level", "warning")
+    assert rc == 1
+    events = log_events(err.splitlines())
+    assert [e["event"] for e in events if e["level"] == "error"] == ["start_failed"]
+    assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------------------
+# run: serving, SIGHUP reload, SIGTERM
+
+
+async def test_run_reload_on_sighup_and_stop_on_sigterm(tmp_path: Path, simulator: RunningSimulator) -> None:
+    """A bad reload keeps serving the old config and shows 0; a good one applies and shows 1."""
+    path = write(tmp_path, sim_config(simulator, [SIM_VM_ID], interval=0.5))
+    async with cli("--config", path, "--web.listen-address", "127.0.0.1:0") as p:
+        started = await p.wait_line(p.err, r'"event": "started"')
+        url = json.loads(started.string)["url"] + "/metrics"
+        await wait_metric(url, rf'^ehpc_image_up{{image_id="{SIM_VM_ID}"}} 1')
+        await wait_metric(url, r"^ehpc_config_last_reload_successful 1")
+
+        write(tmp_path, "images: [{id: m-1}, {id: m-1}]\n")
+        p.proc.send_signal(signal.SIGHUP)
+        await p.wait_line(p.err, r'"event": "config_reload_failed"')
+        text = await wait_metric(url, r"^ehpc_config_last_reload_successful 0")
+        assert f'ehpc_image_up{{image_id="{SIM_VM_ID}"}} 1' in text  # still the old config, still serving
+        failures = [e for e in log_events(p.err) if e["event"] == "config_reload_failed"]
+        assert [e["error"] for e in failures] == [
+            f"{path}: images[1].id: duplicate image id 'm-1' (also images[0])"
+        ]
+
+        write(tmp_path, sim_config(simulator, [SIM_VM_ID, SIM_CONTAINER_ID], interval=0.5))
+        p.proc.send_signal(signal.SIGHUP)
+        text = await wait_metric(url, r"^ehpc_config_last_reload_successful 1")
+        await wait_metric(url, rf'^ehpc_image_up{{image_id="{SIM_CONTAINER_ID}"}} 1')
+
+        stopped_at = time.monotonic()
+        p.proc.send_signal(signal.SIGTERM)
+        assert await p.exit_code(within=5) == 0
+        assert time.monotonic() - stopped_at < 5
+        assert simulator.access_key_secret not in "\n".join(p.err)
+        assert "Traceback" not in "\n".join(p.err)
+        assert [e["event"] for e in log_events(p.err)][-1] == "stopped"
+
+
+async def test_run_stops_on_sigint(simulator: RunningSimulator, tmp_path: Path) -> None:
+    path = write(tmp_path, sim_config(simulator, [SIM_VM_ID]))
+    async with cli("--config", path, "--web.listen-address", "127.0.0.1:0", "--log-format", "console") as p:
+        await p.wait_line(p.err, r"started")
+        p.proc.send_signal(signal.SIGINT)
+        assert await p.exit_code(within=5) == 0
+        assert not any(line.startswith("{") for line in p.err)  # --log-format console honoured
+
+
+# --------------------------------------------------------------------------------------------------------
+# check
+
+
+async def test_check_exits_1_on_failing_or_unhealthy_images(
+    tmp_path: Path, simulator: RunningSimulator
+) -> None:
+    simulator.sim.images[SIM_VM_ID].error = "EcsError"
+    path = write(tmp_path, sim_config(simulator, [SIM_VM_ID, SIM_VM_FAILED_ID, SIM_CONTAINER_ID]))
+    rc, out, err = await run_cli("check", "--config", path)
+    assert rc == 1
+    lines = [re.split(r"\s{2,}", line) for line in out.splitlines()]
+    assert lines == [
+        ["IMAGE", "STATUS", "REGIONS", "LAST ERROR", "OK"],
+        [SIM_CONTAINER_ID, "Available", "cn-beijing:Available", "-", "yes"],
+        [SIM_VM_ID, "-", "cn-beijing:missing", "EcsError", "NO"],
+        [SIM_VM_FAILED_ID, "CreateFailed", "cn-beijing:CreateFailed", "-", "NO"],
+        ["3 images: 1 ok, 1 unhealthy, 1 failing"],
+    ]
+    assert simulator.access_key_secret not in out + err
+
+
+async def test_check_exits_0_when_all_healthy(tmp_path: Path, simulator: RunningSimulator) -> None:
+    path = write(tmp_path, sim_config(simulator, [SIM_CONTAINER_ID]))
+    rc, out, _err = await run_cli("check", "--config", path, "--output", "json")
+    assert rc == 0
+    assert json.loads(out) == {
+        "images": [
+            {
+                "image_id": SIM_CONTAINER_ID,
+                "status": "Available",
+                "regions": {"cn-beijing": "Available"},
+                "last_error": None,
+                "ok": True,
+                "problems": [],
+            }
+        ]
+    }
+
+
+async def test_check_incomplete_replication_is_unhealthy(tmp_path: Path, simulator: RunningSimulator) -> None:
+    """Asking for a region the image was never copied to fails the check."""
+    path = write(
+        tmp_path,
+        sim_config(simulator, []).replace("images:\n", f"images: [{{id: {SIM_CONTAINER_ID}, type: Container,"
+                                          " additional_regions: [cn-beijing, cn-shanghai]}]\n"),
+    )  # fmt: skip
+    rc, out, _err = await run_cli("check", "--config", path, "--output", "json")
+    assert rc == 1
+    row = json.loads(out)["images"][0]
+    assert row["regions"] == {"cn-beijing": "Available", "cn-shanghai": None}
+    assert row["problems"] == ["cn-shanghai not replicated"]
+
+
+async def test_check_bad_config_exits_2(tmp_path: Path) -> None:
+    rc, out, err = await run_cli("check", "--config", write(tmp_path, "images: 3\n"))
+    assert (rc, out) == (2, "")
+    assert err.endswith("config.yaml: images: must be a list")
+
+
+# --------------------------------------------------------------------------------------------------------
+# demo
+
+
+async def test_demo_serves_metrics_promtool_clean_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """The one-process demo: both URLs printed, ehpc_image_up soon, promtool has no complaint."""
+    async with cli(
+        "demo", "--web.listen-address", "127.0.0.1:0", "--simulator.listen-address", "127.0.0.1:0",
+        "--images", "12", "--interval", "2",
+    ) as p:  # fmt: skip
+        sim = await p.wait_line(p.out, r"^simulator: (http://127\.0\.0\.1:\d+)")
+        exp = await p.wait_line(p.out, r"^exporter:  (http://127\.0\.0\.1:\d+/metrics)$")
+        text = await wait_metric(exp.group(1), r'^ehpc_image_up\{image_id="m-[a-z0-9]+"\} 1', within=30)
+        # The demo fleet always shows a failing image and the watched-but-deleted one.
+        assert 'ehpc_image_last_error_info{code="ImageNotFound",image_id="m-0000deleted0000demo"} 1' in text
+        assert re.search(r'^ehpc_image_up\{image_id="m-[a-z0-9]+"\} 0', text, re.MULTILINE)
+        images = json.loads(await scrape(sim.group(1) + "/_sim/images"))
+        assert images  # the simulator's admin API answers on the printed URL
+
+        metrics_file = tmp_path / "metrics.prom"
+        metrics_file.write_text(text)
+        promtool = await asyncio.create_subprocess_exec(
+            "promtool", "check", "metrics", stdin=open(metrics_file, "rb"),  # noqa: ASYNC230, SIM115
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        pout, perr = await promtool.communicate()
+        assert (promtool.returncode, pout, perr) == (0, b"", b"")
+
+        stopped_at = time.monotonic()
+        p.proc.send_signal(signal.SIGTERM)
+        assert await p.exit_code(within=5) == 0
+        assert time.monotonic() - stopped_at < 5
+        assert "Traceback" not in "\n".join(p.err)
+
+
+async def test_demo_port_taken_exits_1() -> None:
+    with listening_socket() as port:
+        rc, out, err = await run_cli(
+            "demo", "--simulator.listen-address", f"127.0.0.1:{port}", "--web.listen-address", "127.0.0.1:0"
+        )
+    assert rc == 1
+    assert out == ""
+    assert [e["event"] for e in log_events(err.splitlines()) if e["level"] == "error"] == ["start_failed"]
