@@ -369,3 +369,25 @@ async def test_session_is_pooled_and_closed(raw_server: RawServer) -> None:
     await client.close()
     assert session is not None
     assert session.closed
+
+
+async def test_proxy_from_the_environment(raw_server: RawServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP(S)_PROXY is honoured (resolved once per session, not per request); NO_PROXY bypasses it."""
+    monkeypatch.setenv("HTTP_PROXY", f"http://{raw_server.endpoint}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    config = ApiConfig(endpoint="ehpcinstant.example.invalid", protocol="http", qps=0, timeout_seconds=2)
+    async with EhpcClient(config, StaticCredentialSource(Credential(AK, SK))) as client:
+        await client.get_image("m-1")
+    [req] = raw_server.requests
+    assert req.line == "POST http://ehpcinstant.example.invalid/?ImageId=m-1 HTTP/1.1"  # absolute form
+    assert req.header_map["host"] == "ehpcinstant.example.invalid"
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    direct = ApiConfig(
+        endpoint="127.0.0.1:9", protocol="http", qps=0, timeout_seconds=2, retry=RetryConfig(1)
+    )
+    async with EhpcClient(direct, StaticCredentialSource(Credential(AK, SK))) as client:
+        with pytest.raises(ApiError, match="ConnectionError"):
+            await client.get_image("m-1")
+    assert len(raw_server.requests) == 1  # went direct (and found nothing on port 9), not via the proxy
