@@ -120,6 +120,7 @@ class Refresher:
         metrics: SelfMetrics | None = None,
         publish: Publish | None = None,
         wall_clock: Callable[[], float] = time.time,
+        monotonic_clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._config = config
@@ -127,6 +128,7 @@ class Refresher:
         self._metrics = metrics
         self._publish = publish
         self._clock = wall_clock
+        self._monotonic = monotonic_clock  # measures cycle durations; None: the event loop's clock
         self._rng = rng or random.Random()  # noqa: S311 - schedule jitter, not cryptography
         self._snapshot = Snapshot(status=config.status)
         self._discovered: dict[str, WatchedImage] = {}
@@ -192,8 +194,8 @@ class Refresher:
         async with self._cycle_lock:
             self._wake.clear()
             config, client = self._config, self._client
-            loop = asyncio.get_running_loop()
-            started = loop.time()
+            monotonic = self._monotonic or asyncio.get_running_loop().time
+            started = monotonic()
             watched = await self._watched_set(config, client)
             previous = self._snapshot.images
             timeout = config.refresh.image_timeout_seconds
@@ -207,7 +209,7 @@ class Refresher:
                 states,
                 status=config.status,
                 refreshed_at=self._clock(),
-                duration_seconds=loop.time() - started,
+                duration_seconds=monotonic() - started,
                 sequence=self._sequence,
             )
             if self._publish is not None:

@@ -49,8 +49,10 @@ class ExporterService:
         process_metrics: bool = True,
         client_factory: ClientFactory = default_client,
         wall_clock: Callable[[], float] = time.time,
+        monotonic_clock: Callable[[], float] | None = None,
     ) -> None:
         self._config = config
+        self._monotonic = monotonic_clock
         self._client_factory = client_factory
         self._clock = wall_clock
         self.metrics = SelfMetrics(build_info, process_metrics=process_metrics)
@@ -108,7 +110,12 @@ class ExporterService:
         if self._refresher is None:
             self._client = self._client_factory(self._config, self.metrics)
             self._refresher = Refresher(
-                self._config, self._client, metrics=self.metrics, publish=self._publish
+                self._config,
+                self._client,
+                metrics=self.metrics,
+                publish=self._publish,
+                wall_clock=self._clock,
+                monotonic_clock=self._monotonic,
             )
         return self._refresher
 
