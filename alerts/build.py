@@ -182,7 +182,9 @@ def build_rules(t: Thresholds) -> dict[str, Any]:
         _alert(
             "EhpcImageReplicationIncomplete",
             a.EhpcImageReplicationIncomplete,
-            "ehpc_image_replication_available == 0",
+            # A deleted image reports every copy unavailable too; EhpcImageMissing already covers it.
+            "ehpc_image_replication_available == 0\n"
+            'unless ignoring (replication_region, code) ehpc_image_last_error_info{code="ImageNotFound"}',
             "E-HPC image {{ $labels.image_id }} is not available in {{ $labels.replication_region }}",
             "The copy of image {{ $labels.image_id }} in region {{ $labels.replication_region }} has not "
             f"been usable for more than {a.EhpcImageReplicationIncomplete.for_} "

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from alerts import build
-from tests.fixtures.promstack import Prometheus, promql_metric_names
+from tests.fixtures.promstack import DemoStack, Prometheus, promql_metric_names
 
 ALERTS = build.ALERTS_DIR
 PROMTOOL_TESTS = ALERTS / "tests.yml"
@@ -245,3 +245,49 @@ def test_rules_load_and_evaluate_in_real_prometheus(tmp_path: Path, prometheus_f
     evaluated = [rule for group in groups for rule in group["rules"]]
     assert {rule["name"] for rule in evaluated} == {rule["alert"] for rule in load_rules()}
     assert [(rule["name"], rule["lastError"]) for rule in evaluated if rule["health"] != "ok"] == []
+
+
+def test_rules_fire_on_the_demo_exporters_real_series(demo_stack: DemoStack) -> None:
+    """The shipped expressions (at `for: 0s`) against what the exporter really exposes: the demo's deleted
+    image pages as missing; breaking three healthy images in the simulator fires NotAvailable (with the
+    status looked up by the annotation's query), ReplicationIncomplete and AuthErrors for exactly those;
+    the exporter-level alerts stay quiet."""
+    from exporter.demo import MISSING_IMAGE_ID
+
+    prom, demo = demo_stack.prometheus, demo_stack.demo
+    healthy_expr = "ehpc_image_available == 1 and ehpc_image_up == 1"
+    healthy = prom.wait_for(healthy_expr, within=30, predicate=lambda r: len(r) >= 3)
+    sim_ids = {image["image_id"] for image in demo.sim("GET", "/_sim/images")["images"]}
+    broken, lagging, denied = sorted(
+        s["metric"]["image_id"] for s in healthy if s["metric"]["image_id"] in sim_ids
+    )[:3]
+    region = sorted(demo.sim("GET", f"/_sim/images/{lagging}")["regions"])[0]
+    try:
+        demo.sim("PATCH", f"/_sim/images/{broken}", {"status": "CreateFailed"})
+        demo.sim("PUT", f"/_sim/images/{lagging}/regions/{region}", {"status": "CreateFailed"})
+        demo.sim("PATCH", f"/_sim/images/{denied}", {"error": "NotAuthorized"})
+
+        missing = prom.wait_for_alert("EhpcImageMissing", image_id=MISSING_IMAGE_ID)
+        assert missing["labels"]["job"] == demo_stack.job
+        down = prom.wait_for_alert("EhpcImageNotAvailable", image_id=broken)
+        assert "(current status: CreateFailed)" in down["annotations"]["description"]
+        repl = prom.wait_for_alert(
+            "EhpcImageReplicationIncomplete", image_id=lagging, replication_region=region
+        )
+        assert "(replication status: CreateFailed)" in repl["annotations"]["description"]
+        auth = prom.wait_for_alert("EhpcApiAuthErrors", code="NotAuthorized", action="GetImage")
+        assert auth["labels"]["severity"] == "critical"
+
+        firing = [a["labels"] for a in prom.alerts() if a["state"] == "firing"]
+        not_available = {a["image_id"] for a in firing if a["alertname"] == "EhpcImageNotAvailable"}
+        # Failing images (the denied one, the demo's EcsError one) and the deleted one: other alerts.
+        assert denied not in not_available
+        assert MISSING_IMAGE_ID not in not_available
+        replication = {a["image_id"] for a in firing if a["alertname"] == "EhpcImageReplicationIncomplete"}
+        assert MISSING_IMAGE_ID not in replication
+        quiet = {"EhpcExporterDown", "EhpcConfigReloadFailed"}
+        assert [a for a in firing if a["alertname"] in quiet] == []
+    finally:
+        demo.sim("PATCH", f"/_sim/images/{broken}", {"status": "Available"})
+        demo.sim("PUT", f"/_sim/images/{lagging}/regions/{region}", {"status": "Available"})
+        demo.sim("PATCH", f"/_sim/images/{denied}", {"error": None})

@@ -1,0 +1,626 @@
+"""Build the ehpc-image-exporter Grafana dashboard with grafana-foundation-sdk (pinned 0.0.21).
+
+``python -m grafana.build`` writes grafana/ehpc-image-exporter.json; the output is deterministic, so the
+committed file must equal a fresh build. ``--check`` writes nothing and exits 1 when it would differ.
+The stale threshold comes from alerts/thresholds.yaml, so the dashboard and EhpcImageDataStale agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+with warnings.catch_warnings():
+    # The SDK nudges towards the v2 (Kubernetes-style) dashboard resource; we build the classic JSON model
+    # on purpose: it is what "Import dashboard" and file provisioning take, and what @grafana/schema types.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from grafana_foundation_sdk.builders import (
+        bargauge,
+        common,
+        dashboard,
+        prometheus,
+        stat,
+        statetimeline,
+        table,
+        timeseries,
+    )
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models import common as cm
+    from grafana_foundation_sdk.models import dashboard as dm
+    from grafana_foundation_sdk.models import prometheus as pm
+
+from alerts.build import load_thresholds
+
+GRAFANA_DIR = Path(__file__).resolve().parent
+DASHBOARD_FILE = GRAFANA_DIR / "ehpc-image-exporter.json"
+UID = "ehpc-image-exporter"
+
+DATASOURCE = cm.DataSourceRef(type_val="prometheus", uid="${datasource}")
+# Selectors every query carries, so the variables filter every panel.
+JOB = 'job=~"$job"'
+IMG = f'{JOB}, image_id=~"$image_id"'
+REPL = f'{IMG}, replication_region=~"$replication_region"'
+
+GREEN, RED, ORANGE, BLUE = "green", "red", "orange", "blue"
+
+
+def _query(
+    expr: str, legend: str = "", ref: str = "A", *, table_format: bool = False
+) -> prometheus.Dataquery:
+    """A Prometheus target; table queries are instant, graph queries range."""
+    q = prometheus.Dataquery().expr(expr).ref_id(ref).datasource(DATASOURCE)
+    q = q.format(pm.PromQueryFormat.TABLE).instant() if table_format else q.range()
+    if legend:
+        q = q.legend_format(legend)
+    return q
+
+
+def _thresholds(*steps: tuple[float | None, str]) -> dashboard.ThresholdsConfig:
+    """Absolute thresholds; the first step's value is None (the base colour)."""
+    return (
+        dashboard.ThresholdsConfig()
+        .mode(dm.ThresholdsMode.ABSOLUTE)
+        .steps([dm.Threshold(value=v, color=c) for v, c in steps])
+    )
+
+
+def _grid(x: int, y: int, w: int, h: int) -> dm.GridPos:
+    return dm.GridPos(x=x, y=y, w=w, h=h)
+
+
+def _bool_mapping(true_text: str, false_text: str) -> list[dm.ValueMapping]:
+    """1/0 to words and colours, for availability cells."""
+    return [
+        dm.ValueMap(
+            options={
+                "1": dm.ValueMappingResult(text=true_text, color=GREEN, index=0),
+                "0": dm.ValueMappingResult(text=false_text, color=RED, index=1),
+            }
+        )
+    ]
+
+
+def _stat(
+    panel_id: int, title: str, description: str, expr: str, grid: dm.GridPos, bad_above: float | None
+) -> stat.Panel:
+    """A single number; it turns red above ``bad_above`` (None: always neutral)."""
+    steps: list[tuple[float | None, str]] = [(None, GREEN if bad_above is not None else BLUE)]
+    if bad_above is not None:
+        steps.append((bad_above + 1, RED))
+    return (
+        stat.Panel()
+        .id(panel_id)
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .grid_pos(grid)
+        .with_target(_query(expr, ref="A").instant())
+        .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .color_mode(cm.BigValueColorMode.BACKGROUND)
+        .graph_mode(cm.BigValueGraphMode.NONE)
+        .text_mode(cm.BigValueTextMode.VALUE)
+        .thresholds(_thresholds(*steps))
+        .decimals(0)
+    )
+
+
+def _row(panel_id: int, title: str, y: int) -> dashboard.Row:
+    return dashboard.Row(title).id(panel_id).grid_pos(_grid(0, y, 24, 1)).collapsed(False)
+
+
+def panels(stale_after: int) -> list[dashboard.Row | Any]:
+    """Every panel and row, top to bottom, with explicit ids and positions."""
+    out: list[Any] = []
+
+    # ------------------------------------------------------------------ fleet health
+    out.append(_row(1, "Fleet health", 0))
+    stats = [
+        (
+            "Exporters up",
+            "Scrape targets of the exporter that answered the last scrape.",
+            f"sum(up{{{JOB}}}) or vector(0)",
+            None,
+        ),
+        (
+            "Watched images",
+            "Images in the watched set (static list plus discovery), summed over exporter shards.",
+            f"sum(ehpc_watched_images{{{JOB}}}) or vector(0)",
+            None,
+        ),
+        (
+            "Available",
+            "Images whose status is in the healthy set.",
+            f"count(ehpc_image_available{{{IMG}}} == 1) or vector(0)",
+            None,
+        ),
+        (
+            "Unavailable",
+            "Images whose last successful GetImage returned a status outside the healthy set.",
+            f"count(ehpc_image_available{{{IMG}}} == 0) or vector(0)",
+            0,
+        ),
+        (
+            "Missing",
+            "Images for which GetImage answers ImageNotFound.",
+            f'count(ehpc_image_last_error_info{{{IMG}, code="ImageNotFound"}} == 1) or vector(0)',
+            0,
+        ),
+        (
+            "Stale",
+            f"Images without a successful refresh for more than {stale_after} s "
+            "(the EhpcImageDataStale threshold).",
+            f"count(time() - ehpc_image_last_success_timestamp_seconds{{{IMG}}} > {stale_after})"
+            " or vector(0)",
+            0,
+        ),
+        (
+            "Failing refresh",
+            "Images whose last GetImage failed (see the image table for the error code).",
+            f"count(ehpc_image_up{{{IMG}}} == 0) or vector(0)",
+            0,
+        ),
+        (
+            "Replicas not available",
+            "Image copies in additional regions that are not usable.",
+            f"count(ehpc_image_replication_available{{{REPL}}} == 0) or vector(0)",
+            0,
+        ),
+    ]
+    for i, (title, description, expr, bad_above) in enumerate(stats):
+        out.append(_stat(2 + i, title, description, expr, _grid(3 * i, 1, 3, 4), bad_above))
+
+    # ------------------------------------------------------------------ images
+    out.append(_row(20, "Images", 5))
+    image_table = (
+        table.Panel()
+        .id(21)
+        .title("Images")
+        .description(
+            "One row per image: its static facts (ehpc_image_info), current status, availability, "
+            "size, creation time, time since the last successful refresh and the last error code."
+        )
+        .datasource(DATASOURCE)
+        .grid_pos(_grid(0, 6, 24, 9))
+        .targets(
+            [
+                _query(
+                    f"max by (image_id, name, version, image_type, os_tag, platform, architecture, "
+                    f"app_id, registry_url) (ehpc_image_info{{{IMG}}})",
+                    ref="A",
+                    table_format=True,
+                ),
+                _query(
+                    f"max by (image_id, status) (ehpc_image_status{{{IMG}}} == 1)", ref="B", table_format=True
+                ),
+                _query(f"max by (image_id) (ehpc_image_available{{{IMG}}})", ref="C", table_format=True),
+                _query(f"max by (image_id) (ehpc_image_size_bytes{{{IMG}}})", ref="D", table_format=True),
+                _query(
+                    f"max by (image_id) (ehpc_image_created_timestamp_seconds{{{IMG}}}) * 1000",
+                    ref="E",
+                    table_format=True,
+                ),
+                _query(
+                    f"min by (image_id) (time() - ehpc_image_last_success_timestamp_seconds{{{IMG}}})",
+                    ref="F",
+                    table_format=True,
+                ),
+                _query(
+                    f"max by (image_id, code) (ehpc_image_last_error_info{{{IMG}}})",
+                    ref="G",
+                    table_format=True,
+                ),
+            ]
+        )
+        .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(
+            dm.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {"Time": True, "Value #A": True, "Value #B": True, "Value #G": True},
+                    "indexByName": {
+                        "image_id": 0,
+                        "name": 1,
+                        "version": 2,
+                        "status": 3,
+                        "Value #C": 4,
+                        "Value #D": 5,
+                        "Value #E": 6,
+                        "Value #F": 7,
+                        "code": 8,
+                        "image_type": 9,
+                        "os_tag": 10,
+                        "platform": 11,
+                        "architecture": 12,
+                        "app_id": 13,
+                        "registry_url": 14,
+                    },
+                    "renameByName": {
+                        "image_id": "Image ID",
+                        "name": "Name",
+                        "version": "Version",
+                        "status": "Status",
+                        "Value #C": "Available",
+                        "Value #D": "Size",
+                        "Value #E": "Created",
+                        "Value #F": "Data age",
+                        "code": "Last error",
+                        "image_type": "Type",
+                        "os_tag": "OS",
+                        "platform": "Platform",
+                        "architecture": "Arch",
+                        "app_id": "App ID",
+                        "registry_url": "Registry",
+                    },
+                },
+            )
+        )
+        .filterable(True)
+        .sort_by([common.TableSortByFieldState().display_name("Image ID")])
+        .override_by_name(
+            "Available",
+            [
+                dm.DynamicConfigValue(id_val="mappings", value=_bool_mapping("yes", "NO")),
+                dm.DynamicConfigValue(
+                    id_val="custom.cellOptions", value={"type": "color-background", "mode": "basic"}
+                ),
+            ],
+        )
+        .override_by_name("Size", [dm.DynamicConfigValue(id_val="unit", value="bytes")])
+        .override_by_name("Created", [dm.DynamicConfigValue(id_val="unit", value="dateTimeAsIso")])
+        .override_by_name(
+            "Data age",
+            [
+                dm.DynamicConfigValue(id_val="unit", value="s"),
+                dm.DynamicConfigValue(
+                    id_val="thresholds",
+                    value={
+                        "mode": "absolute",
+                        "steps": [{"value": None, "color": GREEN}, {"value": stale_after, "color": RED}],
+                    },
+                ),
+                dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-text"}),
+            ],
+        )
+    )
+    out.append(image_table)
+
+    out.append(
+        table.Panel()
+        .id(22)
+        .title("Replication matrix")
+        .description(
+            "Image x additional region: whether that region's copy is usable "
+            "(ehpc_image_replication_available)."
+        )
+        .datasource(DATASOURCE)
+        .grid_pos(_grid(0, 15, 12, 9))
+        .with_target(
+            _query(
+                f"max by (image_id, replication_region) (ehpc_image_replication_available{{{REPL}}})",
+                table_format=True,
+            )
+        )
+        .with_transformation(
+            dm.DataTransformerConfig(
+                id_val="groupingToMatrix",
+                options={"columnField": "replication_region", "rowField": "image_id", "valueField": "Value"},
+            )
+        )
+        .mappings(_bool_mapping("Available", "Not available"))
+        .cell_options(cm.TableColoredBackgroundCellOptions())
+        .no_value("-")
+    )
+
+    out.append(
+        bargauge.Panel()
+        .id(23)
+        .title("Image size")
+        .description("ehpc_image_size_bytes per image (the API's Size, GiB, in bytes).")
+        .datasource(DATASOURCE)
+        .grid_pos(_grid(12, 15, 12, 9))
+        .with_target(_query(f"max by (image_id) (ehpc_image_size_bytes{{{IMG}}})", "{{image_id}}").instant())
+        .unit("bytes")
+        .min(0)
+        .orientation(cm.VizOrientation.HORIZONTAL)
+        .display_mode(cm.BarGaugeDisplayMode.BASIC)
+        .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .thresholds(_thresholds((None, BLUE)))
+    )
+
+    out.append(
+        statetimeline.Panel()
+        .id(24)
+        .title("Image availability over time")
+        .description("ehpc_image_available per image: when each image was (not) in the healthy set.")
+        .datasource(DATASOURCE)
+        .grid_pos(_grid(0, 24, 12, 8))
+        .with_target(_query(f"max by (image_id) (ehpc_image_available{{{IMG}}})", "{{image_id}}"))
+        .mappings(_bool_mapping("available", "not available"))
+        .thresholds(_thresholds((None, RED), (1, GREEN)))
+        .show_value(cm.VisibilityMode.NEVER)
+        .merge_values(True)
+    )
+
+    out.append(
+        statetimeline.Panel()
+        .id(25)
+        .title("Replication over time")
+        .description("ehpc_image_replication_available per image and region.")
+        .datasource(DATASOURCE)
+        .grid_pos(_grid(12, 24, 12, 8))
+        .with_target(
+            _query(
+                f"max by (image_id, replication_region) (ehpc_image_replication_available{{{REPL}}})",
+                "{{image_id}} @ {{replication_region}}",
+            )
+        )
+        .mappings(_bool_mapping("available", "not available"))
+        .thresholds(_thresholds((None, RED), (1, GREEN)))
+        .show_value(cm.VisibilityMode.NEVER)
+        .merge_values(True)
+    )
+
+    # ------------------------------------------------------------------ cloud API
+    out.append(_row(30, "Cloud API", 32))
+    out.append(
+        _timeseries(
+            31, "API requests", "API calls per second by action; every retry attempt counts.", "reqps"
+        )
+        .grid_pos(_grid(0, 33, 8, 8))
+        .with_target(
+            _query(
+                f"sum by (action) (rate(ehpc_api_requests_total{{{JOB}}}[$__rate_interval]))", "{{action}}"
+            )
+        )
+    )
+    out.append(
+        _timeseries(
+            32,
+            "API errors by code",
+            "Failed calls per second by action and API error code; Timeout, ConnectionError, "
+            "InvalidResponse and CredentialError are failures without an API answer.",
+            "reqps",
+        )
+        .grid_pos(_grid(8, 33, 8, 8))
+        .with_target(
+            _query(
+                f"sum by (action, code) (rate(ehpc_api_errors_total{{{JOB}}}[$__rate_interval])) > 0",
+                "{{action}} {{code}}",
+            )
+        )
+    )
+    out.append(
+        _timeseries(
+            33,
+            "API latency",
+            "Quantiles of ehpc_api_request_duration_seconds per action (one HTTP attempt each).",
+            "s",
+        )
+        .grid_pos(_grid(16, 33, 8, 8))
+        .targets(
+            [
+                _query(
+                    f"histogram_quantile({q}, sum by (le, action) "
+                    f"(rate(ehpc_api_request_duration_seconds_bucket{{{JOB}}}[$__rate_interval])))",
+                    f"p{round(q * 100)} {{{{action}}}}",
+                    ref=ref,
+                )
+                for q, ref in ((0.5, "A"), (0.9, "B"), (0.99, "C"))
+            ]
+        )
+    )
+    out.append(
+        bargauge.Panel()
+        .id(34)
+        .title("Errors by code in the time range")
+        .description("Failed calls per API error code over the dashboard's time range.")
+        .datasource(DATASOURCE)
+        .grid_pos(_grid(0, 41, 8, 8))
+        .with_target(
+            _query(
+                f"sort_desc(sum by (code) (increase(ehpc_api_errors_total{{{JOB}}}[$__range])) > 0)",
+                "{{code}}",
+            ).instant()
+        )
+        .unit("short")
+        .decimals(0)
+        .min(0)
+        .orientation(cm.VizOrientation.HORIZONTAL)
+        .display_mode(cm.BarGaugeDisplayMode.BASIC)
+        .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .thresholds(_thresholds((None, ORANGE)))
+    )
+    out.append(
+        _timeseries(
+            35,
+            "Error ratio",
+            "Share of calls that failed, per action (the EhpcApiErrorsHigh quantity).",
+            "percentunit",
+        )
+        .grid_pos(_grid(8, 41, 8, 8))
+        .with_target(
+            _query(
+                f"sum by (action) (rate(ehpc_api_errors_total{{{JOB}}}[$__rate_interval]))"
+                f" / sum by (action) (rate(ehpc_api_requests_total{{{JOB}}}[$__rate_interval]))",
+                "{{action}}",
+            )
+        )
+    )
+    out.append(
+        _timeseries(
+            36,
+            "Throttled calls",
+            "Calls answered Throttling.* per second (the EhpcApiThrottled quantity).",
+            "reqps",
+        )
+        .grid_pos(_grid(16, 41, 8, 8))
+        .with_target(
+            _query(
+                f'sum by (action, code) (rate(ehpc_api_errors_total{{{JOB}, code=~"Throttling.*"}}'
+                "[$__rate_interval]))",
+                "{{action}} {{code}}",
+            )
+        )
+    )
+
+    # ------------------------------------------------------------------ refresh
+    out.append(_row(40, "Refresh", 49))
+    out.append(
+        _timeseries(41, "Refresh duration", "Duration of the last refresh cycle, per exporter.", "s")
+        .grid_pos(_grid(0, 50, 8, 8))
+        .with_target(_query(f"max by (instance) (ehpc_refresh_duration_seconds{{{JOB}}})", "{{instance}}"))
+    )
+    out.append(
+        _timeseries(
+            42,
+            "Data age per image",
+            f"Seconds since the last successful GetImage of each image; above {stale_after} s it is stale.",
+            "s",
+        )
+        .grid_pos(_grid(8, 50, 8, 8))
+        .with_target(
+            _query(
+                f"max by (image_id) (time() - ehpc_image_last_success_timestamp_seconds{{{IMG}}})",
+                "{{image_id}}",
+            )
+        )
+        .thresholds(_thresholds((None, GREEN), (stale_after, RED)))
+        .thresholds_style(common.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.LINE))
+    )
+    out.append(
+        _timeseries(
+            43,
+            "Time since last refresh cycle",
+            "Seconds since the end of the last refresh cycle that completed, per exporter.",
+            "s",
+        )
+        .grid_pos(_grid(16, 50, 8, 8))
+        .with_target(
+            _query(
+                f"max by (instance) (time() - ehpc_refresh_last_success_timestamp_seconds{{{JOB}}})",
+                "{{instance}}",
+            )
+        )
+    )
+    return out
+
+
+def _timeseries(panel_id: int, title: str, description: str, unit: str) -> timeseries.Panel:
+    return (
+        timeseries.Panel()
+        .id(panel_id)
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .min(0)
+        .line_width(1)
+        .fill_opacity(10)
+        .legend(
+            common.VizLegendOptions()
+            .display_mode(cm.LegendDisplayMode.LIST)
+            .placement(cm.LegendPlacement.BOTTOM)
+            .show_legend(True)
+        )
+        .tooltip(common.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI).sort(cm.SortOrder.DESCENDING))
+    )
+
+
+def _variables() -> list[Any]:
+    """Datasource, job, image_id and replication_region; the last three are multi-select with All."""
+
+    def label_values(name: str, label: str, query: str, all_value: str) -> dashboard.QueryVariable:
+        return (
+            dashboard.QueryVariable(name)
+            .label(label)
+            .datasource(DATASOURCE)
+            .query(query)
+            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(dm.VariableSort.ALPHABETICAL_ASC)
+            .multi(True)
+            .include_all(True)
+            .all_value(all_value)
+            .current(dm.VariableOption(selected=True, text=["All"], value=["$__all"]))
+        )
+
+    return [
+        dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus"),
+        label_values("job", "Job", "label_values(ehpc_watched_images, job)", ".+"),
+        # ehpc_image_up has every watched image, also those that never answered (no info series yet).
+        label_values("image_id", "Image", 'label_values(ehpc_image_up{job=~"$job"}, image_id)', ".+"),
+        # Images without additional regions have no replication series, hence the empty match in All.
+        label_values(
+            "replication_region",
+            "Replication region",
+            'label_values(ehpc_image_replication_available{job=~"$job", image_id=~"$image_id"}, '
+            "replication_region)",
+            ".*",
+        ),
+    ]
+
+
+def build_dashboard() -> dict[str, Any]:
+    """The dashboard as a JSON-ready dict."""
+    stale_after = load_thresholds().alerts.EhpcImageDataStale.max_age_seconds
+    builder = (
+        dashboard.Dashboard("E-HPC Instant images")
+        .uid(UID)
+        .description(
+            "Health, replication and size of Alibaba Cloud E-HPC Instant images, and the cloud API as "
+            "ehpc-image-exporter sees it."
+        )
+        .tags(["ehpc", "alibaba-cloud", "ehpc-image-exporter"])
+        .editable()
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .time("now-6h", "now")
+        .refresh("1m")
+        .timezone("browser")
+        .variables(_variables())
+        .link(
+            dashboard.DashboardLink("Runbook")
+            .type(dm.DashboardLinkType.LINK)
+            .url(load_thresholds().runbook_url)
+            .target_blank(True)
+            .icon("doc")
+        )
+    )
+    for item in panels(stale_after):
+        builder = builder.with_row(item) if isinstance(item, dashboard.Row) else builder.with_panel(item)
+    raw: dict[str, Any] = json.loads(json.dumps(builder.build(), cls=JSONEncoder))
+    # The SDK gives every variable the interval-only keys auto/auto_count/auto_min; the dashboard schema
+    # of @grafana/schema forbids them elsewhere and Grafana ignores them, so they go.
+    for variable in raw["templating"]["list"]:
+        if variable["type"] != "interval":
+            for key in ("auto", "auto_count", "auto_min"):
+                variable.pop(key, None)
+    return raw
+
+
+def render() -> str:
+    """The dashboard file's text: sorted keys, two-space indent, trailing newline."""
+    return json.dumps(build_dashboard(), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m grafana.build", description=__doc__.split("\n")[0])
+    parser.add_argument("--output", type=Path, default=DASHBOARD_FILE)
+    parser.add_argument("--check", action="store_true", help="exit 1 if the file is out of date")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        if not args.output.exists() or args.output.read_text(encoding="utf-8") != text:
+            print(f"{args.output} is out of date; run python -m grafana.build", file=sys.stderr)
+            return 1
+        return 0
+    args.output.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""The Grafana dashboard: reproducible from code, valid against Grafana's own schema, and every query
+returns data from a real Prometheus scraping the demo exporter."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from grafana import build
+from tests.fixtures.promstack import DemoStack, PromStackError, promql_metric_names
+from tests.test_alerts import in_contract
+
+REPO = build.GRAFANA_DIR.parent
+NODE_MODULES = REPO / "tools" / "node" / "node_modules"
+SCHEMA_TYPES = (
+    NODE_MODULES / "@grafana" / "schema" / "dist" / "types" / "raw" / "dashboard" / "x" / "types.gen.d.ts"
+)
+GENERATOR = NODE_MODULES / "ts-json-schema-generator" / "bin" / "ts-json-schema-generator"
+
+
+@dataclass(frozen=True)
+class GeneratedSchema:
+    """The dashboard JSON schema generated from @grafana/schema, and how long generating it took."""
+
+    schema: dict[str, Any]
+    seconds: float
+
+    def validator(self, definition: str) -> jsonschema.Draft7Validator:
+        """A validator for one definition (Panel, RowPanel, Dashboard, ...)."""
+        return jsonschema.Draft7Validator(
+            {
+                "$schema": self.schema["$schema"],
+                "definitions": self.schema["definitions"],
+                "$ref": f"#/definitions/{definition}",
+            }
+        )
+
+
+@pytest.fixture(scope="session")
+def dashboard_schema(tmp_path_factory: pytest.TempPathFactory) -> GeneratedSchema:
+    """Generate the strict schema (additionalProperties false) once per session; about a second."""
+    out = tmp_path_factory.mktemp("grafana-schema") / "dashboard.schema.json"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [
+            "node",
+            str(GENERATOR),
+            "--path",
+            str(SCHEMA_TYPES),
+            "--type",
+            "Dashboard",
+            "--no-type-check",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    seconds = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    return GeneratedSchema(json.loads(out.read_text()), seconds)
+
+
+@pytest.fixture(scope="module")
+def dash() -> dict[str, Any]:
+    """The committed dashboard JSON."""
+    return dict(json.loads(build.DASHBOARD_FILE.read_text()))
+
+
+def all_panels(dash: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, rows and panels nested in collapsed rows included."""
+    for panel in dash["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def targets(dash: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(panel, target) for every query of the dashboard."""
+    for panel in all_panels(dash):
+        for target in panel.get("targets", []):
+            yield panel, target
+
+
+def variables(dash: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Template variables by name."""
+    return {v["name"]: v for v in dash["templating"]["list"]}
+
+
+def schema_errors(validator: jsonschema.Draft7Validator, obj: Any) -> list[str]:
+    """Readable one-line errors: path and message."""
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)]
+
+
+# ------------------------------------------------------------------------------------ reproducible from code
+
+
+def test_committed_json_equals_a_fresh_build() -> None:
+    """`python -m grafana.build` is deterministic and the committed JSON is its current output."""
+    assert build.render() == build.render()
+    assert build.DASHBOARD_FILE.read_text() == build.render(), "run: python -m grafana.build"
+    assert build.main(["--check"]) == 0
+
+
+def test_check_mode_notices_a_stale_file(tmp_path: Path) -> None:
+    """--check fails on a hand-edited file instead of silently accepting it."""
+    edited = tmp_path / "dashboard.json"
+    edited.write_text(build.render().replace("E-HPC Instant images", "Edited by hand"))
+    assert build.main(["--check", "--output", str(edited)]) == 1
+    assert build.main(["--output", str(edited)]) == 0
+    assert build.main(["--check", "--output", str(edited)]) == 0
+
+
+# ---------------------------------------------------------------------------------------------- schema
+
+
+def test_schema_generation_is_fast(dashboard_schema: GeneratedSchema, record_property: Any) -> None:
+    """Generating the schema from the TypeScript types stays cheap enough to do in every run."""
+    record_property("schema_generation_seconds", round(dashboard_schema.seconds, 2))
+    assert dashboard_schema.seconds < 30
+    assert {"Dashboard", "Panel", "RowPanel", "VariableModel"} <= set(dashboard_schema.schema["definitions"])
+
+
+def test_every_panel_validates_against_grafana_schema(
+    dash: dict[str, Any], dashboard_schema: GeneratedSchema
+) -> None:
+    """Each panel against #/definitions/Panel (RowPanel for rows), with unknown keys forbidden."""
+    panel_v, row_v = dashboard_schema.validator("Panel"), dashboard_schema.validator("RowPanel")
+    errors = {
+        f"{p.get('id')} {p.get('title')}": errs
+        for p in all_panels(dash)
+        if (errs := schema_errors(row_v if p["type"] == "row" else panel_v, p))
+    }
+    assert errors == {}
+
+
+def test_dashboard_without_panels_validates(dash: dict[str, Any], dashboard_schema: GeneratedSchema) -> None:
+    """Top-level keys, templating variables, links and time settings against #/definitions/Dashboard."""
+    rest = {k: v for k, v in dash.items() if k != "panels"}
+    assert schema_errors(dashboard_schema.validator("Dashboard"), rest) == []
+
+
+def test_schema_check_catches_broken_panels(dash: dict[str, Any], dashboard_schema: GeneratedSchema) -> None:
+    """The validation has teeth: a misspelt key, a wrong type and a missing type are all reported."""
+    panel = next(p for p in all_panels(dash) if p["type"] == "timeseries")
+    validator = dashboard_schema.validator("Panel")
+    broken = json.loads(json.dumps(panel))
+    broken["gridPos"]["w"] = "wide"
+    broken["fieldconfig"] = broken.pop("fieldConfig")
+    errors = schema_errors(validator, broken)
+    assert any(e.startswith("gridPos/w:") for e in errors), errors
+    assert any("'fieldconfig' was unexpected" in e for e in errors), errors
+    del broken["type"]
+    assert any("'type' is a required property" in e for e in schema_errors(validator, broken))
+
+
+def test_sdk_round_trip_drops_nothing(dash: dict[str, Any]) -> None:
+    """Dashboard.from_json silently drops keys it does not know, so a lossless round trip means no typos."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.cog.plugins import register_default_plugins
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    register_default_plugins()
+    out = json.loads(json.dumps(Dashboard.from_json(dash), cls=JSONEncoder))
+    lost: list[str] = []
+
+    def compare(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, dict):
+            if not isinstance(b, dict):
+                lost.append(f"{path}: became {type(b).__name__}")
+                return
+            for key, value in a.items():
+                if key not in b:
+                    lost.append(f"{path}/{key}: dropped")
+                else:
+                    compare(value, b[key], f"{path}/{key}")
+        elif isinstance(a, list):
+            if not isinstance(b, list) or len(a) != len(b):
+                lost.append(f"{path}: list changed")
+                return
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
+                compare(x, y, f"{path}/{i}")
+        elif a != b:
+            lost.append(f"{path}: {a!r} -> {b!r}")
+
+    compare(dash, out, "")
+    assert lost == []
+
+
+# ------------------------------------------------------------------------------------------ layout, wiring
+
+
+def test_panel_ids_unique_and_layout_sane(dash: dict[str, Any]) -> None:
+    """Unique ids; every panel inside the 24-column grid; no two panels overlap."""
+    panels = list(all_panels(dash))
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), ids
+    cells: dict[tuple[int, int], int] = {}
+    for p in panels:
+        g = p["gridPos"]
+        assert min(g["w"], g["h"]) > 0, p["title"]
+        assert min(g["x"], g["y"]) >= 0, p["title"]
+        assert g["x"] + g["w"] <= 24, p["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{p['title']} overlaps panel {cells[(x, y)]}"
+                cells[(x, y)] = p["id"]
+    assert all(p.get("title") for p in panels)
+
+
+def test_queries_use_the_datasource_variable(dash: dict[str, Any]) -> None:
+    """Panels, targets and query variables all point at ${datasource}, so the dashboard imports anywhere."""
+    ref = {"type": "prometheus", "uid": "${datasource}"}
+    for panel in all_panels(dash):
+        if panel["type"] != "row":
+            assert panel["datasource"] == ref, panel["title"]
+            assert panel["targets"], panel["title"]
+    for panel, target in targets(dash):
+        assert target["datasource"] == ref, panel["title"]
+        assert target["expr"].strip(), panel["title"]
+    assert len({t["refId"] for p in all_panels(dash) for t in p.get("targets", [])}) >= 1
+    ds = variables(dash)["datasource"]
+    assert (ds["type"], ds["query"]) == ("datasource", "prometheus")
+    for var in variables(dash).values():
+        if var["type"] == "query":
+            assert var["datasource"] == ref, var["name"]
+
+
+def test_variables_are_label_values_queries(dash: dict[str, Any]) -> None:
+    """image_id and replication_region (and job) come from label_values over contract metrics."""
+    vars_ = variables(dash)
+    assert {"datasource", "job", "image_id", "replication_region"} <= set(vars_)
+    for name in ("job", "image_id", "replication_region"):
+        m = re.fullmatch(r"label_values\((.+), (\w+)\)", vars_[name]["query"])
+        assert m, vars_[name]["query"]
+        assert m.group(2) == name, vars_[name]["query"]
+        assert vars_[name]["multi"]
+        assert vars_[name]["includeAll"]
+
+
+def test_required_panels_and_units(dash: dict[str, Any]) -> None:
+    """The panels the product needs exist, with the units that make their numbers readable."""
+    by_title = {p["title"]: p for p in all_panels(dash)}
+    exprs = {p["title"]: " ".join(t["expr"] for t in p.get("targets", [])) for p in by_title.values()}
+    for title in ("Available", "Unavailable", "Missing", "Stale"):
+        assert by_title[title]["type"] == "stat"
+    assert "ehpc_image_info" in exprs["Images"]
+    assert "ehpc_image_status" in exprs["Images"]
+    assert "ehpc_image_replication_available" in exprs["Replication matrix"]
+    assert by_title["Image size"]["fieldConfig"]["defaults"]["unit"] == "bytes"
+    assert "histogram_quantile" in exprs["API latency"]
+    assert by_title["API latency"]["fieldConfig"]["defaults"]["unit"] == "s"
+    assert "by (action, code)" in exprs["API errors by code"]
+    assert "time() - ehpc_image_last_success_timestamp_seconds" in exprs["Data age per image"]
+    assert "ehpc_refresh_duration_seconds" in exprs["Refresh duration"]
+
+
+def test_dashboard_uses_only_contract_metrics(dash: dict[str, Any]) -> None:
+    """Every metric a query or variable names is in the metric contract; the main ones are all shown."""
+    used: set[str] = set()
+    for _, target in targets(dash):
+        used |= promql_metric_names(target["expr"])
+    for var in variables(dash).values():
+        if var["type"] == "query":
+            used |= promql_metric_names(re.sub(r"^label_values\((.*), \w+\)$", r"\1", var["query"]))
+    assert {n for n in used if not in_contract(n)} == set()
+    assert used >= {
+        "ehpc_image_info",
+        "ehpc_image_status",
+        "ehpc_image_available",
+        "ehpc_image_size_bytes",
+        "ehpc_image_replication_available",
+        "ehpc_image_last_success_timestamp_seconds",
+        "ehpc_image_last_error_info",
+        "ehpc_api_requests_total",
+        "ehpc_api_errors_total",
+        "ehpc_api_request_duration_seconds_bucket",
+        "ehpc_refresh_duration_seconds",
+        "ehpc_watched_images",
+    }
+
+
+def test_stale_threshold_matches_the_alert(dash: dict[str, Any]) -> None:
+    """The dashboard's notion of stale is the EhpcImageDataStale threshold from alerts/thresholds.yaml."""
+    from alerts.build import load_thresholds
+
+    max_age = load_thresholds().alerts.EhpcImageDataStale.max_age_seconds
+    stale = next(p for p in all_panels(dash) if p["title"] == "Stale")
+    assert f"> {max_age})" in stale["targets"][0]["expr"]
+
+
+# ------------------------------------------------------------------------------- against real Prometheus
+
+RATE_INTERVAL = "1m"  # what $__rate_interval / $__range become: the demo has ~10 s of data, all inside it
+
+
+def promql_regex_escape(value: str) -> str:
+    """Escape regex metacharacters for a PromQL string literal, as Grafana's Prometheus data source does
+    (the backslash itself doubled, because the string literal consumes one)."""
+    return re.sub(r"([\\.+*?^$()\[\]{}|])", r"\\\\\1", value)
+
+
+def substitute(expr: str, values: dict[str, list[str]]) -> str:
+    """Replace Grafana variables as Grafana would for "All" selections of the given label values."""
+    out = expr
+    for name, vals in values.items():
+        regex = "(" + "|".join(promql_regex_escape(v) for v in vals) + ")" if vals else ".*"
+        out = out.replace(f"${{{name}}}", regex).replace(f"${name}", regex)
+    for macro in ("$__rate_interval", "$__interval", "$__range"):
+        out = out.replace(macro, RATE_INTERVAL)
+    assert "$" not in out, out
+    return out
+
+
+def test_every_query_returns_data_from_real_prometheus(dash: dict[str, Any], demo_stack: DemoStack) -> None:
+    """Prometheus scrapes `ehpc-image-exporter demo`; every variable has values and every panel query,
+    with the variables substituted, returns a non-empty result. Each metric a query names must exist too,
+    so `or vector(0)` cannot hide a misspelt name."""
+    prom = demo_stack.prometheus
+    deadline = time.monotonic() + 30
+    # Series appear after Prometheus' 5 s discovery delay; rate() needs two scrapes after that.
+    prom.wait_for("ehpc_image_info", within=30)
+    prom.wait_for("rate(ehpc_api_requests_total[1m]) > 0", within=30)
+
+    vars_ = variables(dash)
+    values: dict[str, list[str]] = {"job": [demo_stack.job]}
+    for name in ("job", "image_id", "replication_region"):
+        selector = re.fullmatch(r"label_values\((.+), \w+\)", vars_[name]["query"])
+        assert selector
+        match = substitute(selector.group(1), values)
+        found = prom.label_values(name, [match])
+        assert found, f"variable {name}: no values for {match}"
+        values[name] = found
+    assert values["job"] == [demo_stack.job]
+
+    empty: list[str] = []
+    for panel, target in targets(dash):
+        expr = substitute(target["expr"], values)
+        for metric in promql_metric_names(expr):
+            if not prom.query(f"group({metric})"):
+                empty.append(f"{panel['title']} [{target['refId']}]: metric {metric} not scraped")
+        while True:
+            try:
+                result = prom.query(expr)
+            except PromStackError as exc:  # bad PromQL: fail at once with Prometheus' message
+                raise AssertionError(f"{panel['title']} [{target['refId']}]: {exc}") from exc
+            if result or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        if not result:
+            empty.append(f"{panel['title']} [{target['refId']}]: {expr}")
+    assert empty == []
