@@ -45,6 +45,8 @@ DATASOURCE = cm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 JOB = 'job=~"$job"'
 IMG = f'{JOB}, image_id=~"$image_id"'
 REPL = f'{IMG}, replication_region=~"$replication_region"'
+# Deleted images: every copy and the image itself read 0, but they have their own "Missing" count.
+NOT_FOUND = f'ehpc_image_last_error_info{{{IMG}, code="ImageNotFound"}}'
 
 GREEN, RED, ORANGE, BLUE = "green", "red", "orange", "blue"
 
@@ -140,14 +142,14 @@ def panels(stale_after: int) -> list[dashboard.Row | Any]:
         ),
         (
             "Unavailable",
-            "Images whose last successful GetImage returned a status outside the healthy set.",
-            f"count(ehpc_image_available{{{IMG}}} == 0) or vector(0)",
+            "Images whose status is outside the healthy set (deleted images count as Missing instead).",
+            f"count(ehpc_image_available{{{IMG}}} == 0 unless ignoring (code) {NOT_FOUND}) or vector(0)",
             0,
         ),
         (
             "Missing",
             "Images for which GetImage answers ImageNotFound.",
-            f'count(ehpc_image_last_error_info{{{IMG}, code="ImageNotFound"}} == 1) or vector(0)',
+            f"count({NOT_FOUND} == 1) or vector(0)",
             0,
         ),
         (
@@ -166,8 +168,9 @@ def panels(stale_after: int) -> list[dashboard.Row | Any]:
         ),
         (
             "Replicas not available",
-            "Image copies in additional regions that are not usable.",
-            f"count(ehpc_image_replication_available{{{REPL}}} == 0) or vector(0)",
+            "Image copies in additional regions that are not usable (deleted images not counted).",
+            f"count(ehpc_image_replication_available{{{REPL}}} == 0"
+            f" unless ignoring (replication_region, code) {NOT_FOUND}) or vector(0)",
             0,
         ),
     ]
