@@ -26,6 +26,7 @@ from exporter.config import (
     WatchedImage,
     WebConfig,
 )
+from exporter.logging import register_secret
 from exporter.service import ExporterService
 from exporter.settings import parse_listen_address
 from exporter.simulator import (
@@ -188,6 +189,8 @@ async def run_demo(
     sim_host, sim_port = parse_listen_address(simulator_listen_address)
     parse_listen_address(listen_address)
     fleet = demo_fleet(images, seed)
+    # Public demo values, but the exporter treats every secret alike: none of it reaches a log line.
+    register_secret(DEMO_ACCESS_KEY_SECRET, pin=True)
     simulator = Simulator(images=fleet, faults=demo_faults(seed), region_id=HOME_REGION)
     async with simulator.serve(sim_host or "0.0.0.0", sim_port) as url:  # noqa: S104 - as the user asked
         # The simulator may listen on every interface; the exporter reaches it on loopback.
