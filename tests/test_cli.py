@@ -476,3 +476,35 @@ async def test_demo_port_taken_exits_1() -> None:
     assert rc == 1
     assert out == ""
     assert [e["event"] for e in log_events(err.splitlines()) if e["level"] == "error"] == ["start_failed"]
+
+
+def test_demo_fleet_always_has_something_to_show() -> None:
+    """Even a tiny demo fleet has a failing image and incomplete replication."""
+    from exporter.demo import DEMO_REGIONS, demo_fleet
+
+    for n in (3, 5, 24):
+        fleet = demo_fleet(n, seed=1)
+        assert len(fleet) == n
+        assert any(image.error for image in fleet)
+        assert any(
+            set(image.regions.values()) != {"Available"} or len(image.regions) < len(DEMO_REGIONS)
+            for image in fleet
+        )
+
+
+def test_demo_evolve_finishes_copies_then_starts_new_ones() -> None:
+    import random
+
+    from exporter.demo import evolve
+    from exporter.simulator import SimImage
+
+    fleet = [
+        SimImage("m-a", regions={"cn-beijing": "Creating"}),
+        SimImage("m-b", regions={"cn-beijing": "Available"}),
+    ]
+    rng = random.Random(0)
+    assert evolve(fleet, rng) == "m-a cn-beijing Available"
+    change = evolve(fleet, rng)
+    assert change is not None
+    assert change.endswith("cn-beijing Creating")
+    assert sorted(i.regions["cn-beijing"] for i in fleet) == ["Available", "Creating"]
