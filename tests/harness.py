@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -470,3 +471,74 @@ def processes() -> Iterator[list[ManagedProcess]]:
         for proc in reversed(started):
             with contextlib.suppress(Exception):
                 proc.stop()
+
+
+# ----------------------------------------------------------------------------------------- fast parsing
+
+_LINE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+_LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def quick_samples(text: str, names: Sequence[str]) -> list[tuple[str, dict[str, str], float]]:
+    """The samples of the metrics ``names`` only, from a text exposition (fast on big expositions)."""
+    wanted = tuple(names)
+    out = []
+    for line in text.splitlines():
+        if not line.startswith(wanted):
+            continue
+        m = _LINE_RE.match(line)
+        if m is None or m.group(1) not in wanted:
+            continue
+        labels = dict(_LABEL_RE.findall(m.group(2) or ""))
+        out.append((m.group(1), labels, float(m.group(3))))
+    return out
+
+
+def api_counts(text: str) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    """``ehpc_api_requests_total`` by action and ``ehpc_api_errors_total`` by (action, code)."""
+    requests: dict[str, int] = {}
+    errors: dict[tuple[str, str], int] = {}
+    for name, labels, value in quick_samples(text, ("ehpc_api_requests_total", "ehpc_api_errors_total")):
+        if name == "ehpc_api_requests_total":
+            requests[labels["action"]] = requests.get(labels["action"], 0) + int(value)
+        else:
+            key = (labels["action"], labels["code"])
+            errors[key] = errors.get(key, 0) + int(value)
+    return requests, errors
+
+
+# ------------------------------------------------------------------------------------------------ leaks
+
+
+class SecretScanner:
+    """Finds known secrets in text.
+
+    ``hex_secrets`` each contain a unique 32-hex-digit core and may be many (every registry password of a
+    fleet): the text's hex runs are matched against the cores, so scanning megabytes stays fast.
+    ``secrets`` are few and matched as plain substrings.
+    """
+
+    _HEX_RUN = re.compile(r"[0-9a-f]{32,}")
+
+    def __init__(self, hex_secrets: Mapping[str, str] = {}, secrets: Mapping[str, str] = {}) -> None:
+        self.cores: dict[str, str] = {}
+        for secret, kind in hex_secrets.items():
+            core = re.search(r"[0-9a-f]{32}", secret)
+            if core is None:
+                raise ValueError(f"{kind}: no 32-hex-digit core")
+            self.cores[core.group(0)] = kind
+        self.secrets = {s: kind for s, kind in secrets.items() if s}
+
+    def __len__(self) -> int:
+        return len(self.cores) + len(self.secrets)
+
+    def find(self, text: str) -> list[str]:
+        """The kinds of every secret found in ``text`` (empty when clean)."""
+        found = [kind for secret, kind in self.secrets.items() if secret in text]
+        for run in self._HEX_RUN.findall(text):
+            if len(run) == 32:
+                if run in self.cores:
+                    found.append(self.cores[run])
+            else:
+                found += [kind for core, kind in self.cores.items() if core in run]
+        return found
