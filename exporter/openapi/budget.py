@@ -9,18 +9,23 @@ from types import TracebackType
 class TokenBucket:
     """Spaces sends ``1/qps`` apart on a virtual schedule (GCRA with a burst of one token).
 
-    Each taker reserves the next free send time and sleeps until then, so the rate is exact however
-    late the event loop wakes a sleeper (lateness does not accumulate), no background task ticks, and
-    after an idle spell only one send goes out at once: a server limit of ``qps`` is never exceeded.
+    Takers queue on a FIFO lock and a slot is claimed only once its sleep is over, so a caller cancelled
+    while waiting (a per-image timeout, a reload) claims nothing: cancellations cannot push the schedule
+    ahead. (An earlier design reserved future slots up front and leaked every cancelled reservation, so
+    under sustained overload the schedule ran away and the exporter stopped calling the API for good.)
+    The rate stays exact however late the loop wakes a sleeper, because the next slot is computed from
+    the previous slot, not from the wake-up time; after an idle spell only one send goes out at once,
+    so a server limit of ``qps`` is never exceeded.
     """
 
-    __slots__ = ("_interval", "_next")
+    __slots__ = ("_interval", "_lock", "_next")
 
     def __init__(self, qps: float) -> None:
         if qps < 0:
             raise ValueError("qps must be >= 0")
         self._interval = 1.0 / qps if qps > 0 else 0.0
         self._next = float("-inf")
+        self._lock = asyncio.Lock()
 
     @property
     def qps(self) -> float:
@@ -32,19 +37,12 @@ class TokenBucket:
         interval = self._interval
         if not interval:
             return
-        now = asyncio.get_running_loop().time()
-        slot = self._next if self._next > now else now
-        self._next = slot + interval
-        delay = slot - now
-        if delay <= 0:
-            return
-        try:
-            await asyncio.sleep(delay)
-        except asyncio.CancelledError:
-            # Hand the slot back if nobody queued behind it, so a cancelled caller costs no rate.
-            if self._next == slot + interval:
-                self._next = slot
-            raise
+        async with self._lock:
+            now = asyncio.get_running_loop().time()
+            slot = self._next if self._next > now else now
+            if slot > now:
+                await asyncio.sleep(slot - now)
+            self._next = slot + interval
 
 
 class Budget:

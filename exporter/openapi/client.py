@@ -9,6 +9,7 @@ bound) are bounded by ``RetryConfig.max_attempts`` and ``max_elapsed_seconds``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -228,8 +229,13 @@ class EhpcClient:
         image_type: str | None = None,
         image_category: str | None = None,
         additional_region_ids: Sequence[str] = (),
+        max_elapsed_seconds: float | None = None,
     ) -> Image:
-        """GetImage for ``image_id``; the returned ``Image.image_id`` is the requested id."""
+        """GetImage for ``image_id``; the returned ``Image.image_id`` is the requested id.
+
+        ``max_elapsed_seconds`` shortens ``RetryConfig.max_elapsed_seconds`` for this call. Like it, it
+        counts from the first send: time queued behind the QPS/concurrency budget is not the image's fault.
+        """
         key = (image_id, image_type, image_category, tuple(additional_region_ids))
         prepared = self._get_image_requests.get(key)
         if prepared is None:
@@ -244,7 +250,8 @@ class EhpcClient:
             if len(self._get_image_requests) >= _QUERY_CACHE_MAX:
                 self._get_image_requests.clear()
             self._get_image_requests[key] = prepared
-        return await self._call("GetImage", prepared, lambda body: parse_get_image(body, image_id))
+        parse = functools.partial(parse_get_image, requested_id=image_id)
+        return await self._call("GetImage", prepared, parse, max_elapsed_seconds)
 
     async def list_images(
         self,
@@ -317,7 +324,9 @@ class EhpcClient:
         # encoded=True: the bytes on the wire are exactly the canonical query that was signed.
         return query, yarl.URL(f"{self.base_url}?{query}" if query else self.base_url, encoded=True)
 
-    async def _call(self, action: str, prepared: _Prepared, parse: Callable[[Any], T]) -> T:
+    async def _call(
+        self, action: str, prepared: _Prepared, parse: Callable[[Any], T], max_elapsed: float | None = None
+    ) -> T:
         """One logical call: budgeted attempts with backoff until success, a final error or the deadline."""
         query, url = prepared
         retry = self._api.retry
@@ -330,11 +339,22 @@ class EhpcClient:
                 start = loop.time()
                 if deadline is None:
                     # The retry clock starts at the first send, not while queued behind the budget.
-                    deadline = start + retry.max_elapsed_seconds
+                    limit = retry.max_elapsed_seconds
+                    deadline = start + (limit if max_elapsed is None else min(limit, max_elapsed))
                 elif start >= deadline and error is not None:
                     raise error  # the wait for a send slot used up the time left
+                remaining = deadline - start
+                # The last attempts are cut to the deadline so the call as a whole is bounded by it; the
+                # cut shows as a Timeout of that attempt, observed and counted like any other.
+                timeout = (
+                    aiohttp.ClientTimeout(
+                        total=remaining, connect=min(remaining, self._timeout.connect or remaining)
+                    )
+                    if remaining < self._api.timeout_seconds
+                    else self._timeout
+                )
                 try:
-                    result = parse(await self._attempt(action, url, query))
+                    result = parse(await self._attempt(action, url, query, timeout))
                 except ApiError as exc:
                     error = exc
                     if error.action is None:
@@ -404,7 +424,7 @@ class EhpcClient:
         )
         return headers
 
-    async def _attempt(self, action: str, url: yarl.URL, query: str) -> Any:
+    async def _attempt(self, action: str, url: yarl.URL, query: str, limits: aiohttp.ClientTimeout) -> Any:
         """One signed HTTP attempt; returns the decoded JSON of a 2xx answer or raises :class:`ApiError`."""
         cred = await self._credentials.get()
         headers = self._headers(
@@ -412,7 +432,9 @@ class EhpcClient:
         )
         session = self._get_session()
         try:
-            async with session.post(url, headers=headers, allow_redirects=False, proxy=self._proxy) as resp:
+            async with session.post(
+                url, headers=headers, allow_redirects=False, proxy=self._proxy, timeout=limits
+            ) as resp:
                 status = resp.status
                 body = await self._read_body(action, resp)
                 if 200 <= status < 300:
@@ -432,7 +454,7 @@ class EhpcClient:
         except TimeoutError:
             raise ApiError(
                 code=TIMEOUT,
-                message=f"{action}: no answer within {self._api.timeout_seconds:g}s",
+                message=f"{action}: no answer within {limits.total:g}s",
                 action=action,
             ) from None
         except aiohttp.ClientPayloadError as exc:
