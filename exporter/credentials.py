@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from exporter.config import CredentialsConfig
+from exporter.logging import register_secrets
 from exporter.openapi.errors import CREDENTIAL_ERROR, ApiError
 
 _MAX_MESSAGE = 600
@@ -91,6 +92,7 @@ class StaticCredentialSource:
     """A fixed credential (tests, benchmarks); no library involved."""
 
     def __init__(self, credential: Credential) -> None:
+        register_secrets((credential.access_key_secret, credential.security_token))
         self._credential = credential
 
     async def get(self) -> Credential:
@@ -145,6 +147,9 @@ class LibraryCredentialSource:
         # They travel in HTTP headers (id and token) or key the HMAC: control characters cannot be sent.
         if not (ak.isprintable() and secret.isprintable() and (token is None or token.isprintable())):
             raise credential_error(f"{self.description}: the provider returned a key with control characters")
+        # Fetched secrets rotate (STS): teach the log redactor each new one as it arrives, so it is
+        # masked even where a caller embeds it in a message.
+        register_secrets((secret, token))
         self._last = Credential(ak, secret, token)
         return self._last
 

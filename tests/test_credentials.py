@@ -266,3 +266,16 @@ async def test_sts_from_simulator_credentials_uri_signs_accepted_requests(simula
     assert image.image_id == "m-sts1"
     assert image.name == "sts-image"
     assert simulator.sim.counters().get(("GetImage", "Success")) == 1
+
+
+async def test_fetched_sts_secrets_are_masked_in_logs(simulator: Any) -> None:
+    """Why: STS secrets rotate at run time; the redactor must learn each one as it is fetched."""
+    from exporter.logging import mask_secrets
+
+    source = build_credential_source(
+        CredentialsConfig(type="credentials_uri", credentials_uri=f"{simulator.url.rstrip('/')}/_sim/sts")
+    )
+    cred = await source.get()
+    assert cred.security_token
+    assert cred.security_token not in mask_secrets(f"token={cred.security_token}")
+    assert cred.access_key_secret not in mask_secrets(f"oops {cred.access_key_secret} leaked")
