@@ -1,0 +1,1 @@
+"""Benchmarks of the exporter against its performance targets (`python -m bench`; not part of `make test`)."""

@@ -1,0 +1,252 @@
+"""Measurement 3: /metrics latency at scale while refreshes run, and stock generate_latest for scale.
+
+Three processes: the simulator (child, 100 ms ± 20 ms latency so a 10,000-image refresh lasts about
+20 s at concurrency 50), the exporter (child, `ehpc-image-exporter run --config`, interval 1 s, so a
+refresh is always in flight), and the scrapers (wrk, a C load generator, so the scraping side costs as
+little CPU as possible on this 2-core machine; aiohttp in this process if wrk is missing).
+prometheus_client's `generate_latest` is timed in this process over a registry of plain Gauges holding
+exactly the samples (names and label sets) the exporter served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from bench.common import (
+    ExporterProcess,
+    Result,
+    Settings,
+    SimProcess,
+    at_least,
+    at_most,
+    exporter_process,
+    free_port,
+    info,
+    percentile,
+    simulator_process,
+    temp_dir,
+    unavailable,
+    write_exporter_config,
+)
+
+LATENCY_MS = 100.0
+JITTER_MS = 20.0
+P99_LIMIT_MS = 50.0
+
+WRK_REPORT = """
+done = function(s, lat, req)
+  io.write(string.format('{"requests":%d,"errors_status":%d,"errors_connect":%d,"errors_read":%d,'
+    .. '"errors_timeout":%d,"p50_us":%d,"p99_us":%d,"bytes":%d}\\n',
+    s.requests, s.errors.status, s.errors.connect, s.errors.read, s.errors.timeout,
+    lat:percentile(50), lat:percentile(99), s.bytes))
+end
+"""
+
+_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+_LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True)
+class ScrapeRun:
+    """One load run: latency percentiles in seconds, and how many scrapes it took."""
+
+    p50: float
+    p99: float
+    requests: int
+
+
+def parse_exposition(text: str) -> dict[str, tuple[tuple[str, ...], list[tuple[tuple[str, ...], float]]]]:
+    """Sample name -> (label names, [(label values, value)]), from text format 0.0.4."""
+    out: dict[str, tuple[tuple[str, ...], list[tuple[tuple[str, ...], float]]]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE_RE.match(line)
+        if m is None:
+            raise ValueError(f"unparsable sample line: {line[:120]}")
+        name, labels, value = m.group(1), m.group(2) or "", m.group(3)
+        pairs = _LABEL_RE.findall(labels)
+        names = tuple(k for k, _ in pairs)
+        values = tuple(v.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\") for _, v in pairs)
+        entry = out.setdefault(name, (names, []))
+        if entry[0] != names:
+            # The same sample name with other label names (never in a valid exposition): keep it apart.
+            entry = out.setdefault(f"{name}__{'_'.join(names)}", (names, []))
+        entry[1].append((values, float(value)))
+    return out
+
+
+def time_generate_latest(text: str, repeats: int) -> tuple[list[float], int]:
+    """(seconds per generate_latest call, samples it wrote) over plain Gauges equal to `text`."""
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    for name, (label_names, samples) in parse_exposition(text).items():
+        gauge = Gauge(name, f"{name} (benchmark copy)", label_names, registry=registry)
+        for values, value in samples:
+            (gauge.labels(*values) if label_names else gauge).set(value)
+    times = []
+    body = b""
+    for _ in range(repeats):
+        start = time.perf_counter()
+        body = generate_latest(registry)
+        times.append(time.perf_counter() - start)
+    written = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+    return times, written
+
+
+def count_samples(text: str) -> int:
+    """Sample lines of an exposition."""
+    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+
+async def wrk_run(
+    url: str, scrapers: int, seconds: float, headers: dict[str, str], script: Path
+) -> ScrapeRun:
+    """`scrapers` connections scraping back to back for `seconds`, measured by wrk."""
+    cmd = ["wrk", "-t1", f"-c{scrapers}", f"-d{seconds:g}s", "--timeout", "30s", "-s", str(script)]
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed rc={proc.returncode}: {err.decode(errors='replace')[-500:]}")
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    bad = sum(report[k] for k in ("errors_status", "errors_connect", "errors_read", "errors_timeout"))
+    if bad or report["requests"] == 0:
+        raise RuntimeError(f"wrk saw errors: {report}")
+    return ScrapeRun(report["p50_us"] / 1e6, report["p99_us"] / 1e6, int(report["requests"]))
+
+
+async def aiohttp_run(url: str, scrapers: int, seconds: float, headers: dict[str, str]) -> ScrapeRun:
+    """The same load from this process with aiohttp (used only when wrk is not installed)."""
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+
+        async def scraper() -> None:
+            while time.monotonic() < deadline:
+                start = time.perf_counter()
+                async with session.get(url, headers=headers) as resp:
+                    await resp.read()
+                    resp.raise_for_status()
+                latencies.append(time.perf_counter() - start)
+
+        await asyncio.gather(*(scraper() for _ in range(scrapers)))
+    return ScrapeRun(percentile(latencies, 50), percentile(latencies, 99), len(latencies))
+
+
+async def getimage_calls(sim: SimProcess) -> int:
+    """GetImage answers the simulator has sent so far."""
+    return sum(n for (action, _), n in (await sim.counters()).items() if action == "GetImage")
+
+
+async def load_phase(
+    sim: SimProcess,
+    exporter: ExporterProcess,
+    scrapers: int,
+    seconds: float,
+    repeats: int,
+    headers: dict[str, str],
+    script: Path,
+) -> tuple[list[ScrapeRun], int]:
+    """Repeated load runs; also returns the fewest GetImage calls seen during a run (0: no refresh ran)."""
+    url = f"{exporter.url}/metrics"
+    runs: list[ScrapeRun] = []
+    fewest_calls = -1
+    for _ in range(repeats):
+        before = await getimage_calls(sim)
+        if shutil.which("wrk"):
+            runs.append(await wrk_run(url, scrapers, seconds, headers, script))
+        else:
+            runs.append(await aiohttp_run(url, scrapers, seconds, headers))
+        calls = await getimage_calls(sim) - before
+        fewest_calls = calls if fewest_calls < 0 else min(fewest_calls, calls)
+    return runs, fewest_calls
+
+
+async def run(settings: Settings) -> list[Result]:
+    """Serve 10,000 images x 5 replication regions and scrape them while refreshes run."""
+    images = 1000 if settings.quick else 10_000
+    # Full mode: 3 runs x 8 s per phase cover at least one refresh-cycle boundary (~22 s apart).
+    seconds = 2.0 if settings.quick else 8.0
+    try:
+        import psutil
+
+        with temp_dir() as tmp:
+            script = tmp / "report.lua"
+            script.write_text(WRK_REPORT)
+            async with simulator_process(images, latency_ms=LATENCY_MS, jitter_ms=JITTER_MS, seed=1) as sim:
+                port = free_port()
+                config = write_exporter_config(
+                    tmp, sim_url=sim.url, images=images, listen=f"127.0.0.1:{port}", interval_seconds=1.0
+                )
+                async with exporter_process(config, port) as exporter:
+                    async with (
+                        aiohttp.ClientSession() as session,
+                        session.get(f"{exporter.url}/metrics") as resp,
+                    ):
+                        resp.raise_for_status()
+                        text = await resp.text()
+                    samples = count_samples(text)
+                    plain = {"Accept": "text/plain;version=0.0.4"}
+                    gzip = {**plain, "Accept-Encoding": "gzip"}
+                    phases: dict[str, tuple[list[ScrapeRun], int]] = {}
+                    for label, scrapers, headers in (("1", 1, plain), ("4", 4, plain), ("4_gzip", 4, gzip)):
+                        phases[label] = await load_phase(
+                            sim, exporter, scrapers, seconds, settings.repeats, headers, script
+                        )
+                    rss = psutil.Process(exporter.proc.pid).memory_info().rss
+            gen_times, gen_samples = time_generate_latest(text, settings.repeats)
+    except Exception as exc:  # report and go on: the other measurements still run
+        return [unavailable("metrics_p99_4_scrapers", "ms", f"<= {P99_LIMIT_MS:g}", repr(exc))]
+
+    results: list[Result] = [
+        info(
+            "metrics_samples", [float(samples)], "samples", f"{images} images x 5 regions; {len(text)} bytes"
+        )
+    ]
+    for label, (runs, fewest_calls) in phases.items():
+        running = "refresh running" if fewest_calls > 0 else "NO refresh ran during a run"
+        n = sum(r.requests for r in runs)
+        detail = f"{n} scrapes over {len(runs)} runs, {running} (≥{fewest_calls} GetImage/run)"
+        p50 = [r.p50 * 1000 for r in runs]
+        p99 = [r.p99 * 1000 for r in runs]
+        results.append(info(f"metrics_p50_{label}_scrapers", p50, "ms", detail))
+        if label.startswith("4"):
+            results.append(at_most(f"metrics_p99_{label}_scrapers", p99, P99_LIMIT_MS, "ms", detail))
+        else:
+            results.append(info(f"metrics_p99_{label}_scrapers", p99, "ms", detail))
+    ours_p50 = [r.p50 for r in phases["1"][0]]
+    gen_ms = [t * 1000 for t in gen_times]
+    results.append(
+        info(
+            "generate_latest_stock",
+            gen_ms,
+            "ms",
+            f"prometheus_client generate_latest, {gen_samples} samples in plain Gauges, in-process",
+        )
+    )
+    speedups = [g / statistics.median(ours_p50) for g in gen_times]
+    results.append(
+        at_least(
+            "metrics_speedup_vs_generate_latest",
+            speedups,
+            10,
+            "x",
+            "generate_latest (in-process) ÷ our /metrics p50 (HTTP, 1 scraper, during refresh)",
+        )
+    )
+    results.append(info("rss_exporter_after_scrapes", [rss / 1e6], "MB", f"{images} images, after load"))
+    return results
