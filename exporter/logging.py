@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TextIO
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 __all__ = [
@@ -208,6 +209,28 @@ def configure_logging(fmt: LogFormat | None = None, level: str = "info") -> None
     root.setLevel(numeric)
     # One access-log line per scrape is noise unless someone is debugging.
     logging.getLogger("aiohttp.access").setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _BadRequestFilter) for f in server.filters):
+        server.addFilter(_BadRequestFilter())
+
+
+class _BadRequestFilter(logging.Filter):
+    """aiohttp logs every malformed request (already answered 400) at ERROR with a traceback that quotes
+    the offending bytes, headers included; a client's mistake becomes one debug line naming the problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite a malformed-request record, or drop it when debug logging is off."""
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            return False
+        record.msg = f"bad_http_request: {type(exc).__name__} (HTTP {exc.code})"
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
 
 
 class _JsonRenderer:
@@ -242,6 +265,9 @@ def reset_logging() -> None:
         root.removeHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.NOTSET)
+    server = logging.getLogger("aiohttp.server")
+    for f in [f for f in server.filters if isinstance(f, _BadRequestFilter)]:
+        server.removeFilter(f)
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
