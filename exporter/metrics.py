@@ -4,7 +4,8 @@ Two parts make up one ``/metrics`` answer:
 
 * the **snapshot part** — every per-image series plus the refresh gauges. It only changes when a refresh
   swaps in a new :class:`~exporter.snapshot.Snapshot`, so it is rendered once per swap (text format and
-  OpenMetrics) by a dedicated renderer (:func:`render_snapshot`) and kept as bytes; gzip is computed
+  OpenMetrics) by a dedicated renderer (:class:`SnapshotRenderer`: unchanged images reuse their lines,
+  the work runs on the event loop in ~2 ms slices) and kept as a list of byte parts; gzip is computed
   lazily, once per format, as a sync-flushed raw deflate stream that each scrape extends;
 * the **self part** — API call counters and latency, refresh overruns, config reload state, build info
   (and process metrics) — rendered per scrape by ``prometheus_client`` from :class:`SelfMetrics`. It is
@@ -36,11 +37,13 @@ Additions to the product contract: ``ehpc_config_last_reload_successful``,
 
 from __future__ import annotations
 
+import asyncio
 import platform
 import struct
 import threading
+import time
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import metadata
@@ -485,29 +488,73 @@ def _last_success_line(state: ImageState) -> bytes:
     )
 
 
+# Images per joined part: big enough that a scrape writes few chunks, small enough that one join is short.
+PART_IMAGES = 256
+# The longest the renderer runs before yielding to the event loop (scrapes interleave with a render).
+RENDER_SLICE_SECONDS = 0.002
+
+_RenderSteps = Generator[None, None, "RenderedSnapshot"]
+
+
 class SnapshotRenderer:
     """Renders snapshots to both formats, reusing the lines of every image unchanged since the last render.
 
-    Byte-identical to ``generate_latest(SnapshotCollector(snapshot))`` (and to the OpenMetrics generator
-    without its ``# EOF``). Not thread-safe: one render at a time (refresh cycles never overlap).
+    The result is a list of parts (no multi-megabyte join): the header of each family, then its sample
+    lines in batches of :data:`PART_IMAGES` images. Joined, the parts are byte-identical to
+    ``generate_latest(SnapshotCollector(snapshot))`` (and to the OpenMetrics generator without its
+    ``# EOF``). :meth:`render_async` does the same work in slices of about 2 ms on the event loop, which
+    keeps scrape latency flat where a worker thread would hold the GIL against the loop. One render at a
+    time (refresh cycles never overlap).
     """
 
     def __init__(self) -> None:
         self._cache: dict[str, tuple[tuple[object, ...], list[bytes]]] = {}
 
     def render(self, snapshot: Snapshot) -> RenderedSnapshot:
-        """Render ``snapshot`` (CPU-bound: call it from a worker thread for big fleets)."""
+        """Render ``snapshot`` in one go."""
+        steps = self._steps(snapshot)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                rendered: RenderedSnapshot = done.value
+                return rendered
+
+    async def render_async(
+        self, snapshot: Snapshot, slice_seconds: float = RENDER_SLICE_SECONDS
+    ) -> RenderedSnapshot:
+        """Render ``snapshot`` on the event loop, yielding to it every ``slice_seconds``."""
+        steps = self._steps(snapshot)
+        clock = time.perf_counter
+        deadline = clock() + slice_seconds
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                result: RenderedSnapshot = done.value
+                return result
+            if clock() >= deadline:
+                await asyncio.sleep(0)
+                deadline = clock() + slice_seconds
+
+    def _steps(self, snapshot: Snapshot) -> _RenderSteps:
+        """The render as a generator that yields between small pieces of work."""
         cache: dict[str, tuple[tuple[object, ...], list[bytes]]] = {}
         old = self._cache
         per_image: list[list[bytes]] = []
-        for state in snapshot.images.values():
-            key = (state.watched, state.image, state.error.code if state.error else None, snapshot.status)
+        status = snapshot.status
+        for n, state in enumerate(snapshot.images.values(), 1):
+            key = (state.watched, state.image, state.error.code if state.error else None, status)
             hit = old.get(state.image_id)
             lines = hit[1] if hit is not None and hit[0] == key else _image_lines(_series(state, snapshot))
             cache[state.image_id] = (key, lines)
-            per_image.append(lines)
+            # The last-success slot changes every cycle: a fresh list, the cached one stays without it.
+            per_image.append(
+                [*lines[:_LAST_SUCCESS_INDEX], _last_success_line(state), *lines[_LAST_SUCCESS_INDEX + 1 :]]
+            )
+            if n % 16 == 0:
+                yield
         self._cache = cache
-        last_ok = [_last_success_line(s) for s in snapshot.images.values()]
 
         refresh: list[bytes] = [b"", b"", b""]
         values = _refresh_values(snapshot)
@@ -521,19 +568,22 @@ class SnapshotRenderer:
         for i, header in enumerate(_TEXT_HEADERS):
             header_at.append(len(parts))
             parts.append(header)
-            if i == _LAST_SUCCESS_INDEX:
-                parts.extend(last_ok)
-            elif i < _IMAGE_FAMILIES:
-                parts.extend([lines[i] for lines in per_image])
-            else:
-                parts.append(refresh[i - _IMAGE_FAMILIES])
-        text = b"".join(parts)
+            if i >= _IMAGE_FAMILIES:
+                if refresh[i - _IMAGE_FAMILIES]:
+                    parts.append(refresh[i - _IMAGE_FAMILIES])
+                continue
+            for start in range(0, len(per_image), PART_IMAGES):
+                part = b"".join([lines[i] for lines in per_image[start : start + PART_IMAGES]])
+                if part:
+                    parts.append(part)
+                yield
+        text = tuple(parts)
         if _OM_HEADERS == _TEXT_HEADERS:  # no help text needs OpenMetrics' extra quote escaping
             om = text
         else:
             for at, header in zip(header_at, _OM_HEADERS, strict=True):
                 parts[at] = header
-            om = b"".join(parts)
+            om = tuple(parts)
         return RenderedSnapshot(snapshot, text, om)
 
 
@@ -544,26 +594,44 @@ def render_snapshot(snapshot: Snapshot) -> RenderedSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class _Deflated:
-    data: bytes  # raw deflate, sync-flushed (byte-aligned, no final block): a stream can continue after it
+    parts: tuple[bytes, ...]  # raw deflate, sync-flushed (byte-aligned, no final block): it can continue
     crc: int
     size: int
 
 
 class RenderedSnapshot:
-    """The snapshot part rendered once: text and OpenMetrics bytes (no ``# EOF``) and lazy gzip."""
+    """The snapshot part rendered once, as parts to write in order (no ``# EOF``), and lazy gzip."""
 
-    __slots__ = ("_deflated", "_lock", "openmetrics", "snapshot", "text")
+    __slots__ = ("_deflated", "_lock", "_parts", "_sizes", "snapshot")
 
-    def __init__(self, snapshot: Snapshot, text: bytes, openmetrics: bytes) -> None:
+    def __init__(self, snapshot: Snapshot, text: tuple[bytes, ...], openmetrics: tuple[bytes, ...]) -> None:
         self.snapshot = snapshot
-        self.text = text
-        self.openmetrics = openmetrics
+        self._parts = {False: text, True: openmetrics}
+        self._sizes = {False: sum(map(len, text)), True: sum(map(len, openmetrics))}
         self._deflated: dict[bool, _Deflated] = {}
         self._lock = threading.Lock()
 
+    def parts(self, openmetrics: bool) -> tuple[bytes, ...]:
+        """The uncompressed snapshot part of one format, as chunks to write in order."""
+        return self._parts[openmetrics]
+
+    def size(self, openmetrics: bool) -> int:
+        """Bytes in :meth:`parts`."""
+        return self._sizes[openmetrics]
+
     def body(self, openmetrics: bool) -> bytes:
-        """The uncompressed snapshot part of one format."""
-        return self.openmetrics if openmetrics else self.text
+        """The parts joined (a copy: for tests and tools; the server writes :meth:`parts`)."""
+        return b"".join(self._parts[openmetrics])
+
+    @property
+    def text(self) -> bytes:
+        """The text-format snapshot part, joined."""
+        return self.body(False)
+
+    @property
+    def openmetrics(self) -> bytes:
+        """The OpenMetrics snapshot part (without ``# EOF``), joined."""
+        return self.body(True)
 
     def has_deflated(self, openmetrics: bool) -> bool:
         """Whether the compressed form of this format is already cached."""
@@ -577,10 +645,16 @@ class RenderedSnapshot:
         with self._lock:
             cached = self._deflated.get(openmetrics)
             if cached is None:
-                raw = self.body(openmetrics)
                 comp = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-                data = comp.compress(raw) + comp.flush(zlib.Z_SYNC_FLUSH)
-                cached = _Deflated(data, zlib.crc32(raw), len(raw))
+                out: list[bytes] = []
+                crc = 0
+                for part in self._parts[openmetrics]:
+                    crc = zlib.crc32(part, crc)
+                    chunk = comp.compress(part)
+                    if chunk:
+                        out.append(chunk)
+                out.append(comp.flush(zlib.Z_SYNC_FLUSH))
+                cached = _Deflated(tuple(out), crc, self._sizes[openmetrics])
                 self._deflated[openmetrics] = cached
         return cached
 
@@ -598,7 +672,7 @@ def gzip_body(head: _Deflated, tail: bytes) -> list[bytes]:
     comp = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
     rest = comp.compress(tail) + comp.flush(zlib.Z_FINISH)
     trailer = struct.pack("<II", zlib.crc32(tail, head.crc), (head.size + len(tail)) & 0xFFFFFFFF)
-    return [_GZIP_HEADER, head.data, rest, trailer]
+    return [_GZIP_HEADER, *head.parts, rest, trailer]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -198,13 +198,7 @@ class Refresher:
             monotonic = self._monotonic or asyncio.get_running_loop().time
             started = monotonic()
             watched = await self._watched_set(config, client)
-            previous = self._snapshot.images
-            timeout = config.refresh.image_timeout_seconds
-            results = await asyncio.gather(*(self._fetch(client, w, timeout) for w in watched.values()))
-            states = [
-                self._next_state(w, previous.get(w.image_id), result, at)
-                for w, (result, at) in zip(watched.values(), results, strict=True)
-            ]
+            states = await self._fetch_all(client, list(watched.values()), config)
             self._sequence += 1
             snapshot = Snapshot.build(
                 states,
@@ -262,6 +256,29 @@ class Refresher:
             return self._discovered
         self._discovered = _discovered(summaries, cfg)
         return self._discovered
+
+    async def _fetch_all(
+        self, client: ImageApi, watched: list[WatchedImage], config: Config
+    ) -> list[ImageState]:
+        """Every image's next state, fetched concurrently by as many workers as the client's concurrency cap.
+
+        A fixed pool rather than one task per image: ten thousand tasks created at once would stall the
+        event loop (and every scrape) at the start of each cycle; the client's budget caps the
+        concurrency anyway. Each state is built as its answer arrives, spreading that work over the cycle.
+        """
+        previous = self._snapshot.images
+        limit = config.refresh.image_timeout_seconds
+        states: list[ImageState | None] = [None] * len(watched)
+        todo = iter(enumerate(watched))
+
+        async def worker() -> None:
+            for i, image in todo:  # one shared iterator: each image is taken by exactly one worker
+                result, at = await self._fetch(client, image, limit)
+                states[i] = self._next_state(image, previous.get(image.image_id), result, at)
+
+        workers = max(1, min(len(watched), config.api.max_concurrency))
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        return [s for s in states if s is not None]
 
     async def _fetch(
         self, client: ImageApi, watched: WatchedImage, limit_seconds: float

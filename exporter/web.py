@@ -40,6 +40,7 @@ log = structlog.get_logger("ehpc.web")
 OPEN_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz"})
 # The landing page lists at most this many images (failing ones first); /metrics always has them all.
 MAX_LANDING_ROWS = 500
+WRITE_SLICE_BYTES = 256 * 1024  # bigger parts are written in slices of this size
 
 
 class MetricsSource(Protocol):
@@ -157,12 +158,22 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
             await asyncio.to_thread(rendered.deflated, openmetrics)
         chunks = gzip_body(rendered.deflated(openmetrics), tail)
     else:
-        chunks = (rendered.body(openmetrics), tail)
+        chunks = (*rendered.parts(openmetrics), tail)
     response.content_length = sum(len(c) for c in chunks)
     await response.prepare(request)
-    for chunk in chunks:  # no concatenation: the big chunk is written as the cached object
-        await response.write(chunk)
-    await response.write_eof()
+    try:
+        for chunk in chunks:
+            # The cached parts as they are, never concatenated; the transport copies at most one slice
+            # into its buffer and drains it before the next (one huge write moves megabytes per send).
+            if len(chunk) <= WRITE_SLICE_BYTES:
+                await response.write(chunk)
+                continue
+            view = memoryview(chunk)
+            for start in range(0, len(view), WRITE_SLICE_BYTES):
+                await response.write(view[start : start + WRITE_SLICE_BYTES])
+        await response.write_eof()
+    except ConnectionError:  # the scraper went away (timeout, restart): normal, not a server error
+        log.debug("scrape_aborted", path=request.path)
     return response
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import re
 import subprocess
@@ -103,6 +104,25 @@ def test_fast_renderer_is_byte_identical_to_prometheus_client() -> None:
     assert rendered.text == text
     assert rendered.openmetrics + b"# EOF\n" == om
     assert b'name="quote \\" backslash \\\\ newline \\n end"' in rendered.text
+
+
+async def test_render_async_equals_render_and_yields() -> None:
+    """The sliced render on the event loop gives the same parts, and lets other tasks run meanwhile."""
+    snapshot = tricky_snapshot()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    rendered = await SnapshotRenderer().render_async(snapshot, slice_seconds=0)
+    task.cancel()
+    assert rendered.parts(False) == render_snapshot(snapshot).parts(False)
+    assert rendered.text == reference(snapshot)[0]
+    assert ticks >= 5  # it yielded between pieces of work
 
 
 def test_renderer_cache_follows_changes() -> None:

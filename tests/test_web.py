@@ -14,6 +14,7 @@ import aiohttp
 import bcrypt
 import pytest
 import yaml
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
@@ -195,6 +196,38 @@ class BrokenSource:
 
     def render_self(self, openmetrics: bool) -> bytes:
         raise RuntimeError("boom")
+
+
+class HugeSource(BrokenSource):
+    """A source with a snapshot part far bigger than the socket buffers."""
+
+    rendered = RenderedSnapshot(Snapshot(), (b"#" * 8_000_000,) * 4, (b"#" * 8_000_000,) * 4)
+
+    def render_self(self, openmetrics: bool) -> bytes:
+        return b""
+
+
+async def test_scraper_going_away_is_not_an_error() -> None:
+    """A client that disconnects mid-body is logged at debug, not as a handler failure."""
+    runner = web.AppRunner(create_app(HugeSource()), access_log=None)  # as the service runs it
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        with capture_logs() as logs:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n\r\n")
+            await writer.drain()
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            writer.close()
+            await writer.wait_closed()
+            await wait_until(lambda: any(e["event"] == "scrape_aborted" for e in logs))
+        async with aiohttp.ClientSession() as http, http.get(f"http://{host}:{port}/healthz") as resp:
+            assert resp.status == 200
+    finally:
+        await runner.cleanup()
+    assert not [e for e in logs if e["log_level"] in ("error", "warning")]
 
 
 async def test_handler_exception_is_a_logged_500() -> None:
