@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -68,12 +69,16 @@ def wait_until(predicate: Callable[[], Any], within: float, what: str, interval:
 
 
 def http_get(
-    url: str, headers: Mapping[str, str] | None = None, timeout: float = 10, method: str = "GET"
+    url: str,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10,
+    method: str = "GET",
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """One request; returns ``(status, headers, body)`` for every status (no exception on 4xx/5xx)."""
     req = urllib.request.Request(url, headers=dict(headers or {}), method=method)  # noqa: S310 (loopback)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
@@ -285,6 +290,7 @@ class ExporterProcess(ManagedProcess):
     port: int = 0
     scheme: str = "http"
     config_path: Path | None = None
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False)  # to trust its certificate
 
     @property
     def url(self) -> str:
@@ -299,8 +305,8 @@ class ExporterProcess(ManagedProcess):
     def get(
         self, path: str = "/metrics", headers: Mapping[str, str] | None = None, timeout: float = 10
     ) -> tuple[int, dict[str, str], bytes]:
-        """One plain-HTTP GET against the exporter."""
-        return http_get(f"{self.url}{path}", headers, timeout)
+        """One GET against the exporter (over TLS with ``ssl_context`` when it serves HTTPS)."""
+        return http_get(f"{self.url}{path}", headers, timeout, context=self.ssl_context)
 
     def metrics_text(self) -> str:
         """The text exposition; fails unless /metrics answers 200."""
@@ -384,6 +390,7 @@ def start_exporter(
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     scheme: str = "http",
+    ssl_context: ssl.SSLContext | None = None,
     wait: str | None = "ready",
 ) -> ExporterProcess:
     """Write ``config`` (a document, or raw YAML text) and run the exporter on a free port.
@@ -409,6 +416,7 @@ def start_exporter(
         port=port,
         scheme=scheme,
         config_path=config_path,
+        ssl_context=ssl_context,
     )
     exporter.start()
     try:
