@@ -218,7 +218,7 @@ async def test_caller_errors_are_not_retried(
     rec = Recorder()
     async with make_client(simulator, observer=rec, retry=RetryConfig(5, 0.001, 0.002, 5)) as client:
         with pytest.raises(ApiError) as info:
-            await client.get_image(**call)
+            await client.get_image(call["image_id"], image_type=call.get("image_type"))
     assert info.value.code == code
     assert count(simulator, "GetImage", code) == 1
     assert rec.codes == [code]
