@@ -160,8 +160,8 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     else:
         chunks = (*rendered.parts(openmetrics), tail)
     response.content_length = sum(len(c) for c in chunks)
-    await response.prepare(request)
     try:
+        await response.prepare(request)  # a scraper gone before the headers fails here already
         for chunk in chunks:
             # The cached parts as they are, never concatenated; the transport copies at most one slice
             # into its buffer and drains it before the next (one huge write moves megabytes per send).

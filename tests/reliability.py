@@ -6,9 +6,8 @@ A test asks for the ``reliability`` fixture and, per case::
     ...
     case.observe(f"exit {rc}: {line}", ok=rc == 2 and "refresh.interval_seconds" in line)
 
-``observe`` records and then asserts ``ok``. A case whose test fails before it observes anything, or
-fails after observing, is recorded as failed with the error's first line, so the report never shows a
-pass the test run did not have.
+``observe`` records and then asserts ``ok``. A case whose test fails before it observes anything is
+recorded as failed with the error's first line, so the report never shows a case the run did not check.
 
 ``reliability.measure(area, name, value, unit)`` keeps a number that varies from run to run (latency,
 throughput): the report shows it only on a coarse power-of-ten scale ("under 10 ms"), so regenerating
@@ -156,7 +155,7 @@ def reliability(request: pytest.FixtureRequest) -> Reliability:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
-    """Mark the cases of a failed test as failed, with the error's first line if nothing was observed."""
+    """Mark the unobserved cases of a failed test as failed, with the error's first line."""
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
     if not report.failed:
@@ -166,8 +165,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         text = str(call.excinfo.value).strip().splitlines()
         message = f"{call.excinfo.typename}: {text[0] if text else ''}".strip()
     for record in recorder_of(item.config).for_node(item.nodeid):
-        record.test_failed = True
-        if record.observed is None:
+        if record.observed is None:  # observed cases keep their own verdict (observe asserts it)
+            record.test_failed = True
             record.observed = f"test failed ({report.when}): {message}"[:300]
 
 
