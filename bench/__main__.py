@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(machine_md(m))
     print()
     print(table(results))
-    full = not args.quick and not args.only
+    full = not args.quick and not args.only and not args.profile  # profiled timings carry overhead
     if not args.no_write:
         json_path = args.json or (BENCH_DIR / "results.json" if full else None)
         if json_path is not None:

@@ -295,13 +295,20 @@ class ExporterProcess:
 
 @contextlib.asynccontextmanager
 async def exporter_process(
-    config: Path, listen_port: int, *, ready_timeout: float = 600
+    config: Path, listen_port: int, *, ready_timeout: float = 600, profile_to: Path | None = None
 ) -> AsyncIterator[ExporterProcess]:
-    """Run the exporter on `config` and wait until /readyz says the first refresh is done."""
+    """Run the exporter on `config` and wait until /readyz says the first refresh is done.
+
+    With profile_to, the exporter runs under pyinstrument (which writes that file when the exporter
+    exits on SIGTERM); timings taken meanwhile carry the profiler's overhead.
+    """
     log = config.parent / "exporter.log"
+    command = exporter_command()
+    if profile_to is not None:
+        command = [sys.executable, "-m", "pyinstrument", "-o", str(profile_to), "-m", "exporter"]
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
-            *exporter_command(),
+            *command,
             "run",
             "--config",
             str(config),
@@ -316,7 +323,19 @@ async def exporter_process(
         await wait_ready(handle, ready_timeout)
         yield handle
     finally:
-        await stop_process(proc)
+        # A profiled exporter writes its session on the way out, which takes a while.
+        await stop_process(proc, grace=10.0 if profile_to is None else 300.0)
+    if profile_to is not None and os.path.exists(profile_to):  # noqa: ASYNC240 - one stat, once
+        await render_profile(profile_to)
+
+
+async def render_profile(session: Path) -> None:
+    """Render a saved pyinstrument session as HTML and as text next to it."""
+    for suffix in (".html", ".txt"):
+        render = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pyinstrument", f"--load={session}", "-o", str(session.with_suffix(suffix))
+        )
+        await render.wait()
 
 
 async def wait_ready(exporter: ExporterProcess, within: float) -> None:
@@ -346,10 +365,10 @@ async def repeat(n: int, fn: Callable[[int], Awaitable[float]]) -> list[float]:
     return [await fn(i) for i in range(n)]
 
 
-def profiler_output(name: str) -> Path:
+def profiler_output(name: str, suffix: str = ".html") -> Path:
     """Where a pyinstrument profile of `name` is written."""
     PROFILE_DIR.mkdir(exist_ok=True)
-    return PROFILE_DIR / f"{name}.html"
+    return PROFILE_DIR / f"{name}{suffix}"
 
 
 def cpu_count() -> int:

@@ -32,6 +32,7 @@ from bench.common import (
     free_port,
     info,
     percentile,
+    profiler_output,
     simulator_process,
     temp_dir,
     unavailable,
@@ -180,7 +181,7 @@ async def run(settings: Settings) -> list[Result]:
     """Serve 10,000 images x 5 replication regions and scrape them while refreshes run."""
     images = 1000 if settings.quick else 10_000
     # Full mode: 3 runs x 8 s per phase cover at least one refresh-cycle boundary (~22 s apart).
-    seconds = 2.0 if settings.quick else 8.0
+    seconds = 1.0 if settings.quick else 8.0
     try:
         import psutil
 
@@ -192,7 +193,8 @@ async def run(settings: Settings) -> list[Result]:
                 config = write_exporter_config(
                     tmp, sim_url=sim.url, images=images, listen=f"127.0.0.1:{port}", interval_seconds=1.0
                 )
-                async with exporter_process(config, port) as exporter:
+                profile = profiler_output("scrape-exporter", ".pyisession") if settings.profile else None
+                async with exporter_process(config, port, profile_to=profile) as exporter:
                     async with (
                         aiohttp.ClientSession() as session,
                         session.get(f"{exporter.url}/metrics") as resp,

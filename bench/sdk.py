@@ -186,7 +186,7 @@ def our_client(sim: SimProcess, tls: Tls | None) -> Any:
 
 async def run(settings: Settings) -> list[Result]:
     """Measure ours and the SDK against one HTTPS simulator, then (for context) one plain-HTTP simulator."""
-    ours_calls, sdk_calls = (300, 100) if settings.quick else (3000, 500)
+    ours_calls, sdk_calls = (200, 50) if settings.quick else (3000, 500)
     results: list[Result] = []
     try:
         with temp_dir() as tmp:
