@@ -437,7 +437,7 @@ _LAST_SUCCESS_INDEX = SNAPSHOT_METRICS.index(_M.IMAGE_LAST_SUCCESS)
 _IMAGE_FAMILIES = SNAPSHOT_METRICS.index(_M.WATCHED_IMAGES)  # the families before it are per image
 
 
-def _image_lines(s: _Series) -> list[bytes]:
+def _image_lines(s: _Series) -> tuple[bytes, ...]:
     """The sample lines of one image, one (possibly empty, possibly multi-line) chunk per image family."""
     iid = _esc(s.image_id)
     key = f'{{image_id="{iid}"}} '
@@ -476,7 +476,8 @@ def _image_lines(s: _Series) -> list[bytes]:
     if s.error_code is not None:
         last_err = f'ehpc_image_last_error_info{{code="{_esc(s.error_code)}",image_id="{iid}"}} 1.0\n'
     # The last-success slot is filled per render (it changes every cycle; everything else rarely does).
-    return [x.encode() for x in (info, states, avail, size, created, rstates, ravail, up, "", last_err)]
+    # A tuple of bytes: the garbage collector stops tracking it, so a big cache costs collections nothing.
+    return tuple(x.encode() for x in (info, states, avail, size, created, rstates, ravail, up, "", last_err))
 
 
 def _last_success_line(state: ImageState) -> bytes:
@@ -508,7 +509,7 @@ class SnapshotRenderer:
     """
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[tuple[object, ...], list[bytes]]] = {}
+        self._cache: dict[str, tuple[tuple[object, ...], tuple[bytes, ...]]] = {}
 
     def render(self, snapshot: Snapshot) -> RenderedSnapshot:
         """Render ``snapshot`` in one go."""
@@ -539,9 +540,9 @@ class SnapshotRenderer:
 
     def _steps(self, snapshot: Snapshot) -> _RenderSteps:
         """The render as a generator that yields between small pieces of work."""
-        cache: dict[str, tuple[tuple[object, ...], list[bytes]]] = {}
+        cache: dict[str, tuple[tuple[object, ...], tuple[bytes, ...]]] = {}
         old = self._cache
-        per_image: list[list[bytes]] = []
+        per_image: list[tuple[bytes, ...]] = []
         status = snapshot.status
         for n, state in enumerate(snapshot.images.values(), 1):
             key = (state.watched, state.image, state.error.code if state.error else None, status)
@@ -550,7 +551,7 @@ class SnapshotRenderer:
             cache[state.image_id] = (key, lines)
             # The last-success slot changes every cycle: a fresh list, the cached one stays without it.
             per_image.append(
-                [*lines[:_LAST_SUCCESS_INDEX], _last_success_line(state), *lines[_LAST_SUCCESS_INDEX + 1 :]]
+                (*lines[:_LAST_SUCCESS_INDEX], _last_success_line(state), *lines[_LAST_SUCCESS_INDEX + 1 :])
             )
             if n % 16 == 0:
                 yield

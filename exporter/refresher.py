@@ -31,7 +31,7 @@ from exporter.config import Config, DiscoveryConfig, ShardingConfig, WatchedImag
 from exporter.metrics import SelfMetrics
 from exporter.models import Image, ImageSummary
 from exporter.openapi.errors import TIMEOUT, ApiError
-from exporter.snapshot import ImageError, ImageState, Snapshot
+from exporter.snapshot import ImageError, ImageFacts, ImageState, Snapshot
 
 __all__ = ["ImageApi", "Refresher", "in_shard", "shard_of"]
 
@@ -254,6 +254,9 @@ class Refresher:
         except TimeoutError:
             log.warning("discovery_failed", code=TIMEOUT, timeout_seconds=limit, kept=len(self._discovered))
             return self._discovered
+        except Exception:  # a bug must not stop the static images from being refreshed
+            log.exception("discovery_crashed", kept=len(self._discovered))
+            return self._discovered
         self._discovered = _discovered(summaries, cfg)
         return self._discovered
 
@@ -310,8 +313,9 @@ class Refresher:
         self, watched: WatchedImage, prev: ImageState | None, result: Image | ApiError, at: float
     ) -> ImageState:
         if isinstance(result, Image):
+            facts = ImageFacts.from_image(result)
             # Reuse the previous object when nothing changed, so the renderer's cache hits by identity.
-            image = prev.image if prev is not None and prev.image == result else result
+            image = prev.image if prev is not None and prev.image == facts else facts
             return ImageState(watched, image, at, None)
         log.warning(
             "image_refresh_failed",

@@ -21,6 +21,7 @@ from exporter.config import (
     WebConfig,
 )
 from exporter.models import Image, RegionReplica
+from exporter.snapshot import ImageFacts
 from tests.fixtures.sim import RunningSimulator
 
 SampleKey = tuple[str, frozenset[tuple[str, str]]]
@@ -102,26 +103,28 @@ def make_image(
     size_bytes: int | None = 40 * 1024**3,
     created: datetime | None = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
     os_tag: str = "Alibaba Cloud Linux 3",
-) -> Image:
-    """A parsed GetImage answer with the given fields (for renderer tests that need no server)."""
-    return Image(
-        image_id=image_id,
-        image_type=image_type,
-        name=name,
-        version=version,
-        description="",
-        app_id="",
-        status=status,
-        size_bytes=size_bytes,
-        create_time=created,
-        os_tag=os_tag,
-        platform="Linux",
-        architecture="x86_64",
-        registry_url=registry_url,
-        is_acr_registry=None,
-        is_acr_enterprise=None,
-        registry_cri_id="",
-        document_id="",
-        additional_regions=tuple(RegionReplica(r, image_id, s) for r, s in regions),
-        request_id="req",
+) -> ImageFacts:
+    """What the refresher keeps of a GetImage answer with these fields (for tests that need no server)."""
+    return ImageFacts.from_image(
+        Image(
+            image_id=image_id,
+            image_type=image_type,
+            name=name,
+            version=version,
+            description="",
+            app_id="",
+            status=status,
+            size_bytes=size_bytes,
+            create_time=created,
+            os_tag=os_tag,
+            platform="Linux",
+            architecture="x86_64",
+            registry_url=registry_url,
+            is_acr_registry=None,
+            is_acr_enterprise=None,
+            registry_cri_id="",
+            document_id="",
+            additional_regions=tuple(RegionReplica(r, image_id, s) for r, s in regions),
+            request_id="req",
+        )
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -82,6 +83,19 @@ async def test_start_and_stop_within_budget(simulator: RunningSimulator, http: a
         await http.get(url + "/healthz")
     in_flight.cancel()
     await asyncio.wait([in_flight])
+
+
+async def test_full_gc_is_rarer_only_while_serving(simulator: RunningSimulator) -> None:
+    """start() raises the full-collection threshold (long pauses hurt scrapes); stop() restores it."""
+    before = gc.get_threshold()
+    svc = ExporterService(sim_config(simulator, [SIM_VM_ID]), process_metrics=False)
+    await svc.start()
+    try:
+        assert gc.get_threshold()[:2] == before[:2]
+        assert gc.get_threshold()[2] >= 100
+    finally:
+        await svc.stop()
+    assert gc.get_threshold() == before
 
 
 async def test_reload_drops_images_and_records_success(
