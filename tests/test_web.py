@@ -308,6 +308,7 @@ async def test_no_secret_in_metrics_page_or_logs(
         SIM_REGISTRY_PASSWORD,
         "url-password-never-shown",
         simulator.access_key_secret,
+        container.registry_username,  # the registry user name is no one's business either
     ):
         assert leak not in everything
     assert "registry.example.com/ns/app:1" in bodies[0].decode()
