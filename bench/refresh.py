@@ -42,8 +42,10 @@ def scenarios(settings: Settings) -> tuple[list[Fleet], list[Fleet]]:
     """(bound-by-concurrency fleets, bound-by-QPS fleets) for this mode."""
     if settings.quick:
         return [Fleet(200), Fleet(1000)], [Fleet(200, 100.0)]
-    # QPS limits stay below CONCURRENCY / latency (500/s), so the QPS budget, not concurrency, binds.
-    return [Fleet(1000), Fleet(10_000)], [Fleet(1000, 200.0), Fleet(10_000, 400.0)]
+    # L x (latency + jitter) stays at or under 60 % of CONCURRENCY (200/s x 120 ms = 24 in flight,
+    # 250/s x 120 ms = 30), so only the QPS budget binds, never the concurrency cap: at 400/s the
+    # ~45 calls in flight plus per-call overhead brushed the cap of 50 and measured the cap instead.
+    return [Fleet(1000), Fleet(10_000)], [Fleet(1000, 200.0), Fleet(10_000, 250.0)]
 
 
 def bench_config(sim_url: str, images: int, qps: float) -> Config:
