@@ -365,6 +365,12 @@ async def repeat(n: int, fn: Callable[[int], Awaitable[float]]) -> list[float]:
     return [await fn(i) for i in range(n)]
 
 
+def save_profile(profiler: Any, name: str) -> None:
+    """Write a stopped pyinstrument Profiler as bench/profiles/NAME.html and NAME.txt."""
+    profiler_output(name).write_text(profiler.output_html())
+    profiler_output(name, ".txt").write_text(profiler.output_text(unicode=True, color=False))
+
+
 def profiler_output(name: str, suffix: str = ".html") -> Path:
     """Where a pyinstrument profile of `name` is written."""
     PROFILE_DIR.mkdir(exist_ok=True)

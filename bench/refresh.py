@@ -19,7 +19,7 @@ from bench.common import (
     SimProcess,
     at_most,
     image_id,
-    profiler_output,
+    save_profile,
     simulator_process,
     unavailable,
 )
@@ -144,7 +144,7 @@ async def profile_refresh(name: str, once: Callable[[], Awaitable[None]]) -> Non
     profiler.start()
     await once()
     profiler.stop()
-    profiler_output(name).write_text(profiler.output_html())
+    save_profile(profiler, name)
 
 
 async def run(settings: Settings) -> list[Result]:

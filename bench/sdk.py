@@ -25,7 +25,7 @@ from bench.common import (
     image_id,
     info,
     make_tls,
-    profiler_output,
+    save_profile,
     simulator_process,
     temp_dir,
     unavailable,
@@ -158,7 +158,7 @@ async def profile_calls(name: str, call: Call, calls: int, fleet: int) -> None:
     profiler.start()
     await fan_out(call, calls, fleet)
     profiler.stop()
-    profiler_output(name).write_text(profiler.output_html())
+    save_profile(profiler, name)
 
 
 def our_client(sim: SimProcess, tls: Tls | None) -> Any:
