@@ -7,8 +7,8 @@ Prometheus sends; about 2.4 MB per answer) and without (the 26 MB text expositio
 
 Pass criterion: zero errors of any kind (non-2xx, connect, read, write, and wrk's 2 s timeout), and the
 refresh cycle that ran under the load completes (scrapes slow it down; they must not wedge it). Latency
-(p50, p99) and throughput are recorded as measurements: the report shows them on a power-of-ten scale,
-the terminal summary exactly.
+(p50, p99) and throughput are recorded as measurements against budgets: the report says whether each
+held, the terminal summary gives the numbers.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ RUNS: tuple[tuple[str, list[str], str], ...] = (
     ("gzip, as Prometheus asks", ["-t2", "-c8", "-d10s", "-H", "Accept-Encoding: gzip"], "gzip"),
     ("uncompressed text", ["-t2", "-c8", "-d5s"], "text"),
 )
+# (p50 ms, p99 ms, minimum req/s) per run, about three times what this 2-core machine measures; the
+# report says only whether each held (exact numbers in the terminal summary).
+BUDGETS = {"gzip": (250.0, 2000.0, 20.0), "text": (1000.0, 2000.0, 5.0)}
 ERROR_KEYS = ("errors_status", "errors_connect", "errors_timeout", "errors_read", "errors_write")
 
 
@@ -116,9 +119,12 @@ def test_wrk_during_refreshes(tmp_path: Path, reliability: Reliability) -> None:
     for label, args, key in RUNS:
         r = results[label]
         errors = {k: r[k] for k in ERROR_KEYS if r[k]}
-        reliability.measure("load", f"{key}: p50 latency", r["p50_us"] / 1000, "ms")
-        reliability.measure("load", f"{key}: p99 latency", r["p99_us"] / 1000, "ms")
-        reliability.measure("load", f"{key}: requests per second", r["rps"], "req/s")
+        budgets = BUDGETS[key]
+        reliability.measure("load", f"{key}: p50 latency", r["p50_us"] / 1000, "ms", budget=budgets[0])
+        reliability.measure("load", f"{key}: p99 latency", r["p99_us"] / 1000, "ms", budget=budgets[1])
+        reliability.measure(
+            "load", f"{key}: requests per second", r["rps"], "req/s", budget=budgets[2], higher_is_better=True
+        )
         reliability.check(
             "load",
             f"wrk {' '.join(a for a in args if a.startswith('-') and a != '-H')} on /metrics ({label}),"
