@@ -218,22 +218,46 @@ async def simulator_process(
     ]
     if tls is not None:
         cmd += ["--cert", tls.cert_file, "--key", tls.key_file]
+    proc, url = await start_announcing(cmd)
+    handle = SimProcess(proc, url, tls)
+    try:
+        yield handle
+    finally:
+        await handle.close()
+
+
+async def start_announcing(
+    cmd: Sequence[str], *, quiet: bool = False
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Start a child that prints {"url": ...} as its first line once it listens; return it and the URL."""
     proc = await asyncio.create_subprocess_exec(
-        *cmd, stdout=asyncio.subprocess.PIPE, cwd=str(BENCH_DIR.parent), limit=1 << 20
+        *cmd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL if quiet else None,
+        cwd=str(BENCH_DIR.parent),
+        limit=1 << 20,
     )
     assert proc.stdout is not None
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), 120)
         if not line:
-            raise RuntimeError(f"simulator exited before serving (rc={await proc.wait()})")
-        handle = SimProcess(proc, json.loads(line)["url"], tls)
+            raise RuntimeError(f"{cmd[2]} exited before serving (rc={await proc.wait()})")
+        return proc, str(json.loads(line)["url"])
     except BaseException:
         await stop_process(proc)
         raise
+
+
+@contextlib.asynccontextmanager
+async def floor_process(size: int) -> AsyncIterator[str]:
+    """A bare aiohttp server answering `size` bytes (bench.floor_server) in a child; yields its URL."""
+    proc, url = await start_announcing(
+        [sys.executable, "-m", "bench.floor_server", "--bytes", str(size)], quiet=True
+    )
     try:
-        yield handle
+        yield url
     finally:
-        await handle.close()
+        await stop_process(proc)
 
 
 def write_exporter_config(

@@ -30,6 +30,7 @@ from bench.common import (
     at_least,
     at_most,
     exporter_process,
+    floor_process,
     free_port,
     info,
     percentile,
@@ -115,7 +116,16 @@ async def wrk_run(
     url: str, scrapers: int, seconds: float, headers: dict[str, str], script: Path
 ) -> ScrapeRun:
     """`scrapers` connections scraping back to back for `seconds`, measured by wrk."""
-    cmd = ["wrk", "-t1", f"-c{scrapers}", f"-d{seconds:g}s", "--timeout", "30s", "-s", str(script)]
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{scrapers}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(script),
+    ]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
     proc = await asyncio.create_subprocess_exec(
@@ -147,6 +157,15 @@ async def aiohttp_run(url: str, scrapers: int, seconds: float, headers: dict[str
 
         await asyncio.gather(*(scraper() for _ in range(scrapers)))
     return ScrapeRun(percentile(latencies, 50), percentile(latencies, 99), len(latencies))
+
+
+async def scrape_run(
+    url: str, scrapers: int, seconds: float, headers: dict[str, str], script: Path
+) -> ScrapeRun:
+    """One load run with wrk, or with aiohttp from this process when wrk is not installed."""
+    if shutil.which("wrk"):
+        return await wrk_run(url, scrapers, seconds, headers, script)
+    return await aiohttp_run(url, scrapers, seconds, headers)
 
 
 async def getimage_calls(sim: SimProcess) -> int:
@@ -195,10 +214,7 @@ async def load_phase(
     for _ in range(repeats):
         before = await getimage_calls(sim)
         cpu0, t0 = cpu_seconds(proc), time.monotonic()
-        if shutil.which("wrk"):
-            run = await wrk_run(url, scrapers, seconds, headers, script)
-        else:
-            run = await aiohttp_run(url, scrapers, seconds, headers)
+        run = await scrape_run(url, scrapers, seconds, headers, script)
         cpu = cpu_seconds(proc) - cpu0 - idle_rate * (time.monotonic() - t0)
         phase.runs.append(run)
         phase.cpu_per_scrape.append(max(cpu, 0.0) / run.requests)
@@ -242,6 +258,12 @@ async def run(settings: Settings) -> list[Result]:
                             sim, exporter, scrapers, seconds, settings.repeats, headers, script, idle_rate
                         )
                     rss = psutil.Process(exporter.proc.pid).memory_info().rss
+            # The same number of bytes from a bare aiohttp handler, with nothing else running: the floor.
+            async with floor_process(len(text.encode())) as floor_url:
+                floor_runs = [
+                    await scrape_run(f"{floor_url}/metrics", 4, seconds / 2, plain, script)
+                    for _ in range(settings.repeats)
+                ]
             gen_times, gen_samples = time_generate_latest(text, settings.repeats)
     except Exception as exc:  # report and go on: the other measurements still run
         return [unavailable("metrics_p99_4_scrapers", "ms", f"<= {P99_LIMIT_MS:g}", repr(exc))]
@@ -271,6 +293,9 @@ async def run(settings: Settings) -> list[Result]:
                 f"exporter CPU per scrape (psutil), minus its refresh CPU ({idle_rate:.2f} CPU-s/s)",
             )
         )
+    floor = f"bare aiohttp writing a constant {len(text)}-byte body, 4 scrapers, no refresh or simulator"
+    results.append(info("metrics_floor_p50_4_scrapers", [r.p50 * 1000 for r in floor_runs], "ms", floor))
+    results.append(info("metrics_floor_p99_4_scrapers", [r.p99 * 1000 for r in floor_runs], "ms", floor))
     ours_p50 = [r.p50 for r in phases["1"].runs]
     gen_ms = [t * 1000 for t in gen_times]
     results.append(
