@@ -20,14 +20,17 @@ WORKDIR /src
 # A venv makes "the application and its dependencies" one directory that the runtime stage copies whole.
 RUN python -m venv /opt/venv
 
-# Only what the wheel needs (see .dockerignore): dependency metadata, the README it embeds, the package.
-COPY pyproject.toml README.md ./
+# Only what the wheel needs (see .dockerignore): dependency metadata and pins, the README it embeds, the
+# package.
+COPY pyproject.toml README.md requirements.lock ./
 COPY exporter ./exporter
 
-# Runtime dependencies only (no dependency groups: no test or bench tools). pip compiles the .pyc files
-# here, so the read-only runtime never needs to write bytecode. pip and setuptools are removed afterwards
-# because nothing imports them at runtime and they are the usual source of scanner findings.
-RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check . \
+# Runtime dependencies only (no dependency groups: no test or bench tools), at the versions of
+# requirements.lock, the set tests/test_audit.py audits, so the image ships what was tested. pip
+# compiles the .pyc files here, so the read-only runtime never needs to write bytecode. pip and
+# setuptools are removed afterwards because nothing imports them at runtime and they are the usual
+# source of scanner findings.
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -c requirements.lock . \
     && /opt/venv/bin/pip uninstall --yes --disable-pip-version-check pip setuptools
 
 

@@ -12,18 +12,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=25.1"
 
-# The runtime install: the package and its dependencies only.
-$(VENV)/.run-installed: pyproject.toml | $(BIN)/python
-	$(PY) -m pip install -q -e .
+# The runtime install: the package and its dependencies only, at the audited versions of requirements.lock.
+$(VENV)/.run-installed: pyproject.toml requirements.lock | $(BIN)/python
+	$(PY) -m pip install -q -c requirements.lock -e .
 	touch $@
 
 # The test install: the runtime plus the `test` dependency group (PEP 735; pip >= 25.1).
 $(VENV)/.test-installed: pyproject.toml $(VENV)/.run-installed
-	$(PY) -m pip install -q --group test -e .
+	$(PY) -m pip install -q -c requirements.lock --group test -e .
 	touch $@
 
 $(VENV)/.bench-installed: pyproject.toml $(VENV)/.test-installed
-	$(PY) -m pip install -q --group bench -e .
+	$(PY) -m pip install -q -c requirements.lock --group bench -e .
 	touch $@
 
 demo: $(VENV)/.run-installed

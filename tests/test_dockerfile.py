@@ -475,7 +475,7 @@ def _venv_dest(parsed: Parsed) -> str:
 def test_build_context_is_minimal(replay: ReplayResult) -> None:
     """.dockerignore lets through the package and its metadata only: no tests, venv, git or caches."""
     tops = {f.split("/")[0] for f in replay.context_files}
-    assert tops == {"pyproject.toml", "README.md", "exporter"}, tops
+    assert tops == {"pyproject.toml", "README.md", "requirements.lock", "exporter"}, tops
     assert not any("__pycache__" in f or f.endswith(".pyc") for f in replay.context_files)
 
 
@@ -498,6 +498,17 @@ def test_image_venv_holds_runtime_dependencies_only(parsed: Parsed, replay: Repl
             if req.marker is None or req.marker.evaluate({"extra": ""}):
                 todo.append(req.name)
     assert set(installed) == closure, f"not needed at runtime: {sorted(set(installed) - closure)}"
+    # The image ships exactly the audited pins of requirements.lock (tests/test_audit.py).
+    locked = {
+        canonicalize_name(name): version
+        for name, _, version in (
+            line.split("#", 1)[0].strip().partition("==")
+            for line in (REPO / "requirements.lock").read_text().splitlines()
+        )
+        if name
+    }
+    shipped = {name: dist.version for name, dist in installed.items() if name != "ehpc-image-exporter"}
+    assert shipped == locked
 
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     runtime = {canonicalize_name(Requirement(r).name) for r in pyproject["project"]["dependencies"]}
