@@ -66,7 +66,6 @@ def sdk_caller(sim: SimProcess, tls: Tls | None) -> Call:
     from alibabacloud_ehpcinstant20230701 import models as ehpc_models
     from alibabacloud_ehpcinstant20230701.client import Client
     from alibabacloud_tea_openapi import utils_models as open_api_models
-    from darabonba.runtime import ExtendsParameters, RuntimeOptions
 
     from exporter.simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
 
@@ -80,19 +79,10 @@ def sdk_caller(sim: SimProcess, tls: Tls | None) -> Call:
     )
     client = Client(config)
     regions = list(REGIONS)
-    # get_image_async(req) is get_image_with_options_async(req, RuntimeOptions()). We add one header:
-    # the async path hands aiohttp `data=b""`, and aiohttp then adds `Content-Type:
-    # application/octet-stream` after the SDK has signed, which the simulator (per the V3 rule "sign
-    # content-type if present") rejects as IncompleteSignature. Passing the same header through the
-    # SDK's public extends_parameters makes the SDK sign it, and aiohttp keeps it; the work per call
-    # is otherwise the unchanged SDK path.
-    runtime = RuntimeOptions(
-        extends_parameters=ExtendsParameters(headers={"content-type": "application/octet-stream"})
-    )
 
     async def call(image: str) -> object:
         req = ehpc_models.GetImageRequest(image_id=image, image_type="VM", additional_region_ids=regions)
-        resp = await client.get_image_with_options_async(req, runtime)
+        resp = await client.get_image_async(req)  # exactly what a user of the SDK writes
         if resp.body.image is None or not resp.body.image.status:
             raise RuntimeError(f"SDK answer for {image} has no image")
         return resp
