@@ -98,6 +98,8 @@ import yaml
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
+from exporter import yamlstrict
+
 __all__ = [
     "REALM",
     "RateLimit",
@@ -242,27 +244,6 @@ class RateLimit:
 
 
 # --------------------------------------------------------------------------------------------- parsing
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (a second ``alice:`` would silently win otherwise)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        with contextlib.suppress(TypeError):  # unhashable keys fail later with a type error
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {str(key)[:64]!r}", key_node.start_mark
-                )
-            seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 class _Parser:
@@ -892,7 +873,7 @@ def load_web_security(
     except UnicodeDecodeError:
         raise parser.error("", "the web config file is not UTF-8") from None
     try:
-        document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+        document = yamlstrict.load(text)
     except yaml.MarkedYAMLError as exc:
         # Only the problem and its position: the context snippet could show a key or a hash.
         mark = exc.problem_mark

@@ -272,7 +272,7 @@ async def test_check_config_bad_prints_one_line_per_error(tmp_path: Path) -> Non
     ("content", "expected"),
     [
         (None, "{p}: cannot read config file: No such file or directory"),
-        ("api: [unclosed\n", "{p}:2:1: invalid YAML: expected ',' or ']', but got '<stream end>'"),
+        ("api: [unclosed\n", "{p}:2:1: invalid YAML: did not find expected ',' or ']'"),
     ],
 )
 async def test_check_config_unreadable_or_malformed(
