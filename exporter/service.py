@@ -22,8 +22,9 @@ from exporter.credentials import build_credential_source
 from exporter.metrics import BuildInfo, RenderedSnapshot, SelfMetrics, SnapshotRenderer
 from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.refresher import Refresher
+from exporter.settings import parse_listen_address
 from exporter.snapshot import Snapshot
-from exporter.web import OPEN_PATHS, create_app, parse_listen_address
+from exporter.web import OPEN_PATHS, create_app
 
 __all__ = ["ClientFactory", "ExporterService"]
 
@@ -135,7 +136,7 @@ class ExporterService:
             security = load_web_security(cfg.config_file)
             ssl_context = security.ssl_context()
             middlewares.append(security.middleware(OPEN_PATHS))
-        host, port = parse_listen_address(cfg.listen_address)
+        host, port = parse_listen_address(cfg.listen_address)  # "" (":9765") binds every interface
         app = create_app(self, telemetry_path=cfg.telemetry_path, middlewares=middlewares)
         app.cleanup_ctx.append(_gc_ctx)
         app.cleanup_ctx.append(self._client_ctx)
@@ -143,7 +144,7 @@ class ExporterService:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+            site = web.TCPSite(runner, host or None, port, ssl_context=ssl_context)
             await site.start()
         except BaseException:
             await runner.cleanup()

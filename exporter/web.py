@@ -30,7 +30,6 @@ __all__ = [
     "MetricsSource",
     "accepts_gzip",
     "create_app",
-    "parse_listen_address",
     "wants_openmetrics",
 ]
 
@@ -118,15 +117,6 @@ def accepts_gzip(accept_encoding: str) -> bool:
             star_q = _q(params)
     q = gzip_q if gzip_q is not None else star_q
     return q is not None and q > 0
-
-
-def parse_listen_address(address: str) -> tuple[str | None, int]:
-    """``host:port`` -> (host, port); an empty host (``:9765``) means every interface (``None``)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"listen address {address!r} is not host:port")
-    host = host.removeprefix("[").removesuffix("]")
-    return (host or None), int(port)
 
 
 # --------------------------------------------------------------------------------------------------

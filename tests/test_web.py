@@ -23,7 +23,7 @@ from exporter.metrics import RenderedSnapshot, render_snapshot
 from exporter.service import ExporterService
 from exporter.simulator import Faults, SimImage
 from exporter.snapshot import Snapshot
-from exporter.web import accepts_gzip, create_app, parse_listen_address, wants_openmetrics
+from exporter.web import accepts_gzip, create_app, wants_openmetrics
 from tests.exporter_support import samples, sim_config, value, wait_until
 from tests.fixtures.sim import (
     SIM_CONTAINER_ID,
@@ -404,24 +404,3 @@ def test_wants_openmetrics(accept: str, expected: bool) -> None:
 def test_accepts_gzip(accept_encoding: str, expected: bool) -> None:
     """gzip explicitly or through *, never with q=0."""
     assert accepts_gzip(accept_encoding) is expected
-
-
-@pytest.mark.parametrize(
-    ("address", "expected"),
-    [
-        (":9765", (None, 9765)),
-        ("127.0.0.1:0", ("127.0.0.1", 0)),
-        ("[::1]:80", ("::1", 80)),
-        ("0.0.0.0:1", ("0.0.0.0", 1)),  # noqa: S104 - parsing, not binding
-    ],
-)
-def test_parse_listen_address(address: str, expected: tuple[str | None, int]) -> None:
-    """':port' means every interface; IPv6 hosts come in brackets."""
-    assert parse_listen_address(address) == expected
-
-
-@pytest.mark.parametrize("address", ["9765", "host:", "host:port", "host:70000"])
-def test_parse_listen_address_rejects(address: str) -> None:
-    """Anything but host:port is refused with a message."""
-    with pytest.raises(ValueError, match="host:port"):
-        parse_listen_address(address)

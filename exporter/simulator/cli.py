@@ -10,6 +10,7 @@ import ssl
 import sys
 from typing import TextIO
 
+from exporter import settings
 from exporter.simulator.catalogue import is_known
 from exporter.simulator.fleet import generate_fleet, load_fleet
 from exporter.simulator.model import Faults, SimImage
@@ -21,13 +22,12 @@ DEFAULT_IMAGES = 50
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or ``:port`` (all interfaces) -> (host, port)."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host or "0.0.0.0", int(port_text)  # noqa: S104 - ":PORT" asks for every interface
+    """``host:port``, ``[v6]:port`` or ``:port`` (all interfaces) -> (host, port), as an argparse type."""
+    try:
+        host, port = settings.parse_listen_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}: {exc}") from None
+    return host or "0.0.0.0", port  # noqa: S104 - ":PORT" asks for every interface
 
 
 def _access_key(value: str) -> tuple[str, str]:
