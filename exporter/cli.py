@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import structlog
 
 from exporter import __version__
+from exporter.argtypes import bounded
 from exporter.config import Config
 from exporter.logging import LEVELS, configure_logging
 from exporter.settings import ConfigError, config_warnings, load_config
@@ -209,24 +210,8 @@ def _add_simulate_flags(parser: argparse.ArgumentParser) -> None:
         _add_logging_flags(parser)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return value
+_positive_int = bounded(int, "an integer of at least 1", low=1)
+_positive_float = bounded(float, "a number greater than 0", above=True)
 
 
 def _with_default_subcommand(argv: Sequence[str]) -> list[str]:

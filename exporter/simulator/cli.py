@@ -11,6 +11,7 @@ import sys
 from typing import TextIO
 
 from exporter import settings
+from exporter.argtypes import bounded
 from exporter.simulator.catalogue import is_known
 from exporter.simulator.fleet import generate_fleet, load_fleet
 from exporter.simulator.model import Faults, SimImage
@@ -37,37 +38,10 @@ def _access_key(value: str) -> tuple[str, str]:
     return ak, secret
 
 
-def _probability(value: str) -> float:
-    try:
-        p = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability, got {value!r}") from None
-    if not 0 <= p <= 1:
-        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {value!r}")
-    return p
-
-
-def _non_negative(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if x < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {value!r}")
-    return x
-
-
-def _positive(value: str) -> float:
-    x = _non_negative(value)
-    if x == 0:
-        raise argparse.ArgumentTypeError("expected a positive number")
-    return x
-
-
-def _non_negative_int(value: str) -> int:
-    if not value.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value!r}")
-    return int(value)
+_probability = bounded(float, "a probability between 0 and 1", high=1)
+_non_negative = bounded(float, "a non-negative number")
+_positive = bounded(float, "a positive number", above=True)
+_non_negative_int = bounded(int, "a non-negative integer")
 
 
 def _error_code(value: str) -> str:
