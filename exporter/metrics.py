@@ -43,6 +43,7 @@ import struct
 import threading
 import time
 import zlib
+from array import array
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -497,19 +498,35 @@ RENDER_SLICE_SECONDS = 0.002
 _RenderSteps = Generator[None, None, "RenderedSnapshot"]
 
 
+@dataclass(frozen=True, slots=True)
+class _Previous:
+    """Where the last render put each image's lines: no second copy of the exposition is kept."""
+
+    parts: tuple[tuple[bytes, ...], ...]  # per image family, its batches of PART_IMAGES images (b"" kept)
+    ends: tuple[array[int], ...]  # per image family, per image: end offset of its lines in its batch part
+    count: int  # images rendered
+
+
+_NO_PREVIOUS = _Previous(((),) * _IMAGE_FAMILIES, tuple(array("Q") for _ in range(_IMAGE_FAMILIES)), 0)
+
+
 class SnapshotRenderer:
-    """Renders snapshots to both formats, reusing the lines of every image unchanged since the last render.
+    """Renders snapshots to both formats, reusing the bytes of every image unchanged since the last render.
 
     The result is a list of parts (no multi-megabyte join): the header of each family, then its sample
     lines in batches of :data:`PART_IMAGES` images. Joined, the parts are byte-identical to
     ``generate_latest(SnapshotCollector(snapshot))`` (and to the OpenMetrics generator without its
-    ``# EOF``). :meth:`render_async` does the same work in slices of about 2 ms on the event loop, which
-    keeps scrape latency flat where a worker thread would hold the GIL against the loop. One render at a
-    time (refresh cycles never overlap).
+    ``# EOF``). An unchanged image's lines are not kept apart: the renderer remembers where they sit in
+    the previous render's parts (which the server holds anyway) and copies that range; a batch whose
+    images are all unchanged and in place reuses the previous part object itself. :meth:`render_async`
+    does the same work in slices of about 2 ms on the event loop, which keeps scrape latency flat where a
+    worker thread would hold the GIL against the loop. One render at a time (refresh cycles never overlap).
     """
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[tuple[object, ...], tuple[bytes, ...]]] = {}
+        # image id -> (what its lines depend on, its position in the previous render)
+        self._cache: dict[str, tuple[tuple[object, ...], int]] = {}
+        self._previous = _NO_PREVIOUS
 
     def render(self, snapshot: Snapshot) -> RenderedSnapshot:
         """Render ``snapshot`` in one go."""
@@ -540,22 +557,37 @@ class SnapshotRenderer:
 
     def _steps(self, snapshot: Snapshot) -> _RenderSteps:
         """The render as a generator that yields between small pieces of work."""
-        cache: dict[str, tuple[tuple[object, ...], tuple[bytes, ...]]] = {}
+        cache: dict[str, tuple[tuple[object, ...], int]] = {}
         old = self._cache
-        per_image: list[tuple[bytes, ...]] = []
+        prev = self._previous
         status = snapshot.status
-        for n, state in enumerate(snapshot.images.values(), 1):
-            key = (state.watched, state.image, state.error.code if state.error else None, status)
-            hit = old.get(state.image_id)
-            lines = hit[1] if hit is not None and hit[0] == key else _image_lines(_series(state, snapshot))
-            cache[state.image_id] = (key, lines)
-            # The last-success slot changes every cycle: a fresh list, the cached one stays without it.
-            per_image.append(
-                (*lines[:_LAST_SUCCESS_INDEX], _last_success_line(state), *lines[_LAST_SUCCESS_INDEX + 1 :])
-            )
-            if n % 16 == 0:
+        states = list(snapshot.images.values())
+        count = len(states)
+        batches: list[list[bytes]] = [[] for _ in range(_IMAGE_FAMILIES)]
+        family_ends = tuple(array("Q") for _ in range(_IMAGE_FAMILIES))
+        # Batch by batch, so at most one batch of freshly rendered lines is alive besides the parts.
+        for start in range(0, count, PART_IMAGES):
+            # Per image: its position in the previous render (unchanged) or its freshly rendered lines.
+            entries: list[int | tuple[bytes, ...]] = []
+            last_success: list[bytes] = []
+            for n in range(start, min(start + PART_IMAGES, count)):
+                state = states[n]
+                key = (state.watched, state.image, state.error.code if state.error else None, status)
+                hit = old.get(state.image_id)
+                entries.append(
+                    hit[1] if hit is not None and hit[0] == key else _image_lines(_series(state, snapshot))
+                )
+                cache[state.image_id] = (key, n)
+                # The last-success line changes every cycle: always rendered, never reused.
+                last_success.append(_last_success_line(state))
+                if n % 16 == 15:
+                    yield
+            for i in range(_IMAGE_FAMILIES):
+                if i == _LAST_SUCCESS_INDEX:
+                    batches[i].append(b"".join(last_success))
+                else:
+                    batches[i].append(_batch(entries, i, prev, family_ends[i]))
                 yield
-        self._cache = cache
 
         refresh: list[bytes] = [b"", b"", b""]
         values = _refresh_values(snapshot)
@@ -563,7 +595,6 @@ class SnapshotRenderer:
             refresh = [
                 f"{n.value} {_fmt(v)}\n".encode() for n, v in zip(SNAPSHOT_METRICS[-3:], values, strict=True)
             ]
-
         parts: list[bytes] = []
         header_at: list[int] = []
         for i, header in enumerate(_TEXT_HEADERS):
@@ -572,12 +603,10 @@ class SnapshotRenderer:
             if i >= _IMAGE_FAMILIES:
                 if refresh[i - _IMAGE_FAMILIES]:
                     parts.append(refresh[i - _IMAGE_FAMILIES])
-                continue
-            for start in range(0, len(per_image), PART_IMAGES):
-                part = b"".join([lines[i] for lines in per_image[start : start + PART_IMAGES]])
-                if part:
-                    parts.append(part)
-                yield
+            else:
+                parts.extend(part for part in batches[i] if part)
+        self._cache = cache
+        self._previous = _Previous(tuple(map(tuple, batches)), family_ends, count)
         text = tuple(parts)
         if _OM_HEADERS == _TEXT_HEADERS:  # no help text needs OpenMetrics' extra quote escaping
             om = text
@@ -586,6 +615,36 @@ class SnapshotRenderer:
                 parts[at] = header
             om = tuple(parts)
         return RenderedSnapshot(snapshot, text, om)
+
+
+def _batch(
+    entries: Sequence[int | tuple[bytes, ...]], family: int, prev: _Previous, ends: array[int]
+) -> bytes:
+    """One family's part for one batch of images; appends their end offsets within it to ``ends``."""
+    prev_parts, prev_ends = prev.parts[family], prev.ends[family]
+    n = len(entries)
+    first = entries[0]
+    if (
+        isinstance(first, int)
+        and first % PART_IMAGES == 0
+        and min(prev.count - first, PART_IMAGES) == n
+        and entries == list(range(first, first + n))
+    ):
+        # The whole previous batch, unchanged and in place (the usual case): share its part object.
+        ends.extend(prev_ends[first : first + n])
+        return prev_parts[first // PART_IMAGES]
+    pieces: list[bytes] = []
+    offset = 0
+    for entry in entries:
+        if isinstance(entry, int):
+            begin = prev_ends[entry - 1] if entry % PART_IMAGES else 0
+            piece = prev_parts[entry // PART_IMAGES][begin : prev_ends[entry]]
+        else:
+            piece = entry[family]
+        pieces.append(piece)
+        offset += len(piece)
+        ends.append(offset)
+    return b"".join(pieces)
 
 
 def render_snapshot(snapshot: Snapshot) -> RenderedSnapshot:
