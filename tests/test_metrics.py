@@ -143,6 +143,52 @@ def test_renderer_cache_follows_changes() -> None:
     assert renderer.render(changed_status).text == reference(changed_status)[0]
 
 
+@pytest.mark.parametrize("batch", [4, 7, 256])
+def test_reused_renderer_equals_reference_through_random_changes(
+    monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """Why: unchanged images are sliced from the previous parts and unchanged batches shared whole;
+    any offset slip would corrupt the exposition silently. Small batches exercise both paths."""
+    import random
+
+    import exporter.metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "PART_IMAGES", batch)
+    rng = random.Random(batch)
+    statuses = ("Available", "Creating", "CreateFailed", "Frozen", "")
+
+    def state(i: int, status: str, at: float) -> ImageState:
+        image_id = f"m-{i:04d}"
+        regions = [(r, rng.choice(statuses)) for r in REGIONS[: i % 3]]
+        error = ImageError("Throttling.User", 400, None, at) if status == "" and i % 2 else None
+        return ImageState(
+            WatchedImage(image_id, additional_region_ids=REGIONS[: i % 3]),
+            make_image(image_id, status=status or "Available", regions=regions),
+            at,
+            error,
+        )
+
+    live = {i: state(i, "Available", NOW) for i in range(40)}
+    renderer = SnapshotRenderer()
+    status_config = StatusConfig()
+    for cycle in range(12):
+        at = NOW + 60 * cycle
+        for i in rng.sample(sorted(live), k=3):  # a few images change
+            live[i] = state(i, rng.choice(statuses), at)
+        if cycle % 3 == 1:  # one leaves, one arrives: every later position shifts
+            del live[rng.choice(sorted(live))]
+            live[100 + cycle] = state(100 + cycle, "Creating", at)
+        if cycle == 7:
+            status_config = StatusConfig(vocabulary=("Available", "Creating", "Frozen"))
+        snapshot = Snapshot.build(
+            live.values(), status=status_config, refreshed_at=at, duration_seconds=1.0, sequence=cycle
+        )
+        rendered = renderer.render(snapshot)
+        text, om = reference(snapshot)
+        assert rendered.text == text, f"cycle {cycle}"
+        assert rendered.openmetrics + b"# EOF\n" == om, f"cycle {cycle}"
+
+
 def test_series_semantics() -> None:
     """Failing keeps last data (up 0), missing zeroes the state sets, unknown/empty statuses get labels."""
     found = samples(render_snapshot(tricky_snapshot()).text)
