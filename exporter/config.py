@@ -83,6 +83,8 @@ class DiscoveryConfig:
     image_ids: tuple[str, ...] = ()
     additional_region_ids: tuple[str, ...] = ()  # asked of every discovered image
     page_size: int = 50
+    # ListImages pages one discovery may read; more (or any page repeating an earlier one) fails it.
+    max_pages: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,18 @@ class ShardingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Bounds on what hostile or runaway API answers can make the exporter publish."""
+
+    # Distinct error codes counted beyond the built-in catalogue (seed, gateway and local codes, which
+    # are always kept); later new codes are counted under OVERFLOW_CODE (exporter.openapi.errors).
+    max_error_codes: int = 50
+    # AdditionalRegionsInfo entries one GetImage answer may carry, and regions one image may ask for;
+    # an answer with more is an InvalidResponse.
+    max_regions_per_image: int = 50
+
+
+@dataclass(frozen=True, slots=True)
 class WebConfig:
     """The exporter's own HTTP server."""
 
@@ -131,4 +145,5 @@ class Config:
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     web: WebConfig = field(default_factory=WebConfig)

@@ -43,6 +43,8 @@ CONNECTION_ERROR = "ConnectionError"
 INVALID_RESPONSE = "InvalidResponse"
 CREDENTIAL_ERROR = "CredentialError"
 LOCAL_CODES: tuple[str, ...] = (TIMEOUT, CONNECTION_ERROR, INVALID_RESPONSE, CREDENTIAL_ERROR)
+# The label value of every error code past ``limits.max_error_codes`` new ones (the catalogue is exempt).
+OVERFLOW_CODE = "OtherError"
 
 # Every code the exporter pre-registers at 0, with the HTTP status it is normally seen with.
 KNOWN_CODES: dict[str, int] = {**SEED_CODES, **GATEWAY_CODES, **dict.fromkeys(LOCAL_CODES, 0)}
