@@ -875,6 +875,23 @@ async def test_admin_faults(simulator: RunningSimulator, session: aiohttp.Client
         assert (await resp.json()) == Faults().to_dict()
 
 
+async def test_admin_delete_faults_resets_them(
+    simulator: RunningSimulator, session: aiohttp.ClientSession
+) -> None:
+    """DELETE /_sim/faults is "no faults": every setting back to its default, like PUT {}."""
+    url = f"{simulator.url}/_sim/faults"
+    async with session.put(url, json={"global_error": "DbError", "latency_ms": 5, "qps_limit": 10}) as resp:
+        assert resp.status == 200
+    _, _, body = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    assert body["Code"] == "DbError"
+    async with session.delete(url) as resp:
+        assert resp.status == 200
+        assert (await resp.json()) == Faults().to_dict()
+    assert simulator.sim.faults == Faults()
+    status, _, body = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    assert status == 200, body
+
+
 async def test_admin_sts_credentials_uri(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
     async with session.get(f"{simulator.url}/_sim/sts?ttl_seconds=900") as resp:
         assert resp.status == 200
@@ -896,7 +913,41 @@ async def test_admin_sts_credentials_uri(simulator: RunningSimulator, session: a
 
 async def test_admin_index(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
     async with session.get(f"{simulator.url}/_sim/") as resp:
-        assert "GET /_sim/counters" in (await resp.json())["endpoints"]
+        endpoints = (await resp.json())["endpoints"]
+    assert "GET /_sim/counters" in endpoints
+    assert "GET|PUT|PATCH|DELETE /_sim/faults" in endpoints
+
+
+async def test_list_images_follow_every_table_mutator(
+    simulator: RunningSimulator, session: aiohttp.ClientSession
+) -> None:
+    """The cached ListImages selections notice each way of changing sim.images, not only [] and del."""
+
+    async def ids() -> list[str]:
+        _, _, body = await signed_call(session, simulator, "ListImages", {"PageSize": "100"})
+        by_name = await signed_call(session, simulator, "ListImages", {"ImageNames": '["n"]'})
+        assert [i["ImageId"] for i in by_name[2]["Images"]] == [
+            i["ImageId"] for i in body["Images"] if i["Name"] == "n"
+        ]
+        return [i["ImageId"] for i in body["Images"]]
+
+    images = simulator.sim.images
+    images.clear()
+    assert await ids() == []
+    images.update({"m-a": SimImage("m-a", name="n")}, **{"m-b": SimImage("m-b")})
+    assert await ids() == ["m-a", "m-b"]
+    images.setdefault("m-c", SimImage("m-c", name="n"))
+    assert await ids() == ["m-a", "m-b", "m-c"]
+    images |= {"m-d": SimImage("m-d")}
+    assert await ids() == ["m-a", "m-b", "m-c", "m-d"]
+    images.pop("m-a")
+    assert await ids() == ["m-b", "m-c", "m-d"]
+    assert images.popitem()[0] == "m-d"  # the last one, as dict.popitem
+    assert await ids() == ["m-b", "m-c"]
+    images["m-b"] = SimImage("m-b", name="n")  # replaced under the same id: the name index follows
+    assert await ids() == ["m-b", "m-c"]
+    del images["m-c"]
+    assert await ids() == ["m-b"]
 
 
 # ----- units: nonce store, fleets ---------------------------------------------------------------------

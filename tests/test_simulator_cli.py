@@ -18,6 +18,7 @@ import pytest
 
 import exporter.simulator as simulator_pkg
 from exporter.simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, Faults
+from exporter.simulator.admin import ENDPOINTS as ADMIN_ENDPOINTS
 from exporter.simulator.cli import add_simulate_arguments, build_simulator, parse_listen_address, run_simulate
 from tests.fixtures.sim import RunningSimulator, signed_call
 
@@ -38,6 +39,16 @@ def test_defaults() -> None:
     assert len(sim.images) == 50
     assert sim.faults == Faults()
     assert sim.region_id == "cn-hangzhou"
+
+
+def test_help_lists_the_admin_api() -> None:
+    """--help names every admin endpoint (the same list GET /_sim/ answers), DELETE /_sim/faults included."""
+    parser = argparse.ArgumentParser()
+    add_simulate_arguments(parser)
+    text = " ".join(parser.format_help().split())  # argparse wraps lines anywhere
+    for endpoint in ADMIN_ENDPOINTS:
+        assert endpoint in text
+    assert "GET|PUT|PATCH|DELETE /_sim/faults" in text
 
 
 def test_every_flag() -> None:

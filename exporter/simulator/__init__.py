@@ -1,7 +1,9 @@
 """A faithful local simulator of the Alibaba Cloud E-HPC Instant API (2023-07-01) for tests and the demo.
 
-See :mod:`exporter.simulator.server` for the API behaviour and the admin API, :mod:`.auth` for the
-signature checks, :mod:`.fleet` for the fleet file format and :mod:`.cli` for the command line.
+See :mod:`exporter.simulator.server` for the API behaviour, :mod:`.admin` for the admin API (``/_sim/``),
+:mod:`.auth` and :mod:`.acs3` for the signature checks (the simulator's own, sharing nothing with
+:mod:`exporter.openapi`), :mod:`.catalogue` for the error codes, :mod:`.fleet` for the fleet file
+format and :mod:`.cli` for the command line.
 """
 
 from exporter.simulator.fleet import generate_fleet, load_fleet

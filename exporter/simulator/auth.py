@@ -1,9 +1,11 @@
 """Server-side verification of ACS3-HMAC-SHA256 signatures (alibaba-openapi.md §2.8), nonces and STS.
 
+The canonical request and signature come from :mod:`exporter.simulator.acs3`, the simulator's own.
+
 The order of the checks, and so which error a request with several faults gets:
 
-1. ``Authorization`` missing or not matching ``AUTHORIZATION_RE``: ``IncompleteSignature``.
-2. SignedHeaders lacks a required header (``REQUIRED_SIGNED_HEADERS``, plus ``x-acs-security-token``
+1. ``Authorization`` missing or not of the V3 shape: ``IncompleteSignature``.
+2. SignedHeaders lacks a required header (``acs3.ALWAYS_SIGNED``, plus ``x-acs-security-token``
    when the request has one, plus ``content-type`` when the request has one *and a non-empty body*)
    or names a header the request does not carry: ``IncompleteSignature``. The body condition departs
    from alibaba-openapi.md §2.8 on purpose: the official SDK's async methods send an empty POST with
@@ -17,8 +19,8 @@ The order of the checks, and so which error a request with several faults gets:
    with a long-term AccessKey is ``InvalidSecurityToken.Malformed`` too (it belongs to no key).
 5. ``x-acs-date`` not ``%Y-%m-%dT%H:%M:%SZ``: ``InvalidTimeStamp.Format``; more than 15 minutes from
    the server clock: ``InvalidTimeStamp.Expired``.
-6. Recomputed signature (canonical query from the *decoded* query parameters, re-encoded) differs:
-   ``SignatureDoesNotMatch``.
+6. Recomputed signature (canonical query from the *decoded* query parameters, ``+`` read as a space,
+   re-encoded; see :func:`acs3.decode_query`) differs: ``SignatureDoesNotMatch``.
 7. The nonce was seen in the last 31 minutes: ``SignatureNonceUsed``. Only correctly signed
    requests record their nonce, so a forged request cannot burn a legitimate client's nonce.
 """
@@ -33,19 +35,10 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
 
 from multidict import CIMultiDictProxy
 
-from exporter.openapi.signing import (
-    ALGORITHM,
-    AUTHORIZATION_RE,
-    REQUIRED_SIGNED_HEADERS,
-    canonical_query,
-    canonical_request,
-    sha256_hex,
-    signature,
-)
+from exporter.simulator import acs3
 
 DATE_SKEW_SECONDS = 15 * 60
 NONCE_WINDOW_SECONDS = 31 * 60
@@ -206,13 +199,12 @@ class Verifier:
         auth = headers.get("Authorization")
         if auth is None:
             return AuthFailure("IncompleteSignature", "The Authorization header is missing.")
-        m = AUTHORIZATION_RE.match(auth.strip())
-        if m is None:
-            return AuthFailure("IncompleteSignature", f"The Authorization header is not {ALGORITHM}.")
-        access_key_id, signed_list, sent_signature = m.groups()
-        signed = signed_list.split(";")
+        parsed = acs3.parse_authorization(auth.strip())
+        if parsed is None:
+            return AuthFailure("IncompleteSignature", f"The Authorization header is not {acs3.SCHEME}.")
+        access_key_id, signed = parsed.access_key_id, parsed.signed_headers
         signed_set = set(signed)
-        required = set(REQUIRED_SIGNED_HEADERS)
+        required = set(acs3.ALWAYS_SIGNED)
         if "content-type" in headers and body:
             # Only with a body: the official SDK's async path (aiohttp) adds an unsigned
             # "Content-Type: application/octet-stream" to its empty POSTs, and the cloud accepts it.
@@ -231,7 +223,7 @@ class Verifier:
                 return AuthFailure("IncompleteSignature", f"The signed header {name} is missing.")
             values[name] = value
 
-        payload_hash = sha256_hex(body)
+        payload_hash = acs3.payload_hash(body)
         if values["x-acs-content-sha256"].strip() != payload_hash:
             return AuthFailure("SignatureDoesNotMatch", "x-acs-content-sha256 does not match the body.")
 
@@ -257,12 +249,11 @@ class Verifier:
         if abs(now - date) > DATE_SKEW_SECONDS:
             return AuthFailure("InvalidTimeStamp.Expired")
 
-        query = canonical_query(parse_qsl(raw_query, keep_blank_values=True))
-        canonical = canonical_request(method, path, query, values, signed, payload_hash)
-        expected = signature(secret, canonical)
-        if not hmac.compare_digest(expected, sent_signature):
-            string_to_sign = f"{ALGORITHM}\n{sha256_hex(canonical.encode())}"
-            return AuthFailure("SignatureDoesNotMatch", f"server string to sign is:{string_to_sign}")
+        query = acs3.canonical_query_string(acs3.decode_query(raw_query))
+        canonical = acs3.canonical_request(method, path, query, signed, values, payload_hash)
+        to_sign = acs3.string_to_sign(canonical)
+        if not hmac.compare_digest(acs3.expected_signature(secret, to_sign), parsed.signature):
+            return AuthFailure("SignatureDoesNotMatch", f"server string to sign is:{to_sign}")
 
         if self.nonces.seen(values["x-acs-signature-nonce"].strip(), now):
             return AuthFailure("SignatureNonceUsed")

@@ -1,8 +1,11 @@
-"""The error codes the simulator can answer, with their HTTP status and the message the cloud sends."""
+"""The error codes the simulator can answer, with their HTTP status and the message the cloud sends.
+
+The statuses are the simulator's own transcription of the documents, deliberately not shared with
+:mod:`exporter.openapi.errors`: the simulator plays the cloud the exporter is tested against, and the
+official SDK referees both (tests/test_official_sdk.py).
+"""
 
 from __future__ import annotations
-
-from exporter.openapi.errors import GATEWAY_CODES, SEED_CODES
 
 ACTIONS = frozenset({"GetImage", "ListImages"})
 API_VERSION = "2023-07-01"
@@ -30,6 +33,7 @@ MESSAGES: dict[str, str] = {
     "InvalidTimeStamp.Expired": "Specified time stamp or date value is expired.",
     "InvalidTimeStamp.Format": "Specified time stamp or date value is not well formatted.",
     "MissingParameter": "%s is mandatory for this action.",
+    "InvalidApi.NotFound": "Specified api is not found, please check your url and method.",
     "InvalidAction.NotFound": "Specified api is not found, please check your url and method.",
     "Forbidden.RAM": (
         "User not authorized to operate on the specified resource, or this API doesn't support RAM."
@@ -43,13 +47,52 @@ MESSAGES: dict[str, str] = {
     "ImageInUse": "The image is in use.",
 }
 
-STATUSES: dict[str, int] = {
-    **SEED_CODES,
-    **GATEWAY_CODES,
+# The "Error codes" table of the GetImage reference (/work/shared/seed/GetImage-api-reference.txt),
+# row by row in its order.
+SEED_STATUSES: dict[str, int] = {
+    "InvalidParams": 400,
+    "NotEnabled": 400,
+    "ImageNotFound": 404,
+    "ServiceUnavailable": 503,
+    "EcsError": 406,
+    "AliyunError": 406,
+    "DbError": 406,
+    "NotAuthorized": 407,
+}
+
+# The gateway's common codes (alibaba-openapi.md §4.2), row by row; a row naming two codes gives both.
+GATEWAY_STATUSES: dict[str, int] = {
+    "Throttling": 400,
+    "Throttling.User": 400,
+    "Throttling.Api": 400,
+    "ServiceUnavailable": 503,
+    "InternalError": 500,
+    # "404 (live captures; older docs say 400)": the live answer wins.
+    "InvalidAccessKeyId.NotFound": 404,
+    "InvalidAccessKeyId.Inactive": 400,
+    "SignatureDoesNotMatch": 400,
+    "IncompleteSignature": 400,
+    "SignatureNonceUsed": 400,
+    "InvalidTimeStamp.Expired": 400,
+    "InvalidTimeStamp.Format": 400,
+    "MissingParameter": 400,
+    "InvalidApi.NotFound": 404,
+    "InvalidAction.NotFound": 404,
+    "Forbidden.RAM": 403,
+    "NoPermission": 403,
+    # "400 [U status]" in the doc: unconfirmed, but the only status on record.
+    "InvalidSecurityToken.Expired": 400,
+    "InvalidSecurityToken.Malformed": 400,
+}
+
+# Other E-HPC Instant codes, from the AddImage page (alibaba-openapi.md §4.3, last line).
+OTHER_PRODUCT_STATUSES: dict[str, int] = {
     "ImageAlreadyExists": 400,
     "InDebt": 400,
     "ImageInUse": 403,
 }
+
+STATUSES: dict[str, int] = {**SEED_STATUSES, **GATEWAY_STATUSES, **OTHER_PRODUCT_STATUSES}
 
 # Codes whose real answers carry an AccessDeniedDetail object (alibaba-openapi.md §4.1).
 PERMISSION_CODES = frozenset({"NotAuthorized", "Forbidden.RAM", "NoPermission"})

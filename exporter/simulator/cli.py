@@ -12,6 +12,7 @@ from typing import TextIO
 
 from exporter import settings
 from exporter.argtypes import bounded
+from exporter.simulator.admin import ENDPOINTS as ADMIN_ENDPOINTS
 from exporter.simulator.catalogue import is_known
 from exporter.simulator.fleet import generate_fleet, load_fleet
 from exporter.simulator.model import Faults, SimImage
@@ -63,7 +64,11 @@ def _regions(value: str) -> list[str]:
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the simulator's flags to ``parser`` (every one documented in ``--help``)."""
-    g = parser.add_argument_group("simulator")
+    g = parser.add_argument_group(
+        "simulator",
+        description="Admin API (JSON, unauthenticated, on the same address; "
+        "see exporter/simulator/admin.py): " + "; ".join(ADMIN_ENDPOINTS) + ".",
+    )
     g.add_argument(
         "--listen-address",
         default=DEFAULT_LISTEN_ADDRESS,

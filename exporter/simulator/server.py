@@ -22,22 +22,8 @@ Every answer of the API (errors included) carries ``x-acs-request-id`` and is co
 (action, code); injected timeouts, resets and malformed bodies are counted under the code the client
 will see: ``Timeout``, ``ConnectionError``, ``InvalidResponse``.
 
-Admin API (plain JSON, **not authenticated**: a test tool, bound to loopback by default), under /_sim/:
-
-- ``GET /_sim/`` this list.
-- ``GET /_sim/images`` -> ``{"images": [...]}``; ``POST /_sim/images`` one image object or
-  ``{"images": [...]}`` (SimImage field names; creates or replaces) -> 201.
-- ``GET / PATCH / DELETE /_sim/images/{id}``; PATCH takes any SimImage field but ``image_id``
-  (typically ``status``, ``error``, ``regions``).
-- ``PUT /_sim/images/{id}/regions/{region}`` ``{"status": "..."}``; ``DELETE`` removes the copy.
-- ``GET /_sim/faults``; ``PUT /_sim/faults`` replaces all fault settings (absent fields take their
-  defaults); ``PATCH /_sim/faults`` changes only the fields given.
-- ``GET /_sim/counters`` -> ``{"responses": [{"action", "code", "http_status", "count"}]}``;
-  ``POST /_sim/counters/reset``.
-- ``GET /_sim/sts[?ttl_seconds=N]`` -> STS credentials in the alibabacloud-credentials
-  credentials-URI format, accepted by the API until they expire.
-
-Image listings show a registry password as ``<redacted>``; only the API's GetImage answer carries it.
+The admin API (``/_sim/...``: images, faults, counters, STS credentials) is :mod:`exporter.simulator.admin`;
+the ListImages selection is :mod:`exporter.simulator.images`.
 """
 
 from __future__ import annotations
@@ -50,14 +36,13 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from exporter.simulator import admin
 from exporter.simulator.auth import AuthFailure, StsStore, Verifier
 from exporter.simulator.catalogue import (
     ACTIONS,
@@ -67,17 +52,16 @@ from exporter.simulator.catalogue import (
     message_of,
     status_of,
 )
+from exporter.simulator.images import ImageTable, Listing
 from exporter.simulator.model import (
     IMAGE_CATEGORIES,
     IMAGE_TYPES,
     Faults,
     SimImage,
-    apply_image_fields,
-    faults_from_dict,
-    image_from_dict,
     render_image,
     render_list_item,
 )
+from exporter.simulator.params import ParamError, enum_param, int_param, json_list, read_params
 
 # Public demo credentials: documented, not secret, accepted only by the simulator.
 DEMO_ACCESS_KEY_ID = "DEMO-EHPC-SIM-ACCESS-KEY"
@@ -87,46 +71,6 @@ JSON_CONTENT_TYPE = "application/json;charset=utf-8"
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
 _ACTION_LABEL_MAX = 64  # unknown actions are counted under their (truncated) name
-_LIST_CACHE_MAX = 64
-
-
-class _ImageTable(dict[str, SimImage]):
-    """The image dict, counting structural changes so ListImages indexes know when to rebuild."""
-
-    generation = 0
-
-    def __setitem__(self, key: str, value: SimImage) -> None:
-        self.generation += 1
-        super().__setitem__(key, value)
-
-    def __delitem__(self, key: str) -> None:
-        self.generation += 1
-        super().__delitem__(key)
-
-    def pop(self, key: str, *default: Any) -> Any:
-        self.generation += 1
-        return super().pop(key, *default)
-
-    def popitem(self) -> tuple[str, SimImage]:
-        self.generation += 1
-        return super().popitem()
-
-    def clear(self) -> None:
-        self.generation += 1
-        super().clear()
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        self.generation += 1
-        super().update(*args, **kwargs)
-
-    def setdefault(self, key: str, default: SimImage) -> SimImage:
-        self.generation += 1
-        return super().setdefault(key, default)
-
-    def __ior__(self, other: Any) -> _ImageTable:  # type: ignore[override,misc]
-        self.generation += 1
-        super().update(other)
-        return self
 
 
 class _TokenBucket:
@@ -149,14 +93,6 @@ class _TokenBucket:
         return False
 
 
-class _ParamError(Exception):
-    """A request parameter failed validation (answered ``InvalidParams``)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
-
-
 @dataclass(frozen=True, slots=True)
 class _Answer:
     """An API answer before it is sent: status, JSON payload or raw body, and the code it is counted as."""
@@ -170,42 +106,6 @@ class _Answer:
 
 def _new_request_id() -> str:
     return str(uuid.uuid4()).upper()
-
-
-def _json_list(params: Mapping[str, str], name: str) -> list[str] | None:
-    """A JSON-array-of-strings parameter (``["a","b"]``); None when absent."""
-    raw = params.get(name)
-    if raw is None:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        raise _ParamError(name) from None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _ParamError(name)
-    return list(dict.fromkeys(value))  # de-duplicated, order kept
-
-
-def _int_param(params: Mapping[str, str], name: str, default: int, low: int, high: int | None) -> int:
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _ParamError(name) from None
-    if value < low or (high is not None and value > high):
-        raise _ParamError(name)
-    return value
-
-
-def _enum_param(params: Mapping[str, str], name: str, allowed: Iterable[str]) -> str | None:
-    value = params.get(name)
-    if value is None or value == "":
-        return None
-    if value not in allowed:
-        raise _ParamError(name)
-    return value
 
 
 def _abort_connection(request: web.BaseRequest) -> None:
@@ -231,7 +131,8 @@ class Simulator:
         faults: Faults | None = None,
         region_id: str = "cn-hangzhou",
     ) -> None:
-        self.images: dict[str, SimImage] = _ImageTable((i.image_id, i) for i in images)
+        # By id; change it like a dict (ListImages follows), or through the admin API.
+        self.images = ImageTable(images)
         self.faults = faults if faults is not None else Faults()
         self.region_id = region_id
         self.host_id = f"ehpcinstant.{region_id}.aliyuncs.com"
@@ -246,9 +147,7 @@ class Simulator:
         self._rng_key: tuple[int, int | None] | None = None
         self._jitter_rng = random.Random()  # noqa: S311
         self._closing = asyncio.Event()
-        self._list_cache: dict[tuple[Any, ...], list[SimImage]] = {}
-        self._name_index: dict[str, list[str]] | None = None
-        self._indexed_generation = -1
+        self._listing = Listing()
 
     # ----- public helpers -------------------------------------------------------------------------
 
@@ -283,29 +182,14 @@ class Simulator:
     def reindex(self) -> None:
         """Rebuild ListImages indexes; needed only after changing type/category/name/version/create_time
         of a stored image in place (the admin API and adding or removing images do it automatically)."""
-        self._indexed_generation = -1
+        self._listing.invalidate()
 
     def app(self) -> web.Application:
         """The aiohttp application: the API on ``/`` and the admin API on ``/_sim/``."""
         app = web.Application()
         app.router.add_route("POST", "/", self._api)
         app.router.add_route("GET", "/", self._api)
-        r = app.router
-        r.add_get("/_sim", self._admin_index)
-        r.add_get("/_sim/", self._admin_index)
-        r.add_get("/_sim/images", self._admin_list_images)
-        r.add_post("/_sim/images", self._admin_add_images)
-        r.add_get("/_sim/images/{id}", self._admin_get_image)
-        r.add_patch("/_sim/images/{id}", self._admin_patch_image)
-        r.add_delete("/_sim/images/{id}", self._admin_delete_image)
-        r.add_put("/_sim/images/{id}/regions/{region}", self._admin_put_region)
-        r.add_delete("/_sim/images/{id}/regions/{region}", self._admin_delete_region)
-        r.add_get("/_sim/faults", self._admin_get_faults)
-        r.add_put("/_sim/faults", self._admin_put_faults)
-        r.add_patch("/_sim/faults", self._admin_patch_faults)
-        r.add_get("/_sim/counters", self._admin_counters)
-        r.add_post("/_sim/counters/reset", self._admin_reset_counters)
-        r.add_get("/_sim/sts", self._admin_sts)
+        admin.add_routes(app.router, self)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
@@ -452,27 +336,21 @@ class Simulator:
     def _business(
         self, action: str, raw_query: str, content_type: str, body: bytes, faults: Faults
     ) -> _Answer:
-        params = dict(parse_qsl(raw_query, keep_blank_values=True))
-        if body and content_type.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded":
-            try:
-                form = body.decode("utf-8")
-            except UnicodeDecodeError:
-                return self._error(action, "InvalidParams", "Body")
-            params.update(parse_qsl(form, keep_blank_values=True))
         try:
+            params = read_params(raw_query, content_type, body)
             if action == "GetImage":
                 return self._get_image(params, faults)
             return self._list_images(params)
-        except _ParamError as exc:
+        except ParamError as exc:
             return self._error(action, "InvalidParams", exc.name)
 
     def _get_image(self, params: dict[str, str], faults: Faults) -> _Answer:
         image_id = params.get("ImageId", "")
         if not image_id:
-            raise _ParamError("ImageId")
-        image_type = _enum_param(params, "ImageType", IMAGE_TYPES)
-        category = _enum_param(params, "ImageCategory", IMAGE_CATEGORIES)
-        regions = _json_list(params, "AdditionalRegionIds")
+            raise ParamError("ImageId")
+        image_type = enum_param(params, "ImageType", IMAGE_TYPES)
+        category = enum_param(params, "ImageCategory", IMAGE_CATEGORIES)
+        regions = json_list(params, "AdditionalRegionIds")
         image = self.images.get(image_id)
         if (
             image is None
@@ -491,14 +369,14 @@ class Simulator:
         return _Answer(code="Success", status=200, payload=payload)
 
     def _list_images(self, params: dict[str, str]) -> _Answer:
-        page_number = _int_param(params, "PageNumber", 1, 1, None)
-        page_size = _int_param(params, "PageSize", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
-        image_type = _enum_param(params, "ImageType", IMAGE_TYPES)
-        category = _enum_param(params, "ImageCategory", IMAGE_CATEGORIES)
-        mode = _enum_param(params, "Mode", ("List", "Merge")) or "List"
-        ids = _json_list(params, "ImageIds")
-        names = _json_list(params, "ImageNames")
-        selected = self._select(image_type, category, mode, ids, names)
+        page_number = int_param(params, "PageNumber", 1, 1, None)
+        page_size = int_param(params, "PageSize", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
+        image_type = enum_param(params, "ImageType", IMAGE_TYPES)
+        category = enum_param(params, "ImageCategory", IMAGE_CATEGORIES)
+        mode = enum_param(params, "Mode", ("List", "Merge")) or "List"
+        ids = json_list(params, "ImageIds")
+        names = json_list(params, "ImageNames")
+        selected = self._listing.select(self.images, image_type, category, mode, ids, names)
         start = (page_number - 1) * page_size
         payload = {
             "RequestId": _new_request_id(),
@@ -509,197 +387,3 @@ class Simulator:
             "Images": [render_list_item(i) for i in selected[start : start + page_size]],
         }
         return _Answer(code="Success", status=200, payload=payload)
-
-    def _refresh_indexes(self) -> None:
-        generation = self.images.generation if isinstance(self.images, _ImageTable) else -2
-        if generation != self._indexed_generation or generation == -2:
-            self._list_cache.clear()
-            self._name_index = None
-            self._indexed_generation = generation
-
-    def _select(
-        self,
-        image_type: str | None,
-        category: str | None,
-        mode: str,
-        ids: list[str] | None,
-        names: list[str] | None,
-    ) -> list[SimImage]:
-        """The images ListImages answers, O(k) for id/name filters and cached per filter otherwise."""
-        self._refresh_indexes()
-
-        def keep(i: SimImage) -> bool:
-            return (image_type is None or i.image_type == image_type) and (
-                category is None or i.category == category
-            )
-
-        if ids is not None or names is not None:
-            if ids is not None:
-                found = [self.images[i] for i in ids if i in self.images]
-                if names is not None:
-                    wanted = set(names)
-                    found = [i for i in found if i.name in wanted]
-            else:
-                index = self._names()
-                found = [self.images[i] for n in names or () for i in index.get(n, ())]
-            found = [i for i in found if keep(i)]
-            return _merge(found) if mode == "Merge" else found
-        key = (image_type, category, mode)
-        cached = self._list_cache.get(key)
-        if cached is None:
-            cached = [i for i in self.images.values() if keep(i)]
-            if mode == "Merge":
-                cached = _merge(cached)
-            if len(self._list_cache) >= _LIST_CACHE_MAX:
-                self._list_cache.clear()
-            self._list_cache[key] = cached
-        return cached
-
-    def _names(self) -> dict[str, list[str]]:
-        if self._name_index is None:
-            index: dict[str, list[str]] = {}
-            for image in self.images.values():
-                index.setdefault(image.name, []).append(image.image_id)
-            self._name_index = index
-        return self._name_index
-
-    # ----- admin API ------------------------------------------------------------------------------
-
-    async def _admin_index(self, _request: web.Request) -> web.Response:
-        return web.json_response({"endpoints": list(_admin_endpoints())})
-
-    async def _admin_list_images(self, _request: web.Request) -> web.Response:
-        return web.json_response({"images": [i.to_dict() for i in self.images.values()]})
-
-    async def _admin_add_images(self, request: web.Request) -> web.Response:
-        data = await _json_body(request)
-        items = data.get("images") if isinstance(data, dict) and "images" in data else [data]
-        if not isinstance(items, list):
-            raise _bad_request("images: expected a list")
-        try:
-            new = [image_from_dict(d, f"images[{n}]") for n, d in enumerate(items)]
-        except ValueError as exc:
-            raise _bad_request(str(exc)) from None
-        for image in new:
-            self.images[image.image_id] = image
-        return web.json_response({"images": [i.to_dict() for i in new]}, status=201)
-
-    def _image_or_404(self, request: web.Request) -> SimImage:
-        image = self.images.get(request.match_info["id"])
-        if image is None:
-            raise web.HTTPNotFound(
-                text=json.dumps({"error": "no such image"}), content_type="application/json"
-            )
-        return image
-
-    async def _admin_get_image(self, request: web.Request) -> web.Response:
-        return web.json_response(self._image_or_404(request).to_dict())
-
-    async def _admin_patch_image(self, request: web.Request) -> web.Response:
-        image = self._image_or_404(request)
-        data = await _json_body(request)
-        if not isinstance(data, dict) or "image_id" in data:
-            raise _bad_request("expected an object of SimImage fields other than image_id")
-        try:
-            apply_image_fields(image, data, "image")
-        except ValueError as exc:
-            raise _bad_request(str(exc)) from None
-        self.reindex()
-        return web.json_response(image.to_dict())
-
-    async def _admin_delete_image(self, request: web.Request) -> web.Response:
-        self._image_or_404(request)
-        del self.images[request.match_info["id"]]
-        return web.Response(status=204)
-
-    async def _admin_put_region(self, request: web.Request) -> web.Response:
-        image = self._image_or_404(request)
-        data = await _json_body(request)
-        if not isinstance(data, dict) or not isinstance(data.get("status"), str):
-            raise _bad_request('expected {"status": "<region status>"}')
-        image.regions[request.match_info["region"]] = data["status"]
-        return web.json_response(image.to_dict())
-
-    async def _admin_delete_region(self, request: web.Request) -> web.Response:
-        image = self._image_or_404(request)
-        if image.regions.pop(request.match_info["region"], None) is None:
-            raise web.HTTPNotFound(
-                text=json.dumps({"error": "no such region"}), content_type="application/json"
-            )
-        return web.Response(status=204)
-
-    async def _admin_get_faults(self, _request: web.Request) -> web.Response:
-        return web.json_response(self.faults.to_dict())
-
-    async def _admin_put_faults(self, request: web.Request) -> web.Response:
-        return await self._set_faults(request, base=None)
-
-    async def _admin_patch_faults(self, request: web.Request) -> web.Response:
-        return await self._set_faults(request, base=self.faults)
-
-    async def _set_faults(self, request: web.Request, base: Faults | None) -> web.Response:
-        data = await _json_body(request)
-        try:
-            self.faults = faults_from_dict(data, base)
-        except ValueError as exc:
-            raise _bad_request(str(exc)) from None
-        return web.json_response(self.faults.to_dict())
-
-    async def _admin_counters(self, _request: web.Request) -> web.Response:
-        return web.json_response({"responses": self.counter_rows()})
-
-    async def _admin_reset_counters(self, _request: web.Request) -> web.Response:
-        self.reset_counters()
-        return web.json_response({"responses": []})
-
-    async def _admin_sts(self, request: web.Request) -> web.Response:
-        try:
-            ttl = int(request.query.get("ttl_seconds", "3600"))
-        except ValueError:
-            raise _bad_request("ttl_seconds: expected an integer") from None
-        if ttl <= 0:
-            raise _bad_request("ttl_seconds: must be positive")
-        cred = self.sts.issue(ttl, self.verifier.clock())
-        expiration = datetime.fromtimestamp(cred.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return web.json_response(
-            {
-                "Code": "Success",
-                "AccessKeyId": cred.access_key_id,
-                "AccessKeySecret": cred.access_key_secret,
-                "SecurityToken": cred.security_token,
-                "Expiration": expiration,
-            }
-        )
-
-
-def _merge(images: list[SimImage]) -> list[SimImage]:
-    """ListImages ``Mode=Merge``: the newest image of each (type, name), in first-seen order."""
-    best: dict[tuple[str, str], SimImage] = {}
-    for image in images:
-        key = (image.image_type, image.name or image.image_id)
-        current = best.get(key)
-        if current is None or (image.create_time, image.version) > (current.create_time, current.version):
-            best[key] = image
-    return list(best.values())
-
-
-def _admin_endpoints() -> Iterator[str]:
-    yield "GET /_sim/images"
-    yield "POST /_sim/images"
-    yield "GET|PATCH|DELETE /_sim/images/{id}"
-    yield "PUT|DELETE /_sim/images/{id}/regions/{region}"
-    yield "GET|PUT|PATCH /_sim/faults"
-    yield "GET /_sim/counters"
-    yield "POST /_sim/counters/reset"
-    yield "GET /_sim/sts?ttl_seconds=N"
-
-
-def _bad_request(message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
-
-
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError:
-        raise _bad_request("the body is not JSON") from None

@@ -1,0 +1,194 @@
+"""The simulator's admin API under /_sim/: plain JSON, **not authenticated** (a test tool, bound to loopback
+by default).
+
+- ``GET /_sim/`` this list.
+- ``GET /_sim/images`` -> ``{"images": [...]}``; ``POST /_sim/images`` one image object or
+  ``{"images": [...]}`` (SimImage field names; creates or replaces) -> 201.
+- ``GET / PATCH / DELETE /_sim/images/{id}``; PATCH takes any SimImage field but ``image_id``
+  (typically ``status``, ``error``, ``regions``).
+- ``PUT /_sim/images/{id}/regions/{region}`` ``{"status": "..."}``; ``DELETE`` removes the copy.
+- ``GET /_sim/faults``; ``PUT /_sim/faults`` replaces all fault settings (absent fields take their
+  defaults); ``PATCH /_sim/faults`` changes only the fields given; ``DELETE /_sim/faults`` resets
+  every fault setting to its default (the same as ``PUT {}``). All four answer the settings in force.
+- ``GET /_sim/counters`` -> ``{"responses": [{"action", "code", "http_status", "count"}]}``;
+  ``POST /_sim/counters/reset``.
+- ``GET /_sim/sts[?ttl_seconds=N]`` -> STS credentials in the alibabacloud-credentials
+  credentials-URI format, accepted by the API until they expire.
+
+Image listings show a registry password as ``<redacted>``; only the API's GetImage answer carries it.
+Errors are ``{"error": "<one line>"}`` with 400 (bad input) or 404 (no such image or region).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from exporter.simulator.model import Faults, SimImage, apply_image_fields, faults_from_dict, image_from_dict
+
+if TYPE_CHECKING:
+    from exporter.simulator.server import Simulator
+
+# What ``GET /_sim/`` answers and ``--help`` shows: one line per resource.
+ENDPOINTS: tuple[str, ...] = (
+    "GET /_sim/images",
+    "POST /_sim/images",
+    "GET|PATCH|DELETE /_sim/images/{id}",
+    "PUT|DELETE /_sim/images/{id}/regions/{region}",
+    "GET|PUT|PATCH|DELETE /_sim/faults",
+    "GET /_sim/counters",
+    "POST /_sim/counters/reset",
+    "GET /_sim/sts?ttl_seconds=N",
+)
+
+
+def add_routes(router: web.UrlDispatcher, sim: Simulator) -> None:
+    """Register the admin API of ``sim`` on ``router``."""
+    admin = _Admin(sim)
+    router.add_get("/_sim", admin.index)
+    router.add_get("/_sim/", admin.index)
+    router.add_get("/_sim/images", admin.list_images)
+    router.add_post("/_sim/images", admin.add_images)
+    router.add_get("/_sim/images/{id}", admin.get_image)
+    router.add_patch("/_sim/images/{id}", admin.patch_image)
+    router.add_delete("/_sim/images/{id}", admin.delete_image)
+    router.add_put("/_sim/images/{id}/regions/{region}", admin.put_region)
+    router.add_delete("/_sim/images/{id}/regions/{region}", admin.delete_region)
+    router.add_get("/_sim/faults", admin.get_faults)
+    router.add_put("/_sim/faults", admin.put_faults)
+    router.add_patch("/_sim/faults", admin.patch_faults)
+    router.add_delete("/_sim/faults", admin.delete_faults)
+    router.add_get("/_sim/counters", admin.counters)
+    router.add_post("/_sim/counters/reset", admin.reset_counters)
+    router.add_get("/_sim/sts", admin.sts)
+
+
+class _Admin:
+    """The handlers; they change the simulator only through its public attributes and methods."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+
+    async def index(self, _request: web.Request) -> web.Response:
+        return web.json_response({"endpoints": list(ENDPOINTS)})
+
+    async def list_images(self, _request: web.Request) -> web.Response:
+        return web.json_response({"images": [i.to_dict() for i in self.sim.images.values()]})
+
+    async def add_images(self, request: web.Request) -> web.Response:
+        data = await _json_body(request)
+        items = data.get("images") if isinstance(data, dict) and "images" in data else [data]
+        if not isinstance(items, list):
+            raise _bad_request("images: expected a list")
+        try:
+            new = [image_from_dict(d, f"images[{n}]") for n, d in enumerate(items)]
+        except ValueError as exc:
+            raise _bad_request(str(exc)) from None
+        for image in new:
+            self.sim.images[image.image_id] = image
+        return web.json_response({"images": [i.to_dict() for i in new]}, status=201)
+
+    def _image_or_404(self, request: web.Request) -> SimImage:
+        image = self.sim.images.get(request.match_info["id"])
+        if image is None:
+            raise _not_found("no such image")
+        return image
+
+    async def get_image(self, request: web.Request) -> web.Response:
+        return web.json_response(self._image_or_404(request).to_dict())
+
+    async def patch_image(self, request: web.Request) -> web.Response:
+        image = self._image_or_404(request)
+        data = await _json_body(request)
+        if not isinstance(data, dict) or "image_id" in data:
+            raise _bad_request("expected an object of SimImage fields other than image_id")
+        try:
+            apply_image_fields(image, data, "image")
+        except ValueError as exc:
+            raise _bad_request(str(exc)) from None
+        self.sim.reindex()  # the patch may change a field ListImages filters on
+        return web.json_response(image.to_dict())
+
+    async def delete_image(self, request: web.Request) -> web.Response:
+        self._image_or_404(request)
+        del self.sim.images[request.match_info["id"]]
+        return web.Response(status=204)
+
+    async def put_region(self, request: web.Request) -> web.Response:
+        image = self._image_or_404(request)
+        data = await _json_body(request)
+        if not isinstance(data, dict) or not isinstance(data.get("status"), str):
+            raise _bad_request('expected {"status": "<region status>"}')
+        image.regions[request.match_info["region"]] = data["status"]
+        return web.json_response(image.to_dict())
+
+    async def delete_region(self, request: web.Request) -> web.Response:
+        image = self._image_or_404(request)
+        if image.regions.pop(request.match_info["region"], None) is None:
+            raise _not_found("no such region")
+        return web.Response(status=204)
+
+    async def get_faults(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.sim.faults.to_dict())
+
+    async def put_faults(self, request: web.Request) -> web.Response:
+        return await self._set_faults(request, base=None)
+
+    async def patch_faults(self, request: web.Request) -> web.Response:
+        return await self._set_faults(request, base=self.sim.faults)
+
+    async def delete_faults(self, _request: web.Request) -> web.Response:
+        self.sim.faults = Faults()
+        return web.json_response(self.sim.faults.to_dict())
+
+    async def _set_faults(self, request: web.Request, base: Faults | None) -> web.Response:
+        data = await _json_body(request)
+        try:
+            self.sim.faults = faults_from_dict(data, base)
+        except ValueError as exc:
+            raise _bad_request(str(exc)) from None
+        return web.json_response(self.sim.faults.to_dict())
+
+    async def counters(self, _request: web.Request) -> web.Response:
+        return web.json_response({"responses": self.sim.counter_rows()})
+
+    async def reset_counters(self, _request: web.Request) -> web.Response:
+        self.sim.reset_counters()
+        return web.json_response({"responses": []})
+
+    async def sts(self, request: web.Request) -> web.Response:
+        try:
+            ttl = int(request.query.get("ttl_seconds", "3600"))
+        except ValueError:
+            raise _bad_request("ttl_seconds: expected an integer") from None
+        if ttl <= 0:
+            raise _bad_request("ttl_seconds: must be positive")
+        cred = self.sim.sts.issue(ttl, self.sim.verifier.clock())
+        expiration = datetime.fromtimestamp(cred.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return web.json_response(
+            {
+                "Code": "Success",
+                "AccessKeyId": cred.access_key_id,
+                "AccessKeySecret": cred.access_key_secret,
+                "SecurityToken": cred.security_token,
+                "Expiration": expiration,
+            }
+        )
+
+
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def _not_found(message: str) -> web.HTTPNotFound:
+    return web.HTTPNotFound(text=json.dumps({"error": message}), content_type="application/json")
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise _bad_request("the body is not JSON") from None
