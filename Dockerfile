@@ -8,8 +8,14 @@
 #     -v "$PWD/config.yaml:/etc/ehpc-image-exporter/config.yaml:ro" \
 #     -e ALIBABA_CLOUD_ACCESS_KEY_ID -e ALIBABA_CLOUD_ACCESS_KEY_SECRET ehpc-image-exporter:0.1.0
 #
-# tests/test_dockerfile.py replays the builder stage's RUN steps below in a fresh venv (there is no Docker
-# engine on the build machines), so keep every install step in RUN lines of the `builder` stage.
+# Behind a TLS-intercepting proxy, pip must trust the proxy's CA during the build only: pass the CA bundle
+# as the build secret `build-ca` and point PIP_CERT at it (docker and podman take the same flags; see
+# docs/deploy.md, "Building behind a TLS-intercepting proxy"):
+#
+#   docker build --secret id=build-ca,src=/etc/ssl/certs/ca-certificates.crt \
+#     --build-arg PIP_CERT=/run/secrets/build-ca -t ehpc-image-exporter:0.1.0 .
+#
+# tests/test_image.py builds this file with podman and runs the image as built.
 
 # Both stages use the same exact base tag: the venv's interpreter symlink points into /usr/local, so the
 # runtime stage must carry the very Python the venv was built with.
@@ -25,12 +31,20 @@ RUN python -m venv /opt/venv
 COPY pyproject.toml README.md requirements.lock ./
 COPY exporter ./exporter
 
+# Path of a CA bundle pip trusts during the build (a TLS-intercepting proxy's CA), normally the `build-ca`
+# secret mounted by the next step. An ARG, not an ENV: pip reads it from the RUN environment of this stage
+# only, and neither the value nor the file reaches the runtime stage. Declared here, after the steps that
+# do not need it, so passing it does not invalidate their cache.
+ARG PIP_CERT
+
 # Runtime dependencies only (no dependency groups: no test or bench tools), at the versions of
 # requirements.lock, the set tests/test_audit.py audits, so the image ships what was tested. pip
 # compiles the .pyc files here, so the read-only runtime never needs to write bytecode. pip and
 # setuptools are removed afterwards because nothing imports them at runtime and they are the usual
-# source of scanner findings.
-RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -c requirements.lock . \
+# source of scanner findings. The `build-ca` secret is mounted for this step only and is never in a layer
+# (an engine given no such secret mounts nothing).
+RUN --mount=type=secret,id=build-ca \
+    /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -c requirements.lock . \
     && /opt/venv/bin/pip uninstall --yes --disable-pip-version-check pip setuptools
 
 

@@ -9,6 +9,9 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 command -v openssl >/dev/null || need+=(openssl)
+# The image test builds the Dockerfile with podman (no daemon) on a stand-in base made by debootstrap.
+command -v podman >/dev/null || need+=(podman)
+command -v debootstrap >/dev/null || [[ -x /usr/sbin/debootstrap ]] || need+=(debootstrap)  # sbin: not on every PATH
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "missing system packages: ${need[*]} (run this script as root, or install them)" >&2

@@ -31,6 +31,7 @@ import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
 from exporter.settings import config_json_schema
+from tests.test_image import WRITABLE_PATHS, built_image
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "ehpc-image-exporter"
@@ -501,12 +502,15 @@ def test_rrsa_scenario_annotates_the_service_account(chart: helm.Chart) -> None:
 
 @pytest.mark.parametrize("scenario", ["(defaults)", *SCENARIOS])
 def test_pods_are_locked_down(chart: helm.Chart, scenario: str) -> None:
-    """Non-root 65532, read-only root, no privilege escalation, no capabilities, RuntimeDefault seccomp."""
+    """Non-root, read-only root, no privilege escalation, no capabilities, RuntimeDefault seccomp.
+
+    Which user, and which mounts may be writable, is what the built image proved it needs: see
+    test_pod_security_matches_the_built_image.
+    """
     docs = render(chart, {} if scenario == "(defaults)" else scenario_values(scenario))
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     psc = pod["securityContext"]
     assert psc["runAsNonRoot"] is True
-    assert psc["runAsUser"] == 65532
     assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
     assert not pod.get("hostNetwork")
@@ -517,7 +521,6 @@ def test_pods_are_locked_down(chart: helm.Chart, scenario: str) -> None:
         assert sc["readOnlyRootFilesystem"] is True
         assert sc["allowPrivilegeEscalation"] is False
         assert sc["runAsNonRoot"] is True
-        assert sc["runAsUser"] == 65532
         assert sc.get("privileged", False) is False
         assert sc["capabilities"] == {"drop": ["ALL"]}
         assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -529,6 +532,40 @@ def test_pods_are_locked_down(chart: helm.Chart, scenario: str) -> None:
         assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert c["resources"]["requests"]
         assert c["resources"]["limits"]["memory"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # the first test to use the image pays for its build
+def test_pod_security_matches_the_built_image(
+    chart: helm.Chart, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The pod runs as the image's inspected User, and gets writable exactly what the image run needed.
+
+    tests/test_image.py builds the Dockerfile and runs it as that User on a read-only root with only
+    WRITABLE_PATHS writable (a tmpfs); the chart must promise the same: the same UID and GID, non-root
+    (the image's UID is not 0), readOnlyRootFilesystem, and no other writable mount. Builds the image
+    on first use (once per session, shared with tests/test_image.py).
+    """
+    image = built_image(request.config, tmp_path_factory)
+    uid, gid = image.uid_gid
+    assert uid != 0, "runAsNonRoot would refuse the image"
+    assert image.env["HOME"] in WRITABLE_PATHS
+    for scenario in ["(defaults)", *SCENARIOS]:
+        docs = render(chart, {} if scenario == "(defaults)" else scenario_values(scenario))
+        pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+        psc = pod["securityContext"]
+        assert psc["runAsNonRoot"] is True, scenario
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            # The container's settings win over the pod's; both are set, and both must be the image's.
+            for level in (psc, sc):
+                assert (level["runAsUser"], level["runAsGroup"]) == (uid, gid), scenario
+            assert sc["readOnlyRootFilesystem"] is True, scenario
+            writable = {m["mountPath"]: m["name"] for m in c["volumeMounts"] if not m.get("readOnly")}
+            assert set(writable) == set(WRITABLE_PATHS), f"{scenario}: writable mounts {sorted(writable)}"
+            for path, name in writable.items():
+                assert "emptyDir" in volumes[name], f"{scenario}: {path} must be an emptyDir like the tmpfs"
 
 
 def test_config_change_rolls_pods(chart: helm.Chart) -> None:
