@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 ARGS ?=
 
-.PHONY: demo test lint typecheck pytest bench system-deps node-deps golden clean
+.PHONY: demo test lint typecheck pytest bench system-deps node-deps golden reliability-report clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ bench: $(VENV)/.bench-installed system-deps
 golden: $(VENV)/.test-installed
 	UPDATE_GOLDEN=1 $(BIN)/pytest -q tests/test_golden.py
 	$(PY) -m grafana.build
+
+# Regenerate docs/reliability.md from the modules that record cases (the suite fails while it is stale).
+reliability-report: $(VENV)/.test-installed system-deps node-deps
+	RELIABILITY_REPORT=docs/reliability.md $(BIN)/pytest -q tests/test_bad_input.py tests/test_hostile.py \
+		tests/test_soak.py tests/test_e2e_paging.py tests/test_leaks.py tests/test_load.py
 
 clean:
 	rm -rf $(VENV) tools/node/node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -22,6 +22,7 @@ from exporter import __version__
 from exporter.argtypes import bounded
 from exporter.config import Config
 from exporter.logging import LEVELS, configure_logging
+from exporter.redaction import scrub
 from exporter.settings import ConfigError, config_warnings, load_config
 
 if TYPE_CHECKING:
@@ -385,24 +386,32 @@ async def _run(config: Config, path: str | None, overrides: Mapping[str, Any]) -
 
 
 async def _reload(service: ExporterService, path: str | None, overrides: Mapping[str, Any]) -> None:
+    """Re-read the config for SIGHUP; any failure keeps the running config and records the reload as failed.
+
+    A load failure is recorded here; once the file loaded, ``service.reload`` records the outcome (once).
+    """
     log.info("config_reloading", config=path)
     try:
         config = await asyncio.to_thread(_load, path, overrides)
     except ConfigError as exc:
-        for line in exc.errors:
+        errors = exc.errors
+    except Exception as exc:  # whatever else the loader raises is still a failed reload, never a silent 1
+        # The type only: an exception's text can quote what it choked on, which may be a secret.
+        errors = [f"{path or 'command line'}: cannot load the config ({type(exc).__name__})"]
+    else:
+        errors = []
+    if errors:
+        for line in errors:
             log.error("config_reload_failed", error=line)
         service.record_reload(False)
         return
     try:
         await service.reload(config)
-    except Exception as exc:  # the running config stays; the metric says the reload did not happen
-        log.error("config_reload_failed", error=f"{type(exc).__name__}: {exc}")
-        service.record_reload(False)
+    except Exception as exc:  # recorded by service.reload; the running config stays
+        log.error("config_reload_failed", error=f"cannot apply the config ({type(exc).__name__})")
         return
     for warning in config_warnings(config):
         log.warning("config_warning", warning=warning)
-    service.record_reload(True)
-    log.info("config_reloaded", **_counts(config))
 
 
 def _counts(config: Config) -> dict[str, Any]:
@@ -425,7 +434,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         _print_errors(exc.errors)
         return EXIT_CONFIG
     snapshot = asyncio.run(_refresh_once(config))
-    rows = [_check_row(state, config) for state in snapshot.images.values()]
+    rows = [_gated(_check_row(state, config)) for state in snapshot.images.values()]
     if args.output == "json":
         print(json.dumps({"images": rows}, indent=2))
     else:
@@ -442,6 +451,17 @@ async def _refresh_once(config: Config) -> Snapshot:
         return await service.refresh_once()
     finally:
         await service.stop()
+
+
+def _gated(value: Any) -> Any:
+    """``value`` with every string, keys included, through the output gate (what ``check`` prints)."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, Mapping):
+        return {_gated(k): _gated(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_gated(v) for v in value]
+    return value
 
 
 def _check_row(state: ImageState, config: Config) -> dict[str, Any]:

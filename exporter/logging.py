@@ -7,9 +7,9 @@ Redaction runs last before rendering, on every event whatever the caller passed:
 
 - a key that looks secret (``secret``, ``password``, ``token``, ``authorization``, ``credential``; any case,
   at any depth of nested dicts, lists and tuples) has its value replaced by ``[REDACTED]``;
-- every string value, the event message and formatted tracebacks included, has each occurrence of a
-  registered secret (see :func:`register_secret`) replaced by ``[REDACTED]``;
-- the password of a URL's userinfo (``scheme://user:password@host``) is replaced by ``[REDACTED]``.
+- every string value, the event message and formatted tracebacks included, passes the output gate
+  (:func:`exporter.redaction.scrub`): registered secrets and URL passwords masked, lone surrogates
+  replaced, control characters other than newline and tab dropped.
 
 Records of the standard library's ``logging`` (aiohttp, asyncio) are rendered by the same chain.
 """
@@ -19,13 +19,23 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal, TextIO
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+# The secret registry and the gate live in exporter.redaction (every output uses them); re-exported
+# here because logging is where most callers first meet them.
+from exporter.redaction import (
+    REDACTED,
+    mask_secrets,
+    register_secret,
+    register_secrets,
+    registered_secret_count,
+    scrub,
+)
 
 __all__ = [
     "LEVELS",
@@ -42,64 +52,13 @@ __all__ = [
 
 LogFormat = Literal["json", "console"]
 LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
-REDACTED = "[REDACTED]"
 
 _SECRET_KEY_RE = re.compile(r"secret|passw(or)?d|token|authorization|credential", re.IGNORECASE)
-_URL_PASSWORD_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)[^/@\s]+(?=@)")
-
-# Shorter strings are not masked: masking a two-letter "secret" would shred every log line, and no real
-# AccessKey secret or STS token is that short.
-MIN_SECRET_LENGTH = 4
-# STS tokens rotate hourly for the life of the process; keep the newest ones, the oldest have expired.
-# Pinned secrets (the config file's) are never evicted.
-MAX_SECRETS = 256
-
-_secrets_lock = threading.Lock()
-_pinned: dict[str, None] = {}  # insertion-ordered sets
-_rotating: dict[str, None] = {}
-_secrets_re: re.Pattern[str] | None = None
-
-
-def register_secret(value: str | None, *, pin: bool = False) -> None:
-    """Mask ``value`` wherever it appears in any later log event (``None`` and short values are ignored).
-
-    Unpinned secrets (fetched, rotating credentials) are bounded to the newest ``MAX_SECRETS``; ``pin``
-    keeps one for the life of the process (the settings loader pins the config file's).
-    """
-    global _secrets_re
-    if value is None or len(value) < MIN_SECRET_LENGTH:
-        return
-    with _secrets_lock:
-        if value in _pinned or (value in _rotating and not pin):
-            return
-        if pin:
-            _rotating.pop(value, None)
-            _pinned[value] = None
-        else:
-            _rotating[value] = None
-            while len(_rotating) > MAX_SECRETS:
-                del _rotating[next(iter(_rotating))]
-        # Longest first, so a secret that contains another is masked whole.
-        ordered = sorted([*_pinned, *_rotating], key=len, reverse=True)
-        _secrets_re = re.compile("|".join(re.escape(s) for s in ordered))
-
-
-def registered_secret_count() -> int:
-    """How many secrets are currently masked (for tests and diagnostics)."""
-    return len(_pinned) + len(_rotating)
-
-
-def mask_secrets(text: str) -> str:
-    """``text`` with every registered secret and every URL password replaced by ``[REDACTED]``."""
-    pattern = _secrets_re  # one read: registration swaps the compiled pattern atomically
-    if pattern is not None:
-        text = pattern.sub(REDACTED, text)
-    return _URL_PASSWORD_RE.sub(rf"\g<head>{REDACTED}", text)
 
 
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
-        return mask_secrets(value)
+        return scrub(value, keep_lines=True)
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, Mapping):
@@ -107,7 +66,7 @@ def _redact_value(value: Any) -> Any:
     if isinstance(value, list | tuple | set | frozenset):
         return [_redact_value(v) for v in value]
     # Anything else is rendered through repr() by both renderers anyway; do it here so it can be masked.
-    return mask_secrets(repr(value))
+    return scrub(repr(value), keep_lines=True)
 
 
 def _is_secret_key(key: object) -> bool:
@@ -268,9 +227,3 @@ def reset_logging() -> None:
     server = logging.getLogger("aiohttp.server")
     for f in [f for f in server.filters if isinstance(f, _BadRequestFilter)]:
         server.removeFilter(f)
-
-
-def register_secrets(values: Iterable[str | None]) -> None:
-    """Register several secrets at once."""
-    for value in values:
-        register_secret(value)

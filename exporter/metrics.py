@@ -63,8 +63,9 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as CONT
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.utils import floatToGoString as _float_to_go_string
 
-from exporter.openapi.errors import KNOWN_CODES, LOCAL_CODES, ApiError
-from exporter.snapshot import ImageState, Snapshot, safe_url, status_label
+from exporter.openapi.errors import KNOWN_CODES, LOCAL_CODES, OVERFLOW_CODE, ApiError
+from exporter.redaction import scrub
+from exporter.snapshot import ImageState, Snapshot, status_label
 
 __all__ = [
     "API_ACTIONS",
@@ -123,6 +124,7 @@ class MetricName(StrEnum):
     API_REQUESTS = "ehpc_api_requests_total"
     API_ERRORS = "ehpc_api_errors_total"
     API_REQUEST_DURATION = "ehpc_api_request_duration_seconds"
+    API_IGNORED_VALUES = "ehpc_api_ignored_values_total"
     REFRESH_OVERRUNS = "ehpc_refresh_overruns_total"
     CONFIG_RELOAD_SUCCESSFUL = "ehpc_config_last_reload_successful"
     CONFIG_RELOAD_TIMESTAMP = "ehpc_config_last_reload_success_timestamp_seconds"
@@ -223,6 +225,13 @@ SPECS: Mapping[MetricName, MetricSpec] = {
             ("action",),
         ),
         MetricSpec(
+            _M.API_IGNORED_VALUES,
+            "counter",
+            "Values of accepted API answers the exporter could not use and left out (an unparseable size "
+            "or time, a region entry that was not asked for, empty or repeated), by field.",
+            ("action", "field"),
+        ),
+        MetricSpec(
             _M.REFRESH_OVERRUNS,
             "counter",
             "Refresh cycles that outlasted the refresh interval (the next one then started at once).",
@@ -311,38 +320,43 @@ def _series(state: ImageState, snapshot: Snapshot) -> _Series:
     replicas: list[_Replica] = []
     wanted = set(state.watched.additional_region_ids)
     if img is not None:
-        info = (
-            img.name,
-            img.version,
-            img.image_type,
-            img.app_id,
-            img.os_tag,
-            img.platform,
-            img.architecture,
-            safe_url(img.registry_url),
+        # Every label value passes the output gate here, the one input both renderers share.
+        info = tuple(
+            map(
+                scrub,
+                (
+                    img.name,
+                    img.version,
+                    img.image_type,
+                    img.app_id,
+                    img.os_tag,
+                    img.platform,
+                    img.architecture,
+                    img.registry_url,
+                ),
+            )
         )
         size = float(img.size_bytes) if img.size_bytes is not None else None
         created = img.create_time.timestamp() if img.create_time is not None else None
-        seen: dict[str, str] = {}
-        for r in img.additional_regions:
-            seen.setdefault(r.region_id, r.status)  # a repeated region would duplicate series
-        for region in sorted(wanted | seen.keys()):
+        # The gate keeps one entry per requested region; only requested regions have series.
+        seen = {r.region_id: r.status for r in img.additional_regions}
+        for region in sorted(wanted):
             status = seen.get(region)
             if status is None or missing:
                 replicas.append(_Replica(region, _state_set(None, vocabulary), 0.0))
             else:
-                label = status_label(status)
+                label = scrub(status_label(status))
                 ok = 1.0 if status in snapshot.status.replication_healthy else 0.0
-                replicas.append(_Replica(region, _state_set(label, vocabulary), ok))
+                replicas.append(_Replica(scrub(region), _state_set(label, vocabulary), ok))
     elif missing:
-        replicas = [_Replica(r, _state_set(None, vocabulary), 0.0) for r in sorted(wanted)]
+        replicas = [_Replica(scrub(r), _state_set(None, vocabulary), 0.0) for r in sorted(wanted)]
     if missing:
         states, available = _state_set(None, vocabulary), 0.0
     elif img is not None:
-        states = _state_set(status_label(img.status), vocabulary)
+        states = _state_set(scrub(status_label(img.status)), vocabulary)
         available = 1.0 if img.status in snapshot.status.healthy else 0.0
     return _Series(
-        image_id=state.image_id,
+        image_id=scrub(state.image_id),
         info=info,
         states=states,
         available=available,
@@ -351,7 +365,7 @@ def _series(state: ImageState, snapshot: Snapshot) -> _Series:
         replicas=tuple(replicas),
         up=1.0 if state.up else 0.0,
         last_success=state.last_success,
-        error_code=state.error.code if state.error is not None else None,
+        error_code=scrub(state.error.code) if state.error is not None else None,
     )
 
 
@@ -770,12 +784,18 @@ def _error_status(error: ApiError) -> str:
     return "0" if error.code in LOCAL_CODES else str(error.http_status)
 
 
+# The fields ehpc_api_ignored_values_total starts at 0 for (what exporter.models may leave out).
+IGNORED_FIELDS: tuple[str, ...] = ("Image.Size", "Image.CreateTime", "Image.AdditionalRegionsInfo")
+
+
 class SelfMetrics:
     """The exporter's own counters: an :class:`~exporter.openapi.client.ApiObserver` and a collector.
 
     Every API action starts with requests 0, every known error code at 0 (with the HTTP status it is
     normally answered with) and an empty histogram, so ``rate()`` and ``increase()`` work from the first
-    failure. Mutated only from the event loop; :meth:`collect` copies what it reads.
+    failure. Codes outside the catalogue get their own series up to ``max_error_codes`` distinct ones;
+    later new codes are counted under ``OVERFLOW_CODE``, so a server inventing codes cannot grow
+    ``/metrics`` without bound. Mutated only from the event loop; :meth:`collect` copies what it reads.
     """
 
     def __init__(
@@ -784,13 +804,17 @@ class SelfMetrics:
         *,
         process_metrics: bool = True,
         buckets: Sequence[float] = API_DURATION_BUCKETS,
+        max_error_codes: int = 50,
     ) -> None:
         self.build_info = build_info or BuildInfo.current()
+        self.max_error_codes = max_error_codes
         self._buckets = tuple(buckets)
         self._le = [go_float(b) for b in self._buckets] + ["+Inf"]
         self._requests: dict[str, int] = {}
         self._errors: dict[tuple[str, str, str], int] = {}
+        self._extra_codes: set[str] = set()
         self._latency: dict[str, _Histogram] = {}
+        self._ignored: dict[tuple[str, str], int] = {}
         for action in API_ACTIONS:
             self._add_action(action)
         self.overruns = 0
@@ -807,6 +831,23 @@ class SelfMetrics:
         self._latency[action] = _Histogram(len(self._le))
         for code, status in KNOWN_CODES.items():
             self._errors.setdefault((action, code, str(status)), 0)
+        if action == "GetImage":
+            for field in IGNORED_FIELDS:
+                self._ignored.setdefault((action, field), 0)
+
+    def _code(self, code: str) -> str:
+        """The label value ``code`` is counted under: itself, or the overflow code past the cap."""
+        if code in KNOWN_CODES or code in self._extra_codes:
+            return code
+        if len(self._extra_codes) >= self.max_error_codes:
+            return OVERFLOW_CODE
+        self._extra_codes.add(code)
+        return code
+
+    def _count_error(self, action: str, error: ApiError) -> None:
+        code = self._code(error.code)
+        key = (action, code, "0" if code == OVERFLOW_CODE else _error_status(error))
+        self._errors[key] = self._errors.get(key, 0) + 1
 
     def on_attempt(self, action: str, duration_seconds: float, error: ApiError | None) -> None:
         """Count one HTTP attempt (every retry counts) and its latency."""
@@ -822,8 +863,19 @@ class SelfMetrics:
             i += 1
         hist.counts[i] += 1
         if error is not None:
-            key = (action, error.code, _error_status(error))
-            self._errors[key] = self._errors.get(key, 0) + 1
+            self._count_error(action, error)
+
+    def on_failure(self, action: str, error: ApiError) -> None:
+        """Count a failed call whose attempts each succeeded (it made no request of its own)."""
+        if action not in self._requests:
+            self._add_action(action)
+        self._count_error(action, error)
+
+    def record_ignored(self, action: str, fields: Iterable[str]) -> None:
+        """Count the values of one accepted answer that were left out, by field."""
+        for field in fields:
+            key = (action, field)
+            self._ignored[key] = self._ignored.get(key, 0) + 1
 
     def record_overrun(self) -> None:
         """Count a refresh cycle that outlasted its interval."""
@@ -853,9 +905,21 @@ class SelfMetrics:
         errors = CounterMetricFamily(
             _M.API_ERRORS, spec[_M.API_ERRORS].help, labels=list(spec[_M.API_ERRORS].labels)
         )
-        for key, n in sorted(self._errors.items()):
+        # Codes pass the output gate here; two codes it maps to one label value are added up, so
+        # the family never holds the same series twice.
+        gated: dict[tuple[str, str, str], int] = {}
+        for (action, code, status), n in self._errors.items():
+            key = (action, scrub(code), status)
+            gated[key] = gated.get(key, 0) + n
+        for key, n in sorted(gated.items()):
             errors.add_metric(list(key), n)
         yield errors
+        ignored = CounterMetricFamily(
+            _M.API_IGNORED_VALUES, spec[_M.API_IGNORED_VALUES].help, labels=["action", "field"]
+        )
+        for (action, field), n in sorted(self._ignored.items()):
+            ignored.add_metric([action, field], n)
+        yield ignored
         latency = HistogramMetricFamily(
             _M.API_REQUEST_DURATION, spec[_M.API_REQUEST_DURATION].help, labels=["action"]
         )

@@ -1,38 +1,118 @@
-"""Typed models of the E-HPC Instant API responses, parsed strictly from JSON bodies.
+"""Typed models of the E-HPC Instant API responses, and the ingestion gate every answer passes.
 
-Registry credentials (``ContainerImageSpec.RegistryCredential``) are deliberately never parsed into a
-model: what is not held cannot leak into a label, a log line or a page.
+The gate is :class:`_Reader`: every value the exporter keeps from an answer is read through it, as a
+*kind* (:class:`Kind`: an id, a region, a status, a label, ...) that bounds its length and, where the API
+has a shape, its characters. A string must be valid Unicode (no lone surrogates); control and bidi
+characters are dropped before the shape is checked (the API's own example ends a RequestId with
+``\n``); a value that carries a known secret (``exporter.redaction``) is refused. Any refusal makes the
+whole answer an ``InvalidResponse`` naming the field, never quoting the value: the image keeps its last
+good data. Numbers are range-checked. Values the exporter merely cannot *use* (an unparseable size or
+time, a region nobody asked for, an empty or repeated region entry) do not fail the answer: they are
+listed in ``Image.ignored`` so the refresher counts and logs them.
+
+Registry credentials (``ContainerImageSpec.RegistryCredential`` and a registry URL's userinfo) are never
+kept in a model: they are registered with the output gate as secrets and dropped, so what is not held
+cannot leak into a label, a log line or a page.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from exporter.openapi.errors import INVALID_RESPONSE, ApiError
+from exporter.redaction import contains_secret, register_registry_secret, split_userinfo
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*GiB\s*$")
+# Sizes as the API writes them ("40 GiB"); any case, decimals, B to PiB, the SI spellings taken as the
+# same binary units (the console and API use "GB" and "GiB" interchangeably for 1024^3).
+_SIZE_RE = re.compile(r"^\s*(\d{1,18}(?:\.\d{1,9})?)\s*([KMGTP]?)(I?)B\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
 GIB = 1024**3
+MAX_SIZE_BYTES = 2**63 - 1  # beyond any image; also the largest value a gauge keeps exactly as int64
+# Creation times outside this range are not plausible for an image and are ignored.
+_MIN_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+_MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+_CONTROLS_RE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """What a value of one field may look like: a length bound and, where the API has one, a shape."""
+
+    name: str
+    max_length: int
+    pattern: re.Pattern[str] | None = None
+    # Free text loses its control characters; a shaped value (an id, a code) with one is refused, since
+    # "Foo\x1bBar" is no code the API sends and must not be counted as "FooBar".
+    strip_controls: bool = True
+
+
+def _kind(name: str, max_length: int, pattern: str | None = None, *, strip: bool | None = None) -> Kind:
+    return Kind(
+        name,
+        max_length,
+        re.compile(pattern) if pattern is not None else None,
+        pattern is None if strip is None else strip,
+    )
+
+
+# The shapes are what the API sends (ids like m-uf60twafjtaart1234, codes like Throttling.User, statuses
+# like UnAvailable, request ids like 04F0F334-1335-436C-A1D7-6C044FE73368), with room to spare.
+ID = _kind("id", 128, r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
+REGION = _kind("region id", 64, r"[a-z]{2,}(?:-[a-z0-9]+)+")
+STATUS = _kind("status", 64, r"[A-Za-z][A-Za-z0-9_.-]*")
+CODE = _kind("error code", 128, r"[A-Za-z][A-Za-z0-9_.-]*")
+# The API reference's own example ends a RequestId with "\n": request ids are cleaned, then shaped.
+REQUEST_ID = _kind("request id", 128, r"[A-Za-z0-9][A-Za-z0-9_-]*", strip=True)
+LABEL = _kind("label", 256)  # free text published as a label value (name, version, OS tag, ...)
+URL = _kind("url", 2048)
+TEXT = _kind("text", 8192)  # free text kept but not published (description, messages)
+SHORT = _kind("value", 64)  # sizes and times, parsed further
+
+# Bounds of the numbers ListImages sends (pages of at most a few hundred items).
+MAX_COUNT = 10**9
+MAX_PAGE_SIZE = 10_000
 
 
 def parse_size(value: str) -> int | None:
-    """``"40 GiB"`` to bytes; ``None`` for an empty or unparseable size."""
+    """``"40 GiB"`` (any unit B..PiB, any case, decimals) to bytes; ``None`` when it is not a size."""
     m = _SIZE_RE.match(value)
-    return round(float(m.group(1)) * GIB) if m else None
+    if m is None:
+        return None
+    size = round(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    return size if size <= MAX_SIZE_BYTES else None
 
 
 def parse_time(value: str) -> datetime | None:
-    """ISO 8601 UTC (``2022-12-23T09:51:39Z``) to an aware datetime; ``None`` when empty or malformed."""
+    """ISO 8601 (``2022-12-23T09:51:39Z``) to an aware datetime; ``None`` when empty, malformed or absurd."""
     if not value:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed if _MIN_TIME <= parsed <= _MAX_TIME else None
+
+
+def registry_url(url: str) -> str:
+    """``url`` without userinfo (registered as secrets), query or fragment: what a label may show.
+
+    Registry URLs are usually ``host/ns/repo:tag`` without a scheme; a trailing digest is kept (see
+    :func:`exporter.redaction.split_userinfo`, which the output gate uses the same way).
+    """
+    scheme, userinfo, rest = split_userinfo(url)
+    if userinfo:
+        user, _, password = userinfo.partition(":")
+        for secret in (userinfo, user, password):
+            register_registry_secret(secret)
+    for sep in ("#", "?"):
+        rest = rest.split(sep, 1)[0]
+    return f"{scheme}{rest}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +147,8 @@ class Image:
     document_id: str
     additional_regions: tuple[RegionReplica, ...]
     request_id: str
+    # Fields whose values the exporter could not use and left out (counted and logged by the refresher).
+    ignored: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,66 +187,147 @@ def _invalid(action: str, what: str, request_id: str | None) -> ApiError:
     )
 
 
+def check_text(value: str, kind: Kind, prepare: Callable[[str], str] | None = None) -> str:
+    """``value`` with controls dropped if it is a valid ``kind``; else :class:`_Refused` says why not.
+
+    ``prepare`` runs once the value is known to be bounded valid Unicode, before its shape and its
+    secrets are checked (a registry URL loses its userinfo there).
+    """
+    if len(value) > kind.max_length:
+        raise _Refused(f"is longer than {kind.max_length} characters")
+    if not value.isascii() and _SURROGATE_RE.search(value) is not None:
+        raise _Refused("is not valid Unicode (lone surrogate)")
+    if _CONTROLS_RE.search(value) is not None:
+        if not kind.strip_controls:
+            raise _Refused(f"is not a valid {kind.name} (control characters)")
+        value = _CONTROLS_RE.sub("", value)
+    if value and kind.pattern is not None and kind.pattern.fullmatch(value) is None:
+        raise _Refused(f"is not a valid {kind.name}")
+    if prepare is not None:
+        value = prepare(value)
+    if contains_secret(value):
+        raise _Refused("carries a credential")
+    return value
+
+
+class _Refused(ValueError):
+    """A value the ingestion gate does not let in; the message says why, never what it was."""
+
+
 class _Reader:
-    """Typed access to a JSON object that turns every shape mismatch into ``InvalidResponse``."""
+    """Typed, gated access to a JSON object: every mismatch or refusal becomes ``InvalidResponse``."""
 
     def __init__(self, action: str, obj: Any, where: str, request_id: str | None) -> None:
         if not isinstance(obj, Mapping):
             raise _invalid(action, f"{where or 'body'} is not an object", request_id)
         self.action, self.obj, self.where, self.request_id = action, obj, where, request_id
 
-    def _path(self, key: str) -> str:
+    def path(self, key: str) -> str:
+        """The dotted location of ``key`` in the body (what error messages name)."""
         return f"{self.where}.{key}" if self.where else key
 
-    def text(self, key: str) -> str:
+    def text(self, key: str, kind: Kind, prepare: Callable[[str], str] | None = None) -> str:
+        """A string field through the gate ("" when absent); see :func:`check_text` for ``prepare``."""
         value = self.obj.get(key)
         if value is None:
             return ""
         if not isinstance(value, str):
-            raise _invalid(self.action, f"{self._path(key)} is not a string", self.request_id)
-        return value
+            raise _invalid(self.action, f"{self.path(key)} is not a string", self.request_id)
+        try:
+            return check_text(value, kind, prepare)
+        except _Refused as exc:
+            raise _invalid(self.action, f"{self.path(key)} {exc}", self.request_id) from None
 
     def flag(self, key: str) -> bool | None:
+        """A boolean field (``None`` when absent)."""
         value = self.obj.get(key)
         if value is None or isinstance(value, bool):
             return value
-        raise _invalid(self.action, f"{self._path(key)} is not a boolean", self.request_id)
+        raise _invalid(self.action, f"{self.path(key)} is not a boolean", self.request_id)
 
-    def integer(self, key: str, default: int) -> int:
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        """An integer field within ``[low, high]`` (``default`` when absent)."""
         value = self.obj.get(key)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _invalid(self.action, f"{self._path(key)} is not an integer", self.request_id)
+            raise _invalid(self.action, f"{self.path(key)} is not an integer", self.request_id)
+        if not low <= value <= high:
+            raise _invalid(self.action, f"{self.path(key)} is out of range [{low}, {high}]", self.request_id)
         return value
 
     def child(self, key: str, *, required: bool = False) -> _Reader | None:
+        """A nested object (``None`` when absent unless ``required``)."""
         value = self.obj.get(key)
         if value is None:
             if required:
-                raise _invalid(self.action, f"{self._path(key)} is missing", self.request_id)
+                raise _invalid(self.action, f"{self.path(key)} is missing", self.request_id)
             return None
-        return _Reader(self.action, value, self._path(key), self.request_id)
+        return _Reader(self.action, value, self.path(key), self.request_id)
 
-    def children(self, key: str) -> list[_Reader]:
+    def children(self, key: str, limit: int) -> list[_Reader]:
+        """A nested array of objects, of at most ``limit`` entries."""
         value = self.obj.get(key)
         if value is None:
             return []
         if not isinstance(value, list):
-            raise _invalid(self.action, f"{self._path(key)} is not an array", self.request_id)
+            raise _invalid(self.action, f"{self.path(key)} is not an array", self.request_id)
+        if len(value) > limit:
+            raise _invalid(self.action, f"{self.path(key)} has more than {limit} entries", self.request_id)
         return [
-            _Reader(self.action, v, f"{self._path(key)}[{i}]", self.request_id) for i, v in enumerate(value)
+            _Reader(self.action, v, f"{self.path(key)}[{i}]", self.request_id) for i, v in enumerate(value)
         ]
 
 
-def _request_id(body: Any) -> str | None:
-    rid = body.get("RequestId") if isinstance(body, Mapping) else None
-    return rid if isinstance(rid, str) else None
+def gated_request_id(value: object) -> str | None:
+    """A request id that passes the gate, or ``None`` (a bad one is dropped: it only labels a log line)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return check_text(value, REQUEST_ID) or None
+    except _Refused:
+        return None
 
 
-def parse_get_image(body: Any, requested_id: str) -> Image:
-    """Parse a GetImage 200 body; any shape the API does not document raises ``InvalidResponse``."""
-    rid = _request_id(body)
+def _register_registry_credential(spec: _Reader | None) -> None:
+    """Register the answer's registry credential as secrets, before any other field is checked."""
+    cred = spec.obj.get("RegistryCredential") if spec is not None else None
+    if not isinstance(cred, Mapping):
+        return
+    for key in ("UserName", "Password"):
+        value = cred.get(key)
+        if isinstance(value, str) and len(value) <= URL.max_length and value.isprintable():
+            register_registry_secret(value)
+
+
+def _regions(
+    img: _Reader, requested: Sequence[str], limit: int, ignored: list[str]
+) -> tuple[RegionReplica, ...]:
+    """The requested regions' copies: unrequested, empty and identical repeated entries are ignored."""
+    field = img.path("AdditionalRegionsInfo")
+    wanted = set(requested)
+    out: dict[str, RegionReplica] = {}
+    for r in img.children("AdditionalRegionsInfo", limit):
+        replica = RegionReplica(r.text("RegionId", REGION), r.text("ImageId", ID), r.text("Status", STATUS))
+        seen = out.get(replica.region_id)
+        if not replica.region_id or replica.region_id not in wanted or seen == replica:
+            ignored.append(field)
+        elif seen is not None:
+            raise _invalid(img.action, f"{field} lists region {replica.region_id} twice", img.request_id)
+        else:
+            out[replica.region_id] = replica
+    return tuple(out[k] for k in sorted(out))
+
+
+def parse_get_image(
+    body: Any, requested_id: str, requested_regions: Sequence[str] = (), *, max_regions: int = 50
+) -> Image:
+    """Parse a GetImage 200 body through the gate; any value it refuses raises ``InvalidResponse``.
+
+    Only ``requested_regions`` are kept of ``AdditionalRegionsInfo``; an answer with more than
+    ``max_regions`` entries is refused.
+    """
+    rid = gated_request_id(body.get("RequestId") if isinstance(body, Mapping) else None)
     root = _Reader("GetImage", body, "", rid)
     if root.flag("Success") is False:
         raise _invalid("GetImage", "Success is false", rid)
@@ -172,63 +335,104 @@ def parse_get_image(body: Any, requested_id: str) -> Image:
     assert img is not None  # required=True raised otherwise
     vm = img.child("VMImageSpec")
     ct = img.child("ContainerImageSpec")
+    _register_registry_credential(ct)
+    registry = ct.text("RegistryUrl", URL, registry_url) if ct is not None else ""
     spec = vm if vm is not None else ct
     doc = img.child("DocumentInfo")
-    regions = tuple(
-        RegionReplica(region_id=r.text("RegionId"), image_id=r.text("ImageId"), status=r.text("Status"))
-        for r in img.children("AdditionalRegionsInfo")
-    )
-    image_type = img.text("ImageType")
+    ignored: list[str] = []
+    regions = _regions(img, requested_regions, max_regions, ignored)
+    image_type = img.text("ImageType", STATUS)
     if not image_type:
         raise _invalid("GetImage", "Image.ImageType is missing", rid)
+    # An empty Size or CreateTime (as in the API reference's example) is absent, not a mis-read: only
+    # a value that is there and cannot be read is counted.
+    size_text = img.text("Size", SHORT)
+    size = parse_size(size_text)
+    if size is None and size_text:
+        ignored.append("Image.Size")
+    time_text = img.text("CreateTime", SHORT)
+    created = parse_time(time_text)
+    if created is None and time_text:
+        ignored.append("Image.CreateTime")
     return Image(
         # The watched id is the identity of the series; the VM spec repeats it for VM images.
-        image_id=requested_id or (vm.text("ImageId") if vm is not None else ""),
+        image_id=requested_id or (vm.text("ImageId", ID) if vm is not None else ""),
         image_type=image_type,
-        name=img.text("Name"),
-        version=img.text("Version"),
-        description=img.text("Description"),
-        app_id=img.text("AppId"),
-        status=img.text("Status"),
-        size_bytes=parse_size(img.text("Size")),
-        create_time=parse_time(img.text("CreateTime")),
-        os_tag=spec.text("OsTag") if spec is not None else "",
-        platform=spec.text("Platform") if spec is not None else "",
-        architecture=spec.text("Architecture") if spec is not None else "",
-        registry_url=ct.text("RegistryUrl") if ct is not None else "",
+        name=img.text("Name", LABEL),
+        version=img.text("Version", LABEL),
+        description=img.text("Description", TEXT),
+        app_id=img.text("AppId", LABEL),
+        status=img.text("Status", STATUS),
+        size_bytes=size,
+        create_time=created,
+        os_tag=spec.text("OsTag", LABEL) if spec is not None else "",
+        platform=spec.text("Platform", LABEL) if spec is not None else "",
+        architecture=spec.text("Architecture", LABEL) if spec is not None else "",
+        registry_url=registry,
         is_acr_registry=ct.flag("IsACRRegistry") if ct is not None else None,
         is_acr_enterprise=ct.flag("IsACREnterprise") if ct is not None else None,
-        registry_cri_id=ct.text("RegistryCriId") if ct is not None else "",
-        document_id=doc.text("DocumentId") if doc is not None else "",
+        registry_cri_id=ct.text("RegistryCriId", LABEL) if ct is not None else "",
+        document_id=doc.text("DocumentId", LABEL) if doc is not None else "",
         additional_regions=regions,
         request_id=rid or "",
+        ignored=tuple(dict.fromkeys(ignored)),
     )
 
 
-def parse_list_images(body: Any) -> ImagePage:
-    """Parse one ListImages 200 body."""
-    rid = _request_id(body)
+def parse_list_images(body: Any, *, max_items: int = MAX_PAGE_SIZE) -> ImagePage:
+    """Parse one ListImages 200 body through the gate."""
+    rid = gated_request_id(body.get("RequestId") if isinstance(body, Mapping) else None)
     root = _Reader("ListImages", body, "", rid)
     if root.flag("Success") is False:
         raise _invalid("ListImages", "Success is false", rid)
     items = tuple(
         ImageSummary(
-            image_id=i.text("ImageId"),
-            image_type=i.text("ImageType"),
-            name=i.text("Name"),
-            version=i.text("Version"),
-            description=i.text("Description"),
-            app_id=i.text("AppId"),
-            os_tag=i.text("OsTag"),
-            create_time=parse_time(i.text("CreateTime")),
-            update_time=parse_time(i.text("UpdateTime")),
+            image_id=i.text("ImageId", ID),
+            image_type=i.text("ImageType", STATUS),
+            name=i.text("Name", LABEL),
+            version=i.text("Version", LABEL),
+            description=i.text("Description", TEXT),
+            app_id=i.text("AppId", LABEL),
+            os_tag=i.text("OsTag", LABEL),
+            create_time=parse_time(i.text("CreateTime", SHORT)),
+            update_time=parse_time(i.text("UpdateTime", SHORT)),
         )
-        for i in root.children("Images")
+        for i in root.children("Images", max_items)
     )
     return ImagePage(
         images=items,
-        total_count=root.integer("TotalCount", len(items)),
-        page_number=root.integer("PageNumber", 1),
-        page_size=root.integer("PageSize", 20),
+        total_count=root.integer("TotalCount", len(items), 0, MAX_COUNT),
+        page_number=root.integer("PageNumber", 1, 0, MAX_COUNT),
+        page_size=root.integer("PageSize", 20, 0, MAX_PAGE_SIZE),
         request_id=rid or "",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorBody:
+    """The gated fields of a non-2xx answer's JSON error body."""
+
+    code: str | None  # None: no usable code (absent, or refused by the gate)
+    message: str
+    request_id: str | None
+    refused: str | None = None  # why the code was refused, naming the field
+
+
+def parse_error_body(body: Any) -> ErrorBody:
+    """The error body's code (gated: a bad code means no code), message (cleaned) and request id."""
+    if not isinstance(body, Mapping):
+        return ErrorBody(None, "", None)
+    raw_message = body.get("Message")
+    message = ""
+    if isinstance(raw_message, str):
+        # The message only reaches logs; cleaned and cut rather than refused, so a real error with an
+        # odd message keeps its code. The output gate masks any secret in it.
+        message = _SURROGATE_RE.sub("\ufffd", _CONTROLS_RE.sub(" ", raw_message[: TEXT.max_length]))
+    request_id = gated_request_id(body.get("RequestId"))
+    code = body.get("Code")
+    if not isinstance(code, str) or not code:
+        return ErrorBody(None, message, request_id)
+    try:
+        return ErrorBody(check_text(code, CODE) or None, message, request_id)
+    except _Refused as exc:
+        return ErrorBody(None, message, request_id, refused=f"Code {exc}")

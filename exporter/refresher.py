@@ -5,9 +5,10 @@ the previous one *started*; a cycle that ends later than that is an overrun (log
 ``ehpc_refresh_overruns_total``) and the next one starts right away rather than stacking up.
 
 The watched set is the static images plus the discovered ones (ListImages with the configured filters;
-``name_regex`` is searched, unanchored, in the image name), static entries winning, then cut to this
-replica's shard (:func:`shard_of`). A failed discovery keeps the previously discovered set; its calls
-are counted by the client's observer under ``ListImages``.
+``name_regex`` is searched, unanchored, in the image name with RE2, whose matching is linear in the
+name's length: no pattern and no API-supplied name can stall the loop), static entries winning, then cut
+to this replica's shard (:func:`shard_of`). A failed discovery keeps the previously discovered set; its
+calls are counted by the client's observer under ``ListImages``.
 
 Per image, a failure keeps the last good :class:`~exporter.models.Image` and records the error code;
 ``ImageNotFound`` marks the image missing until it answers again or leaves the watched set. An image
@@ -20,11 +21,11 @@ import asyncio
 import contextlib
 import hashlib
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Literal, Protocol
 
+import re2
 import structlog
 
 from exporter.config import Config, DiscoveryConfig, ShardingConfig, WatchedImage
@@ -54,6 +55,7 @@ class ImageApi(Protocol):
         image_category: str | None = None,
         additional_region_ids: Sequence[str] = (),
         max_elapsed_seconds: float | None = None,
+        max_regions: int = 50,
     ) -> Image:
         """GetImage; failures raise ApiError; ``max_elapsed_seconds`` bounds retries from the first send."""
         ...
@@ -67,6 +69,7 @@ class ImageApi(Protocol):
         image_names: Sequence[str] = (),
         mode: str | None = None,
         page_size: int = 50,
+        max_pages: int = 1000,
     ) -> list[ImageSummary]:
         """ListImages, all pages; every failure raises ApiError."""
         ...
@@ -83,7 +86,7 @@ def in_shard(image_id: str, sharding: ShardingConfig) -> bool:
 
 
 def _discovered(summaries: Sequence[ImageSummary], cfg: DiscoveryConfig) -> dict[str, WatchedImage]:
-    pattern = re.compile(cfg.name_regex) if cfg.name_regex else None
+    pattern = re2.compile(cfg.name_regex) if cfg.name_regex else None
     out: dict[str, WatchedImage] = {}
     for s in summaries:
         if not s.image_id or (pattern is not None and pattern.search(s.name) is None):
@@ -241,6 +244,7 @@ class Refresher:
                     image_category=cfg.image_category,
                     image_ids=cfg.image_ids,
                     page_size=cfg.page_size,
+                    max_pages=cfg.max_pages,
                 )
         except ApiError as exc:
             log.warning(
@@ -271,12 +275,13 @@ class Refresher:
         """
         previous = self._snapshot.images
         limit = config.refresh.image_timeout_seconds
+        max_regions = config.limits.max_regions_per_image
         states: list[ImageState | None] = [None] * len(watched)
         todo = iter(enumerate(watched))
 
         async def worker() -> None:
             for i, image in todo:  # one shared iterator: each image is taken by exactly one worker
-                result, at = await self._fetch(client, image, limit)
+                result, at = await self._fetch(client, image, limit, max_regions)
                 states[i] = self._next_state(image, previous.get(image.image_id), result, at)
 
         workers = max(1, min(len(watched), config.api.max_concurrency))
@@ -284,7 +289,7 @@ class Refresher:
         return [s for s in states if s is not None]
 
     async def _fetch(
-        self, client: ImageApi, watched: WatchedImage, limit_seconds: float
+        self, client: ImageApi, watched: WatchedImage, limit_seconds: float, max_regions: int
     ) -> tuple[Image | ApiError, float]:
         """GetImage for one image within ``limit_seconds`` (retries included): answer or error, and when.
 
@@ -301,6 +306,7 @@ class Refresher:
                 image_category=watched.image_category,
                 additional_region_ids=watched.additional_region_ids,
                 max_elapsed_seconds=limit_seconds,
+                max_regions=max_regions,
             )
         except ApiError as exc:
             result = exc
@@ -314,19 +320,26 @@ class Refresher:
     ) -> ImageState:
         if isinstance(result, Image):
             facts = ImageFacts.from_image(result)
+            if result.ignored:
+                if self._metrics is not None:
+                    self._metrics.record_ignored("GetImage", result.ignored)
+                if prev is None or prev.image is None or prev.image.ignored != facts.ignored:
+                    # Once per change, not once per cycle: the counter tells how often.
+                    log.info("image_values_ignored", image_id=watched.image_id, fields=list(result.ignored))
             # Reuse the previous object when nothing changed, so the renderer's cache hits by identity.
             image = prev.image if prev is not None and prev.image == facts else facts
             return ImageState(watched, image, at, None)
-        log.warning(
+        streak = prev is not None and prev.error is not None and prev.error.code == result.code
+        # Logged when a failure streak starts or changes code; every failure is counted in the metrics.
+        (log.debug if streak else log.warning)(
             "image_refresh_failed",
             image_id=watched.image_id,
             code=result.code,
             http_status=result.http_status,
             request_id=result.request_id,
+            reason=result.message,
         )
-        since = at
-        if prev is not None and prev.error is not None and prev.error.code == result.code:
-            since = prev.error.since
+        since = prev.error.since if streak and prev is not None and prev.error is not None else at
         return ImageState(
             watched,
             prev.image if prev is not None else None,

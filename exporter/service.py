@@ -59,7 +59,9 @@ class ExporterService:
         self._monotonic = monotonic_clock
         self._client_factory = client_factory
         self._clock = wall_clock
-        self.metrics = SelfMetrics(build_info, process_metrics=process_metrics)
+        self.metrics = SelfMetrics(
+            build_info, process_metrics=process_metrics, max_error_codes=config.limits.max_error_codes
+        )
         self.metrics.record_reload(True, wall_clock())  # the config this service starts with did load
         self._renderer = SnapshotRenderer()
         self._rendered = self._renderer.render(Snapshot(status=config.status))
@@ -212,22 +214,44 @@ class ExporterService:
     # -- configuration -----------------------------------------------------------------------------------
 
     async def reload(self, config: Config) -> None:
-        """Use ``config`` from the next refresh on (which starts at once); rebuild the client if needed."""
-        old, self._config = self._config, config
+        """Use ``config`` from the next refresh on (which starts at once); rebuild the client if needed.
+
+        The one place a reload that got this far is recorded (``ehpc_config_last_reload_*``) and logged
+        as done: if applying it raises, the outcome is recorded as failed and the error re-raised for
+        the caller to report.
+        """
+        try:
+            rebuild = self._apply(config)
+        except Exception:
+            self.record_reload(False)
+            raise
+        self.record_reload(True)
+        log.info(
+            "config_reloaded",
+            client_rebuilt=rebuild,
+            images=len(config.images),
+            discovery=config.discovery.enabled,
+            interval_seconds=config.refresh.interval_seconds,
+        )
+
+    def _apply(self, config: Config) -> bool:
+        """Swap ``config`` in; whether the API client was rebuilt for it."""
+        old = self._config
         rebuild = (config.api, config.credentials) != (old.api, old.credentials)
+        refresher = self._refresher
+        # Built before anything changes, so a factory that raises leaves the running config whole.
+        client = self._client_factory(config, self.metrics) if refresher is not None and rebuild else None
+        self._config = config
+        self.metrics.max_error_codes = config.limits.max_error_codes
         if config.web != old.web and self._runner is not None:
             log.warning("web_config_change_needs_restart")
-        refresher = self._refresher
         if refresher is not None:
-            client = None
-            if rebuild:
-                client = self._client_factory(config, self.metrics)
+            if client is not None:
                 retired, self._client = self._client, client
                 if retired is not None:
                     self._retire(retired, refresher)
             refresher.reconfigure(config, client)
-        self.record_reload(True)
-        log.info("config_reloaded", client_rebuilt=rebuild, static_images=len(config.images))
+        return rebuild
 
     def _retire(self, client: EhpcClient, refresher: Refresher) -> None:
         """Close ``client`` once the cycle that may be using it has finished."""

@@ -1,14 +1,20 @@
 """The configuration file: YAML in, validated by a pydantic schema, out as the frozen ``exporter.config``.
 
-Pipeline of :func:`load_config`: read the file, parse YAML (duplicate keys rejected), interpolate
-``${VAR}`` / ``${VAR:-default}`` from the environment in every string value, apply command-line overrides,
-validate each section against the schema below, run the cross-field checks, build the runtime ``Config``.
+Pipeline of :func:`load_config`: read the file and parse YAML through :mod:`exporter.yamlstrict` (a
+regular file of bounded size; duplicate keys, alias bombs and over-deep nesting refused before anything is
+built), interpolate ``${VAR}`` / ``${VAR:-default}`` from the environment in every string value (within a
+budget of characters), check every string (no control characters or lone surrogates, bounded length) and
+integer (no thousands of digits), apply command-line overrides, validate each section against the schema
+below (every number between sane bounds, every float finite), run the cross-field checks, build the
+runtime ``Config``.
 
 Every problem becomes one line ``<source>: <location>: <message>`` in :class:`ConfigError`'s ``errors``,
-all problems of a file at once. Messages are written here from pydantic's location and error type; the
-offending input is never echoed (pydantic's ``input_value``), so a secret put in the wrong place cannot
-reach a terminal or a log. Secret values found in the file are registered with
-:func:`exporter.logging.register_secret` so later log lines mask them too.
+all problems of a file at once (the first 100, then one summary line: aliases can repeat a mistake a
+million times). A file the gate refuses as a whole (unreadable, an alias bomb) is one line with its
+``line:column``. Messages are written here from pydantic's location and error type; the offending input
+is never echoed (pydantic's ``input_value``), and a value is quoted only when short and plain, so a
+secret put in the wrong place cannot reach a terminal or a log. Secret values found in the file are
+registered with :func:`exporter.logging.register_secret` so later log lines mask them too.
 
 Decisions:
 
@@ -30,10 +36,10 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
+import re2
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
@@ -45,6 +51,7 @@ from exporter.config import (
     CredentialsConfig,
     CredentialType,
     DiscoveryConfig,
+    LimitsConfig,
     RefreshConfig,
     RetryConfig,
     ShardingConfig,
@@ -72,6 +79,27 @@ COMMAND_LINE = "command line"
 _REGION_RE = re.compile(r"^[a-z]{2,}-[a-z0-9-]+$")
 _TELEMETRY_PATH_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+# No setting has a use for these, and each breaks something downstream: a control character splits a log
+# or error line, a bidi control makes one read differently from what it says (as the API gate drops them),
+# a lone surrogate (from ${VAR} of a non-UTF-8 environment) cannot be encoded into a URL, label or log.
+_BAD_CHARS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
+_PLAIN_RE = re.compile(r"^[\x21-\x7e]{1,64}$")  # what an error line may quote as it is
+# What a location may show of a key: no ':', '[' or ']', so "<file>: <location>: <message>" stays parseable.
+_PLAIN_KEY_RE = re.compile(r"^[\x21-\x39\x3b-\x5a\x5c\x5e-\x7e]{1,64}$")
+MAX_STRING_CHARS = 16_384  # any one string, after interpolation (an STS token is about 1,500)
+MAX_ID_CHARS = 128
+MAX_REGEX_CHARS = 1024
+MAX_TOTAL_CHARS = yamlstrict.MAX_EXPANDED_CHARS  # all strings together, after interpolation
+MAX_LIST_ITEMS = 100_000  # ids in discovery.ids; images are bounded by yamlstrict's caps
+MAX_PROBLEMS = 100  # lines reported: a file with a million bad keys gets a summary, not a million lines
+# Problems collected: validating stops past this, so a mistake repeated through aliases a million times
+# costs neither a million error objects nor the time to build them.
+MAX_COLLECTED = 1000
+MAX_IMAGES = 100_000
+MIN_QPS = 0.01  # calls per second; below it (but above 0, "off") the budget would space calls for hours
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # RE2 would print the pattern to stderr, outside the one-line report
 _ENV_RE = re.compile(
     r"\$(?:(?P<dollar>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|(?P<bad>\{))"
 )
@@ -86,12 +114,18 @@ class ConfigError(Exception):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Field validators. Messages never quote a value that could be a secret: ids, regions and patterns only.
+# Field validators. Messages never quote a value that could be a secret: ids, regions and patterns only,
+# and those only when short and plain (see _shown).
+
+
+def _shown(value: object) -> str:
+    """``'value'`` when it is short printable ASCII, else nothing: never a part of a value (a cut secret)."""
+    return f" {value!r}" if isinstance(value, str) and _PLAIN_RE.match(value) else ""
 
 
 def _region_id(value: str) -> str:
-    if not _REGION_RE.match(value):
-        raise ValueError(f"invalid region id {value!r} (expected lower-case like 'cn-hangzhou')")
+    if len(value) > 64 or not _REGION_RE.match(value):
+        raise ValueError(f"invalid region id{_shown(value)} (expected lower-case like 'cn-hangzhou')")
     return value
 
 
@@ -100,6 +134,8 @@ def _image_id(value: str) -> str:
         raise ValueError("must not be empty")
     if any(c.isspace() for c in value):
         raise ValueError("must not contain whitespace")
+    if len(value) > MAX_ID_CHARS:
+        raise ValueError(f"must be at most {MAX_ID_CHARS} characters")
     return value
 
 
@@ -110,10 +146,26 @@ def _non_empty(value: str) -> str:
 
 
 def _regex(value: str) -> str:
+    """A pattern RE2 compiles: the runtime matches names with RE2, in linear time, so no pattern can
+    backtrack catastrophically; what RE2 lacks (backreferences, lookaround) is refused here, not later."""
+    if len(value) > MAX_REGEX_CHARS:
+        raise ValueError(f"must be at most {MAX_REGEX_CHARS} characters")
     try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"invalid regular expression: {exc}") from None
+        re2.compile(value, options=_RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else b""
+        text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
+        shown = " ".join(text.split())[:80]  # RE2 quotes at most the offending operator
+        raise ValueError(f"invalid regular expression (RE2 syntax): {shown}") from None
+    except (UnicodeError, TypeError):  # cannot be UTF-8 encoded; the string check names it first
+        raise ValueError("invalid regular expression (RE2 syntax)") from None
+    return value
+
+
+def _qps(value: float) -> float:
+    if value != 0 and value < MIN_QPS:
+        # A tiny budget spaces calls 1/qps apart: 1e-300 would stall the refresh for ever.
+        raise ValueError(f"must be 0 (no budget) or at least {MIN_QPS}")
     return value
 
 
@@ -164,7 +216,8 @@ def parse_listen_address(value: str, *, require_host: bool = False) -> tuple[str
             raise ValueError("invalid host")
     if require_host and not host:
         raise ValueError("must name a host")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    # ASCII digits only, and few of them: int() takes '٣' and raises on 5,000 digits.
+    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5) or int(port_text) > 65535:
         raise ValueError("port must be a number from 0 to 65535")
     return host, int(port_text)
 
@@ -175,6 +228,8 @@ def _listen_address(value: str) -> str:
 
 
 def _telemetry_path(value: str) -> str:
+    if len(value) > 1024:
+        raise ValueError("must be at most 1024 characters")
     if not value.startswith("/"):
         raise ValueError("must start with '/'")
     if value in RESERVED_PATHS:
@@ -184,11 +239,23 @@ def _telemetry_path(value: str) -> str:
     return value
 
 
+def _finite(ge: float, le: float) -> Any:
+    """A float field's bounds, inf and nan refused."""
+    return Field(ge=ge, le=le, allow_inf_nan=False)
+
+
+def _within(ge: int, le: int) -> Any:
+    """An integer field's bounds."""
+    return Field(ge=ge, le=le)
+
+
 RegionId = Annotated[str, AfterValidator(_region_id)]
 ImageId = Annotated[str, AfterValidator(_image_id)]
 NonEmptyStr = Annotated[str, AfterValidator(_non_empty)]
-StatusName = NonEmptyStr
-Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+StatusName = Annotated[str, Field(max_length=64), AfterValidator(_non_empty)]
+MAX_REGIONS_PER_IMAGE = 1000  # the most limits.max_regions_per_image may allow
+RegionList = Annotated[list[RegionId], Field(max_length=MAX_REGIONS_PER_IMAGE)]
+FilePath = Annotated[str, Field(max_length=4096), AfterValidator(_non_empty)]
 ImageType = Literal["VM", "Container"]
 ImageCategory = Literal["Public", "Custom"]
 
@@ -203,6 +270,7 @@ _REFRESH = RefreshConfig()
 _STATUS = StatusConfig()
 _SHARDING = ShardingConfig()
 _WEB = WebConfig()
+_LIMITS = LimitsConfig()
 
 
 class _Schema(BaseModel):
@@ -212,25 +280,25 @@ class _Schema(BaseModel):
 class RetryIn(_Schema):
     """``api.retry``: exponential backoff with full jitter, bounded by attempts and by elapsed time."""
 
-    max_attempts: Annotated[int, Field(ge=1, le=20)] = _RETRY.max_attempts
-    base_delay_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = _RETRY.base_delay_seconds
-    max_delay_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = _RETRY.max_delay_seconds
-    max_elapsed_seconds: Seconds = _RETRY.max_elapsed_seconds
+    max_attempts: Annotated[int, _within(1, 20)] = _RETRY.max_attempts
+    base_delay_seconds: Annotated[float, _finite(0, 60)] = _RETRY.base_delay_seconds
+    max_delay_seconds: Annotated[float, _finite(0, 600)] = _RETRY.max_delay_seconds
+    max_elapsed_seconds: Annotated[float, _finite(0.01, 3600)] = _RETRY.max_elapsed_seconds
 
 
 class ApiIn(_Schema):
     """``api``: where and how fast to call E-HPC Instant."""
 
     region_id: RegionId = _API.region_id
-    endpoint: Annotated[str, AfterValidator(_endpoint)] | None = None
+    endpoint: Annotated[str, Field(max_length=2048), AfterValidator(_endpoint)] | None = None
     network: Literal["public", "vpc"] = _API.network
     protocol: Literal["https", "http"] = _API.protocol
-    ca_file: NonEmptyStr | None = None
-    timeout_seconds: Seconds = _API.timeout_seconds
-    connect_timeout_seconds: Seconds = _API.connect_timeout_seconds
-    max_concurrency: Annotated[int, Field(ge=1)] = _API.max_concurrency
-    qps: Annotated[float, Field(ge=0, allow_inf_nan=False)] = _API.qps
-    max_response_bytes: Annotated[int, Field(ge=1024)] = _API.max_response_bytes
+    ca_file: FilePath | None = None
+    timeout_seconds: Annotated[float, _finite(0.1, 600)] = _API.timeout_seconds
+    connect_timeout_seconds: Annotated[float, _finite(0.1, 600)] = _API.connect_timeout_seconds
+    max_concurrency: Annotated[int, _within(1, 1000)] = _API.max_concurrency
+    qps: Annotated[float, _finite(0, 10_000), AfterValidator(_qps)] = _API.qps
+    max_response_bytes: Annotated[int, _within(1024, 1024**3)] = _API.max_response_bytes
     retry: RetryIn = RetryIn()
 
 
@@ -245,7 +313,7 @@ class CredentialsIn(_Schema):
     role_arn: NonEmptyStr | None = None
     role_session_name: NonEmptyStr | None = None
     oidc_provider_arn: NonEmptyStr | None = None
-    oidc_token_file: NonEmptyStr | None = None
+    oidc_token_file: FilePath | None = None
     role_name: NonEmptyStr | None = None
 
 
@@ -255,7 +323,7 @@ class ImageIn(_Schema):
     id: ImageId
     type: ImageType = "VM"
     category: ImageCategory | None = None
-    additional_regions: list[RegionId] = []
+    additional_regions: RegionList = []
 
 
 class DiscoveryIn(_Schema):
@@ -265,40 +333,53 @@ class DiscoveryIn(_Schema):
     type: ImageType | None = None
     category: ImageCategory | None = None
     name_regex: Annotated[str, AfterValidator(_regex)] | None = None
-    ids: list[ImageId] = []
-    additional_regions: list[RegionId] = []
-    page_size: Annotated[int, Field(ge=1, le=100)] = _DISCOVERY.page_size
+    ids: Annotated[list[ImageId], Field(max_length=MAX_LIST_ITEMS)] = []
+    additional_regions: RegionList = []
+    page_size: Annotated[int, _within(1, 100)] = _DISCOVERY.page_size
+    max_pages: Annotated[int, _within(1, 100_000)] = _DISCOVERY.max_pages
 
 
 class RefreshIn(_Schema):
     """``refresh``: the refresh loop's cadence."""
 
-    interval_seconds: Seconds = _REFRESH.interval_seconds
-    jitter_ratio: Annotated[float, Field(ge=0, lt=1)] = _REFRESH.jitter_ratio
-    image_timeout_seconds: Seconds = _REFRESH.image_timeout_seconds
+    # At least a second: a tiny interval (5e-324) turns the loop into thousands of cycles a second.
+    interval_seconds: Annotated[float, _finite(1, 86_400)] = _REFRESH.interval_seconds
+    jitter_ratio: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = _REFRESH.jitter_ratio
+    image_timeout_seconds: Annotated[float, _finite(0.1, 3600)] = _REFRESH.image_timeout_seconds
 
 
 class StatusIn(_Schema):
     """``status``: which statuses are healthy and which every state set carries."""
 
-    healthy: Annotated[list[StatusName], Field(min_length=1)] = list(_STATUS.healthy)
-    replication_healthy: Annotated[list[StatusName], Field(min_length=1)] = list(_STATUS.replication_healthy)
-    vocabulary: list[StatusName] = list(_STATUS.vocabulary)
+    healthy: Annotated[list[StatusName], Field(min_length=1, max_length=100)] = list(_STATUS.healthy)
+    replication_healthy: Annotated[list[StatusName], Field(min_length=1, max_length=100)] = list(
+        _STATUS.replication_healthy
+    )
+    vocabulary: Annotated[list[StatusName], Field(max_length=100)] = list(_STATUS.vocabulary)
 
 
 class ShardingIn(_Schema):
     """``sharding``: this replica keeps the images with hash(image_id) mod shards == shard."""
 
-    shards: Annotated[int, Field(ge=1)] = _SHARDING.shards
-    shard: Annotated[int, Field(ge=0)] = _SHARDING.shard
+    shards: Annotated[int, _within(1, 1000)] = _SHARDING.shards
+    shard: Annotated[int, _within(0, 999)] = _SHARDING.shard
+
+
+class LimitsIn(_Schema):
+    """``limits``: bounds on what API answers can make the exporter publish (see LimitsConfig)."""
+
+    max_error_codes: Annotated[int, _within(0, 10_000)] = _LIMITS.max_error_codes
+    max_regions_per_image: Annotated[int, _within(1, MAX_REGIONS_PER_IMAGE)] = _LIMITS.max_regions_per_image
 
 
 class WebIn(_Schema):
     """``web``: the exporter's own HTTP server."""
 
-    listen_address: Annotated[str, AfterValidator(_listen_address)] = _WEB.listen_address
+    listen_address: Annotated[str, Field(max_length=300), AfterValidator(_listen_address)] = (
+        _WEB.listen_address
+    )
     telemetry_path: Annotated[str, AfterValidator(_telemetry_path)] = _WEB.telemetry_path
-    config_file: NonEmptyStr | None = None
+    config_file: FilePath | None = None
 
 
 class ConfigFile(_Schema):
@@ -311,6 +392,7 @@ class ConfigFile(_Schema):
     refresh: RefreshIn = RefreshIn()
     status: StatusIn = StatusIn()
     sharding: ShardingIn = ShardingIn()
+    limits: LimitsIn = LimitsIn()
     web: WebIn = WebIn()
 
 
@@ -337,8 +419,18 @@ def _format_loc(loc: Loc) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            # A key is shown only when it is short and printable: the line stays one line, and a value
+            # pasted where a key belongs is not printed.
+            name = part if _PLAIN_KEY_RE.match(part) else "<unprintable or long key>"
+            out += f".{name}" if out else name
     return out
+
+
+def _close_match(key: str, known: list[str]) -> list[str]:
+    """The known key ``key`` is probably a typo of (none for keys longer than any real one)."""
+    if len(key) > 64:
+        return []
+    return difflib.get_close_matches(key, known, n=1, cutoff=0.6)
 
 
 def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
@@ -395,6 +487,8 @@ def _describe(err: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
         "model_attributes_type": "must be a mapping",
         "dict_type": "must be a mapping",
         "string_too_short": "must not be empty",
+        "string_too_long": f"must be at most {ctx.get('max_length')} characters",
+        "int_parsing_size": "must be an integer (too many digits)",
         "literal_error": f"must be {ctx.get('expected', 'one of the allowed values')}",
         "greater_than": f"must be greater than {_num(ctx.get('gt'))}",
         "greater_than_equal": f"must be at least {_num(ctx.get('ge'))}",
@@ -409,7 +503,7 @@ def _describe(err: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
         holder = _model_at(model, loc[:-1])
         key = loc[-1]
         if holder is not None and isinstance(key, str):
-            close = difflib.get_close_matches(key, list(holder.model_fields), n=1, cutoff=0.6)
+            close = _close_match(key, list(holder.model_fields))
             if close:
                 return f"unknown key (did you mean '{close[0]}'?)"
         return "unknown key"
@@ -435,45 +529,124 @@ def _validate(
 # Environment interpolation.
 
 
+class _TooLong(Exception):
+    """Interpolation went past its budget: the whole file's (``whole_file``) or the one string's."""
+
+    def __init__(self, whole_file: bool, loc: Loc = ()) -> None:
+        self.whole_file = whole_file
+        self.loc = loc
+        super().__init__()
+
+
+@dataclass(slots=True)
+class _Budget:
+    """Characters all strings may still take after interpolation (``${VAR}`` can repeat a long value)."""
+
+    left: int
+
+
 def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
     """Expand ``${VAR}``, ``${VAR:-default}`` and ``$$`` in ``text``; also return the unset names."""
+    return _expand(text, env, _Budget(1 << 62), 1 << 62)
+
+
+def _expand(text: str, env: Mapping[str, str], budget: _Budget, max_chars: int) -> tuple[str, list[str]]:
+    """:func:`interpolate`, raising _TooLong as soon as the result would pass ``max_chars`` or the budget."""
     missing: list[str] = []
+    length = len(text)
 
     def repl(m: re.Match[str]) -> str:
+        nonlocal length
         if m.group("dollar"):
-            return "$"
-        if m.group("bad"):
+            out = "$"
+        elif m.group("bad"):
             missing.append("")  # a '${' that is not a well-formed reference
-            return m.group(0)
-        name = m.group("name")
-        default = m.group("default")
-        value = env.get(name)
-        if default is not None:
-            return value if value else default
-        if value is None:
-            missing.append(name)
-            return ""
-        return value
-
-    return _ENV_RE.sub(repl, text), missing
-
-
-def _interpolate_tree(value: Any, loc: Loc, env: Mapping[str, str], problems: list[_Problem]) -> Any:
-    if isinstance(value, str):
-        expanded, missing = interpolate(value, env)
-        for name in missing:
-            if name:
-                problems.append(_Problem(loc, f"environment variable '{name}' is not set and has no default"))
+            out = m.group(0)
+        else:
+            name = m.group("name")
+            default = m.group("default")
+            value = env.get(name)
+            if default is not None:
+                out = value if value else default
+            elif value is None:
+                missing.append(name)
+                out = ""
             else:
-                problems.append(
-                    _Problem(loc, "malformed '${' reference (use ${NAME} or ${NAME:-default}; $$ for '$')")
-                )
-        return expanded
+                out = value
+        # Counted while substituting, so 10,000 references to a 100 kB variable never get joined.
+        length += len(out) - len(m.group(0))
+        _check_length(length, budget, max_chars)
+        return out
+
+    _check_length(length, budget, max_chars)
+    expanded = _ENV_RE.sub(repl, text) if "$" in text else text
+    budget.left -= len(expanded)
+    return expanded, missing
+
+
+def _add(problems: list[_Problem], problem: _Problem) -> None:
+    """Collect ``problem`` unless MAX_COLLECTED are in (an alias-multiplied mistake is one mistake)."""
+    if len(problems) < MAX_COLLECTED:
+        problems.append(problem)
+
+
+def _check_length(length: int, budget: _Budget, max_chars: int) -> None:
+    if length > budget.left:
+        raise _TooLong(whole_file=True)
+    if length > max_chars:
+        raise _TooLong(whole_file=False)
+
+
+def _check_tree(
+    value: Any, loc: Loc, env: Mapping[str, str], budget: _Budget, problems: list[_Problem]
+) -> Any:
+    """Interpolate every string value and check every scalar the schema cannot judge on its own.
+
+    Recursive, but yamlstrict has already bounded the depth (32) and the expanded size of the tree.
+    """
+    if isinstance(value, str):
+        return _check_string(value, loc, env, budget, problems)
+    if isinstance(value, yamlstrict.OversizedInt):
+        _add(problems, _Problem(loc, f"number too large ({value.chars} characters)"))
+        return None
     if isinstance(value, dict):
-        return {str(k): _interpolate_tree(v, (*loc, str(k)), env, problems) for k, v in value.items()}
+        return {_key(k): _check_tree(v, (*loc, _key(k)), env, budget, problems) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate_tree(v, (*loc, i), env, problems) for i, v in enumerate(value)]
+        return [_check_tree(v, (*loc, i), env, budget, problems) for i, v in enumerate(value)]
     return value
+
+
+def _check_string(
+    value: str, loc: Loc, env: Mapping[str, str], budget: _Budget, problems: list[_Problem]
+) -> Any:
+    try:
+        expanded, missing = _expand(value, env, budget, MAX_STRING_CHARS)
+    except _TooLong as exc:
+        if exc.whole_file:
+            raise _TooLong(whole_file=True, loc=loc) from None  # the file's one line (load_config)
+        _add(problems, _Problem(loc, f"must be at most {MAX_STRING_CHARS} characters"))
+        return None
+    for name in missing:
+        if name:
+            _add(problems, _Problem(loc, f"environment variable '{name}' is not set and has no default"))
+        else:
+            _add(
+                problems,
+                _Problem(loc, "malformed '${' reference (use ${NAME} or ${NAME:-default}; $$ for '$')"),
+            )
+    bad = _BAD_CHARS_RE.search(expanded)
+    if bad is not None:
+        if _SURROGATE_RE.search(expanded):
+            _add(problems, _Problem(loc, "must be valid Unicode text (has a lone surrogate)"))
+        else:
+            _add(problems, _Problem(loc, "must not contain control or bidi characters"))
+        return None
+    return expanded
+
+
+def _key(key: Any) -> str:
+    """A mapping key as a string (YAML allows numbers, booleans, null and dates as keys)."""
+    return key if isinstance(key, str) else str(key)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -482,13 +655,19 @@ def _interpolate_tree(value: Any, loc: Loc, env: Mapping[str, str], problems: li
 
 def _read_yaml(path: str) -> Any:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read config file: {exc.strerror or exc}"]) from None
+        text = yamlstrict.read_bytes(path).decode("utf-8")
+    except yamlstrict.ReadError as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc.reason}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: cannot read config file: not UTF-8 text"]) from None
     try:
         return yamlstrict.load(text)
+    except yamlstrict.ExpansionError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+        # The first few steps of the path say where; nesting 200 deep would otherwise print 200 of them.
+        field = (_format_loc(exc.path[:8]) + ("..." if len(exc.path) > 8 else "")) or "the document"
+        raise ConfigError([f"{where}: {field}: {exc.problem}"]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
@@ -547,6 +726,22 @@ def _check_section(name: str, value: Any) -> list[_Problem]:
     return out
 
 
+def _check_region_counts(sections: Mapping[str, Any]) -> list[_Problem]:
+    """No image asks for more regions than ``limits.max_regions_per_image`` (answers are held to it too)."""
+    limits: LimitsIn = sections.get("limits") or LimitsIn()
+    most = limits.max_regions_per_image
+    message = f"must have at most {most} item(s) (limits.max_regions_per_image)"
+    out = [
+        _Problem(("images", i, "additional_regions"), message)
+        for i, image in enumerate(sections.get("images") or [])
+        if len(image.additional_regions) > most
+    ]
+    discovery: DiscoveryIn | None = sections.get("discovery")
+    if discovery is not None and len(discovery.additional_regions) > most:
+        out.append(_Problem(("discovery", "additional_regions"), message))
+    return out
+
+
 def _raw_duplicates(raw: Mapping[str, Any]) -> list[_Problem]:
     """Duplicate image ids and regions, found on the raw data so other errors in an item hide nothing."""
 
@@ -562,7 +757,9 @@ def _raw_duplicates(raw: Mapping[str, Any]) -> list[_Problem]:
             if value in first:
                 loc: Loc = (*base, i, field) if field else (*base, i)
                 out.append(
-                    _Problem(loc, f"duplicate {what} {value!r} (also {_format_loc((*base, first[value]))})")
+                    _Problem(
+                        loc, f"duplicate {what}{_shown(value)} (also {_format_loc((*base, first[value]))})"
+                    )
                 )
             else:
                 first[value] = i
@@ -642,10 +839,12 @@ def _build(sections: Mapping[str, Any]) -> Config:
             image_ids=tuple(discovery.ids),
             additional_region_ids=tuple(discovery.additional_regions),
             page_size=discovery.page_size,
+            max_pages=discovery.max_pages,
         ),
         refresh=RefreshConfig(**refresh.model_dump()),
         status=_merge_vocabulary(sections["status"]),
         sharding=ShardingConfig(shards=sharding.shards, shard=sharding.shard),
+        limits=LimitsConfig(**sections["limits"].model_dump()),
         web=WebConfig(
             listen_address=web.listen_address, telemetry_path=web.telemetry_path, config_file=web.config_file
         ),
@@ -703,8 +902,16 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of sections (api, images, ...)"])
 
-    env_problems: list[_Problem] = []
-    raw = _interpolate_tree(raw, (), os.environ, env_problems)
+    # Problems with single values found before validation (unset variables, control characters, huge
+    # numbers): each is that field's one line, not also the schema's complaint about what is left.
+    early: list[_Problem] = []
+    try:
+        raw = _check_tree(raw, (), os.environ, _Budget(MAX_TOTAL_CHARS), early)
+    except _TooLong as exc:
+        where = _format_loc(exc.loc)
+        raise ConfigError(
+            [f"{source}: {where}: ${{VAR}} expansion takes the file past {MAX_TOTAL_CHARS} characters"]
+        ) from None
     overridden = _apply_overrides(raw, overrides or {})
     secrets = _secret_values(raw)
     for secret in secrets:
@@ -714,7 +921,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any
     sections: dict[str, Any] = {}
     for name, value in raw.items():
         if name not in ConfigFile.model_fields:
-            close = difflib.get_close_matches(name, list(ConfigFile.model_fields), n=1, cutoff=0.6)
+            close = _close_match(name, list(ConfigFile.model_fields))
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             problems.append(_Problem((name,), f"unknown key{hint}"))
             continue
@@ -724,36 +931,57 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any
             if not isinstance(value, list):
                 problems.append(_Problem(("images",), "must be a list"))
                 continue
-            validated = [
-                (i, _validate(_IMAGE_ADAPTER, ConfigFile, item, ("images", i), problems))
-                for i, item in enumerate(value)
-            ]
-            sections[name] = [image for _, image in validated if image is not None]
+            if len(value) > MAX_IMAGES:
+                problems.append(_Problem(("images",), f"must have at most {MAX_IMAGES} item(s)"))
+                continue
+            images = []
+            for i, item in enumerate(value):
+                if len(problems) >= MAX_COLLECTED:
+                    break
+                image = _validate(_IMAGE_ADAPTER, ConfigFile, item, ("images", i), problems)
+                if image is not None:
+                    images.append(image)
+            sections[name] = images
             continue
         result = _validate(_SECTION_ADAPTERS[name], ConfigFile, value, (name,), problems)
         if result is not None:
             sections[name] = result
             problems += _check_section(name, result)
 
-    problems += _raw_duplicates(raw)
-    # A field whose variable is unset gets that one line, not also the complaints about its empty value.
-    env_locs = {p.loc for p in env_problems}
-    problems = env_problems + [p for p in problems if p.loc not in env_locs]
+    if len(problems) < MAX_COLLECTED:
+        problems += _raw_duplicates(raw)[:MAX_COLLECTED]
+    early_locs = {p.loc for p in early}
+    problems = early + [p for p in problems if p.loc not in early_locs]
+    if "limits" in sections or raw.get("limits") is None:  # judged by valid (or default) limits only
+        problems += _check_region_counts(sections)[:MAX_COLLECTED]
     if problems:
-        raise ConfigError([_render(p, source, overridden, secrets) for p in _ordered(problems, raw)])
+        ordered = _ordered(problems, raw)
+        lines = [_render(p, source, overridden, secrets) for p in ordered[:MAX_PROBLEMS]]
+        if len(ordered) >= MAX_COLLECTED:
+            lines.append(f"{source}: more problems not shown (the first {MAX_PROBLEMS} are)")
+        elif len(ordered) > MAX_PROBLEMS:
+            lines.append(f"{source}: {len(ordered) - MAX_PROBLEMS} more problems not shown")
+        raise ConfigError(lines)
     defaults = ConfigFile()
     return _build({name: sections.get(name, getattr(defaults, name)) for name in ConfigFile.model_fields})
 
 
 def _ordered(problems: list[_Problem], raw: Mapping[str, Any]) -> list[_Problem]:
     """Problems in the order of the file (a missing field sorts after its siblings); stable otherwise."""
+    key_index: dict[int, dict[str, int]] = {}  # id(mapping) -> key -> position, built once per mapping
+
+    def index(node: dict[str, Any], key: str) -> int:
+        found = key_index.get(id(node))
+        if found is None:
+            found = key_index[id(node)] = {k: i for i, k in enumerate(node)}
+        return found[key]
 
     def position(loc: Loc) -> tuple[int, ...]:
         node: Any = raw
         out = []
         for part in loc:
             if isinstance(node, dict) and part in node:
-                out.append(list(node).index(part))
+                out.append(index(node, str(part)))
                 node = node[part]
             elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
                 out.append(part)

@@ -6,7 +6,6 @@ A :class:`Snapshot` is built once per cycle and swapped in whole; scrapes, the l
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,24 +19,10 @@ IMAGE_NOT_FOUND = "ImageNotFound"
 # The state-set label value used when the API answers an empty Status.
 UNKNOWN_STATUS = "Unknown"
 
-_USERINFO_RE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?[^/@?#]*@")
-
 
 def status_label(status: str) -> str:
     """The ``status`` label value for an API status: itself, or ``Unknown`` when empty."""
     return status or UNKNOWN_STATUS
-
-
-def safe_url(url: str) -> str:
-    """``url`` without userinfo (``user:pass@``), query or fragment: what may appear in a label or page.
-
-    Registry URLs are usually ``host/ns/repo:tag`` without a scheme; an ``@`` after the first ``/`` is a
-    digest (``repo@sha256:...``) and is kept.
-    """
-    stripped = _USERINFO_RE.sub(lambda m: m.group("scheme") or "", url, count=1)
-    for sep in ("?", "#"):
-        stripped = stripped.split(sep, 1)[0]
-    return stripped
 
 
 class Replica(NamedTuple):
@@ -50,7 +35,8 @@ class Replica(NamedTuple):
 class ImageFacts(NamedTuple):
     """What the exporter keeps of a GetImage answer.
 
-    A tuple of plain values (no registry credential, and the registry URL already without userinfo):
+    A tuple of plain values that passed the ingestion gate (no registry credential, and the registry URL
+    already without userinfo):
     CPython's garbage collector stops tracking such tuples, so ten thousand of them cost the periodic
     full collections nothing; frozen dataclasses would be traversed on every one (a pause of 100 ms
     and more at that size, felt by every scrape in flight).
@@ -68,6 +54,7 @@ class ImageFacts(NamedTuple):
     architecture: str
     registry_url: str
     additional_regions: tuple[Replica, ...]
+    ignored: tuple[str, ...] = ()  # fields of the answer the exporter could not use
 
     @classmethod
     def from_image(cls, image: Image) -> ImageFacts:
@@ -83,8 +70,9 @@ class ImageFacts(NamedTuple):
             os_tag=image.os_tag,
             platform=image.platform,
             architecture=image.architecture,
-            registry_url=safe_url(image.registry_url),
+            registry_url=image.registry_url,
             additional_regions=tuple(Replica(r.region_id, r.status) for r in image.additional_regions),
+            ignored=image.ignored,
         )
 
 

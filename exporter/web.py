@@ -22,7 +22,8 @@ from aiohttp.typedefs import Handler, Middleware
 
 from exporter.config import Config
 from exporter.metrics import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, RenderedSnapshot, gzip_body
-from exporter.snapshot import ImageState, safe_url, status_label
+from exporter.redaction import scrub
+from exporter.snapshot import ImageState, status_label
 
 __all__ = [
     "OPEN_PATHS",
@@ -177,6 +178,11 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.Response(status=503, text="not ready: the first refresh has not completed\n")
 
 
+def _h(text: str, *, quote: bool = True) -> str:
+    """``text`` through the output gate, then HTML-escaped: how every value reaches the page."""
+    return html.escape(scrub(text), quote=quote)
+
+
 def _time(ts: float | None) -> str:
     if ts is None:
         return "never"
@@ -190,8 +196,8 @@ def _row(cells: Iterable[tuple[str, str]]) -> str:
 
 def _config_rows(source: MetricsSource) -> str:
     cfg = source.config
-    e = html.escape
-    endpoint = safe_url(cfg.api.endpoint) if cfg.api.endpoint else f"(from region, {cfg.api.network})"
+    e = _h
+    endpoint = cfg.api.endpoint or f"(from region, {cfg.api.network})"
     rows = [
         ("region", cfg.api.region_id),
         ("endpoint", endpoint),
@@ -207,7 +213,7 @@ def _config_rows(source: MetricsSource) -> str:
 
 
 def _image_row(state: ImageState, healthy: Sequence[str]) -> str:
-    e = html.escape
+    e = _h
     img = state.image
     if state.missing:
         status, status_class = "missing (ImageNotFound)", "bad"
@@ -257,10 +263,10 @@ async def _landing(request: web.Request) -> web.Response:
         if len(shown) < len(states):
             summary += f" Showing the first {len(shown)} (failing first)."
     page = _LANDING.substitute(
-        version=html.escape(source.version),
-        telemetry_path=html.escape(request.app[TELEMETRY_PATH_KEY], quote=True),
+        version=_h(source.version),
+        telemetry_path=_h(request.app[TELEMETRY_PATH_KEY], quote=True),
         config_rows=_config_rows(source),
-        image_summary=html.escape(summary),
+        image_summary=_h(summary),
         image_rows="\n".join(_image_row(s, snapshot.status.healthy) for s in shown),
     )
     return web.Response(text=page, content_type="text/html", charset="utf-8")

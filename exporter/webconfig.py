@@ -864,21 +864,21 @@ def load_web_security(
     """Read and validate an exporter-toolkit web config file; raises WebConfigError (a ValueError)."""
     parser = _Parser(path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise parser.error(
-            "", f"cannot read the web config file: {exc.strerror or type(exc).__name__}"
-        ) from None
+        # The same gate as the config file: a regular file of bounded size, read without blocking.
+        text = yamlstrict.read_bytes(path).decode("utf-8")
+    except yamlstrict.ReadError as exc:
+        raise parser.error("", f"cannot read the web config file: {exc.reason}") from None
     except UnicodeDecodeError:
         raise parser.error("", "the web config file is not UTF-8") from None
     try:
         document = yamlstrict.load(text)
     except yaml.MarkedYAMLError as exc:
-        # Only the problem and its position: the context snippet could show a key or a hash.
+        # Only the problem and its position: the context snippet could show a key or a hash. The
+        # problems yamlstrict writes itself (duplicate key, alias bomb, nesting) quote nothing else.
         mark = exc.problem_mark
         position = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = exc.problem if exc.problem and "duplicate key" in exc.problem else "invalid YAML"
+        own = isinstance(exc, yamlstrict.ExpansionError) or "duplicate key" in (exc.problem or "")
+        problem = exc.problem if own and exc.problem else "invalid YAML"
         raise parser.error("", f"{problem}{position}") from None
     except yaml.YAMLError:
         raise parser.error("", "invalid YAML") from None

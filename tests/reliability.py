@@ -10,11 +10,16 @@ A test asks for the ``reliability`` fixture and, per case::
 recorded as failed with the error's first line, so the report never shows a case the run did not check.
 
 ``reliability.measure(area, name, value, unit, budget=...)`` keeps a number that varies from run to run
-(latency, throughput): the report shows only whether it kept within its budget ("under 250 ms"), so
-regenerating the report on a healthy system does not change it; the exact numbers go to the terminal
-summary and, when ``RELIABILITY_MEASUREMENTS=path`` is set, to that JSON file.
+(latency, throughput) and fails the test when it is outside its budget (``fail=False``: return whether
+it held, so a test can record several before asserting). The report shows only whether it held ("under
+250 ms"), so regenerating the report on a healthy system does not change it; the exact numbers go to
+the terminal summary and, when ``RELIABILITY_MEASUREMENTS=path`` is set, to that JSON file.
 
-With ``RELIABILITY_REPORT=path`` set, the session writes the markdown report there at its end.
+The report is deterministic: rows are ordered by area, then by module (``REPORT_MODULES``), then in the
+order the module ran them, whatever order pytest was given the files in. With ``RELIABILITY_REPORT=path``
+set, the session writes it there at its end. Without it, a session that ran every test of every report
+module and saw them all pass compares what it would write with the committed ``docs/reliability.md``
+and fails (exit status 1, the command to regenerate it in the summary) when they differ.
 """
 
 from __future__ import annotations
@@ -30,10 +35,17 @@ import pytest
 
 REPORT_ENV = "RELIABILITY_REPORT"
 MEASUREMENTS_ENV = "RELIABILITY_MEASUREMENTS"
-GENERATE_COMMAND = (
-    "RELIABILITY_REPORT=docs/reliability.md .venv/bin/pytest tests/test_bad_input.py tests/test_soak.py"
-    " tests/test_e2e_paging.py tests/test_leaks.py tests/test_load.py"
+REPORT_PATH = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
+# The modules whose cases make the report, in the order the report lists them within an area.
+REPORT_MODULES = (
+    "tests/test_bad_input.py",
+    "tests/test_hostile.py",
+    "tests/test_soak.py",
+    "tests/test_e2e_paging.py",
+    "tests/test_leaks.py",
+    "tests/test_load.py",
 )
+GENERATE_COMMAND = "RELIABILITY_REPORT=docs/reliability.md .venv/bin/pytest " + " ".join(REPORT_MODULES)
 # Areas in the order the report lists them; others follow alphabetically.
 AREA_ORDER = (
     "paging",
@@ -41,6 +53,7 @@ AREA_ORDER = (
     "config",
     "credentials",
     "api input",
+    "hostile answers",
     "http methods",
     "http paths",
     "http headers",
@@ -90,6 +103,10 @@ class Recorder:
 
     records: list[CaseRecord] = field(default_factory=list)
     measurements: list[Measurement] = field(default_factory=list)
+    # Per report module: tests collected, deselected, and the outcome of each test that ran.
+    collected: dict[str, set[str]] = field(default_factory=dict)
+    deselected: set[str] = field(default_factory=set)
+    outcomes: dict[str, str] = field(default_factory=dict)
 
     def for_node(self, nodeid: str) -> Iterator[CaseRecord]:
         """The records a test made."""
@@ -136,11 +153,36 @@ class Reliability:
         self.case(area, case, expected).observe(observed, ok)
 
     def measure(
-        self, area: str, name: str, value: float, unit: str, *, budget: float, higher_is_better: bool = False
-    ) -> None:
-        """Keep a run-dependent number; the report shows only whether it kept within ``budget`` (at most,
-        or at least with ``higher_is_better``), the terminal summary the number itself."""
-        self._recorder.measurements.append(Measurement(area, name, value, unit, budget, higher_is_better))
+        self,
+        area: str,
+        name: str,
+        value: float,
+        unit: str,
+        *,
+        budget: float,
+        higher_is_better: bool = False,
+        fail: bool = True,
+    ) -> bool:
+        """Keep a run-dependent number and check it against ``budget`` (at most, or at least with
+        ``higher_is_better``): fail the test when outside it, or with ``fail=False`` return whether it held.
+        The report shows only whether it held, the terminal summary the number itself."""
+        m = Measurement(area, name, value, unit, budget, higher_is_better)
+        self._recorder.measurements.append(m)
+        held = within_budget(m)
+        if fail:
+            assert held, budget_message(m)
+        return held
+
+
+def within_budget(m: Measurement) -> bool:
+    """Whether a measurement kept within its budget."""
+    return m.value >= m.budget if m.higher_is_better else m.value < m.budget
+
+
+def budget_message(m: Measurement) -> str:
+    """One line for a budget that did not hold."""
+    bound = "at least" if m.higher_is_better else "under"
+    return f"[{m.area}] {m.name}: {m.value:.6g} {m.unit}, budget {bound} {m.budget:g} {m.unit}"
 
 
 def recorder_of(config: pytest.Config) -> Recorder:
@@ -162,13 +204,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """Mark the unobserved cases of a failed test as failed, with the error's first line."""
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
+    recorder = recorder_of(item.config)
+    if module_of(item.nodeid) in REPORT_MODULES:
+        previous = recorder.outcomes.get(item.nodeid)
+        if report.failed or previous == "failed":
+            recorder.outcomes[item.nodeid] = "failed"
+        elif report.skipped:
+            recorder.outcomes[item.nodeid] = "skipped"
+        elif report.when == "call":
+            recorder.outcomes[item.nodeid] = "passed"
     if not report.failed:
         return
     message = ""
     if call.excinfo is not None:
         text = str(call.excinfo.value).strip().splitlines()
         message = f"{call.excinfo.typename}: {text[0] if text else ''}".strip()
-    for record in recorder_of(item.config).for_node(item.nodeid):
+    for record in recorder.for_node(item.nodeid):
         if record.observed is None:  # observed cases keep their own verdict (observe asserts it)
             record.test_failed = True
             record.observed = f"test failed ({report.when}): {message}"[:300]
@@ -176,7 +227,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def coarse(m: Measurement) -> str:
     """A run-independent rendering: whether the value kept within its budget ("under 250 ms")."""
-    within = m.value >= m.budget if m.higher_is_better else m.value < m.budget
+    within = within_budget(m)
     bound = f"{m.budget:g} {m.unit}"
     if within:
         return f"{'over' if m.higher_is_better else 'under'} {bound}"
@@ -191,9 +242,20 @@ def _area_key(area: str) -> tuple[int, str]:
     return (AREA_ORDER.index(area), "") if area in AREA_ORDER else (len(AREA_ORDER), area)
 
 
+def module_of(nodeid: str) -> str:
+    """``tests/test_x.py`` of a node id."""
+    return nodeid.split("::", 1)[0]
+
+
+def _module_rank(nodeid: str) -> int:
+    module = module_of(nodeid)
+    return REPORT_MODULES.index(module) if module in REPORT_MODULES else len(REPORT_MODULES)
+
+
 def render_report(recorder: Recorder) -> str:
-    """The markdown report (content depends only on the outcomes, not on timings)."""
-    records = recorder.records
+    """The markdown report (content depends only on the outcomes, not on timings or file order)."""
+    ranked = sorted(enumerate(recorder.records), key=lambda p: (_module_rank(p[1].nodeid), p[0]))
+    records = [r for _, r in ranked]
     passed = sum(r.passed for r in records)
     lines = [
         "# Reliability report",
@@ -216,12 +278,21 @@ def render_report(recorder: Recorder) -> str:
         "- Release check: `scripts/soak.sh [SECONDS]` (default 1800) runs the fault soak and the leak",
         "  checks for that long and writes its own report to `soak-report.md` (not committed).",
         "- Exact numbers of a run: add `RELIABILITY_MEASUREMENTS=measurements.json`; pytest's terminal",
-        "  summary shows them too.",
+        "  summary shows them too. A budget that does not hold fails its test.",
+        "- A run of every test of these modules that all pass compares this file with what it would",
+        "  write and fails when they differ (regenerate it with the command above).",
         "",
         "Where each area comes from: paging `tests/test_e2e_paging.py` (simulator, exporter, real Prometheus",
         "with the shipped rules, Alertmanager, webhook); soak `tests/test_soak.py` (1,000 images under",
         "injected faults, simulator killed and restarted, error counts compared exactly with the",
         "simulator's); config, credentials, api input, http *, slow clients `tests/test_bad_input.py`;",
+        "hostile answers `tests/test_hostile.py` (a hostile gateway, `tests/hostile_gateway.py`, answering",
+        "raw bytes: every field of GetImage, error and ListImages bodies x value families, one row per",
+        "family; every case asserts, with the exporter running: `/metrics` 200 and parsing with",
+        "prometheus_client and `promtool check metrics`, the control images still refreshing, no known",
+        "secret and no raw control character on `/metrics`, `/` or the log, no traceback, the outcome its",
+        "family allows (InvalidResponse keeping the last good data, up, or ignored and counted), and",
+        "recovery once the answer is good again);",
         "security and leaks `tests/test_leaks.py` (plus the soak's own leak scan); load `tests/test_load.py`",
         "(wrk). Everything runs the real `ehpc-image-exporter` as a subprocess on loopback.",
         "",
@@ -238,7 +309,7 @@ def render_report(recorder: Recorder) -> str:
         lines.append("")
     if recorder.measurements:
         lines += [
-            "## Measurements (against budgets)",
+            "## Measurements (against budgets; a budget not held fails its test)",
             "",
             "| area | measurement | kept within |",
             "| --- | --- | --- |",
@@ -249,14 +320,47 @@ def render_report(recorder: Recorder) -> str:
     return "\n".join(lines)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Note which tests of the report modules this session runs (to know whether the report is whole)."""
+    recorder = recorder_of(config)
+    for item in items:
+        module = module_of(item.nodeid)
+        if module in REPORT_MODULES:
+            recorder.collected.setdefault(module, set()).add(item.nodeid)
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    """A deselected report test (``-k``, ``-m``) makes the session's report partial."""
+    for item in items:
+        if module_of(item.nodeid) in REPORT_MODULES:
+            recorder_of(item.config).deselected.add(item.nodeid)
+
+
+def report_is_whole(recorder: Recorder) -> bool:
+    """Every test of every report module ran in this session and passed."""
+    if recorder.deselected or set(recorder.collected) != set(REPORT_MODULES):
+        return False
+    ran = [n for tests in recorder.collected.values() for n in tests]
+    return all(recorder.outcomes.get(n) == "passed" for n in ran)
+
+
+_STALE: pytest.StashKey[str] = pytest.StashKey()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Write the report (``RELIABILITY_REPORT``) and the exact measurements (``RELIABILITY_MEASUREMENTS``)."""
+    """Write the report (``RELIABILITY_REPORT``) and the exact measurements (``RELIABILITY_MEASUREMENTS``);
+    without ``RELIABILITY_REPORT``, fail a whole, passing run whose report differs from the committed one."""
     recorder = recorder_of(session.config)
     report_path = os.environ.get(REPORT_ENV)
     if report_path and recorder.records:
         path = Path(report_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render_report(recorder))
+    elif recorder.records and report_is_whole(recorder):
+        committed = REPORT_PATH.read_text() if REPORT_PATH.exists() else ""
+        if committed != render_report(recorder):
+            session.config.stash[_STALE] = stale_message(committed, render_report(recorder))
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     measurements_path = os.environ.get(MEASUREMENTS_ENV)
     if measurements_path and recorder.measurements:
         Path(measurements_path).write_text(
@@ -264,11 +368,33 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         )
 
 
+def stale_message(committed: str, generated: str) -> str:
+    """Why the run failed: the committed report is not this run's, the first differing line, the fix."""
+    old, new = committed.splitlines(), generated.splitlines()
+    first = next(
+        (i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), min(len(old), len(new))
+    )
+    return (
+        f"docs/reliability.md is not what this run generates (first difference at line {first + 1}:"
+        f" committed {old[first] if first < len(old) else '<end>'!r},"
+        f" generated {new[first] if first < len(new) else '<end>'!r}).\n"
+        f"Regenerate it with: {GENERATE_COMMAND}"
+    )
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """Show the exact measurements of this run (they are only coarse in the report)."""
+    """Show the exact measurements of this run (they are only coarse in the report), and a stale report."""
     recorder = recorder_of(config)
+    stale = config.stash.get(_STALE, None)
+    if stale is not None:
+        terminalreporter.section("reliability report is stale", red=True)
+        for line in stale.splitlines():
+            terminalreporter.write_line(line)
     if not recorder.measurements:
         return
     terminalreporter.section("reliability measurements")
     for m in recorder.measurements:
-        terminalreporter.write_line(f"{m.area}: {m.name} = {m.value:.6g} {m.unit} (budget {m.budget:g})")
+        held = "" if within_budget(m) else "  OUTSIDE THE BUDGET"
+        terminalreporter.write_line(
+            f"{m.area}: {m.name} = {m.value:.6g} {m.unit} (budget {m.budget:g}){held}"
+        )

@@ -19,9 +19,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
+import exporter.cli as exporter_cli
 from exporter import __version__
 from exporter.cli import build_parser
+from exporter.config import Config
+from exporter.service import ExporterService
+from tests.exporter_support import samples, value
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -262,7 +267,7 @@ async def test_check_config_bad_prints_one_line_per_error(tmp_path: Path) -> Non
     assert err.splitlines() == [
         f"{path}: credentials.security_token: required for type 'sts'",
         f"{path}: images[1].id: duplicate image id 'm-1' (also images[0])",
-        f"{path}: refresh.interval_seconds: must be greater than 0",
+        f"{path}: refresh.interval_seconds: must be at least 1",
         f"{path}: bogus: unknown key",
     ]
     assert SECRET not in err
@@ -333,7 +338,7 @@ async def test_run_port_in_use_exits_1(tmp_path: Path) -> None:
 
 async def test_run_reload_on_sighup_and_stop_on_sigterm(tmp_path: Path, simulator: RunningSimulator) -> None:
     """A bad reload keeps serving the old config and shows 0; a good one applies and shows 1."""
-    path = write(tmp_path, sim_config(simulator, [SIM_VM_ID], interval=0.5))
+    path = write(tmp_path, sim_config(simulator, [SIM_VM_ID], interval=1))
     async with cli("--config", path, "--web.listen-address", "127.0.0.1:0") as p:
         started = await p.wait_line(p.err, r'"event": "started"')
         url = json.loads(started.string)["url"] + "/metrics"
@@ -350,7 +355,7 @@ async def test_run_reload_on_sighup_and_stop_on_sigterm(tmp_path: Path, simulato
             f"{path}: images[1].id: duplicate image id 'm-1' (also images[0])"
         ]
 
-        write(tmp_path, sim_config(simulator, [SIM_VM_ID, SIM_CONTAINER_ID], interval=0.5))
+        write(tmp_path, sim_config(simulator, [SIM_VM_ID, SIM_CONTAINER_ID], interval=1))
         p.proc.send_signal(signal.SIGHUP)
         text = await wait_metric(url, r"^ehpc_config_last_reload_successful 1")
         await wait_metric(url, rf'^ehpc_image_up{{image_id="{SIM_CONTAINER_ID}"}} 1')
@@ -362,6 +367,103 @@ async def test_run_reload_on_sighup_and_stop_on_sigterm(tmp_path: Path, simulato
         assert simulator.access_key_secret not in "\n".join(p.err)
         assert "Traceback" not in "\n".join(p.err)
         assert [e["event"] for e in log_events(p.err)][-1] == "stopped"
+
+
+BOMB = "bomb:\n" + "".join(  # about 350 bytes expanding to 9**9 strings (a 535-byte one took 28 s, 1.1 GB)
+    f"  {name}: &{name} [{', '.join([f'*{prev}'] * 9) if prev else ', '.join(['lol'] * 9)}]\n"
+    for prev, name in zip(["", *"abcdefgh"], "abcdefghi", strict=True)
+)
+
+
+async def events_named(p: Proc, event: str, count: int, within: float = 10) -> list[dict[str, object]]:
+    """Wait until ``count`` log events named ``event`` were written; then they are all there."""
+    deadline = time.monotonic() + within
+    while len(found := [e for e in log_events(p.err) if e["event"] == event]) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(found)} {event} events, not {count}; stderr: {p.err[-5:]}")
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # a second line for the same reload would come right after the first
+    return [e for e in log_events(p.err) if e["event"] == event]
+
+
+async def test_reload_of_a_hostile_file_shows_0_fast_and_success_once(
+    tmp_path: Path, simulator: RunningSimulator
+) -> None:
+    """Why: a 4,301-digit integer escaped the reload as a ValueError (the metric stayed 1) and an alias
+    bomb froze it; a good reload was recorded and logged twice. Now: 0 at once, one line, and 1 once."""
+    good = sim_config(simulator, [SIM_VM_ID], interval=1)
+    path = write(tmp_path, good)
+    async with cli("--config", path, "--web.listen-address", "127.0.0.1:0") as p:
+        started = await p.wait_line(p.err, r'"event": "started"')
+        url = json.loads(started.string)["url"] + "/metrics"
+        await wait_metric(url, r"^ehpc_config_last_reload_successful 1")
+        hostile = {
+            "huge integer": (
+                f"limits: {{max_error_codes: {'9' * 4301}}}\n",
+                re.escape(f"{path}: limits.max_error_codes: number too large (4301 characters)"),
+            ),
+            "alias bomb": (BOMB, re.escape(path) + r":\d+:\d+: bomb\.g: expands to more than 2000000 nodes"),
+        }
+        for reloads, (addition, expected) in enumerate(hostile.values(), start=1):
+            write(tmp_path, good + addition)
+            sent = time.monotonic()
+            p.proc.send_signal(signal.SIGHUP)
+            failures = await events_named(p, "config_reload_failed", reloads)
+            assert time.monotonic() - sent < 5
+            assert re.match(expected, str(failures[-1]["error"])), failures[-1]
+            text = await wait_metric(url, r"^ehpc_config_last_reload_successful 0")
+            assert f'ehpc_image_up{{image_id="{SIM_VM_ID}"}} 1' in text  # the old config still serves
+
+            write(tmp_path, good)
+            p.proc.send_signal(signal.SIGHUP)
+            await wait_metric(url, r"^ehpc_config_last_reload_successful 1")
+            assert len(await events_named(p, "config_reloaded", reloads)) == reloads
+        p.proc.send_signal(signal.SIGTERM)
+        assert await p.exit_code(within=5) == 0
+        assert "Traceback" not in "\n".join(p.err)
+        assert simulator.access_key_secret not in "\n".join(p.err)
+
+
+async def test_reload_records_a_failure_whatever_the_loader_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why: only ConfigError was caught, so any other exception left the metric at 1 (and a traceback).
+
+    The line names the file and the exception's type, never its text (which may quote a secret).
+    """
+    svc = ExporterService(Config(), process_metrics=False)  # not started: a reload only swaps the config
+
+    def explode(path: str | None, overrides: object) -> Config:
+        raise ValueError("invalid literal for int(): 'NotToBeEchoed'")
+
+    monkeypatch.setattr(exporter_cli, "_load", explode)
+    with capture_logs() as logs:
+        await exporter_cli._reload(svc, str(tmp_path / "c.yaml"), {})
+    assert value(samples(svc.render_self(False)), "ehpc_config_last_reload_successful") == 0
+    errors = [e["error"] for e in logs if e["event"] == "config_reload_failed"]
+    assert errors == [f"{tmp_path / 'c.yaml'}: cannot load the config (ValueError)"]
+    assert "NotToBeEchoed" not in str(logs)
+
+
+async def test_a_good_reload_is_recorded_and_logged_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One reload, one ``record_reload(True)`` and one ``config_reloaded`` line (there were two of each)."""
+    svc = ExporterService(Config(), process_metrics=False)
+    outcomes: list[bool] = []
+    real = svc.metrics.record_reload
+
+    def spy(ok: bool, at: float) -> None:
+        outcomes.append(ok)
+        real(ok, at)
+
+    monkeypatch.setattr(svc.metrics, "record_reload", spy)  # a spy around the real method
+    path = write(tmp_path, "images: [{id: m-1}]\n")
+    with capture_logs() as logs:
+        await exporter_cli._reload(svc, path, {})
+    assert outcomes == [True]
+    assert [e["event"] for e in logs].count("config_reloaded") == 1
+    assert svc.config.images[0].image_id == "m-1"
 
 
 async def test_run_stops_on_sigint(simulator: RunningSimulator, tmp_path: Path) -> None:

@@ -51,6 +51,9 @@ class Recorder:
         if self.after is not None:
             self.after(len(self.attempts))
 
+    def on_failure(self, action: str, error: ApiError) -> None:
+        self.attempts.append(Attempt(action, time.monotonic(), time.monotonic(), error))
+
     @property
     def codes(self) -> list[str | None]:
         return [a.error.code if a.error else None for a in self.attempts]

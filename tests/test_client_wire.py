@@ -391,3 +391,67 @@ async def test_proxy_from_the_environment(raw_server: RawServer, monkeypatch: py
         with pytest.raises(ApiError, match="ConnectionError"):
             await client.get_image("m-1")
     assert len(raw_server.requests) == 1  # went direct (and found nothing on port 9), not via the proxy
+
+
+class Recorder:
+    """An ApiObserver that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[str, str | None]] = []
+        self.failures: list[tuple[str, str]] = []
+
+    def on_attempt(self, action: str, duration_seconds: float, error: ApiError | None) -> None:
+        self.attempts.append((action, error.code if error else None))
+
+    def on_failure(self, action: str, error: ApiError) -> None:
+        self.failures.append((action, error.code))
+
+
+def observed_client(server: RawServer, observer: Recorder) -> EhpcClient:
+    config = ApiConfig(
+        endpoint=server.endpoint, protocol="http", qps=0, timeout_seconds=2, retry=RetryConfig(max_attempts=1)
+    )
+    return EhpcClient(config, StaticCredentialSource(Credential(AK, SK, None)), observer=observer)
+
+
+@pytest.mark.parametrize("cycle", [2, 3, 5], ids=lambda n: f"cycle-of-{n}")
+async def test_list_images_paging_that_cycles_is_caught_and_counted(
+    raw_server: RawServer, cycle: int
+) -> None:
+    """Pages A, B, ..., A, B, ... with a huge TotalCount: the first page that repeats ends the listing."""
+    raw_server.respond = lambda r: json_response(
+        list_page(page_of(r), 2, 10**9, [f"m-{page_of(r) % cycle}a", f"m-{page_of(r) % cycle}b"])
+    )
+    observer = Recorder()
+    async with observed_client(raw_server, observer) as client:
+        with pytest.raises(ApiError, match="repeats images of an earlier page"):
+            await client.list_images(page_size=2)
+    assert len(raw_server.requests) == cycle + 1
+    assert observer.failures == [("ListImages", "InvalidResponse")]
+
+
+async def test_list_images_page_budget(raw_server: RawServer) -> None:
+    """Fresh images on every page forever: the page budget ends it, however large TotalCount claims."""
+    raw_server.respond = lambda r: json_response(list_page(page_of(r), 2, 10**9, [f"m-{page_of(r)}"] * 1))
+    observer = Recorder()
+    async with observed_client(raw_server, observer) as client:
+        with pytest.raises(ApiError, match="did not end after 7 pages"):
+            await client.list_images(page_size=2, max_pages=7)
+    assert len(raw_server.requests) == 7
+    assert observer.failures == [("ListImages", "InvalidResponse")]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 200_000, b'{"Image":' * 100_000, b'{"Image": {"Size": 1' + b"0" * 5000 + b"}}"],
+    ids=["deep-array", "deep-object", "huge-int"],
+)
+async def test_answers_the_parser_cannot_hold_are_counted(raw_server: RawServer, body: bytes) -> None:
+    """Nesting past the parser's stack or absurd numbers: one counted InvalidResponse, no other exception."""
+    raw_server.respond = lambda _r: http_response(200, body)
+    observer = Recorder()
+    async with observed_client(raw_server, observer) as client:
+        with pytest.raises(ApiError) as info:
+            await client.get_image("m-1")
+    assert info.value.code == "InvalidResponse"
+    assert observer.attempts == [("GetImage", "InvalidResponse")]

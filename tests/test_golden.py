@@ -51,6 +51,10 @@ class FixedLatency:
         """Forward with the fixed duration."""
         self.inner.on_attempt(action, FIXED_LATENCY, error)
 
+    def on_failure(self, action: str, error: ApiError) -> None:
+        """Forward as it is."""
+        self.inner.on_failure(action, error)
+
 
 def fixed_latency_client(config: Config, observer: ApiObserver) -> EhpcClient:
     return default_client(config, FixedLatency(observer))

@@ -4,7 +4,11 @@ Leaks: for each way of getting credentials (a static AccessKey, a static STS tri
 STS credentials fetched through a credentials URI backed by the simulator's ``/_sim/sts``), a real
 exporter watches Container images whose registry user names and passwords are unique random strings
 (GetImage answers them, as the real API does), under faults, at debug log level, through a SIGHUP
-reload. Every byte of ``/metrics`` (text and OpenMetrics, plain and gzip), of the landing page, of the
+reload. The secrets are also planted where only the gates can stop them: registry URLs carrying their
+user name and password, an image named after another image's registry password (the ingestion gate
+must refuse that answer), and an error message that echoes the exporter's own AccessKey secret or STS
+token (only the output gate stands between it and the log); with either gate a no-op, this test fails.
+Every byte of ``/metrics`` (text and OpenMetrics, plain and gzip), of the landing page, of the
 probes and of a 404 page, and the exporter's whole stdout and stderr, are searched for each registry
 password and user name, the AccessKey secret, the STS secrets and tokens it was handed, and the
 basic-auth password. The fault soak (tests/test_soak.py) runs the same search over a whole soak.
@@ -83,9 +87,16 @@ def leak_fleet(containers: int = 12, vms: int = 4) -> tuple[dict[str, Any], dict
                 "regions": {"cn-beijing": "Available"},
             }
         )
+        if i % 4 == 1:  # a registry URL with userinfo: the gates must strip and mask it
+            images[-1]["registry_url"] = f"https://{user}:{password}@registry.example.com/ns/app-{i}:v1"
     images += [{"image_id": f"m-leakvm{i:012d}", "name": f"vm-{i}"} for i in range(vms)]
     images[0]["error"] = "NoPermission"  # an error body with AccessDeniedDetail goes through the logs too
+    # Named after another image's registry password: an answer the ingestion gate must refuse.
+    images[-1]["name"] = images[2]["registry_password"]
     return {"images": images}, secrets
+
+
+ECHO_IMAGE = "m-leakvm000000000000"  # its error message echoes the exporter's own secret
 
 
 class StsRecorder:
@@ -209,6 +220,7 @@ def test_no_secret_leaves_the_exporter(
                 "access_key_secret": ak_secret,
             }
             plain[ak_secret] = "AccessKey secret"
+            echo = ak_secret
         elif mode == "sts":
             sts = sim.admin("GET", "sts?ttl_seconds=3600")
             creds = {
@@ -219,6 +231,7 @@ def test_no_secret_leaves_the_exporter(
             }
             plain[sts["AccessKeySecret"]] = "STS secret"
             plain[sts["SecurityToken"]] = "STS token"
+            echo = sts["SecurityToken"]
         else:
             creds = {"type": "credentials_uri", "credentials_uri": recorder.url}
             password = f"webpw{uuid.uuid4().hex}"
@@ -231,6 +244,11 @@ def test_no_secret_leaves_the_exporter(
             tmp_path / "exporter", doc, extra_args=extra_args, scheme=scheme, ssl_context=context
         )
         procs.append(exporter)
+        if mode == "credentials_uri":
+            echo = recorder.issued[-1]["SecurityToken"]  # what the exporter fetched and now holds
+        # A gateway that echoes the exporter's own secret in an error message, which is logged.
+        sim.patch_image(ECHO_IMAGE, error="InvalidParams", error_detail=f"key={echo}")
+        wait_until(lambda: "key=" in exporter.output(), 15, "the echoing error answered and logged")
         bodies = read_everything(exporter, auth)
         # A reload re-reads the file with its secrets and rebuilds nothing that may print them.
         assert exporter.popen is not None
@@ -253,6 +271,12 @@ def test_no_secret_leaves_the_exporter(
         if line.startswith('ehpc_image_up{image_id="m-leakct') and line.endswith(" 1.0")
     )
     assert containers_up >= 5, bodies[0][:2000]
+    # The planted secrets really reached the exporter: the echo was answered and logged (masked), and
+    # the answer naming an image after a registry password was refused.
+    # (Read from the log, not the metrics: the injected faults may have the last word on either image.)
+    assert "key=[REDACTED]" in log
+    refused = fleet["images"][-1]["image_id"]
+    assert any(refused in line and "Image.Name carries a credential" in line for line in log.splitlines())
     assert mode != "credentials_uri" or recorder.issued, "the credentials URI was never asked"
     assert rc == 0, log[-3000:]
     assert "Traceback" not in log, log[-3000:]

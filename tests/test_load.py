@@ -7,8 +7,8 @@ Prometheus sends; about 2.4 MB per answer) and without (the 26 MB text expositio
 
 Pass criterion: zero errors of any kind (non-2xx, connect, read, write, and wrk's 2 s timeout), and the
 refresh cycle that ran under the load completes (scrapes slow it down; they must not wedge it). Latency
-(p50, p99) and throughput are recorded as measurements against budgets: the report says whether each
-held, the terminal summary gives the numbers.
+(p50, p99) and throughput are measured against budgets (``BUDGETS``), and a budget not held fails the
+test: the report says whether each held, the terminal summary gives the numbers.
 """
 
 from __future__ import annotations
@@ -50,9 +50,12 @@ RUNS: tuple[tuple[str, list[str], str], ...] = (
     ("gzip, as Prometheus asks", ["-t2", "-c8", "-d10s", "-H", "Accept-Encoding: gzip"], "gzip"),
     ("uncompressed text", ["-t2", "-c8", "-d5s"], "text"),
 )
-# (p50 ms, p99 ms, minimum req/s) per run, about three times what this 2-core machine measures; the
-# report says only whether each held (exact numbers in the terminal summary).
-BUDGETS = {"gzip": (250.0, 2000.0, 20.0), "text": (1000.0, 2000.0, 5.0)}
+# (p50 ms, p99 ms, minimum req/s) per run. Budgets, not bench figures: one not held fails the test.
+# Measured on this 2-core machine while other test suites ran on it (2026-12-01): gzip p50 34 ms, p99
+# 228 ms, 188 req/s; text p50 204 ms, p99 488 ms, 36 req/s. The bounds leave 3-9x of that for a busier
+# machine; p99 stays under wrk's 2 s timeout, which would otherwise make it hold by construction (a
+# slower request is a timeout error, and errors fail the test anyway).
+BUDGETS = {"gzip": (250.0, 1000.0, 20.0), "text": (1000.0, 1500.0, 5.0)}
 ERROR_KEYS = ("errors_status", "errors_connect", "errors_timeout", "errors_read", "errors_write")
 
 
@@ -99,7 +102,8 @@ def test_wrk_during_refreshes(tmp_path: Path, reliability: Reliability) -> None:
         doc = exporter_config(
             sim.url, watched, interval=2, api={"max_concurrency": 50, "timeout_seconds": 10}
         )
-        exporter = start_exporter(tmp_path / "exporter", doc)
+        # Bound only; the first cycle over 10,000 images may take longer than start_exporter's 30 s.
+        exporter = start_exporter(tmp_path / "exporter", doc, wait="healthy")
         procs.append(exporter)
         exporter.wait_ready(within=60)
         before, overruns_before = refreshes(exporter)
@@ -116,15 +120,22 @@ def test_wrk_during_refreshes(tmp_path: Path, reliability: Reliability) -> None:
         rc = exporter.stop()
         log = exporter.output()
 
+    missed: list[str] = []  # budgets not held, asserted once every case is recorded
     for label, args, key in RUNS:
         r = results[label]
         errors = {k: r[k] for k in ERROR_KEYS if r[k]}
-        budgets = BUDGETS[key]
-        reliability.measure("load", f"{key}: p50 latency", r["p50_us"] / 1000, "ms", budget=budgets[0])
-        reliability.measure("load", f"{key}: p99 latency", r["p99_us"] / 1000, "ms", budget=budgets[1])
-        reliability.measure(
-            "load", f"{key}: requests per second", r["rps"], "req/s", budget=budgets[2], higher_is_better=True
-        )
+        p50, p99, rps = BUDGETS[key]
+        for name, value, unit, budget, higher in (
+            (f"{key}: p50 latency", r["p50_us"] / 1000, "ms", p50, False),
+            (f"{key}: p99 latency", r["p99_us"] / 1000, "ms", p99, False),
+            (f"{key}: requests per second", r["rps"], "req/s", rps, True),
+        ):
+            if not reliability.measure(
+                "load", name, value, unit, budget=budget, higher_is_better=higher, fail=False
+            ):
+                missed.append(
+                    f"{name} = {value:.6g} {unit} (budget {'at least' if higher else 'under'} {budget:g})"
+                )
         reliability.check(
             "load",
             f"wrk {' '.join(a for a in args if a.startswith('-') and a != '-H')} on /metrics ({label}),"
@@ -143,3 +154,4 @@ def test_wrk_during_refreshes(tmp_path: Path, reliability: Reliability) -> None:
         + ("a TRACEBACK" if "Traceback" in log else "no traceback"),
         after > before and overruns_after > overruns_before and rc == 0 and "Traceback" not in log,
     )
+    assert not missed, f"load budgets not held: {missed}"

@@ -12,7 +12,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from exporter import logging as elog
+from exporter import redaction as elog
 from exporter.logging import REDACTED, configure_logging, mask_secrets, redact, register_secret, reset_logging
 
 SECRET = "LogTestSecretValue-9f8e7d6c5b4a"
@@ -93,7 +93,7 @@ def test_real_json_output_never_contains_a_secret(capsys: pytest.CaptureFixture[
     assert records[0]["logger"] == "ehpc.test"
     assert records[0]["access_key_secret"] == REDACTED
     assert records[2]["event"] == f"embedded {REDACTED} in the message"
-    assert records[4]["url"] == f"https://user:{REDACTED}@sts.example.com/x"
+    assert records[4]["url"] == f"https://{REDACTED}@sts.example.com/x"  # the whole userinfo goes
     assert "RuntimeError: request failed with key [REDACTED]" in records[5]["exception"]
     assert records[6] == records[6] | {"logger": "aiohttp.client", "level": "error"}
     assert records[6]["event"] == f"stdlib says {REDACTED} and {REDACTED}"

@@ -27,8 +27,9 @@ from exporter.metrics import (
     gzip_body,
     render_snapshot,
 )
-from exporter.openapi.errors import KNOWN_CODES, ApiError
-from exporter.snapshot import ImageError, ImageState, Snapshot, safe_url
+from exporter.openapi.errors import KNOWN_CODES, OVERFLOW_CODE, ApiError
+from exporter.redaction import register_secret
+from exporter.snapshot import ImageError, ImageState, Snapshot
 from tests.exporter_support import make_image, samples, series_of, value
 
 NOW = 1_700_000_000.0
@@ -103,7 +104,8 @@ def test_fast_renderer_is_byte_identical_to_prometheus_client() -> None:
     rendered = render_snapshot(snapshot)
     assert rendered.text == text
     assert rendered.openmetrics + b"# EOF\n" == om
-    assert b'name="quote \\" backslash \\\\ newline \\n end"' in rendered.text
+    # Quote and backslash are escaped; the newline never gets that far (the output gate drops controls).
+    assert b'name="quote \\" backslash \\\\ newline  end"' in rendered.text
 
 
 async def test_render_async_equals_render_and_yields() -> None:
@@ -248,9 +250,9 @@ def test_series_semantics() -> None:
     assert value(found, "ehpc_image_available", image_id="m-unknown") == 0
     assert value(found, "ehpc_image_status", image_id="m-empty", status="Unknown") == 1
     assert value(found, "ehpc_image_size_bytes", image_id="m-empty") is None
-    # a region repeated in the answer is exposed once (first entry wins)
+    # only the requested region has series, once, even from facts the ingestion gate would not produce
     dup = [k for k in found if k[0] == "ehpc_image_replication_available" and ("image_id", "m-dup") in k[1]]
-    assert len(dup) == 2
+    assert len(dup) == 1
     # refresh gauges
     assert value(found, "ehpc_watched_images") == 9
     assert value(found, "ehpc_refresh_duration_seconds") == 2.25
@@ -265,32 +267,14 @@ def test_no_refresh_samples_before_the_first_cycle() -> None:
 
 
 def test_no_credential_in_labels() -> None:
-    """Registry userinfo never reaches a label; no label is called ``region``."""
+    """Registry userinfo never reaches a label, even in facts that bypassed the ingestion gate (which
+    strips it): the output gate masks it whole. No label is called ``region``."""
     text = render_snapshot(tricky_snapshot()).text.decode()
     assert "hunter2" not in text
     assert "puller" not in text
-    assert 'registry_url="https://registry.example.com/ns/repo:tag"' in text
+    assert 'registry_url="https://[REDACTED]@registry.example.com/ns/repo:tag"' in text
     assert not re.search(r"[{,]region=", text)
     assert all("region" not in spec.labels for spec in SPECS.values())
-
-
-@pytest.mark.parametrize(
-    ("url", "safe"),
-    [
-        (
-            "registry-vpc.cn-hangzhou.aliyuncs.com/ehpc_open/nginx:latest",
-            "registry-vpc.cn-hangzhou.aliyuncs.com/ehpc_open/nginx:latest",
-        ),
-        ("https://user:pass@host:5000/ns/repo", "https://host:5000/ns/repo"),
-        ("user:p%40ss@host/ns/repo", "host/ns/repo"),
-        ("host/ns/repo@sha256:abc", "host/ns/repo@sha256:abc"),
-        ("https://host/repo?token=secret#frag", "https://host/repo"),
-        ("", ""),
-    ],
-)
-def test_safe_url(url: str, safe: str) -> None:
-    """Userinfo, query and fragment are stripped; a digest after the path is kept."""
-    assert safe_url(url) == safe
 
 
 def test_contract_names_and_types() -> None:
@@ -309,6 +293,7 @@ def test_contract_names_and_types() -> None:
         "ehpc_api_requests_total": "counter",
         "ehpc_api_errors_total": "counter",
         "ehpc_api_request_duration_seconds": "histogram",
+        "ehpc_api_ignored_values_total": "counter",
         "ehpc_refresh_duration_seconds": "gauge",
         "ehpc_refresh_last_success_timestamp_seconds": "gauge",
         "ehpc_watched_images": "gauge",
@@ -460,3 +445,42 @@ def test_scrape_path_is_far_faster_than_generate_latest() -> None:
     generate_latest(registry)
     slow = time.perf_counter() - start
     assert slow / fast >= 10, (slow, fast)
+
+
+def test_error_codes_beyond_the_cap_share_the_overflow_code() -> None:
+    """A server inventing codes adds at most max_error_codes series; the catalogue always keeps its own."""
+    metrics = SelfMetrics(BuildInfo("1", "3"), process_metrics=False, max_error_codes=3)
+    before = len(metrics.errors())
+    for i in range(100):
+        metrics.on_attempt("GetImage", 0.01, ApiError(f"Invented.Code{i}", "m", http_status=400))
+    metrics.on_attempt("GetImage", 0.01, ApiError("Throttling.User", "m", http_status=400))
+    errors = metrics.errors()
+    assert len(errors) == before + 3  # three new codes; the overflow series was there from the start
+    assert errors[("GetImage", OVERFLOW_CODE, "0")] == 97
+    assert errors[("GetImage", "Throttling.User", "400")] == 1
+    assert sum(v for (_, c, _), v in errors.items() if c.startswith("Invented")) == 3
+
+
+def test_error_code_labels_pass_the_output_gate_and_never_duplicate() -> None:
+    """Two codes that the output gate maps to one label value are one series, added up."""
+    secret_a, secret_b = "Gate.SecretCodeA0123456789", "Gate.SecretCodeB0123456789"
+    register_secret(secret_a)
+    register_secret(secret_b)
+    metrics = SelfMetrics(BuildInfo("1", "3"), process_metrics=False)
+    metrics.on_attempt("GetImage", 0.01, ApiError(secret_a, "m", http_status=400))
+    metrics.on_attempt("GetImage", 0.01, ApiError(secret_b, "m", http_status=400))
+    text = metrics.render(False).decode()
+    assert secret_a not in text
+    assert secret_b not in text
+    assert 'ehpc_api_errors_total{action="GetImage",code="[REDACTED]",http_status="400"} 2.0' in text
+
+
+def test_ignored_values_are_counted_by_field() -> None:
+    metrics = SelfMetrics(BuildInfo("1", "3"), process_metrics=False)
+    text = metrics.render(False).decode()
+    assert 'ehpc_api_ignored_values_total{action="GetImage",field="Image.Size"} 0.0' in text
+    metrics.record_ignored("GetImage", ("Image.Size", "Image.AdditionalRegionsInfo"))
+    metrics.record_ignored("GetImage", ("Image.Size",))
+    text = metrics.render(False).decode()
+    assert 'ehpc_api_ignored_values_total{action="GetImage",field="Image.Size"} 2.0' in text
+    assert 'ehpc_api_ignored_values_total{action="GetImage",field="Image.AdditionalRegionsInfo"} 1.0' in text

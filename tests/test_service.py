@@ -178,6 +178,53 @@ async def test_reload_rebuilds_the_client_when_api_or_credentials_change(simulat
     assert factory.clients[1].closed
 
 
+def reload_outcomes(svc: ExporterService, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Each outcome ``record_reload`` is given from now on (a spy around the real method)."""
+    outcomes: list[bool] = []
+    real = svc.metrics.record_reload
+
+    def record(ok: bool, at: float) -> None:
+        outcomes.append(ok)
+        real(ok, at)
+
+    monkeypatch.setattr(svc.metrics, "record_reload", record)
+    return outcomes
+
+
+async def test_reload_records_its_outcome_once_and_a_failed_one_keeps_the_config(
+    simulator: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why: success was recorded twice (service and CLI); a client factory that raises must show 0.
+
+    The failed reload keeps the running config and client, and the error reaches the caller to log.
+    """
+    factory = Factory()
+    cfg = sim_config(simulator, [SIM_VM_ID])
+    svc = ExporterService(cfg, process_metrics=False, client_factory=factory)
+    await svc.start()
+    try:
+        await wait_until(lambda: svc.ready)
+        outcomes = reload_outcomes(svc, monkeypatch)
+        await svc.reload(replace(cfg, images=(WatchedImage(SIM_VM_ID), WatchedImage(SIM_VM_FAILED_ID))))
+        assert outcomes == [True]
+
+        def broken(config: Config, observer: ApiObserver) -> EhpcClient:
+            raise RuntimeError("cannot build a client")
+
+        svc._client_factory = broken
+        wrong = CredentialsConfig(type="access_key", access_key_id="other", access_key_secret="other-secret")
+        before = svc.config
+        with pytest.raises(RuntimeError):
+            await svc.reload(replace(cfg, credentials=wrong))
+        assert outcomes == [True, False]
+        assert svc.config is before  # the running config stays whole
+        assert value(samples(svc.render_self(False)), "ehpc_config_last_reload_successful") == 0
+        assert len(factory.clients) == 1
+        assert not factory.clients[0].closed
+    finally:
+        await svc.stop()
+
+
 async def test_refresh_once_without_a_server(simulator: RunningSimulator) -> None:
     """The check command's path: one refresh, no listener, the session closed afterwards."""
     factory = Factory()

@@ -15,6 +15,7 @@ from exporter.config import (
     Config,
     CredentialsConfig,
     DiscoveryConfig,
+    LimitsConfig,
     RefreshConfig,
     RetryConfig,
     ShardingConfig,
@@ -111,16 +112,100 @@ CASES: list[tuple[str, str, list[str]]] = [
         sharding: {shards: 0, shard: -1}
         """,
         [
-            "{p}: api.timeout_seconds: must be greater than 0",
+            "{p}: api.timeout_seconds: must be at least 0.1",
             "{p}: api.max_concurrency: must be at least 1",
             "{p}: api.qps: must be at least 0",
             "{p}: api.retry.max_attempts: must be at least 1",
-            "{p}: refresh.interval_seconds: must be greater than 0",
+            "{p}: refresh.interval_seconds: must be at least 1",
             "{p}: refresh.jitter_ratio: must be less than 1",
-            "{p}: refresh.image_timeout_seconds: must be greater than 0",
+            "{p}: refresh.image_timeout_seconds: must be at least 0.1",
             "{p}: discovery.page_size: must be at most 100",
             "{p}: sharding.shards: must be at least 1",
             "{p}: sharding.shard: must be at least 0",
+        ],
+    ),
+    (
+        "numeric upper bounds, tiny and non-finite values",
+        """
+        api:
+          timeout_seconds: .inf
+          connect_timeout_seconds: .nan
+          max_concurrency: 1001
+          qps: 1.0e-300
+          max_response_bytes: 1073741825
+          retry:
+            {max_attempts: 21, base_delay_seconds: 61, max_delay_seconds: 601, max_elapsed_seconds: -.inf}
+        refresh: {interval_seconds: 5.0e-324, jitter_ratio: .nan, image_timeout_seconds: 3601}
+        discovery: {max_pages: 0}
+        sharding: {shards: 1001, shard: 1000}
+        limits: {max_error_codes: 10001, max_regions_per_image: 0}
+        """,
+        [
+            "{p}: api.timeout_seconds: must be a finite number",
+            "{p}: api.connect_timeout_seconds: must be a finite number",
+            "{p}: api.max_concurrency: must be at most 1000",
+            "{p}: api.qps: must be 0 (no budget) or at least 0.01",
+            "{p}: api.max_response_bytes: must be at most 1073741824",
+            "{p}: api.retry.max_attempts: must be at most 20",
+            "{p}: api.retry.base_delay_seconds: must be at most 60",
+            "{p}: api.retry.max_delay_seconds: must be at most 600",
+            "{p}: api.retry.max_elapsed_seconds: must be a finite number",
+            "{p}: refresh.interval_seconds: must be at least 1",
+            "{p}: refresh.jitter_ratio: must be a finite number",
+            "{p}: refresh.image_timeout_seconds: must be at most 3600",
+            "{p}: discovery.max_pages: must be at least 1",
+            "{p}: sharding.shards: must be at most 1000",
+            "{p}: sharding.shard: must be at most 999",
+            "{p}: limits.max_error_codes: must be at most 10000",
+            "{p}: limits.max_regions_per_image: must be at least 1",
+        ],
+    ),
+    (
+        "integers of thousands of digits, as YAML integers and as strings",
+        f"""
+        api: {{max_concurrency: {"9" * 5000}, timeout_seconds: "{"9" * 5000}", qps: -{"1" * 4400}}}
+        web: {{listen_address: "127.0.0.1:{"9" * 5000}"}}
+        limits: {{max_error_codes: "{"9" * 5000}"}}
+        """,
+        [
+            "{p}: api.max_concurrency: number too large (5000 characters)",
+            "{p}: api.timeout_seconds: must be a finite number",
+            "{p}: api.qps: number too large (4401 characters)",
+            "{p}: web.listen_address: must be at most 300 characters",
+            "{p}: limits.max_error_codes: must be an integer (too many digits)",
+        ],
+    ),
+    (
+        "more regions than limits.max_regions_per_image",
+        """
+        limits: {max_regions_per_image: 2}
+        images:
+          - {id: m-1, additional_regions: [cn-beijing, cn-shanghai]}
+          - {id: m-2, additional_regions: [cn-beijing, cn-shanghai, cn-hangzhou]}
+        discovery: {additional_regions: [cn-beijing, cn-shanghai, cn-hangzhou]}
+        """,
+        [
+            "{p}: images[1].additional_regions: must have at most 2 item(s) (limits.max_regions_per_image)",
+            "{p}: discovery.additional_regions: must have at most 2 item(s) (limits.max_regions_per_image)",
+        ],
+    ),
+    (
+        "control characters, long strings and odd keys are named, never printed",
+        f"""
+        api: {{region_id: "cn-\\x1b[31mhangzhou", endpoint: "{"h" * 3000}"}}
+        images: [{{id: "m-{"x" * 200}"}}, {{id: "m\\u0085"}}]
+        status: {{vocabulary: ["a\\nb"]}}
+        "bad\\nkey": 1
+        {"k" * 100}: 2
+        """,
+        [
+            "{p}: api.region_id: must not contain control or bidi characters",
+            "{p}: api.endpoint: must be at most 2048 characters",
+            "{p}: images[0].id: must be at most 128 characters",
+            "{p}: images[1].id: must not contain control or bidi characters",
+            "{p}: status.vocabulary[0]: must not contain control or bidi characters",
+            "{p}: <unprintable or long key>: unknown key",
+            "{p}: <unprintable or long key>: unknown key",
         ],
     ),
     (
@@ -187,7 +272,19 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "bad regex",
         'discovery: {enabled: true, name_regex: "hpc-(["}\n',
-        ["{p}: discovery.name_regex: invalid regular expression: unterminated character set at position 5"],
+        ["{p}: discovery.name_regex: invalid regular expression (RE2 syntax): missing ]: ["],
+    ),
+    (
+        "regex features RE2 does not have (the runtime matches with RE2, in linear time)",
+        """
+        discovery: {enabled: true, name_regex: '(a)\\1'}
+        """,
+        ["{p}: discovery.name_regex: invalid regular expression (RE2 syntax): invalid escape sequence: \\1"],
+    ),
+    (
+        "lookahead",
+        "discovery: {name_regex: 'hpc-(?=x)'}\n",
+        ["{p}: discovery.name_regex: invalid regular expression (RE2 syntax): invalid perl operator: (?="],
     ),
     (
         "web: listen address and telemetry path",
@@ -418,6 +515,34 @@ def test_empty_file_and_empty_sections_mean_defaults(tmp_path: Path) -> None:
     assert load_config(None) == Config()
 
 
+def test_new_limits_default_to_the_runtime_defaults(tmp_path: Path) -> None:
+    """``limits`` and ``discovery.max_pages`` left out (or empty) are LimitsConfig's and DiscoveryConfig's."""
+    config = load_config(write(tmp_path, "limits:\ndiscovery: {enabled: true}\n"))
+    assert config.limits == LimitsConfig()
+    assert config.discovery.max_pages == DiscoveryConfig().max_pages
+
+
+def test_interpolation_has_a_budget_for_the_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why: ``${VAR}`` repeated 5,000 times over a 16 kB variable is 80 MB from a 70 kB file; it stops at
+    the budget with one line instead of building it (and each string has its own cap below that)."""
+    monkeypatch.setenv("EHPC_BIG", "x" * 16_000)
+    refs = "\n".join("  - ${EHPC_BIG}" for _ in range(5000))
+    path = write(tmp_path, f"status:\n  vocabulary:\n{refs}\n")
+    assert errors_of(path) == [
+        f"{path}: status.vocabulary[4194]: ${{VAR}} expansion takes the file past 67108864 characters"
+    ]
+
+
+def test_many_problems_are_cut_to_a_summary(tmp_path: Path) -> None:
+    """A mistake multiplied by aliases is reported 100 times and summarised, not a million times."""
+    path = write(tmp_path, "x: &x {id: 1bad id}\nimages: [" + ", ".join(["*x"] * 3000) + "]\n")
+    lines = errors_of(path)
+    assert len(lines) == 101
+    assert lines[-1] == f"{path}: more problems not shown (the first 100 are)"
+
+
 def test_full_config_maps_onto_runtime_objects(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -453,6 +578,8 @@ def test_full_config_maps_onto_runtime_objects(tmp_path: Path) -> None:
           ids: [m-9]
           additional_regions: [cn-beijing]
           page_size: 20
+          max_pages: 7
+        limits: {{max_error_codes: 0, max_regions_per_image: 3}}
         refresh: {{interval_seconds: 30, jitter_ratio: 0, image_timeout_seconds: 10}}
         status:
           healthy: [Available, Deprecated]
@@ -493,6 +620,7 @@ def test_full_config_maps_onto_runtime_objects(tmp_path: Path) -> None:
             image_ids=("m-9",),
             additional_region_ids=("cn-beijing",),
             page_size=20,
+            max_pages=7,
         ),
         refresh=RefreshConfig(interval_seconds=30, jitter_ratio=0, image_timeout_seconds=10),
         # Healthy statuses join the vocabulary (after the listed ones, duplicates dropped).
@@ -502,6 +630,7 @@ def test_full_config_maps_onto_runtime_objects(tmp_path: Path) -> None:
             vocabulary=("Available", "Creating", "Deprecated", "Ready"),
         ),
         sharding=ShardingConfig(shards=4, shard=3),
+        limits=LimitsConfig(max_error_codes=0, max_regions_per_image=3),
         web=WebConfig(listen_address="[::]:9765", telemetry_path="/metrics", config_file="web.yml"),
     )
 
@@ -579,5 +708,5 @@ def test_json_schema_forbids_unknown_keys() -> None:
     schema = config_json_schema()
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]) == {
-        "api", "credentials", "images", "discovery", "refresh", "status", "sharding", "web"
+        "api", "credentials", "images", "discovery", "refresh", "status", "sharding", "limits", "web"
     }  # fmt: skip

@@ -69,6 +69,10 @@ SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "40"))
 FLEET_SIZE = 1000
 REGIONS = ["cn-beijing", "cn-shanghai"]
 INTERVAL = 6.0  # well above a faulty cycle (2-4.5 s measured), so there is a quiet gap after each one
+# The slowest of all scrapes during the soak (faults, the simulator killed and restarted, 1,000 images),
+# enforced: the scraper's own timeout is 10 s, so without this bound a scrape stalled for seconds would pass.
+# Measured 177 ms on this 2-core machine with another suite running beside it (2026-12-01).
+SLOWEST_SCRAPE_BUDGET_MS = 1000.0
 FAULTS: dict[str, Any] = {
     "error_rates": {"ServiceUnavailable": 0.10, "Throttling.User": 0.05},
     "retry_after_ms": 50,
@@ -446,12 +450,14 @@ def test_fault_soak(tmp_path: Path, reliability: Reliability) -> None:
             else f"{len(scraper.failures)} failed of {scraper.scrapes}: {scraper.failures[:3]}",
             not scraper.failures and scraper.scrapes >= 20,
         )
-        reliability.measure(
+        # A budget, not a bench figure: outside it the test fails (after the cases below are recorded).
+        scrape_budget_held = reliability.measure(
             "soak",
             "slowest /metrics scrape (1,000 images, under faults)",
             scraper.max_seconds * 1000,
             "ms",
-            budget=2000,
+            budget=SLOWEST_SCRAPE_BUDGET_MS,
+            fail=False,
         )
         alive = exporter.alive() and exporter.popen is not None and exporter.popen.pid == pid
         rc = exporter.stop()
@@ -469,4 +475,8 @@ def test_fault_soak(tmp_path: Path, reliability: Reliability) -> None:
         # The logs stay in tmp_path (pytest keeps the last runs) for a look after a failure.
         (tmp_path / "soak-summary.yaml").write_text(
             yaml.safe_dump({"scrapes": scraper.scrapes, "checkpoints": checkpoints, "refused": refused})
+        )
+        assert scrape_budget_held, (
+            f"slowest /metrics scrape took {scraper.max_seconds * 1000:.0f} ms, budget"
+            f" {SLOWEST_SCRAPE_BUDGET_MS:g} ms"
         )

@@ -607,6 +607,29 @@ def test_invalid_yaml_does_not_echo_the_file(tmp_path: Path) -> None:
     assert "secret" not in str(info.value)
 
 
+def test_the_config_files_gate_guards_the_web_config_too(tmp_path: Path) -> None:
+    """Why: one gate for both files. An alias bomb is refused before it is built (a line, no hash), a
+    huge integer is a type error, not a traceback, and an oversize file is refused by its size."""
+    path = tmp_path / "web.yml"
+    laughs = "".join(
+        f"  {c}: &{c} [{', '.join([f'*{p}'] * 9) if p else ', '.join([repr(SECRET_HASH)] * 9)}]\n"
+        for p, c in zip(["", *"abcdefgh"], "abcdefghi", strict=True)
+    )
+    path.write_text("x:\n" + laughs + "basic_auth_users: {alice: *i}\n")
+    with pytest.raises(WebConfigError) as info:
+        load_web_security(str(path))
+    assert str(info.value) == (
+        f"{path}: expands to more than 2000000 nodes (through aliases) at line 8, column 6"
+    )
+    path.write_text(f"rate_limit: {{interval: 1s, burst: {'9' * 5000}}}\n")
+    with pytest.raises(WebConfigError, match=r"rate_limit\.burst: must be a non-negative integer"):
+        load_web_security(str(path))
+    with path.open("wb") as handle:
+        handle.truncate(64 * 1024 * 1024)
+    with pytest.raises(WebConfigError, match="cannot read the web config file: larger than"):
+        load_web_security(str(path))
+
+
 def test_missing_file(tmp_path: Path) -> None:
     """A missing web config file is a WebConfigError naming it."""
     path = str(tmp_path / "absent.yml")

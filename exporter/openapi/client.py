@@ -28,7 +28,15 @@ import yarl
 from exporter import __version__
 from exporter.config import ApiConfig
 from exporter.credentials import CredentialSource
-from exporter.models import Image, ImageSummary, parse_get_image, parse_list_images
+from exporter.models import (
+    Image,
+    ImagePage,
+    ImageSummary,
+    gated_request_id,
+    parse_error_body,
+    parse_get_image,
+    parse_list_images,
+)
 from exporter.openapi.budget import Budget
 from exporter.openapi.errors import CONNECTION_ERROR, INVALID_RESPONSE, TIMEOUT, ApiError
 from exporter.openapi.signing import ALGORITHM, EMPTY_SHA256, canonical_query, signature
@@ -39,7 +47,7 @@ USER_AGENT = (
     f"ehpc-image-exporter/{__version__} Python/{platform.python_version()} aiohttp/{aiohttp.__version__}"
 )
 _MAX_MESSAGE = 300
-_MAX_LIST_PAGES = 10_000  # hard stop for ListImages, whatever TotalCount claims
+DEFAULT_MAX_PAGES = 1000  # ListImages pages per listing unless the caller says otherwise
 _QUERY_CACHE_MAX = 65_536  # GetImage requests prepared once per watched image, not once per refresh
 # Every header the client sends is signed (as the SDK does); sorted, as the canonical request lists them.
 SIGNED_HEADERS = (
@@ -56,10 +64,14 @@ _Prepared = tuple[str, yarl.URL]  # (canonical query, URL carrying exactly that 
 
 
 class ApiObserver(Protocol):
-    """Told about every attempt (each retry counts), with its duration and its error or ``None``."""
+    """Told about every attempt (each retry counts), and about failures found across attempts."""
 
     def on_attempt(self, action: str, duration_seconds: float, error: ApiError | None) -> None:
-        """Record one attempt."""
+        """Record one attempt, with its duration and its error or ``None``."""
+        ...
+
+    def on_failure(self, action: str, error: ApiError) -> None:
+        """Record a failure of a whole call whose attempts each succeeded (ListImages paging that lies)."""
         ...
 
 
@@ -114,31 +126,48 @@ def _retry_after(value: str | None) -> float | None:
     return ms / 1000.0 if ms > 0 else None
 
 
-def error_from_response(action: str, status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
-    """The :class:`ApiError` of a non-2xx answer: its JSON body, or ``InvalidResponse`` if it has none."""
-    retry_after = _retry_after(headers.get("x-acs-retry-after"))
-    request_id = headers.get("x-acs-request-id") or None
+def decode_json(body: bytes) -> Any:
+    """A JSON body decoded strictly: UTF-8 only, or ``ValueError``.
+
+    ``json.loads`` on bytes would accept encoded lone surrogates (``\xed\xa0\x80``) and other
+    encodings; JSON on the wire is UTF-8 (RFC 8259). Nesting deeper than the parser's stack is a
+    ``ValueError`` here too.
+    """
     try:
-        data = json.loads(body)
+        return json.loads(body.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def error_from_response(action: str, status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
+    """The :class:`ApiError` of a non-2xx answer: its gated JSON body, or ``InvalidResponse``.
+
+    A body without a code, or whose code the ingestion gate refuses (not of the API's shape, too long,
+    carrying a secret), is ``InvalidResponse``: an attacker-chosen string never becomes a label.
+    """
+    retry_after = _retry_after(headers.get("x-acs-retry-after"))
+    header_rid = gated_request_id(headers.get("x-acs-request-id"))
+    try:
+        data = decode_json(body)
     except ValueError:
         data = None
-    code = data.get("Code") if isinstance(data, dict) else None
-    if not isinstance(data, dict) or not isinstance(code, str) or not code:
+    parsed = parse_error_body(data)
+    request_id = parsed.request_id or header_rid
+    if parsed.code is None:
+        what = parsed.refused or "without a JSON error body"
         return ApiError(
             code=INVALID_RESPONSE,
-            message=f"{action}: HTTP {status} without a JSON error body",
+            message=f"{action}: HTTP {status} {what}",
             http_status=status,
             request_id=request_id,
             action=action,
             retry_after=retry_after,
         )
-    message = data.get("Message")
-    rid = data.get("RequestId")
     return ApiError(
-        code=code,
-        message=_short(message) if isinstance(message, str) else "",
+        code=parsed.code,
+        message=_short(parsed.message),
         http_status=status,
-        request_id=rid if isinstance(rid, str) and rid else request_id,
+        request_id=request_id,
         action=action,
         retry_after=retry_after,
     )
@@ -148,7 +177,11 @@ class EhpcClient:
     """Signed, budgeted, retrying calls to one E-HPC Instant endpoint; use as ``async with``."""
 
     def __init__(
-        self, api: ApiConfig, credentials: CredentialSource, *, observer: ApiObserver | None = None
+        self,
+        api: ApiConfig,
+        credentials: CredentialSource,
+        *,
+        observer: ApiObserver | None = None,
     ) -> None:
         self._api = api
         self._credentials = credentials
@@ -230,11 +263,14 @@ class EhpcClient:
         image_category: str | None = None,
         additional_region_ids: Sequence[str] = (),
         max_elapsed_seconds: float | None = None,
+        max_regions: int = 50,
     ) -> Image:
         """GetImage for ``image_id``; the returned ``Image.image_id`` is the requested id.
 
         ``max_elapsed_seconds`` shortens ``RetryConfig.max_elapsed_seconds`` for this call. Like it, it
         counts from the first send: time queued behind the QPS/concurrency budget is not the image's fault.
+        Only the requested regions are kept of the answer; one with more than ``max_regions`` region
+        entries is ``InvalidResponse``.
         """
         key = (image_id, image_type, image_category, tuple(additional_region_ids))
         prepared = self._get_image_requests.get(key)
@@ -250,7 +286,12 @@ class EhpcClient:
             if len(self._get_image_requests) >= _QUERY_CACHE_MAX:
                 self._get_image_requests.clear()
             self._get_image_requests[key] = prepared
-        parse = functools.partial(parse_get_image, requested_id=image_id)
+        parse = functools.partial(
+            parse_get_image,
+            requested_id=image_id,
+            requested_regions=additional_region_ids,
+            max_regions=max_regions,
+        )
         return await self._call("GetImage", prepared, parse, max_elapsed_seconds)
 
     async def list_images(
@@ -262,11 +303,13 @@ class EhpcClient:
         image_names: Sequence[str] = (),
         mode: str | None = None,
         page_size: int = 50,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> list[ImageSummary]:
         """ListImages, every page: continue while ``PageNumber*PageSize < TotalCount``, stop on an empty page.
 
-        A server whose paging never ends (more pages than its first ``TotalCount`` allows, or the same
-        page again) raises ``InvalidResponse`` rather than looping.
+        A server whose paging never ends raises ``InvalidResponse`` rather than looping: any page that
+        repeats an image of an earlier page (A, B, A, B... as much as A, A), more pages than its first
+        ``TotalCount`` allows, or more than ``max_pages``. The failure is reported to the observer.
         """
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
@@ -282,39 +325,41 @@ class EhpcClient:
         if mode:
             base["Mode"] = mode
         out: list[ImageSummary] = []
-        page_limit = _MAX_LIST_PAGES
-        previous: tuple[ImageSummary, ...] | None = None
+        seen: set[str] = set()
+        page_limit = max_pages
         page_number = 1
         while True:
             prepared = self._prepare({**base, "PageNumber": str(page_number)})
             page = await self._call("ListImages", prepared, parse_list_images)
             if not page.images:
                 break
-            if page.images == previous:
-                raise self._paging_error(
-                    f"page {page_number} repeats page {page_number - 1}", page.request_id
-                )
-            previous = page.images
+            ids = {i.image_id for i in page.images}
+            if not seen.isdisjoint(ids) or len(ids) < len(page.images):
+                raise self._paging_error(f"page {page_number} repeats images of an earlier page", page)
+            seen |= ids
             out.extend(page.images)
             size = page.page_size if page.page_size > 0 else page_size  # the server may cap PageSize
             if page_number == 1:
-                page_limit = min(_MAX_LIST_PAGES, -(-page.total_count // size) + 1)
+                page_limit = min(max_pages, -(-page.total_count // size) + 1)
             if page_number * size >= page.total_count:
                 break
             page_number += 1
             if page_number > page_limit:
-                raise self._paging_error(f"paging did not end after {page_limit} pages", page.request_id)
+                raise self._paging_error(f"paging did not end after {page_limit} pages", page)
         return out
 
-    @staticmethod
-    def _paging_error(what: str, request_id: str) -> ApiError:
-        return ApiError(
+    def _paging_error(self, what: str, page: ImagePage) -> ApiError:
+        error = ApiError(
             code=INVALID_RESPONSE,
             message=f"ListImages: {what}",
             http_status=200,
-            request_id=request_id or None,
+            request_id=page.request_id or None,
             action="ListImages",
         )
+        observer = self._observer
+        if observer is not None:
+            observer.on_failure("ListImages", error)
+        return error
 
     # -- machinery ---------------------------------------------------------------------------------------
 
@@ -359,6 +404,14 @@ class EhpcClient:
                     error = exc
                     if error.action is None:
                         error.action = action
+                    self._observe(action, loop.time() - start, error)
+                except Exception as exc:  # the gate's last line: a parser bug is a bad answer, not a crash
+                    log.exception("api_parse_failed", action=action)
+                    error = ApiError(
+                        code=INVALID_RESPONSE,
+                        message=f"{action}: unparseable answer ({type(exc).__name__})",
+                        action=action,
+                    )
                     self._observe(action, loop.time() - start, error)
                 else:
                     self._observe(action, loop.time() - start, None)
@@ -439,13 +492,13 @@ class EhpcClient:
                 body = await self._read_body(action, resp)
                 if 200 <= status < 300:
                     try:
-                        return json.loads(body)
+                        return decode_json(body)
                     except ValueError:
                         raise ApiError(
                             code=INVALID_RESPONSE,
                             message=f"{action}: HTTP {status} with a body that is not JSON",
                             http_status=status,
-                            request_id=resp.headers.get("x-acs-request-id"),
+                            request_id=gated_request_id(resp.headers.get("x-acs-request-id")),
                             action=action,
                         ) from None
                 raise error_from_response(action, status, body, resp.headers)
@@ -491,7 +544,7 @@ class EhpcClient:
             code=INVALID_RESPONSE,
             message=f"{action}: response too large ({what}; limit {self._api.max_response_bytes})",
             http_status=resp.status,
-            request_id=resp.headers.get("x-acs-request-id"),
+            request_id=gated_request_id(resp.headers.get("x-acs-request-id")),
             action=action,
         )
 

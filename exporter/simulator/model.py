@@ -42,6 +42,9 @@ class SimImage:
     regions: dict[str, str] = field(default_factory=dict)
     # If set, GetImage of this image always answers this error code.
     error: str | None = None
+    # Appended to that error's documented Message (real messages echo parameters back; tests plant
+    # secrets here that only the exporter's output gate may keep out of its logs).
+    error_detail: str = ""
     # Less interesting fields, rendered so the answers carry every documented key.
     update_time: str = ""
     document_id: int = 0

@@ -359,7 +359,7 @@ class Simulator:
         ):
             return self._error("GetImage", "ImageNotFound")
         if image.error:
-            return self._error("GetImage", image.error, faults=faults)
+            return self._error("GetImage", image.error, image.error_detail, faults=faults)
         payload = {
             "RequestId": _new_request_id(),
             "Success": True,
