@@ -31,6 +31,13 @@ RUN python -m venv /opt/venv
 COPY pyproject.toml README.md requirements.lock ./
 COPY exporter ./exporter
 
+# What `--version` and ehpc_exporter_build_info report (exporter/buildinfo.py); the build context has no
+# .git, so the builder passes them: --build-arg REVISION=$(git rev-parse HEAD)
+# --build-arg BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ).
+ARG REVISION=unknown
+ARG BUILD_DATE=unknown
+RUN printf '{"revision": "%s", "build_date": "%s"}\n' "$REVISION" "$BUILD_DATE" > exporter/build_info.json
+
 # Path of a CA bundle pip trusts during the build (a TLS-intercepting proxy's CA), normally the `build-ca`
 # secret mounted by the next step. An ARG, not an ENV: pip reads it from the RUN environment of this stage
 # only, and neither the value nor the file reaches the runtime stage. Declared here, after the steps that

@@ -20,14 +20,16 @@ import structlog
 
 from exporter import __version__
 from exporter.argtypes import bounded
+from exporter.buildinfo import BuildInfo
 from exporter.config import Config
-from exporter.logging import LEVELS, configure_logging
+from exporter.logging import LEVELS, LOG_FORMATS, configure_logging
 from exporter.redaction import scrub
 from exporter.settings import ConfigError, config_warnings, load_config
+from exporter.view import HEALTH_ORDER, ImageView
 
 if TYPE_CHECKING:
     from exporter.service import ExporterService
-    from exporter.snapshot import ImageState, Snapshot
+    from exporter.snapshot import Snapshot
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "STOP_TIMEOUT_SECONDS", "build_parser", "main"]
 
@@ -61,20 +63,32 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _add_logging_flags(parser: argparse.ArgumentParser, default_level: str = "info") -> None:
+    # The dotted spellings are the Prometheus ecosystem's (node_exporter, kube-state-metrics); the
+    # dashed ones stay as aliases for existing scripts.
     parser.add_argument(
+        "--log.format",
         "--log-format",
-        choices=("json", "console"),
+        dest="log_format",
+        choices=LOG_FORMATS,
         default=None,
-        help="log format on stderr (default: console when stderr is a terminal, else json)",
+        help="log format on stderr: logfmt or json, or console for people (default: console when stderr"
+        " is a terminal, else json)",
     )
     parser.add_argument(
-        "--log-level", choices=LEVELS, default=default_level, help="lowest level that is logged"
+        "--log.level",
+        "--log-level",
+        dest="log_level",
+        choices=LEVELS,
+        default=default_level,
+        help="lowest level that is logged",
     )
 
 
 def _add_config_flag(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument(
+        "--config.file",
         "--config",
+        dest="config",
         metavar="FILE",
         required=required,
         default=None,
@@ -119,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="Run '%(prog)s <subcommand> --help' for the flags of each subcommand.",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", metavar="{run,check,demo,simulate}")
 
     run = sub.add_parser(
@@ -141,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_web_flags(run)
     _add_logging_flags(run)
-    run.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    run.add_argument("--version", action="version", version=version_text())
 
     check = sub.add_parser(
         "check",
@@ -184,7 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1:9766",
         help="the simulator's address",
     )
-    demo.add_argument("--images", type=_positive_int, default=24, metavar="N", help="images in the fleet")
+    demo.add_argument(
+        "--images",
+        type=_positive_int,
+        default=24,
+        metavar="N",
+        help="simulated images (the demo also watches one image that does not exist: N + 1 are watched)",
+    )
     demo.add_argument(
         "--interval", type=_positive_float, default=15.0, metavar="SECONDS", help="refresh interval"
     )
@@ -199,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
         "admin API under /_sim/).",
     )
     _add_simulate_flags(simulate)
+    for name, subparser in (("run", run), ("check", check), ("demo", demo), ("simulate", simulate)):
+        # Each subcommand answers a flag it does not know with its own usage, not the top-level one.
+        subparser.set_defaults(subparser=subparser, command=name)
     return parser
 
 
@@ -207,12 +230,22 @@ def _add_simulate_flags(parser: argparse.ArgumentParser) -> None:
 
     add_simulate_arguments(parser)
     taken = set(parser._option_string_actions)  # the simulator may define its own logging flags
-    if not {"--log-format", "--log-level"} & taken:
+    if not {"--log.format", "--log-format", "--log.level", "--log-level"} & taken:
         _add_logging_flags(parser)
 
 
 _positive_int = bounded(int, "an integer of at least 1", low=1)
 _positive_float = bounded(float, "a number greater than 0", above=True)
+
+
+def version_text() -> str:
+    """What ``--version`` prints, in the Prometheus tools' layout."""
+    info = BuildInfo.current()
+    return (
+        f"{PROG}, version {info.version} (revision: {info.revision})\n"
+        f"  build date:     {info.build_date}\n"
+        f"  python version: {info.python_version}"
+    )
 
 
 def _with_default_subcommand(argv: Sequence[str]) -> list[str]:
@@ -415,8 +448,9 @@ async def _reload(service: ExporterService, path: str | None, overrides: Mapping
 
 
 def _counts(config: Config) -> dict[str, Any]:
+    # The configured images only: discovery's are not known before its first run (refresh_done says).
     return {
-        "images": len(config.images),
+        "static_images": len(config.images),
         "discovery": config.discovery.enabled,
         "interval_seconds": config.refresh.interval_seconds,
     }
@@ -434,13 +468,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
         _print_errors(exc.errors)
         return EXIT_CONFIG
     snapshot = asyncio.run(_refresh_once(config))
-    rows = [_gated(_check_row(state, config)) for state in snapshot.images.values()]
+    rows = [_gated(_check_row(view)) for view in snapshot.views.values()]
+    discovery = snapshot.discovery
     if args.output == "json":
-        print(json.dumps({"images": rows}, indent=2))
+        doc: dict[str, Any] = {"images": rows}
+        if discovery is not None:
+            doc["discovery"] = _gated(
+                {"up": discovery.up, "discovered": discovery.discovered, "error": discovery.error_code}
+            )
+        print(json.dumps(doc, indent=2))
     else:
-        _print_table(rows)
+        _print_table(rows, snapshot)
+    # Not healthy: any image that is not, or a discovery that failed (its images may be unwatched).
     bad = [row for row in rows if not row["ok"]]
-    return EXIT_FAILURE if bad else EXIT_OK
+    return EXIT_FAILURE if bad or snapshot.discovery_failed else EXIT_OK
 
 
 async def _refresh_once(config: Config) -> Snapshot:
@@ -464,56 +505,38 @@ def _gated(value: Any) -> Any:
     return value
 
 
-def _check_row(state: ImageState, config: Config) -> dict[str, Any]:
-    """One image's verdict: ok only if up, healthy, and healthy in every requested region."""
-    image = state.image if state.error is None else None
-    status = image.status if image is not None else None
-    replicas = {r.region_id: r.status for r in image.additional_regions} if image is not None else {}
-    regions = {region: replicas.get(region) for region in state.watched.additional_region_ids}
-    for region, region_status in replicas.items():
-        regions.setdefault(region, region_status)
-    problems = []
-    if state.error is not None:
-        problems.append(f"failing: {state.error.code}")
-    elif status not in config.status.healthy:
-        problems.append(f"status {status or 'empty'}")
-    if image is not None:
-        for region in state.watched.additional_region_ids:
-            got = replicas.get(region)
-            if got is None:
-                problems.append(f"{region} not replicated")
-            elif got not in config.status.replication_healthy:
-                problems.append(f"{region} {got}")
+def _check_row(view: ImageView) -> dict[str, Any]:
+    """One image's verdict as ``check`` prints it (the same verdict the metrics and the page show)."""
     return {
-        "image_id": state.image_id,
-        "status": status,
-        "regions": regions,
-        "last_error": state.error.code if state.error is not None else None,
-        "ok": not problems,
-        "problems": problems,
+        "image_id": view.image_id,
+        "health": str(view.health),
+        "status": view.status,
+        "regions": {r.region: r.status if r.status is not None else str(r.health) for r in view.replicas},
+        "last_error": view.error_code,
+        "ok": view.healthy,
+        "problems": view.problems,
     }
 
 
-def _print_table(rows: Sequence[Mapping[str, Any]]) -> None:
-    header = ("IMAGE", "STATUS", "REGIONS", "LAST ERROR", "OK")
+def _print_table(rows: Sequence[Mapping[str, Any]], snapshot: Snapshot) -> None:
+    header = ("IMAGE", "HEALTH", "STATUS", "REGIONS", "LAST ERROR")
     table = [header]
-    for row in rows:
-        regions = " ".join(f"{r}:{s or 'missing'}" for r, s in row["regions"].items()) or "-"
+    rank = {str(h): i for i, h in enumerate(HEALTH_ORDER)}
+    for row in sorted(rows, key=lambda r: (rank[r["health"]], r["image_id"])):
+        regions = " ".join(f"{r}:{s}" for r, s in row["regions"].items()) or "-"
         table.append(
-            (
-                row["image_id"],
-                row["status"] or "-",
-                regions,
-                row["last_error"] or "-",
-                "yes" if row["ok"] else "NO",
-            )
+            (row["image_id"], row["health"], row["status"] or "-", regions, row["last_error"] or "-")
         )
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip())
-    bad = sum(1 for row in rows if not row["ok"])
-    failing = sum(1 for row in rows if row["last_error"])
-    print(f"{len(rows)} images: {len(rows) - bad} ok, {bad - failing} unhealthy, {failing} failing")
+    counts = ", ".join(f"{n} {h}" for h, n in snapshot.health_counts().items())
+    print(f"{len(rows)} images: {counts}")
+    discovery = snapshot.discovery
+    if discovery is not None and not discovery.up:
+        print(f"discovery FAILED ({scrub(discovery.error_code or '?')}): kept {discovery.discovered} images")
+    elif discovery is not None:
+        print(f"discovery ok: {discovery.discovered} images")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -587,7 +610,9 @@ async def _simulate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script: parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand, return its code."""
     parser = build_parser()
-    args = parser.parse_args(_with_default_subcommand(sys.argv[1:] if argv is None else argv))
+    args, unknown = parser.parse_known_args(_with_default_subcommand(sys.argv[1:] if argv is None else argv))
+    if unknown:
+        args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": _cmd_run,
         "check": _cmd_check,

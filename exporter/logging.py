@@ -39,6 +39,7 @@ from exporter.redaction import (
 
 __all__ = [
     "LEVELS",
+    "LOG_FORMATS",
     "REDACTED",
     "LogFormat",
     "configure_logging",
@@ -50,7 +51,9 @@ __all__ = [
     "reset_logging",
 ]
 
-LogFormat = Literal["json", "console"]
+LogFormat = Literal["logfmt", "json", "console"]
+# logfmt and json as the Prometheus tools spell them; console: structlog's coloured lines for people.
+LOG_FORMATS: tuple[LogFormat, ...] = ("logfmt", "json", "console")
 LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
 
 _SECRET_KEY_RE = re.compile(r"secret|passw(or)?d|token|authorization|credential", re.IGNORECASE)
@@ -118,6 +121,8 @@ def _leading_keys_first(_logger: WrappedLogger, _method: str, event_dict: EventD
 def _renderer(fmt: LogFormat, colors: bool) -> Processor:
     if fmt == "json":
         return _JsonRenderer()
+    if fmt == "logfmt":
+        return structlog.processors.LogfmtRenderer(key_order=list(_LEADING_KEYS), bool_as_flag=False)
     return structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=structlog.dev.plain_traceback)
 
 

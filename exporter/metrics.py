@@ -38,7 +38,6 @@ Additions to the product contract: ``ehpc_config_last_reload_successful``,
 from __future__ import annotations
 
 import asyncio
-import platform
 import struct
 import threading
 import time
@@ -47,7 +46,6 @@ from array import array
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from importlib import metadata
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
@@ -63,9 +61,11 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as CONT
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.utils import floatToGoString as _float_to_go_string
 
+from exporter.buildinfo import BuildInfo
 from exporter.openapi.errors import KNOWN_CODES, LOCAL_CODES, OVERFLOW_CODE, ApiError
 from exporter.redaction import scrub
-from exporter.snapshot import ImageState, Snapshot, status_label
+from exporter.snapshot import ImageState, Snapshot
+from exporter.view import Health, ReplicaHealth
 
 __all__ = [
     "API_ACTIONS",
@@ -121,6 +121,9 @@ class MetricName(StrEnum):
     WATCHED_IMAGES = "ehpc_watched_images"
     REFRESH_DURATION = "ehpc_refresh_duration_seconds"
     REFRESH_LAST_SUCCESS = "ehpc_refresh_last_success_timestamp_seconds"
+    DISCOVERY_UP = "ehpc_discovery_up"
+    DISCOVERY_LAST_SUCCESS = "ehpc_discovery_last_success_timestamp_seconds"
+    DISCOVERED_IMAGES = "ehpc_discovered_images"
     API_REQUESTS = "ehpc_api_requests_total"
     API_ERRORS = "ehpc_api_errors_total"
     API_REQUEST_DURATION = "ehpc_api_request_duration_seconds"
@@ -207,6 +210,21 @@ SPECS: Mapping[MetricName, MetricSpec] = {
         MetricSpec(_M.REFRESH_DURATION, "gauge", "Duration of the last refresh cycle in seconds."),
         MetricSpec(_M.REFRESH_LAST_SUCCESS, "gauge", "Unix time the last completed refresh cycle ended."),
         MetricSpec(
+            _M.DISCOVERY_UP,
+            "gauge",
+            "1 if the last ListImages discovery succeeded, 0 if it failed (absent while discovery is off).",
+        ),
+        MetricSpec(
+            _M.DISCOVERY_LAST_SUCCESS,
+            "gauge",
+            "Unix time of the last successful ListImages discovery.",
+        ),
+        MetricSpec(
+            _M.DISCOVERED_IMAGES,
+            "gauge",
+            "Images found by discovery (the last good set while it fails), before sharding.",
+        ),
+        MetricSpec(
             _M.API_REQUESTS,
             "counter",
             "E-HPC Instant API calls made, each retry attempt counted.",
@@ -247,7 +265,10 @@ SPECS: Mapping[MetricName, MetricSpec] = {
             "Unix time of the last successful configuration load or reload.",
         ),
         MetricSpec(
-            _M.BUILD_INFO, "gauge", "Exporter build information, always 1.", ("version", "python_version")
+            _M.BUILD_INFO,
+            "gauge",
+            "Exporter build information, always 1.",
+            ("version", "revision", "python_version"),
         ),
     )
 }
@@ -267,6 +288,9 @@ SNAPSHOT_METRICS: tuple[MetricName, ...] = (
     _M.WATCHED_IMAGES,
     _M.REFRESH_DURATION,
     _M.REFRESH_LAST_SUCCESS,
+    _M.DISCOVERY_UP,
+    _M.DISCOVERY_LAST_SUCCESS,
+    _M.DISCOVERED_IMAGES,
 )
 
 
@@ -300,27 +324,15 @@ class _Series:
     error_code: str | None
 
 
-def _state_set(current: str | None, vocabulary: Sequence[str]) -> tuple[tuple[str, float], ...]:
-    """The vocabulary with ``current`` at 1 (appended when unknown); all 0 when ``current`` is None."""
-    states = [(s, 1.0 if s == current else 0.0) for s in vocabulary]
-    if current is not None and current not in vocabulary:
-        states.append((current, 1.0))
-    return tuple(states)
-
-
 def _series(state: ImageState, snapshot: Snapshot) -> _Series:
-    vocabulary = snapshot.status.vocabulary
+    """An image's series, from its verdict (``snapshot.views``) and its last good facts."""
+    view = snapshot.views[state.image_id]
     img = state.image
-    missing = state.missing
     info: tuple[str, ...] | None = None
-    states: tuple[tuple[str, float], ...] = ()
-    available: float | None = None
     size: float | None = None
     created: float | None = None
-    replicas: list[_Replica] = []
-    wanted = set(state.watched.additional_region_ids)
     if img is not None:
-        # Every label value passes the output gate here, the one input both renderers share.
+        # Every label value passes the output gate: here, or in the view for ids, statuses and regions.
         info = tuple(
             map(
                 scrub,
@@ -338,41 +350,40 @@ def _series(state: ImageState, snapshot: Snapshot) -> _Series:
         )
         size = float(img.size_bytes) if img.size_bytes is not None else None
         created = img.create_time.timestamp() if img.create_time is not None else None
-        # The gate keeps one entry per requested region; only requested regions have series.
-        seen = {r.region_id: r.status for r in img.additional_regions}
-        for region in sorted(wanted):
-            status = seen.get(region)
-            if status is None or missing:
-                replicas.append(_Replica(region, _state_set(None, vocabulary), 0.0))
-            else:
-                label = scrub(status_label(status))
-                ok = 1.0 if status in snapshot.status.replication_healthy else 0.0
-                replicas.append(_Replica(scrub(region), _state_set(label, vocabulary), ok))
-    elif missing:
-        replicas = [_Replica(scrub(r), _state_set(None, vocabulary), 0.0) for r in sorted(wanted)]
-    if missing:
-        states, available = _state_set(None, vocabulary), 0.0
-    elif img is not None:
-        states = _state_set(scrub(status_label(img.status)), vocabulary)
-        available = 1.0 if img.status in snapshot.status.healthy else 0.0
+    # An image that never answered (and is not missing) has no replication series: nothing is known.
+    replicas: tuple[_Replica, ...] = ()
+    if img is not None or view.health is Health.MISSING:
+        replicas = tuple(
+            _Replica(r.region, r.states, 1.0 if r.health is ReplicaHealth.AVAILABLE else 0.0)
+            for r in view.replicas
+        )
     return _Series(
-        image_id=scrub(state.image_id),
+        image_id=view.image_id,
         info=info,
-        states=states,
-        available=available,
+        states=view.states,
+        available=view.available,
         size=size,
         created=created,
-        replicas=tuple(replicas),
+        replicas=replicas,
         up=1.0 if state.up else 0.0,
         last_success=state.last_success,
-        error_code=scrub(state.error.code) if state.error is not None else None,
+        error_code=view.error_code,
     )
 
 
-def _refresh_values(snapshot: Snapshot) -> tuple[float, float, float] | None:
+def _global_values(snapshot: Snapshot) -> tuple[float | None, ...]:
+    """The values of the families after the per-image ones, in order; None where there is no sample."""
     if snapshot.refreshed_at is None:
-        return None
-    return float(len(snapshot.images)), float(snapshot.duration_seconds or 0.0), snapshot.refreshed_at
+        return (None,) * (len(SNAPSHOT_METRICS) - _IMAGE_FAMILIES)
+    d = snapshot.discovery
+    return (
+        float(len(snapshot.images)),
+        float(snapshot.duration_seconds or 0.0),
+        snapshot.refreshed_at,
+        None if d is None else (1.0 if d.up else 0.0),
+        None if d is None else d.last_success,
+        None if d is None else float(d.discovered),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -412,11 +423,11 @@ class SnapshotCollector:
                 fams[_M.IMAGE_LAST_SUCCESS].add_metric([iid], s.last_success)
             if s.error_code is not None:
                 fams[_M.IMAGE_LAST_ERROR].add_metric([iid, s.error_code], 1.0)
-        refresh = _refresh_values(self.snapshot)
-        if refresh is not None:
-            fams[_M.WATCHED_IMAGES].add_metric([], refresh[0])
-            fams[_M.REFRESH_DURATION].add_metric([], refresh[1])
-            fams[_M.REFRESH_LAST_SUCCESS].add_metric([], refresh[2])
+        for name, value in zip(
+            SNAPSHOT_METRICS[_IMAGE_FAMILIES:], _global_values(self.snapshot), strict=True
+        ):
+            if value is not None:
+                fams[name].add_metric([], value)
         yield from fams.values()
 
 
@@ -574,7 +585,6 @@ class SnapshotRenderer:
         cache: dict[str, tuple[tuple[object, ...], int]] = {}
         old = self._cache
         prev = self._previous
-        status = snapshot.status
         states = list(snapshot.images.values())
         count = len(states)
         batches: list[list[bytes]] = [[] for _ in range(_IMAGE_FAMILIES)]
@@ -586,7 +596,8 @@ class SnapshotRenderer:
             last_success: list[bytes] = []
             for n in range(start, min(start + PART_IMAGES, count)):
                 state = states[n]
-                key = (state.watched, state.image, state.error.code if state.error else None, status)
+                # What its lines depend on, compared by value: its verdict and its facts.
+                key = (snapshot.views[state.image_id], state.image)
                 hit = old.get(state.image_id)
                 entries.append(
                     hit[1] if hit is not None and hit[0] == key else _image_lines(_series(state, snapshot))
@@ -603,12 +614,10 @@ class SnapshotRenderer:
                     batches[i].append(_batch(entries, i, prev, family_ends[i]))
                 yield
 
-        refresh: list[bytes] = [b"", b"", b""]
-        values = _refresh_values(snapshot)
-        if values is not None:
-            refresh = [
-                f"{n.value} {_fmt(v)}\n".encode() for n, v in zip(SNAPSHOT_METRICS[-3:], values, strict=True)
-            ]
+        refresh = [
+            b"" if v is None else f"{n.value} {_fmt(v)}\n".encode()
+            for n, v in zip(SNAPSHOT_METRICS[_IMAGE_FAMILIES:], _global_values(snapshot), strict=True)
+        ]
         parts: list[bytes] = []
         header_at: list[int] = []
         for i, header in enumerate(_TEXT_HEADERS):
@@ -751,23 +760,6 @@ def gzip_body(head: _Deflated, tail: bytes) -> list[bytes]:
 
 # --------------------------------------------------------------------------------------------------
 # The self part: API calls, refresh overruns, config reloads, build info.
-
-
-@dataclass(frozen=True, slots=True)
-class BuildInfo:
-    """The labels of ``ehpc_exporter_build_info``."""
-
-    version: str
-    python_version: str
-
-    @classmethod
-    def current(cls) -> BuildInfo:
-        """This installation's package version and Python version."""
-        try:
-            version = metadata.version("ehpc-image-exporter")
-        except metadata.PackageNotFoundError:
-            version = "unknown"
-        return cls(version=version, python_version=platform.python_version())
 
 
 class _Histogram:
@@ -941,10 +933,9 @@ class SelfMetrics:
         if self.reload_success_timestamp is not None:
             ts.add_metric([], self.reload_success_timestamp)
         yield ts
-        info = GaugeMetricFamily(
-            _M.BUILD_INFO, spec[_M.BUILD_INFO].help, labels=["version", "python_version"]
-        )
-        info.add_metric([self.build_info.version, self.build_info.python_version], 1.0)
+        info = GaugeMetricFamily(_M.BUILD_INFO, spec[_M.BUILD_INFO].help, labels=spec[_M.BUILD_INFO].labels)
+        b = self.build_info
+        info.add_metric([b.version, b.revision, b.python_version], 1.0)
         yield info
 
     def render(self, openmetrics: bool) -> bytes:

@@ -32,7 +32,7 @@ from exporter.config import Config, DiscoveryConfig, ShardingConfig, WatchedImag
 from exporter.metrics import SelfMetrics
 from exporter.models import Image, ImageSummary
 from exporter.openapi.errors import TIMEOUT, ApiError
-from exporter.snapshot import ImageError, ImageFacts, ImageState, Snapshot
+from exporter.snapshot import DiscoveryStatus, ImageError, ImageFacts, ImageState, Snapshot
 
 __all__ = ["ImageApi", "Refresher", "in_shard", "shard_of"]
 
@@ -136,6 +136,7 @@ class Refresher:
         self._rng = rng or random.Random()  # noqa: S311 - schedule jitter, not cryptography
         self._snapshot = Snapshot(status=config.status)
         self._discovered: dict[str, WatchedImage] = {}
+        self._discovery: DiscoveryStatus | None = None
         self._cycle_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._sequence = 0
@@ -209,16 +210,20 @@ class Refresher:
                 refreshed_at=self._clock(),
                 duration_seconds=monotonic() - started,
                 sequence=self._sequence,
+                discovery=self._discovery if config.discovery.enabled else None,
+                previous=self._snapshot,
             )
             if self._publish is not None:
                 await self._publish(snapshot)
             self._snapshot = snapshot
+            # The same verdicts as the metrics, the page and check: counts by health class.
+            counts = {h.name.lower(): n for h, n in snapshot.health_counts().items()}
+            discovery = {} if snapshot.discovery is None else {"discovery_up": snapshot.discovery.up}
             log.info(
                 "refresh_done",
                 watched=len(states),
-                ok=snapshot.ok_count,
-                failed=snapshot.failed_count,
-                missing=snapshot.missing_count,
+                **counts,
+                **discovery,
                 duration_seconds=round(snapshot.duration_seconds or 0.0, 3),
             )
             return snapshot
@@ -228,7 +233,7 @@ class Refresher:
         if config.discovery.enabled:
             watched.update(await self._discover(config, client))
         else:
-            self._discovered = {}
+            self._discovered, self._discovery = {}, None
         for image in config.images:  # static configuration wins over what discovery says
             watched[image.image_id] = image
         return {k: watched[k] for k in sorted(watched) if in_shard(k, config.sharding)}
@@ -247,22 +252,32 @@ class Refresher:
                     max_pages=cfg.max_pages,
                 )
         except ApiError as exc:
+            self._discovery_failed(exc.code)
             log.warning(
                 "discovery_failed",
                 code=exc.code,
                 http_status=exc.http_status,
                 request_id=exc.request_id,
+                reason=exc.message,
                 kept=len(self._discovered),
             )
             return self._discovered
         except TimeoutError:
+            self._discovery_failed(TIMEOUT)
             log.warning("discovery_failed", code=TIMEOUT, timeout_seconds=limit, kept=len(self._discovered))
             return self._discovered
         except Exception:  # a bug must not stop the static images from being refreshed
+            self._discovery_failed(EXPORTER_ERROR)
             log.exception("discovery_crashed", kept=len(self._discovered))
             return self._discovered
         self._discovered = _discovered(summaries, cfg)
+        self._discovery = DiscoveryStatus(True, self._clock(), len(self._discovered))
         return self._discovered
+
+    def _discovery_failed(self, code: str) -> None:
+        """Record a failed discovery: the last good set is kept, and so is when it was found."""
+        last = self._discovery.last_success if self._discovery is not None else None
+        self._discovery = DiscoveryStatus(False, last, len(self._discovered), code)
 
     async def _fetch_all(
         self, client: ImageApi, watched: list[WatchedImage], config: Config

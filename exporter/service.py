@@ -153,8 +153,13 @@ class ExporterService:
             raise
         self._runner = runner
         self._url = _base_url(runner.addresses, https=ssl_context is not None)
+        # Every address really bound (":9765" is 0.0.0.0 and [::]), then one URL a person can open.
         log.info(
-            "web_listening", url=self._url, telemetry_path=cfg.telemetry_path, tls=ssl_context is not None
+            "web_listening",
+            addresses=_bound_addresses(runner.addresses),
+            url=self._url,
+            telemetry_path=cfg.telemetry_path,
+            tls=ssl_context is not None,
         )
 
     async def _client_ctx(self, _app: web.Application) -> AsyncIterator[None]:
@@ -229,7 +234,7 @@ class ExporterService:
         log.info(
             "config_reloaded",
             client_rebuilt=rebuild,
-            images=len(config.images),
+            static_images=len(config.images),
             discovery=config.discovery.enabled,
             interval_seconds=config.refresh.interval_seconds,
         )
@@ -286,6 +291,16 @@ async def _gc_ctx(_app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         gc.set_threshold(*before)
+
+
+def _bound_addresses(addresses: list[object]) -> list[str]:
+    """``host:port`` of every bound TCP socket, IPv6 hosts in brackets."""
+    out = []
+    for a in addresses:
+        if isinstance(a, tuple):
+            host, port = str(a[0]), a[1]
+            out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return out
 
 
 def _base_url(addresses: list[object], *, https: bool) -> str:

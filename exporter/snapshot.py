@@ -14,15 +14,17 @@ from typing import NamedTuple
 
 from exporter.config import StatusConfig, WatchedImage
 from exporter.models import Image
+from exporter.view import HEALTH_ORDER, IMAGE_NOT_FOUND, Health, ImageView, image_view, status_label
 
-IMAGE_NOT_FOUND = "ImageNotFound"
-# The state-set label value used when the API answers an empty Status.
-UNKNOWN_STATUS = "Unknown"
-
-
-def status_label(status: str) -> str:
-    """The ``status`` label value for an API status: itself, or ``Unknown`` when empty."""
-    return status or UNKNOWN_STATUS
+__all__ = [
+    "DiscoveryStatus",
+    "ImageError",
+    "ImageFacts",
+    "ImageState",
+    "Replica",
+    "Snapshot",
+    "status_label",
+]
 
 
 class Replica(NamedTuple):
@@ -113,9 +115,48 @@ class ImageState:
         """The API said the image does not exist (``ImageNotFound``) on the last call."""
         return self.error is not None and self.error.code == IMAGE_NOT_FOUND
 
+    def view(self, status: StatusConfig) -> ImageView:
+        """The verdict on this image under ``status`` (what :class:`Snapshot` keeps for it)."""
+        img = self.image
+        error = (self.error.code, self.error.since) if self.error is not None else None
+        return image_view(
+            self.image_id,
+            self.watched.additional_region_ids,
+            img.status if img is not None else None,
+            [(r.region_id, r.status) for r in img.additional_regions] if img is not None else (),
+            error,
+            status,
+        )
 
-def _frozen(images: Iterable[ImageState]) -> Mapping[str, ImageState]:
-    return MappingProxyType({s.image_id: s for s in sorted(images, key=lambda s: s.image_id)})
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryStatus:
+    """How ListImages discovery went in the last cycle (absent while discovery is off)."""
+
+    up: bool  # the last discovery succeeded
+    last_success: float | None  # wall time it last succeeded
+    discovered: int  # images it found (the last good set while failing)
+    error_code: str | None = None  # why the last one failed
+
+
+def _views(
+    states: Mapping[str, ImageState], status: StatusConfig, previous: Snapshot | None
+) -> Mapping[str, ImageView]:
+    """Every image's verdict; an image whose state is the previous one's keeps its previous verdict."""
+    old_states = previous.images if previous is not None and previous.status == status else {}
+    old_views = previous.views if previous is not None else {}
+    out: dict[str, ImageView] = {}
+    for image_id, state in states.items():
+        old = old_states.get(image_id)
+        kept = old_views.get(image_id) if old is not None and _inputs(old) == _inputs(state) else None
+        out[image_id] = kept if kept is not None else state.view(status)
+    return MappingProxyType(out)
+
+
+def _inputs(state: ImageState) -> tuple[object, ...]:
+    """What an image's verdict depends on (besides the status config)."""
+    error = state.error
+    return (state.watched, state.image, None if error is None else (error.code, error.since))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +168,9 @@ class Snapshot:
     refreshed_at: float | None = None  # wall time the cycle ended; None before the first cycle
     duration_seconds: float | None = None  # how long the cycle took
     sequence: int = 0  # 0 for the empty start-up snapshot, then 1, 2, ...
+    # The verdict on each image, decided here once; every view reads it.
+    views: Mapping[str, ImageView] = field(default_factory=lambda: MappingProxyType({}))
+    discovery: DiscoveryStatus | None = None
 
     @classmethod
     def build(
@@ -137,26 +181,30 @@ class Snapshot:
         refreshed_at: float | None,
         duration_seconds: float | None,
         sequence: int,
+        discovery: DiscoveryStatus | None = None,
+        previous: Snapshot | None = None,
     ) -> Snapshot:
-        """A snapshot of ``images`` (any order; stored sorted by id, read-only)."""
-        return cls(_frozen(images), status, refreshed_at, duration_seconds, sequence)
+        """A snapshot of ``images`` (any order; stored sorted by id, read-only), with their verdicts.
+
+        ``previous`` lets unchanged images keep their verdict instead of deciding it again.
+        """
+        states = MappingProxyType({s.image_id: s for s in sorted(images, key=lambda s: s.image_id)})
+        views = _views(states, status, previous)
+        return cls(states, status, refreshed_at, duration_seconds, sequence, views, discovery)
 
     @property
     def completed(self) -> bool:
         """At least one refresh cycle has completed."""
         return self.refreshed_at is not None
 
-    @property
-    def ok_count(self) -> int:
-        """Images whose last GetImage succeeded."""
-        return sum(1 for s in self.images.values() if s.up)
+    def health_counts(self) -> dict[Health, int]:
+        """Images per health class, every class present, worst first."""
+        counts = dict.fromkeys(HEALTH_ORDER, 0)
+        for view in self.views.values():
+            counts[view.health] += 1
+        return counts
 
     @property
-    def missing_count(self) -> int:
-        """Images the API says do not exist."""
-        return sum(1 for s in self.images.values() if s.missing)
-
-    @property
-    def failed_count(self) -> int:
-        """Images whose last GetImage failed for any other reason."""
-        return sum(1 for s in self.images.values() if not s.up and not s.missing)
+    def discovery_failed(self) -> bool:
+        """Discovery is on and its last run failed."""
+        return self.discovery is not None and not self.discovery.up

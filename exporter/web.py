@@ -1,4 +1,4 @@
-"""The exporter's HTTP surface (aiohttp): ``/metrics``, ``/healthz``, ``/readyz`` and a landing page.
+"""The exporter's HTTP surface (aiohttp): ``/metrics``, ``/healthz``, ``/readyz`` and a health board at ``/``.
 
 A scrape never calls the cloud API and never renders the per-image series: it writes the bytes rendered
 when the snapshot was swapped in, followed by the small self-metrics part rendered now. Content
@@ -23,7 +23,8 @@ from aiohttp.typedefs import Handler, Middleware
 from exporter.config import Config
 from exporter.metrics import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, RenderedSnapshot, gzip_body
 from exporter.redaction import scrub
-from exporter.snapshot import ImageState, status_label
+from exporter.snapshot import Snapshot
+from exporter.view import HEALTH_ORDER, Health, ImageView, ReplicaHealth, ReplicaView
 
 __all__ = [
     "OPEN_PATHS",
@@ -38,7 +39,7 @@ log = structlog.get_logger("ehpc.web")
 
 # Reachable without authentication (Kubernetes probes carry no credentials).
 OPEN_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz"})
-# The landing page lists at most this many images (failing ones first); /metrics always has them all.
+# The landing page lists at most this many images (worst first); /metrics always has them all.
 MAX_LANDING_ROWS = 500
 WRITE_SLICE_BYTES = 256 * 1024  # bigger parts are written in slices of this size
 
@@ -184,17 +185,102 @@ def _h(text: str, *, quote: bool = True) -> str:
 
 
 def _time(ts: float | None) -> str:
+    """A wall time as the page shows it (UTC, to the second), or ``never``."""
     if ts is None:
         return "never"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _row(cells: Iterable[tuple[str, str]]) -> str:
-    """One table row of (css class, already-escaped html) cells."""
-    return "<tr>" + "".join(f'<td class="{c}">{h}</td>' if c else f"<td>{h}</td>" for c, h in cells) + "</tr>"
+def _time_html(ts: float | None) -> str:
+    """A wall time as a ``<time>`` element (machine-readable ``datetime``), or ``never``."""
+    if ts is None:
+        return "never"
+    iso = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f'<time datetime="{iso}">{_h(_time(ts))}</time>'
+
+
+# -- the health board --------------------------------------------------------------------------------------
+# Every colour on the page comes with a word and a symbol, so nothing depends on telling red from green.
+
+# ``/?refresh=N`` bounds: the snapshot changes once per refresh cycle, so reloading faster only costs the
+# browser; slower than an hour is no longer watching.
+REFRESH_MIN_SECONDS = 5
+REFRESH_MAX_SECONDS = 3600
+_REFRESH_CHOICES = (30, 60, 300)  # the auto-refresh links offered in the header
+
+_HEALTH_CLASS = {
+    Health.MISSING: "missing",
+    Health.FAILING: "failing",
+    Health.UNHEALTHY: "unhealthy",
+    Health.REPLICATING: "replicating",
+    Health.HEALTHY: "healthy",
+}
+_HEALTH_SYMBOL = {
+    Health.MISSING: "\u2298",  # ⊘
+    Health.FAILING: "\u26a0",  # ⚠
+    Health.UNHEALTHY: "\u2716",  # ✖
+    Health.REPLICATING: "\u25d0",  # ◐
+    Health.HEALTHY: "\u2714",  # ✔
+}
+_HEALTH_HINT = {
+    Health.MISSING: "the API says ImageNotFound",
+    Health.FAILING: "GetImage fails; data is stale",
+    Health.UNHEALTHY: "status outside the healthy set",
+    Health.REPLICATING: "a region has no available copy",
+    Health.HEALTHY: "status and every copy available",
+}
+_REPLICA_CLASS = {
+    ReplicaHealth.AVAILABLE: "ok",
+    ReplicaHealth.NOT_AVAILABLE: "bad",
+    ReplicaHealth.NOT_REPLICATED: "none",
+    ReplicaHealth.UNKNOWN: "unknown",
+}
+_REPLICA_SYMBOL = {
+    ReplicaHealth.AVAILABLE: "\u2714",  # ✔
+    ReplicaHealth.NOT_AVAILABLE: "\u2716",  # ✖
+    ReplicaHealth.NOT_REPLICATED: "\u2205",  # ∅
+    ReplicaHealth.UNKNOWN: "?",
+}
+_REPLICA_HINT = {
+    ReplicaHealth.AVAILABLE: "a copy in the replication healthy set",
+    ReplicaHealth.NOT_AVAILABLE: "a copy outside the replication healthy set",
+    ReplicaHealth.NOT_REPLICATED: "no copy in that region",
+    ReplicaHealth.UNKNOWN: "the image never answered",
+}
+_NOT_REQUESTED = "\u00b7"  # a region the image was not asked to be in
+
+
+def _sym(symbol: str) -> str:
+    """A status symbol: seen, not read aloud (the word next to it is)."""
+    return f'<span class="sym" aria-hidden="true">{symbol}</span>'
+
+
+def _refresh_seconds(request: web.Request) -> int | None:
+    """The ``refresh`` query parameter (whole seconds, bounded), or None; anything else is a 400."""
+    values = request.query.getall("refresh", [])
+    if not values:
+        return None
+    raw = values[0]
+    # isascii: str.isdigit also accepts digits like "²" that int() refuses.
+    ok = len(values) == 1 and raw.isascii() and raw.isdigit() and len(raw) <= 5
+    if not ok or not REFRESH_MIN_SECONDS <= int(raw) <= REFRESH_MAX_SECONDS:
+        raise web.HTTPBadRequest(
+            text=f"refresh must be a whole number of seconds from {REFRESH_MIN_SECONDS}"
+            f" to {REFRESH_MAX_SECONDS}\n"
+        )
+    return int(raw)
+
+
+def _refresh_links(refresh: int | None) -> str:
+    """The header's auto-refresh switch: the current period and how to stop it, or the choices."""
+    if refresh is not None:
+        return f'auto-refresh every {refresh} s (<a href="/">stop</a>)'
+    links = " ".join(f'<a href="/?refresh={n}">{n} s</a>' for n in _REFRESH_CHOICES)
+    return f"auto-refresh: {links}"
 
 
 def _config_rows(source: MetricsSource) -> str:
+    """The configuration summary (no secrets: the credential type only, never its values)."""
     cfg = source.config
     e = _h
     endpoint = cfg.api.endpoint or f"(from region, {cfg.api.network})"
@@ -208,68 +294,194 @@ def _config_rows(source: MetricsSource) -> str:
         ("discovery", "enabled" if cfg.discovery.enabled else "disabled"),
         ("shard", f"{cfg.sharding.shard} of {cfg.sharding.shards}"),
         ("healthy statuses", ", ".join(cfg.status.healthy)),
+        ("replication healthy statuses", ", ".join(cfg.status.replication_healthy)),
     ]
     return "\n".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows)
 
 
-def _image_row(state: ImageState, healthy: Sequence[str]) -> str:
-    e = _h
-    img = state.image
-    if state.missing:
-        status, status_class = "missing (ImageNotFound)", "bad"
-    elif img is None:
-        status, status_class = "unknown", "bad"
-    else:
-        status = status_label(img.status)
-        status_class = "ok" if img.status in healthy else "bad"
-    regions = {r.region_id: status_label(r.status) for r in img.additional_regions} if img is not None else {}
-    for region in state.watched.additional_region_ids:
-        regions.setdefault(region, "no copy")
-    replication = "<br>".join(f"{e(region)}: {e(regions[region])}" for region in sorted(regions))
-    error = ""
-    if state.error is not None:
-        error = e(state.error.code)
-        if state.error.request_id:
-            error += f' <span class="muted">request {e(state.error.request_id)}</span>'
-        error += f' <span class="muted">since {e(_time(state.error.since))}</span>'
-    return _row(
-        [
-            ("", f"<code>{e(state.image_id)}</code>"),
-            ("", e(img.name) if img else ""),
-            ("", e(img.version) if img else ""),
-            ("", e(state.watched.image_type)),
-            (status_class, e(status)),
-            ("", replication),
-            ("ok" if state.up else "bad", "1" if state.up else "0"),
-            ("", e(_time(state.last_success))),
-            ("bad" if error else "", error),
-        ]
+def _banners(snapshot: Snapshot) -> str:
+    """What the person on call must read before the numbers: no data yet, or discovery failing."""
+    out: list[str] = []
+    if not snapshot.completed:
+        out.append(
+            '<div class="banner info" role="status" id="waiting"><strong>Waiting for the first refresh.'
+            "</strong> No image has been checked yet; this page shows nothing until one has.</div>"
+        )
+    discovery = snapshot.discovery
+    if discovery is not None and not discovery.up:
+        if discovery.last_success is None:
+            kept = "It has not succeeded since start-up: only the static images are watched."
+        else:
+            kept = (
+                f"Still watching the {discovery.discovered} image(s) it found at"
+                f" {_time_html(discovery.last_success)}; images created since are not watched."
+            )
+        out.append(
+            '<div class="banner bad" role="alert" id="discovery">'
+            f"{_sym(_HEALTH_SYMBOL[Health.FAILING])} <strong>Discovery is failing</strong>"
+            f" (ListImages: <code>{_h(discovery.error_code or 'unknown error')}</code>). {kept}</div>"
+        )
+    return "\n".join(out)
+
+
+def _counts(snapshot: Snapshot) -> str:
+    """One tile per health class, worst first; a class with no image is greyed out."""
+    if not snapshot.completed:
+        return ""
+    tiles = []
+    for health, n in snapshot.health_counts().items():
+        css = _HEALTH_CLASS[health] + ("" if n else " zero")
+        tiles.append(
+            f'<li class="tile h-{css}" data-health="{_h(str(health))}">'
+            f'<span class="n">{n}</span> <span class="word">{_sym(_HEALTH_SYMBOL[health])}'
+            f" {_h(str(health))}</span> <small>{_h(_HEALTH_HINT[health])}</small></li>"
+        )
+    return '<ul class="counts" id="counts">' + "".join(tiles) + "</ul>"
+
+
+def _summary(snapshot: Snapshot, total: int) -> str:
+    """The line under the tiles: how many images, when they were last checked, discovery."""
+    if not snapshot.completed:
+        return ""
+    parts = [
+        f"{total} image(s) watched",
+        f"last refresh {_time_html(snapshot.refreshed_at)} (took {snapshot.duration_seconds or 0:.2f} s)",
+    ]
+    discovery = snapshot.discovery
+    if discovery is not None and discovery.up:
+        parts.append(f"discovery ok: {discovery.discovered} image(s) found")
+    return '<p class="summary" id="summary">' + " &middot; ".join(parts) + "</p>"
+
+
+def _health_cell(view: ImageView) -> str:
+    """The image's verdict: symbol and word, what is wrong, and for a failing one its code and since when."""
+    detail = ""
+    if view.health in (Health.FAILING, Health.MISSING) and view.error_code is not None:
+        detail = (
+            f'<div class="detail"><code class="code">{_h(view.error_code)}</code>'
+            f" since {_time_html(view.error_since)}</div>"
+        )
+    # The view's own phrases, so a narrow screen sees what is wrong before scrolling to the regions;
+    # not the failing/missing one (the code line above says it) nor "unknown" regions (nothing is known).
+    unknown = {f"{r.region} {r.health}" for r in view.replicas if r.health is ReplicaHealth.UNKNOWN}
+    rest = [p for p in view.problems if not p.startswith(("failing:", "missing ")) and p not in unknown]
+    if rest:
+        detail += f'<div class="detail problems">{_h(", ".join(rest))}</div>'
+    return (
+        f'<td class="health h-{_HEALTH_CLASS[view.health]}">{_sym(_HEALTH_SYMBOL[view.health])}'
+        f' <span class="word">{_h(str(view.health))}</span>{detail}</td>'
     )
+
+
+def _status_cell(view: ImageView) -> str:
+    """The image's status; marked as last known when the current call failed."""
+    if view.status is None:
+        return '<td class="status muted">\u2014</td>'
+    stale = view.health in (Health.FAILING, Health.MISSING)
+    css = "status bad" if view.available == 0.0 and not stale else "status"
+    detail = '<div class="detail">last known</div>' if stale else ""
+    return f'<td class="{css}">{_h(view.status)}{detail}</td>'
+
+
+def _replica_cell(replica: ReplicaView | None, region: str) -> str:
+    """One region of one image: the copy's status and its health, as symbol, word and colour."""
+    if replica is None:
+        return f'<td class="r r-na" data-region="{_h(region)}" title="not requested">{_NOT_REQUESTED}</td>'
+    health = replica.health
+    status = _h(replica.status) if replica.status is not None else "no copy"
+    if health is ReplicaHealth.UNKNOWN:
+        status = "\u2014"
+    word = _h(str(health))
+    # The health word under the status, unless it would only repeat it ("Available" / "available").
+    detail = "" if status.lower() == word else f'<div class="detail">{word}</div>'
+    return (
+        f'<td class="r r-{_REPLICA_CLASS[health]}" data-region="{_h(region)}" data-replica="{word}"'
+        f' title="{_h(_REPLICA_HINT[health])}">{_sym(_REPLICA_SYMBOL[health])} {status}{detail}</td>'
+    )
+
+
+def _image_row(view: ImageView, name: str, regions: Sequence[str]) -> str:
+    """One matrix row: id (and name), health, status, then one cell per region column."""
+    by_region = {r.region: r for r in view.replicas}
+    label = f'<div class="detail">{_h(name)}</div>' if name else ""
+    cells = "".join(_replica_cell(by_region.get(region), region) for region in regions)
+    return (
+        f'<tr class="h-{_HEALTH_CLASS[view.health]}" data-image="{_h(view.image_id)}"'
+        f' data-health="{_h(str(view.health))}">'
+        f'<th scope="row" class="image"><code>{_h(view.image_id)}</code>{label}</th>'
+        f"{_health_cell(view)}{_status_cell(view)}{cells}</tr>"
+    )
+
+
+def _legend() -> str:
+    """What each cell symbol means (the words are in the cells too)."""
+    items = [f"{_sym(_REPLICA_SYMBOL[h])} {_h(str(h))}: {_h(_REPLICA_HINT[h])}" for h in ReplicaHealth]
+    items.append(f"{_sym(_NOT_REQUESTED)} not requested")
+    return '<p class="legend muted">' + " &middot; ".join(items) + "</p>"
+
+
+def _matrix(snapshot: Snapshot) -> str:
+    """The image-by-region matrix, worst first (HEALTH_ORDER, then id), at most MAX_LANDING_ROWS rows."""
+    if not snapshot.completed:
+        return '<p class="muted" id="images">No image checked yet.</p>'
+    rank = {h: i for i, h in enumerate(HEALTH_ORDER)}
+    ordered = sorted(snapshot.views.items(), key=lambda item: (rank[item[1].health], item[0]))
+    shown = ordered[:MAX_LANDING_ROWS]
+    if not shown:
+        return '<p id="images">No image is watched.</p>'
+    regions = sorted({r.region for _, v in shown for r in v.replicas})
+    rows = []
+    for image_id, view in shown:
+        state = snapshot.images.get(image_id)  # for the name only: the verdict is the view's
+        img = state.image if state is not None else None
+        name = " ".join(filter(None, (img.name, img.version))) if img is not None else ""
+        rows.append(_image_row(view, name, regions))
+    head = "".join(f'<th scope="col" class="region">{_h(r)}</th>' for r in regions)
+    cut = ""
+    if len(shown) < len(ordered):
+        cut = (
+            f'<p class="cut" id="cut">Showing the {len(shown)} worst of {len(ordered)} images;'
+            " the metrics have them all.</p>"
+        )
+    return (
+        f"{cut}"
+        '<div class="matrix-box"><table class="matrix" id="images"><thead><tr>'
+        f'<th scope="col" class="image">image</th><th scope="col">health</th><th scope="col">status</th>'
+        f"{head}</tr></thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table></div>" + _legend()
+    )
+
+
+def _title(snapshot: Snapshot) -> str:
+    """The tab title leads with the number of images that need someone (visible among other tabs)."""
+    base = "E-HPC image exporter"
+    if not snapshot.completed:
+        return f"(waiting) {base}"
+    bad = sum(n for h, n in snapshot.health_counts().items() if h is not Health.HEALTHY)
+    if snapshot.discovery_failed:
+        return f"({bad} not healthy, discovery failing) {base}"
+    return f"({bad} not healthy) {base}" if bad else f"(all healthy) {base}"
 
 
 async def _landing(request: web.Request) -> web.Response:
+    """The health board: banners, counts by health, the worst-first matrix, the folded config."""
+    refresh = _refresh_seconds(request)  # first: a bad request answers 400 before any work
     source = request.app[SOURCE_KEY]
-    snapshot = source.rendered.snapshot
-    states = sorted(snapshot.images.values(), key=lambda s: (s.up, s.image_id))  # failing first
-    shown = states[:MAX_LANDING_ROWS]
-    if not snapshot.completed:
-        summary = "Waiting for the first refresh."
-    else:
-        summary = (
-            f"{len(states)} watched: {snapshot.ok_count} ok, {snapshot.failed_count} failing, "
-            f"{snapshot.missing_count} missing; last refresh {_time(snapshot.refreshed_at)} UTC"
-            f" took {snapshot.duration_seconds or 0:.2f} s."
-        )
-        if len(shown) < len(states):
-            summary += f" Showing the first {len(shown)} (failing first)."
+    snapshot = source.rendered.snapshot  # one read: the whole page shows one snapshot
     page = _LANDING.substitute(
+        title=_h(_title(snapshot)),
+        meta_refresh=f'<meta http-equiv="refresh" content="{refresh}">' if refresh is not None else "",
         version=_h(source.version),
         telemetry_path=_h(request.app[TELEMETRY_PATH_KEY], quote=True),
+        refresh_links=_refresh_links(refresh),
+        banners=_banners(snapshot),
+        counts=_counts(snapshot),
+        summary=_summary(snapshot, len(snapshot.views)),
+        matrix=_matrix(snapshot),
         config_rows=_config_rows(source),
-        image_summary=_h(summary),
-        image_rows="\n".join(_image_row(s, snapshot.status.healthy) for s in shown),
     )
-    return web.Response(text=page, content_type="text/html", charset="utf-8")
+    return web.Response(
+        text=page, content_type="text/html", charset="utf-8", headers={hdrs.CACHE_CONTROL: "no-store"}
+    )
 
 
 @web.middleware

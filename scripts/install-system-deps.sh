@@ -12,6 +12,9 @@ command -v openssl >/dev/null || need+=(openssl)
 # The image test builds the Dockerfile with podman (no daemon) on a stand-in base made by debootstrap.
 command -v podman >/dev/null || need+=(podman)
 command -v debootstrap >/dev/null || [[ -x /usr/sbin/debootstrap ]] || need+=(debootstrap)  # sbin: not on every PATH
+# The landing page is tested in a real browser (tests/test_landing.py); DejaVu draws its symbols.
+command -v chromium >/dev/null || need+=(chromium)
+[[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || need+=(fonts-dejavu-core)
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "missing system packages: ${need[*]} (run this script as root, or install them)" >&2

@@ -8,9 +8,11 @@ import asyncio
 import contextlib
 import json
 import os
+import platform
 import re
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import time
@@ -26,6 +28,7 @@ from exporter import __version__
 from exporter.cli import build_parser
 from exporter.config import Config
 from exporter.service import ExporterService
+from exporter.simulator.model import Faults
 from tests.exporter_support import samples, value
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
 
@@ -167,10 +170,24 @@ async def wait_metric(url: str, pattern: str, within: float = 30) -> str:
 # Flags and help
 
 
+def _head() -> list[str]:
+    """This checkout's HEAD: full hash and commit date."""
+    return subprocess.run(
+        ["git", "log", "-1", "--format=%H %cI"], capture_output=True, text=True, check=True
+    ).stdout.split()
+
+
 async def test_version() -> None:
+    """Version, revision (this checkout's HEAD), build date and Python, as Prometheus tools print them."""
+    head = _head()
+    expected = (
+        f"ehpc-image-exporter, version {__version__} (revision: {head[0]})\n"
+        f"  build date:     {head[1]}\n"
+        f"  python version: {platform.python_version()}"
+    )
     for args in (["--version"], ["run", "--version"]):
         rc, out, err = await run_cli(*args)
-        assert (rc, out, err) == (0, f"ehpc-image-exporter {__version__}", "")
+        assert (rc, out, err) == (0, expected, "")
 
 
 def _subcommands() -> dict[str, list[str]]:
@@ -210,7 +227,33 @@ async def test_python_dash_m_is_the_same_cli() -> None:
     )
     out, _ = await proc.communicate()
     assert proc.returncode == 0
-    assert out.decode().strip() == f"ehpc-image-exporter {__version__}"
+    assert out.decode().startswith(f"ehpc-image-exporter, version {__version__} (revision: ")
+
+
+async def test_prometheus_flag_spellings_and_their_aliases(
+    tmp_path: Path, simulator: RunningSimulator
+) -> None:
+    """--config.file, --log.level, --log.format (logfmt|json) as node_exporter users type them; the old
+    spellings still work."""
+    path = write(tmp_path, sim_config(simulator, [SIM_CONTAINER_ID]))
+    rc, _out, err = await run_cli(
+        "check", "--config.file", path, "--log.level", "info", "--log.format", "logfmt"
+    )
+    assert rc == 0, err
+    lines = [line for line in err.splitlines() if line]
+    assert any(" event=refresh_done " in line for line in lines), err
+    assert all(line.startswith("timestamp=") and " level=" in line for line in lines), err  # logfmt
+    rc, _out, err = await run_cli("check", "--config", path, "--log-level", "info", "--log-format", "json")
+    assert rc == 0, err
+    assert any(json.loads(line)["event"] == "refresh_done" for line in err.splitlines() if line)
+
+
+async def test_unknown_flag_answers_with_its_subcommand_usage() -> None:
+    """A flag the subcommand does not take is reported with that subcommand's usage, exit 2."""
+    rc, _out, err = await run_cli("check", "--config.file", "x.yaml", "--web.listen-address", ":1")
+    assert rc == 2
+    assert err.startswith("usage: ehpc-image-exporter check ")
+    assert "unrecognized arguments: --web.listen-address :1" in err
 
 
 async def test_unknown_flag_is_a_usage_error() -> None:
@@ -487,12 +530,12 @@ async def test_check_exits_1_on_failing_or_unhealthy_images(
     rc, out, err = await run_cli("check", "--config", path)
     assert rc == 1
     lines = [re.split(r"\s{2,}", line) for line in out.splitlines()]
-    assert lines == [
-        ["IMAGE", "STATUS", "REGIONS", "LAST ERROR", "OK"],
-        [SIM_CONTAINER_ID, "Available", "cn-beijing:Available", "-", "yes"],
-        [SIM_VM_ID, "-", "cn-beijing:missing", "EcsError", "NO"],
-        [SIM_VM_FAILED_ID, "CreateFailed", "cn-beijing:CreateFailed", "-", "NO"],
-        ["3 images: 1 ok, 1 unhealthy, 1 failing"],
+    assert lines == [  # worst first
+        ["IMAGE", "HEALTH", "STATUS", "REGIONS", "LAST ERROR"],
+        [SIM_VM_ID, "failing", "-", "cn-beijing:unknown", "EcsError"],
+        [SIM_VM_FAILED_ID, "unhealthy", "CreateFailed", "cn-beijing:CreateFailed", "-"],
+        [SIM_CONTAINER_ID, "healthy", "Available", "cn-beijing:Available", "-"],
+        ["3 images: 0 missing, 1 failing, 1 unhealthy, 0 replication incomplete, 1 healthy"],
     ]
     assert simulator.access_key_secret not in out + err
 
@@ -505,6 +548,7 @@ async def test_check_exits_0_when_all_healthy(tmp_path: Path, simulator: Running
         "images": [
             {
                 "image_id": SIM_CONTAINER_ID,
+                "health": "healthy",
                 "status": "Available",
                 "regions": {"cn-beijing": "Available"},
                 "last_error": None,
@@ -525,8 +569,24 @@ async def test_check_incomplete_replication_is_unhealthy(tmp_path: Path, simulat
     rc, out, _err = await run_cli("check", "--config", path, "--output", "json")
     assert rc == 1
     row = json.loads(out)["images"][0]
-    assert row["regions"] == {"cn-beijing": "Available", "cn-shanghai": None}
+    assert row["regions"] == {"cn-beijing": "Available", "cn-shanghai": "not replicated"}
+    assert row["health"] == "replication incomplete"
     assert row["problems"] == ["cn-shanghai not replicated"]
+
+
+async def test_check_fails_when_discovery_fails(tmp_path: Path, simulator: RunningSimulator) -> None:
+    """A failed discovery is never "0 images: all ok": check says so and exits 1, in both outputs."""
+    path = write(tmp_path, sim_config(simulator, [SIM_CONTAINER_ID], extra="discovery: {enabled: true}\n"))
+    simulator.sim.faults = Faults(action_errors={"ListImages": "NoPermission"})  # GetImage still works
+    rc, out, _err = await run_cli("check", "--config", path)
+    assert rc == 1
+    assert "discovery FAILED (NoPermission): kept 0 images" in out
+    rc, out, _err = await run_cli("check", "--config", path, "--output", "json")
+    assert rc == 1
+    assert json.loads(out)["discovery"] == {"up": False, "discovered": 0, "error": "NoPermission"}
+    simulator.sim.faults = Faults()  # the same config with discovery working passes
+    rc, out, _err = await run_cli("check", "--config", path)
+    assert "discovery ok" in out
 
 
 async def test_check_bad_config_exits_2(tmp_path: Path) -> None:

@@ -73,6 +73,9 @@ WRITABLE_PATHS = ("/tmp",)  # noqa: S108 -- container paths, not files this test
 WEB_DIR = "/etc/ehpc-image-exporter/web"
 # Distributions that must never ship: build tools (the base image's Python aside, see the test).
 BUILD_TOOLS = {"pip", "setuptools", "wheel", "build", "distribute"}
+# Passed as build arguments; --version and ehpc_exporter_build_info must report them.
+IMAGE_REVISION = "0123456789abcdef0123456789abcdef01234567"
+IMAGE_BUILD_DATE = "2026-12-01T00:00:00Z"
 
 
 def _tool(name: str) -> str:
@@ -378,6 +381,10 @@ def _build(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> I
             f"id={CA_SECRET},src={bundle}",
             "--build-arg",
             f"PIP_CERT={CA_MOUNT}",
+            "--build-arg",
+            f"REVISION={IMAGE_REVISION}",
+            "--build-arg",
+            f"BUILD_DATE={IMAGE_BUILD_DATE}",
             "--file",
             str(DOCKERFILE),
             "--tag",
@@ -801,7 +808,7 @@ def test_installed_distributions_are_the_lock_closure(image: BuiltImage, running
 
 
 def test_version_answers(image: BuiltImage, tmp_path: Path) -> None:
-    """The Entrypoint with `--version`, run as built, prints the project's version."""
+    """The Entrypoint with `--version`, run as built, prints the version and the build's revision and date."""
     container = Container(image, tmp_path / "container")
     proc = subprocess.run(
         container.argv([*image.entrypoint, "--version"]),
@@ -813,7 +820,9 @@ def test_version_answers(image: BuiltImage, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-    assert proc.stdout.strip() == f"{image.entrypoint[0]} {version}"
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"ehpc-image-exporter, version {version} (revision: {IMAGE_REVISION})"
+    assert lines[1].split() == ["build", "date:", IMAGE_BUILD_DATE]
 
 
 def test_tls_serves_with_a_mounted_web_config(

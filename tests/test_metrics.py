@@ -294,6 +294,9 @@ def test_contract_names_and_types() -> None:
         "ehpc_api_errors_total": "counter",
         "ehpc_api_request_duration_seconds": "histogram",
         "ehpc_api_ignored_values_total": "counter",
+        "ehpc_discovery_up": "gauge",
+        "ehpc_discovery_last_success_timestamp_seconds": "gauge",
+        "ehpc_discovered_images": "gauge",
         "ehpc_refresh_duration_seconds": "gauge",
         "ehpc_refresh_last_success_timestamp_seconds": "gauge",
         "ehpc_watched_images": "gauge",
@@ -327,7 +330,10 @@ def test_self_metrics_start_at_zero_for_every_known_code() -> None:
                 value(found, "ehpc_api_errors_total", action=action, code=code, http_status=str(status)) == 0
             )
     assert value(found, "ehpc_api_errors_total", action="GetImage", code="Timeout", http_status="0") == 0
-    assert value(found, "ehpc_exporter_build_info", version="1.2.3", python_version="3.11.0") == 1
+    assert (
+        value(found, "ehpc_exporter_build_info", version="1.2.3", revision="unknown", python_version="3.11.0")
+        == 1
+    )
     assert value(found, "ehpc_refresh_overruns_total") == 0
     assert value(found, "ehpc_config_last_reload_successful") is None
 

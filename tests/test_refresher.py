@@ -19,6 +19,7 @@ from exporter.refresher import Refresher, in_shard, shard_of
 from exporter.service import default_client
 from exporter.simulator import Faults, SimImage, generate_fleet
 from exporter.snapshot import Snapshot
+from exporter.view import Health
 from tests.exporter_support import samples, series_of, sim_config, value, wait_until
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
 
@@ -70,7 +71,16 @@ async def test_first_refresh_reads_every_watched_image(
         snap = await refresher.refresh_once()
     assert snap.completed
     assert list(snap.images) == sorted(ALL_IDS)
-    assert (snap.ok_count, snap.failed_count, snap.missing_count) == (3, 0, 0)
+    assert all(s.up for s in snap.images.values())
+    # SIM_VM_ID's cn-shanghai copy is still Creating, SIM_VM_FAILED_ID is CreateFailed: the one
+    # verdict per image, counted.
+    assert snap.health_counts() == {
+        Health.MISSING: 0,
+        Health.FAILING: 0,
+        Health.UNHEALTHY: 1,
+        Health.REPLICATING: 1,
+        Health.HEALTHY: 1,
+    }
     vm = snap.images[SIM_VM_ID].image
     assert vm is not None
     assert vm.name == "gromacs"
@@ -80,9 +90,12 @@ async def test_first_refresh_reads_every_watched_image(
     }
     done = [e for e in logs if e["event"] == "refresh_done"]
     assert len(done) == 1
-    assert done[0]["ok"] == 3
-    assert done[0]["failed"] == 0
-    assert done[0]["missing"] == 0
+    assert (done[0]["healthy"], done[0]["replicating"], done[0]["unhealthy"], done[0]["failing"]) == (
+        1,
+        1,
+        1,
+        0,
+    )
     assert done[0]["duration_seconds"] >= 0
 
 
@@ -114,7 +127,7 @@ async def test_failing_image_keeps_last_data_with_up_0(
     assert warnings[0]["request_id"]
     assert warnings[0]["log_level"] == "warning"
     done = next(e for e in logs if e["event"] == "refresh_done")
-    assert (done["ok"], done["failed"], done["missing"]) == (2, 1, 0)
+    assert (done["failing"], done["unhealthy"], done["missing"]) == (1, 1, 0)
 
     simulator.sim.images[SIM_VM_ID].error = None
     third = await refresher.refresh_once()
@@ -135,7 +148,8 @@ async def test_image_not_found_is_missing_until_it_comes_back(
     image = simulator.sim.images.pop(SIM_VM_ID)
     snap = await refresher.refresh_once()
     assert snap.images[SIM_VM_ID].missing
-    assert snap.missing_count == 1
+    assert snap.health_counts()[Health.MISSING] == 1
+    assert snap.views[SIM_VM_ID].health is Health.MISSING
     found = exposed(snap)
     assert value(found, "ehpc_image_up", image_id=SIM_VM_ID) == 0
     assert value(found, "ehpc_image_last_error_info", image_id=SIM_VM_ID, code="ImageNotFound") == 1
@@ -203,6 +217,13 @@ async def test_discovery_watches_filters_and_forgets(
     refresher = make_refresher(cfg)
     snap = await refresher.refresh_once()
     assert set(snap.images) == ALL_IDS  # m-other does not match the name regex
+    assert snap.discovery is not None
+    assert (snap.discovery.up, snap.discovery.discovered, snap.discovery.error_code) == (True, 3, None)
+    first_success = snap.discovery.last_success
+    found = exposed(snap)
+    assert value(found, "ehpc_discovery_up") == 1
+    assert value(found, "ehpc_discovered_images") == 3
+    assert value(found, "ehpc_discovery_last_success_timestamp_seconds") == first_success
     assert snap.images[SIM_VM_ID].watched == static
     assert snap.images[SIM_CONTAINER_ID].watched.image_type == "Container"
     assert snap.images[SIM_CONTAINER_ID].watched.additional_region_ids == ("cn-shanghai",)
@@ -221,9 +242,37 @@ async def test_discovery_watches_filters_and_forgets(
     assert snap.images[SIM_CONTAINER_ID].up
     assert metrics.errors()["ListImages", "InvalidParams", "400"] == 1
     assert any(e["event"] == "discovery_failed" and e["code"] == "InvalidParams" for e in logs)
+    # ...and the failure is visible: discovery_up 0, the kept set counted, the last success unchanged.
+    assert snap.discovery_failed
+    found = exposed(snap)
+    assert value(found, "ehpc_discovery_up") == 0
+    assert value(found, "ehpc_discovered_images") == 2
+    assert snap.discovery is not None
+    assert value(found, "ehpc_discovery_last_success_timestamp_seconds") == snap.discovery.last_success
+    assert snap.discovery.last_success is not None
+    assert snap.discovery.last_success >= (first_success or 0)
+    assert next(e for e in logs if e["event"] == "refresh_done")["discovery_up"] is False
 
     refresher.reconfigure(replace(cfg, discovery=DiscoveryConfig(enabled=False)))
-    assert set((await refresher.refresh_once()).images) == {SIM_VM_ID}
+    snap = await refresher.refresh_once()
+    assert set(snap.images) == {SIM_VM_ID}
+    assert snap.discovery is None  # off: no discovery series at all
+    assert not [k for k in exposed(snap) if k[0].startswith("ehpc_discover")]
+
+
+async def test_discovery_failing_from_the_start_is_visible(
+    simulator: RunningSimulator, make_refresher: MakeRefresher
+) -> None:
+    """A discovery that never succeeded: up 0, nothing discovered, no last-success series."""
+    cfg = sim_config(simulator, [SIM_VM_ID], discovery=DiscoveryConfig(enabled=True, page_size=500))
+    snap = await make_refresher(cfg).refresh_once()
+    assert snap.discovery is not None
+    assert (snap.discovery.up, snap.discovery.discovered) == (False, 0)
+    assert snap.discovery.error_code == "InvalidParams"
+    found = exposed(snap)
+    assert value(found, "ehpc_discovery_up") == 0
+    assert value(found, "ehpc_discovered_images") == 0
+    assert value(found, "ehpc_discovery_last_success_timestamp_seconds") is None
 
 
 def test_shard_of_is_a_stable_sha1_partition() -> None:
@@ -319,7 +368,7 @@ async def test_per_image_timeout_covers_retries(
     snap = await make_refresher(cfg).refresh_once()
     assert asyncio.get_running_loop().time() - start < 0.7
     assert {s.error.code for s in snap.images.values() if s.error} == {"Timeout"}
-    assert snap.failed_count == 3
+    assert snap.health_counts()[Health.FAILING] == 3
 
 
 async def test_overruns_are_counted_and_cycles_never_overlap(

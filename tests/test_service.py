@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from exporter.config import ApiConfig, Config, CredentialsConfig, DiscoveryConfig, WatchedImage, WebConfig
 from exporter.credentials import build_credential_source
@@ -230,7 +231,7 @@ async def test_refresh_once_without_a_server(simulator: RunningSimulator) -> Non
     factory = Factory()
     svc = ExporterService(sim_config(simulator, WATCHED), process_metrics=False, client_factory=factory)
     snapshot = await svc.refresh_once()
-    assert snapshot.ok_count == 3
+    assert sum(s.up for s in snapshot.images.values()) == 3
     assert svc.ready
     assert svc.snapshot is snapshot
     assert factory.clients[0].closed
@@ -240,11 +241,18 @@ async def test_refresh_once_without_a_server(simulator: RunningSimulator) -> Non
 
 
 async def test_listen_on_every_interface(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
-    """':port' binds every interface; the reported URL is reachable through loopback."""
+    """':port' binds every interface; the start-up line names every bound address, and the reported
+    URL is reachable through loopback."""
     cfg = sim_config(simulator, [SIM_VM_ID], web=WebConfig(listen_address=":0"))
     svc = ExporterService(cfg, process_metrics=False)
-    await svc.start()
+    with capture_logs() as logs:
+        await svc.start()
     try:
+        port = svc.url.rsplit(":", 1)[1]
+        addresses = next(e for e in logs if e["event"] == "web_listening")["addresses"]
+        assert f"0.0.0.0:{port}" in addresses
+        if socket.has_ipv6:  # port 0 may give the IPv6 socket a port of its own
+            assert any(a.startswith("[::]:") for a in addresses), addresses
         assert svc.url.startswith("http://127.0.0.1:")
         async with http.get(svc.url + "/healthz") as resp:
             assert resp.status == 200

@@ -19,6 +19,7 @@ import exporter.simulator as simulator_pkg
 from exporter.openapi.signing import canonical_query, sign
 from exporter.simulator import Faults, SimImage, generate_fleet, load_fleet
 from exporter.simulator.auth import NonceStore
+from exporter.simulator.model import faults_from_dict
 from tests.fixtures.sim import (
     SIM_CONTAINER_ID,
     SIM_REGISTRY_PASSWORD,
@@ -515,6 +516,19 @@ async def test_global_error(simulator: RunningSimulator, session: aiohttp.Client
     simulator.sim.faults.global_error = "NotEnabled"
     status, headers, body = await signed_call(session, simulator, "ListImages", {})
     assert_error_shape(status, headers, body, "NotEnabled", 400)
+
+
+async def test_action_errors(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+    """One action always fails while the other works (discovery down, GetImage up)."""
+    simulator.sim.faults.action_errors = {"ListImages": "InternalError"}
+    status, headers, body = await signed_call(session, simulator, "ListImages", {})
+    assert_error_shape(status, headers, body, "InternalError", 500)
+    status, _headers, _body = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    assert status == 200
+    with pytest.raises(ValueError, match="action"):
+        faults_from_dict({"action_errors": {"AddImage": "InternalError"}})
+    with pytest.raises(ValueError, match="action"):
+        faults_from_dict({"action_errors": {"ListImages": "NoSuchCode"}})
 
 
 async def test_invalid_params(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:

@@ -18,13 +18,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
-from exporter.config import Config, CredentialsConfig, WatchedImage, WebConfig
+import exporter.web
+from exporter.config import Config, CredentialsConfig, StatusConfig, WatchedImage, WebConfig
 from exporter.metrics import RenderedSnapshot, render_snapshot
 from exporter.service import ExporterService
 from exporter.simulator import Faults, SimImage
-from exporter.snapshot import Snapshot
+from exporter.snapshot import DiscoveryStatus, ImageError, ImageState, Snapshot
 from exporter.web import accepts_gzip, create_app, wants_openmetrics
-from tests.exporter_support import samples, sim_config, value, wait_until
+from tests.exporter_support import make_image, samples, sim_config, value, wait_until
 from tests.fixtures.sim import (
     SIM_CONTAINER_ID,
     SIM_REGISTRY_PASSWORD,
@@ -245,7 +246,7 @@ async def test_handler_exception_is_a_logged_500() -> None:
 
 
 async def test_landing_page(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
-    """The landing page shows version, config summary and the images table, HTML-escaped."""
+    """The landing page shows version, the folded config and the health matrix, HTML-escaped."""
     simulator.sim.images["m-xss"] = SimImage("m-xss", name='<script>alert("x")</script>', status="Creating")
     watched: list[WatchedImage | str] = [
         WatchedImage(SIM_VM_ID, additional_region_ids=("cn-shanghai",)),
@@ -262,14 +263,125 @@ async def test_landing_page(simulator: RunningSimulator, http: aiohttp.ClientSes
     assert status == 200
     assert headers["Content-Type"] == "text/html; charset=utf-8"
     assert svc.version in page
+    assert page.index("<details>") < page.index('<table id="config">') < page.index("</details>")
     assert "<td>access_key</td>" in page
     assert "cn-hangzhou" in page
-    assert SIM_VM_ID in page
-    assert "cn-shanghai: Creating" in page
-    assert "cn-wulanchabu: no copy" in page
-    assert "<script>" not in page
+    assert f'data-image="{SIM_VM_ID}" data-health="replication incomplete"' in page
+    assert re.search(r'data-region="cn-shanghai" data-replica="not available"[^>]*>.*?Creating', page)
+    assert re.search(r'data-region="cn-wulanchabu" data-replica="not replicated"[^>]*>.*?no copy', page)
+    assert f'data-image="{SIM_VM_FAILED_ID}" data-health="unhealthy"' in page
+    assert "<script" not in page  # the page has no script of its own, and the name is escaped
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
     assert simulator.access_key_secret not in page
+    assert '<meta http-equiv="refresh"' not in page
+
+
+T0 = 1_767_323_045.0  # 2026-01-02 03:04:05 UTC
+
+
+class SnapshotSource(BrokenSource):
+    """A source serving one given snapshot (for landing-page cases no simulator produces)."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.rendered = render_snapshot(snapshot)
+
+    def render_self(self, openmetrics: bool) -> bytes:
+        return b""
+
+
+def built(*states: ImageState, discovery: DiscoveryStatus | None = None) -> Snapshot:
+    """A completed snapshot of ``states``."""
+    return Snapshot.build(
+        states, status=StatusConfig(), refreshed_at=T0, duration_seconds=0.5, sequence=1, discovery=discovery
+    )
+
+
+async def landing(source: SnapshotSource, path: str = "/") -> tuple[int, str]:
+    async with TestClient(TestServer(create_app(source))) as client:
+        resp = await client.get(path)
+        return resp.status, await resp.text()
+
+
+async def test_landing_page_escapes_hostile_values_in_text_and_attributes() -> None:
+    """Regions, codes and names reach text and attributes escaped: no tag and no attribute break out."""
+    region = '"><img src=x onerror=alert(1)>'
+    hostile = ImageState(
+        WatchedImage("m-hostile", additional_region_ids=(region,)),
+        make_image("m-hostile", name="<b>name</b>", regions=[(region, "Available")]),
+        last_success=T0,
+        error=ImageError('<i>code</i>"', since=T0),
+    )
+    discovery = DiscoveryStatus(up=False, last_success=None, discovered=0, error_code="<u>Forbidden</u>")
+    status, page = await landing(SnapshotSource(built(hostile, discovery=discovery)))
+    assert status == 200
+    for raw in ("<img", "<b>name", "<i>code", "<u>Forbidden"):
+        assert raw not in page
+    assert 'data-region="&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"' in page
+    assert "&lt;b&gt;name&lt;/b&gt;" in page
+    assert "&lt;i&gt;code&lt;/i&gt;&quot;" in page
+    assert "&lt;u&gt;Forbidden&lt;/u&gt;" in page
+    assert "It has not succeeded since start-up" in page
+
+
+async def test_landing_page_while_waiting_for_the_first_refresh() -> None:
+    """Before the first refresh a banner says so, and no count or matrix pretends to know anything."""
+    status, page = await landing(SnapshotSource(Snapshot()))
+    assert status == 200
+    assert 'id="waiting"' in page
+    assert "Waiting for the first refresh." in page
+    assert 'id="counts"' not in page
+    assert "<tbody>" not in page
+    assert "<title>(waiting) E-HPC image exporter</title>" in page
+
+
+async def test_landing_rows_are_bounded_worst_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_LANDING_ROWS the page keeps the worst rows and says how many it left out."""
+    monkeypatch.setattr(exporter.web, "MAX_LANDING_ROWS", 2)
+    states = [
+        ImageState(WatchedImage("m-a-healthy"), make_image("m-a-healthy"), last_success=T0),
+        ImageState(WatchedImage("m-b-healthy"), make_image("m-b-healthy"), last_success=T0),
+        ImageState(WatchedImage("m-c-bad"), make_image("m-c-bad", status="CreateFailed"), last_success=T0),
+        ImageState(WatchedImage("m-d-failing"), None, error=ImageError("ServiceUnavailable", since=T0)),
+    ]
+    status, page = await landing(SnapshotSource(built(*states)))
+    assert status == 200
+    assert re.findall(r'<tr class="h-\w+" data-image="([^"]+)"', page) == ["m-d-failing", "m-c-bad"]
+    assert "Showing the 2 worst of 4 images" in page
+    assert '<li class="tile h-healthy" data-health="healthy"><span class="n">2</span>' in page
+    assert "<title>(2 not healthy) E-HPC image exporter</title>" in page
+
+
+@pytest.mark.parametrize(("query", "seconds"), [("refresh=5", 5), ("refresh=60", 60), ("refresh=3600", 3600)])
+async def test_landing_auto_refresh(query: str, seconds: int) -> None:
+    """``?refresh=N`` adds a meta refresh of N seconds and says so in the header."""
+    status, page = await landing(SnapshotSource(Snapshot()), f"/?{query}")
+    assert status == 200
+    assert f'<meta http-equiv="refresh" content="{seconds}">' in page
+    assert f"auto-refresh every {seconds} s" in page
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "refresh=",
+        "refresh=4",
+        "refresh=3601",
+        "refresh=abc",
+        "refresh=1e3",
+        "refresh=-5",
+        "refresh=30.5",
+        "refresh=%20 30",
+        "refresh=%D9%A3%D9%A0",
+        "refresh=99999999999999999999",
+        "refresh=30&refresh=40",
+        "refresh=%zz",
+    ],
+)
+async def test_landing_bad_refresh_is_a_400(query: str) -> None:
+    """A bad refresh value answers 400 with one line saying what is allowed, never a 500."""
+    status, body = await landing(SnapshotSource(Snapshot()), f"/?{query}")
+    assert status == 400
+    assert body == "refresh must be a whole number of seconds from 5 to 3600\n"
 
 
 async def test_no_secret_in_metrics_page_or_logs(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from exporter.simulator.catalogue import is_known
+from exporter.simulator.catalogue import ACTIONS, is_known
 
 IMAGE_TYPES = ("VM", "Container")
 IMAGE_CATEGORIES = ("Public", "Custom")
@@ -248,6 +248,9 @@ class Faults:
     qps_limit: float | None = None
     retry_after_ms: int | None = None
     global_error: str | None = None
+    # Every call of an action answers this code ({"ListImages": "InternalError"}: discovery fails while
+    # GetImage works), checked after global_error.
+    action_errors: dict[str, str] = field(default_factory=dict)
     seed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,6 +285,7 @@ def faults_from_dict(data: Mapping[str, Any], base: Faults | None = None) -> Fau
     out = dataclasses.replace(base) if base is not None else Faults()
     if base is not None:
         out.error_rates = dict(base.error_rates)
+        out.action_errors = dict(base.action_errors)
     for key, value in data.items():
         where = f"faults.{key}"
         if key == "error_rates":
@@ -310,4 +314,11 @@ def faults_from_dict(data: Mapping[str, Any], base: Faults | None = None) -> Fau
             if value is not None and (not isinstance(value, str) or not is_known(value)):
                 raise ValueError(f"{where}: unknown error code {value!r}")
             out.global_error = value or None
+        elif key == "action_errors":
+            if not isinstance(value, Mapping) or not all(
+                isinstance(a, str) and a in ACTIONS and isinstance(c, str) and is_known(c)
+                for a, c in value.items()
+            ):
+                raise ValueError(f"{where}: expected a mapping of action (GetImage/ListImages) to a code")
+            out.action_errors = dict(value)
     return out

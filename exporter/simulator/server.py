@@ -14,9 +14,9 @@ conflicts). Decisions where the real service is undocumented:
   (``CreateTime``, then ``Version``) image per (type, name). Order is the insertion order of the
   images. ``PageSize`` must be 1..100 and ``PageNumber`` >= 1, else ``InvalidParams``.
 - Processing order per request: signature (see :mod:`exporter.simulator.auth`), action and version,
-  the QPS limit (``Throttling.User``), one fault draw (:class:`Faults`), ``Faults.global_error``, then
-  the action itself (per-image ``SimImage.error`` applies to GetImage). Latency is added to every
-  answer; injected timeouts and resets skip it.
+  the QPS limit (``Throttling.User``), one fault draw (:class:`Faults`), ``Faults.global_error``,
+  ``Faults.action_errors``, then the action itself (per-image ``SimImage.error`` applies to GetImage).
+  Latency is added to every answer; injected timeouts and resets skip it.
 
 Every answer of the API (errors included) carries ``x-acs-request-id`` and is counted once by
 (action, code); injected timeouts, resets and malformed bodies are counted under the code the client
@@ -328,6 +328,8 @@ class Simulator:
                 answer = self._error(action, fault, faults=faults)
             elif faults.global_error:
                 answer = self._error(action, faults.global_error, faults=faults)
+            elif action in faults.action_errors:
+                answer = self._error(action, faults.action_errors[action], faults=faults)
             else:
                 answer = self._business(action, raw_query, headers.get("Content-Type", ""), body, faults)
         await self._delay(faults)

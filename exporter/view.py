@@ -1,0 +1,175 @@
+"""One verdict per image: decided once from its state, read by every view of it.
+
+:func:`image_view` turns an image's state (its watched entry, its last good data, its last error) and the
+configured healthy sets into an :class:`ImageView`: its health class, its status state set and its
+replicas, each with a health class of its own. The metrics (``exporter.metrics``), the landing page
+(``exporter.web``), the ``check`` command (``exporter.cli``) and the refresh log line all read it and
+never re-derive it, so they cannot disagree about whether an image is healthy.
+
+Every label a view holds (ids, statuses, regions, codes) has passed the output gate
+(:func:`exporter.redaction.scrub`). The words are the same everywhere: an image is *missing* only when
+the API says ``ImageNotFound``; a requested region with no copy in the answer is *not replicated*; a copy
+whose status is outside the healthy set is *not available*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import NamedTuple
+
+from exporter.config import StatusConfig
+from exporter.redaction import scrub
+
+__all__ = ["HEALTH_ORDER", "Health", "ImageView", "ReplicaHealth", "ReplicaView", "image_view"]
+
+IMAGE_NOT_FOUND = "ImageNotFound"
+# The state-set label value used when the API answers an empty Status.
+UNKNOWN_STATUS = "Unknown"
+
+
+class Health(StrEnum):
+    """An image's health class."""
+
+    MISSING = "missing"  # the API says the image does not exist (ImageNotFound)
+    FAILING = "failing"  # the last GetImage failed for any other reason; last good data is stale
+    UNHEALTHY = "unhealthy"  # the status is outside the healthy set
+    REPLICATING = "replication incomplete"  # a requested region has no available copy
+    HEALTHY = "healthy"
+
+
+# Worst first: the order of the health board and of ``check``.
+HEALTH_ORDER: tuple[Health, ...] = (
+    Health.MISSING,
+    Health.FAILING,
+    Health.UNHEALTHY,
+    Health.REPLICATING,
+    Health.HEALTHY,
+)
+
+
+class ReplicaHealth(StrEnum):
+    """The health of an image's copy in one requested region."""
+
+    AVAILABLE = "available"
+    NOT_AVAILABLE = "not available"  # a copy whose status is outside the replication healthy set
+    NOT_REPLICATED = "not replicated"  # no copy in the answer (or the image itself is missing)
+    UNKNOWN = "unknown"  # the image never answered: nothing is known of its copies
+
+
+States = tuple[tuple[str, float], ...]  # (status label, 0/1) in exposition order
+
+
+class ReplicaView(NamedTuple):
+    """One requested region of an image, as every view shows it."""
+
+    region: str
+    status: str | None  # the copy's status label; None when there is no copy
+    health: ReplicaHealth
+    states: States  # the state set (all 0 without a copy)
+
+
+class ImageView(NamedTuple):
+    """The verdict on one image (plain values: a tuple the garbage collector need not track)."""
+
+    image_id: str
+    health: Health
+    status: str | None  # the status label of the last good data; None before any
+    states: States  # the status state set; empty before any data, all 0 while missing
+    available: float | None  # 1/0 for the available gauge; None before any data
+    replicas: tuple[ReplicaView, ...]  # the requested regions, sorted
+    error_code: str | None  # the code of the last failed GetImage, while failing
+    error_since: float | None  # wall time the current failure streak started
+
+    @property
+    def healthy(self) -> bool:
+        """Healthy: up, a healthy status, and an available copy in every requested region."""
+        return self.health is Health.HEALTHY
+
+    @property
+    def problems(self) -> list[str]:
+        """What is wrong, one short phrase each (empty when healthy)."""
+        out: list[str] = []
+        if self.health is Health.MISSING:
+            out.append("missing (ImageNotFound)")
+            return out
+        if self.health is Health.FAILING:
+            out.append(f"failing: {self.error_code}")
+        if self.status is not None and self.available == 0.0:
+            out.append(f"status {self.status}")
+        out += [f"{r.region} {r.health}" for r in self.replicas if r.health is not ReplicaHealth.AVAILABLE]
+        return out
+
+
+def status_label(status: str) -> str:
+    """The ``status`` label value for an API status: itself through the output gate, or ``Unknown``."""
+    return scrub(status) if status else UNKNOWN_STATUS
+
+
+def state_set(current: str | None, vocabulary: Sequence[str]) -> States:
+    """The vocabulary with ``current`` at 1 (appended when unknown); all 0 when ``current`` is None."""
+    states = [(s, 1.0 if s == current else 0.0) for s in vocabulary]
+    if current is not None and current not in vocabulary:
+        states.append((current, 1.0))
+    return tuple(states)
+
+
+def image_view(
+    image_id: str,
+    requested_regions: Sequence[str],
+    status: str | None,
+    replicas: Sequence[tuple[str, str]],
+    error: tuple[str, float] | None,
+    config: StatusConfig,
+) -> ImageView:
+    """The verdict on one image.
+
+    ``status`` and ``replicas`` (region, status) are the last good data (``None`` / empty before any);
+    ``error`` is ``(code, since)`` while the last GetImage failed.
+    """
+    vocabulary = config.vocabulary
+    missing = error is not None and error[0] == IMAGE_NOT_FOUND
+    seen = dict(replicas)
+    views: list[ReplicaView] = []
+    for region in sorted(set(requested_regions)):
+        copy = seen.get(region)
+        name = scrub(region)
+        if status is None and not missing:
+            views.append(ReplicaView(name, None, ReplicaHealth.UNKNOWN, state_set(None, vocabulary)))
+            continue
+        if copy is None or missing:
+            views.append(ReplicaView(name, None, ReplicaHealth.NOT_REPLICATED, state_set(None, vocabulary)))
+            continue
+        copy_label = status_label(copy)
+        copy_health = (
+            ReplicaHealth.AVAILABLE if copy in config.replication_healthy else ReplicaHealth.NOT_AVAILABLE
+        )
+        views.append(ReplicaView(name, copy_label, copy_health, state_set(copy_label, vocabulary)))
+    label = status_label(status) if status is not None else None
+    states: States = ()
+    available: float | None = None
+    if missing:
+        states, available = state_set(None, vocabulary), 0.0
+    elif status is not None:
+        states = state_set(label, vocabulary)
+        available = 1.0 if status in config.healthy else 0.0
+    if missing:
+        health = Health.MISSING
+    elif error is not None:
+        health = Health.FAILING
+    elif status is None or available == 0.0:
+        health = Health.UNHEALTHY
+    elif any(r.health is not ReplicaHealth.AVAILABLE for r in views):
+        health = Health.REPLICATING
+    else:
+        health = Health.HEALTHY
+    return ImageView(
+        image_id=scrub(image_id),
+        health=health,
+        status=label,
+        states=states,
+        available=available,
+        replicas=tuple(views),
+        error_code=scrub(error[0]) if error is not None else None,
+        error_since=error[1] if error is not None else None,
+    )
