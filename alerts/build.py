@@ -30,6 +30,7 @@ HEADER = (
 
 # Prometheus duration syntax; at least one unit.
 Duration = Annotated[str, StringConstraints(pattern=r"^(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")]
+LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
 Severity = Literal["critical", "warning", "info"]
 
 
@@ -45,7 +46,15 @@ class AlertSettings(_Strict):
 
 
 class StaleSettings(AlertSettings):
-    """EhpcImageDataStale: maximum age of an image's last successful refresh."""
+    """EhpcImageDataStale: maximum age of an image's last successful refresh, as Prometheus saw it."""
+
+    max_age_seconds: int = Field(gt=0)
+    lookback: Duration
+    watched_window: Duration
+
+
+class RefreshStalledSettings(AlertSettings):
+    """EhpcRefreshStalled: maximum age of the last completed refresh cycle."""
 
     max_age_seconds: int = Field(gt=0)
 
@@ -81,7 +90,9 @@ class AlertsSettings(_Strict):
     EhpcApiThrottled: ThrottledSettings
     EhpcApiAuthErrors: AuthSettings
     EhpcApiErrorsHigh: ErrorRatioSettings
+    EhpcDiscoveryFailed: AlertSettings
     EhpcExporterDown: AlertSettings
+    EhpcRefreshStalled: RefreshStalledSettings
     EhpcConfigReloadFailed: AlertSettings
 
 
@@ -90,6 +101,7 @@ class Thresholds(_Strict):
 
     runbook_url: str = Field(min_length=1)
     exporter_selector: str = Field(min_length=1)
+    image_labels: tuple[LabelName, ...] = Field(min_length=1)
     group_name: str = Field(min_length=1)
     alerts: AlertsSettings
 
@@ -138,6 +150,54 @@ _LAST_ERROR = (
     '{{ with printf "ehpc_image_last_error_info{image_id=%q}" $labels.image_id | query }}'
     '{{ . | first | label "code" }}{{ else }}none recorded{{ end }}'
 )
+
+_DISCOVERY_KEPT = (
+    '{{ with printf "time() - ehpc_discovery_last_success_timestamp_seconds{job=%q, instance=%q}"'
+    " $labels.job $labels.instance | query }}"
+    "It keeps watching the images it discovered {{ . | first | value | humanizeDuration }} ago."
+    "{{ else }}Discovery has not succeeded since the exporter started, so it watches none of the images "
+    "discovery should find.{{ end }}"
+)
+_LAST_CYCLE = (
+    '{{ with printf "time() - ehpc_refresh_last_success_timestamp_seconds{job=%q, instance=%q}"'
+    " $labels.job $labels.instance | query }}"
+    "The last refresh cycle of {{ $labels.instance }} completed {{ . | first | value | humanizeDuration }} "
+    "ago{{ else }}{{ $labels.instance }} has not completed a refresh cycle since it started{{ end }}"
+)
+
+
+def _stale_expr(t: Thresholds) -> str:
+    """EhpcImageDataStale: no successful GetImage of a watched image for ``max_age_seconds``.
+
+    Aggregated by the image labels (never by instance or pod), so that samples from before an exporter
+    restart or rollout still count. Two branches, one label set, so the alert stays firing when one hands
+    over to the other:
+
+    * the last success Prometheus holds within ``lookback`` (from this or an earlier exporter process)
+      is older than ``max_age_seconds``; the value is its age;
+    * no success within ``lookback`` at all (failing since start-up, or since before a restart longer
+      ago than ``lookback``): ``ehpc_image_up`` has been 0 in every sample of the last
+      ``max_age_seconds`` and the image was already watched that long ago; the value is
+      ``max_age_seconds`` (the age is at least that).
+
+    Only images still watched (reported within ``watched_window``, which bridges a restart) and not
+    missing (EhpcImageMissing pages for those).
+    """
+    s = t.alerts.EhpcImageDataStale
+    ids = ", ".join(t.image_labels)
+    age = s.max_age_seconds
+    last_success = f"max_over_time(ehpc_image_last_success_timestamp_seconds[{s.lookback}])"
+    return (
+        "(\n"
+        f"    time() - max by ({ids}) ({last_success}) > {age}\n"
+        "  or\n"
+        f"    {age} + (max by ({ids}) (max_over_time(ehpc_image_up[{age}s])) == 0)\n"
+        f"      and on ({ids}) ehpc_image_up offset {age}s\n"
+        f"      unless on ({ids}) {last_success}\n"
+        ")\n"
+        f"and on ({ids}) max_over_time(ehpc_image_up[{s.watched_window}])\n"
+        f'unless on ({ids}) ehpc_image_last_error_info{{code="ImageNotFound"}}'
+    )
 
 
 def _alert(
@@ -204,11 +264,11 @@ def build_rules(t: Thresholds) -> dict[str, Any]:
         _alert(
             "EhpcImageDataStale",
             a.EhpcImageDataStale,
-            f"time() - ehpc_image_last_success_timestamp_seconds > {a.EhpcImageDataStale.max_age_seconds}",
+            _stale_expr(t),
             "Data about E-HPC image {{ $labels.image_id }} is stale",
-            "The exporter has not refreshed image {{ $labels.image_id }} successfully for "
+            "The exporter has not refreshed image {{ $labels.image_id }} successfully for at least "
             "{{ $value | humanizeDuration }} (last error: " + _LAST_ERROR + "). Its other metrics show "
-            "the last known state.",
+            "the last known state, if there ever was one.",
             url,
         ),
         _alert(
@@ -247,6 +307,17 @@ def build_rules(t: Thresholds) -> dict[str, Any]:
             url,
         ),
         _alert(
+            "EhpcDiscoveryFailed",
+            a.EhpcDiscoveryFailed,
+            # Present only while discovery is enabled: with discovery off nothing can fire.
+            "ehpc_discovery_up == 0",
+            "ehpc-image-exporter {{ $labels.instance }} cannot discover images",
+            "ListImages has failed on {{ $labels.instance }} for more than "
+            f"{a.EhpcDiscoveryFailed.for_}. " + _DISCOVERY_KEPT + " Images created meanwhile are not "
+            "watched; deleted ones page as missing.",
+            url,
+        ),
+        _alert(
             "EhpcExporterDown",
             a.EhpcExporterDown,
             f"up{{{t.exporter_selector}}} == 0 or absent(up{{{t.exporter_selector}}})",
@@ -255,6 +326,20 @@ def build_rules(t: Thresholds) -> dict[str, Any]:
             "{{ else }}Prometheus has no ehpc-image-exporter target{{ end }} "
             f"(up{{{t.exporter_selector}}}) for more than {a.EhpcExporterDown.for_}. "
             "Image and API alerts are silent meanwhile.",
+            url,
+        ),
+        _alert(
+            "EhpcRefreshStalled",
+            a.EhpcRefreshStalled,
+            # The refresh gauges have no sample before the first cycle ends: a loop that never completes
+            # one is a scraped target without the series.
+            "time() - ehpc_refresh_last_success_timestamp_seconds "
+            f"> {a.EhpcRefreshStalled.max_age_seconds}\n"
+            f"or up{{{t.exporter_selector}}} == 1\n"
+            "  unless on (job, instance) ehpc_refresh_last_success_timestamp_seconds",
+            "ehpc-image-exporter {{ $labels.instance }} does not complete refresh cycles",
+            _LAST_CYCLE + ", though it answers scrapes: its refresh loop has crashed or hangs. Every image "
+            "metric it serves is frozen at its last value.",
             url,
         ),
         _alert(

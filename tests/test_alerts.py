@@ -18,7 +18,8 @@ ALERTS = build.ALERTS_DIR
 PROMTOOL_TESTS = ALERTS / "tests.yml"
 RUNBOOK = ALERTS / "runbook.md"
 
-# The metric contract of docs/product.md, plus the names interfaces.md adds and Prometheus' own `up`.
+# The metric contract of docs/product.md, plus the names interfaces.md adds, the discovery health series
+# (docs/product.md, "Discovery health") and Prometheus' own `up`.
 CONTRACT_METRICS = frozenset(
     {
         "ehpc_image_info",
@@ -41,6 +42,9 @@ CONTRACT_METRICS = frozenset(
         "ehpc_config_last_reload_successful",
         "ehpc_config_last_reload_success_timestamp_seconds",
         "ehpc_refresh_overruns_total",
+        "ehpc_discovery_up",
+        "ehpc_discovery_last_success_timestamp_seconds",
+        "ehpc_discovered_images",
         "up",
     }
 )
@@ -135,6 +139,8 @@ def test_required_alerts_exist() -> None:
         "EhpcApiErrorsHigh",
         "EhpcExporterDown",
         "EhpcConfigReloadFailed",
+        "EhpcDiscoveryFailed",
+        "EhpcRefreshStalled",
     }
 
 
@@ -156,6 +162,37 @@ def test_alerts_are_labelled_and_link_to_existing_runbook_sections() -> None:
         assert anchor in sections, f"{name}: runbook has no heading for #{anchor}"
         for part in ("Meaning", "Impact", "Diagnosis", "Fix"):
             assert f"### {part}\n" in sections[anchor], f"runbook section {name} lacks {part}"
+
+
+def test_runbook_table_proves_every_row_with_real_cases() -> None:
+    """The runbook's coverage table: every row names alerts that exist and cases that exist (promtool
+    cases of alerts/tests.yml in italics, end-to-end scenarios of tests/test_e2e_paging.py as *e2e*);
+    every alert has a row and every promtool case is cited, so the table cannot drift from the tests."""
+    section = RUNBOOK.read_text().split("## What pages, and how fast\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| Way")]
+    assert len(rows) >= 10
+    cases = {case["name"] for case in yaml.safe_load(PROMTOOL_TESTS.read_text())["tests"]}
+    e2e_source = (build.REPO_ROOT / "tests" / "test_e2e_paging.py").read_text()
+    alerts = {rule["alert"] for rule in load_rules()}
+    cited_alerts: set[str] = set()
+    cited_cases: set[str] = set()
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("| ").split(" | ")]
+        assert len(cells) == 5, row
+        named = set(re.findall(r"Ehpc[A-Za-z]+", cells[1]))
+        assert named, row
+        assert named <= alerts, row
+        cited_alerts |= named
+        proofs = re.findall(r"(e2e )?\*([^*]+)\*", cells[4])
+        promtool_cases = {name for e2e, name in proofs if not e2e}
+        assert promtool_cases, f"row without a promtool case: {row}"
+        assert promtool_cases <= cases, f"no such promtool case: {promtool_cases - cases}"
+        cited_cases |= promtool_cases
+        for e2e, name in proofs:
+            if e2e:
+                assert f'"{name}"' in e2e_source, f"no such e2e scenario: {name}"
+    assert alerts - cited_alerts == set(), "alerts without a row"
+    assert cases - cited_cases == set(), "promtool cases the table does not cite"
 
 
 def test_rules_use_only_contract_metrics() -> None:
@@ -201,11 +238,30 @@ def test_thresholds_override_changes_only_the_output(tmp_path: Path) -> None:
     rules = {rule["alert"]: rule for rule in load_rules(out)}
     assert {rule["for"] for rule in rules.values()} == {"0s"}
     assert rules["EhpcExporterDown"]["expr"] == 'up{job="e2e"} == 0 or absent(up{job="e2e"})'
-    assert rules["EhpcImageDataStale"]["expr"].endswith("> 5")
+    assert "> 5\n" in rules["EhpcImageDataStale"]["expr"]
+    assert "ehpc_image_up[5s]" in rules["EhpcImageDataStale"]["expr"]
     # Settings not overridden keep their shipped values.
     assert rules["EhpcApiThrottled"]["labels"]["severity"] == "warning"
     assert promtool("check", "rules", out).returncode == 0
     assert build.RULES_FILE.read_text() == shipped
+
+
+def test_image_alerts_follow_the_image_labels(tmp_path: Path) -> None:
+    """The staleness alert aggregates and matches on `image_labels` only, never on instance or pod, so a
+    restart or rollout does not change its identity; adding the coming identity labels there reaches
+    every clause and still yields valid rules."""
+    shipped = {rule["alert"]: rule for rule in load_rules()}["EhpcImageDataStale"]["expr"]
+    assert "by (image_id)" in shipped
+    assert "on (image_id)" in shipped
+    assert not re.search(r"\b(instance|pod|job)\b", shipped)
+    override = tmp_path / "override.yaml"
+    override.write_text(yaml.safe_dump({"image_labels": ["account", "region_id", "image_id"]}))
+    out = tmp_path / "rules.yml"
+    assert build.main(["--thresholds", str(override), "--output", str(out)]) == 0
+    expr = {rule["alert"]: rule for rule in load_rules(out)}["EhpcImageDataStale"]["expr"]
+    assert "(image_id)" not in expr
+    assert expr.count("(account, region_id, image_id)") == expr.count("by (") + expr.count("on (")
+    assert promtool("check", "rules", out).returncode == 0
 
 
 @pytest.mark.parametrize(
@@ -215,6 +271,9 @@ def test_thresholds_override_changes_only_the_output(tmp_path: Path) -> None:
         ({"alerts": {"EhpcApiErrorsHigh": {"max_ratio": 1.5}}}, "alerts.EhpcApiErrorsHigh.max_ratio"),
         ({"alerts": {"EhpcImageMissing": {"severity": "page"}}}, "alerts.EhpcImageMissing.severity"),
         ({"alerts": {"EhpcImageMissing": {"fro": "5m"}}}, "alerts.EhpcImageMissing.fro"),
+        ({"image_labels": ["image-id"]}, "image_labels.0"),
+        ({"image_labels": []}, "image_labels"),
+        ({"alerts": {"EhpcImageDataStale": {"lookback": "an hour"}}}, "alerts.EhpcImageDataStale.lookback"),
     ],
 )
 def test_invalid_thresholds_are_rejected_with_their_location(
@@ -285,7 +344,7 @@ def test_rules_fire_on_the_demo_exporters_real_series(demo_stack: DemoStack) -> 
         assert MISSING_IMAGE_ID not in not_available
         replication = {a["image_id"] for a in firing if a["alertname"] == "EhpcImageReplicationIncomplete"}
         assert MISSING_IMAGE_ID not in replication
-        quiet = {"EhpcExporterDown", "EhpcConfigReloadFailed"}
+        quiet = {"EhpcExporterDown", "EhpcConfigReloadFailed", "EhpcRefreshStalled", "EhpcDiscoveryFailed"}
         assert [a for a in firing if a["alertname"] in quiet] == []
     finally:
         demo.sim("PATCH", f"/_sim/images/{broken}", {"status": "Available"})
