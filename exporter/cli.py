@@ -21,7 +21,7 @@ import structlog
 from exporter import __version__
 from exporter.argtypes import bounded
 from exporter.buildinfo import BuildInfo
-from exporter.config import Config
+from exporter.config import STOP_TIMEOUT_SECONDS, Config
 from exporter.logging import LEVELS, LOG_FORMATS, configure_logging
 from exporter.redaction import scrub
 from exporter.settings import ConfigError, config_warnings, load_config
@@ -38,7 +38,6 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 # SIGTERM to exit: Kubernetes waits 30 s by default, our promise is 5 s; leave margin inside it.
-STOP_TIMEOUT_SECONDS = 4.5
 SUBCOMMANDS = ("run", "check", "demo", "simulate")
 
 log = structlog.get_logger("ehpc.cli")
@@ -334,7 +333,7 @@ def _signal_handlers(stopping: asyncio.Event, on_reload: Callable[[], None] | No
 
 
 async def _stop_within_deadline(stop: Callable[[], Awaitable[Any]]) -> int:
-    """Run ``stop`` with the shutdown deadline; the exit code says whether it made it."""
+    """Run ``stop`` within the one stop deadline (the service's); the exit code says whether it made it."""
     try:
         async with asyncio.timeout(STOP_TIMEOUT_SECONDS):
             await stop()

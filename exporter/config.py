@@ -11,6 +11,13 @@ from typing import Literal
 
 DEFAULT_LISTEN_ADDRESS = ":9765"  # the exporter's default port; see README "Ports"
 DEFAULT_TELEMETRY_PATH = "/metrics"
+# Served without authentication (Kubernetes probes carry no credentials); with "/", the landing page,
+# no telemetry path may shadow them.
+PROBE_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz"})
+RESERVED_PATHS: frozenset[str] = PROBE_PATHS | {"/"}
+# The one stop deadline: the process promises to stop within 5 s of SIGTERM; the service's shutdown
+# gets 4.5 s of it, and the CLI adds nothing on top but exiting.
+STOP_TIMEOUT_SECONDS = 4.5
 DEFAULT_STATUS_VOCABULARY = ("Available", "Creating", "Waiting", "UnAvailable", "CreateFailed", "Deprecated")
 
 CredentialType = Literal[
@@ -62,12 +69,15 @@ class CredentialsConfig:
     role_name: str | None = None  # ecs_ram_role
 
 
+ImageType = Literal["VM", "Container"]
+
+
 @dataclass(frozen=True, slots=True)
 class WatchedImage:
     """One image to watch, as GetImage is asked about it."""
 
     image_id: str
-    image_type: Literal["VM", "Container"] = "VM"
+    image_type: ImageType = "VM"
     image_category: Literal["Public", "Custom"] | None = None
     additional_region_ids: tuple[str, ...] = ()
 
@@ -77,7 +87,7 @@ class DiscoveryConfig:
     """Watch images found by ListImages as well as the static list."""
 
     enabled: bool = False
-    image_type: Literal["VM", "Container"] | None = None
+    image_type: ImageType | None = None
     image_category: Literal["Public", "Custom"] | None = None
     name_regex: str | None = None
     image_ids: tuple[str, ...] = ()

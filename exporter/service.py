@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from exporter.config import Config
+from exporter.clock import Clock
+from exporter.config import STOP_TIMEOUT_SECONDS, Config
 from exporter.credentials import build_credential_source
 from exporter.metrics import BuildInfo, RenderedSnapshot, SelfMetrics, SnapshotRenderer
 from exporter.openapi.client import ApiObserver, EhpcClient
@@ -32,8 +33,8 @@ log = structlog.get_logger("ehpc.service")
 
 ClientFactory = Callable[[Config, ApiObserver], EhpcClient]
 # aiohttp waits this long for in-flight requests on stop, leaving room in the 5 s stop budget.
-SHUTDOWN_TIMEOUT_SECONDS = 2.0
-STOP_TIMEOUT_SECONDS = 5.0
+SHUTDOWN_TIMEOUT_SECONDS = 2.0  # in-flight scrapes may finish this long after a stop begins
+
 FULL_GC_THRESHOLD = 100  # gc threshold2 while serving; see _gc_ctx
 
 
@@ -53,10 +54,10 @@ class ExporterService:
         process_metrics: bool = True,
         client_factory: ClientFactory = default_client,
         wall_clock: Callable[[], float] = time.time,
-        monotonic_clock: Callable[[], float] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._config = config
-        self._monotonic = monotonic_clock
+        self._steady = clock
         self._client_factory = client_factory
         self._clock = wall_clock
         self.metrics = SelfMetrics(
@@ -121,7 +122,7 @@ class ExporterService:
                 metrics=self.metrics,
                 publish=self._publish,
                 wall_clock=self._clock,
-                monotonic_clock=self._monotonic,
+                clock=self._steady,
             )
         return self._refresher
 
@@ -184,18 +185,22 @@ class ExporterService:
             task.cancel()
             await asyncio.wait([task])
 
-    async def stop(self) -> None:
-        """Stop accepting, stop the refresh loop and close the API session (within 5 s)."""
+    async def stop(self) -> bool:
+        """Stop accepting, stop the refresh loop and close the API session within STOP_TIMEOUT_SECONDS;
+        whether it finished in time."""
         runner, self._runner = self._runner, None
         if runner is None:
-            return
+            return True
         try:
             async with asyncio.timeout(STOP_TIMEOUT_SECONDS):
                 await runner.cleanup()
         except TimeoutError:
             log.warning("stop_timeout", timeout_seconds=STOP_TIMEOUT_SECONDS)
-        self._url = None
+            return False
+        finally:
+            self._url = None
         log.info("stopped")
+        return True
 
     async def refresh_once(self) -> Snapshot:
         """One refresh now and its snapshot; without :meth:`start` the API session is closed afterwards."""

@@ -46,11 +46,13 @@ from pydantic_core import ErrorDetails
 
 from exporter import yamlstrict
 from exporter.config import (
+    RESERVED_PATHS,
     ApiConfig,
     Config,
     CredentialsConfig,
     CredentialType,
     DiscoveryConfig,
+    ImageType,
     LimitsConfig,
     RefreshConfig,
     RetryConfig,
@@ -72,8 +74,6 @@ __all__ = [
     "parse_listen_address",
 ]
 
-# Paths the web server keeps for itself; the telemetry path may not shadow them.
-RESERVED_PATHS = frozenset({"/", "/healthz", "/readyz"})
 COMMAND_LINE = "command line"
 
 _REGION_RE = re.compile(r"^[a-z]{2,}-[a-z0-9-]+$")
@@ -256,7 +256,6 @@ StatusName = Annotated[str, Field(max_length=64), AfterValidator(_non_empty)]
 MAX_REGIONS_PER_IMAGE = 1000  # the most limits.max_regions_per_image may allow
 RegionList = Annotated[list[RegionId], Field(max_length=MAX_REGIONS_PER_IMAGE)]
 FilePath = Annotated[str, Field(max_length=4096), AfterValidator(_non_empty)]
-ImageType = Literal["VM", "Container"]
 ImageCategory = Literal["Public", "Custom"]
 
 

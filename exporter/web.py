@@ -20,7 +20,7 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from exporter.config import Config
+from exporter.config import PROBE_PATHS, RESERVED_PATHS, Config
 from exporter.metrics import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, RenderedSnapshot, gzip_body
 from exporter.redaction import scrub
 from exporter.snapshot import Snapshot
@@ -38,7 +38,7 @@ __all__ = [
 log = structlog.get_logger("ehpc.web")
 
 # Reachable without authentication (Kubernetes probes carry no credentials).
-OPEN_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = PROBE_PATHS
 # The landing page lists at most this many images (worst first); /metrics always has them all.
 MAX_LANDING_ROWS = 500
 WRITE_SLICE_BYTES = 256 * 1024  # bigger parts are written in slices of this size
@@ -500,7 +500,7 @@ def create_app(
     source: MetricsSource, *, telemetry_path: str = "/metrics", middlewares: Sequence[Middleware] = ()
 ) -> web.Application:
     """The aiohttp application; ``middlewares`` (e.g. web-config auth) run outside the error guard."""
-    if not telemetry_path.startswith("/") or telemetry_path in OPEN_PATHS or telemetry_path == "/":
+    if not telemetry_path.startswith("/") or telemetry_path in RESERVED_PATHS:
         raise ValueError(
             f"telemetry path {telemetry_path!r} must start with / and not be /, /healthz, /readyz"
         )

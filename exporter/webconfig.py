@@ -99,6 +99,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from exporter import yamlstrict
+from exporter.ratelimit import TokenBucket
 
 __all__ = [
     "REALM",
@@ -683,25 +684,6 @@ def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
     return user, password.encode("utf-8")
 
 
-class _TokenBucket:
-    """Allows ``burst`` requests at once and one more every ``interval`` seconds."""
-
-    def __init__(self, limit: RateLimit) -> None:
-        self._rate = 1.0 / limit.interval_seconds
-        self._capacity = float(limit.burst)
-        self._tokens = float(limit.burst)
-        self._last = time.monotonic()
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
-
 def _san_values(peer: Mapping[str, Any]) -> list[str]:
     names = {"DNS", "IP Address", "email", "URI"}
     return [str(v).strip() for k, v in peer.get("subjectAltName", ()) if k in names]
@@ -751,7 +733,11 @@ class WebSecurity:
         self._cache_key = secrets.token_bytes(32)
         self._verified: dict[bytes, None] = {}  # insertion-ordered set of HMACs of good pairs
         self._bcrypt_slot = asyncio.Semaphore(1)  # bcrypt is CPU-bound: one at a time, as the toolkit does
-        self._bucket = _TokenBucket(rate_limit) if rate_limit is not None else None
+        self._bucket = (
+            TokenBucket(1.0 / rate_limit.interval_seconds, float(rate_limit.burst), time.monotonic())
+            if rate_limit is not None
+            else None
+        )
 
     def __repr__(self) -> str:
         return (
@@ -804,7 +790,7 @@ class WebSecurity:
             return web.Response(status=403, text="Forbidden: client certificate SAN not allowed\n")
         if request.path in open_paths:
             return await handler(request)
-        if self._bucket is not None and not self._bucket.allow():
+        if self._bucket is not None and not self._bucket.allow(time.monotonic()):
             return web.Response(status=429, text="Too Many Requests\n")
         if self._users and not await self.authenticate(request.headers.get(hdrs.AUTHORIZATION)):
             return web.Response(
