@@ -22,9 +22,9 @@ from exporter import __version__
 from exporter.argtypes import bounded
 from exporter.buildinfo import BuildInfo
 from exporter.config import STOP_TIMEOUT_SECONDS, Config
+from exporter.config.load import ConfigError, config_warnings, load_config
 from exporter.logging import LEVELS, LOG_FORMATS, configure_logging
 from exporter.redaction import scrub
-from exporter.settings import ConfigError, config_warnings, load_config
 from exporter.view import HEALTH_ORDER, ImageView
 
 if TYPE_CHECKING:

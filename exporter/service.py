@@ -18,12 +18,11 @@ import structlog
 from aiohttp import web
 
 from exporter.clock import Clock
-from exporter.config import STOP_TIMEOUT_SECONDS, Config
+from exporter.config import STOP_TIMEOUT_SECONDS, Config, parse_listen_address
 from exporter.credentials import build_credential_source
 from exporter.metrics import BuildInfo, RenderedSnapshot, SelfMetrics, SnapshotRenderer
 from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.refresher import Refresher
-from exporter.settings import parse_listen_address
 from exporter.snapshot import Snapshot
 from exporter.web import OPEN_PATHS, create_app
 

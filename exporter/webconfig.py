@@ -98,7 +98,7 @@ import yaml
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from exporter import yamlstrict
+from exporter.config import yamlfile
 from exporter.ratelimit import TokenBucket
 
 __all__ = [
@@ -851,19 +851,19 @@ def load_web_security(
     parser = _Parser(path)
     try:
         # The same gate as the config file: a regular file of bounded size, read without blocking.
-        text = yamlstrict.read_bytes(path).decode("utf-8")
-    except yamlstrict.ReadError as exc:
+        text = yamlfile.read_bytes(path).decode("utf-8")
+    except yamlfile.ReadError as exc:
         raise parser.error("", f"cannot read the web config file: {exc.reason}") from None
     except UnicodeDecodeError:
         raise parser.error("", "the web config file is not UTF-8") from None
     try:
-        document = yamlstrict.load(text)
+        document = yamlfile.load(text)
     except yaml.MarkedYAMLError as exc:
         # Only the problem and its position: the context snippet could show a key or a hash. The
-        # problems yamlstrict writes itself (duplicate key, alias bomb, nesting) quote nothing else.
+        # problems yamlfile writes itself (duplicate key, alias bomb, nesting) quote nothing else.
         mark = exc.problem_mark
         position = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        own = isinstance(exc, yamlstrict.ExpansionError) or "duplicate key" in (exc.problem or "")
+        own = isinstance(exc, yamlfile.ExpansionError) or "duplicate key" in (exc.problem or "")
         problem = exc.problem if own and exc.problem else "invalid YAML"
         raise parser.error("", f"{problem}{position}") from None
     except yaml.YAMLError:

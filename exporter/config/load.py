@@ -1,6 +1,6 @@
 """The configuration file: YAML in, validated by a pydantic schema, out as the frozen ``exporter.config``.
 
-Pipeline of :func:`load_config`: read the file and parse YAML through :mod:`exporter.yamlstrict` (a
+Pipeline of :func:`load_config`: read the file and parse YAML through :mod:`exporter.config.yamlfile` (a
 regular file of bounded size; duplicate keys, alias bombs and over-deep nesting refused before anything is
 built), interpolate ``${VAR}`` / ``${VAR:-default}`` from the environment in every string value (within a
 budget of characters), check every string (no control characters or lone surrogates, bounded length) and
@@ -44,8 +44,8 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-from exporter import yamlstrict
-from exporter.config import (
+from exporter.config import yamlfile
+from exporter.config.model import (
     RESERVED_PATHS,
     ApiConfig,
     Config,
@@ -60,6 +60,7 @@ from exporter.config import (
     StatusConfig,
     WatchedImage,
     WebConfig,
+    parse_listen_address,
 )
 from exporter.logging import register_secret
 
@@ -90,8 +91,8 @@ _PLAIN_KEY_RE = re.compile(r"^[\x21-\x39\x3b-\x5a\x5c\x5e-\x7e]{1,64}$")
 MAX_STRING_CHARS = 16_384  # any one string, after interpolation (an STS token is about 1,500)
 MAX_ID_CHARS = 128
 MAX_REGEX_CHARS = 1024
-MAX_TOTAL_CHARS = yamlstrict.MAX_EXPANDED_CHARS  # all strings together, after interpolation
-MAX_LIST_ITEMS = 100_000  # ids in discovery.ids; images are bounded by yamlstrict's caps
+MAX_TOTAL_CHARS = yamlfile.MAX_EXPANDED_CHARS  # all strings together, after interpolation
+MAX_LIST_ITEMS = 100_000  # ids in discovery.ids; images are bounded by yamlfile's caps
 MAX_PROBLEMS = 100  # lines reported: a file with a million bad keys gets a summary, not a million lines
 # Problems collected: validating stops past this, so a mistake repeated through aliases a million times
 # costs neither a million error objects nor the time to build them.
@@ -192,34 +193,6 @@ def _endpoint(value: str) -> str:
         return value
     parse_listen_address(value, require_host=True)
     return value
-
-
-def parse_listen_address(value: str, *, require_host: bool = False) -> tuple[str, int]:
-    """Split ``host:port`` (``:9765``, ``0.0.0.0:9765``, ``[::1]:9765``) into ``(host, port)``.
-
-    An empty host means every interface. Raises ValueError with a one-line message.
-    """
-    if value.startswith("["):
-        host, sep, rest = value[1:].partition("]")
-        if not sep or not rest.startswith(":") or ":" not in host:
-            raise ValueError("must be host:port, with an IPv6 host in brackets like [::1]:9765")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = value.rpartition(":")
-        if not sep:
-            if require_host and value and _HOST_RE.match(value):
-                return value, 0  # host alone: the scheme's default port
-            raise ValueError("must be host:port, like ':9765' or '127.0.0.1:9765'")
-        if ":" in host:
-            raise ValueError("an IPv6 host must be in brackets, like [::1]:9765")
-        if host and not _HOST_RE.match(host):
-            raise ValueError("invalid host")
-    if require_host and not host:
-        raise ValueError("must name a host")
-    # ASCII digits only, and few of them: int() takes '٣' and raises on 5,000 digits.
-    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5) or int(port_text) > 65535:
-        raise ValueError("port must be a number from 0 to 65535")
-    return host, int(port_text)
 
 
 def _listen_address(value: str) -> str:
@@ -601,11 +574,11 @@ def _check_tree(
 ) -> Any:
     """Interpolate every string value and check every scalar the schema cannot judge on its own.
 
-    Recursive, but yamlstrict has already bounded the depth (32) and the expanded size of the tree.
+    Recursive, but yamlfile has already bounded the depth (32) and the expanded size of the tree.
     """
     if isinstance(value, str):
         return _check_string(value, loc, env, budget, problems)
-    if isinstance(value, yamlstrict.OversizedInt):
+    if isinstance(value, yamlfile.OversizedInt):
         _add(problems, _Problem(loc, f"number too large ({value.chars} characters)"))
         return None
     if isinstance(value, dict):
@@ -654,14 +627,14 @@ def _key(key: Any) -> str:
 
 def _read_yaml(path: str) -> Any:
     try:
-        text = yamlstrict.read_bytes(path).decode("utf-8")
-    except yamlstrict.ReadError as exc:
+        text = yamlfile.read_bytes(path).decode("utf-8")
+    except yamlfile.ReadError as exc:
         raise ConfigError([f"{path}: cannot read config file: {exc.reason}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: cannot read config file: not UTF-8 text"]) from None
     try:
-        return yamlstrict.load(text)
-    except yamlstrict.ExpansionError as exc:
+        return yamlfile.load(text)
+    except yamlfile.ExpansionError as exc:
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
         # The first few steps of the path say where; nesting 200 deep would otherwise print 200 of them.
