@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
+from exporter.buildinfo import BuildInfo
 from exporter.config import Config
 from exporter.credentials import build_credential_source
-from exporter.metrics import BuildInfo, RenderedSnapshot, SelfMetrics, SnapshotRenderer
+from exporter.exposition import RenderedSnapshot, SelfMetrics, SnapshotRenderer
 from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.refresher import Refresher
 from exporter.settings import parse_listen_address
