@@ -29,7 +29,7 @@ import structlog
 
 from exporter.clock import Clock, LoopClock
 from exporter.config import Config, DiscoveryConfig, ImageType, ShardingConfig, WatchedImage
-from exporter.metrics import SelfMetrics
+from exporter.exposition import SelfMetrics
 from exporter.models import Image, ImageSummary
 from exporter.openapi.errors import TIMEOUT, ApiError
 from exporter.snapshot import DiscoveryStatus, ImageError, ImageFacts, ImageState, Snapshot
@@ -339,7 +339,9 @@ class Refresher:
                 if prev is None or prev.image is None or prev.image.ignored != facts.ignored:
                     # Once per change, not once per cycle: the counter tells how often.
                     log.info("image_values_ignored", image_id=watched.image_id, fields=list(result.ignored))
-            # Reuse the previous object when nothing changed, so the renderer's cache hits by identity.
+            # An unchanged answer keeps the previous object: one copy stays alive, and the by-value
+            # comparisons downstream (verdict reuse, render cache) end at once on identity. Nothing
+            # depends on it: equal facts in a new object hit the same caches.
             image = prev.image if prev is not None and prev.image == facts else facts
             return ImageState(watched, image, at, None)
         streak = prev is not None and prev.error is not None and prev.error.code == result.code

@@ -17,10 +17,11 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
+from exporter.buildinfo import BuildInfo
 from exporter.clock import Clock
 from exporter.config import STOP_TIMEOUT_SECONDS, Config, parse_listen_address
 from exporter.credentials import build_credential_source
-from exporter.metrics import BuildInfo, RenderedSnapshot, SelfMetrics, SnapshotRenderer
+from exporter.exposition import RenderedSnapshot, SelfMetrics, SnapshotRenderer
 from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.refresher import Refresher
 from exporter.snapshot import Snapshot

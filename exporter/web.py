@@ -21,7 +21,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from exporter.config import PROBE_PATHS, RESERVED_PATHS, Config
-from exporter.metrics import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, RenderedSnapshot, gzip_body
+from exporter.exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, RenderedSnapshot, gzip_body
 from exporter.redaction import scrub
 from exporter.snapshot import Snapshot
 from exporter.view import HEALTH_ORDER, Health, ImageView, ReplicaHealth, ReplicaView

@@ -26,9 +26,9 @@ import aiohttp
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
+from exporter.buildinfo import BuildInfo
 from exporter.clock import LoopClock
 from exporter.config import Config, WatchedImage
-from exporter.metrics import BuildInfo
 from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.openapi.errors import ApiError
 from exporter.service import ExporterService, default_client

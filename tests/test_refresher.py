@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from exporter.config import Config, DiscoveryConfig, RefreshConfig, ShardingConfig, WatchedImage
-from exporter.metrics import SelfMetrics, render_snapshot
+from exporter.exposition import SelfMetrics, render_snapshot
 from exporter.openapi.client import EhpcClient
 from exporter.refresher import Refresher, in_shard, shard_of
 from exporter.service import default_client

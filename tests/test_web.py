@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 import exporter.web
 from exporter.config import Config, CredentialsConfig, StatusConfig, WatchedImage, WebConfig
-from exporter.metrics import RenderedSnapshot, render_snapshot
+from exporter.exposition import RenderedSnapshot, render_snapshot
 from exporter.service import ExporterService
 from exporter.simulator import Faults, SimImage
 from exporter.snapshot import DiscoveryStatus, ImageError, ImageState, Snapshot
