@@ -273,7 +273,7 @@ def _web_config_errors(config: Config) -> list[str]:
     """The web config file's problem, if it has one (it is read at start and on reload)."""
     if config.web.config_file is None:
         return []
-    from exporter.webconfig import load_web_security
+    from exporter.http.toolkit import load_web_security
 
     try:
         load_web_security(config.web.config_file)

@@ -22,10 +22,10 @@ from exporter.clock import Clock
 from exporter.config import STOP_TIMEOUT_SECONDS, Config, parse_listen_address
 from exporter.credentials import build_credential_source
 from exporter.exposition import RenderedSnapshot, SelfMetrics, SnapshotRenderer
+from exporter.http.app import OPEN_PATHS, create_app
 from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.refresher import Refresher
 from exporter.snapshot import Snapshot
-from exporter.web import OPEN_PATHS, create_app
 
 __all__ = ["ClientFactory", "ExporterService"]
 
@@ -73,7 +73,7 @@ class ExporterService:
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
 
-    # -- what the web app reads (exporter.web.MetricsSource) ---------------------------------------------
+    # -- what the web app reads (exporter.http.source.MetricsSource) -------------------------------------
 
     @property
     def config(self) -> Config:
@@ -134,7 +134,7 @@ class ExporterService:
         middlewares = []
         ssl_context = None
         if cfg.config_file:
-            from exporter.webconfig import load_web_security  # only needed with a web config file
+            from exporter.http.toolkit import load_web_security  # only needed with a web config file
 
             security = load_web_security(cfg.config_file)
             ssl_context = security.ssl_context()

@@ -37,7 +37,7 @@ from pydantic import BaseModel
 
 from exporter.config import yamlfile
 from exporter.config.load import ConfigError, ConfigFile, load_config
-from exporter.webconfig import load_web_security
+from exporter.http.toolkit import load_web_security
 from tests.fixtures.promstack import exporter_command
 
 SECRET = "FuzzPlantedSecret0123456789abcdef"

@@ -1,4 +1,4 @@
-"""Tests for exporter.webconfig: real TLS connections on loopback, real bcrypt, real aiohttp server."""
+"""Tests for exporter.http.toolkit: real TLS connections on loopback, real bcrypt, real aiohttp server."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import trustme
 import yaml
 from aiohttp import web
 
-from exporter.webconfig import REALM, WebConfigError, WebSecurity, load_web_security
+from exporter.http.toolkit import REALM, WebConfigError, WebSecurity, load_web_security
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 PASSWORD = "correct horse battery staple"
