@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.cli import _check_row
+from exporter.cli.check import _check_row
 from exporter.config import StatusConfig, WatchedImage
 from exporter.exposition import render_snapshot
 from exporter.snapshot import ImageError, ImageState, Snapshot
