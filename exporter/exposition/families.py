@@ -27,6 +27,9 @@ Series semantics (chosen for alerting; the sample functions below are the one pl
 Additions to the product contract: ``ehpc_config_last_reload_successful``,
 ``ehpc_config_last_reload_success_timestamp_seconds``, ``ehpc_refresh_overruns_total``, and the standard
 ``process_*`` / ``python_gc_*`` collectors of ``prometheus_client`` (optional).
+
+Why one module of over 400 lines: it is the table of every family, one entry each, by design (adding a
+family or a label is one entry here).
 """
 
 from __future__ import annotations

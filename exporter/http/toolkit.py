@@ -70,6 +70,10 @@ stat signatures are compared; on a change a fresh context is built and handed to
 restart. A broken new file keeps the previous context and logs ``tls_reload_failed`` (logger
 ``ehpc.webconfig``). Users, headers and the other options are read once; load the file again to change
 them.
+
+Why one module of over 400 lines: it is the one place that knows the exporter-toolkit file format, from
+its strict parsing (every key, every Go duration and cipher name) to the TLS context and the auth
+middleware built from it; splitting parse from use would put one format in two places.
 """
 
 from __future__ import annotations
