@@ -37,6 +37,7 @@ from pydantic import BaseModel
 
 from exporter.config import yamlfile
 from exporter.config.load import ConfigError, ConfigFile, load_config
+from exporter.config.schema import file_keys
 from exporter.http.toolkit import load_web_security
 from tests.fixtures.promstack import exporter_command
 
@@ -79,7 +80,7 @@ class Leaf:
 
 
 def _leaves(model: type[BaseModel], prefix: tuple[str | int, ...] = ()) -> Iterator[Leaf]:
-    for name, field in model.model_fields.items():
+    for name, field in file_keys(model).items():
         yield from _leaves_of(field.annotation, field.metadata, (*prefix, name))
 
 

@@ -19,7 +19,6 @@ PROG = "ehpc-image-exporter"
 SUBCOMMANDS = ("run", "check", "demo", "simulate")
 
 
-
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keep the hand-wrapped descriptions; show a flag's default when it has a meaningful one."""
 

@@ -80,12 +80,10 @@ from exporter.config.schema import (
     DiscoveryIn,
     ImageIn,
     LimitsIn,
-    RefreshIn,
-    ShardingIn,
     StatusIn,
-    WebIn,
     _shown,
     config_json_schema,
+    file_keys,
 )
 from exporter.logging import register_secret
 
@@ -153,7 +151,7 @@ def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
             continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
-        field = current.model_fields.get(part)
+        field = file_keys(current).get(part)
         if field is None:
             return None
         current = _unwrap_model(field.annotation)
@@ -215,7 +213,7 @@ def _describe(err: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
         holder = _model_at(model, loc[:-1])
         key = loc[-1]
         if holder is not None and isinstance(key, str):
-            close = _close_match(key, list(holder.model_fields))
+            close = _close_match(key, list(file_keys(holder)))
             if close:
                 return f"unknown key (did you mean '{close[0]}'?)"
         return "unknown key"
@@ -446,10 +444,10 @@ def _check_region_counts(sections: Mapping[str, Any]) -> list[_Problem]:
     out = [
         _Problem(("images", i, "additional_regions"), message)
         for i, image in enumerate(sections.get("images") or [])
-        if len(image.additional_regions) > most
+        if len(image.additional_region_ids) > most
     ]
     discovery: DiscoveryIn | None = sections.get("discovery")
-    if discovery is not None and len(discovery.additional_regions) > most:
+    if discovery is not None and len(discovery.additional_region_ids) > most:
         out.append(_Problem(("discovery", "additional_regions"), message))
     return out
 
@@ -511,55 +509,26 @@ def _merge_vocabulary(status: StatusIn) -> StatusConfig:
     )
 
 
+def _fields(section: BaseModel) -> dict[str, Any]:
+    """A validated section as runtime constructor arguments: the schema's field names are the runtime
+    model's (file keys are aliases), and lists become the tuples the frozen model holds."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in section.model_dump().items()}
+
+
 def _build(sections: Mapping[str, Any]) -> Config:
     api: ApiIn = sections["api"]
     creds: CredentialsIn | None = sections["credentials"]
     images: list[ImageIn] = sections["images"]
-    discovery: DiscoveryIn = sections["discovery"]
-    refresh: RefreshIn = sections["refresh"]
-    sharding: ShardingIn = sections["sharding"]
-    web: WebIn = sections["web"]
     return Config(
-        api=ApiConfig(
-            region_id=api.region_id,
-            endpoint=api.endpoint,
-            network=api.network,
-            protocol=api.protocol,
-            ca_file=api.ca_file,
-            timeout_seconds=api.timeout_seconds,
-            connect_timeout_seconds=api.connect_timeout_seconds,
-            max_concurrency=api.max_concurrency,
-            qps=api.qps,
-            max_response_bytes=api.max_response_bytes,
-            retry=RetryConfig(**api.retry.model_dump()),
-        ),
-        credentials=None if creds is None else CredentialsConfig(**creds.model_dump()),
-        images=tuple(
-            WatchedImage(
-                image_id=i.id,
-                image_type=i.type,
-                image_category=i.category,
-                additional_region_ids=tuple(i.additional_regions),
-            )
-            for i in images
-        ),
-        discovery=DiscoveryConfig(
-            enabled=discovery.enabled,
-            image_type=discovery.type,
-            image_category=discovery.category,
-            name_regex=discovery.name_regex,
-            image_ids=tuple(discovery.ids),
-            additional_region_ids=tuple(discovery.additional_regions),
-            page_size=discovery.page_size,
-            max_pages=discovery.max_pages,
-        ),
-        refresh=RefreshConfig(**refresh.model_dump()),
+        api=ApiConfig(**{**_fields(api), "retry": RetryConfig(**_fields(api.retry))}),
+        credentials=None if creds is None else CredentialsConfig(**_fields(creds)),
+        images=tuple(WatchedImage(**_fields(i)) for i in images),
+        discovery=DiscoveryConfig(**_fields(sections["discovery"])),
+        refresh=RefreshConfig(**_fields(sections["refresh"])),
         status=_merge_vocabulary(sections["status"]),
-        sharding=ShardingConfig(shards=sharding.shards, shard=sharding.shard),
-        limits=LimitsConfig(**sections["limits"].model_dump()),
-        web=WebConfig(
-            listen_address=web.listen_address, telemetry_path=web.telemetry_path, config_file=web.config_file
-        ),
+        sharding=ShardingConfig(**_fields(sections["sharding"])),
+        limits=LimitsConfig(**_fields(sections["limits"])),
+        web=WebConfig(**_fields(sections["web"])),
     )
 
 

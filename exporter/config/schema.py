@@ -192,6 +192,11 @@ class _Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def file_keys(model: type[BaseModel]) -> dict[str, Any]:
+    """A schema model's fields by the key the file spells them with (the alias where there is one)."""
+    return {field.alias or name: field for name, field in model.model_fields.items()}
+
+
 class RetryIn(_Schema):
     """``api.retry``: exponential backoff with full jitter, bounded by attempts and by elapsed time."""
 
@@ -233,23 +238,24 @@ class CredentialsIn(_Schema):
 
 
 class ImageIn(_Schema):
-    """One entry of ``images``."""
+    """One entry of ``images``: fields named as in :class:`~exporter.config.model.WatchedImage`, keys as in
+    the file (the alias), so building the runtime object is mechanical."""
 
-    id: ImageId
-    type: ImageType = "VM"
-    category: ImageCategory | None = None
-    additional_regions: RegionList = []
+    image_id: ImageId = Field(alias="id")
+    image_type: ImageType = Field("VM", alias="type")
+    image_category: ImageCategory | None = Field(None, alias="category")
+    additional_region_ids: RegionList = Field([], alias="additional_regions")
 
 
 class DiscoveryIn(_Schema):
     """``discovery``: also watch what ListImages finds."""
 
     enabled: bool = _DISCOVERY.enabled
-    type: ImageType | None = None
-    category: ImageCategory | None = None
+    image_type: ImageType | None = Field(None, alias="type")
+    image_category: ImageCategory | None = Field(None, alias="category")
     name_regex: Annotated[str, AfterValidator(_regex)] | None = None
-    ids: Annotated[list[ImageId], Field(max_length=MAX_LIST_ITEMS)] = []
-    additional_regions: RegionList = []
+    image_ids: Annotated[list[ImageId], Field(max_length=MAX_LIST_ITEMS, alias="ids")] = []
+    additional_region_ids: RegionList = Field([], alias="additional_regions")
     page_size: Annotated[int, _within(1, 100)] = _DISCOVERY.page_size
     max_pages: Annotated[int, _within(1, 100_000)] = _DISCOVERY.max_pages
 
@@ -303,7 +309,7 @@ class ConfigFile(_Schema):
     api: ApiIn = ApiIn()
     credentials: CredentialsIn | None = None
     images: list[ImageIn] = []
-    discovery: DiscoveryIn = DiscoveryIn()
+    discovery: DiscoveryIn = DiscoveryIn.model_validate({})  # by alias: the file's keys
     refresh: RefreshIn = RefreshIn()
     status: StatusIn = StatusIn()
     sharding: ShardingIn = ShardingIn()
