@@ -39,15 +39,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _web_config_errors(config: Config) -> list[str]:
-    """The web config file's problem, if it has one (it is read at start and on reload)."""
+    """The web config file's problems, if it has any (it is read at start and on reload)."""
     if config.web.config_file is None:
         return []
-    from exporter.http.toolkit import load_web_security
+    from exporter.http.toolkit import WebConfigError, load_web_security
 
     try:
         load_web_security(config.web.config_file)
-    except ValueError as exc:  # WebConfigError is a ValueError with a one-line message naming the file
-        return [str(exc).splitlines()[0] if str(exc) else f"{config.web.config_file}: invalid web config"]
+    except WebConfigError as exc:  # one line per problem, each naming the file and the field
+        return exc.errors or [f"{config.web.config_file}: invalid web config"]
+    except ValueError:  # not expected: whatever else refused the file still names it, quoting nothing
+        return [f"{config.web.config_file}: invalid web config"]
     return []
 
 

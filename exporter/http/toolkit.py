@@ -23,7 +23,7 @@ The file has the shape of the Prometheus exporter-toolkit's web configuration
 
 As in the toolkit, unknown keys (and duplicate keys) are errors, relative paths are relative to the
 directory of the web config file, and an empty file means plain HTTP without authentication. Every
-error is a :class:`WebConfigError` with a one-line message naming the file and the field; it never
+error is a :class:`WebConfigError` with one line per problem naming the file and the field; it never
 contains a password, a hash or key material.
 
 How each option maps onto Python's :mod:`ssl` (decided here, on purpose):
@@ -92,9 +92,9 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import bcrypt
 import structlog
@@ -212,8 +212,16 @@ _PEM_CERT = "-----BEGIN CERTIFICATE-----"
 _PEM_KEY_RE = re.compile(r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
 
 
+_T = TypeVar("_T")
+
+
 class WebConfigError(ValueError):
-    """The web config file is invalid; the message is one line naming the file and the field."""
+    """The web config file is invalid; ``errors`` holds one line per problem, each naming the file and
+    the field (the message is those lines)."""
+
+    def __init__(self, errors: str | Sequence[str]) -> None:
+        self.errors: list[str] = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("\n".join(self.errors))
 
 
 @dataclass(frozen=True, slots=True)
@@ -873,10 +881,24 @@ def load_web_security(
     except yaml.YAMLError:
         raise parser.error("", "invalid YAML") from None
     top = parser.mapping(document, "", _TOP_KEYS)
-    tls = parser.tls(top.get("tls_server_config"))
-    http2, headers = parser.http(top.get("http_server_config"))
-    users = parser.users(top.get("basic_auth_users"))
-    rate_limit = parser.rate_limit(top.get("rate_limit"))
+    # Every section is checked, and every problem reported at once (as the main config does): fixing a
+    # file one error per restart is what a mature loader spares its users.
+    problems: list[str] = []
+
+    def checked(parse: Callable[[Any], _T], key: str) -> _T | None:
+        try:
+            return parse(top.get(key))
+        except WebConfigError as exc:
+            problems.extend(exc.errors)
+            return None
+
+    tls = checked(parser.tls, "tls_server_config")
+    http = checked(parser.http, "http_server_config")
+    users = checked(parser.users, "basic_auth_users")
+    rate_limit = checked(parser.rate_limit, "rate_limit")
+    if problems or http is None or users is None:
+        raise WebConfigError(problems)
+    http2, headers = http
     return WebSecurity(
         path,
         tls=tls,
