@@ -25,10 +25,10 @@ from exporter.config import (
     RetryConfig,
     WatchedImage,
     WebConfig,
+    parse_listen_address,
 )
 from exporter.logging import register_secret
 from exporter.service import ExporterService
-from exporter.settings import parse_listen_address
 from exporter.simulator import (
     DEMO_ACCESS_KEY_ID,
     DEMO_ACCESS_KEY_SECRET,

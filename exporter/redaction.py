@@ -6,7 +6,7 @@ user names and passwords that GetImage answers carry. Each is registered here on
 (:func:`register_secret`). :func:`scrub` then makes any text safe to show: registered secrets and URL
 userinfo become ``[REDACTED]``, lone surrogates become U+FFFD (so no encoder can fail on them), and
 control and bidi characters are dropped (so a terminal or a page shows what a person reads). The views
-that use it: metric label values (``exporter.metrics``), the landing page (``exporter.web``), the
+that use it: metric label values (``exporter.exposition``), the landing page (``exporter.http.landing``), the
 ``check`` command (``exporter.cli``) and every log line (``exporter.logging``).
 
 The ingestion gate (``exporter.models``) refuses answers that carry a registered secret in the first

@@ -18,18 +18,18 @@ that leaves the watched set is simply not in the next snapshot, so its series di
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Literal, Protocol
+from typing import Protocol
 
 import re2
 import structlog
 
-from exporter.config import Config, DiscoveryConfig, ShardingConfig, WatchedImage
-from exporter.metrics import SelfMetrics
+from exporter.clock import Clock, LoopClock
+from exporter.config import Config, DiscoveryConfig, ImageType, ShardingConfig, WatchedImage
+from exporter.exposition import SelfMetrics
 from exporter.models import Image, ImageSummary
 from exporter.openapi.errors import TIMEOUT, ApiError
 from exporter.snapshot import DiscoveryStatus, ImageError, ImageFacts, ImageState, Snapshot
@@ -38,7 +38,6 @@ __all__ = ["ImageApi", "Refresher", "in_shard", "shard_of"]
 
 log = structlog.get_logger("ehpc.refresh")
 
-ImageType = Literal["VM", "Container"]
 
 # An unexpected exception in one image's fetch (a bug, not an API answer) is reported under this code.
 EXPORTER_ERROR = "ExporterError"
@@ -124,7 +123,7 @@ class Refresher:
         metrics: SelfMetrics | None = None,
         publish: Publish | None = None,
         wall_clock: Callable[[], float] = time.time,
-        monotonic_clock: Callable[[], float] | None = None,
+        clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._config = config
@@ -132,7 +131,7 @@ class Refresher:
         self._metrics = metrics
         self._publish = publish
         self._clock = wall_clock
-        self._monotonic = monotonic_clock  # measures cycle durations; None: the event loop's clock
+        self._steady: Clock = clock or LoopClock()  # cycle durations and the schedule
         self._rng = rng or random.Random()  # noqa: S311 - schedule jitter, not cryptography
         self._snapshot = Snapshot(status=config.status)
         self._discovered: dict[str, WatchedImage] = {}
@@ -170,9 +169,9 @@ class Refresher:
 
     async def run(self) -> None:
         """Refresh forever: first at once, then every jittered interval, never overlapping; cancel to stop."""
-        loop = asyncio.get_running_loop()
+        clock = self._steady
         while True:
-            started = loop.time()
+            started = clock.monotonic()
             try:
                 await self.refresh_once()
             except Exception:  # a bug in one cycle must not end the loop; the next cycle retries
@@ -180,7 +179,7 @@ class Refresher:
             cfg = self._config.refresh
             jitter = self._rng.uniform(-cfg.jitter_ratio, cfg.jitter_ratio)
             next_start = started + cfg.interval_seconds * (1 + jitter)
-            now = loop.time()
+            now = clock.monotonic()
             if now >= next_start:
                 if self._metrics is not None:
                     self._metrics.record_overrun()
@@ -191,15 +190,14 @@ class Refresher:
                 )
                 await asyncio.sleep(0)  # let scrapes and reloads in before the next cycle
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_start - now))
+            await clock.sleep(next_start - now, self._wake)
 
     async def refresh_once(self) -> Snapshot:
         """Run one full cycle now (waiting for a running one to finish first) and return its snapshot."""
         async with self._cycle_lock:
             self._wake.clear()
             config, client = self._config, self._client
-            monotonic = self._monotonic or asyncio.get_running_loop().time
+            monotonic = self._steady.monotonic
             started = monotonic()
             watched = await self._watched_set(config, client)
             states = await self._fetch_all(client, list(watched.values()), config)
@@ -341,7 +339,9 @@ class Refresher:
                 if prev is None or prev.image is None or prev.image.ignored != facts.ignored:
                     # Once per change, not once per cycle: the counter tells how often.
                     log.info("image_values_ignored", image_id=watched.image_id, fields=list(result.ignored))
-            # Reuse the previous object when nothing changed, so the renderer's cache hits by identity.
+            # An unchanged answer keeps the previous object: one copy stays alive, and the by-value
+            # comparisons downstream (verdict reuse, render cache) end at once on identity. Nothing
+            # depends on it: equal facts in a new object hit the same caches.
             image = prev.image if prev is not None and prev.image == facts else facts
             return ImageState(watched, image, at, None)
         streak = prev is not None and prev.error is not None and prev.error.code == result.code

@@ -17,14 +17,15 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from exporter.config import Config
+from exporter.buildinfo import BuildInfo
+from exporter.clock import Clock
+from exporter.config import STOP_TIMEOUT_SECONDS, Config, parse_listen_address
 from exporter.credentials import build_credential_source
-from exporter.metrics import BuildInfo, RenderedSnapshot, SelfMetrics, SnapshotRenderer
+from exporter.exposition import RenderedSnapshot, SelfMetrics, SnapshotRenderer
+from exporter.http.app import OPEN_PATHS, create_app
 from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.refresher import Refresher
-from exporter.settings import parse_listen_address
 from exporter.snapshot import Snapshot
-from exporter.web import OPEN_PATHS, create_app
 
 __all__ = ["ClientFactory", "ExporterService"]
 
@@ -32,8 +33,8 @@ log = structlog.get_logger("ehpc.service")
 
 ClientFactory = Callable[[Config, ApiObserver], EhpcClient]
 # aiohttp waits this long for in-flight requests on stop, leaving room in the 5 s stop budget.
-SHUTDOWN_TIMEOUT_SECONDS = 2.0
-STOP_TIMEOUT_SECONDS = 5.0
+SHUTDOWN_TIMEOUT_SECONDS = 2.0  # in-flight scrapes may finish this long after a stop begins
+
 FULL_GC_THRESHOLD = 100  # gc threshold2 while serving; see _gc_ctx
 
 
@@ -53,10 +54,10 @@ class ExporterService:
         process_metrics: bool = True,
         client_factory: ClientFactory = default_client,
         wall_clock: Callable[[], float] = time.time,
-        monotonic_clock: Callable[[], float] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._config = config
-        self._monotonic = monotonic_clock
+        self._steady = clock
         self._client_factory = client_factory
         self._clock = wall_clock
         self.metrics = SelfMetrics(
@@ -72,7 +73,7 @@ class ExporterService:
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
 
-    # -- what the web app reads (exporter.web.MetricsSource) ---------------------------------------------
+    # -- what the web app reads (exporter.http.source.MetricsSource) -------------------------------------
 
     @property
     def config(self) -> Config:
@@ -121,7 +122,7 @@ class ExporterService:
                 metrics=self.metrics,
                 publish=self._publish,
                 wall_clock=self._clock,
-                monotonic_clock=self._monotonic,
+                clock=self._steady,
             )
         return self._refresher
 
@@ -133,7 +134,7 @@ class ExporterService:
         middlewares = []
         ssl_context = None
         if cfg.config_file:
-            from exporter.webconfig import load_web_security  # only needed with a web config file
+            from exporter.http.toolkit import load_web_security  # only needed with a web config file
 
             security = load_web_security(cfg.config_file)
             ssl_context = security.ssl_context()
@@ -184,18 +185,22 @@ class ExporterService:
             task.cancel()
             await asyncio.wait([task])
 
-    async def stop(self) -> None:
-        """Stop accepting, stop the refresh loop and close the API session (within 5 s)."""
+    async def stop(self) -> bool:
+        """Stop accepting, stop the refresh loop and close the API session within STOP_TIMEOUT_SECONDS;
+        whether it finished in time."""
         runner, self._runner = self._runner, None
         if runner is None:
-            return
+            return True
         try:
             async with asyncio.timeout(STOP_TIMEOUT_SECONDS):
                 await runner.cleanup()
         except TimeoutError:
             log.warning("stop_timeout", timeout_seconds=STOP_TIMEOUT_SECONDS)
-        self._url = None
+            return False
+        finally:
+            self._url = None
         log.info("stopped")
+        return True
 
     async def refresh_once(self) -> Snapshot:
         """One refresh now and its snapshot; without :meth:`start` the API session is closed afterwards."""

@@ -2,8 +2,8 @@
 
 :func:`image_view` turns an image's state (its watched entry, its last good data, its last error) and the
 configured healthy sets into an :class:`ImageView`: its health class, its status state set and its
-replicas, each with a health class of its own. The metrics (``exporter.metrics``), the landing page
-(``exporter.web``), the ``check`` command (``exporter.cli``) and the refresh log line all read it and
+replicas, each with a health class of its own. The metrics (``exporter.exposition``), the landing page
+(``exporter.http.landing``), the ``check`` command (``exporter.cli``) and the refresh log line all read it and
 never re-derive it, so they cannot disagree about whether an image is healthy.
 
 Every label a view holds (ids, statuses, regions, codes) has passed the output gate

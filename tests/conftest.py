@@ -1,6 +1,7 @@
 """Shared pytest configuration; fixtures live in tests/fixtures/ and are registered here."""
 
 pytest_plugins = [
+    "tests.fixtures.clock",
     "tests.fixtures.promstack",
     "tests.fixtures.sim",
     "tests.fixtures.tls",

@@ -82,13 +82,19 @@ def series_of(found: dict[SampleKey, float], image_id: str) -> list[SampleKey]:
     return [k for k in found if ("image_id", image_id) in k[1]]
 
 
-async def wait_until(predicate: Callable[[], bool], within: float = 5.0, step: float = 0.01) -> None:
-    """Poll ``predicate`` until it holds; fail the test after ``within`` seconds."""
+async def wait_until(
+    predicate: Callable[[], object], within: float = 5.0, what: str = "the condition", interval: float = 0.01
+) -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` after ``within`` seconds.
+
+    The asyncio twin of ``tests.harness.wait_until`` (same parameters), for in-process tests that must
+    let the event loop run while they wait.
+    """
     deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(step)
+            raise AssertionError(f"{what}: not reached within {within:g} s")
+        await asyncio.sleep(interval)
 
 
 def make_image(

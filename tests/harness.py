@@ -28,6 +28,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
+from tests.exporter_support import SampleKey
 from tests.fixtures.promstack import exporter_command, free_port
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
     "wait_until",
 ]
 
-SampleKey = tuple[str, frozenset[tuple[str, str]]]
 Samples = dict[SampleKey, float]
 STOP_SECONDS = 10.0  # SIGTERM, then SIGKILL after this long
 
@@ -56,8 +56,14 @@ class HarnessError(AssertionError):
     """A process did not start, died, or a wait ran out; the message carries the process's log tail."""
 
 
-def wait_until(predicate: Callable[[], Any], within: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``predicate`` until it returns something truthy; return it, or fail naming ``what``."""
+def wait_until(
+    predicate: Callable[[], Any], within: float, what: str = "the condition", interval: float = 0.1
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; return it, or fail naming ``what``.
+
+    For tests that drive subprocesses (blocking); in-process async tests use
+    ``tests.exporter_support.wait_until``, which takes the same parameters.
+    """
     deadline = time.monotonic() + within
     while True:
         result = predicate()

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-import exporter.cli as exporter_cli
+import exporter.cli.run as cli_run
 from exporter import __version__
 from exporter.cli import build_parser
 from exporter.config import Config
@@ -479,9 +479,9 @@ async def test_reload_records_a_failure_whatever_the_loader_raises(
     def explode(path: str | None, overrides: object) -> Config:
         raise ValueError("invalid literal for int(): 'NotToBeEchoed'")
 
-    monkeypatch.setattr(exporter_cli, "_load", explode)
+    monkeypatch.setattr(cli_run, "_load", explode)
     with capture_logs() as logs:
-        await exporter_cli._reload(svc, str(tmp_path / "c.yaml"), {})
+        await cli_run._reload(svc, str(tmp_path / "c.yaml"), {})
     assert value(samples(svc.render_self(False)), "ehpc_config_last_reload_successful") == 0
     errors = [e["error"] for e in logs if e["event"] == "config_reload_failed"]
     assert errors == [f"{tmp_path / 'c.yaml'}: cannot load the config (ValueError)"]
@@ -503,7 +503,7 @@ async def test_a_good_reload_is_recorded_and_logged_once(
     monkeypatch.setattr(svc.metrics, "record_reload", spy)  # a spy around the real method
     path = write(tmp_path, "images: [{id: m-1}]\n")
     with capture_logs() as logs:
-        await exporter_cli._reload(svc, path, {})
+        await cli_run._reload(svc, path, {})
     assert outcomes == [True]
     assert [e["event"] for e in logs].count("config_reloaded") == 1
     assert svc.config.images[0].image_id == "m-1"

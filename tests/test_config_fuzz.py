@@ -35,9 +35,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from exporter import yamlstrict
-from exporter.settings import ConfigError, ConfigFile, load_config
-from exporter.webconfig import load_web_security
+from exporter.config import yamlfile
+from exporter.config.load import ConfigError, ConfigFile, load_config
+from exporter.config.schema import file_keys
+from exporter.http.toolkit import load_web_security
 from tests.fixtures.promstack import exporter_command
 
 SECRET = "FuzzPlantedSecret0123456789abcdef"
@@ -79,7 +80,7 @@ class Leaf:
 
 
 def _leaves(model: type[BaseModel], prefix: tuple[str | int, ...] = ()) -> Iterator[Leaf]:
-    for name, field in model.model_fields.items():
+    for name, field in file_keys(model).items():
         yield from _leaves_of(field.annotation, field.metadata, (*prefix, name))
 
 
@@ -211,7 +212,7 @@ def bombs(draw: st.DrawFn) -> tuple[str, bool]:
     leaf_chars = 100_009 if style == "long" else draw(st.integers(1, 4))
     # Small laughs, or ones past the cap: in between they are legal and cost seconds each to check,
     # which is what the cap allows but would make this test slow.
-    while SMALL_BOMB < _expanded(style, width, depth, leaf_chars)[0] <= yamlstrict.MAX_EXPANDED_NODES:
+    while SMALL_BOMB < _expanded(style, width, depth, leaf_chars)[0] <= yamlfile.MAX_EXPANDED_NODES:
         depth += 1
     leaf = '"' + "x" * leaf_chars + '"'
     if style == "long":  # few nodes, many characters: a long scalar used width**depth times
@@ -242,14 +243,14 @@ def bombs(draw: st.DrawFn) -> tuple[str, bool]:
         "retry": f"api: {{retry: {last}}}",
     }[where]
     nodes, chars = _expanded(style, width, depth, leaf_chars)
-    over = nodes > yamlstrict.MAX_EXPANDED_NODES or chars > yamlstrict.MAX_EXPANDED_CHARS
+    over = nodes > yamlfile.MAX_EXPANDED_NODES or chars > yamlfile.MAX_EXPANDED_CHARS
     return BASE + "x:\n" + "".join(f"  {line}\n" for line in lines) + place + "\n", over
 
 
 def _expanded(style: str, width: int, depth: int, leaf_chars: int) -> tuple[int, int]:
     """Nodes and scalar characters of the laugh's levels under ``x`` plus its one use, aliases expanded.
 
-    Worked out independently of yamlstrict's counter (which is what is under test).
+    Worked out independently of yamlfile's counter (which is what is under test).
     """
     nodes, chars = [1 + width], [width * leaf_chars]  # l0: a sequence of width scalars
     for level in range(1, depth + 1):
@@ -309,10 +310,10 @@ def test_a_large_real_config_is_well_inside_the_caps() -> None:
     text = "images:\n" + "".join(
         f"  - {{id: m-{i:08d}, additional_regions: [{regions}]}}\n" for i in range(10_000)
     )
-    assert len(text) < yamlstrict.MAX_FILE_BYTES / 4
-    node = yaml.compose(text, Loader=yamlstrict.StrictLoader)
+    assert len(text) < yamlfile.MAX_FILE_BYTES / 4
+    node = yaml.compose(text, Loader=yamlfile.StrictLoader)
     assert node is not None
-    yamlstrict.check_expansion(node, max_nodes=yamlstrict.MAX_EXPANDED_NODES // 3)  # a factor 3 to spare
+    yamlfile.check_expansion(node, max_nodes=yamlfile.MAX_EXPANDED_NODES // 3)  # a factor 3 to spare
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -487,21 +488,21 @@ def test_oversize_files_are_refused_by_their_size(tmp_path: Path) -> None:
     """A sparse file just over the cap is refused from its size, without reading 32 MB."""
     path = tmp_path / "huge.yaml"
     with path.open("wb") as handle:
-        handle.truncate(yamlstrict.MAX_FILE_BYTES + 1)
+        handle.truncate(yamlfile.MAX_FILE_BYTES + 1)
     error = _within(2, lambda: load_config(path))
     assert isinstance(error, ConfigError)
-    assert error.errors == [f"{path}: cannot read config file: larger than {yamlstrict.MAX_FILE_BYTES} bytes"]
+    assert error.errors == [f"{path}: cannot read config file: larger than {yamlfile.MAX_FILE_BYTES} bytes"]
     at_cap = tmp_path / "at-cap.yaml"
     at_cap.write_bytes(b"# " + b"x" * 1000 + b"\n")
-    assert yamlstrict.read_bytes(str(at_cap), max_bytes=1003) == at_cap.read_bytes()
-    with pytest.raises(yamlstrict.ReadError, match="larger than 1002 bytes"):
-        yamlstrict.read_bytes(str(at_cap), max_bytes=1002)
+    assert yamlfile.read_bytes(str(at_cap), max_bytes=1003) == at_cap.read_bytes()
+    with pytest.raises(yamlfile.ReadError, match="larger than 1002 bytes"):
+        yamlfile.read_bytes(str(at_cap), max_bytes=1002)
 
 
 def test_a_file_whose_size_lies_is_cut_at_the_cap() -> None:
     """/proc files say 0 bytes and then deliver more: the read itself stops at the cap."""
-    with pytest.raises(yamlstrict.ReadError, match="larger than 100 bytes"):
-        yamlstrict.read_bytes("/proc/self/maps", max_bytes=100)
+    with pytest.raises(yamlfile.ReadError, match="larger than 100 bytes"):
+        yamlfile.read_bytes("/proc/self/maps", max_bytes=100)
 
 
 @FUZZ

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from exporter.config.load import config_warnings, load_config
 from exporter.service import ExporterService
-from exporter.settings import config_warnings, load_config
 from exporter.simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, generate_fleet
 from tests.fixtures.sim import SimulatorFactory
 

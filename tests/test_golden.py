@@ -26,8 +26,9 @@ import aiohttp
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
+from exporter.buildinfo import BuildInfo
+from exporter.clock import LoopClock
 from exporter.config import Config, WatchedImage
-from exporter.metrics import BuildInfo
 from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.openapi.errors import ApiError
 from exporter.service import ExporterService, default_client
@@ -54,6 +55,17 @@ class FixedLatency:
     def on_failure(self, action: str, error: ApiError) -> None:
         """Forward as it is."""
         self.inner.on_failure(action, error)
+
+
+class TickingClock(LoopClock):
+    """Monotonic readings 1.25 s apart (so every cycle lasts 1.25 s); sleeps are the loop's."""
+
+    def __init__(self) -> None:
+        self._ticks = itertools.count(0.0, 1.25)
+
+    def monotonic(self) -> float:
+        """The next reading."""
+        return next(self._ticks)
 
 
 def fixed_latency_client(config: Config, observer: ApiObserver) -> EhpcClient:
@@ -84,14 +96,13 @@ def golden_fleet(running: RunningSimulator) -> tuple[WatchedImage, ...]:
 @pytest.fixture
 async def expositions(simulator: RunningSimulator) -> AsyncIterator[dict[str, bytes]]:
     """The text and OpenMetrics answers of /metrics after the scenario's second refresh."""
-    ticks = itertools.count(0.0, 1.25)
     svc = ExporterService(
         sim_config(simulator, golden_fleet(simulator), interval=3600),
         build_info=BuildInfo(version="0.0.0-golden", python_version="3.11.0"),
         process_metrics=False,
         client_factory=fixed_latency_client,
         wall_clock=lambda: FIXED_NOW,
-        monotonic_clock=lambda: next(ticks),
+        clock=TickingClock(),
     )
     await svc.start()
     try:

@@ -30,7 +30,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
-from exporter.settings import config_json_schema
+from exporter.config.load import config_json_schema
 from tests.test_image import WRITABLE_PATHS, built_image
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from exporter.cli import _check_row
+from exporter.cli.check import _check_row
 from exporter.config import DiscoveryConfig, WatchedImage
 from exporter.service import ExporterService
 from exporter.simulator import SimImage

@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from exporter.config import Config, DiscoveryConfig, RefreshConfig, ShardingConfig, WatchedImage
-from exporter.metrics import SelfMetrics, render_snapshot
+from exporter.exposition import SelfMetrics, render_snapshot
 from exporter.openapi.client import EhpcClient
 from exporter.refresher import Refresher, in_shard, shard_of
 from exporter.service import default_client
@@ -21,6 +21,7 @@ from exporter.simulator import Faults, SimImage, generate_fleet
 from exporter.snapshot import Snapshot
 from exporter.view import Health
 from tests.exporter_support import samples, series_of, sim_config, value, wait_until
+from tests.fixtures.clock import FakeClock
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
 
 ALL = (SIM_VM_ID, SIM_VM_FAILED_ID, WatchedImage(SIM_CONTAINER_ID, image_type="Container"))
@@ -371,58 +372,80 @@ async def test_per_image_timeout_covers_retries(
     assert snap.health_counts()[Health.FAILING] == 3
 
 
+def sleeping_until(clock: FakeClock, deadline: float) -> Callable[[], bool]:
+    """Whether the only sleeper on ``clock`` wakes at ``deadline``."""
+    return lambda: clock.deadlines == [pytest.approx(deadline)]
+
+
+async def _cycles(snapshots: list[Snapshot], count: int) -> None:
+    """Wait (in real time: a cycle's HTTP calls are real) until ``count`` cycles have published."""
+    await wait_until(lambda: len(snapshots) >= count)
+
+
 async def test_overruns_are_counted_and_cycles_never_overlap(
-    simulator: RunningSimulator, make_refresher: MakeRefresher, metrics: SelfMetrics
+    simulator: RunningSimulator, make_refresher: MakeRefresher, metrics: SelfMetrics, fake_clock: FakeClock
 ) -> None:
-    """Cycles longer than the interval run back to back, one at a time, each counted as an overrun."""
-    simulator.sim.faults = Faults(latency_ms=60)
-    spans: list[tuple[float, float]] = []
+    """A cycle that outlasts the interval is an overrun: counted, and the next one starts at once,
+    without sleeping and never overlapping the one before."""
+    snapshots: list[Snapshot] = []
     active = 0
 
     async def publish(snapshot: Snapshot) -> None:
         nonlocal active
         active += 1
-        assert active == 1
-        loop_now = asyncio.get_running_loop().time()
-        spans.append((loop_now - (snapshot.duration_seconds or 0), loop_now))
-        await asyncio.sleep(0.01)
+        assert active == 1  # never two cycles at once
+        await fake_clock.advance(15)  # this cycle "took" 15 s of a 10 s interval
+        snapshots.append(snapshot)
         active -= 1
 
-    cfg = sim_config(simulator, ALL, refresh=RefreshConfig(interval_seconds=0.02, jitter_ratio=0.0))
-    refresher = make_refresher(cfg, publish=publish)
+    cfg = sim_config(simulator, ALL, refresh=RefreshConfig(interval_seconds=10, jitter_ratio=0.0))
+    refresher = make_refresher(cfg, publish=publish, clock=fake_clock)
     with capture_logs() as logs:
         task = asyncio.create_task(refresher.run())
-        await wait_until(lambda: len(spans) >= 4)
+        await _cycles(snapshots, 3)
         task.cancel()
         await asyncio.wait([task])
-    assert metrics.overruns >= 3
-    assert any(e["event"] == "refresh_overrun" for e in logs)
-    for (_, end), (start, _) in itertools.pairwise(spans):
-        assert start >= end - 0.001  # no overlap
-        assert start - end < 0.2  # and no waiting: the next cycle starts right after
+    assert metrics.overruns >= 2
+    assert any(e["event"] == "refresh_overrun" and e["interval_seconds"] == 10 for e in logs)
+    assert fake_clock.deadlines == []  # it never slept: each next cycle started right away
 
 
-async def test_schedule_is_jittered_interval(
-    simulator: RunningSimulator, make_refresher: MakeRefresher
+async def test_schedule_is_the_jittered_interval_on_the_clock(
+    simulator: RunningSimulator, make_refresher: MakeRefresher, fake_clock: FakeClock
 ) -> None:
-    """Cycles start interval*(1±jitter) apart (first one at once)."""
+    """Cycles start interval*(1+jitter) after the previous start, jitter drawn from the injected rng:
+    exactly, on a fake clock, with no slack for a busy machine."""
     starts: list[float] = []
+    snapshots: list[Snapshot] = []
 
     async def publish(snapshot: Snapshot) -> None:
-        starts.append(asyncio.get_running_loop().time() - (snapshot.duration_seconds or 0))
+        starts.append(fake_clock.now - (snapshot.duration_seconds or 0))
+        snapshots.append(snapshot)
 
-    cfg = sim_config(simulator, [SIM_VM_ID], refresh=RefreshConfig(interval_seconds=0.15, jitter_ratio=0.5))
-    refresher = make_refresher(cfg, publish=publish, rng=random.Random(5))
-    t0 = asyncio.get_running_loop().time()
+    interval, ratio = 60.0, 0.5
+    cfg = sim_config(
+        simulator, [SIM_VM_ID], refresh=RefreshConfig(interval_seconds=interval, jitter_ratio=ratio)
+    )
+    refresher = make_refresher(cfg, publish=publish, rng=random.Random(5), clock=fake_clock)
+    expected_rng = random.Random(5)
     task = asyncio.create_task(refresher.run())
-    await wait_until(lambda: len(starts) >= 6)
-    task.cancel()
-    await asyncio.wait([task])
-    assert starts[0] - t0 < 0.1
+    try:
+        await _cycles(snapshots, 1)
+        assert starts == [1000.0]  # the first cycle starts at once
+        for n in range(1, 6):
+            gap = interval * (1 + expected_rng.uniform(-ratio, ratio))
+            await wait_until(sleeping_until(fake_clock, starts[-1] + gap))
+            await fake_clock.advance(gap - 0.001)  # just before: nothing happens
+            assert len(snapshots) == n
+            await fake_clock.advance(0.001)
+            await _cycles(snapshots, n + 1)
+            assert starts[-1] == pytest.approx(starts[-2] + gap)
+    finally:
+        task.cancel()
+        await asyncio.wait([task])
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert min(gaps) >= 0.075 - 0.005
-    assert max(gaps) <= 0.225 + 0.1  # slack for a busy test machine
-    assert max(gaps) - min(gaps) > 0.01  # not a fixed period
+    assert all(interval * (1 - ratio) <= g <= interval * (1 + ratio) for g in gaps)
+    assert max(gaps) - min(gaps) > 1  # jittered, not a fixed period
 
 
 async def test_reconfigure_wakes_the_loop(simulator: RunningSimulator, make_refresher: MakeRefresher) -> None:

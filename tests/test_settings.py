@@ -23,7 +23,7 @@ from exporter.config import (
     WatchedImage,
     WebConfig,
 )
-from exporter.settings import (
+from exporter.config.load import (
     ConfigError,
     config_json_schema,
     config_warnings,

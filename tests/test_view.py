@@ -8,9 +8,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.cli import _check_row
+from exporter.cli.check import _check_row
 from exporter.config import StatusConfig, WatchedImage
-from exporter.metrics import render_snapshot
+from exporter.exposition import render_snapshot
 from exporter.snapshot import ImageError, ImageState, Snapshot
 from exporter.view import HEALTH_ORDER, Health, ReplicaHealth, image_view
 from tests.exporter_support import make_image, samples, value

@@ -18,13 +18,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
-import exporter.web
+import exporter.http.landing
 from exporter.config import Config, CredentialsConfig, StatusConfig, WatchedImage, WebConfig
-from exporter.metrics import RenderedSnapshot, render_snapshot
+from exporter.exposition import RenderedSnapshot, render_snapshot
+from exporter.http.app import accepts_gzip, create_app, wants_openmetrics
 from exporter.service import ExporterService
 from exporter.simulator import Faults, SimImage
 from exporter.snapshot import DiscoveryStatus, ImageError, ImageState, Snapshot
-from exporter.web import accepts_gzip, create_app, wants_openmetrics
 from tests.exporter_support import make_image, samples, sim_config, value, wait_until
 from tests.fixtures.sim import (
     SIM_CONTAINER_ID,
@@ -336,7 +336,7 @@ async def test_landing_page_while_waiting_for_the_first_refresh() -> None:
 
 async def test_landing_rows_are_bounded_worst_first(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past MAX_LANDING_ROWS the page keeps the worst rows and says how many it left out."""
-    monkeypatch.setattr(exporter.web, "MAX_LANDING_ROWS", 2)
+    monkeypatch.setattr(exporter.http.landing, "MAX_LANDING_ROWS", 2)
     states = [
         ImageState(WatchedImage("m-a-healthy"), make_image("m-a-healthy"), last_success=T0),
         ImageState(WatchedImage("m-b-healthy"), make_image("m-b-healthy"), last_success=T0),

@@ -1,4 +1,4 @@
-"""Tests for exporter.webconfig: real TLS connections on loopback, real bcrypt, real aiohttp server."""
+"""Tests for exporter.http.toolkit: real TLS connections on loopback, real bcrypt, real aiohttp server."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import trustme
 import yaml
 from aiohttp import web
 
-from exporter.webconfig import REALM, WebConfigError, WebSecurity, load_web_security
+from exporter.http.toolkit import REALM, WebConfigError, WebSecurity, load_web_security
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 PASSWORD = "correct horse battery staple"
@@ -659,3 +659,26 @@ async def test_inline_key_without_memfd(tmp_path: Path, ca: trustme.CA, no_memfd
     )
     async with serve(security) as url:
         assert await peer_certificate(url, client_context(ca)) == der(leaf)
+
+
+def test_every_section_problem_is_reported_at_once(tmp_path: Path) -> None:
+    """Like the main config, a web config with several mistakes names them all, one line each."""
+    path = write_config(
+        tmp_path,
+        {
+            "tls_server_config": {"cert_file": "a.pem", "key_file": "a.key", "min_version": "TLS99"},
+            "basic_auth_users": {"alice": "not-a-bcrypt-hash"},
+            "rate_limit": {"interval": "soon", "burst": 1},
+        },
+    )
+    with pytest.raises(WebConfigError) as err:
+        load_web_security(path)
+    lines = err.value.errors
+    assert len(lines) == 3, lines
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    assert [line.split(": ")[1].split(".")[0] for line in lines] == [
+        "tls_server_config",
+        "basic_auth_users",
+        "rate_limit",
+    ]
+    assert "not-a-bcrypt-hash" not in str(err.value)

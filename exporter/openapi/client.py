@@ -4,6 +4,10 @@ One pooled aiohttp session per client; every attempt is budgeted (concurrency ca
 signed with a fresh date and nonce, bounded by a timeout and a response-size cap, and every failure
 surfaces as :class:`ApiError`. Retries (exponential backoff, full jitter, ``x-acs-retry-after`` as a lower
 bound) are bounded by ``RetryConfig.max_attempts`` and ``max_elapsed_seconds``.
+
+Why one module of over 400 lines: signing, budgeting, retrying and reading bounded bodies are the
+steps of one attempt, sharing its state (the prepared query, the deadline, the observer); each step is
+a method of its own.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import ssl
 import sys
 from typing import TextIO
 
-from exporter import settings
+from exporter import config
 from exporter.argtypes import bounded
 from exporter.simulator.admin import ENDPOINTS as ADMIN_ENDPOINTS
 from exporter.simulator.catalogue import is_known
@@ -26,7 +26,7 @@ DEFAULT_IMAGES = 50
 def parse_listen_address(value: str) -> tuple[str, int]:
     """``host:port``, ``[v6]:port`` or ``:port`` (all interfaces) -> (host, port), as an argparse type."""
     try:
-        host, port = settings.parse_listen_address(value)
+        host, port = config.parse_listen_address(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}: {exc}") from None
     return host or "0.0.0.0", port  # noqa: S104 - ":PORT" asks for every interface

@@ -42,6 +42,7 @@ from typing import Any
 
 from aiohttp import web
 
+from exporter.ratelimit import TokenBucket
 from exporter.simulator import admin
 from exporter.simulator.auth import AuthFailure, StsStore, Verifier
 from exporter.simulator.catalogue import (
@@ -73,24 +74,18 @@ DEFAULT_PAGE_SIZE = 20
 _ACTION_LABEL_MAX = 64  # unknown actions are counted under their (truncated) name
 
 
-class _TokenBucket:
-    """Server-side QPS limit: ``rate`` tokens a second, bursts of up to ``max(1, rate)``."""
+class _QpsLimit:
+    """Server-side QPS limit: ``rate`` tokens a second, bursts of up to ``max(1, rate)``; a new rate
+    starts a full bucket (the admin API may change it at any time)."""
 
     def __init__(self) -> None:
-        self.rate: float | None = None
-        self.tokens = 0.0
-        self.stamp = 0.0
+        self._bucket: TokenBucket | None = None
 
     def take(self, rate: float, now: float) -> bool:
-        capacity = max(1.0, rate)
-        if rate != self.rate:
-            self.rate, self.tokens, self.stamp = rate, capacity, now
-        self.tokens = min(capacity, self.tokens + (now - self.stamp) * rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+        bucket = self._bucket
+        if bucket is None or bucket.rate != rate:
+            bucket = self._bucket = TokenBucket(rate, max(1.0, rate), now)
+        return bucket.allow(now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +136,7 @@ class Simulator:
         self.verifier = Verifier(keys, self.sts)
         self.url: str | None = None  # set while serve() runs
         self._counts: dict[tuple[str, str, int], int] = {}
-        self._bucket = _TokenBucket()
+        self._bucket = _QpsLimit()
         # Fault draws and jitter are simulations, not security: plain PRNGs, seedable for replays.
         self._rng = random.Random()  # noqa: S311
         self._rng_key: tuple[int, int | None] | None = None

@@ -1,16 +1,47 @@
-"""The frozen runtime configuration the exporter runs on.
+"""The frozen runtime configuration the exporter runs on (and the listen-address parser it binds with).
 
-``exporter.settings`` validates the YAML file and CLI flags into these objects; everything after start-up
+``exporter.config.load`` validates the YAML file and CLI flags into these objects; everything after start-up
 reads only these.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+__all__ = [
+    "DEFAULT_LISTEN_ADDRESS",
+    "DEFAULT_STATUS_VOCABULARY",
+    "DEFAULT_TELEMETRY_PATH",
+    "PROBE_PATHS",
+    "RESERVED_PATHS",
+    "STOP_TIMEOUT_SECONDS",
+    "ApiConfig",
+    "Config",
+    "CredentialType",
+    "CredentialsConfig",
+    "DiscoveryConfig",
+    "ImageType",
+    "LimitsConfig",
+    "RefreshConfig",
+    "RetryConfig",
+    "ShardingConfig",
+    "StatusConfig",
+    "WatchedImage",
+    "WebConfig",
+    "parse_listen_address",
+]
+
 DEFAULT_LISTEN_ADDRESS = ":9765"  # the exporter's default port; see README "Ports"
 DEFAULT_TELEMETRY_PATH = "/metrics"
+# Served without authentication (Kubernetes probes carry no credentials); with "/", the landing page,
+# no telemetry path may shadow them.
+PROBE_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz"})
+RESERVED_PATHS: frozenset[str] = PROBE_PATHS | {"/"}
+# The one stop deadline: the process promises to stop within 5 s of SIGTERM; the service's shutdown
+# gets 4.5 s of it, and the CLI adds nothing on top but exiting.
+STOP_TIMEOUT_SECONDS = 4.5
 DEFAULT_STATUS_VOCABULARY = ("Available", "Creating", "Waiting", "UnAvailable", "CreateFailed", "Deprecated")
 
 CredentialType = Literal[
@@ -62,12 +93,15 @@ class CredentialsConfig:
     role_name: str | None = None  # ecs_ram_role
 
 
+ImageType = Literal["VM", "Container"]
+
+
 @dataclass(frozen=True, slots=True)
 class WatchedImage:
     """One image to watch, as GetImage is asked about it."""
 
     image_id: str
-    image_type: Literal["VM", "Container"] = "VM"
+    image_type: ImageType = "VM"
     image_category: Literal["Public", "Custom"] | None = None
     additional_region_ids: tuple[str, ...] = ()
 
@@ -77,7 +111,7 @@ class DiscoveryConfig:
     """Watch images found by ListImages as well as the static list."""
 
     enabled: bool = False
-    image_type: Literal["VM", "Container"] | None = None
+    image_type: ImageType | None = None
     image_category: Literal["Public", "Custom"] | None = None
     name_regex: str | None = None
     image_ids: tuple[str, ...] = ()
@@ -147,3 +181,34 @@ class Config:
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     web: WebConfig = field(default_factory=WebConfig)
+
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def parse_listen_address(value: str, *, require_host: bool = False) -> tuple[str, int]:
+    """Split ``host:port`` (``:9765``, ``0.0.0.0:9765``, ``[::1]:9765``) into ``(host, port)``.
+
+    An empty host means every interface. Raises ValueError with a one-line message.
+    """
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or not rest.startswith(":") or ":" not in host:
+            raise ValueError("must be host:port, with an IPv6 host in brackets like [::1]:9765")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep:
+            if require_host and value and _HOST_RE.match(value):
+                return value, 0  # host alone: the scheme's default port
+            raise ValueError("must be host:port, like ':9765' or '127.0.0.1:9765'")
+        if ":" in host:
+            raise ValueError("an IPv6 host must be in brackets, like [::1]:9765")
+        if host and not _HOST_RE.match(host):
+            raise ValueError("invalid host")
+    if require_host and not host:
+        raise ValueError("must name a host")
+    # ASCII digits only, and few of them: int() takes '٣' and raises on 5,000 digits.
+    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5) or int(port_text) > 65535:
+        raise ValueError("port must be a number from 0 to 65535")
+    return host, int(port_text)

@@ -23,7 +23,7 @@ The file has the shape of the Prometheus exporter-toolkit's web configuration
 
 As in the toolkit, unknown keys (and duplicate keys) are errors, relative paths are relative to the
 directory of the web config file, and an empty file means plain HTTP without authentication. Every
-error is a :class:`WebConfigError` with a one-line message naming the file and the field; it never
+error is a :class:`WebConfigError` with one line per problem naming the file and the field; it never
 contains a password, a hash or key material.
 
 How each option maps onto Python's :mod:`ssl` (decided here, on purpose):
@@ -70,6 +70,10 @@ stat signatures are compared; on a change a fresh context is built and handed to
 restart. A broken new file keeps the previous context and logs ``tls_reload_failed`` (logger
 ``ehpc.webconfig``). Users, headers and the other options are read once; load the file again to change
 them.
+
+Why one module of over 400 lines: it is the one place that knows the exporter-toolkit file format, from
+its strict parsing (every key, every Go duration and cipher name) to the TLS context and the auth
+middleware built from it; splitting parse from use would put one format in two places.
 """
 
 from __future__ import annotations
@@ -88,9 +92,9 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import bcrypt
 import structlog
@@ -98,7 +102,8 @@ import yaml
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from exporter import yamlstrict
+from exporter.config import yamlfile
+from exporter.ratelimit import TokenBucket
 
 __all__ = [
     "REALM",
@@ -207,8 +212,16 @@ _PEM_CERT = "-----BEGIN CERTIFICATE-----"
 _PEM_KEY_RE = re.compile(r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
 
 
+_T = TypeVar("_T")
+
+
 class WebConfigError(ValueError):
-    """The web config file is invalid; the message is one line naming the file and the field."""
+    """The web config file is invalid; ``errors`` holds one line per problem, each naming the file and
+    the field (the message is those lines)."""
+
+    def __init__(self, errors: str | Sequence[str]) -> None:
+        self.errors: list[str] = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("\n".join(self.errors))
 
 
 @dataclass(frozen=True, slots=True)
@@ -683,25 +696,6 @@ def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
     return user, password.encode("utf-8")
 
 
-class _TokenBucket:
-    """Allows ``burst`` requests at once and one more every ``interval`` seconds."""
-
-    def __init__(self, limit: RateLimit) -> None:
-        self._rate = 1.0 / limit.interval_seconds
-        self._capacity = float(limit.burst)
-        self._tokens = float(limit.burst)
-        self._last = time.monotonic()
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
-
 def _san_values(peer: Mapping[str, Any]) -> list[str]:
     names = {"DNS", "IP Address", "email", "URI"}
     return [str(v).strip() for k, v in peer.get("subjectAltName", ()) if k in names]
@@ -751,7 +745,11 @@ class WebSecurity:
         self._cache_key = secrets.token_bytes(32)
         self._verified: dict[bytes, None] = {}  # insertion-ordered set of HMACs of good pairs
         self._bcrypt_slot = asyncio.Semaphore(1)  # bcrypt is CPU-bound: one at a time, as the toolkit does
-        self._bucket = _TokenBucket(rate_limit) if rate_limit is not None else None
+        self._bucket = (
+            TokenBucket(1.0 / rate_limit.interval_seconds, float(rate_limit.burst), time.monotonic())
+            if rate_limit is not None
+            else None
+        )
 
     def __repr__(self) -> str:
         return (
@@ -804,7 +802,7 @@ class WebSecurity:
             return web.Response(status=403, text="Forbidden: client certificate SAN not allowed\n")
         if request.path in open_paths:
             return await handler(request)
-        if self._bucket is not None and not self._bucket.allow():
+        if self._bucket is not None and not self._bucket.allow(time.monotonic()):
             return web.Response(status=429, text="Too Many Requests\n")
         if self._users and not await self.authenticate(request.headers.get(hdrs.AUTHORIZATION)):
             return web.Response(
@@ -865,28 +863,42 @@ def load_web_security(
     parser = _Parser(path)
     try:
         # The same gate as the config file: a regular file of bounded size, read without blocking.
-        text = yamlstrict.read_bytes(path).decode("utf-8")
-    except yamlstrict.ReadError as exc:
+        text = yamlfile.read_bytes(path).decode("utf-8")
+    except yamlfile.ReadError as exc:
         raise parser.error("", f"cannot read the web config file: {exc.reason}") from None
     except UnicodeDecodeError:
         raise parser.error("", "the web config file is not UTF-8") from None
     try:
-        document = yamlstrict.load(text)
+        document = yamlfile.load(text)
     except yaml.MarkedYAMLError as exc:
         # Only the problem and its position: the context snippet could show a key or a hash. The
-        # problems yamlstrict writes itself (duplicate key, alias bomb, nesting) quote nothing else.
+        # problems yamlfile writes itself (duplicate key, alias bomb, nesting) quote nothing else.
         mark = exc.problem_mark
         position = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        own = isinstance(exc, yamlstrict.ExpansionError) or "duplicate key" in (exc.problem or "")
+        own = isinstance(exc, yamlfile.ExpansionError) or "duplicate key" in (exc.problem or "")
         problem = exc.problem if own and exc.problem else "invalid YAML"
         raise parser.error("", f"{problem}{position}") from None
     except yaml.YAMLError:
         raise parser.error("", "invalid YAML") from None
     top = parser.mapping(document, "", _TOP_KEYS)
-    tls = parser.tls(top.get("tls_server_config"))
-    http2, headers = parser.http(top.get("http_server_config"))
-    users = parser.users(top.get("basic_auth_users"))
-    rate_limit = parser.rate_limit(top.get("rate_limit"))
+    # Every section is checked, and every problem reported at once (as the main config does): fixing a
+    # file one error per restart is what a mature loader spares its users.
+    problems: list[str] = []
+
+    def checked(parse: Callable[[Any], _T], key: str) -> _T | None:
+        try:
+            return parse(top.get(key))
+        except WebConfigError as exc:
+            problems.extend(exc.errors)
+            return None
+
+    tls = checked(parser.tls, "tls_server_config")
+    http = checked(parser.http, "http_server_config")
+    users = checked(parser.users, "basic_auth_users")
+    rate_limit = checked(parser.rate_limit, "rate_limit")
+    if problems or http is None or users is None:
+        raise WebConfigError(problems)
+    http2, headers = http
     return WebSecurity(
         path,
         tls=tls,

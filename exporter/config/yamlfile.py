@@ -1,7 +1,7 @@
 """The one gate every YAML file the exporter reads passes: bounded reading, then bounded, strict parsing.
 
-Shared by the config loader (``exporter.settings``) and the web-config loader (``exporter.webconfig``), so
-a hostile file gets the same treatment whichever flag names it:
+Shared by the config loader (``exporter.config.load``) and the web-config loader
+(``exporter.http.toolkit``), so a hostile file gets the same treatment whichever flag names it:
 
 - :func:`read_bytes` reads regular files only (a FIFO, a device or a directory is refused without
   blocking: the path is stat-ed first and opened with ``O_NONBLOCK``), at most ``max_bytes``, within a

@@ -1,6 +1,6 @@
 """The configuration file: YAML in, validated by a pydantic schema, out as the frozen ``exporter.config``.
 
-Pipeline of :func:`load_config`: read the file and parse YAML through :mod:`exporter.yamlstrict` (a
+Pipeline of :func:`load_config`: read the file and parse YAML through :mod:`exporter.config.yamlfile` (a
 regular file of bounded size; duplicate keys, alias bombs and over-deep nesting refused before anything is
 built), interpolate ``${VAR}`` / ``${VAR:-default}`` from the environment in every string value (within a
 budget of characters), check every string (no control characters or lone surrogates, bounded length) and
@@ -25,6 +25,11 @@ Decisions:
 - An empty section (``images:`` with nothing after it) means "use the defaults".
 - ``$$`` writes a literal ``$``; ``${VAR:-default}`` uses the default when VAR is unset *or empty* (as in
   the shell); an unset ``${VAR}`` without a default is an error naming the variable and the field.
+
+
+Why one module of over 400 lines: error collection, interpolation, the cross-field checks and building
+the model are one pipeline over one problem list (each step adds located lines to it and the next step
+sees what the previous refused); the schema it validates against is :mod:`exporter.config.schema`.
 """
 
 from __future__ import annotations
@@ -36,20 +41,19 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, get_args, get_origin
 from urllib.parse import urlsplit
 
-import re2
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-from exporter import yamlstrict
-from exporter.config import (
+from exporter.config import yamlfile
+from exporter.config.model import (
+    RESERVED_PATHS,
     ApiConfig,
     Config,
     CredentialsConfig,
-    CredentialType,
     DiscoveryConfig,
     LimitsConfig,
     RefreshConfig,
@@ -58,6 +62,28 @@ from exporter.config import (
     StatusConfig,
     WatchedImage,
     WebConfig,
+    parse_listen_address,
+)
+from exporter.config.schema import (
+    _BAD_CHARS_RE,
+    _PLAIN_KEY_RE,
+    _SURROGATE_RE,
+    COMMAND_LINE,
+    MAX_COLLECTED,
+    MAX_IMAGES,
+    MAX_PROBLEMS,
+    MAX_STRING_CHARS,
+    MAX_TOTAL_CHARS,
+    ApiIn,
+    ConfigFile,
+    CredentialsIn,
+    DiscoveryIn,
+    ImageIn,
+    LimitsIn,
+    StatusIn,
+    _shown,
+    config_json_schema,
+    file_keys,
 )
 from exporter.logging import register_secret
 
@@ -72,34 +98,6 @@ __all__ = [
     "parse_listen_address",
 ]
 
-# Paths the web server keeps for itself; the telemetry path may not shadow them.
-RESERVED_PATHS = frozenset({"/", "/healthz", "/readyz"})
-COMMAND_LINE = "command line"
-
-_REGION_RE = re.compile(r"^[a-z]{2,}-[a-z0-9-]+$")
-_TELEMETRY_PATH_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$")
-_HOST_RE = re.compile(r"^[A-Za-z0-9._-]+$")
-# No setting has a use for these, and each breaks something downstream: a control character splits a log
-# or error line, a bidi control makes one read differently from what it says (as the API gate drops them),
-# a lone surrogate (from ${VAR} of a non-UTF-8 environment) cannot be encoded into a URL, label or log.
-_BAD_CHARS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
-_PLAIN_RE = re.compile(r"^[\x21-\x7e]{1,64}$")  # what an error line may quote as it is
-# What a location may show of a key: no ':', '[' or ']', so "<file>: <location>: <message>" stays parseable.
-_PLAIN_KEY_RE = re.compile(r"^[\x21-\x39\x3b-\x5a\x5c\x5e-\x7e]{1,64}$")
-MAX_STRING_CHARS = 16_384  # any one string, after interpolation (an STS token is about 1,500)
-MAX_ID_CHARS = 128
-MAX_REGEX_CHARS = 1024
-MAX_TOTAL_CHARS = yamlstrict.MAX_EXPANDED_CHARS  # all strings together, after interpolation
-MAX_LIST_ITEMS = 100_000  # ids in discovery.ids; images are bounded by yamlstrict's caps
-MAX_PROBLEMS = 100  # lines reported: a file with a million bad keys gets a summary, not a million lines
-# Problems collected: validating stops past this, so a mistake repeated through aliases a million times
-# costs neither a million error objects nor the time to build them.
-MAX_COLLECTED = 1000
-MAX_IMAGES = 100_000
-MIN_QPS = 0.01  # calls per second; below it (but above 0, "off") the budget would space calls for hours
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False  # RE2 would print the pattern to stderr, outside the one-line report
 _ENV_RE = re.compile(
     r"\$(?:(?P<dollar>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|(?P<bad>\{))"
 )
@@ -111,294 +109,6 @@ class ConfigError(Exception):
     def __init__(self, errors: Sequence[str]) -> None:
         self.errors: list[str] = list(errors)
         super().__init__("\n".join(self.errors))
-
-
-# --------------------------------------------------------------------------------------------------------
-# Field validators. Messages never quote a value that could be a secret: ids, regions and patterns only,
-# and those only when short and plain (see _shown).
-
-
-def _shown(value: object) -> str:
-    """``'value'`` when it is short printable ASCII, else nothing: never a part of a value (a cut secret)."""
-    return f" {value!r}" if isinstance(value, str) and _PLAIN_RE.match(value) else ""
-
-
-def _region_id(value: str) -> str:
-    if len(value) > 64 or not _REGION_RE.match(value):
-        raise ValueError(f"invalid region id{_shown(value)} (expected lower-case like 'cn-hangzhou')")
-    return value
-
-
-def _image_id(value: str) -> str:
-    if not value:
-        raise ValueError("must not be empty")
-    if any(c.isspace() for c in value):
-        raise ValueError("must not contain whitespace")
-    if len(value) > MAX_ID_CHARS:
-        raise ValueError(f"must be at most {MAX_ID_CHARS} characters")
-    return value
-
-
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value
-
-
-def _regex(value: str) -> str:
-    """A pattern RE2 compiles: the runtime matches names with RE2, in linear time, so no pattern can
-    backtrack catastrophically; what RE2 lacks (backreferences, lookaround) is refused here, not later."""
-    if len(value) > MAX_REGEX_CHARS:
-        raise ValueError(f"must be at most {MAX_REGEX_CHARS} characters")
-    try:
-        re2.compile(value, options=_RE2_OPTIONS)
-    except re2.error as exc:
-        reason = exc.args[0] if exc.args else b""
-        text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
-        shown = " ".join(text.split())[:80]  # RE2 quotes at most the offending operator
-        raise ValueError(f"invalid regular expression (RE2 syntax): {shown}") from None
-    except (UnicodeError, TypeError):  # cannot be UTF-8 encoded; the string check names it first
-        raise ValueError("invalid regular expression (RE2 syntax)") from None
-    return value
-
-
-def _qps(value: float) -> float:
-    if value != 0 and value < MIN_QPS:
-        # A tiny budget spaces calls 1/qps apart: 1e-300 would stall the refresh for ever.
-        raise ValueError(f"must be 0 (no budget) or at least {MIN_QPS}")
-    return value
-
-
-def _http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http:// or https:// URL")
-    return value
-
-
-def _endpoint(value: str) -> str:
-    if "://" in value:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be host[:port] or an http(s)://host[:port] URL")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("must not carry credentials (user:password@)")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError("must not have a path, query or fragment")
-        try:
-            _ = parts.port
-        except ValueError:
-            raise ValueError("invalid port") from None
-        return value
-    parse_listen_address(value, require_host=True)
-    return value
-
-
-def parse_listen_address(value: str, *, require_host: bool = False) -> tuple[str, int]:
-    """Split ``host:port`` (``:9765``, ``0.0.0.0:9765``, ``[::1]:9765``) into ``(host, port)``.
-
-    An empty host means every interface. Raises ValueError with a one-line message.
-    """
-    if value.startswith("["):
-        host, sep, rest = value[1:].partition("]")
-        if not sep or not rest.startswith(":") or ":" not in host:
-            raise ValueError("must be host:port, with an IPv6 host in brackets like [::1]:9765")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = value.rpartition(":")
-        if not sep:
-            if require_host and value and _HOST_RE.match(value):
-                return value, 0  # host alone: the scheme's default port
-            raise ValueError("must be host:port, like ':9765' or '127.0.0.1:9765'")
-        if ":" in host:
-            raise ValueError("an IPv6 host must be in brackets, like [::1]:9765")
-        if host and not _HOST_RE.match(host):
-            raise ValueError("invalid host")
-    if require_host and not host:
-        raise ValueError("must name a host")
-    # ASCII digits only, and few of them: int() takes '٣' and raises on 5,000 digits.
-    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5) or int(port_text) > 65535:
-        raise ValueError("port must be a number from 0 to 65535")
-    return host, int(port_text)
-
-
-def _listen_address(value: str) -> str:
-    parse_listen_address(value)
-    return value
-
-
-def _telemetry_path(value: str) -> str:
-    if len(value) > 1024:
-        raise ValueError("must be at most 1024 characters")
-    if not value.startswith("/"):
-        raise ValueError("must start with '/'")
-    if value in RESERVED_PATHS:
-        raise ValueError(f"must not be {value!r}, which the exporter serves itself")
-    if not _TELEMETRY_PATH_RE.match(value):
-        raise ValueError("must be a plain URL path (no spaces, query or fragment)")
-    return value
-
-
-def _finite(ge: float, le: float) -> Any:
-    """A float field's bounds, inf and nan refused."""
-    return Field(ge=ge, le=le, allow_inf_nan=False)
-
-
-def _within(ge: int, le: int) -> Any:
-    """An integer field's bounds."""
-    return Field(ge=ge, le=le)
-
-
-RegionId = Annotated[str, AfterValidator(_region_id)]
-ImageId = Annotated[str, AfterValidator(_image_id)]
-NonEmptyStr = Annotated[str, AfterValidator(_non_empty)]
-StatusName = Annotated[str, Field(max_length=64), AfterValidator(_non_empty)]
-MAX_REGIONS_PER_IMAGE = 1000  # the most limits.max_regions_per_image may allow
-RegionList = Annotated[list[RegionId], Field(max_length=MAX_REGIONS_PER_IMAGE)]
-FilePath = Annotated[str, Field(max_length=4096), AfterValidator(_non_empty)]
-ImageType = Literal["VM", "Container"]
-ImageCategory = Literal["Public", "Custom"]
-
-
-# --------------------------------------------------------------------------------------------------------
-# The input schema. Defaults come from the runtime dataclasses so the two layers cannot drift.
-
-_RETRY = RetryConfig()
-_API = ApiConfig()
-_DISCOVERY = DiscoveryConfig()
-_REFRESH = RefreshConfig()
-_STATUS = StatusConfig()
-_SHARDING = ShardingConfig()
-_WEB = WebConfig()
-_LIMITS = LimitsConfig()
-
-
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RetryIn(_Schema):
-    """``api.retry``: exponential backoff with full jitter, bounded by attempts and by elapsed time."""
-
-    max_attempts: Annotated[int, _within(1, 20)] = _RETRY.max_attempts
-    base_delay_seconds: Annotated[float, _finite(0, 60)] = _RETRY.base_delay_seconds
-    max_delay_seconds: Annotated[float, _finite(0, 600)] = _RETRY.max_delay_seconds
-    max_elapsed_seconds: Annotated[float, _finite(0.01, 3600)] = _RETRY.max_elapsed_seconds
-
-
-class ApiIn(_Schema):
-    """``api``: where and how fast to call E-HPC Instant."""
-
-    region_id: RegionId = _API.region_id
-    endpoint: Annotated[str, Field(max_length=2048), AfterValidator(_endpoint)] | None = None
-    network: Literal["public", "vpc"] = _API.network
-    protocol: Literal["https", "http"] = _API.protocol
-    ca_file: FilePath | None = None
-    timeout_seconds: Annotated[float, _finite(0.1, 600)] = _API.timeout_seconds
-    connect_timeout_seconds: Annotated[float, _finite(0.1, 600)] = _API.connect_timeout_seconds
-    max_concurrency: Annotated[int, _within(1, 1000)] = _API.max_concurrency
-    qps: Annotated[float, _finite(0, 10_000), AfterValidator(_qps)] = _API.qps
-    max_response_bytes: Annotated[int, _within(1024, 1024**3)] = _API.max_response_bytes
-    retry: RetryIn = RetryIn()
-
-
-class CredentialsIn(_Schema):
-    """``credentials``: explicit credentials; leave the block out for the default chain."""
-
-    type: CredentialType
-    access_key_id: NonEmptyStr | None = None
-    access_key_secret: str | None = None
-    security_token: str | None = None
-    credentials_uri: Annotated[str, AfterValidator(_http_url)] | None = None
-    role_arn: NonEmptyStr | None = None
-    role_session_name: NonEmptyStr | None = None
-    oidc_provider_arn: NonEmptyStr | None = None
-    oidc_token_file: FilePath | None = None
-    role_name: NonEmptyStr | None = None
-
-
-class ImageIn(_Schema):
-    """One entry of ``images``."""
-
-    id: ImageId
-    type: ImageType = "VM"
-    category: ImageCategory | None = None
-    additional_regions: RegionList = []
-
-
-class DiscoveryIn(_Schema):
-    """``discovery``: also watch what ListImages finds."""
-
-    enabled: bool = _DISCOVERY.enabled
-    type: ImageType | None = None
-    category: ImageCategory | None = None
-    name_regex: Annotated[str, AfterValidator(_regex)] | None = None
-    ids: Annotated[list[ImageId], Field(max_length=MAX_LIST_ITEMS)] = []
-    additional_regions: RegionList = []
-    page_size: Annotated[int, _within(1, 100)] = _DISCOVERY.page_size
-    max_pages: Annotated[int, _within(1, 100_000)] = _DISCOVERY.max_pages
-
-
-class RefreshIn(_Schema):
-    """``refresh``: the refresh loop's cadence."""
-
-    # At least a second: a tiny interval (5e-324) turns the loop into thousands of cycles a second.
-    interval_seconds: Annotated[float, _finite(1, 86_400)] = _REFRESH.interval_seconds
-    jitter_ratio: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = _REFRESH.jitter_ratio
-    image_timeout_seconds: Annotated[float, _finite(0.1, 3600)] = _REFRESH.image_timeout_seconds
-
-
-class StatusIn(_Schema):
-    """``status``: which statuses are healthy and which every state set carries."""
-
-    healthy: Annotated[list[StatusName], Field(min_length=1, max_length=100)] = list(_STATUS.healthy)
-    replication_healthy: Annotated[list[StatusName], Field(min_length=1, max_length=100)] = list(
-        _STATUS.replication_healthy
-    )
-    vocabulary: Annotated[list[StatusName], Field(max_length=100)] = list(_STATUS.vocabulary)
-
-
-class ShardingIn(_Schema):
-    """``sharding``: this replica keeps the images with hash(image_id) mod shards == shard."""
-
-    shards: Annotated[int, _within(1, 1000)] = _SHARDING.shards
-    shard: Annotated[int, _within(0, 999)] = _SHARDING.shard
-
-
-class LimitsIn(_Schema):
-    """``limits``: bounds on what API answers can make the exporter publish (see LimitsConfig)."""
-
-    max_error_codes: Annotated[int, _within(0, 10_000)] = _LIMITS.max_error_codes
-    max_regions_per_image: Annotated[int, _within(1, MAX_REGIONS_PER_IMAGE)] = _LIMITS.max_regions_per_image
-
-
-class WebIn(_Schema):
-    """``web``: the exporter's own HTTP server."""
-
-    listen_address: Annotated[str, Field(max_length=300), AfterValidator(_listen_address)] = (
-        _WEB.listen_address
-    )
-    telemetry_path: Annotated[str, AfterValidator(_telemetry_path)] = _WEB.telemetry_path
-    config_file: FilePath | None = None
-
-
-class ConfigFile(_Schema):
-    """The whole file. Validation runs section by section (so one bad section hides nothing else)."""
-
-    api: ApiIn = ApiIn()
-    credentials: CredentialsIn | None = None
-    images: list[ImageIn] = []
-    discovery: DiscoveryIn = DiscoveryIn()
-    refresh: RefreshIn = RefreshIn()
-    status: StatusIn = StatusIn()
-    sharding: ShardingIn = ShardingIn()
-    limits: LimitsIn = LimitsIn()
-    web: WebIn = WebIn()
-
-
-def config_json_schema() -> dict[str, Any]:
-    """The JSON Schema of the configuration file (for editors and the Helm chart)."""
-    return ConfigFile.model_json_schema()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -441,7 +151,7 @@ def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
             continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
-        field = current.model_fields.get(part)
+        field = file_keys(current).get(part)
         if field is None:
             return None
         current = _unwrap_model(field.annotation)
@@ -503,7 +213,7 @@ def _describe(err: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
         holder = _model_at(model, loc[:-1])
         key = loc[-1]
         if holder is not None and isinstance(key, str):
-            close = _close_match(key, list(holder.model_fields))
+            close = _close_match(key, list(file_keys(holder)))
             if close:
                 return f"unknown key (did you mean '{close[0]}'?)"
         return "unknown key"
@@ -602,11 +312,11 @@ def _check_tree(
 ) -> Any:
     """Interpolate every string value and check every scalar the schema cannot judge on its own.
 
-    Recursive, but yamlstrict has already bounded the depth (32) and the expanded size of the tree.
+    Recursive, but yamlfile has already bounded the depth (32) and the expanded size of the tree.
     """
     if isinstance(value, str):
         return _check_string(value, loc, env, budget, problems)
-    if isinstance(value, yamlstrict.OversizedInt):
+    if isinstance(value, yamlfile.OversizedInt):
         _add(problems, _Problem(loc, f"number too large ({value.chars} characters)"))
         return None
     if isinstance(value, dict):
@@ -655,14 +365,14 @@ def _key(key: Any) -> str:
 
 def _read_yaml(path: str) -> Any:
     try:
-        text = yamlstrict.read_bytes(path).decode("utf-8")
-    except yamlstrict.ReadError as exc:
+        text = yamlfile.read_bytes(path).decode("utf-8")
+    except yamlfile.ReadError as exc:
         raise ConfigError([f"{path}: cannot read config file: {exc.reason}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: cannot read config file: not UTF-8 text"]) from None
     try:
-        return yamlstrict.load(text)
-    except yamlstrict.ExpansionError as exc:
+        return yamlfile.load(text)
+    except yamlfile.ExpansionError as exc:
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
         # The first few steps of the path say where; nesting 200 deep would otherwise print 200 of them.
@@ -734,10 +444,10 @@ def _check_region_counts(sections: Mapping[str, Any]) -> list[_Problem]:
     out = [
         _Problem(("images", i, "additional_regions"), message)
         for i, image in enumerate(sections.get("images") or [])
-        if len(image.additional_regions) > most
+        if len(image.additional_region_ids) > most
     ]
     discovery: DiscoveryIn | None = sections.get("discovery")
-    if discovery is not None and len(discovery.additional_regions) > most:
+    if discovery is not None and len(discovery.additional_region_ids) > most:
         out.append(_Problem(("discovery", "additional_regions"), message))
     return out
 
@@ -799,55 +509,26 @@ def _merge_vocabulary(status: StatusIn) -> StatusConfig:
     )
 
 
+def _fields(section: BaseModel) -> dict[str, Any]:
+    """A validated section as runtime constructor arguments: the schema's field names are the runtime
+    model's (file keys are aliases), and lists become the tuples the frozen model holds."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in section.model_dump().items()}
+
+
 def _build(sections: Mapping[str, Any]) -> Config:
     api: ApiIn = sections["api"]
     creds: CredentialsIn | None = sections["credentials"]
     images: list[ImageIn] = sections["images"]
-    discovery: DiscoveryIn = sections["discovery"]
-    refresh: RefreshIn = sections["refresh"]
-    sharding: ShardingIn = sections["sharding"]
-    web: WebIn = sections["web"]
     return Config(
-        api=ApiConfig(
-            region_id=api.region_id,
-            endpoint=api.endpoint,
-            network=api.network,
-            protocol=api.protocol,
-            ca_file=api.ca_file,
-            timeout_seconds=api.timeout_seconds,
-            connect_timeout_seconds=api.connect_timeout_seconds,
-            max_concurrency=api.max_concurrency,
-            qps=api.qps,
-            max_response_bytes=api.max_response_bytes,
-            retry=RetryConfig(**api.retry.model_dump()),
-        ),
-        credentials=None if creds is None else CredentialsConfig(**creds.model_dump()),
-        images=tuple(
-            WatchedImage(
-                image_id=i.id,
-                image_type=i.type,
-                image_category=i.category,
-                additional_region_ids=tuple(i.additional_regions),
-            )
-            for i in images
-        ),
-        discovery=DiscoveryConfig(
-            enabled=discovery.enabled,
-            image_type=discovery.type,
-            image_category=discovery.category,
-            name_regex=discovery.name_regex,
-            image_ids=tuple(discovery.ids),
-            additional_region_ids=tuple(discovery.additional_regions),
-            page_size=discovery.page_size,
-            max_pages=discovery.max_pages,
-        ),
-        refresh=RefreshConfig(**refresh.model_dump()),
+        api=ApiConfig(**{**_fields(api), "retry": RetryConfig(**_fields(api.retry))}),
+        credentials=None if creds is None else CredentialsConfig(**_fields(creds)),
+        images=tuple(WatchedImage(**_fields(i)) for i in images),
+        discovery=DiscoveryConfig(**_fields(sections["discovery"])),
+        refresh=RefreshConfig(**_fields(sections["refresh"])),
         status=_merge_vocabulary(sections["status"]),
-        sharding=ShardingConfig(shards=sharding.shards, shard=sharding.shard),
-        limits=LimitsConfig(**sections["limits"].model_dump()),
-        web=WebConfig(
-            listen_address=web.listen_address, telemetry_path=web.telemetry_path, config_file=web.config_file
-        ),
+        sharding=ShardingConfig(**_fields(sections["sharding"])),
+        limits=LimitsConfig(**_fields(sections["limits"])),
+        web=WebConfig(**_fields(sections["web"])),
     )
 
 

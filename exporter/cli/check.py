@@ -1,0 +1,106 @@
+"""``check``: one refresh, a table (or JSON) of every verdict, worst first; the exit code for CI and cron."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from exporter.config import Config
+from exporter.config.load import ConfigError, load_config
+from exporter.logging import configure_logging
+from exporter.redaction import scrub
+from exporter.view import HEALTH_ORDER, ImageView
+
+if TYPE_CHECKING:
+    from exporter.snapshot import Snapshot
+
+from exporter.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, _print_errors
+
+log = structlog.get_logger("ehpc.cli")
+
+# --------------------------------------------------------------------------------------------------------
+# check
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    configure_logging(args.log_format, args.log_level)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        _print_errors(exc.errors)
+        return EXIT_CONFIG
+    snapshot = asyncio.run(_refresh_once(config))
+    rows = [_gated(_check_row(view)) for view in snapshot.views.values()]
+    discovery = snapshot.discovery
+    if args.output == "json":
+        doc: dict[str, Any] = {"images": rows}
+        if discovery is not None:
+            doc["discovery"] = _gated(
+                {"up": discovery.up, "discovered": discovery.discovered, "error": discovery.error_code}
+            )
+        print(json.dumps(doc, indent=2))
+    else:
+        _print_table(rows, snapshot)
+    # Not healthy: any image that is not, or a discovery that failed (its images may be unwatched).
+    bad = [row for row in rows if not row["ok"]]
+    return EXIT_FAILURE if bad or snapshot.discovery_failed else EXIT_OK
+
+
+async def _refresh_once(config: Config) -> Snapshot:
+    from exporter.service import ExporterService
+
+    service = ExporterService(config)
+    try:
+        return await service.refresh_once()
+    finally:
+        await service.stop()
+
+
+def _gated(value: Any) -> Any:
+    """``value`` with every string, keys included, through the output gate (what ``check`` prints)."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, Mapping):
+        return {_gated(k): _gated(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_gated(v) for v in value]
+    return value
+
+
+def _check_row(view: ImageView) -> dict[str, Any]:
+    """One image's verdict as ``check`` prints it (the same verdict the metrics and the page show)."""
+    return {
+        "image_id": view.image_id,
+        "health": str(view.health),
+        "status": view.status,
+        "regions": {r.region: r.status if r.status is not None else str(r.health) for r in view.replicas},
+        "last_error": view.error_code,
+        "ok": view.healthy,
+        "problems": view.problems,
+    }
+
+
+def _print_table(rows: Sequence[Mapping[str, Any]], snapshot: Snapshot) -> None:
+    header = ("IMAGE", "HEALTH", "STATUS", "REGIONS", "LAST ERROR")
+    table = [header]
+    rank = {str(h): i for i, h in enumerate(HEALTH_ORDER)}
+    for row in sorted(rows, key=lambda r: (rank[r["health"]], r["image_id"])):
+        regions = " ".join(f"{r}:{s}" for r, s in row["regions"].items()) or "-"
+        table.append(
+            (row["image_id"], row["health"], row["status"] or "-", regions, row["last_error"] or "-")
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip())
+    counts = ", ".join(f"{n} {h}" for h, n in snapshot.health_counts().items())
+    print(f"{len(rows)} images: {counts}")
+    discovery = snapshot.discovery
+    if discovery is not None and not discovery.up:
+        print(f"discovery FAILED ({scrub(discovery.error_code or '?')}): kept {discovery.discovered} images")
+    elif discovery is not None:
+        print(f"discovery ok: {discovery.discovered} images")

@@ -1,0 +1,127 @@
+"""What the subcommands share: exit codes, loading the config for a command, signals, the stop deadline."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
+
+import structlog
+
+from exporter.config import STOP_TIMEOUT_SECONDS, Config
+from exporter.config.load import ConfigError, load_config
+
+log = structlog.get_logger("ehpc.cli")
+
+if TYPE_CHECKING:
+    from exporter.service import ExporterService
+
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+# --------------------------------------------------------------------------------------------------------
+# Shared helpers.
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "web.listen_address": args.web_listen_address,
+        "web.telemetry_path": args.web_telemetry_path,
+        "web.config_file": args.web_config_file,
+    }
+
+
+def _web_config_errors(config: Config) -> list[str]:
+    """The web config file's problems, if it has any (it is read at start and on reload)."""
+    if config.web.config_file is None:
+        return []
+    from exporter.http.toolkit import WebConfigError, load_web_security
+
+    try:
+        load_web_security(config.web.config_file)
+    except WebConfigError as exc:  # one line per problem, each naming the file and the field
+        return exc.errors or [f"{config.web.config_file}: invalid web config"]
+    except ValueError:  # not expected: whatever else refused the file still names it, quoting nothing
+        return [f"{config.web.config_file}: invalid web config"]
+    return []
+
+
+def _load(path: str | None, overrides: Mapping[str, Any]) -> Config:
+    """The config file and the web config file it names, both validated; raises ConfigError."""
+    config = load_config(path, overrides)
+    errors = _web_config_errors(config)
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def _summary(config: Config) -> str:
+    discovery = "discovery on" if config.discovery.enabled else "discovery off"
+    shard = (
+        f", shard {config.sharding.shard} of {config.sharding.shards}" if config.sharding.shards > 1 else ""
+    )
+    count = len(config.images)
+    return (
+        f"{count} image{'s' if count != 1 else ''}, {discovery}, refresh every"
+        f" {config.refresh.interval_seconds:g}s{shard}, listen {config.web.listen_address}"
+        f"{config.web.telemetry_path}"
+    )
+
+
+def _print_errors(errors: Sequence[str], stream: TextIO | None = None) -> None:
+    for line in errors:
+        print(line, file=stream or sys.stderr)
+
+
+@contextlib.contextmanager
+def _signal_handlers(stopping: asyncio.Event, on_reload: Callable[[], None] | None = None) -> Iterator[None]:
+    """SIGTERM/SIGINT set ``stopping`` (a second one is only logged); SIGHUP calls ``on_reload``."""
+    loop = asyncio.get_running_loop()
+
+    def stop(sig: signal.Signals) -> None:
+        log.info("already_stopping" if stopping.is_set() else "stopping", signal=sig.name)
+        stopping.set()
+
+    def hup() -> None:
+        if on_reload is not None and not stopping.is_set():
+            on_reload()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop, sig)
+    loop.add_signal_handler(signal.SIGHUP, hup)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+async def _stop_within_deadline(stop: Callable[[], Awaitable[Any]]) -> int:
+    """Run ``stop`` within the one stop deadline (the service's); the exit code says whether it made it."""
+    try:
+        async with asyncio.timeout(STOP_TIMEOUT_SECONDS):
+            await stop()
+    except TimeoutError:
+        log.error("stop_timeout", seconds=STOP_TIMEOUT_SECONDS)
+        return EXIT_FAILURE
+    log.info("stopped")
+    return EXIT_OK
+
+
+async def _start(service: ExporterService) -> bool:
+    """Start ``service``; log and clean up on failure (port taken, bad address)."""
+    try:
+        await service.start()
+    except (OSError, ValueError) as exc:
+        log.error("start_failed", error=str(exc))
+        with contextlib.suppress(Exception):
+            await service.stop()
+        return False
+    return True

@@ -1,0 +1,198 @@
+"""``run`` (serve; reload on SIGHUP; stop on SIGTERM), ``demo`` and ``simulate``: the long-running ones."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from exporter import __version__
+from exporter.config import Config
+from exporter.config.load import ConfigError, config_warnings
+from exporter.logging import configure_logging
+
+if TYPE_CHECKING:
+    from exporter.service import ExporterService
+
+from exporter.cli.common import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_OK,
+    _load,
+    _overrides,
+    _print_errors,
+    _signal_handlers,
+    _start,
+    _stop_within_deadline,
+    _summary,
+)
+
+log = structlog.get_logger("ehpc.cli")
+
+# --------------------------------------------------------------------------------------------------------
+# run
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    overrides = _overrides(args)
+    if args.check_config:
+        try:
+            config = _load(args.config, overrides)
+        except ConfigError as exc:
+            _print_errors(exc.errors)
+            return EXIT_CONFIG
+        for warning in config_warnings(config):
+            print(f"warning: {warning}", file=sys.stderr)
+        print(f"config OK: {_summary(config)}")
+        return EXIT_OK
+
+    configure_logging(args.log_format, args.log_level)
+    try:
+        config = _load(args.config, overrides)
+    except ConfigError as exc:
+        for line in exc.errors:
+            log.error("config_invalid", error=line)
+        return EXIT_CONFIG
+    for warning in config_warnings(config):
+        log.warning("config_warning", warning=warning)
+    return asyncio.run(_run(config, args.config, overrides))
+
+
+async def _run(config: Config, path: str | None, overrides: Mapping[str, Any]) -> int:
+    from exporter.service import ExporterService
+
+    service = ExporterService(config)
+    lock = asyncio.Lock()
+    reloads: set[asyncio.Task[None]] = set()
+    stopping = asyncio.Event()
+
+    async def reload() -> None:
+        async with lock:  # SIGHUPs in a burst apply one after the other, the last file wins
+            await _reload(service, path, overrides)
+
+    def on_hup() -> None:
+        task = asyncio.get_running_loop().create_task(reload())
+        reloads.add(task)  # keep a reference until done, or the task may be collected mid-flight
+        task.add_done_callback(reloads.discard)
+
+    async def stop() -> None:
+        for task in list(reloads):
+            task.cancel()
+        await asyncio.gather(*reloads, return_exceptions=True)
+        await service.stop()
+
+    # Handlers first: a signal that arrives while binding is handled like any other.
+    with _signal_handlers(stopping, on_hup):
+        if not await _start(service):
+            return EXIT_FAILURE
+        log.info("started", version=__version__, url=service.url, config=path, **_counts(config))
+        await stopping.wait()
+        return await _stop_within_deadline(stop)
+
+
+async def _reload(service: ExporterService, path: str | None, overrides: Mapping[str, Any]) -> None:
+    """Re-read the config for SIGHUP; any failure keeps the running config and records the reload as failed.
+
+    A load failure is recorded here; once the file loaded, ``service.reload`` records the outcome (once).
+    """
+    log.info("config_reloading", config=path)
+    try:
+        config = await asyncio.to_thread(_load, path, overrides)
+    except ConfigError as exc:
+        errors = exc.errors
+    except Exception as exc:  # whatever else the loader raises is still a failed reload, never a silent 1
+        # The type only: an exception's text can quote what it choked on, which may be a secret.
+        errors = [f"{path or 'command line'}: cannot load the config ({type(exc).__name__})"]
+    else:
+        errors = []
+    if errors:
+        for line in errors:
+            log.error("config_reload_failed", error=line)
+        service.record_reload(False)
+        return
+    try:
+        await service.reload(config)
+    except Exception as exc:  # recorded by service.reload; the running config stays
+        log.error("config_reload_failed", error=f"cannot apply the config ({type(exc).__name__})")
+        return
+    for warning in config_warnings(config):
+        log.warning("config_warning", warning=warning)
+
+
+def _counts(config: Config) -> dict[str, Any]:
+    # The configured images only: discovery's are not known before its first run (refresh_done says).
+    return {
+        "static_images": len(config.images),
+        "discovery": config.discovery.enabled,
+        "interval_seconds": config.refresh.interval_seconds,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# demo, simulate
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    configure_logging(args.log_format, args.log_level)
+    return asyncio.run(_demo(args))
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from exporter.demo import run_demo
+
+    stopping = asyncio.Event()
+    with _signal_handlers(stopping):
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                demo = await stack.enter_async_context(
+                    run_demo(
+                        listen_address=args.web_listen_address,
+                        simulator_listen_address=args.simulator_listen_address,
+                        images=args.images,
+                        interval_seconds=args.interval,
+                        seed=args.seed,
+                    )
+                )
+            except (OSError, ValueError) as exc:  # a port is taken, an address does not parse
+                log.error("start_failed", error=str(exc))
+                return EXIT_FAILURE
+            print(f"simulator: {demo.simulator_url}  (admin API: {demo.simulator_url}/_sim/images)")
+            print(f"exporter:  {demo.metrics_url}")
+            sys.stdout.flush()
+            await stopping.wait()
+            return await _stop_within_deadline(stack.aclose)
+    return EXIT_OK  # pragma: no cover - the with-block always returns
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    configure_logging(getattr(args, "log_format", None), getattr(args, "log_level", "info"))
+    return asyncio.run(_simulate(args))
+
+
+async def _simulate(args: argparse.Namespace) -> int:
+    from exporter.simulator.cli import run_simulate
+
+    stopping = asyncio.Event()
+    with _signal_handlers(stopping):
+        task = asyncio.create_task(run_simulate(args))
+        waiter = asyncio.create_task(stopping.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if task.done():  # it ended on its own: it could not start
+            exc = task.exception()
+            if exc is not None:
+                log.error("start_failed", error=str(exc))
+                return EXIT_FAILURE
+            return EXIT_OK
+        task.cancel()
+
+        async def finish() -> None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        return await _stop_within_deadline(finish)

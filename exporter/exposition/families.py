@@ -1,0 +1,434 @@
+"""The family table: every metric family the exporter exposes, declared once (name, type, help, samples).
+
+In the spirit of kube-state-metrics' ``FamilyGenerator``: a family is one :class:`MetricSpec` (name, type,
+help text, label names in the order its samples give values) plus, for the snapshot part, a function from
+its input to its samples. The fast renderer, the reference collector and the headers of both formats all
+read this table; nothing else spells a family out. Label names are listed once, in any order: the
+renderers sort them as ``prometheus_client`` does. :func:`with_labels` adds labels to every family of a
+table (the place identity labels such as ``account`` or ``region_id`` go).
+
+Series semantics (chosen for alerting; the sample functions below are the one place they are decided):
+
+* a healthy image: info, status state set, available, size, created, replication, ``up 1``, last success;
+* a **failing** image (any error but ``ImageNotFound``): its last good data keeps being served (status,
+  replication, info) so dashboards keep context, with ``up 0`` and ``last_error_info{code} 1``; alert on
+  ``up`` and on ``time() - last_success`` for staleness;
+* a **missing** image (``ImageNotFound``): info, size and created stay for context, but the status and
+  replication state sets are all 0 and ``available`` / ``replication_available`` are 0: the image is gone,
+  so "image not available" alerts fire without a special case;
+* an image that never answered (and is not missing): only ``up 0`` and ``last_error_info``;
+* a replication region that was asked for (``additional_regions``) but is absent from the answer:
+  state set all 0 and ``replication_available 0`` (the copy is not there);
+* an empty ``Status`` is exposed as ``status="Unknown"``; a status outside the configured vocabulary gets
+  its own label value next to the vocabulary;
+* the refresh gauges (``ehpc_watched_images``, ``ehpc_refresh_*``) and the discovery gauges have no
+  sample before the first cycle; the discovery gauges none while discovery is off.
+
+Additions to the product contract: ``ehpc_config_last_reload_successful``,
+``ehpc_config_last_reload_success_timestamp_seconds``, ``ehpc_refresh_overruns_total``, and the standard
+``process_*`` / ``python_gc_*`` collectors of ``prometheus_client`` (optional).
+
+Why one module of over 400 lines: it is the table of every family, one entry each, by design (adding a
+family or a label is one entry here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Generic, Literal, NamedTuple, TypeVar
+
+from exporter.redaction import scrub
+from exporter.snapshot import ImageFacts, ImageState, Snapshot
+from exporter.view import Health, ImageView, ReplicaHealth
+
+__all__ = [
+    "IMAGE_FAMILIES",
+    "SELF_SPECS",
+    "SNAPSHOT_FAMILIES",
+    "SNAPSHOT_METRICS",
+    "SPECS",
+    "TABLE",
+    "Family",
+    "FamilyTable",
+    "ImageInput",
+    "MetricName",
+    "MetricSpec",
+    "Sample",
+    "with_labels",
+]
+
+
+class MetricName(StrEnum):
+    """Every metric name the exporter exposes (exposition names, counters with ``_total``)."""
+
+    IMAGE_INFO = "ehpc_image_info"
+    IMAGE_STATUS = "ehpc_image_status"
+    IMAGE_AVAILABLE = "ehpc_image_available"
+    IMAGE_SIZE_BYTES = "ehpc_image_size_bytes"
+    IMAGE_CREATED = "ehpc_image_created_timestamp_seconds"
+    IMAGE_REPLICATION_STATUS = "ehpc_image_replication_status"
+    IMAGE_REPLICATION_AVAILABLE = "ehpc_image_replication_available"
+    IMAGE_UP = "ehpc_image_up"
+    IMAGE_LAST_SUCCESS = "ehpc_image_last_success_timestamp_seconds"
+    IMAGE_LAST_ERROR = "ehpc_image_last_error_info"
+    WATCHED_IMAGES = "ehpc_watched_images"
+    REFRESH_DURATION = "ehpc_refresh_duration_seconds"
+    REFRESH_LAST_SUCCESS = "ehpc_refresh_last_success_timestamp_seconds"
+    DISCOVERY_UP = "ehpc_discovery_up"
+    DISCOVERY_LAST_SUCCESS = "ehpc_discovery_last_success_timestamp_seconds"
+    DISCOVERED_IMAGES = "ehpc_discovered_images"
+    API_REQUESTS = "ehpc_api_requests_total"
+    API_ERRORS = "ehpc_api_errors_total"
+    API_REQUEST_DURATION = "ehpc_api_request_duration_seconds"
+    API_IGNORED_VALUES = "ehpc_api_ignored_values_total"
+    REFRESH_OVERRUNS = "ehpc_refresh_overruns_total"
+    CONFIG_RELOAD_SUCCESSFUL = "ehpc_config_last_reload_successful"
+    CONFIG_RELOAD_TIMESTAMP = "ehpc_config_last_reload_success_timestamp_seconds"
+    BUILD_INFO = "ehpc_exporter_build_info"
+
+
+MetricType = Literal["gauge", "counter", "histogram"]
+# One sample: its label values in the order of the family's label names, and its value.
+Sample = tuple[tuple[str, ...], float]
+In = TypeVar("In")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """Name, type, help text and label names (in the order samples give their values) of one family."""
+
+    name: str  # a MetricName for the exporter's own; a plain string for a family added elsewhere
+    type: MetricType
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Family(Generic[In]):
+    """A family of the snapshot part: its spec and the function from its input to its samples."""
+
+    spec: MetricSpec
+    samples: Callable[[In], Iterable[Sample]]
+    # Its samples change every cycle (a timestamp): rendered afresh each time, never cached per image.
+    volatile: bool = False
+
+
+class ImageInput(NamedTuple):
+    """What the series of one image are computed from: its verdict, its last good facts, its last success."""
+
+    view: ImageView
+    facts: ImageFacts | None
+    last_success: float | None  # changes every cycle: only volatile families may read it
+
+    @classmethod
+    def of(cls, state: ImageState, snapshot: Snapshot) -> ImageInput:
+        """The input of ``state``, an image of ``snapshot`` (whose verdict it reads)."""
+        return cls(snapshot.views[state.image_id], state.image, state.last_success)
+
+
+class FamilyTable(NamedTuple):
+    """The families of the snapshot part in exposition order: per image first, then snapshot-wide."""
+
+    images: tuple[Family[ImageInput], ...]
+    snapshot: tuple[Family[Snapshot], ...]
+
+    @property
+    def specs(self) -> tuple[MetricSpec, ...]:
+        """Every family's spec, in exposition order."""
+        return (*(f.spec for f in self.images), *(f.spec for f in self.snapshot))
+
+
+def with_labels(table: FamilyTable, labels: Mapping[str, str]) -> FamilyTable:
+    """``table`` with ``labels`` (name -> value) added to every sample of every family.
+
+    The one place identity labels (an account, a region) join the exposition: the renderers sort label
+    names, so where they are added does not matter.
+    """
+    names, values = tuple(labels), tuple(labels.values())
+
+    def wrap(family: Family[In]) -> Family[In]:
+        inner = family.samples
+
+        def samples(source: In) -> Iterable[Sample]:
+            return [((*values, *v), x) for v, x in inner(source)]
+
+        return replace(
+            family, spec=replace(family.spec, labels=(*names, *family.spec.labels)), samples=samples
+        )
+
+    return FamilyTable(tuple(map(wrap, table.images)), tuple(map(wrap, table.snapshot)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Per image: the samples of one image, from its ImageInput.
+
+
+def _info(i: ImageInput) -> Iterable[Sample]:
+    f = i.facts
+    if f is None:
+        return ()
+    # Every label value passes the output gate: here, or in the view for ids, statuses and regions.
+    values = (f.name, f.version, f.image_type, f.app_id, f.os_tag, f.platform, f.architecture, f.registry_url)
+    return (((i.view.image_id, *map(scrub, values)), 1.0),)
+
+
+def _status(i: ImageInput) -> Iterable[Sample]:
+    iid = i.view.image_id
+    return [((iid, status), v) for status, v in i.view.states]
+
+
+def _available(i: ImageInput) -> Iterable[Sample]:
+    return () if i.view.available is None else (((i.view.image_id,), i.view.available),)
+
+
+def _size(i: ImageInput) -> Iterable[Sample]:
+    if i.facts is None or i.facts.size_bytes is None:
+        return ()
+    return (((i.view.image_id,), float(i.facts.size_bytes)),)
+
+
+def _created(i: ImageInput) -> Iterable[Sample]:
+    if i.facts is None or i.facts.create_time is None:
+        return ()
+    return (((i.view.image_id,), i.facts.create_time.timestamp()),)
+
+
+def _has_replicas(i: ImageInput) -> bool:
+    # An image that never answered (and is not missing) has no replication series: nothing is known.
+    return i.facts is not None or i.view.health is Health.MISSING
+
+
+def _replication_status(i: ImageInput) -> Iterable[Sample]:
+    if not _has_replicas(i):
+        return ()
+    iid = i.view.image_id
+    return [((iid, r.region, status), v) for r in i.view.replicas for status, v in r.states]
+
+
+def _replication_available(i: ImageInput) -> Iterable[Sample]:
+    if not _has_replicas(i):
+        return ()
+    iid = i.view.image_id
+    return [((iid, r.region), 1.0 if r.health is ReplicaHealth.AVAILABLE else 0.0) for r in i.view.replicas]
+
+
+def _up(i: ImageInput) -> Iterable[Sample]:
+    # Up: the last GetImage succeeded (an error code is set exactly while the last one failed).
+    up = i.facts is not None and i.view.error_code is None
+    return (((i.view.image_id,), 1.0 if up else 0.0),)
+
+
+def _last_success(i: ImageInput) -> Iterable[Sample]:
+    return () if i.last_success is None else (((i.view.image_id,), i.last_success),)
+
+
+def _last_error(i: ImageInput) -> Iterable[Sample]:
+    code = i.view.error_code
+    return () if code is None else (((i.view.image_id, code), 1.0),)
+
+
+# --------------------------------------------------------------------------------------------------
+# Snapshot-wide: one sample at most, from the snapshot.
+
+
+def _after_first_cycle(value: Callable[[Snapshot], float | None]) -> Callable[[Snapshot], Iterable[Sample]]:
+    """A family with one unlabelled sample, ``value(snapshot)``, absent before the first cycle or if None."""
+
+    def samples(snapshot: Snapshot) -> Iterable[Sample]:
+        if snapshot.refreshed_at is None:
+            return ()
+        v = value(snapshot)
+        return () if v is None else (((), v),)
+
+    return samples
+
+
+def _discovery_up(s: Snapshot) -> float | None:
+    return None if s.discovery is None else (1.0 if s.discovery.up else 0.0)
+
+
+def _discovery_last_success(s: Snapshot) -> float | None:
+    return None if s.discovery is None else s.discovery.last_success
+
+
+def _discovered(s: Snapshot) -> float | None:
+    return None if s.discovery is None else float(s.discovery.discovered)
+
+
+_M = MetricName
+_IMAGE_ID = ("image_id",)
+
+IMAGE_FAMILIES: tuple[Family[ImageInput], ...] = (
+    Family(
+        MetricSpec(
+            _M.IMAGE_INFO,
+            "gauge",
+            "Static facts about a watched image, always 1 (from the last successful GetImage).",
+            (
+                "image_id",
+                "name",
+                "version",
+                "image_type",
+                "app_id",
+                "os_tag",
+                "platform",
+                "architecture",
+                "registry_url",
+            ),
+        ),
+        _info,
+    ),
+    Family(
+        MetricSpec(
+            _M.IMAGE_STATUS,
+            "gauge",
+            "Image status as a state set: 1 for the current status, 0 for every other known status.",
+            ("image_id", "status"),
+        ),
+        _status,
+    ),
+    Family(
+        MetricSpec(
+            _M.IMAGE_AVAILABLE,
+            "gauge",
+            "1 if the image status is in the configured healthy set, 0 otherwise or while it is missing.",
+            _IMAGE_ID,
+        ),
+        _available,
+    ),
+    Family(MetricSpec(_M.IMAGE_SIZE_BYTES, "gauge", "Image size in bytes.", _IMAGE_ID), _size),
+    Family(
+        MetricSpec(_M.IMAGE_CREATED, "gauge", "Image creation time as Unix seconds.", _IMAGE_ID), _created
+    ),
+    Family(
+        MetricSpec(
+            _M.IMAGE_REPLICATION_STATUS,
+            "gauge",
+            "Status of the image copy in another region as a state set (all 0 when there is no copy).",
+            ("image_id", "replication_region", "status"),
+        ),
+        _replication_status,
+    ),
+    Family(
+        MetricSpec(
+            _M.IMAGE_REPLICATION_AVAILABLE,
+            "gauge",
+            "1 if the image copy in that region is usable, 0 otherwise.",
+            ("image_id", "replication_region"),
+        ),
+        _replication_available,
+    ),
+    Family(
+        MetricSpec(_M.IMAGE_UP, "gauge", "1 if the last GetImage for this image succeeded.", _IMAGE_ID), _up
+    ),
+    Family(
+        MetricSpec(
+            _M.IMAGE_LAST_SUCCESS,
+            "gauge",
+            "Unix time of the last successful GetImage for this image.",
+            _IMAGE_ID,
+        ),
+        _last_success,
+        volatile=True,
+    ),
+    Family(
+        MetricSpec(
+            _M.IMAGE_LAST_ERROR,
+            "gauge",
+            "Error code of the last failed GetImage, always 1, present while the image is failing.",
+            ("image_id", "code"),
+        ),
+        _last_error,
+    ),
+)
+
+SNAPSHOT_FAMILIES: tuple[Family[Snapshot], ...] = (
+    Family(
+        MetricSpec(_M.WATCHED_IMAGES, "gauge", "Images in the watched set (after discovery and sharding)."),
+        _after_first_cycle(lambda s: float(len(s.images))),
+    ),
+    Family(
+        MetricSpec(_M.REFRESH_DURATION, "gauge", "Duration of the last refresh cycle in seconds."),
+        _after_first_cycle(lambda s: float(s.duration_seconds or 0.0)),
+    ),
+    Family(
+        MetricSpec(_M.REFRESH_LAST_SUCCESS, "gauge", "Unix time the last completed refresh cycle ended."),
+        _after_first_cycle(lambda s: s.refreshed_at),
+    ),
+    Family(
+        MetricSpec(
+            _M.DISCOVERY_UP,
+            "gauge",
+            "1 if the last ListImages discovery succeeded, 0 if it failed (absent while discovery is off).",
+        ),
+        _after_first_cycle(_discovery_up),
+    ),
+    Family(
+        MetricSpec(
+            _M.DISCOVERY_LAST_SUCCESS, "gauge", "Unix time of the last successful ListImages discovery."
+        ),
+        _after_first_cycle(_discovery_last_success),
+    ),
+    Family(
+        MetricSpec(
+            _M.DISCOVERED_IMAGES,
+            "gauge",
+            "Images found by discovery (the last good set while it fails), before sharding.",
+        ),
+        _after_first_cycle(_discovered),
+    ),
+)
+
+# The families of the self part (rendered per scrape by exporter.exposition.selfmetrics).
+SELF_SPECS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        _M.API_REQUESTS, "counter", "E-HPC Instant API calls made, each retry attempt counted.", ("action",)
+    ),
+    MetricSpec(
+        _M.API_ERRORS,
+        "counter",
+        "Failed E-HPC Instant API calls by error code and HTTP status (0: no HTTP answer).",
+        ("action", "code", "http_status"),
+    ),
+    MetricSpec(
+        _M.API_REQUEST_DURATION,
+        "histogram",
+        "Latency of one E-HPC Instant API call attempt in seconds.",
+        ("action",),
+    ),
+    MetricSpec(
+        _M.API_IGNORED_VALUES,
+        "counter",
+        "Values of accepted API answers the exporter could not use and left out (an unparseable size "
+        "or time, a region entry that was not asked for, empty or repeated), by field.",
+        ("action", "field"),
+    ),
+    MetricSpec(
+        _M.REFRESH_OVERRUNS,
+        "counter",
+        "Refresh cycles that outlasted the refresh interval (the next one then started at once).",
+    ),
+    MetricSpec(
+        _M.CONFIG_RELOAD_SUCCESSFUL,
+        "gauge",
+        "1 if the last configuration load or reload succeeded, 0 if it failed.",
+    ),
+    MetricSpec(
+        _M.CONFIG_RELOAD_TIMESTAMP, "gauge", "Unix time of the last successful configuration load or reload."
+    ),
+    MetricSpec(
+        _M.BUILD_INFO,
+        "gauge",
+        "Exporter build information, always 1.",
+        ("version", "revision", "python_version"),
+    ),
+)
+
+# The exporter's table of the snapshot part.
+TABLE = FamilyTable(IMAGE_FAMILIES, SNAPSHOT_FAMILIES)
+# The families of the snapshot part, in exposition order.
+SNAPSHOT_METRICS: tuple[str, ...] = tuple(spec.name for spec in TABLE.specs)
+# Every family the exporter exposes, by name.
+SPECS: Mapping[str, MetricSpec] = {spec.name: spec for spec in (*TABLE.specs, *SELF_SPECS)}

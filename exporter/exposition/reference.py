@@ -1,0 +1,76 @@
+"""The reference path: the family table as ordinary ``prometheus_client`` metric families (the test oracle).
+
+:class:`SnapshotCollector` turns a snapshot into ``prometheus_client`` families through the same table
+as the fast renderer; ``generate_latest`` over it is what the renderer's bytes must equal. The helpers
+:func:`gauge`, :func:`counter` and :func:`histogram` build an empty family from a spec, checking that the
+table declares that type (the self-metrics use them too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from exporter.exposition.families import TABLE, FamilyTable, ImageInput, MetricSpec
+from exporter.snapshot import Snapshot
+
+__all__ = ["SnapshotCollector", "counter", "gauge", "histogram"]
+
+
+def _checked(spec: MetricSpec, kind: str) -> MetricSpec:
+    if spec.type != kind:
+        raise TypeError(f"{spec.name} is a {spec.type} in the table, not a {kind}")
+    return spec
+
+
+def gauge(spec: MetricSpec) -> GaugeMetricFamily:
+    """An empty gauge family for ``spec``."""
+    _checked(spec, "gauge")
+    return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+
+def counter(spec: MetricSpec) -> CounterMetricFamily:
+    """An empty counter family for ``spec`` (its name with ``_total``, as exposed)."""
+    _checked(spec, "counter")
+    return CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+
+def histogram(spec: MetricSpec) -> HistogramMetricFamily:
+    """An empty histogram family for ``spec``."""
+    _checked(spec, "histogram")
+    return HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+
+def _family(spec: MetricSpec) -> GaugeMetricFamily | CounterMetricFamily:
+    """An empty family of the snapshot part (gauges and counters: one value per sample)."""
+    return counter(spec) if spec.type == "counter" else gauge(spec)
+
+
+class SnapshotCollector:
+    """A ``prometheus_client`` collector over one snapshot (the reference the fast renderer must equal)."""
+
+    def __init__(self, snapshot: Snapshot, table: FamilyTable = TABLE) -> None:
+        self.snapshot = snapshot
+        self.table = table
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the snapshot's metric families in exposition order."""
+        snapshot = self.snapshot
+        images = [ImageInput.of(state, snapshot) for state in snapshot.images.values()]
+        for family in self.table.images:
+            metric = _family(family.spec)
+            for image in images:
+                for values, value in family.samples(image):
+                    metric.add_metric(list(values), value)
+            yield metric
+        for snapshot_family in self.table.snapshot:
+            metric = _family(snapshot_family.spec)
+            for values, value in snapshot_family.samples(snapshot):
+                metric.add_metric(list(values), value)
+            yield metric
