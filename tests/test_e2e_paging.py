@@ -292,8 +292,10 @@ def test_faults_page_and_resolve(tmp_path: Path, reliability: Reliability) -> No
                 observed += f"; ehpc_discovery_up before the fault: {discovery_before or 'absent'}"
                 ok = False
             if s.alertname == "EhpcDiscoveryFailed":
-                failed_lists = list_errors[0]["value"][1] if list_errors else "none"
-                observed += f" (ListImages calls refused as InvalidResponse: {failed_lists})"
+                # Whether, not how many: the count depends on timing, and the report must be the same
+                # on every run (it is checked against docs/reliability.md).
+                refused = bool(list_errors) and float(list_errors[0]["value"][1]) > 0
+                observed += f" (ListImages calls refused as InvalidResponse: {'yes' if refused else 'none'})"
             results.append(cases[s.name].observe(observed, ok, fail=False))
         reliability.check(
             "paging",
