@@ -5,7 +5,8 @@ help text, label names in the order its samples give values) plus, for the snaps
 its input to its samples. The fast renderer, the reference collector and the headers of both formats all
 read this table; nothing else spells a family out. Label names are listed once, in any order: the
 renderers sort them as ``prometheus_client`` does. :func:`with_labels` adds labels to every family of a
-table (the place identity labels such as ``account`` or ``region_id`` go).
+table (the place identity labels such as ``account`` or ``region_id`` go). The module is long because
+it is the whole table, one declaration per family: splitting it would spread a family out again.
 
 Series semantics (chosen for alerting; the sample functions below are the one place they are decided):
 
@@ -146,7 +147,7 @@ def with_labels(table: FamilyTable, labels: Mapping[str, str]) -> FamilyTable:
     The one place identity labels (an account, a region) join the exposition: the renderers sort label
     names, so where they are added does not matter.
     """
-    names, values = tuple(labels), tuple(labels.values())
+    names, values = tuple(labels), tuple(map(scrub, labels.values()))  # the output gate, as every value
 
     def wrap(family: Family[In]) -> Family[In]:
         inner = family.samples
@@ -381,7 +382,7 @@ SNAPSHOT_FAMILIES: tuple[Family[Snapshot], ...] = (
     ),
 )
 
-# The families of the self part (rendered per scrape by exporter.exposition.selfmetrics).
+# The families of the self part in exposition order (rendered per scrape by exporter.exposition.selfmetrics).
 SELF_SPECS: tuple[MetricSpec, ...] = (
     MetricSpec(
         _M.API_REQUESTS, "counter", "E-HPC Instant API calls made, each retry attempt counted.", ("action",)
@@ -393,17 +394,17 @@ SELF_SPECS: tuple[MetricSpec, ...] = (
         ("action", "code", "http_status"),
     ),
     MetricSpec(
-        _M.API_REQUEST_DURATION,
-        "histogram",
-        "Latency of one E-HPC Instant API call attempt in seconds.",
-        ("action",),
-    ),
-    MetricSpec(
         _M.API_IGNORED_VALUES,
         "counter",
         "Values of accepted API answers the exporter could not use and left out (an unparseable size "
         "or time, a region entry that was not asked for, empty or repeated), by field.",
         ("action", "field"),
+    ),
+    MetricSpec(
+        _M.API_REQUEST_DURATION,
+        "histogram",
+        "Latency of one E-HPC Instant API call attempt in seconds.",
+        ("action",),
     ),
     MetricSpec(
         _M.REFRESH_OVERRUNS,
