@@ -37,11 +37,10 @@ class Replica(NamedTuple):
 class ImageFacts(NamedTuple):
     """What the exporter keeps of a GetImage answer.
 
-    A tuple of plain values that passed the ingestion gate (no registry credential, and the registry URL
-    already without userinfo):
-    CPython's garbage collector stops tracking such tuples, so ten thousand of them cost the periodic
-    full collections nothing; frozen dataclasses would be traversed on every one (a pause of 100 ms
-    and more at that size, felt by every scrape in flight).
+    Plain values that passed the ingestion gate (no registry credential, and the registry URL already
+    without userinfo), immutable and compared by value. (CPython untracks only exact tuples, so the
+    garbage collector still traverses these; what keeps full collections rare while serving is the
+    raised threshold in ``service._gc_ctx``.)
     """
 
     image_type: str

@@ -70,7 +70,7 @@ class ReplicaView(NamedTuple):
 
 
 class ImageView(NamedTuple):
-    """The verdict on one image (plain values: a tuple the garbage collector need not track)."""
+    """The verdict on one image: plain values, immutable, compared by value."""
 
     image_id: str
     health: Health
