@@ -301,7 +301,10 @@ async def test_max_elapsed_bounds_the_retries(simulator: RunningSimulator) -> No
         with pytest.raises(ApiError) as info:
             await client.get_image(SIM_VM_ID)
     elapsed = time.monotonic() - start
-    assert info.value.code == "ServiceUnavailable"
+    # The last attempt is cut to the time left before the deadline; on a loaded machine that cut can
+    # fire first, and then the call's answer is that attempt's Timeout (the client's documented rule).
+    assert info.value.code in {"ServiceUnavailable", "Timeout"}
+    assert {a.error.code for a in rec.attempts[:-1] if a.error} == {"ServiceUnavailable"}
     assert 3 <= len(rec.attempts) < 1000
     assert rec.attempts[-1].start - rec.attempts[0].start <= 0.6
     assert elapsed < 0.6 + 0.3  # the deadline plus one fast attempt and slack
