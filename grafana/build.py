@@ -115,7 +115,15 @@ def _row(panel_id: int, title: str, y: int) -> dashboard.Row:
     return dashboard.Row(title).id(panel_id).grid_pos(_grid(0, y, 24, 1)).collapsed(False)
 
 
-def panels(stale_after: int) -> list[dashboard.Row | Any]:
+def _last_success(lookback: str) -> str:
+    """Each image's last success as Prometheus holds it over ``lookback``: it survives an exporter
+    restart (which forgets the timestamp until the image next succeeds), as EhpcImageDataStale's does."""
+    return (
+        f"max by (image_id) (max_over_time(ehpc_image_last_success_timestamp_seconds{{{IMG}}}[{lookback}]))"
+    )
+
+
+def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
     """Every panel and row, top to bottom, with explicit ids and positions."""
     out: list[Any] = []
 
@@ -154,10 +162,11 @@ def panels(stale_after: int) -> list[dashboard.Row | Any]:
         ),
         (
             "Stale",
-            f"Images without a successful refresh for more than {stale_after} s "
-            "(the EhpcImageDataStale threshold).",
-            f"count(time() - ehpc_image_last_success_timestamp_seconds{{{IMG}}} > {stale_after})"
-            " or vector(0)",
+            f"Images without a successful refresh for more than {stale_after} s, across exporter restarts, "
+            "and images failing since they were first watched (the EhpcImageDataStale conditions).",
+            f"(count(time() - {_last_success(lookback)} > {stale_after}) or vector(0))"
+            f" + (count(max by (image_id) (max_over_time(ehpc_image_up{{{IMG}}}[{stale_after}s])) == 0"
+            f" unless on (image_id) {_last_success(lookback)}) or vector(0))",
             0,
         ),
         (
@@ -208,7 +217,7 @@ def panels(stale_after: int) -> list[dashboard.Row | Any]:
                     table_format=True,
                 ),
                 _query(
-                    f"min by (image_id) (time() - ehpc_image_last_success_timestamp_seconds{{{IMG}}})",
+                    f"time() - {_last_success(lookback)}",
                     ref="F",
                     table_format=True,
                 ),
@@ -488,7 +497,7 @@ def panels(stale_after: int) -> list[dashboard.Row | Any]:
         .grid_pos(_grid(8, 50, 8, 8))
         .with_target(
             _query(
-                f"max by (image_id) (time() - ehpc_image_last_success_timestamp_seconds{{{IMG}}})",
+                f"time() - {_last_success(lookback)}",
                 "{{image_id}}",
             )
         )
@@ -569,7 +578,8 @@ def _variables() -> list[Any]:
 
 def build_dashboard() -> dict[str, Any]:
     """The dashboard as a JSON-ready dict."""
-    stale_after = load_thresholds().alerts.EhpcImageDataStale.max_age_seconds
+    stale = load_thresholds().alerts.EhpcImageDataStale
+    stale_after, lookback = stale.max_age_seconds, stale.lookback
     builder = (
         dashboard.Dashboard("E-HPC Instant images")
         .uid(UID)
@@ -592,7 +602,7 @@ def build_dashboard() -> dict[str, Any]:
             .icon("doc")
         )
     )
-    for item in panels(stale_after):
+    for item in panels(stale_after, lookback):
         builder = builder.with_row(item) if isinstance(item, dashboard.Row) else builder.with_panel(item)
     raw: dict[str, Any] = json.loads(json.dumps(builder.build(), cls=JSONEncoder))
     # The SDK gives every variable the interval-only keys auto/auto_count/auto_min; the dashboard schema

@@ -261,7 +261,11 @@ def test_required_panels_and_units(dash: dict[str, Any]) -> None:
     assert "histogram_quantile" in exprs["API latency"]
     assert by_title["API latency"]["fieldConfig"]["defaults"]["unit"] == "s"
     assert "by (action, code)" in exprs["API errors by code"]
-    assert "time() - ehpc_image_last_success_timestamp_seconds" in exprs["Data age per image"]
+    # Ages from the samples Prometheus holds over the alert's lookback, so a restart does not reset them.
+    assert (
+        "time() - max by (image_id) (max_over_time(ehpc_image_last_success_timestamp_seconds"
+        in exprs["Data age per image"]
+    )
     assert "ehpc_refresh_duration_seconds" in exprs["Refresh duration"]
 
 
@@ -294,9 +298,12 @@ def test_stale_threshold_matches_the_alert(dash: dict[str, Any]) -> None:
     """The dashboard's notion of stale is the EhpcImageDataStale threshold from alerts/thresholds.yaml."""
     from alerts.build import load_thresholds
 
-    max_age = load_thresholds().alerts.EhpcImageDataStale.max_age_seconds
+    alert = load_thresholds().alerts.EhpcImageDataStale
     stale = next(p for p in all_panels(dash) if p["title"] == "Stale")
-    assert f"> {max_age})" in stale["targets"][0]["expr"]
+    expr = stale["targets"][0]["expr"]
+    assert f"> {alert.max_age_seconds})" in expr
+    assert f"[{alert.lookback}]" in expr  # across exporter restarts, as the alert
+    assert "max_over_time(ehpc_image_up" in expr  # and images that never succeeded, as the alert
 
 
 # ------------------------------------------------------------------------------- against real Prometheus
