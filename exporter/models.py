@@ -27,7 +27,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exporter.openapi.errors import INVALID_RESPONSE, ApiError
-from exporter.redaction import contains_secret, register_registry_secret, split_userinfo
+from exporter.redaction import (
+    CONTROL_RE,
+    SURROGATE_RE,
+    contains_secret,
+    register_registry_secret,
+    split_userinfo,
+)
 
 # Sizes as the API writes them ("40 GiB"); any case, decimals, B to PiB, the SI spellings taken as the
 # same binary units (the console and API use "GB" and "GiB" interchangeably for 1024^3).
@@ -38,8 +44,6 @@ MAX_SIZE_BYTES = 2**63 - 1  # beyond any image; also the largest value a gauge k
 # Creation times outside this range are not plausible for an image and are ignored.
 _MIN_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 _MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
-_CONTROLS_RE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,12 +202,12 @@ def check_text(value: str, kind: Kind, prepare: Callable[[str], str] | None = No
     """
     if len(value) > kind.max_length:
         raise _Refused(f"is longer than {kind.max_length} characters")
-    if not value.isascii() and _SURROGATE_RE.search(value) is not None:
+    if not value.isascii() and SURROGATE_RE.search(value) is not None:
         raise _Refused("is not valid Unicode (lone surrogate)")
-    if _CONTROLS_RE.search(value) is not None:
+    if CONTROL_RE.search(value) is not None:
         if not kind.strip_controls:
             raise _Refused(f"is not a valid {kind.name} (control characters)")
-        value = _CONTROLS_RE.sub("", value)
+        value = CONTROL_RE.sub("", value)
     if value and kind.pattern is not None and kind.pattern.fullmatch(value) is None:
         raise _Refused(f"is not a valid {kind.name}")
     if prepare is not None:
@@ -430,7 +434,7 @@ def parse_error_body(body: Any) -> ErrorBody:
     if isinstance(raw_message, str):
         # The message only reaches logs; cleaned and cut rather than refused, so a real error with an
         # odd message keeps its code. The output gate masks any secret in it.
-        message = _SURROGATE_RE.sub("\ufffd", _CONTROLS_RE.sub(" ", raw_message[: TEXT.max_length]))
+        message = SURROGATE_RE.sub("\ufffd", CONTROL_RE.sub(" ", raw_message[: TEXT.max_length]))
     request_id = gated_request_id(body.get("RequestId"))
     code = body.get("Code")
     if not isinstance(code, str) or not code:

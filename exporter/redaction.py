@@ -20,8 +20,11 @@ import threading
 from collections.abc import Iterable
 
 __all__ = [
+    "BIDI_CONTROLS",
+    "CONTROL_RE",
     "MIN_SECRET_LENGTH",
     "REDACTED",
+    "SURROGATE_RE",
     "contains_secret",
     "mask_secrets",
     "register_registry_secret",
@@ -48,9 +51,12 @@ _DIGEST_RE = re.compile(r"@[A-Za-z0-9_+.-]+:[0-9a-fA-F]{32,}$")
 
 # C0 and C1 controls, DEL, and the bidi embedding/override/isolate controls (a "Trojan source" label
 # would read differently from what it is).
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_CONTROL_KEEP_LINES_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+# The one definition of both classes: the ingestion gate (exporter.models) and the config checks
+# (exporter.config.schema) build on them too.
+BIDI_CONTROLS = "\u200e\u200f\u202a-\u202e\u2066-\u2069"
+CONTROL_RE = re.compile(f"[\x00-\x1f\x7f-\x9f{BIDI_CONTROLS}]")
+_CONTROL_KEEP_LINES_RE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{BIDI_CONTROLS}]")
+SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 # Registry credentials come from API answers: one per Container image, so thousands in a large fleet,
 # registered as the first cycle meets them. They live in their own pool, so that answers cannot evict
@@ -231,9 +237,9 @@ def scrub(text: str, *, keep_lines: bool = False) -> str:
     ``keep_lines`` keeps newlines and tabs (a log line's traceback stays readable).
     """
     text = mask_secrets(text)
-    if _SURROGATE_RE.search(text) is not None:
-        text = _SURROGATE_RE.sub("\ufffd", text)
-    controls = _CONTROL_KEEP_LINES_RE if keep_lines else _CONTROL_RE
+    if SURROGATE_RE.search(text) is not None:
+        text = SURROGATE_RE.sub("\ufffd", text)
+    controls = _CONTROL_KEEP_LINES_RE if keep_lines else CONTROL_RE
     if controls.search(text) is not None:
         text = controls.sub("", text)
     return text

@@ -28,6 +28,7 @@ from exporter.config.model import (
     WebConfig,
     parse_listen_address,
 )
+from exporter.redaction import BIDI_CONTROLS, SURROGATE_RE
 
 COMMAND_LINE = "command line"
 
@@ -37,8 +38,9 @@ _HOST_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 # No setting has a use for these, and each breaks something downstream: a control character splits a log
 # or error line, a bidi control makes one read differently from what it says (as the API gate drops them),
 # a lone surrogate (from ${VAR} of a non-UTF-8 environment) cannot be encoded into a URL, label or log.
-_BAD_CHARS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
+# The output gate's controls, plus the Arabic letter mark (a setting has no use for it) and surrogates.
+_BAD_CHARS_RE = re.compile(f"[\x00-\x1f\x7f-\x9f\u061c{BIDI_CONTROLS}\ud800-\udfff]")
+_SURROGATE_RE = SURROGATE_RE
 _PLAIN_RE = re.compile(r"^[\x21-\x7e]{1,64}$")  # what an error line may quote as it is
 # What a location may show of a key: no ':', '[' or ']', so "<file>: <location>: <message>" stays parseable.
 _PLAIN_KEY_RE = re.compile(r"^[\x21-\x39\x3b-\x5a\x5c\x5e-\x7e]{1,64}$")
