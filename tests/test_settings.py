@@ -342,8 +342,10 @@ CASES: list[tuple[str, str, list[str]]] = [
         credentials: {type: oidc_role_arn, role_arn: "acs:ram::1:role/x"}
         """,
         [
-            "{p}: credentials.oidc_provider_arn: required for type 'oidc_role_arn'",
-            "{p}: credentials.oidc_token_file: required for type 'oidc_role_arn'",
+            "{p}: credentials.oidc_provider_arn: required for type 'oidc_role_arn'"
+            " (or set ALIBABA_CLOUD_OIDC_PROVIDER_ARN)",
+            "{p}: credentials.oidc_token_file: required for type 'oidc_role_arn'"
+            " (or set ALIBABA_CLOUD_OIDC_TOKEN_FILE)",
         ],
     ),
     (
@@ -708,5 +710,6 @@ def test_json_schema_forbids_unknown_keys() -> None:
     schema = config_json_schema()
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]) == {
-        "api", "credentials", "images", "discovery", "refresh", "status", "sharding", "limits", "web"
+        "api", "credentials", "images", "discovery", "refresh", "status", "sharding", "limits", "web",
+        "targets",
     }  # fmt: skip

@@ -52,6 +52,7 @@ from exporter.config import yamlfile
 from exporter.config.model import (
     RESERVED_PATHS,
     ApiConfig,
+    AssumeRoleConfig,
     Config,
     CredentialsConfig,
     DiscoveryConfig,
@@ -60,6 +61,7 @@ from exporter.config.model import (
     RetryConfig,
     ShardingConfig,
     StatusConfig,
+    TargetConfig,
     WatchedImage,
     WebConfig,
     parse_listen_address,
@@ -73,14 +75,18 @@ from exporter.config.schema import (
     MAX_IMAGES,
     MAX_PROBLEMS,
     MAX_STRING_CHARS,
+    MAX_TARGETS,
     MAX_TOTAL_CHARS,
+    REGION_KEYS,
     ApiIn,
     ConfigFile,
     CredentialsIn,
     DiscoveryIn,
     ImageIn,
     LimitsIn,
+    RefreshIn,
     StatusIn,
+    TargetIn,
     _shown,
     config_json_schema,
     file_keys,
@@ -393,21 +399,30 @@ def _read_yaml(path: str) -> Any:
 
 
 # Per credential type: the fields it needs, and the other fields it may use.
+_STS = ("sts_endpoint", "duration_seconds")
 _CREDENTIAL_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "default": ((), ()),
+    # sts_endpoint: where the RRSA step (ALIBABA_CLOUD_ROLE_ARN and friends set) assumes the role.
+    "default": ((), _STS),
     "access_key": (("access_key_id", "access_key_secret"), ()),
     "sts": (("access_key_id", "access_key_secret", "security_token"), ()),
     "credentials_uri": (("credentials_uri",), ()),
     "ecs_ram_role": ((), ("role_name",)),
     "ram_role_arn": (
         ("access_key_id", "access_key_secret", "role_arn"),
-        ("security_token", "role_session_name"),
+        ("security_token", "role_session_name", "external_id", *_STS),
     ),
-    "oidc_role_arn": (("role_arn", "oidc_provider_arn", "oidc_token_file"), ("role_session_name",)),
+    # Each of the three may come from the environment the ACK RRSA webhook sets instead (_RRSA_ENV).
+    "oidc_role_arn": ((), ("role_arn", "oidc_provider_arn", "oidc_token_file", "role_session_name", *_STS)),
+}
+# The environment variables alibabacloud-credentials reads for an oidc_role_arn field left out.
+RRSA_ENV = {
+    "role_arn": "ALIBABA_CLOUD_ROLE_ARN",
+    "oidc_provider_arn": "ALIBABA_CLOUD_OIDC_PROVIDER_ARN",
+    "oidc_token_file": "ALIBABA_CLOUD_OIDC_TOKEN_FILE",
 }
 
 
-def _check_credentials(creds: CredentialsIn) -> list[_Problem]:
+def _check_credentials(creds: CredentialsIn, loc: Loc = ("credentials",)) -> list[_Problem]:
     required, optional = _CREDENTIAL_FIELDS[creds.type]
     out = []
     for name in CredentialsIn.model_fields:
@@ -415,9 +430,17 @@ def _check_credentials(creds: CredentialsIn) -> list[_Problem]:
             continue
         value = getattr(creds, name)
         if name in required and not value:
-            out.append(_Problem(("credentials", name), f"required for type '{creds.type}'"))
+            out.append(_Problem((*loc, name), f"required for type '{creds.type}'"))
         elif name not in required and name not in optional and value is not None:
-            out.append(_Problem(("credentials", name), f"not used by type '{creds.type}'"))
+            out.append(_Problem((*loc, name), f"not used by type '{creds.type}'"))
+        elif (
+            creds.type == "oidc_role_arn"
+            and name in RRSA_ENV
+            and not value
+            and not os.environ.get(RRSA_ENV[name])
+        ):
+            message = f"required for type 'oidc_role_arn' (or set {RRSA_ENV[name]})"
+            out.append(_Problem((*loc, name), message))
     return out
 
 
@@ -436,19 +459,81 @@ def _check_section(name: str, value: Any) -> list[_Problem]:
     return out
 
 
+def _check_target(i: int, target: TargetIn) -> list[_Problem]:
+    """One validated target: its credentials, its regions named once each."""
+    out: list[_Problem] = []
+    if target.credentials is not None:
+        out += _check_credentials(target.credentials, ("targets", i, "credentials"))
+    seen: dict[str, int] = {}
+    for j, region in enumerate(target.regions):
+        if region.region_id in seen:
+            out.append(
+                _Problem(
+                    ("targets", i, "regions", j, "region_id"),
+                    f"duplicate region{_shown(region.region_id)}"
+                    f" (also targets[{i}].regions[{seen[region.region_id]}])",
+                )
+            )
+        seen.setdefault(region.region_id, j)
+    return out
+
+
+# Top-level sections that describe the one target of a file without ``targets:``.
+_ONE_TARGET_SECTIONS = ("credentials", "images", "discovery")
+
+
+def _check_targets_shape(raw: Mapping[str, Any]) -> list[_Problem]:
+    """With ``targets:``, the one-target sections belong inside a target, and accounts are unique."""
+    targets = raw.get("targets")
+    if targets is None:
+        return []
+    out = [
+        _Problem((name,), "belongs inside a target when 'targets' is set (each target has its own)")
+        for name in _ONE_TARGET_SECTIONS
+        if raw.get(name) is not None
+    ]
+    api = raw.get("api")
+    if isinstance(api, dict):
+        out += [
+            _Problem(("api", key), "is set per region when 'targets' is set (targets[].regions[])")
+            for key in REGION_KEYS
+            if key in api
+        ]
+    if isinstance(targets, list):
+        first: dict[str, int] = {}
+        for i, item in enumerate(targets):
+            account = item.get("account") if isinstance(item, dict) else None
+            if not isinstance(account, str):
+                continue
+            if account in first:
+                out.append(
+                    _Problem(
+                        ("targets", i, "account"),
+                        f"duplicate account{_shown(account)} (also targets[{first[account]}])",
+                    )
+                )
+            first.setdefault(account, i)
+    return out
+
+
 def _check_region_counts(sections: Mapping[str, Any]) -> list[_Problem]:
     """No image asks for more regions than ``limits.max_regions_per_image`` (answers are held to it too)."""
     limits: LimitsIn = sections.get("limits") or LimitsIn()
     most = limits.max_regions_per_image
     message = f"must have at most {most} item(s) (limits.max_regions_per_image)"
-    out = [
-        _Problem(("images", i, "additional_regions"), message)
-        for i, image in enumerate(sections.get("images") or [])
-        if len(image.additional_region_ids) > most
+    watched: list[tuple[Loc, list[ImageIn], DiscoveryIn | None]] = [
+        ((), sections.get("images") or [], sections.get("discovery"))
     ]
-    discovery: DiscoveryIn | None = sections.get("discovery")
-    if discovery is not None and len(discovery.additional_region_ids) > most:
-        out.append(_Problem(("discovery", "additional_regions"), message))
+    watched += [(("targets", i), t.images, t.discovery) for i, t in enumerate(sections.get("targets") or [])]
+    out = []
+    for base, images, discovery in watched:
+        out += [
+            _Problem((*base, "images", i, "additional_regions"), message)
+            for i, image in enumerate(images)
+            if len(image.additional_region_ids) > most
+        ]
+        if discovery is not None and len(discovery.additional_region_ids) > most:
+            out.append(_Problem((*base, "discovery", "additional_regions"), message))
     return out
 
 
@@ -476,23 +561,30 @@ def _raw_duplicates(raw: Mapping[str, Any]) -> list[_Problem]:
         return out
 
     out: list[_Problem] = []
-    images = raw.get("images")
-    if isinstance(images, list):
-        ids = [
-            item.get("id") if isinstance(item, dict) and isinstance(item.get("id"), str) else None
-            for item in images
-        ]
-        out += dups(ids, ("images",), "image id", "id")
-        for i, item in enumerate(images):
-            if isinstance(item, dict):
-                regions = ("images", i, "additional_regions")
-                out += dups(strings(item.get("additional_regions")), regions, "region")
-    discovery = raw.get("discovery")
-    if isinstance(discovery, dict):
-        out += dups(strings(discovery.get("ids")), ("discovery", "ids"), "image id")
-        out += dups(
-            strings(discovery.get("additional_regions")), ("discovery", "additional_regions"), "region"
-        )
+    scopes: list[tuple[Loc, Mapping[str, Any]]] = [((), raw)]
+    targets = raw.get("targets")
+    if isinstance(targets, list):
+        scopes += [(("targets", i), t) for i, t in enumerate(targets) if isinstance(t, dict)]
+    for base, node in scopes:
+        images = node.get("images")
+        if isinstance(images, list):
+            ids = [
+                item.get("id") if isinstance(item, dict) and isinstance(item.get("id"), str) else None
+                for item in images
+            ]
+            out += dups(ids, (*base, "images"), "image id", "id")
+            for i, item in enumerate(images):
+                if isinstance(item, dict):
+                    regions = (*base, "images", i, "additional_regions")
+                    out += dups(strings(item.get("additional_regions")), regions, "region")
+        discovery = node.get("discovery")
+        if isinstance(discovery, dict):
+            out += dups(strings(discovery.get("ids")), (*base, "discovery", "ids"), "image id")
+            out += dups(
+                strings(discovery.get("additional_regions")),
+                (*base, "discovery", "additional_regions"),
+                "region",
+            )
     return out
 
 
@@ -515,13 +607,65 @@ def _fields(section: BaseModel) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in section.model_dump().items()}
 
 
-def _build(sections: Mapping[str, Any]) -> Config:
-    api: ApiIn = sections["api"]
-    creds: CredentialsIn | None = sections["credentials"]
+def _api(api: ApiIn) -> ApiConfig:
+    return ApiConfig(**{**_fields(api), "retry": RetryConfig(**_fields(api.retry))})
+
+
+def _credentials(creds: CredentialsIn | None) -> CredentialsConfig | None:
+    return None if creds is None else CredentialsConfig(**_fields(creds))
+
+
+def _merged(base: BaseModel, overrides: BaseModel | None, extra: Mapping[str, Any] = {}) -> dict[str, Any]:
+    """``base`` as data with the keys ``overrides`` sets (one level of nesting merged) and ``extra``."""
+    out = base.model_dump()
+    for key, value in (overrides.model_dump(exclude_unset=True) if overrides is not None else {}).items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = {**out[key], **value} if nested else value
+    out.update({k: v for k, v in extra.items() if v is not None})
+    return out
+
+
+def _resolve_targets(sections: Mapping[str, Any], problems: list[_Problem]) -> list[TargetConfig]:
+    """Each target's regions as full API configs (its overrides over the top level), validated again:
+    a combination can be invalid where neither part is (an override's max_delay below the base delay)."""
+    top_api: ApiIn = sections["api"]
+    top_refresh: RefreshIn = sections["refresh"]
+    out = []
+    for i, t in enumerate(sections.get("targets") or []):
+        regions = []
+        for r in t.regions:
+            merged = _merged(top_api, t.api, {k: getattr(r, k) for k in REGION_KEYS})
+            api = _validate(_API_ADAPTER, ConfigFile, merged, ("targets", i, "api"), problems)
+            if api is not None:
+                problems += [_Problem(("targets", i, *p.loc), p.message) for p in _check_section("api", api)]
+                regions.append(_api(api))
+        refresh = _validate(
+            _REFRESH_ADAPTER, ConfigFile, _merged(top_refresh, t.refresh), ("targets", i, "refresh"), problems
+        )
+        if refresh is None or len(regions) != len(t.regions):
+            continue
+        role = t.assume_role
+        out.append(
+            TargetConfig(
+                account=t.account,
+                credentials=_credentials(t.credentials),
+                assume_role=None if role is None else AssumeRoleConfig(**_fields(role)),
+                regions=tuple(regions),
+                refresh=RefreshConfig(**_fields(refresh)),
+                images=tuple(WatchedImage(**_fields(image)) for image in t.images),
+                discovery=DiscoveryConfig(**_fields(t.discovery)),
+                account_qps=t.account_qps,
+                account_max_concurrency=t.account_max_concurrency,
+            )
+        )
+    return out
+
+
+def _build(sections: Mapping[str, Any], targets: Sequence[TargetConfig]) -> Config:
     images: list[ImageIn] = sections["images"]
     return Config(
-        api=ApiConfig(**{**_fields(api), "retry": RetryConfig(**_fields(api.retry))}),
-        credentials=None if creds is None else CredentialsConfig(**_fields(creds)),
+        api=_api(sections["api"]),
+        credentials=_credentials(sections["credentials"]),
         images=tuple(WatchedImage(**_fields(i)) for i in images),
         discovery=DiscoveryConfig(**_fields(sections["discovery"])),
         refresh=RefreshConfig(**_fields(sections["refresh"])),
@@ -529,6 +673,7 @@ def _build(sections: Mapping[str, Any]) -> Config:
         sharding=ShardingConfig(**_fields(sections["sharding"])),
         limits=LimitsConfig(**_fields(sections["limits"])),
         web=WebConfig(**_fields(sections["web"])),
+        targets=tuple(targets),
     )
 
 
@@ -539,6 +684,12 @@ _SECTION_ADAPTERS: dict[str, TypeAdapter[Any]] = {
     name: TypeAdapter(typing.cast(Any, field.annotation)) for name, field in ConfigFile.model_fields.items()
 }
 _IMAGE_ADAPTER: TypeAdapter[ImageIn] = TypeAdapter(ImageIn)
+_TARGET_ADAPTER: TypeAdapter[TargetIn] = TypeAdapter(TargetIn)
+_API_ADAPTER: TypeAdapter[ApiIn] = TypeAdapter(ApiIn)
+_REFRESH_ADAPTER: TypeAdapter[RefreshIn] = TypeAdapter(RefreshIn)
+# Sections validated item by item, so one bad image or target hides none of the others.
+_ITEM_ADAPTERS: dict[str, TypeAdapter[Any]] = {"images": _IMAGE_ADAPTER, "targets": _TARGET_ADAPTER}
+_ITEM_LIMITS = {"images": MAX_IMAGES, "targets": MAX_TARGETS}
 _SECRET_FIELDS = ("access_key_secret", "security_token")
 
 
@@ -564,10 +715,18 @@ def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> list[
 
 
 def _secret_values(raw: Mapping[str, Any]) -> list[str]:
-    creds = raw.get("credentials")
-    if not isinstance(creds, dict):
-        return []
-    return [v for k in _SECRET_FIELDS if isinstance(v := creds.get(k), str) and v]
+    """Every secret the file holds: the top-level credentials' and each target's."""
+    blocks = [raw.get("credentials")]
+    targets = raw.get("targets")
+    if isinstance(targets, list):
+        blocks += [t.get("credentials") for t in targets if isinstance(t, dict)]
+    return [
+        v
+        for creds in blocks
+        if isinstance(creds, dict)
+        for k in _SECRET_FIELDS
+        if isinstance(v := creds.get(k), str) and v
+    ]
 
 
 def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -608,21 +767,23 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any
             continue
         if value is None:
             continue  # an empty section means its defaults
-        if name == "images":
+        if name in _ITEM_ADAPTERS:
             if not isinstance(value, list):
-                problems.append(_Problem(("images",), "must be a list"))
+                problems.append(_Problem((name,), "must be a list"))
                 continue
-            if len(value) > MAX_IMAGES:
-                problems.append(_Problem(("images",), f"must have at most {MAX_IMAGES} item(s)"))
+            if len(value) > _ITEM_LIMITS[name]:
+                problems.append(_Problem((name,), f"must have at most {_ITEM_LIMITS[name]} item(s)"))
                 continue
-            images = []
+            items = []
             for i, item in enumerate(value):
                 if len(problems) >= MAX_COLLECTED:
                     break
-                image = _validate(_IMAGE_ADAPTER, ConfigFile, item, ("images", i), problems)
-                if image is not None:
-                    images.append(image)
-            sections[name] = images
+                valid = _validate(_ITEM_ADAPTERS[name], ConfigFile, item, (name, i), problems)
+                if valid is not None:
+                    items.append(valid)
+                    if name == "targets":
+                        problems += _check_target(i, valid)
+            sections[name] = items
             continue
         result = _validate(_SECTION_ADAPTERS[name], ConfigFile, value, (name,), problems)
         if result is not None:
@@ -631,10 +792,16 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any
 
     if len(problems) < MAX_COLLECTED:
         problems += _raw_duplicates(raw)[:MAX_COLLECTED]
+        problems += _check_targets_shape(raw)[:MAX_COLLECTED]
     early_locs = {p.loc for p in early}
     problems = early + [p for p in problems if p.loc not in early_locs]
     if "limits" in sections or raw.get("limits") is None:  # judged by valid (or default) limits only
         problems += _check_region_counts(sections)[:MAX_COLLECTED]
+    defaults = ConfigFile()
+    resolved = {name: sections.get(name, getattr(defaults, name)) for name in ConfigFile.model_fields}
+    targets: list[TargetConfig] = []
+    if not problems:  # the merge is judged only over valid parts, so each mistake is reported once
+        targets = _resolve_targets(resolved, problems)
     if problems:
         ordered = _ordered(problems, raw)
         lines = [_render(p, source, overridden, secrets) for p in ordered[:MAX_PROBLEMS]]
@@ -643,8 +810,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any
         elif len(ordered) > MAX_PROBLEMS:
             lines.append(f"{source}: {len(ordered) - MAX_PROBLEMS} more problems not shown")
         raise ConfigError(lines)
-    defaults = ConfigFile()
-    return _build({name: sections.get(name, getattr(defaults, name)) for name in ConfigFile.model_fields})
+    return _build(resolved, targets)
 
 
 def _ordered(problems: list[_Problem], raw: Mapping[str, Any]) -> list[_Problem]:
@@ -690,20 +856,27 @@ def _render(problem: _Problem, source: str, overridden: Sequence[Loc], secrets: 
 def config_warnings(config: Config) -> list[str]:
     """Valid but probably unintended settings, one line each (printed by --check-config, logged at start)."""
     out: list[str] = []
-    if not config.images and not config.discovery.enabled:
-        out.append(
-            "images: no images to watch and discovery is disabled; only the exporter's own metrics are served"
-        )
-    if config.api.protocol == "http" and not _is_loopback_endpoint(config.api.endpoint):
-        out.append(
-            "api.protocol: 'http' sends requests (and any STS token) unencrypted; use it only for testing"
-        )
-    if config.refresh.image_timeout_seconds > config.refresh.interval_seconds:
-        out.append(
-            "refresh.image_timeout_seconds: longer than refresh.interval_seconds, so a slow image can make a"
-            " cycle overrun the next one"
-        )
-    return out
+    for scope in config.scopes():
+        # Named only when there are targets: a one-target file's lines read as they always did.
+        where = f"account {scope.account}, region {scope.api.region_id}: " if config.targets else ""
+        if not scope.images and not scope.discovery.enabled:
+            out.append(
+                f"{where}images: no images to watch and discovery is disabled; only the exporter's own"
+                " metrics are served"
+                if not config.targets
+                else f"{where}images: no images to watch and discovery is disabled"
+            )
+        if scope.api.protocol == "http" and not _is_loopback_endpoint(scope.api.endpoint):
+            out.append(
+                f"{where}api.protocol: 'http' sends requests (and any STS token) unencrypted; use it only"
+                " for testing"
+            )
+        if scope.refresh.image_timeout_seconds > scope.refresh.interval_seconds:
+            out.append(
+                f"{where}refresh.image_timeout_seconds: longer than refresh.interval_seconds, so a slow image"
+                " can make a cycle overrun the next one"
+            )
+    return list(dict.fromkeys(out))
 
 
 def _is_loopback_endpoint(endpoint: str | None) -> bool:

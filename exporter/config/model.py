@@ -7,10 +7,11 @@ reads only these.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Literal, NamedTuple
 
 __all__ = [
+    "DEFAULT_ACCOUNT",
     "DEFAULT_LISTEN_ADDRESS",
     "DEFAULT_STATUS_VOCABULARY",
     "DEFAULT_TELEMETRY_PATH",
@@ -18,6 +19,7 @@ __all__ = [
     "RESERVED_PATHS",
     "STOP_TIMEOUT_SECONDS",
     "ApiConfig",
+    "AssumeRoleConfig",
     "Config",
     "CredentialType",
     "CredentialsConfig",
@@ -26,8 +28,10 @@ __all__ = [
     "LimitsConfig",
     "RefreshConfig",
     "RetryConfig",
+    "Scope",
     "ShardingConfig",
     "StatusConfig",
+    "TargetConfig",
     "WatchedImage",
     "WebConfig",
     "parse_listen_address",
@@ -42,6 +46,8 @@ RESERVED_PATHS: frozenset[str] = PROBE_PATHS | {"/"}
 # The one stop deadline: the process promises to stop within 5 s of SIGTERM; the service's shutdown
 # gets 4.5 s of it, and the CLI adds nothing on top but exiting.
 STOP_TIMEOUT_SECONDS = 4.5
+# The account label of a config without ``targets:`` (the one-target form every older file has).
+DEFAULT_ACCOUNT = "default"
 DEFAULT_STATUS_VOCABULARY = ("Available", "Creating", "Waiting", "UnAvailable", "CreateFailed", "Deprecated")
 
 CredentialType = Literal[
@@ -91,6 +97,29 @@ class CredentialsConfig:
     oidc_provider_arn: str | None = None
     oidc_token_file: str | None = None
     role_name: str | None = None  # ecs_ram_role
+    # ram_role_arn / oidc_role_arn, and the RRSA path of type default: the STS host[:port] to call
+    # (the library's default is sts.aliyuncs.com), the session length and the role's external id.
+    sts_endpoint: str | None = None
+    duration_seconds: int | None = None
+    external_id: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AssumeRoleConfig:
+    """A RAM role assumed (STS AssumeRole) with a target's credentials as the base."""
+
+    role_arn: str
+    external_id: str | None = field(default=None, repr=False)
+    role_session_name: str = "ehpc-image-exporter"
+    duration_seconds: int = 3600
+    sts_endpoint: str | None = None  # host[:port]; None is the library's default, sts.aliyuncs.com
+
+
+class Scope(NamedTuple):
+    """The identity of one (account, region) the exporter watches: the labels every series of it carries."""
+
+    account: str
+    region_id: str
 
 
 ImageType = Literal["VM", "Container"]
@@ -169,8 +198,30 @@ class WebConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TargetConfig:
+    """One account of the estate: how to authenticate, which regions to call, what to watch in each."""
+
+    account: str = DEFAULT_ACCOUNT
+    credentials: CredentialsConfig | None = None
+    assume_role: AssumeRoleConfig | None = None
+    regions: tuple[ApiConfig, ...] = (ApiConfig(),)  # one resolved API config per region
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
+    images: tuple[WatchedImage, ...] = ()  # watched in every region of the target
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    # A budget shared by every region of the account, on top of each region's own (0 / None: none).
+    account_qps: float = 0.0
+    account_max_concurrency: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
-    """The whole runtime configuration."""
+    """The whole runtime configuration.
+
+    Without ``targets`` the top-level ``api``, ``credentials``, ``images`` and ``discovery`` are the one
+    target, account :data:`DEFAULT_ACCOUNT` (every older file). With ``targets``, each (account, region)
+    is watched as that same one-target shape: :meth:`scopes` derives it, so everything below the service
+    (refresher, client) sees one account in one region.
+    """
 
     api: ApiConfig = field(default_factory=ApiConfig)
     credentials: CredentialsConfig | None = None
@@ -181,6 +232,50 @@ class Config:
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    targets: tuple[TargetConfig, ...] = ()
+    # Set on the per-scope configs :meth:`scopes` derives (and on a one-target config, the default).
+    account: str = DEFAULT_ACCOUNT
+    assume_role: AssumeRoleConfig | None = None
+    account_qps: float = 0.0
+    account_max_concurrency: int | None = None
+
+    @property
+    def scope(self) -> Scope:
+        """The identity of a one-target config: its account and region."""
+        return Scope(self.account, self.api.region_id)
+
+    def scopes(self) -> tuple[Config, ...]:
+        """One one-target config per (account, region) watched, in configuration order."""
+        if not self.targets:
+            return (self,)
+        return tuple(
+            replace(
+                self,
+                api=api,
+                credentials=t.credentials,
+                images=t.images,
+                discovery=t.discovery,
+                refresh=t.refresh,
+                targets=(),
+                account=t.account,
+                assume_role=t.assume_role,
+                account_qps=t.account_qps,
+                account_max_concurrency=t.account_max_concurrency,
+            )
+            for t in self.targets
+            for api in t.regions
+        )
+
+    @property
+    def account_settings(self) -> tuple[object, ...]:
+        """What a one-target config's credentials and account budget depend on (shared per account)."""
+        return (
+            self.account,
+            self.credentials,
+            self.assume_role,
+            self.account_qps,
+            self.account_max_concurrency,
+        )
 
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9._-]+$")

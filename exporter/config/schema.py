@@ -7,16 +7,18 @@ messages never quote a value that could be a secret.
 from __future__ import annotations
 
 import re
+import typing
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import re2
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from exporter.config import yamlfile
 from exporter.config.model import (
     RESERVED_PATHS,
     ApiConfig,
+    AssumeRoleConfig,
     CredentialType,
     DiscoveryConfig,
     ImageType,
@@ -54,6 +56,7 @@ MAX_PROBLEMS = 100  # lines reported: a file with a million bad keys gets a summ
 # costs neither a million error objects nor the time to build them.
 MAX_COLLECTED = 1000
 MAX_IMAGES = 100_000
+MAX_TARGETS = 1000
 MIN_QPS = 0.01  # calls per second; below it (but above 0, "off") the budget would space calls for hours
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # RE2 would print the pattern to stderr, outside the one-line report
@@ -82,6 +85,26 @@ def _image_id(value: str) -> str:
         raise ValueError("must not contain whitespace")
     if len(value) > MAX_ID_CHARS:
         raise ValueError(f"must be at most {MAX_ID_CHARS} characters")
+    return value
+
+
+_ACCOUNT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# RAM role ARNs as STS reads them: acs:ram::<account id>:role/<name> (names are 1-64 of [A-Za-z0-9.-]).
+_ROLE_ARN_RE = re.compile(r"^acs:ram::[0-9]{1,32}:role/[A-Za-z0-9.@_-]{1,64}$")
+
+
+def _account(value: str) -> str:
+    if not _ACCOUNT_RE.match(value):
+        raise ValueError(
+            f"invalid account name{_shown(value)} (1-63 letters, digits, '_', '.' or '-', starting with a"
+            " letter or digit): it is the value of the account label"
+        )
+    return value
+
+
+def _role_arn(value: str) -> str:
+    if not _ROLE_ARN_RE.match(value):
+        raise ValueError(f"invalid role ARN{_shown(value)} (expected acs:ram::<account id>:role/<name>)")
     return value
 
 
@@ -175,6 +198,11 @@ MAX_REGIONS_PER_IMAGE = 1000  # the most limits.max_regions_per_image may allow
 RegionList = Annotated[list[RegionId], Field(max_length=MAX_REGIONS_PER_IMAGE)]
 FilePath = Annotated[str, Field(max_length=4096), AfterValidator(_non_empty)]
 ImageCategory = Literal["Public", "Custom"]
+AccountName = Annotated[str, AfterValidator(_account)]
+RoleArn = Annotated[str, Field(max_length=256), AfterValidator(_role_arn)]
+StsEndpoint = Annotated[str, Field(max_length=2048), AfterValidator(_endpoint)]
+# STS session lengths: 900 s is the API's minimum, 43,200 s (12 h) the most a role may allow.
+SessionSeconds = Annotated[int, Field(ge=900, le=43_200)]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -188,6 +216,7 @@ _STATUS = StatusConfig()
 _SHARDING = ShardingConfig()
 _WEB = WebConfig()
 _LIMITS = LimitsConfig()
+_ASSUME = AssumeRoleConfig(role_arn="")
 
 
 class _Schema(BaseModel):
@@ -237,6 +266,19 @@ class CredentialsIn(_Schema):
     oidc_provider_arn: NonEmptyStr | None = None
     oidc_token_file: FilePath | None = None
     role_name: NonEmptyStr | None = None
+    sts_endpoint: StsEndpoint | None = None
+    duration_seconds: SessionSeconds | None = None
+    external_id: Annotated[str, Field(max_length=1224)] | None = None
+
+
+class AssumeRoleIn(_Schema):
+    """``targets[].assume_role``: a role assumed with the target's credentials (STS AssumeRole)."""
+
+    role_arn: RoleArn
+    external_id: Annotated[str, Field(min_length=2, max_length=1224)] | None = None
+    role_session_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9.@_-]{2,64}$")] = _ASSUME.role_session_name
+    duration_seconds: SessionSeconds = _ASSUME.duration_seconds
+    sts_endpoint: StsEndpoint | None = None
 
 
 class ImageIn(_Schema):
@@ -305,6 +347,55 @@ class WebIn(_Schema):
     config_file: FilePath | None = None
 
 
+# The api keys a region entry sets; a target's ``api:`` overrides the others.
+REGION_KEYS = ("region_id", "endpoint", "network")
+
+
+def _constrained(field: Any) -> Any:
+    """A field's type with its constraints (bounds, validators), which pydantic keeps in its metadata."""
+    return Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+
+
+def _overrides(model: type[_Schema], name: str, without: tuple[str, ...] = ()) -> type[_Schema]:
+    """``model`` with every field optional and unset by default: the keys a target overrides."""
+    fields: dict[str, Any] = {
+        key: (typing.Optional[_constrained(field)], Field(None, alias=field.alias))  # noqa: UP045
+        for key, field in model.model_fields.items()
+        if key not in without
+    }
+    made: type[_Schema] = create_model(
+        name, __base__=_Schema, __doc__=f"Per-target overrides of {name}.", **fields
+    )
+    return made
+
+
+ApiOverridesIn = _overrides(ApiIn, "ApiOverridesIn", REGION_KEYS)
+RefreshOverridesIn = _overrides(RefreshIn, "RefreshOverridesIn")
+
+
+class RegionIn(_Schema):
+    """``targets[].regions[]``: one region of a target, with its endpoint when not the derived one."""
+
+    region_id: RegionId
+    endpoint: Annotated[str, Field(max_length=2048), AfterValidator(_endpoint)] | None = None
+    network: Literal["public", "vpc"] | None = None
+
+
+class TargetIn(_Schema):
+    """``targets[]``: one account, its credentials and regions, what to watch there, its overrides."""
+
+    account: AccountName
+    credentials: CredentialsIn | None = None
+    assume_role: AssumeRoleIn | None = None
+    regions: Annotated[list[RegionIn], Field(min_length=1, max_length=100)]
+    api: ApiOverridesIn | None = None  # type: ignore[valid-type]  # a model made at import
+    refresh: RefreshOverridesIn | None = None  # type: ignore[valid-type]
+    account_qps: Annotated[float, _finite(0, 10_000), AfterValidator(_qps)] = 0.0
+    account_max_concurrency: Annotated[int, _within(1, 10_000)] | None = None
+    images: list[ImageIn] = []
+    discovery: DiscoveryIn = DiscoveryIn.model_validate({})
+
+
 class ConfigFile(_Schema):
     """The whole file. Validation runs section by section (so one bad section hides nothing else)."""
 
@@ -317,6 +408,7 @@ class ConfigFile(_Schema):
     sharding: ShardingIn = ShardingIn()
     limits: LimitsIn = LimitsIn()
     web: WebIn = WebIn()
+    targets: Annotated[list[TargetIn], Field(max_length=MAX_TARGETS)] | None = None
 
 
 def config_json_schema() -> dict[str, Any]:
