@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from exporter.config import CredentialsConfig
+from exporter.config import AssumeRoleConfig, CredentialsConfig
 from exporter.logging import register_secrets
 from exporter.openapi.errors import CREDENTIAL_ERROR, ApiError
 
@@ -172,30 +173,95 @@ def _library_config(cfg: CredentialsConfig) -> Any:
     if cfg.type == "ecs_ram_role":
         common["role_name"] = cfg.role_name
     if cfg.type in ("ram_role_arn", "oidc_role_arn"):
-        common.update(role_arn=cfg.role_arn, role_session_name=cfg.role_session_name)
+        common.update(
+            role_arn=cfg.role_arn,
+            role_session_name=cfg.role_session_name,
+            sts_endpoint=cfg.sts_endpoint,
+            role_session_expiration=cfg.duration_seconds,
+        )
+    if cfg.type == "ram_role_arn":
+        common["external_id"] = cfg.external_id
     if cfg.type == "oidc_role_arn":
-        common.update(oidc_provider_arn=cfg.oidc_provider_arn, oidc_token_file_path=cfg.oidc_token_file)
+        # Read here rather than by the library, which reads the environment once, when first imported.
+        common.update(
+            role_arn=cfg.role_arn or os.environ.get("ALIBABA_CLOUD_ROLE_ARN"),
+            oidc_provider_arn=cfg.oidc_provider_arn or os.environ.get("ALIBABA_CLOUD_OIDC_PROVIDER_ARN"),
+            oidc_token_file_path=cfg.oidc_token_file or os.environ.get("ALIBABA_CLOUD_OIDC_TOKEN_FILE"),
+        )
     return LibConfig(**common)
 
 
-def build_credential_source(cfg: CredentialsConfig | None) -> CredentialSource:
-    """A source for ``cfg``; ``None`` or type ``default`` is the library's default provider chain.
+def _rrsa_environment() -> CredentialsConfig | None:
+    """The RRSA credentials the ACK webhook's environment describes, if the default chain would use them.
+
+    The chain's second step (after AccessKey variables, which still win) is AssumeRoleWithOIDC at
+    ``sts.aliyuncs.com`` or ``sts[-vpc].<ALIBABA_CLOUD_STS_REGION>.aliyuncs.com``; it takes no other
+    endpoint, so a configured ``sts_endpoint`` means building that step ourselves.
+    """
+    env = os.environ
+    if env.get("ALIBABA_CLOUD_ACCESS_KEY_ID") and env.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET"):
+        return None
+    names = ("ALIBABA_CLOUD_ROLE_ARN", "ALIBABA_CLOUD_OIDC_PROVIDER_ARN", "ALIBABA_CLOUD_OIDC_TOKEN_FILE")
+    if not all(env.get(n) for n in names):
+        return None
+    return CredentialsConfig(
+        type="oidc_role_arn", role_session_name=env.get("ALIBABA_CLOUD_ROLE_SESSION_NAME")
+    )
+
+
+def _provider(cfg: CredentialsConfig | None) -> Any:
+    """The alibabacloud-credentials provider for ``cfg`` (``None``/``default``: the default chain)."""
+    from alibabacloud_credentials.client import Client
+    from alibabacloud_credentials.provider import DefaultCredentialsProvider
+
+    if cfg is None or cfg.type == "default":
+        rrsa = _rrsa_environment() if cfg is not None and cfg.sts_endpoint else None
+        if rrsa is None:
+            return DefaultCredentialsProvider()
+        cfg = CredentialsConfig(
+            type="oidc_role_arn",
+            role_session_name=rrsa.role_session_name,
+            sts_endpoint=cfg.sts_endpoint if cfg is not None else None,
+            duration_seconds=cfg.duration_seconds if cfg is not None else None,
+        )
+    return Client(_library_config(cfg)).cloud_credential.provider
+
+
+def _assumed(base: Any, role: AssumeRoleConfig) -> Any:
+    """``role`` assumed (STS AssumeRole, refreshed before expiry by the library) with ``base``'s keys."""
+    from alibabacloud_credentials.provider import RamRoleArnCredentialsProvider
+
+    return RamRoleArnCredentialsProvider(
+        credentials_provider=base,
+        role_arn=role.role_arn,
+        role_session_name=role.role_session_name,
+        duration_seconds=role.duration_seconds,
+        external_id=role.external_id,
+        sts_endpoint=role.sts_endpoint,
+    )
+
+
+def describe(cfg: CredentialsConfig | None, role: AssumeRoleConfig | None = None) -> str:
+    """How a credential source is named in messages: its type and the role it assumes (no secret)."""
+    chain = cfg is None or cfg.type == "default"
+    base = "default credential chain" if chain or cfg is None else f"credentials type {cfg.type}"
+    return base if role is None else f"{base}, assuming {role.role_arn}"
+
+
+def build_credential_source(
+    cfg: CredentialsConfig | None, assume_role: AssumeRoleConfig | None = None
+) -> CredentialSource:
+    """A source for ``cfg`` (``None`` or type ``default``: the library's default chain), assuming
+    ``assume_role`` with it when given.
 
     Never raises: a configuration the library rejects surfaces as ``CredentialError`` on ``get()``.
     """
     _tame_library_logger()
 
-    def default_chain() -> Any:
+    def client() -> Any:
         from alibabacloud_credentials.client import Client
 
-        return Client()
+        base = _provider(cfg)
+        return Client(provider=base if assume_role is None else _assumed(base, assume_role))
 
-    if cfg is None or cfg.type == "default":
-        return LibraryCredentialSource(default_chain, "default credential chain")
-
-    def explicit() -> Any:
-        from alibabacloud_credentials.client import Client
-
-        return Client(_library_config(cfg))
-
-    return LibraryCredentialSource(explicit, f"credentials type {cfg.type}")
+    return LibraryCredentialSource(client, describe(cfg, assume_role))
