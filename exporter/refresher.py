@@ -32,7 +32,7 @@ from exporter.config import Config, DiscoveryConfig, ImageType, ShardingConfig, 
 from exporter.exposition import SelfMetrics
 from exporter.models import Image, ImageSummary
 from exporter.openapi.errors import TIMEOUT, ApiError
-from exporter.snapshot import DiscoveryStatus, ImageError, ImageFacts, ImageState, Snapshot
+from exporter.snapshot import DiscoveryStatus, ImageError, ImageFacts, ImageKey, ImageState, Snapshot
 
 __all__ = ["ImageApi", "Refresher", "in_shard", "shard_of"]
 
@@ -128,12 +128,15 @@ class Refresher:
     ) -> None:
         self._config = config
         self._client = client
-        self._metrics = metrics
+        # This refresher's (account, region) counters: a reload never changes its scope.
+        self._metrics = metrics.scope(config.scope) if metrics is not None else None
+        self._scope = config.scope
+        self._log = log.bind(account=config.account, region_id=config.api.region_id)
         self._publish = publish
         self._clock = wall_clock
         self._steady: Clock = clock or LoopClock()  # cycle durations and the schedule
         self._rng = rng or random.Random()  # noqa: S311 - schedule jitter, not cryptography
-        self._snapshot = Snapshot(status=config.status)
+        self._snapshot = Snapshot(status=config.status, expected=(config.scope,))
         self._discovered: dict[str, WatchedImage] = {}
         self._discovery: DiscoveryStatus | None = None
         self._cycle_lock = asyncio.Lock()
@@ -162,6 +165,8 @@ class Refresher:
 
     def reconfigure(self, config: Config, client: ImageApi | None = None) -> None:
         """Use ``config`` (and ``client``) from the next cycle on, and start that cycle without waiting."""
+        if config.scope != self._config.scope:
+            raise ValueError("a refresher watches one (account, region); its scope cannot change")
         self._config = config
         if client is not None:
             self._client = client
@@ -175,7 +180,7 @@ class Refresher:
             try:
                 await self.refresh_once()
             except Exception:  # a bug in one cycle must not end the loop; the next cycle retries
-                log.exception("refresh_crashed")
+                self._log.exception("refresh_crashed")
             cfg = self._config.refresh
             jitter = self._rng.uniform(-cfg.jitter_ratio, cfg.jitter_ratio)
             next_start = started + cfg.interval_seconds * (1 + jitter)
@@ -183,7 +188,7 @@ class Refresher:
             if now >= next_start:
                 if self._metrics is not None:
                     self._metrics.record_overrun()
-                log.warning(
+                self._log.warning(
                     "refresh_overrun",
                     duration_seconds=round(now - started, 3),
                     interval_seconds=cfg.interval_seconds,
@@ -210,6 +215,7 @@ class Refresher:
                 sequence=self._sequence,
                 discovery=self._discovery if config.discovery.enabled else None,
                 previous=self._snapshot,
+                scope=config.scope,
             )
             if self._publish is not None:
                 await self._publish(snapshot)
@@ -217,7 +223,7 @@ class Refresher:
             # The same verdicts as the metrics, the page and check: counts by health class.
             counts = {h.name.lower(): n for h, n in snapshot.health_counts().items()}
             discovery = {} if snapshot.discovery is None else {"discovery_up": snapshot.discovery.up}
-            log.info(
+            self._log.info(
                 "refresh_done",
                 watched=len(states),
                 **counts,
@@ -251,7 +257,7 @@ class Refresher:
                 )
         except ApiError as exc:
             self._discovery_failed(exc.code)
-            log.warning(
+            self._log.warning(
                 "discovery_failed",
                 code=exc.code,
                 http_status=exc.http_status,
@@ -262,11 +268,13 @@ class Refresher:
             return self._discovered
         except TimeoutError:
             self._discovery_failed(TIMEOUT)
-            log.warning("discovery_failed", code=TIMEOUT, timeout_seconds=limit, kept=len(self._discovered))
+            self._log.warning(
+                "discovery_failed", code=TIMEOUT, timeout_seconds=limit, kept=len(self._discovered)
+            )
             return self._discovered
         except Exception:  # a bug must not stop the static images from being refreshed
             self._discovery_failed(EXPORTER_ERROR)
-            log.exception("discovery_crashed", kept=len(self._discovered))
+            self._log.exception("discovery_crashed", kept=len(self._discovered))
             return self._discovered
         self._discovered = _discovered(summaries, cfg)
         self._discovery = DiscoveryStatus(True, self._clock(), len(self._discovered))
@@ -287,6 +295,7 @@ class Refresher:
         concurrency anyway. Each state is built as its answer arrives, spreading that work over the cycle.
         """
         previous = self._snapshot.images
+        account, region_id = self._scope
         limit = config.refresh.image_timeout_seconds
         max_regions = config.limits.max_regions_per_image
         states: list[ImageState | None] = [None] * len(watched)
@@ -295,7 +304,8 @@ class Refresher:
         async def worker() -> None:
             for i, image in todo:  # one shared iterator: each image is taken by exactly one worker
                 result, at = await self._fetch(client, image, limit, max_regions)
-                states[i] = self._next_state(image, previous.get(image.image_id), result, at)
+                prev = previous.get(ImageKey(account, region_id, image.image_id))
+                states[i] = self._next_state(image, prev, result, at)
 
         workers = max(1, min(len(watched), config.api.max_concurrency))
         await asyncio.gather(*(worker() for _ in range(workers)))
@@ -324,13 +334,14 @@ class Refresher:
         except ApiError as exc:
             result = exc
         except Exception as exc:  # a bug must cost one image, not the cycle
-            log.exception("image_refresh_crashed", image_id=watched.image_id)
+            self._log.exception("image_refresh_crashed", image_id=watched.image_id)
             result = ApiError(code=EXPORTER_ERROR, message=type(exc).__name__, action="GetImage")
         return result, self._clock()
 
     def _next_state(
         self, watched: WatchedImage, prev: ImageState | None, result: Image | ApiError, at: float
     ) -> ImageState:
+        scope = self._scope
         if isinstance(result, Image):
             facts = ImageFacts.from_image(result)
             if result.ignored:
@@ -338,15 +349,17 @@ class Refresher:
                     self._metrics.record_ignored("GetImage", result.ignored)
                 if prev is None or prev.image is None or prev.image.ignored != facts.ignored:
                     # Once per change, not once per cycle: the counter tells how often.
-                    log.info("image_values_ignored", image_id=watched.image_id, fields=list(result.ignored))
+                    self._log.info(
+                        "image_values_ignored", image_id=watched.image_id, fields=list(result.ignored)
+                    )
             # An unchanged answer keeps the previous object: one copy stays alive, and the by-value
             # comparisons downstream (verdict reuse, render cache) end at once on identity. Nothing
             # depends on it: equal facts in a new object hit the same caches.
             image = prev.image if prev is not None and prev.image == facts else facts
-            return ImageState(watched, image, at, None)
+            return ImageState(watched, image, at, None, scope)
         streak = prev is not None and prev.error is not None and prev.error.code == result.code
         # Logged when a failure streak starts or changes code; every failure is counted in the metrics.
-        (log.debug if streak else log.warning)(
+        (self._log.debug if streak else self._log.warning)(
             "image_refresh_failed",
             image_id=watched.image_id,
             code=result.code,
@@ -360,4 +373,5 @@ class Refresher:
             prev.image if prev is not None else None,
             prev.last_success if prev is not None else None,
             ImageError(result.code, result.http_status, result.request_id, since),
+            scope,
         )

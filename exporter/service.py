@@ -12,39 +12,75 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from exporter.buildinfo import BuildInfo
 from exporter.clock import Clock
-from exporter.config import STOP_TIMEOUT_SECONDS, Config, parse_listen_address
-from exporter.credentials import build_credential_source
+from exporter.config import STOP_TIMEOUT_SECONDS, Config, Scope, parse_listen_address
+from exporter.credentials import CredentialSource, build_credential_source
 from exporter.exposition import RenderedSnapshot, SelfMetrics, SnapshotRenderer
 from exporter.http.app import OPEN_PATHS, create_app
+from exporter.openapi.budget import Budget
 from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.refresher import Refresher
 from exporter.snapshot import Snapshot
 
-__all__ = ["ClientFactory", "ExporterService"]
+__all__ = ["Account", "ClientFactory", "ExporterService", "default_client", "new_account"]
 
 log = structlog.get_logger("ehpc.service")
 
-ClientFactory = Callable[[Config, ApiObserver], EhpcClient]
 # aiohttp waits this long for in-flight requests on stop, leaving room in the 5 s stop budget.
 SHUTDOWN_TIMEOUT_SECONDS = 2.0  # in-flight scrapes may finish this long after a stop begins
 
 FULL_GC_THRESHOLD = 100  # gc threshold2 while serving; see _gc_ctx
 
 
-def default_client(config: Config, observer: ApiObserver) -> EhpcClient:
-    """The real client for ``config`` with ``observer`` counting every attempt."""
-    return EhpcClient(config.api, build_credential_source(config.credentials), observer=observer)
+@dataclass(frozen=True, slots=True)
+class Account:
+    """What the regions of one account share: its credential source (one cache, one refresh) and the
+    account-wide budget, if configured."""
+
+    credentials: CredentialSource
+    budget: Budget | None = None
+
+
+# Builds the client of one (account, region): a one-target config, its observer, its account's resources.
+ClientFactory = Callable[[Config, ApiObserver, Account], EhpcClient]
+
+
+def default_client(config: Config, observer: ApiObserver, account: Account) -> EhpcClient:
+    """The real client for one (account, region) with ``observer`` counting every attempt."""
+    return EhpcClient(config.api, account.credentials, observer=observer, account_budget=account.budget)
+
+
+def new_account(config: Config) -> Account:
+    """The shared resources of ``config``'s account (credentials, account budget)."""
+    cap = config.account_max_concurrency
+    budget = Budget(config.account_qps, cap or 1_000_000) if config.account_qps or cap else None
+    return Account(build_credential_source(config.credentials, config.assume_role), budget)
+
+
+@dataclass(slots=True)
+class _Unit:
+    """One (account, region) being watched: its config, client and refresher (and loop task)."""
+
+    config: Config
+    client: EhpcClient
+    refresher: Refresher
+    task: asyncio.Task[None] | None = None
 
 
 class ExporterService:
-    """The running exporter: ``start()``/``stop()`` for the server, ``refresh_once()`` for ``check``."""
+    """The running exporter: ``start()``/``stop()`` for the server, ``refresh_once()`` for ``check``.
+
+    Every (account, region) of the config has its own client (budget, session) and refresh loop, so a
+    slow or failing one delays no other; each loop's snapshot joins the published one as it completes.
+    """
 
     def __init__(
         self,
@@ -64,10 +100,14 @@ class ExporterService:
             build_info, process_metrics=process_metrics, max_error_codes=config.limits.max_error_codes
         )
         self.metrics.record_reload(True, wall_clock())  # the config this service starts with did load
+        self._sequence = 0
         self._renderer = SnapshotRenderer()
-        self._rendered = self._renderer.render(Snapshot(status=config.status))
-        self._client: EhpcClient | None = None
-        self._refresher: Refresher | None = None
+        self._rendered = self._renderer.render(self._merged(config, {}))
+        self._units: dict[Scope, _Unit] = {}
+        self._accounts: dict[tuple[object, ...], Account] = {}
+        self._parts: dict[Scope, Snapshot] = {}
+        self._publish_lock = asyncio.Lock()
+        self._running = False  # the refresh loops run (between the app's startup and cleanup)
         self._retired: set[EhpcClient] = set()  # replaced by a reload, closed once no cycle uses them
         self._closers: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
@@ -113,18 +153,30 @@ class ExporterService:
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
-    def _ensure_refresher(self) -> Refresher:
-        if self._refresher is None:
-            self._client = self._client_factory(self._config, self.metrics)
-            self._refresher = Refresher(
-                self._config,
-                self._client,
-                metrics=self.metrics,
-                publish=self._publish,
-                wall_clock=self._clock,
-                clock=self._steady,
-            )
-        return self._refresher
+    def _account(self, config: Config) -> Account:
+        """The shared resources of ``config``'s account, made once per distinct account settings."""
+        key = config.account_settings
+        found = self._accounts.get(key)
+        if found is None:
+            found = self._accounts[key] = new_account(config)
+        return found
+
+    def _new_unit(self, config: Config) -> _Unit:
+        client = self._client_factory(config, self.metrics.scope(config.scope), self._account(config))
+        refresher = Refresher(
+            config,
+            client,
+            metrics=self.metrics,
+            publish=self._publisher(config.scope),
+            wall_clock=self._clock,
+            clock=self._steady,
+        )
+        return _Unit(config, client, refresher)
+
+    def _ensure_units(self) -> dict[Scope, _Unit]:
+        if not self._units:
+            self._units = {c.scope: self._new_unit(c) for c in self._config.scopes()}
+        return self._units
 
     async def start(self) -> None:
         """Bind the web server and start refreshing (the first refresh starts at once)."""
@@ -164,26 +216,36 @@ class ExporterService:
         )
 
     async def _client_ctx(self, _app: web.Application) -> AsyncIterator[None]:
-        """The API client lives as long as the app; its session is closed on the way out."""
-        self._ensure_refresher()
+        """The API clients live as long as the app; their sessions are closed on the way out."""
+        self._ensure_units()
         try:
             yield
         finally:
             for task in list(self._closers):
                 task.cancel()
             await asyncio.gather(*self._closers, return_exceptions=True)
-            clients = [c for c in (self._client, *self._retired) if c is not None]
+            clients = [u.client for u in self._units.values()] + list(self._retired)
             self._retired.clear()
             await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
     async def _refresher_ctx(self, _app: web.Application) -> AsyncIterator[None]:
-        """The refresh loop runs as long as the app; cancelled, then awaited, on the way out."""
-        task = asyncio.create_task(self._ensure_refresher().run(), name="ehpc-refresher")
+        """A refresh loop per (account, region) runs as long as the app; cancelled, then awaited."""
+        self._running = True
+        for unit in self._ensure_units().values():
+            self._start_loop(unit)
         try:
             yield
         finally:
-            task.cancel()
-            await asyncio.wait([task])
+            self._running = False
+            tasks = [u.task for u in self._units.values() if u.task is not None]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
+
+    def _start_loop(self, unit: _Unit) -> None:
+        account, region = unit.config.scope
+        unit.task = asyncio.create_task(unit.refresher.run(), name=f"ehpc-refresher-{account}-{region}")
 
     async def stop(self) -> bool:
         """Stop accepting, stop the refresh loop and close the API session within STOP_TIMEOUT_SECONDS;
@@ -203,23 +265,46 @@ class ExporterService:
         return True
 
     async def refresh_once(self) -> Snapshot:
-        """One refresh now and its snapshot; without :meth:`start` the API session is closed afterwards."""
-        refresher = self._ensure_refresher()
+        """One refresh of every (account, region) now, in parallel, and the snapshot they make; without
+        :meth:`start` the API sessions are closed afterwards."""
+        units = list(self._ensure_units().values())
         try:
-            return await refresher.refresh_once()
+            await asyncio.gather(*(u.refresher.refresh_once() for u in units))
+            return self.snapshot
         finally:
-            if self._runner is None and self._client is not None:
-                await self._client.close()  # the client reopens its session if used again
+            if self._runner is None:
+                await asyncio.gather(*(u.client.close() for u in units))  # reopened if used again
 
-    async def _publish(self, snapshot: Snapshot) -> None:
-        previous = self._rendered
-        # On the loop in short slices: a worker thread would hold the GIL against scrapes for longer.
-        rendered = await self._renderer.render_async(snapshot)
-        # Compress, before the swap, each format scrapers asked gzip for last time, so no scrape waits.
-        for openmetrics in (False, True):
-            if previous.has_deflated(openmetrics):
-                await asyncio.to_thread(rendered.deflated, openmetrics)  # zlib releases the GIL
-        self._rendered = rendered
+    def _merged(self, config: Config, parts: Mapping[Scope, Snapshot]) -> Snapshot:
+        """The snapshot to publish: the latest of every (account, region) still configured."""
+        scopes = [c.scope for c in config.scopes()]
+        self._sequence += 1 if parts else 0
+        return Snapshot.merge(
+            (parts[s] for s in scopes if s in parts),
+            status=config.status,
+            expected=scopes,
+            sequence=self._sequence,
+        )
+
+    def _publisher(self, scope: Scope) -> Callable[[Snapshot], Awaitable[None]]:
+        async def publish(snapshot: Snapshot) -> None:
+            self._parts[scope] = snapshot
+            await self._publish()
+
+        return publish
+
+    async def _publish(self) -> None:
+        """Render and swap in the merged snapshot (one at a time: each render reuses the last one's bytes)."""
+        async with self._publish_lock:
+            snapshot = self._merged(self._config, self._parts)
+            previous = self._rendered
+            # On the loop in short slices: a worker thread would hold the GIL against scrapes for longer.
+            rendered = await self._renderer.render_async(snapshot)
+            # Compress, before the swap, each format scrapers asked gzip for last time, so no scrape waits.
+            for openmetrics in (False, True):
+                if previous.has_deflated(openmetrics):
+                    await asyncio.to_thread(rendered.deflated, openmetrics)  # zlib releases the GIL
+            self._rendered = rendered
 
     # -- configuration -----------------------------------------------------------------------------------
 
@@ -236,32 +321,70 @@ class ExporterService:
             self.record_reload(False)
             raise
         self.record_reload(True)
+        scopes = config.scopes()
         log.info(
             "config_reloaded",
             client_rebuilt=rebuild,
-            static_images=len(config.images),
-            discovery=config.discovery.enabled,
+            targets=len(scopes),
+            static_images=sum(len(c.images) for c in scopes),
+            discovery=any(c.discovery.enabled for c in scopes),
             interval_seconds=config.refresh.interval_seconds,
         )
 
     def _apply(self, config: Config) -> bool:
-        """Swap ``config`` in; whether the API client was rebuilt for it."""
+        """Swap ``config`` in; whether any API client was rebuilt for it.
+
+        Per (account, region): a new one gets a client and a loop; a removed one's loop is cancelled,
+        its series leave with the next publish; a changed one is reconfigured, with a new client when
+        its endpoint, budget or credentials changed. Everything that can raise (a client factory) runs
+        before anything changes, so a failed reload leaves the running config whole.
+        """
         old = self._config
-        rebuild = (config.api, config.credentials) != (old.api, old.credentials)
-        refresher = self._refresher
-        # Built before anything changes, so a factory that raises leaves the running config whole.
-        client = self._client_factory(config, self.metrics) if refresher is not None and rebuild else None
+        new_scopes = {c.scope: c for c in config.scopes()}
+        units = self._units
+        started = bool(units)
+        rebuilt: dict[Scope, EhpcClient] = {}
+        added: dict[Scope, _Unit] = {}
+        if started:
+            for scope, cfg in new_scopes.items():
+                unit = units.get(scope)
+                if unit is None:
+                    added[scope] = self._new_unit(cfg)
+                elif (cfg.api, cfg.account_settings) != (unit.config.api, unit.config.account_settings):
+                    observer = self.metrics.scope(scope)
+                    rebuilt[scope] = self._client_factory(cfg, observer, self._account(cfg))
+        used = {c.account_settings for c in new_scopes.values()}
+        self._accounts = {k: v for k, v in self._accounts.items() if k in used}
         self._config = config
         self.metrics.max_error_codes = config.limits.max_error_codes
+        self.metrics.retain(new_scopes)
         if config.web != old.web and self._runner is not None:
             log.warning("web_config_change_needs_restart")
-        if refresher is not None:
+        if not started:
+            return False
+        for scope in [s for s in units if s not in new_scopes]:
+            unit = units.pop(scope)
+            self._parts.pop(scope, None)
+            if unit.task is not None:
+                unit.task.cancel()
+            self._retire(unit.client, unit.refresher)
+        for scope, unit in added.items():
+            units[scope] = unit
+            if self._running:
+                self._start_loop(unit)
+        for scope, cfg in new_scopes.items():
+            if scope in added:
+                continue
+            unit = units[scope]
+            client = rebuilt.get(scope)
             if client is not None:
-                retired, self._client = self._client, client
-                if retired is not None:
-                    self._retire(retired, refresher)
-            refresher.reconfigure(config, client)
-        return rebuild
+                self._retire(unit.client, unit.refresher)
+                unit.client = client
+            unit.config = cfg
+            unit.refresher.reconfigure(cfg, client)
+        if self._running and [c.scope for c in old.scopes()] != list(new_scopes):
+            self._spawn(self._publish())  # removed scopes leave the page and /metrics now
+        return bool(rebuilt or added)
 
     def _retire(self, client: EhpcClient, refresher: Refresher) -> None:
         """Close ``client`` once the cycle that may be using it has finished."""
@@ -273,7 +396,10 @@ class ExporterService:
             self._retired.discard(client)
             await client.close()
 
-        task = asyncio.create_task(close_when_idle(), name="ehpc-close-retired-client")
+        self._spawn(close_when_idle(), "ehpc-close-retired-client")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str = "ehpc-publish") -> None:
+        task = asyncio.create_task(coro, name=name)
         self._closers.add(task)
         task.add_done_callback(self._closers.discard)
 

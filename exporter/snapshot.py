@@ -12,7 +12,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import NamedTuple
 
-from exporter.config import StatusConfig, WatchedImage
+from exporter.config import DEFAULT_SCOPE, Scope, StatusConfig, WatchedImage
 from exporter.models import Image
 from exporter.view import HEALTH_ORDER, IMAGE_NOT_FOUND, Health, ImageView, image_view, status_label
 
@@ -20,11 +20,21 @@ __all__ = [
     "DiscoveryStatus",
     "ImageError",
     "ImageFacts",
+    "ImageKey",
     "ImageState",
     "Replica",
+    "ScopeStatus",
     "Snapshot",
     "status_label",
 ]
+
+
+class ImageKey(NamedTuple):
+    """The identity of one watched image: the same id in another account or region is another image."""
+
+    account: str
+    region_id: str
+    image_id: str
 
 
 class Replica(NamedTuple):
@@ -98,11 +108,17 @@ class ImageState:
     image: ImageFacts | None = None
     last_success: float | None = None  # wall time of the last successful GetImage
     error: ImageError | None = None  # set while the last GetImage failed
+    scope: Scope = DEFAULT_SCOPE  # the account and region it was asked in
 
     @property
     def image_id(self) -> str:
-        """The watched image id (the identity of every series of this image)."""
+        """The watched image id."""
         return self.watched.image_id
+
+    @property
+    def key(self) -> ImageKey:
+        """The image's identity: account, region and id (the identity labels of every series of it)."""
+        return ImageKey(self.scope.account, self.scope.region_id, self.watched.image_id)
 
     @property
     def up(self) -> bool:
@@ -119,7 +135,7 @@ class ImageState:
         img = self.image
         error = (self.error.code, self.error.since) if self.error is not None else None
         return image_view(
-            self.image_id,
+            self.key,
             self.watched.additional_region_ids,
             img.status if img is not None else None,
             [(r.region_id, r.status) for r in img.additional_regions] if img is not None else (),
@@ -138,13 +154,23 @@ class DiscoveryStatus:
     error_code: str | None = None  # why the last one failed
 
 
+@dataclass(frozen=True, slots=True)
+class ScopeStatus:
+    """How the last refresh cycle of one (account, region) went."""
+
+    refreshed_at: float | None  # wall time its last cycle ended
+    duration_seconds: float | None  # how long that cycle took
+    watched: int  # images in its watched set
+    discovery: DiscoveryStatus | None = None  # absent while its discovery is off
+
+
 def _views(
-    states: Mapping[str, ImageState], status: StatusConfig, previous: Snapshot | None
-) -> Mapping[str, ImageView]:
+    states: Mapping[ImageKey, ImageState], status: StatusConfig, previous: Snapshot | None
+) -> Mapping[ImageKey, ImageView]:
     """Every image's verdict; an image whose state is the previous one's keeps its previous verdict."""
     old_states = previous.images if previous is not None and previous.status == status else {}
     old_views = previous.views if previous is not None else {}
-    out: dict[str, ImageView] = {}
+    out: dict[ImageKey, ImageView] = {}
     for image_id, state in states.items():
         old = old_states.get(image_id)
         kept = old_views.get(image_id) if old is not None and _inputs(old) == _inputs(state) else None
@@ -160,16 +186,23 @@ def _inputs(state: ImageState) -> tuple[object, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Everything one refresh cycle learnt, ordered by image id; the unit that is swapped atomically."""
+    """Everything the refresh cycles learnt, ordered by image key; the unit that is swapped atomically.
 
-    images: Mapping[str, ImageState] = field(default_factory=lambda: MappingProxyType({}))
+    A refresher builds the snapshot of its one (account, region) with :meth:`build`; the service
+    publishes the union of the latest one of every (account, region) with :meth:`merge`.
+    """
+
+    images: Mapping[ImageKey, ImageState] = field(default_factory=lambda: MappingProxyType({}))
     status: StatusConfig = field(default_factory=StatusConfig)
-    refreshed_at: float | None = None  # wall time the cycle ended; None before the first cycle
-    duration_seconds: float | None = None  # how long the cycle took
+    refreshed_at: float | None = None  # wall time the latest cycle ended; None before the first
+    duration_seconds: float | None = None  # how long the longest of the latest cycles took
     sequence: int = 0  # 0 for the empty start-up snapshot, then 1, 2, ...
     # The verdict on each image, decided here once; every view reads it.
-    views: Mapping[str, ImageView] = field(default_factory=lambda: MappingProxyType({}))
-    discovery: DiscoveryStatus | None = None
+    views: Mapping[ImageKey, ImageView] = field(default_factory=lambda: MappingProxyType({}))
+    # Every (account, region) that has completed a cycle, in key order.
+    scopes: Mapping[Scope, ScopeStatus] = field(default_factory=lambda: MappingProxyType({}))
+    # Every (account, region) watched, complete or not (what "ready" waits for).
+    expected: tuple[Scope, ...] = ()
 
     @classmethod
     def build(
@@ -182,19 +215,80 @@ class Snapshot:
         sequence: int,
         discovery: DiscoveryStatus | None = None,
         previous: Snapshot | None = None,
+        scope: Scope = DEFAULT_SCOPE,
     ) -> Snapshot:
-        """A snapshot of ``images`` (any order; stored sorted by id, read-only), with their verdicts.
+        """The snapshot of one (account, region) cycle over ``images`` (any order; stored sorted).
 
         ``previous`` lets unchanged images keep their verdict instead of deciding it again.
         """
-        states = MappingProxyType({s.image_id: s for s in sorted(images, key=lambda s: s.image_id)})
+        states = MappingProxyType({s.key: s for s in sorted(images, key=lambda s: s.key)})
         views = _views(states, status, previous)
-        return cls(states, status, refreshed_at, duration_seconds, sequence, views, discovery)
+        scopes = {scope: ScopeStatus(refreshed_at, duration_seconds, len(states), discovery)}
+        return cls(
+            states,
+            status,
+            refreshed_at,
+            duration_seconds,
+            sequence,
+            views,
+            MappingProxyType(scopes),
+            (scope,),
+        )
+
+    @classmethod
+    def merge(
+        cls, parts: Iterable[Snapshot], *, status: StatusConfig, expected: Iterable[Scope], sequence: int
+    ) -> Snapshot:
+        """The union of per-(account, region) snapshots (their verdicts kept, not decided again)."""
+        parts = list(parts)
+        images = sorted((item for p in parts for item in p.images.items()), key=lambda item: item[0])
+        views = {key: view for p in parts for key, view in p.views.items()}
+        scopes = sorted((item for p in parts for item in p.scopes.items()), key=lambda item: item[0])
+        ends = [p.refreshed_at for p in parts if p.refreshed_at is not None]
+        durations = [p.duration_seconds for p in parts if p.duration_seconds is not None]
+        return cls(
+            MappingProxyType(dict(images)),
+            status,
+            max(ends) if ends else None,
+            max(durations) if durations else None,
+            sequence,
+            MappingProxyType({key: views[key] for key, _ in images}),
+            MappingProxyType(dict(scopes)),
+            tuple(expected),
+        )
 
     @property
     def completed(self) -> bool:
-        """At least one refresh cycle has completed."""
-        return self.refreshed_at is not None
+        """Every (account, region) watched has completed at least one refresh cycle."""
+        return self.refreshed_at is not None and all(s in self.scopes for s in self.expected)
+
+    def find(self, image_id: str) -> ImageState:
+        """The one image with id ``image_id`` (KeyError when none, or several accounts or regions have it)."""
+        found = [s for k, s in self.images.items() if k.image_id == image_id]
+        if len(found) != 1:
+            raise KeyError(image_id)
+        return found[0]
+
+    def view_of(self, image_id: str) -> ImageView:
+        """The verdict on the one image with id ``image_id`` (see :meth:`find`)."""
+        return self.views[self.find(image_id).key]
+
+    @property
+    def discovery(self) -> DiscoveryStatus | None:
+        """Discovery across every (account, region): up while all are, counts added (None while off)."""
+        found = [s.discovery for s in self.scopes.values() if s.discovery is not None]
+        if not found:
+            return None
+        if len(found) == 1:
+            return found[0]
+        failing = [d for d in found if not d.up]
+        successes = [d.last_success for d in found if d.last_success is not None]
+        return DiscoveryStatus(
+            up=not failing,
+            last_success=min(successes) if successes and len(successes) == len(found) else None,
+            discovered=sum(d.discovered for d in found),
+            error_code=failing[0].error_code if failing else None,
+        )
 
     def health_counts(self) -> dict[Health, int]:
         """Images per health class, every class present, worst first."""
@@ -205,5 +299,5 @@ class Snapshot:
 
     @property
     def discovery_failed(self) -> bool:
-        """Discovery is on and its last run failed."""
-        return self.discovery is not None and not self.discovery.up
+        """Discovery is on somewhere and its last run there failed."""
+        return any(s.discovery is not None and not s.discovery.up for s in self.scopes.values())

@@ -72,6 +72,8 @@ class ReplicaView(NamedTuple):
 class ImageView(NamedTuple):
     """The verdict on one image: plain values, immutable, compared by value."""
 
+    account: str
+    region_id: str  # the region whose endpoint answered for it
     image_id: str
     health: Health
     status: str | None  # the status label of the last good data; None before any
@@ -115,14 +117,14 @@ def state_set(current: str | None, vocabulary: Sequence[str]) -> States:
 
 
 def image_view(
-    image_id: str,
+    key: tuple[str, str, str],
     requested_regions: Sequence[str],
     status: str | None,
     replicas: Sequence[tuple[str, str]],
     error: tuple[str, float] | None,
     config: StatusConfig,
 ) -> ImageView:
-    """The verdict on one image.
+    """The verdict on one image, ``key`` = (account, region, image id).
 
     ``status`` and ``replicas`` (region, status) are the last good data (``None`` / empty before any);
     ``error`` is ``(code, since)`` while the last GetImage failed.
@@ -163,7 +165,10 @@ def image_view(
         health = Health.REPLICATING
     else:
         health = Health.HEALTHY
+    account, region_id, image_id = key
     return ImageView(
+        account=scrub(account),
+        region_id=scrub(region_id),
         image_id=scrub(image_id),
         health=health,
         status=label,

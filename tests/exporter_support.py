@@ -72,9 +72,27 @@ def samples(exposition: str | bytes) -> dict[SampleKey, float]:
     return out
 
 
+IDENTITY_LABELS = frozenset({"account", "region_id"})
+
+
 def value(found: dict[SampleKey, float], name: str, **labels: str) -> float | None:
-    """The value of one sample, or None when the series is absent."""
-    return found.get((name, frozenset(labels.items())))
+    """The value of one sample, or None when the series is absent.
+
+    The identity labels (account, region_id) may be left out when one (account, region) alone has the
+    series: the other labels must still match exactly.
+    """
+    exact = found.get((name, frozenset(labels.items())))
+    if exact is not None or labels.keys() >= IDENTITY_LABELS:
+        return exact
+    wanted = frozenset(labels.items())
+    matches = [
+        v
+        for (n, have), v in found.items()
+        if n == name and wanted <= have and {k for k, _ in have - wanted} == IDENTITY_LABELS - labels.keys()
+    ]
+    if len(matches) > 1:
+        raise AssertionError(f"{name}{labels} is ambiguous: name account and region_id")
+    return matches[0] if matches else None
 
 
 def series_of(found: dict[SampleKey, float], image_id: str) -> list[SampleKey]:

@@ -385,14 +385,18 @@ async def test_run_reload_on_sighup_and_stop_on_sigterm(tmp_path: Path, simulato
     async with cli("--config", path, "--web.listen-address", "127.0.0.1:0") as p:
         started = await p.wait_line(p.err, r'"event": "started"')
         url = json.loads(started.string)["url"] + "/metrics"
-        await wait_metric(url, rf'^ehpc_image_up{{image_id="{SIM_VM_ID}"}} 1')
+        await wait_metric(
+            url, rf'^ehpc_image_up{{account="default",image_id="{SIM_VM_ID}",region_id="cn-hangzhou"}} 1'
+        )
         await wait_metric(url, r"^ehpc_config_last_reload_successful 1")
 
         write(tmp_path, "images: [{id: m-1}, {id: m-1}]\n")
         p.proc.send_signal(signal.SIGHUP)
         await p.wait_line(p.err, r'"event": "config_reload_failed"')
         text = await wait_metric(url, r"^ehpc_config_last_reload_successful 0")
-        assert f'ehpc_image_up{{image_id="{SIM_VM_ID}"}} 1' in text  # still the old config, still serving
+        assert (
+            f'ehpc_image_up{{account="default",image_id="{SIM_VM_ID}",region_id="cn-hangzhou"}} 1' in text
+        )  # still the old config, still serving
         failures = [e for e in log_events(p.err) if e["event"] == "config_reload_failed"]
         assert [e["error"] for e in failures] == [
             f"{path}: images[1].id: duplicate image id 'm-1' (also images[0])"
@@ -401,7 +405,10 @@ async def test_run_reload_on_sighup_and_stop_on_sigterm(tmp_path: Path, simulato
         write(tmp_path, sim_config(simulator, [SIM_VM_ID, SIM_CONTAINER_ID], interval=1))
         p.proc.send_signal(signal.SIGHUP)
         text = await wait_metric(url, r"^ehpc_config_last_reload_successful 1")
-        await wait_metric(url, rf'^ehpc_image_up{{image_id="{SIM_CONTAINER_ID}"}} 1')
+        await wait_metric(
+            url,
+            rf'^ehpc_image_up{{account="default",image_id="{SIM_CONTAINER_ID}",region_id="cn-hangzhou"}} 1',
+        )
 
         stopped_at = time.monotonic()
         p.proc.send_signal(signal.SIGTERM)
@@ -455,7 +462,9 @@ async def test_reload_of_a_hostile_file_shows_0_fast_and_success_once(
             assert time.monotonic() - sent < 5
             assert re.match(expected, str(failures[-1]["error"])), failures[-1]
             text = await wait_metric(url, r"^ehpc_config_last_reload_successful 0")
-            assert f'ehpc_image_up{{image_id="{SIM_VM_ID}"}} 1' in text  # the old config still serves
+            assert (
+                f'ehpc_image_up{{account="default",image_id="{SIM_VM_ID}",region_id="cn-hangzhou"}} 1' in text
+            )  # the old config still serves
 
             write(tmp_path, good)
             p.proc.send_signal(signal.SIGHUP)

@@ -139,11 +139,15 @@ _HOLE = "FUZZHOLE"
 
 def _document(loc: tuple[str | int, ...], value: str) -> str:
     """A YAML document with ``value`` (YAML scalar text) at ``loc``, and the planted secret in place."""
-    doc: dict[str, Any] = {
-        "credentials": {"type": "access_key", "access_key_id": "LTAIfuzz", "access_key_secret": SECRET}
-    }
+    credentials = {"type": "access_key", "access_key_id": "LTAIfuzz", "access_key_secret": SECRET}
+    doc: dict[str, Any] = {"credentials": credentials}
     if loc[0] == "images":
         doc["images"] = [{"id": "m-fuzz"}]
+    if loc[0] == "targets":  # the credentials move into the one target, next to what it requires
+        target = {"account": "fuzz", "regions": [{"region_id": "cn-hangzhou"}], "credentials": credentials}
+        doc = {"targets": [{**target, "images": [{"id": "m-fuzz"}]}]}
+        if "assume_role" in loc:
+            doc["targets"][0]["assume_role"] = {"role_arn": "acs:ram::123456789012:role/fuzz"}
     node: Any = doc
     for part, after in itertools.pairwise(loc):
         empty: Any = [] if isinstance(after, int) else {}
@@ -357,7 +361,13 @@ def test_numbers_out_of_range_are_one_line_naming_the_field(tmp_path: Path, leaf
 
 def _runtime_value(config: Any, leaf: Leaf) -> float:
     node = config
-    for part in leaf.loc:
+    loc = leaf.loc
+    if loc[:1] == ("targets",) and loc[2] in ("api", "refresh"):
+        # A target's overrides live in its resolved regions (api) and refresh, not under their own key.
+        node, loc = config.targets[loc[1]], loc[2:]
+        if loc[0] == "api":
+            node, loc = node.regions[0], loc[1:]
+    for part in loc:
         node = node[part] if isinstance(part, int) else getattr(node, part)
     assert isinstance(node, int | float)
     return float(node)

@@ -26,7 +26,7 @@ async def test_simulator_example_discovers_and_refreshes_the_simulated_fleet(
         config = load_config(EXAMPLES / "simulator.yaml", {"api.endpoint": sim.url})
         assert config_warnings(config) == []
         snapshot = await ExporterService(config, process_metrics=False).refresh_once()
-    assert set(snapshot.images) == {image.image_id for image in fleet}
+    assert {k.image_id for k in snapshot.images} == {image.image_id for image in fleet}
     # Every image answered or failed with the error the fleet assigns it; none failed on auth.
     codes = {state.error.code for state in snapshot.images.values() if state.error}
     assert not codes & {"SignatureDoesNotMatch", "InvalidAccessKeyId.NotFound", "IncompleteSignature"}

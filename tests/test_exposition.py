@@ -16,7 +16,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
 from exporter.buildinfo import BuildInfo
-from exporter.config import StatusConfig, WatchedImage
+from exporter.config import DEFAULT_SCOPE, Scope, StatusConfig, WatchedImage
 from exporter.exposition import (
     SNAPSHOT_METRICS,
     SPECS,
@@ -31,7 +31,6 @@ from exporter.exposition import (
     SnapshotRenderer,
     gzip_body,
     render_snapshot,
-    with_labels,
 )
 from exporter.exposition.families import Sample
 from exporter.openapi.errors import ApiError
@@ -139,7 +138,7 @@ def test_renderer_cache_follows_changes() -> None:
     renderer = SnapshotRenderer()
     first = tricky_snapshot()
     renderer.render(first)
-    states = {k: v for k, v in first.images.items() if k != "m-unknown"}
+    states = {k.image_id: v for k, v in first.images.items() if k.image_id != "m-unknown"}
     states["m-ok"] = replace(
         states["m-ok"], image=make_image("m-ok", status="Deprecated"), last_success=NOW + 60
     )
@@ -249,21 +248,41 @@ def test_a_family_added_to_the_table_alone_is_rendered_like_the_reference() -> N
     assert "# TYPE ehpc_test_throwaway counter\n" in rendered.openmetrics.decode()
 
 
-def test_identity_labels_join_every_family_in_one_place() -> None:
-    """Why: account and region labels will be added to every family; with_labels must be the one
-    change. Every sample of both renderers carries them, and the renderers still agree byte for byte."""
-    table = with_labels(_throwaway_table(), {"region_id": "cn-hangzhou", "account": "acct-1"})
-    snapshot = tricky_snapshot()
-    renderer = SnapshotRenderer(table)
-    renderer.render(snapshot)
-    second = replace(snapshot, refreshed_at=NOW + 99)
+def test_the_same_image_in_two_accounts_or_regions_is_two_images() -> None:
+    """Why: identity is the image's key (account, region, id), not a constant added to the table: the
+    same id watched in two accounts and two regions gives every series three times, each carrying its
+    own account and region_id, and both renderers agree byte for byte, fresh and reused."""
+    base = tricky_snapshot()
+    scopes = [Scope("acct-1", "cn-hangzhou"), Scope("acct-1", "cn-shanghai"), Scope("acct-2", "cn-hangzhou")]
+    parts = [
+        Snapshot.build(
+            [replace(state, scope=scope) for state in base.images.values()],
+            status=base.status,
+            refreshed_at=NOW,
+            duration_seconds=1.0,
+            sequence=1,
+            scope=scope,
+        )
+        for scope in scopes
+    ]
+    merged = Snapshot.merge(parts, status=base.status, expected=scopes, sequence=1)
+    assert len(merged.images) == 3 * len(base.images)
+    renderer = SnapshotRenderer()
+    renderer.render(merged)
+    second = replace(merged, refreshed_at=NOW + 99)
     rendered = renderer.render(second)  # the second render reuses the cached lines
-    text, om = reference(second, table)
+    text, om = reference(second, TABLE)
     assert rendered.text == text
     assert rendered.openmetrics + b"# EOF\n" == om
     lines = [line for line in text.decode().splitlines() if not line.startswith("#")]
-    assert len(lines) > 50
-    assert all('{account="acct-1",' in line and 'region_id="cn-hangzhou"' in line for line in lines)
+    for scope in scopes:
+        mine = [
+            line
+            for line in lines
+            if f'account="{scope.account}"' in line and f'region_id="{scope.region_id}"' in line
+        ]
+        assert len(mine) * 3 == len(lines)
+    assert all('account="' in line and 'region_id="' in line for line in lines)
 
 
 def test_only_volatile_families_read_the_last_success() -> None:
@@ -291,8 +310,8 @@ def test_render_cache_hits_by_value_not_identity() -> None:
         return Snapshot.build(states, status=StatusConfig(), refreshed_at=at, duration_seconds=1, sequence=1)
 
     first, second = build(NOW), build(NOW + 60)
-    assert first.images["m-1"].image is not second.images["m-1"].image
-    assert first.views["m-1"] is not second.views["m-1"]
+    assert first.find("m-1").image is not second.find("m-1").image
+    assert first.view_of("m-1") is not second.view_of("m-1")
     renderer = SnapshotRenderer()
     before, after = renderer.render(first).parts(False), renderer.render(second).parts(False)
     assert len(before) == len(after)
@@ -432,6 +451,8 @@ def test_contract_names_and_types() -> None:
     }
     assert {n.value: SPECS[n].type for n in MetricName} == contract
     assert set(SPECS[MetricName.IMAGE_INFO].labels) == {
+        "account",
+        "region_id",
         "image_id",
         "name",
         "version",
@@ -442,12 +463,20 @@ def test_contract_names_and_types() -> None:
         "architecture",
         "registry_url",
     }
+    # Every family carries the identity labels but the three about the process itself.
+    unscoped = {
+        MetricName.BUILD_INFO,
+        MetricName.CONFIG_RELOAD_SUCCESSFUL,
+        MetricName.CONFIG_RELOAD_TIMESTAMP,
+    }
+    for name, spec in SPECS.items():
+        assert ({"account", "region_id"} <= set(spec.labels)) == (name not in unscoped), name
 
 
 def test_openmetrics_parses_with_one_eof() -> None:
     """Snapshot part + self part is valid OpenMetrics: the strict parser accepts it (it requires one EOF)."""
     metrics = SelfMetrics(BuildInfo("1", "3"), process_metrics=True)
-    metrics.on_attempt("GetImage", 0.01, ApiError("NotAuthorized", "x", http_status=407))
+    metrics.scope(DEFAULT_SCOPE).on_attempt("GetImage", 0.01, ApiError("NotAuthorized", "x", http_status=407))
     body = render_snapshot(tricky_snapshot()).openmetrics + metrics.render(True)
     text = body.decode()
     assert text.count("# EOF") == 1
@@ -477,7 +506,7 @@ def test_gzip_body_is_one_member_continuing_the_cached_stream() -> None:
 def test_promtool_accepts_the_whole_exposition() -> None:
     """`promtool check metrics` finds no problem in a full exposition (snapshot + self + process metrics)."""
     metrics = SelfMetrics(BuildInfo("1", "3"), process_metrics=True)
-    metrics.on_attempt("GetImage", 0.01, ApiError("Timeout", "x"))
+    metrics.scope(DEFAULT_SCOPE).on_attempt("GetImage", 0.01, ApiError("Timeout", "x"))
     metrics.record_reload(True, NOW)
     body = render_snapshot(tricky_snapshot()).text + metrics.render(False)
     proc = subprocess.run(

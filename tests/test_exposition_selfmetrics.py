@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from exporter.buildinfo import BuildInfo
+from exporter.config import DEFAULT_SCOPE
 from exporter.exposition import SelfMetrics
 from exporter.exposition.families import SELF_SPECS
 from exporter.openapi.errors import KNOWN_CODES, OVERFLOW_CODE, ApiError
@@ -13,8 +14,11 @@ from tests.exporter_support import samples, value
 
 
 def test_self_metrics_start_at_zero_for_every_known_code() -> None:
-    """Each known code of both actions is exposed at 0 with its usual HTTP status ("0" for local codes)."""
+    """Each known code of both actions is exposed at 0 with its usual HTTP status ("0" for local codes),
+    for every (account, region) from when it is first watched."""
     metrics = SelfMetrics(BuildInfo("1.2.3", "3.11.0"), process_metrics=False)
+    assert value(samples(metrics.render(False)), "ehpc_api_requests_total", action="GetImage") is None
+    metrics.scope(DEFAULT_SCOPE)
     found = samples(metrics.render(False))
     for action in ("GetImage", "ListImages"):
         assert value(found, "ehpc_api_requests_total", action=action) == 0
@@ -34,12 +38,18 @@ def test_self_metrics_start_at_zero_for_every_known_code() -> None:
 def test_self_metrics_count_attempts() -> None:
     """on_attempt counts requests, errors by code/status (local codes at "0") and latency buckets."""
     metrics = SelfMetrics(BuildInfo("1", "3"), process_metrics=False)
-    metrics.on_attempt("GetImage", 0.003, None)
-    metrics.on_attempt("GetImage", 0.2, ApiError("ServiceUnavailable", "x", http_status=503))
-    metrics.on_attempt("GetImage", 0.2, ApiError("InvalidResponse", "x", http_status=200))
-    metrics.on_attempt("ListImages", 40.0, ApiError("Throttling.User", "x", http_status=429))
-    metrics.on_attempt("DescribeX", 0.01, None)
-    metrics.record_overrun()
+    metrics.scope(DEFAULT_SCOPE).on_attempt("GetImage", 0.003, None)
+    metrics.scope(DEFAULT_SCOPE).on_attempt(
+        "GetImage", 0.2, ApiError("ServiceUnavailable", "x", http_status=503)
+    )
+    metrics.scope(DEFAULT_SCOPE).on_attempt(
+        "GetImage", 0.2, ApiError("InvalidResponse", "x", http_status=200)
+    )
+    metrics.scope(DEFAULT_SCOPE).on_attempt(
+        "ListImages", 40.0, ApiError("Throttling.User", "x", http_status=429)
+    )
+    metrics.scope(DEFAULT_SCOPE).on_attempt("DescribeX", 0.01, None)
+    metrics.scope(DEFAULT_SCOPE).record_overrun()
     metrics.record_reload(False, 5.0)
     metrics.record_reload(True, 7.0)
     metrics.record_reload(False, 9.0)
@@ -70,17 +80,21 @@ def test_self_metrics_count_attempts() -> None:
     assert value(found, "ehpc_refresh_overruns_total") == 1
     assert value(found, "ehpc_config_last_reload_successful") == 0
     assert value(found, "ehpc_config_last_reload_success_timestamp_seconds") == 7.0
-    assert metrics.errors()["GetImage", "ServiceUnavailable", "503"] == 1
+    assert metrics.scope(DEFAULT_SCOPE).errors()["GetImage", "ServiceUnavailable", "503"] == 1
 
 
 def test_error_codes_beyond_the_cap_share_the_overflow_code() -> None:
     """A server inventing codes adds at most max_error_codes series; the catalogue always keeps its own."""
     metrics = SelfMetrics(BuildInfo("1", "3"), process_metrics=False, max_error_codes=3)
-    before = len(metrics.errors())
+    before = len(metrics.scope(DEFAULT_SCOPE).errors())
     for i in range(100):
-        metrics.on_attempt("GetImage", 0.01, ApiError(f"Invented.Code{i}", "m", http_status=400))
-    metrics.on_attempt("GetImage", 0.01, ApiError("Throttling.User", "m", http_status=400))
-    errors = metrics.errors()
+        metrics.scope(DEFAULT_SCOPE).on_attempt(
+            "GetImage", 0.01, ApiError(f"Invented.Code{i}", "m", http_status=400)
+        )
+    metrics.scope(DEFAULT_SCOPE).on_attempt(
+        "GetImage", 0.01, ApiError("Throttling.User", "m", http_status=400)
+    )
+    errors = metrics.scope(DEFAULT_SCOPE).errors()
     assert len(errors) == before + 3  # three new codes; the overflow series was there from the start
     assert errors[("GetImage", OVERFLOW_CODE, "0")] == 97
     assert errors[("GetImage", "Throttling.User", "400")] == 1
@@ -93,24 +107,33 @@ def test_error_code_labels_pass_the_output_gate_and_never_duplicate() -> None:
     register_secret(secret_a)
     register_secret(secret_b)
     metrics = SelfMetrics(BuildInfo("1", "3"), process_metrics=False)
-    metrics.on_attempt("GetImage", 0.01, ApiError(secret_a, "m", http_status=400))
-    metrics.on_attempt("GetImage", 0.01, ApiError(secret_b, "m", http_status=400))
+    metrics.scope(DEFAULT_SCOPE).on_attempt("GetImage", 0.01, ApiError(secret_a, "m", http_status=400))
+    metrics.scope(DEFAULT_SCOPE).on_attempt("GetImage", 0.01, ApiError(secret_b, "m", http_status=400))
     text = metrics.render(False).decode()
     assert secret_a not in text
     assert secret_b not in text
-    assert 'ehpc_api_errors_total{action="GetImage",code="[REDACTED]",http_status="400"} 2.0' in text
+    assert (
+        'ehpc_api_errors_total{account="default",action="GetImage",code="[REDACTED]",http_status="400",'
+        'region_id="cn-hangzhou"} 2.0' in text
+    )
 
 
 def test_ignored_values_are_counted_by_field() -> None:
     """Each known field starts at 0 and counts every answer that left it out."""
     metrics = SelfMetrics(BuildInfo("1", "3"), process_metrics=False)
+    metrics.scope(DEFAULT_SCOPE)
     text = metrics.render(False).decode()
-    assert 'ehpc_api_ignored_values_total{action="GetImage",field="Image.Size"} 0.0' in text
-    metrics.record_ignored("GetImage", ("Image.Size", "Image.AdditionalRegionsInfo"))
-    metrics.record_ignored("GetImage", ("Image.Size",))
+    assert (
+        'ehpc_api_ignored_values_total{account="default",action="GetImage",field="Image.Size",'
+        'region_id="cn-hangzhou"} 0.0' in text
+    )
+    metrics.scope(DEFAULT_SCOPE).record_ignored("GetImage", ("Image.Size", "Image.AdditionalRegionsInfo"))
+    metrics.scope(DEFAULT_SCOPE).record_ignored("GetImage", ("Image.Size",))
     text = metrics.render(False).decode()
-    assert 'ehpc_api_ignored_values_total{action="GetImage",field="Image.Size"} 2.0' in text
-    assert 'ehpc_api_ignored_values_total{action="GetImage",field="Image.AdditionalRegionsInfo"} 1.0' in text
+    found = samples(text)
+    assert value(found, "ehpc_api_ignored_values_total", action="GetImage", field="Image.Size") == 2
+    field = "Image.AdditionalRegionsInfo"
+    assert value(found, "ehpc_api_ignored_values_total", action="GetImage", field=field) == 1
 
 
 def test_self_part_is_the_table_s_self_families_in_order() -> None:

@@ -31,7 +31,7 @@ from exporter.clock import LoopClock
 from exporter.config import Config, WatchedImage
 from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.openapi.errors import ApiError
-from exporter.service import ExporterService, default_client
+from exporter.service import Account, ExporterService, default_client
 from exporter.simulator import SimImage
 from tests.exporter_support import sim_config, wait_until
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
@@ -68,8 +68,8 @@ class TickingClock(LoopClock):
         return next(self._ticks)
 
 
-def fixed_latency_client(config: Config, observer: ApiObserver) -> EhpcClient:
-    return default_client(config, FixedLatency(observer))
+def fixed_latency_client(config: Config, observer: ApiObserver, account: Account) -> EhpcClient:
+    return default_client(config, FixedLatency(observer), account)
 
 
 def golden_fleet(running: RunningSimulator) -> tuple[WatchedImage, ...]:

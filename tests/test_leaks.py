@@ -268,7 +268,7 @@ def test_no_secret_leaves_the_exporter(
         1
         for body in bodies[:1]
         for line in body.splitlines()
-        if line.startswith('ehpc_image_up{image_id="m-leakct') and line.endswith(" 1.0")
+        if line.startswith('ehpc_image_up{account="default",image_id="m-leakct') and line.endswith(" 1.0")
     )
     assert containers_up >= 5, bodies[0][:2000]
     # The planted secrets really reached the exporter: the echo was answered and logged (masked), and

@@ -12,11 +12,18 @@ from dataclasses import replace
 import pytest
 from structlog.testing import capture_logs
 
-from exporter.config import Config, DiscoveryConfig, RefreshConfig, ShardingConfig, WatchedImage
+from exporter.config import (
+    DEFAULT_SCOPE,
+    Config,
+    DiscoveryConfig,
+    RefreshConfig,
+    ShardingConfig,
+    WatchedImage,
+)
 from exporter.exposition import SelfMetrics, render_snapshot
 from exporter.openapi.client import EhpcClient
 from exporter.refresher import Refresher, in_shard, shard_of
-from exporter.service import default_client
+from exporter.service import default_client, new_account
 from exporter.simulator import Faults, SimImage, generate_fleet
 from exporter.snapshot import Snapshot
 from exporter.view import Health
@@ -41,7 +48,7 @@ async def make_refresher(metrics: SelfMetrics) -> AsyncIterator[MakeRefresher]:
     clients: list[EhpcClient] = []
 
     def make(config: Config, **kwargs: object) -> Refresher:
-        client = default_client(config, metrics)
+        client = default_client(config, metrics.scope(config.scope), new_account(config))
         clients.append(client)
         return Refresher(config, client, metrics=metrics, **kwargs)  # type: ignore[arg-type]
 
@@ -71,7 +78,7 @@ async def test_first_refresh_reads_every_watched_image(
     with capture_logs() as logs:
         snap = await refresher.refresh_once()
     assert snap.completed
-    assert list(snap.images) == sorted(ALL_IDS)
+    assert [k.image_id for k in snap.images] == sorted(ALL_IDS)
     assert all(s.up for s in snap.images.values())
     # SIM_VM_ID's cn-shanghai copy is still Creating, SIM_VM_FAILED_ID is CreateFailed: the one
     # verdict per image, counted.
@@ -82,7 +89,7 @@ async def test_first_refresh_reads_every_watched_image(
         Health.REPLICATING: 1,
         Health.HEALTHY: 1,
     }
-    vm = snap.images[SIM_VM_ID].image
+    vm = snap.find(SIM_VM_ID).image
     assert vm is not None
     assert vm.name == "gromacs"
     assert {r.region_id: r.status for r in vm.additional_regions} == {
@@ -110,12 +117,12 @@ async def test_failing_image_keeps_last_data_with_up_0(
     simulator.sim.images[SIM_VM_ID].status = "Deprecated"  # must not show: the call fails
     with capture_logs() as logs:
         second = await refresher.refresh_once()
-    state = second.images[SIM_VM_ID]
+    state = second.find(SIM_VM_ID)
     assert not state.up
     assert state.error is not None
     assert state.error.code == "ServiceUnavailable"
-    assert state.image is first.images[SIM_VM_ID].image
-    assert state.last_success == first.images[SIM_VM_ID].last_success
+    assert state.image is first.find(SIM_VM_ID).image
+    assert state.last_success == first.find(SIM_VM_ID).last_success
     found = exposed(second)
     assert value(found, "ehpc_image_up", image_id=SIM_VM_ID) == 0
     assert value(found, "ehpc_image_last_error_info", image_id=SIM_VM_ID, code="ServiceUnavailable") == 1
@@ -148,9 +155,9 @@ async def test_image_not_found_is_missing_until_it_comes_back(
     await refresher.refresh_once()
     image = simulator.sim.images.pop(SIM_VM_ID)
     snap = await refresher.refresh_once()
-    assert snap.images[SIM_VM_ID].missing
+    assert snap.find(SIM_VM_ID).missing
     assert snap.health_counts()[Health.MISSING] == 1
-    assert snap.views[SIM_VM_ID].health is Health.MISSING
+    assert snap.view_of(SIM_VM_ID).health is Health.MISSING
     found = exposed(snap)
     assert value(found, "ehpc_image_up", image_id=SIM_VM_ID) == 0
     assert value(found, "ehpc_image_last_error_info", image_id=SIM_VM_ID, code="ImageNotFound") == 1
@@ -180,11 +187,11 @@ async def test_malformed_answer_is_invalid_response_and_keeps_data(
     first = await refresher.refresh_once()
     simulator.sim.faults = Faults(malformed_rate=1.0)
     snap = await refresher.refresh_once()
-    state = snap.images[SIM_VM_ID]
+    state = snap.find(SIM_VM_ID)
     assert state.error is not None
     assert state.error.code == "InvalidResponse"
-    assert state.image is first.images[SIM_VM_ID].image
-    assert metrics.errors()["GetImage", "InvalidResponse", "0"] == 1
+    assert state.image is first.find(SIM_VM_ID).image
+    assert metrics.scope(DEFAULT_SCOPE).errors()["GetImage", "InvalidResponse", "0"] == 1
 
 
 async def test_image_leaving_the_config_disappears(
@@ -217,7 +224,7 @@ async def test_discovery_watches_filters_and_forgets(
     simulator.sim.images["m-other"] = SimImage("m-other", name="openfoam")
     refresher = make_refresher(cfg)
     snap = await refresher.refresh_once()
-    assert set(snap.images) == ALL_IDS  # m-other does not match the name regex
+    assert {k.image_id for k in snap.images} == ALL_IDS  # m-other does not match the name regex
     assert snap.discovery is not None
     assert (snap.discovery.up, snap.discovery.discovered, snap.discovery.error_code) == (True, 3, None)
     first_success = snap.discovery.last_success
@@ -225,23 +232,23 @@ async def test_discovery_watches_filters_and_forgets(
     assert value(found, "ehpc_discovery_up") == 1
     assert value(found, "ehpc_discovered_images") == 3
     assert value(found, "ehpc_discovery_last_success_timestamp_seconds") == first_success
-    assert snap.images[SIM_VM_ID].watched == static
-    assert snap.images[SIM_CONTAINER_ID].watched.image_type == "Container"
-    assert snap.images[SIM_CONTAINER_ID].watched.additional_region_ids == ("cn-shanghai",)
+    assert snap.find(SIM_VM_ID).watched == static
+    assert snap.find(SIM_CONTAINER_ID).watched.image_type == "Container"
+    assert snap.find(SIM_CONTAINER_ID).watched.additional_region_ids == ("cn-shanghai",)
 
     del simulator.sim.images[SIM_VM_FAILED_ID]
     simulator.sim.reindex()
     snap = await refresher.refresh_once()
-    assert set(snap.images) == {SIM_VM_ID, SIM_CONTAINER_ID}
+    assert {k.image_id for k in snap.images} == {SIM_VM_ID, SIM_CONTAINER_ID}
     assert not series_of(exposed(snap), SIM_VM_FAILED_ID)
 
     # PageSize 500 is refused (InvalidParams): the previously discovered set is kept.
     refresher.reconfigure(replace(cfg, discovery=replace(cfg.discovery, page_size=500)))
     with capture_logs() as logs:
         snap = await refresher.refresh_once()
-    assert set(snap.images) == {SIM_VM_ID, SIM_CONTAINER_ID}
-    assert snap.images[SIM_CONTAINER_ID].up
-    assert metrics.errors()["ListImages", "InvalidParams", "400"] == 1
+    assert {k.image_id for k in snap.images} == {SIM_VM_ID, SIM_CONTAINER_ID}
+    assert snap.find(SIM_CONTAINER_ID).up
+    assert metrics.scope(DEFAULT_SCOPE).errors()["ListImages", "InvalidParams", "400"] == 1
     assert any(e["event"] == "discovery_failed" and e["code"] == "InvalidParams" for e in logs)
     # ...and the failure is visible: discovery_up 0, the kept set counted, the last success unchanged.
     assert snap.discovery_failed
@@ -256,7 +263,7 @@ async def test_discovery_watches_filters_and_forgets(
 
     refresher.reconfigure(replace(cfg, discovery=DiscoveryConfig(enabled=False)))
     snap = await refresher.refresh_once()
-    assert set(snap.images) == {SIM_VM_ID}
+    assert {k.image_id for k in snap.images} == {SIM_VM_ID}
     assert snap.discovery is None  # off: no discovery series at all
     assert not [k for k in exposed(snap) if k[0].startswith("ehpc_discover")]
 
@@ -303,7 +310,7 @@ async def test_sharding_splits_the_watched_set(
     for shard in (0, 1):
         cfg = sim_config(simulator, ALL, sharding=ShardingConfig(shards=2, shard=shard))
         snap = await make_refresher(cfg).refresh_once()
-        seen.append(set(snap.images))
+        seen.append({k.image_id for k in snap.images})
     assert seen[0] | seen[1] == ALL_IDS
     assert not seen[0] & seen[1]
 
@@ -343,13 +350,13 @@ async def test_api_error_counters_equal_the_simulators(
 
     sent = simulator.sim.counters()
     exported: dict[tuple[str, str], int] = {}
-    for (action, code, _status), n in metrics.errors().items():
+    for (action, code, _status), n in metrics.scope(DEFAULT_SCOPE).errors().items():
         exported[action, code] = exported.get((action, code), 0) + n
     codes_sent = {k for k in sent if k[1] != "Success"}
     assert {k for k, n in exported.items() if n} == codes_sent
     for key in codes_sent:
         assert exported[key] == sent[key], key
-    for action, n in metrics.requests().items():
+    for action, n in metrics.scope(DEFAULT_SCOPE).requests().items():
         assert n == sum(c for (a, _), c in sent.items() if a == action), action
     assert {code for _, code in codes_sent} >= {
         "ServiceUnavailable",
@@ -405,7 +412,7 @@ async def test_overruns_are_counted_and_cycles_never_overlap(
         await _cycles(snapshots, 3)
         task.cancel()
         await asyncio.wait([task])
-    assert metrics.overruns >= 2
+    assert metrics.scope(DEFAULT_SCOPE).overruns >= 2
     assert any(e["event"] == "refresh_overrun" and e["interval_seconds"] == 10 for e in logs)
     assert fake_clock.deadlines == []  # it never slept: each next cycle started right away
 
@@ -456,7 +463,9 @@ async def test_reconfigure_wakes_the_loop(simulator: RunningSimulator, make_refr
     try:
         await wait_until(lambda: refresher.snapshot.completed)
         refresher.reconfigure(replace(cfg, images=(WatchedImage(SIM_CONTAINER_ID, image_type="Container"),)))
-        await wait_until(lambda: set(refresher.snapshot.images) == {SIM_CONTAINER_ID}, within=3)
+        await wait_until(
+            lambda: {k.image_id for k in refresher.snapshot.images} == {SIM_CONTAINER_ID}, within=3
+        )
     finally:
         task.cancel()
         await asyncio.wait([task])

@@ -14,9 +14,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from exporter.config import ApiConfig, Config, CredentialsConfig, DiscoveryConfig, WatchedImage, WebConfig
-from exporter.credentials import build_credential_source
 from exporter.openapi.client import ApiObserver, EhpcClient
-from exporter.service import ExporterService
+from exporter.service import Account, ExporterService
 from exporter.simulator import Faults, generate_fleet
 from tests.exporter_support import samples, series_of, sim_config, value, wait_until
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
@@ -27,8 +26,8 @@ WATCHED = (SIM_VM_ID, SIM_VM_FAILED_ID, WatchedImage(SIM_CONTAINER_ID, image_typ
 class TrackedClient(EhpcClient):
     """The real client, remembering whether it was closed."""
 
-    def __init__(self, api: ApiConfig, config: Config, observer: ApiObserver) -> None:
-        super().__init__(api, build_credential_source(config.credentials), observer=observer)
+    def __init__(self, api: ApiConfig, config: Config, observer: ApiObserver, account: Account) -> None:
+        super().__init__(api, account.credentials, observer=observer, account_budget=account.budget)
         self.closed = False
 
     async def close(self) -> None:
@@ -43,8 +42,8 @@ class Factory:
     def __init__(self) -> None:
         self.clients: list[TrackedClient] = []
 
-    def __call__(self, config: Config, observer: ApiObserver) -> EhpcClient:
-        client = TrackedClient(config.api, config, observer)
+    def __call__(self, config: Config, observer: ApiObserver, account: Account) -> EhpcClient:
+        client = TrackedClient(config.api, config, observer, account)
         self.clients.append(client)
         return client
 
@@ -170,7 +169,7 @@ async def test_reload_rebuilds_the_client_when_api_or_credentials_change(simulat
         assert len(factory.clients) == 2
         await wait_until(lambda: factory.clients[0].closed)
         assert not factory.clients[1].closed
-        state = svc.snapshot.images[SIM_VM_ID]
+        state = svc.snapshot.find(SIM_VM_ID)
         assert state.error is not None
         assert state.error.code == "InvalidAccessKeyId.NotFound"
         assert state.image is not None  # the last good data survives
@@ -209,7 +208,7 @@ async def test_reload_records_its_outcome_once_and_a_failed_one_keeps_the_config
         await svc.reload(replace(cfg, images=(WatchedImage(SIM_VM_ID), WatchedImage(SIM_VM_FAILED_ID))))
         assert outcomes == [True]
 
-        def broken(config: Config, observer: ApiObserver) -> EhpcClient:
+        def broken(config: Config, observer: ApiObserver, account: Account) -> EhpcClient:
             raise RuntimeError("cannot build a client")
 
         svc._client_factory = broken
@@ -300,8 +299,11 @@ async def test_concurrent_scrapes_during_refreshes_see_whole_snapshots(
                 latencies.append(time.perf_counter() - start)
                 # Cheap checks (a full parse would starve the shared loop): every part from one snapshot.
                 assert body.count(b"\nehpc_image_up{") == expected
-                assert f"\nehpc_watched_images {float(expected)}\n".encode() in body
-                assert body.count(b"\nehpc_refresh_last_success_timestamp_seconds ") == 1
+                line = (
+                    f'\nehpc_watched_images{{account="default",region_id="cn-hangzhou"}} {float(expected)}\n'
+                )
+                assert line.encode() in body
+                assert body.count(b"\nehpc_refresh_last_success_timestamp_seconds{") == 1
 
         await asyncio.wait_for(asyncio.gather(*(scraper() for _ in range(4))), 30)
     finally:

@@ -93,12 +93,13 @@ def test_metrics_check_and_counts_agree_with_the_verdict(drawn: tuple[ImageState
     """Property: for any fleet, "healthy" read off /metrics, off check and off the counts is the view's."""
     snapshot = Snapshot.build(drawn, status=STATUS, refreshed_at=NOW, duration_seconds=1.0, sequence=1)
     found = samples(render_snapshot(snapshot).text)
-    for image_id, v in snapshot.views.items():
+    for key, v in snapshot.views.items():
+        image_id = key.image_id
         up = value(found, "ehpc_image_up", image_id=image_id) == 1
         available = value(found, "ehpc_image_available", image_id=image_id) == 1
         replicas_ok = all(
             value(found, "ehpc_image_replication_available", image_id=image_id, replication_region=r) == 1
-            for r in snapshot.images[image_id].watched.additional_region_ids
+            for r in snapshot.find(image_id).watched.additional_region_ids
         )
         assert (up and available and replicas_ok) == v.healthy, (image_id, v)
         assert _check_row(v)["ok"] == v.healthy
@@ -123,5 +124,5 @@ def test_unchanged_images_keep_their_verdict_object() -> None:
         sequence=2,
         previous=first,
     )
-    assert second.views["m-a"] is first.views["m-a"]
-    assert second.views["m-b"].health is Health.UNHEALTHY
+    assert second.view_of("m-a") is first.view_of("m-a")
+    assert second.view_of("m-b").health is Health.UNHEALTHY

@@ -13,6 +13,7 @@ from typing import Literal, NamedTuple
 __all__ = [
     "DEFAULT_ACCOUNT",
     "DEFAULT_LISTEN_ADDRESS",
+    "DEFAULT_SCOPE",
     "DEFAULT_STATUS_VOCABULARY",
     "DEFAULT_TELEMETRY_PATH",
     "PROBE_PATHS",
@@ -195,6 +196,10 @@ class WebConfig:
     listen_address: str = DEFAULT_LISTEN_ADDRESS
     telemetry_path: str = DEFAULT_TELEMETRY_PATH
     config_file: str | None = None  # Prometheus exporter-toolkit web config (TLS, basic auth)
+
+
+# The identity of a default Config(): its account and ApiConfig's default region.
+DEFAULT_SCOPE = Scope(DEFAULT_ACCOUNT, "cn-hangzhou")
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,12 +26,11 @@ from exporter.exposition.families import (
     ImageInput,
     MetricName,
     MetricSpec,
-    with_labels,
 )
 from exporter.exposition.lines import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, go_float
 from exporter.exposition.reference import SnapshotCollector
 from exporter.exposition.render import RenderedSnapshot, SnapshotRenderer, render_snapshot
-from exporter.exposition.selfmetrics import API_ACTIONS, API_DURATION_BUCKETS, SelfMetrics
+from exporter.exposition.selfmetrics import API_ACTIONS, API_DURATION_BUCKETS, ScopeMetrics, SelfMetrics
 
 __all__ = [
     "API_ACTIONS",
@@ -49,11 +48,11 @@ __all__ = [
     "MetricName",
     "MetricSpec",
     "RenderedSnapshot",
+    "ScopeMetrics",
     "SelfMetrics",
     "SnapshotCollector",
     "SnapshotRenderer",
     "go_float",
     "gzip_body",
     "render_snapshot",
-    "with_labels",
 ]

@@ -4,8 +4,9 @@ In the spirit of kube-state-metrics' ``FamilyGenerator``: a family is one :class
 help text, label names in the order its samples give values) plus, for the snapshot part, a function from
 its input to its samples. The fast renderer, the reference collector and the headers of both formats all
 read this table; nothing else spells a family out. Label names are listed once, in any order: the
-renderers sort them as ``prometheus_client`` does. :func:`with_labels` adds labels to every family of a
-table (the place identity labels such as ``account`` or ``region_id`` go). The module is long because
+renderers sort them as ``prometheus_client`` does. Every family carries the identity labels
+(:data:`IDENTITY`: ``account`` and ``region_id``); per image they are part of the image's key, so the same
+image id in two accounts or regions is two images. The module is long because
 it is the whole table, one declaration per family: splitting it would spread a family out again.
 
 Series semantics (chosen for alerting; the sample functions below are the one place they are decided):
@@ -36,15 +37,16 @@ family or a label is one entry here).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Generic, Literal, NamedTuple, TypeVar
 
 from exporter.redaction import scrub
-from exporter.snapshot import ImageFacts, ImageState, Snapshot
+from exporter.snapshot import ImageFacts, ImageState, ScopeStatus, Snapshot
 from exporter.view import Health, ImageView, ReplicaHealth
 
 __all__ = [
+    "IDENTITY",
     "IMAGE_FAMILIES",
     "SELF_SPECS",
     "SNAPSHOT_FAMILIES",
@@ -57,7 +59,6 @@ __all__ = [
     "MetricName",
     "MetricSpec",
     "Sample",
-    "with_labels",
 ]
 
 
@@ -126,7 +127,7 @@ class ImageInput(NamedTuple):
     @classmethod
     def of(cls, state: ImageState, snapshot: Snapshot) -> ImageInput:
         """The input of ``state``, an image of ``snapshot`` (whose verdict it reads)."""
-        return cls(snapshot.views[state.image_id], state.image, state.last_success)
+        return cls(snapshot.views[state.key], state.image, state.last_success)
 
 
 class FamilyTable(NamedTuple):
@@ -141,29 +142,14 @@ class FamilyTable(NamedTuple):
         return (*(f.spec for f in self.images), *(f.spec for f in self.snapshot))
 
 
-def with_labels(table: FamilyTable, labels: Mapping[str, str]) -> FamilyTable:
-    """``table`` with ``labels`` (name -> value) added to every sample of every family.
-
-    The one place identity labels (an account, a region) join the exposition: the renderers sort label
-    names, so where they are added does not matter.
-    """
-    names, values = tuple(labels), tuple(map(scrub, labels.values()))  # the output gate, as every value
-
-    def wrap(family: Family[In]) -> Family[In]:
-        inner = family.samples
-
-        def samples(source: In) -> Iterable[Sample]:
-            return [((*values, *v), x) for v, x in inner(source)]
-
-        return replace(
-            family, spec=replace(family.spec, labels=(*names, *family.spec.labels)), samples=samples
-        )
-
-    return FamilyTable(tuple(map(wrap, table.images)), tuple(map(wrap, table.snapshot)))
-
-
 # --------------------------------------------------------------------------------------------------
-# Per image: the samples of one image, from its ImageInput.
+# Per image: the samples of one image, from its ImageInput. Every one starts with the image's identity.
+
+
+def _id(i: ImageInput) -> tuple[str, str, str]:
+    """The identity label values of an image: account, region_id, image_id."""
+    v = i.view
+    return (v.account, v.region_id, v.image_id)
 
 
 def _info(i: ImageInput) -> Iterable[Sample]:
@@ -172,28 +158,28 @@ def _info(i: ImageInput) -> Iterable[Sample]:
         return ()
     # Every label value passes the output gate: here, or in the view for ids, statuses and regions.
     values = (f.name, f.version, f.image_type, f.app_id, f.os_tag, f.platform, f.architecture, f.registry_url)
-    return (((i.view.image_id, *map(scrub, values)), 1.0),)
+    return (((*_id(i), *map(scrub, values)), 1.0),)
 
 
 def _status(i: ImageInput) -> Iterable[Sample]:
-    iid = i.view.image_id
-    return [((iid, status), v) for status, v in i.view.states]
+    iid = _id(i)
+    return [((*iid, status), v) for status, v in i.view.states]
 
 
 def _available(i: ImageInput) -> Iterable[Sample]:
-    return () if i.view.available is None else (((i.view.image_id,), i.view.available),)
+    return () if i.view.available is None else ((_id(i), i.view.available),)
 
 
 def _size(i: ImageInput) -> Iterable[Sample]:
     if i.facts is None or i.facts.size_bytes is None:
         return ()
-    return (((i.view.image_id,), float(i.facts.size_bytes)),)
+    return ((_id(i), float(i.facts.size_bytes)),)
 
 
 def _created(i: ImageInput) -> Iterable[Sample]:
     if i.facts is None or i.facts.create_time is None:
         return ()
-    return (((i.view.image_id,), i.facts.create_time.timestamp()),)
+    return ((_id(i), i.facts.create_time.timestamp()),)
 
 
 def _has_replicas(i: ImageInput) -> bool:
@@ -204,62 +190,68 @@ def _has_replicas(i: ImageInput) -> bool:
 def _replication_status(i: ImageInput) -> Iterable[Sample]:
     if not _has_replicas(i):
         return ()
-    iid = i.view.image_id
-    return [((iid, r.region, status), v) for r in i.view.replicas for status, v in r.states]
+    iid = _id(i)
+    return [((*iid, r.region, status), v) for r in i.view.replicas for status, v in r.states]
 
 
 def _replication_available(i: ImageInput) -> Iterable[Sample]:
     if not _has_replicas(i):
         return ()
-    iid = i.view.image_id
-    return [((iid, r.region), 1.0 if r.health is ReplicaHealth.AVAILABLE else 0.0) for r in i.view.replicas]
+    iid = _id(i)
+    return [((*iid, r.region), 1.0 if r.health is ReplicaHealth.AVAILABLE else 0.0) for r in i.view.replicas]
 
 
 def _up(i: ImageInput) -> Iterable[Sample]:
     # Up: the last GetImage succeeded (an error code is set exactly while the last one failed).
     up = i.facts is not None and i.view.error_code is None
-    return (((i.view.image_id,), 1.0 if up else 0.0),)
+    return ((_id(i), 1.0 if up else 0.0),)
 
 
 def _last_success(i: ImageInput) -> Iterable[Sample]:
-    return () if i.last_success is None else (((i.view.image_id,), i.last_success),)
+    return () if i.last_success is None else ((_id(i), i.last_success),)
 
 
 def _last_error(i: ImageInput) -> Iterable[Sample]:
     code = i.view.error_code
-    return () if code is None else (((i.view.image_id, code), 1.0),)
+    return () if code is None else (((*_id(i), code), 1.0),)
 
 
 # --------------------------------------------------------------------------------------------------
-# Snapshot-wide: one sample at most, from the snapshot.
+# Per (account, region): one sample each, from the status of its last completed cycle.
 
 
-def _after_first_cycle(value: Callable[[Snapshot], float | None]) -> Callable[[Snapshot], Iterable[Sample]]:
-    """A family with one unlabelled sample, ``value(snapshot)``, absent before the first cycle or if None."""
+def _per_scope(value: Callable[[ScopeStatus], float | None]) -> Callable[[Snapshot], Iterable[Sample]]:
+    """A family with one sample per (account, region) that completed a cycle, ``value(status)``
+    (none where it is None)."""
 
     def samples(snapshot: Snapshot) -> Iterable[Sample]:
-        if snapshot.refreshed_at is None:
-            return ()
-        v = value(snapshot)
-        return () if v is None else (((), v),)
+        out = []
+        for scope, status in snapshot.scopes.items():
+            v = value(status)
+            if v is not None:
+                out.append(((scrub(scope.account), scrub(scope.region_id)), v))
+        return out
 
     return samples
 
 
-def _discovery_up(s: Snapshot) -> float | None:
+def _discovery_up(s: ScopeStatus) -> float | None:
     return None if s.discovery is None else (1.0 if s.discovery.up else 0.0)
 
 
-def _discovery_last_success(s: Snapshot) -> float | None:
+def _discovery_last_success(s: ScopeStatus) -> float | None:
     return None if s.discovery is None else s.discovery.last_success
 
 
-def _discovered(s: Snapshot) -> float | None:
+def _discovered(s: ScopeStatus) -> float | None:
     return None if s.discovery is None else float(s.discovery.discovered)
 
 
 _M = MetricName
-_IMAGE_ID = ("image_id",)
+# The identity labels: the account and the region whose endpoint answered (not "region", which clashes
+# with the labels Prometheus targets often carry).
+IDENTITY = ("account", "region_id")
+_IMAGE_ID = (*IDENTITY, "image_id")
 
 IMAGE_FAMILIES: tuple[Family[ImageInput], ...] = (
     Family(
@@ -268,7 +260,7 @@ IMAGE_FAMILIES: tuple[Family[ImageInput], ...] = (
             "gauge",
             "Static facts about a watched image, always 1 (from the last successful GetImage).",
             (
-                "image_id",
+                *_IMAGE_ID,
                 "name",
                 "version",
                 "image_type",
@@ -286,7 +278,7 @@ IMAGE_FAMILIES: tuple[Family[ImageInput], ...] = (
             _M.IMAGE_STATUS,
             "gauge",
             "Image status as a state set: 1 for the current status, 0 for every other known status.",
-            ("image_id", "status"),
+            (*_IMAGE_ID, "status"),
         ),
         _status,
     ),
@@ -308,7 +300,7 @@ IMAGE_FAMILIES: tuple[Family[ImageInput], ...] = (
             _M.IMAGE_REPLICATION_STATUS,
             "gauge",
             "Status of the image copy in another region as a state set (all 0 when there is no copy).",
-            ("image_id", "replication_region", "status"),
+            (*_IMAGE_ID, "replication_region", "status"),
         ),
         _replication_status,
     ),
@@ -317,7 +309,7 @@ IMAGE_FAMILIES: tuple[Family[ImageInput], ...] = (
             _M.IMAGE_REPLICATION_AVAILABLE,
             "gauge",
             "1 if the image copy in that region is usable, 0 otherwise.",
-            ("image_id", "replication_region"),
+            (*_IMAGE_ID, "replication_region"),
         ),
         _replication_available,
     ),
@@ -339,7 +331,7 @@ IMAGE_FAMILIES: tuple[Family[ImageInput], ...] = (
             _M.IMAGE_LAST_ERROR,
             "gauge",
             "Error code of the last failed GetImage, always 1, present while the image is failing.",
-            ("image_id", "code"),
+            (*_IMAGE_ID, "code"),
         ),
         _last_error,
     ),
@@ -347,69 +339,82 @@ IMAGE_FAMILIES: tuple[Family[ImageInput], ...] = (
 
 SNAPSHOT_FAMILIES: tuple[Family[Snapshot], ...] = (
     Family(
-        MetricSpec(_M.WATCHED_IMAGES, "gauge", "Images in the watched set (after discovery and sharding)."),
-        _after_first_cycle(lambda s: float(len(s.images))),
+        MetricSpec(
+            _M.WATCHED_IMAGES, "gauge", "Images in the watched set (after discovery and sharding).", IDENTITY
+        ),
+        _per_scope(lambda s: float(s.watched)),
     ),
     Family(
-        MetricSpec(_M.REFRESH_DURATION, "gauge", "Duration of the last refresh cycle in seconds."),
-        _after_first_cycle(lambda s: float(s.duration_seconds or 0.0)),
+        MetricSpec(_M.REFRESH_DURATION, "gauge", "Duration of the last refresh cycle in seconds.", IDENTITY),
+        _per_scope(lambda s: float(s.duration_seconds or 0.0)),
     ),
     Family(
-        MetricSpec(_M.REFRESH_LAST_SUCCESS, "gauge", "Unix time the last completed refresh cycle ended."),
-        _after_first_cycle(lambda s: s.refreshed_at),
+        MetricSpec(
+            _M.REFRESH_LAST_SUCCESS, "gauge", "Unix time the last completed refresh cycle ended.", IDENTITY
+        ),
+        _per_scope(lambda s: s.refreshed_at),
     ),
     Family(
         MetricSpec(
             _M.DISCOVERY_UP,
             "gauge",
             "1 if the last ListImages discovery succeeded, 0 if it failed (absent while discovery is off).",
+            IDENTITY,
         ),
-        _after_first_cycle(_discovery_up),
+        _per_scope(_discovery_up),
     ),
     Family(
         MetricSpec(
-            _M.DISCOVERY_LAST_SUCCESS, "gauge", "Unix time of the last successful ListImages discovery."
+            _M.DISCOVERY_LAST_SUCCESS,
+            "gauge",
+            "Unix time of the last successful ListImages discovery.",
+            IDENTITY,
         ),
-        _after_first_cycle(_discovery_last_success),
+        _per_scope(_discovery_last_success),
     ),
     Family(
         MetricSpec(
             _M.DISCOVERED_IMAGES,
             "gauge",
             "Images found by discovery (the last good set while it fails), before sharding.",
+            IDENTITY,
         ),
-        _after_first_cycle(_discovered),
+        _per_scope(_discovered),
     ),
 )
 
 # The families of the self part in exposition order (rendered per scrape by exporter.exposition.selfmetrics).
 SELF_SPECS: tuple[MetricSpec, ...] = (
     MetricSpec(
-        _M.API_REQUESTS, "counter", "E-HPC Instant API calls made, each retry attempt counted.", ("action",)
+        _M.API_REQUESTS,
+        "counter",
+        "E-HPC Instant API calls made, each retry attempt counted.",
+        (*IDENTITY, "action"),
     ),
     MetricSpec(
         _M.API_ERRORS,
         "counter",
         "Failed E-HPC Instant API calls by error code and HTTP status (0: no HTTP answer).",
-        ("action", "code", "http_status"),
+        (*IDENTITY, "action", "code", "http_status"),
     ),
     MetricSpec(
         _M.API_IGNORED_VALUES,
         "counter",
         "Values of accepted API answers the exporter could not use and left out (an unparseable size "
         "or time, a region entry that was not asked for, empty or repeated), by field.",
-        ("action", "field"),
+        (*IDENTITY, "action", "field"),
     ),
     MetricSpec(
         _M.API_REQUEST_DURATION,
         "histogram",
         "Latency of one E-HPC Instant API call attempt in seconds.",
-        ("action",),
+        (*IDENTITY, "action"),
     ),
     MetricSpec(
         _M.REFRESH_OVERRUNS,
         "counter",
         "Refresh cycles that outlasted the refresh interval (the next one then started at once).",
+        IDENTITY,
     ),
     MetricSpec(
         _M.CONFIG_RELOAD_SUCCESSFUL,

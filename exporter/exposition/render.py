@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from exporter.exposition.deflate import Deflated, deflate
 from exporter.exposition.families import TABLE, FamilyTable, ImageInput
 from exporter.exposition.lines import LineEncoder, header
-from exporter.snapshot import Snapshot
+from exporter.snapshot import ImageKey, Snapshot
 
 __all__ = ["PART_IMAGES", "RENDER_SLICE_SECONDS", "RenderedSnapshot", "SnapshotRenderer", "render_snapshot"]
 
@@ -111,8 +111,8 @@ class SnapshotRenderer:
         self._snapshot_encoders = tuple(LineEncoder(f.spec) for f in table.snapshot)
         self._text_headers = tuple(header(spec, False) for spec in table.specs)
         self._om_headers = tuple(header(spec, True) for spec in table.specs)
-        # image id -> (what its cached lines depend on, its position in the previous render)
-        self._cache: dict[str, tuple[ImageInput, int]] = {}
+        # image key -> (what its cached lines depend on, its position in the previous render)
+        self._cache: dict[ImageKey, tuple[ImageInput, int]] = {}
         n = len(table.images)
         self._previous = _Previous(((),) * n, tuple(array("Q") for _ in range(n)), 0)
 
@@ -155,7 +155,7 @@ class SnapshotRenderer:
         """The render as a generator that yields between small pieces of work."""
         families = self._table.images
         volatile = [(i, f.samples, self._image_encoders[i]) for i, f in enumerate(families) if f.volatile]
-        cache: dict[str, tuple[ImageInput, int]] = {}
+        cache: dict[ImageKey, tuple[ImageInput, int]] = {}
         old = self._cache
         prev = self._previous
         states = list(snapshot.images.values())
@@ -172,9 +172,9 @@ class SnapshotRenderer:
                 # What its cached lines depend on, compared by value: its input without the volatile part
                 # (a field added to ImageInput joins the key by itself).
                 key = image._replace(last_success=None)
-                hit = old.get(state.image_id)
+                hit = old.get(state.key)
                 entries.append(hit[1] if hit is not None and hit[0] == key else self._lines(image))
-                cache[state.image_id] = (key, n)
+                cache[state.key] = (key, n)
                 for chunks, (_, samples, encoder) in zip(fresh, volatile, strict=True):
                     chunks.append(encoder.lines(samples(image)).encode())
                 if n % 16 == 15:

@@ -15,13 +15,14 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from exporter.buildinfo import BuildInfo
+from exporter.config import Scope
 from exporter.exposition.families import SPECS, MetricName
 from exporter.exposition.lines import go_float
 from exporter.exposition.reference import counter, gauge, histogram
 from exporter.openapi.errors import KNOWN_CODES, LOCAL_CODES, OVERFLOW_CODE, ApiError
 from exporter.redaction import scrub
 
-__all__ = ["API_ACTIONS", "API_DURATION_BUCKETS", "IGNORED_FIELDS", "SelfMetrics"]
+__all__ = ["API_ACTIONS", "API_DURATION_BUCKETS", "IGNORED_FIELDS", "ScopeMetrics", "SelfMetrics"]
 
 API_ACTIONS: tuple[str, ...] = ("GetImage", "ListImages")
 # Per-attempt latency: loopback simulator calls take milliseconds, real ones 50-500 ms, timeouts 10 s.
@@ -60,13 +61,14 @@ def _error_status(error: ApiError) -> str:
 
 
 class SelfMetrics:
-    """The exporter's own counters: an :class:`~exporter.openapi.client.ApiObserver` and a collector.
+    """The exporter's own counters, per (account, region) through :meth:`scope`, and their collector.
 
-    Every API action starts with requests 0, every known error code at 0 (with the HTTP status it is
-    normally answered with) and an empty histogram, so ``rate()`` and ``increase()`` work from the first
-    failure. Codes outside the catalogue get their own series up to ``max_error_codes`` distinct ones;
-    later new codes are counted under ``OVERFLOW_CODE``, so a server inventing codes cannot grow
-    ``/metrics`` without bound. Mutated only from the event loop; :meth:`collect` copies what it reads.
+    Every (account, region) starts, for every API action, with requests 0, every known error code at 0
+    (with the HTTP status it is normally answered with) and an empty histogram, so ``rate()`` and
+    ``increase()`` work from the first failure. Codes outside the catalogue get their own series up to
+    ``max_error_codes`` distinct ones in all; later new codes are counted under ``OVERFLOW_CODE``, so a
+    server inventing codes cannot grow ``/metrics`` without bound. Mutated only from the event loop;
+    :meth:`collect` copies what it reads.
     """
 
     def __init__(
@@ -81,14 +83,8 @@ class SelfMetrics:
         self.max_error_codes = max_error_codes
         self._buckets = tuple(buckets)
         self._le = [go_float(b) for b in self._buckets] + ["+Inf"]
-        self._requests: dict[str, int] = {}
-        self._errors: dict[tuple[str, str, str], int] = {}
+        self._scopes: dict[Scope, ScopeMetrics] = {}
         self._extra_codes: set[str] = set()
-        self._latency: dict[str, _Histogram] = {}
-        self._ignored: dict[tuple[str, str], int] = {}
-        for action in API_ACTIONS:
-            self._add_action(action)
-        self.overruns = 0
         self.reload_successful: bool | None = None
         self.reload_success_timestamp: float | None = None
         self.registry = CollectorRegistry(auto_describe=False)
@@ -97,14 +93,18 @@ class SelfMetrics:
             ProcessCollector(registry=self.registry)
             GCCollector(registry=self.registry)
 
-    def _add_action(self, action: str) -> None:
-        self._requests[action] = 0
-        self._latency[action] = _Histogram(len(self._le))
-        for code, status in KNOWN_CODES.items():
-            self._errors.setdefault((action, code, str(status)), 0)
-        if action == "GetImage":
-            for field in IGNORED_FIELDS:
-                self._ignored.setdefault((action, field), 0)
+    def scope(self, scope: Scope) -> ScopeMetrics:
+        """The counters of one (account, region), created (at zero) on first use."""
+        found = self._scopes.get(scope)
+        if found is None:
+            found = self._scopes[scope] = ScopeMetrics(self, scope)
+        return found
+
+    def retain(self, scopes: Iterable[Scope]) -> None:
+        """Forget the counters of every (account, region) not in ``scopes`` (a reload removed them)."""
+        keep = set(scopes)
+        for scope in [s for s in self._scopes if s not in keep]:
+            del self._scopes[scope]
 
     def _code(self, code: str) -> str:
         """The label value ``code`` is counted under: itself, or the overflow code past the cap."""
@@ -115,8 +115,92 @@ class SelfMetrics:
         self._extra_codes.add(code)
         return code
 
+    def record_reload(self, ok: bool, at: float) -> None:
+        """Record the outcome of a configuration load or reload at wall time ``at``."""
+        self.reload_successful = ok
+        if ok:
+            self.reload_success_timestamp = at
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield the self-metric families."""
+        scopes = sorted(self._scopes.items())
+        requests = counter(SPECS[_M.API_REQUESTS])
+        errors = counter(SPECS[_M.API_ERRORS])
+        ignored = counter(SPECS[_M.API_IGNORED_VALUES])
+        latency = histogram(SPECS[_M.API_REQUEST_DURATION])
+        overruns = counter(SPECS[_M.REFRESH_OVERRUNS])
+        for scope, m in scopes:
+            who = [scrub(scope.account), scrub(scope.region_id)]
+            for action, n in sorted(m._requests.items()):
+                requests.add_metric([*who, action], n)
+            # Codes pass the output gate here; two codes it maps to one label value are added up, so
+            # the family never holds the same series twice.
+            gated: dict[tuple[str, str, str], int] = {}
+            for (action, code, status), n in m._errors.items():
+                key = (action, scrub(code), status)
+                gated[key] = gated.get(key, 0) + n
+            for key, n in sorted(gated.items()):
+                errors.add_metric([*who, *key], n)
+            for (action, field), n in sorted(m._ignored.items()):
+                ignored.add_metric([*who, action, field], n)
+            for action, hist in sorted(m._latency.items()):
+                cumulative, buckets = 0, []
+                for le, count in zip(self._le, list(hist.counts), strict=True):
+                    cumulative += count
+                    buckets.append((le, float(cumulative)))
+                latency.add_metric([*who, action], buckets, hist.sum)
+            overruns.add_metric(who, m.overruns)
+        yield requests
+        yield errors
+        yield ignored
+        yield latency
+        yield overruns
+        ok = gauge(SPECS[_M.CONFIG_RELOAD_SUCCESSFUL])
+        if self.reload_successful is not None:
+            ok.add_metric([], 1.0 if self.reload_successful else 0.0)
+        yield ok
+        ts = gauge(SPECS[_M.CONFIG_RELOAD_TIMESTAMP])
+        if self.reload_success_timestamp is not None:
+            ts.add_metric([], self.reload_success_timestamp)
+        yield ts
+        info = gauge(SPECS[_M.BUILD_INFO])
+        b = self.build_info
+        info.add_metric([b.version, b.revision, b.python_version], 1.0)
+        yield info
+
+    def render(self, openmetrics: bool) -> bytes:
+        """The self part of one scrape (OpenMetrics ends with the answer's single ``# EOF``)."""
+        if openmetrics:
+            return bytes(generate_openmetrics(self.registry))  # type: ignore[no-untyped-call]  # untyped upstream
+        return generate_text(self.registry)
+
+
+class ScopeMetrics:
+    """The counters of one (account, region): the :class:`~exporter.openapi.client.ApiObserver` of its
+    client, and what its refresher records."""
+
+    def __init__(self, parent: SelfMetrics, scope: Scope) -> None:
+        self.scope = scope
+        self._parent = parent
+        self._requests: dict[str, int] = {}
+        self._errors: dict[tuple[str, str, str], int] = {}
+        self._latency: dict[str, _Histogram] = {}
+        self._ignored: dict[tuple[str, str], int] = {}
+        self.overruns = 0
+        for action in API_ACTIONS:
+            self._add_action(action)
+
+    def _add_action(self, action: str) -> None:
+        self._requests[action] = 0
+        self._latency[action] = _Histogram(len(self._parent._le))
+        for code, status in KNOWN_CODES.items():
+            self._errors.setdefault((action, code, str(status)), 0)
+        if action == "GetImage":
+            for field in IGNORED_FIELDS:
+                self._ignored.setdefault((action, field), 0)
+
     def _count_error(self, action: str, error: ApiError) -> None:
-        code = self._code(error.code)
+        code = self._parent._code(error.code)
         key = (action, code, "0" if code == OVERFLOW_CODE else _error_status(error))
         self._errors[key] = self._errors.get(key, 0) + 1
 
@@ -128,7 +212,7 @@ class SelfMetrics:
         hist = self._latency[action]
         hist.sum += duration_seconds
         i = 0
-        for bound in self._buckets:
+        for bound in self._parent._buckets:
             if duration_seconds <= bound:
                 break
             i += 1
@@ -152,12 +236,6 @@ class SelfMetrics:
         """Count a refresh cycle that outlasted its interval."""
         self.overruns += 1
 
-    def record_reload(self, ok: bool, at: float) -> None:
-        """Record the outcome of a configuration load or reload at wall time ``at``."""
-        self.reload_successful = ok
-        if ok:
-            self.reload_success_timestamp = at
-
     def errors(self) -> dict[tuple[str, str, str], int]:
         """A copy of the error counters: (action, code, http_status) -> count."""
         return dict(self._errors)
@@ -165,53 +243,3 @@ class SelfMetrics:
     def requests(self) -> dict[str, int]:
         """A copy of the request counters: action -> count."""
         return dict(self._requests)
-
-    def collect(self) -> Iterable[Metric]:
-        """Yield the self-metric families."""
-        requests = counter(SPECS[_M.API_REQUESTS])
-        for action, n in sorted(self._requests.items()):
-            requests.add_metric([action], n)
-        yield requests
-        errors = counter(SPECS[_M.API_ERRORS])
-        # Codes pass the output gate here; two codes it maps to one label value are added up, so
-        # the family never holds the same series twice.
-        gated: dict[tuple[str, str, str], int] = {}
-        for (action, code, status), n in self._errors.items():
-            key = (action, scrub(code), status)
-            gated[key] = gated.get(key, 0) + n
-        for key, n in sorted(gated.items()):
-            errors.add_metric(list(key), n)
-        yield errors
-        ignored = counter(SPECS[_M.API_IGNORED_VALUES])
-        for (action, field), n in sorted(self._ignored.items()):
-            ignored.add_metric([action, field], n)
-        yield ignored
-        latency = histogram(SPECS[_M.API_REQUEST_DURATION])
-        for action, hist in sorted(self._latency.items()):
-            cumulative, buckets = 0, []
-            for le, count in zip(self._le, list(hist.counts), strict=True):
-                cumulative += count
-                buckets.append((le, float(cumulative)))
-            latency.add_metric([action], buckets, hist.sum)
-        yield latency
-        overruns = counter(SPECS[_M.REFRESH_OVERRUNS])
-        overruns.add_metric([], self.overruns)
-        yield overruns
-        ok = gauge(SPECS[_M.CONFIG_RELOAD_SUCCESSFUL])
-        if self.reload_successful is not None:
-            ok.add_metric([], 1.0 if self.reload_successful else 0.0)
-        yield ok
-        ts = gauge(SPECS[_M.CONFIG_RELOAD_TIMESTAMP])
-        if self.reload_success_timestamp is not None:
-            ts.add_metric([], self.reload_success_timestamp)
-        yield ts
-        info = gauge(SPECS[_M.BUILD_INFO])
-        b = self.build_info
-        info.add_metric([b.version, b.revision, b.python_version], 1.0)
-        yield info
-
-    def render(self, openmetrics: bool) -> bytes:
-        """The self part of one scrape (OpenMetrics ends with the answer's single ``# EOF``)."""
-        if openmetrics:
-            return bytes(generate_openmetrics(self.registry))  # type: ignore[no-untyped-call]  # untyped upstream
-        return generate_text(self.registry)

@@ -46,14 +46,20 @@ class TokenBucket:
 
 
 class Budget:
-    """Concurrency cap first, then a token: a held slot never lets queued tokens fire in a burst."""
+    """Concurrency cap first, then a token: a held slot never lets queued tokens fire in a burst.
 
-    __slots__ = ("_bucket", "_sem", "in_flight", "max_concurrency", "max_in_flight")
+    With a ``parent`` (an account's budget over each of its regions' own), an attempt holds a slot and
+    a token of both: the parent's after its own slot, so a region at its cap queues on itself, not on
+    the account.
+    """
 
-    def __init__(self, qps: float, max_concurrency: int) -> None:
+    __slots__ = ("_bucket", "_parent", "_sem", "in_flight", "max_concurrency", "max_in_flight")
+
+    def __init__(self, qps: float, max_concurrency: int, parent: Budget | None = None) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
         self._bucket = TokenBucket(qps)
+        self._parent = parent
         self._sem = asyncio.Semaphore(max_concurrency)
         self.max_concurrency = max_concurrency
         self.in_flight = 0  # attempts holding a slot right now
@@ -67,8 +73,16 @@ class Budget:
     async def acquire(self) -> None:
         """Take a concurrency slot, then wait for a send slot of the token bucket."""
         await self._sem.acquire()
+        parent = self._parent
         try:
-            await self._bucket.take()
+            if parent is not None:
+                await parent.acquire()
+            try:
+                await self._bucket.take()
+            except BaseException:
+                if parent is not None:
+                    parent.release()
+                raise
         except BaseException:
             self._sem.release()
             raise
@@ -77,9 +91,11 @@ class Budget:
             self.max_in_flight = self.in_flight
 
     def release(self) -> None:
-        """Give the concurrency slot back."""
+        """Give the concurrency slot back (and the parent's)."""
         self.in_flight -= 1
         self._sem.release()
+        if self._parent is not None:
+            self._parent.release()
 
     async def __aenter__(self) -> Budget:
         await self.acquire()

@@ -186,13 +186,15 @@ class EhpcClient:
         credentials: CredentialSource,
         *,
         observer: ApiObserver | None = None,
+        account_budget: Budget | None = None,
     ) -> None:
         self._api = api
         self._credentials = credentials
         self._observer = observer
         self._scheme, self._host = resolve_endpoint(api)
         self.base_url = f"{self._scheme}://{self._host}/"
-        self.budget = Budget(api.qps, api.max_concurrency)
+        # This endpoint's budget, within the account's when several regions share one.
+        self.budget = Budget(api.qps, api.max_concurrency, account_budget)
         self._timeout = aiohttp.ClientTimeout(
             total=api.timeout_seconds, connect=min(api.connect_timeout_seconds, api.timeout_seconds)
         )
