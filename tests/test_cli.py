@@ -531,6 +531,9 @@ async def test_run_stops_on_sigint(simulator: RunningSimulator, tmp_path: Path) 
 # check
 
 
+HOME = ["default", "cn-hangzhou"]  # the account and region of a config without targets
+
+
 async def test_check_exits_1_on_failing_or_unhealthy_images(
     tmp_path: Path, simulator: RunningSimulator
 ) -> None:
@@ -540,10 +543,10 @@ async def test_check_exits_1_on_failing_or_unhealthy_images(
     assert rc == 1
     lines = [re.split(r"\s{2,}", line) for line in out.splitlines()]
     assert lines == [  # worst first
-        ["IMAGE", "HEALTH", "STATUS", "REGIONS", "LAST ERROR"],
-        [SIM_VM_ID, "failing", "-", "cn-beijing:unknown", "EcsError"],
-        [SIM_VM_FAILED_ID, "unhealthy", "CreateFailed", "cn-beijing:CreateFailed", "-"],
-        [SIM_CONTAINER_ID, "healthy", "Available", "cn-beijing:Available", "-"],
+        ["ACCOUNT", "REGION", "IMAGE", "HEALTH", "STATUS", "REGIONS", "LAST ERROR"],
+        [*HOME, SIM_VM_ID, "failing", "-", "cn-beijing:unknown", "EcsError"],
+        [*HOME, SIM_VM_FAILED_ID, "unhealthy", "CreateFailed", "cn-beijing:CreateFailed", "-"],
+        [*HOME, SIM_CONTAINER_ID, "healthy", "Available", "cn-beijing:Available", "-"],
         ["3 images: 0 missing, 1 failing, 1 unhealthy, 0 replication incomplete, 1 healthy"],
     ]
     assert simulator.access_key_secret not in out + err
@@ -556,6 +559,8 @@ async def test_check_exits_0_when_all_healthy(tmp_path: Path, simulator: Running
     assert json.loads(out) == {
         "images": [
             {
+                "account": "default",
+                "region_id": "cn-hangzhou",
                 "image_id": SIM_CONTAINER_ID,
                 "health": "healthy",
                 "status": "Available",

@@ -75,6 +75,8 @@ def _gated(value: Any) -> Any:
 def _check_row(view: ImageView) -> dict[str, Any]:
     """One image's verdict as ``check`` prints it (the same verdict the metrics and the page show)."""
     return {
+        "account": view.account,
+        "region_id": view.region_id,
         "image_id": view.image_id,
         "health": str(view.health),
         "status": view.status,
@@ -86,21 +88,32 @@ def _check_row(view: ImageView) -> dict[str, Any]:
 
 
 def _print_table(rows: Sequence[Mapping[str, Any]], snapshot: Snapshot) -> None:
-    header = ("IMAGE", "HEALTH", "STATUS", "REGIONS", "LAST ERROR")
+    header = ("ACCOUNT", "REGION", "IMAGE", "HEALTH", "STATUS", "REGIONS", "LAST ERROR")
     table = [header]
     rank = {str(h): i for i, h in enumerate(HEALTH_ORDER)}
-    for row in sorted(rows, key=lambda r: (rank[r["health"]], r["image_id"])):
+    for row in sorted(rows, key=lambda r: (rank[r["health"]], r["account"], r["region_id"], r["image_id"])):
         regions = " ".join(f"{r}:{s}" for r, s in row["regions"].items()) or "-"
         table.append(
-            (row["image_id"], row["health"], row["status"] or "-", regions, row["last_error"] or "-")
+            (
+                row["account"],
+                row["region_id"],
+                row["image_id"],
+                row["health"],
+                row["status"] or "-",
+                regions,
+                row["last_error"] or "-",
+            )
         )
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip())
     counts = ", ".join(f"{n} {h}" for h, n in snapshot.health_counts().items())
     print(f"{len(rows)} images: {counts}")
-    discovery = snapshot.discovery
-    if discovery is not None and not discovery.up:
-        print(f"discovery FAILED ({scrub(discovery.error_code or '?')}): kept {discovery.discovered} images")
-    elif discovery is not None:
-        print(f"discovery ok: {discovery.discovered} images")
+    for scope, status in snapshot.scopes.items():
+        discovery = status.discovery
+        where = f"{scrub(scope.account)}/{scrub(scope.region_id)}: " if len(snapshot.scopes) > 1 else ""
+        if discovery is not None and not discovery.up:
+            code = scrub(discovery.error_code or "?")
+            print(f"{where}discovery FAILED ({code}): kept {discovery.discovered} images")
+        elif discovery is not None:
+            print(f"{where}discovery ok: {discovery.discovered} images")

@@ -10,9 +10,11 @@ from string import Template
 
 from aiohttp import hdrs, web
 
+from exporter.config import Config, Scope
+from exporter.credentials import describe
 from exporter.http.source import SOURCE_KEY, TELEMETRY_PATH_KEY, MetricsSource
 from exporter.redaction import scrub
-from exporter.snapshot import Snapshot
+from exporter.snapshot import ImageKey, Snapshot
 from exporter.view import HEALTH_ORDER, Health, ImageView, ReplicaHealth, ReplicaView
 
 __all__ = ["MAX_LANDING_ROWS", "landing"]
@@ -124,19 +126,32 @@ def _refresh_links(refresh: int | None) -> str:
     return f"auto-refresh: {links}"
 
 
-def _config_rows(source: MetricsSource) -> str:
-    """The configuration summary (no secrets: the credential type only, never its values)."""
-    cfg = source.config
-    e = _h
+def _scope_rows(cfg: Config) -> list[tuple[str, str]]:
+    """One (account, region) as configuration rows (no secrets: the credential type and role ARN only)."""
     endpoint = cfg.api.endpoint or f"(from region, {cfg.api.network})"
-    rows = [
+    return [
+        ("account", cfg.account),
         ("region", cfg.api.region_id),
         ("endpoint", endpoint),
         ("protocol", cfg.api.protocol),
-        ("credentials", cfg.credentials.type if cfg.credentials is not None else "default chain"),
+        ("credentials", describe(cfg.credentials, cfg.assume_role)),
         ("refresh interval", f"{cfg.refresh.interval_seconds:g} s (jitter ±{cfg.refresh.jitter_ratio:.0%})"),
         ("static images", str(len(cfg.images))),
         ("discovery", "enabled" if cfg.discovery.enabled else "disabled"),
+    ]
+
+
+def _config_rows(source: MetricsSource) -> str:
+    """The configuration summary: each (account, region), then what they share."""
+    cfg = source.config
+    e = _h
+    scopes = cfg.scopes()
+    rows: list[tuple[str, str]] = []
+    for n, scope in enumerate(scopes):
+        if len(scopes) > 1:
+            rows.append((f"target {n + 1} of {len(scopes)}", ""))
+        rows += _scope_rows(scope)
+    rows += [
         ("shard", f"{cfg.sharding.shard} of {cfg.sharding.shards}"),
         ("healthy statuses", ", ".join(cfg.status.healthy)),
         ("replication healthy statuses", ", ".join(cfg.status.replication_healthy)),
@@ -152,8 +167,10 @@ def _banners(snapshot: Snapshot) -> str:
             '<div class="banner info" role="status" id="waiting"><strong>Waiting for the first refresh.'
             "</strong> No image has been checked yet; this page shows nothing until one has.</div>"
         )
-    discovery = snapshot.discovery
-    if discovery is not None and not discovery.up:
+    for scope, status in snapshot.scopes.items():
+        discovery = status.discovery
+        if discovery is None or discovery.up:
+            continue
         if discovery.last_success is None:
             kept = "It has not succeeded since start-up: only the static images are watched."
         else:
@@ -161,9 +178,13 @@ def _banners(snapshot: Snapshot) -> str:
                 f"Still watching the {discovery.discovered} image(s) it found at"
                 f" {_time_html(discovery.last_success)}; images created since are not watched."
             )
+        where = "" if len(snapshot.expected) <= 1 else f" in {_h(scope.account)} / {_h(scope.region_id)}"
+        # The first one keeps the id links and tests find it by; the others are told apart by data-*.
+        ident = ' id="discovery"' if not any("banner bad discovery" in o for o in out) else ""
         out.append(
-            '<div class="banner bad" role="alert" id="discovery">'
-            f"{_sym(_HEALTH_SYMBOL[Health.FAILING])} <strong>Discovery is failing</strong>"
+            f'<div class="banner bad discovery"{ident} role="alert" data-account="{_h(scope.account)}"'
+            f' data-region="{_h(scope.region_id)}">'
+            f"{_sym(_HEALTH_SYMBOL[Health.FAILING])} <strong>Discovery is failing{where}</strong>"
             f" (ListImages: <code>{_h(discovery.error_code or 'unknown error')}</code>). {kept}</div>"
         )
     return "\n".join(out)
@@ -252,6 +273,7 @@ def _image_row(view: ImageView, name: str, regions: Sequence[str]) -> str:
     cells = "".join(_replica_cell(by_region.get(region), region) for region in regions)
     return (
         f'<tr class="h-{_HEALTH_CLASS[view.health]}" data-image="{_h(view.image_id)}"'
+        f' data-account="{_h(view.account)}" data-region="{_h(view.region_id)}"'
         f' data-health="{_h(str(view.health))}">'
         f'<th scope="row" class="image"><code>{_h(view.image_id)}</code>{label}</th>'
         f"{_health_cell(view)}{_status_cell(view)}{cells}</tr>"
@@ -265,19 +287,43 @@ def _legend() -> str:
     return '<p class="legend muted">' + " &middot; ".join(items) + "</p>"
 
 
+def _group_row(scope: Scope, views: Sequence[ImageView], columns: int) -> str:
+    """The heading of one (account, region) in the matrix: who, and how many of its images need someone."""
+    bad = sum(1 for v in views if v.health is not Health.HEALTHY)
+    state = f"{bad} not healthy" if bad else "all healthy"
+    return (
+        f'<tr class="group" data-account="{_h(scope.account)}" data-region="{_h(scope.region_id)}">'
+        f'<th scope="rowgroup" colspan="{columns}">account <code>{_h(scope.account)}</code> &middot;'
+        f" region <code>{_h(scope.region_id)}</code> &middot; {len(views)} image(s), {state}</th></tr>"
+    )
+
+
 def _matrix(snapshot: Snapshot) -> str:
-    """The image-by-region matrix, worst first (HEALTH_ORDER, then id), at most MAX_LANDING_ROWS rows."""
+    """The image-by-region matrix grouped by account and region (the group with the worst image first),
+    worst first within each (HEALTH_ORDER, then id), at most MAX_LANDING_ROWS rows."""
     if not snapshot.completed:
         return '<p class="muted" id="images">No image checked yet.</p>'
     rank = {h: i for i, h in enumerate(HEALTH_ORDER)}
-    ordered = sorted(snapshot.views.items(), key=lambda item: (rank[item[1].health], item[0]))
+    groups: dict[Scope, list[tuple[ImageKey, ImageView]]] = {}
+    for key, view in snapshot.views.items():
+        groups.setdefault(Scope(key.account, key.region_id), []).append((key, view))
+    worst = {scope: min(rank[v.health] for _, v in items) for scope, items in groups.items()}
+    ordered = sorted(
+        snapshot.views.items(),
+        key=lambda item: (worst[Scope(*item[0][:2])], item[0][:2], rank[item[1].health], item[0]),
+    )
     shown = ordered[:MAX_LANDING_ROWS]
     if not shown:
         return '<p id="images">No image is watched.</p>'
     regions = sorted({r.region for _, v in shown for r in v.replicas})
     rows = []
-    for image_id, view in shown:
-        state = snapshot.images.get(image_id)  # for the name only: the verdict is the view's
+    current: Scope | None = None
+    for key, view in shown:
+        scope = Scope(key.account, key.region_id)
+        if scope != current:
+            current = scope
+            rows.append(_group_row(scope, [v for _, v in groups[scope]], 3 + len(regions)))
+        state = snapshot.images.get(key)  # for the name only: the verdict is the view's
         img = state.image if state is not None else None
         name = " ".join(filter(None, (img.name, img.version))) if img is not None else ""
         rows.append(_image_row(view, name, regions))
