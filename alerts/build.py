@@ -80,6 +80,13 @@ class ErrorRatioSettings(AlertSettings):
     rate_window: Duration
 
 
+class TargetFailingSettings(AlertSettings):
+    """EhpcTargetFailing: one whole target (account x region) cannot refresh any image."""
+
+    window: Duration
+    credential_window: Duration
+
+
 class AlertsSettings(_Strict):
     """One block per alert; a missing block is an error, so no alert is shipped without its settings."""
 
@@ -94,6 +101,7 @@ class AlertsSettings(_Strict):
     EhpcExporterDown: AlertSettings
     EhpcRefreshStalled: RefreshStalledSettings
     EhpcConfigReloadFailed: AlertSettings
+    EhpcTargetFailing: TargetFailingSettings
 
 
 class Thresholds(_Strict):
@@ -102,6 +110,7 @@ class Thresholds(_Strict):
     runbook_url: str = Field(min_length=1)
     exporter_selector: str = Field(min_length=1)
     image_labels: tuple[LabelName, ...] = Field(min_length=1)
+    target_labels: tuple[LabelName, ...] = Field(min_length=1)
     group_name: str = Field(min_length=1)
     alerts: AlertsSettings
 
@@ -136,34 +145,77 @@ def load_thresholds(override: Path | None = None) -> Thresholds:
         raise ValueError("invalid thresholds:\n" + "\n".join(lines)) from exc
 
 
-# Go-template snippets for annotations: look up the current state of the alerting image when it fires.
-_CURRENT_STATUS = (
-    '{{ with printf "ehpc_image_status{image_id=%q} == 1" $labels.image_id | query }}'
-    '{{ . | first | label "status" }}{{ else }}unknown{{ end }}'
-)
-_CURRENT_REPLICATION_STATUS = (
-    '{{ with printf "ehpc_image_replication_status{image_id=%q, replication_region=%q} == 1"'
-    " $labels.image_id $labels.replication_region | query }}"
-    '{{ . | first | label "status" }}{{ else }}unknown{{ end }}'
-)
-_LAST_ERROR = (
-    '{{ with printf "ehpc_image_last_error_info{image_id=%q}" $labels.image_id | query }}'
-    '{{ . | first | label "code" }}{{ else }}none recorded{{ end }}'
-)
+# Go-template snippets for annotations: they look up the current state of the alerting image or target
+# when it fires. Each query selects by the alert's own identity labels (``image_labels``, or
+# ``target_labels`` plus job and instance), so the same image ID in two accounts or regions, or two
+# targets of one exporter, never answer for each other. A label the series lack is "" in $labels, and
+# `label=""` matches series without it, so the lookups also work against an exporter without them.
 
-_DISCOVERY_KEPT = (
-    '{{ with printf "time() - ehpc_discovery_last_success_timestamp_seconds{job=%q, instance=%q}"'
-    " $labels.job $labels.instance | query }}"
-    "It keeps watching the images it discovered {{ . | first | value | humanizeDuration }} ago."
-    "{{ else }}Discovery has not succeeded since the exporter started, so it watches none of the images "
-    "discovery should find.{{ end }}"
-)
-_LAST_CYCLE = (
-    '{{ with printf "time() - ehpc_refresh_last_success_timestamp_seconds{job=%q, instance=%q}"'
-    " $labels.job $labels.instance | query }}"
-    "The last refresh cycle of {{ $labels.instance }} completed {{ . | first | value | humanizeDuration }} "
-    "ago{{ else }}{{ $labels.instance }} has not completed a refresh cycle since it started{{ end }}"
-)
+
+def _lookup(labels: Sequence[str]) -> tuple[str, str]:
+    """The printf format of matchers for ``labels`` and the ``$labels`` arguments that fill it."""
+    return ", ".join(f"{n}=%q" for n in labels), " ".join(f"$labels.{n}" for n in labels)
+
+
+def _current_status(t: Thresholds) -> str:
+    fmt, args = _lookup(t.image_labels)
+    return (
+        f'{{{{ with printf "ehpc_image_status{{{fmt}}} == 1" {args} | query }}}}'
+        '{{ . | first | label "status" }}{{ else }}unknown{{ end }}'
+    )
+
+
+def _current_replication_status(t: Thresholds) -> str:
+    fmt, args = _lookup((*t.image_labels, "replication_region"))
+    return (
+        f'{{{{ with printf "ehpc_image_replication_status{{{fmt}}} == 1" {args} | query }}}}'
+        '{{ . | first | label "status" }}{{ else }}unknown{{ end }}'
+    )
+
+
+def _last_error(t: Thresholds) -> str:
+    fmt, args = _lookup(t.image_labels)
+    return (
+        f'{{{{ with printf "ehpc_image_last_error_info{{{fmt}}}" {args} | query }}}}'
+        '{{ . | first | label "code" }}{{ else }}none recorded{{ end }}'
+    )
+
+
+def _discovery_kept(t: Thresholds) -> str:
+    fmt, args = _lookup(("job", "instance", *t.target_labels))
+    return (
+        f'{{{{ with printf "time() - ehpc_discovery_last_success_timestamp_seconds{{{fmt}}}"'
+        f" {args} | query }}}}"
+        "It keeps watching the images it discovered {{ . | first | value | humanizeDuration }} ago."
+        "{{ else }}Discovery has not succeeded since the exporter started, so it watches none of the images "
+        "discovery should find.{{ end }}"
+    )
+
+
+def _last_cycle(t: Thresholds) -> str:
+    fmt, args = _lookup(("job", "instance", *t.target_labels))
+    return (
+        f'{{{{ with printf "time() - ehpc_refresh_last_success_timestamp_seconds{{{fmt}}}"'
+        f" {args} | query }}}}"
+        "The last refresh cycle of {{ $labels.instance }} completed "
+        "{{ . | first | value | humanizeDuration }} ago{{ else }}{{ $labels.instance }} has not completed "
+        "a refresh cycle since it started{{ end }}"
+    )
+
+
+def _top_error(t: Thresholds, window: str) -> str:
+    """The target's most frequent API error code over ``window`` (all its actions and instances)."""
+    fmt, args = _lookup(t.target_labels)
+    return (
+        f'{{{{ with printf "topk(1, sum by (code) (increase(ehpc_api_errors_total{{{fmt}}}[{window}]))) > 0"'
+        f" {args} | query }}}}"
+        '{{ . | first | label "code" }}{{ else }}none recorded{{ end }}'
+    )
+
+
+# Where an alert names the image or the target it is about, in prose.
+_IN_TARGET = "account {{ $labels.account }}, region {{ $labels.region_id }}"
+_IMAGE = "{{ $labels.image_id }} ({{ $labels.account }}/{{ $labels.region_id }})"
 
 
 def _stale_expr(t: Thresholds) -> str:
@@ -200,6 +252,36 @@ def _stale_expr(t: Thresholds) -> str:
     )
 
 
+def _target_failing_expr(t: Thresholds) -> str:
+    """EhpcTargetFailing: one target (``target_labels``: an account x region) can refresh no image.
+
+    Aggregated by the target labels only (not instance or pod, and over every shard), like
+    EhpcImageDataStale, so an exporter restart or rollout shorter than ``window`` neither resolves nor
+    re-pages it. Two branches, one label set:
+
+    * every image of the target that is not missing answered ``up 0`` in every sample of ``window``
+      (denied role, wrong key, unreachable region endpoint: whatever the code); images answering
+      ``ImageNotFound`` do not count, because the API answered for them (EhpcImageMissing pages);
+    * the target's credentials cannot be obtained at all (``CredentialError``, counted under the
+      target's own labels) within ``credential_window``: this also covers a target with no image yet,
+      for example one whose discovery never ran.
+    """
+    s = t.alerts.EhpcTargetFailing
+    target = ", ".join(t.target_labels)
+    image = ", ".join(t.image_labels)
+    return (
+        "(\n"
+        f"    max by ({target}) (\n"
+        f"      max_over_time(ehpc_image_up[{s.window}])\n"
+        f'        unless on ({image}) ehpc_image_last_error_info{{code="ImageNotFound"}}\n'
+        "    ) == 0\n"
+        "  or\n"
+        f"    sum by ({target}) "
+        f'(increase(ehpc_api_errors_total{{code="CredentialError"}}[{s.credential_window}])) > 0\n'
+        ")"
+    )
+
+
 def _alert(
     name: str,
     settings: AlertSettings,
@@ -227,15 +309,16 @@ def build_rules(t: Thresholds) -> dict[str, Any]:
     url = t.runbook_url
     err_window = a.EhpcApiErrorsHigh.rate_window
     auth_codes = "|".join(a.EhpcApiAuthErrors.codes)
+    tf = a.EhpcTargetFailing
     rules = [
         _alert(
             "EhpcImageNotAvailable",
             a.EhpcImageNotAvailable,
             # Only images whose last GetImage succeeded: a failing refresh is EhpcImageDataStale's job.
             "ehpc_image_available == 0 and ehpc_image_up == 1",
-            "E-HPC image {{ $labels.image_id }} is not available",
-            f"Image {{{{ $labels.image_id }}}} has been outside the healthy status set for more than "
-            f"{a.EhpcImageNotAvailable.for_} (current status: {_CURRENT_STATUS}). "
+            f"E-HPC image {_IMAGE} is not available",
+            f"Image {{{{ $labels.image_id }}}} in {_IN_TARGET} has been outside the healthy status set for "
+            f"more than {a.EhpcImageNotAvailable.for_} (current status: {_current_status(t)}). "
             "Jobs that use it cannot start.",
             url,
         ),
@@ -245,30 +328,31 @@ def build_rules(t: Thresholds) -> dict[str, Any]:
             # A deleted image reports every copy unavailable too; EhpcImageMissing already covers it.
             "ehpc_image_replication_available == 0\n"
             'unless ignoring (replication_region, code) ehpc_image_last_error_info{code="ImageNotFound"}',
-            "E-HPC image {{ $labels.image_id }} is not available in {{ $labels.replication_region }}",
-            "The copy of image {{ $labels.image_id }} in region {{ $labels.replication_region }} has not "
+            f"E-HPC image {_IMAGE} is not available in {{{{ $labels.replication_region }}}}",
+            f"The copy of image {{{{ $labels.image_id }}}} of {_IN_TARGET} in region "
+            "{{ $labels.replication_region }} has not "
             f"been usable for more than {a.EhpcImageReplicationIncomplete.for_} "
-            f"(replication status: {_CURRENT_REPLICATION_STATUS}). Jobs in that region cannot use it.",
+            f"(replication status: {_current_replication_status(t)}). Jobs in that region cannot use it.",
             url,
         ),
         _alert(
             "EhpcImageMissing",
             a.EhpcImageMissing,
             'ehpc_image_last_error_info{code="ImageNotFound"} == 1',
-            "E-HPC image {{ $labels.image_id }} does not exist",
-            "GetImage has answered ImageNotFound for image {{ $labels.image_id }} for more than "
-            f"{a.EhpcImageMissing.for_}. It was deleted, or the exporter watches a wrong ID, type or "
-            "category.",
+            f"E-HPC image {_IMAGE} does not exist",
+            f"GetImage in {_IN_TARGET} has answered ImageNotFound for image {{{{ $labels.image_id }}}} for "
+            f"more than {a.EhpcImageMissing.for_}. It was deleted, or the exporter watches a wrong ID, type, "
+            "category, account or region.",
             url,
         ),
         _alert(
             "EhpcImageDataStale",
             a.EhpcImageDataStale,
             _stale_expr(t),
-            "Data about E-HPC image {{ $labels.image_id }} is stale",
-            "The exporter has not refreshed image {{ $labels.image_id }} successfully for at least "
-            "{{ $value | humanizeDuration }} (last error: " + _LAST_ERROR + "). Its other metrics show "
-            "the last known state, if there ever was one.",
+            f"Data about E-HPC image {_IMAGE} is stale",
+            f"The exporter has not refreshed image {{{{ $labels.image_id }}}} of {_IN_TARGET} successfully "
+            "for at least {{ $value | humanizeDuration }} (last error: " + _last_error(t) + "). Its other "
+            "metrics show the last known state, if there ever was one.",
             url,
         ),
         _alert(
@@ -277,8 +361,10 @@ def build_rules(t: Thresholds) -> dict[str, Any]:
             "sum without (code, http_status) "
             f'(rate(ehpc_api_errors_total{{code=~"Throttling.*"}}[{a.EhpcApiThrottled.rate_window}])) '
             f"> {a.EhpcApiThrottled.max_per_second:g}",
-            "E-HPC API throttles {{ $labels.action }} calls from {{ $labels.instance }}",
-            '{{ $labels.action }} calls are throttled at {{ $value | printf "%.2f" }}/s '
+            "E-HPC API throttles {{ $labels.action }} calls of {{ $labels.account }}/{{ $labels.region_id }} "
+            "from {{ $labels.instance }}",
+            f"{{{{ $labels.action }}}} calls in {_IN_TARGET} are throttled at "
+            '{{ $value | printf "%.2f" }}/s '
             f"(threshold {a.EhpcApiThrottled.max_per_second:g}/s over {a.EhpcApiThrottled.rate_window}). "
             "Refreshes are slowed down by retries and may time out.",
             url,
@@ -288,10 +374,12 @@ def build_rules(t: Thresholds) -> dict[str, Any]:
             a.EhpcApiAuthErrors,
             "sum without (http_status) "
             f"(increase(ehpc_api_errors_total{{code=~`{auth_codes}`}}[{a.EhpcApiAuthErrors.window}])) > 0",
-            "E-HPC API rejects the exporter's credentials ({{ $labels.code }})",
-            "{{ $labels.action }} calls from {{ $labels.instance }} failed with {{ $labels.code }} "
-            f'{{{{ $value | printf "%.0f" }}}} times in the last {a.EhpcApiAuthErrors.window}. The exporter '
-            "cannot check images until credentials, RAM permissions or service activation are fixed.",
+            "E-HPC API rejects the exporter's credentials for {{ $labels.account }}/{{ $labels.region_id }} "
+            "({{ $labels.code }})",
+            f"{{{{ $labels.action }}}} calls in {_IN_TARGET} from {{{{ $labels.instance }}}} failed with "
+            f'{{{{ $labels.code }}}} {{{{ $value | printf "%.0f" }}}} times in the last '
+            f"{a.EhpcApiAuthErrors.window}. The exporter cannot check this account's images in this region "
+            "until credentials, RAM permissions or service activation are fixed.",
             url,
         ),
         _alert(
@@ -300,10 +388,21 @@ def build_rules(t: Thresholds) -> dict[str, Any]:
             f"sum without (code, http_status) (rate(ehpc_api_errors_total[{err_window}]))\n"
             f"  / rate(ehpc_api_requests_total[{err_window}])\n"
             f"> {a.EhpcApiErrorsHigh.max_ratio:g}",
-            "Many E-HPC API {{ $labels.action }} calls fail",
-            "{{ $value | humanizePercentage }} of {{ $labels.action }} calls from {{ $labels.instance }} "
-            f"failed over {a.EhpcApiErrorsHigh.rate_window} (threshold "
+            "Many E-HPC API {{ $labels.action }} calls of {{ $labels.account }}/{{ $labels.region_id }} fail",
+            f"{{{{ $value | humanizePercentage }}}} of {{{{ $labels.action }}}} calls in {_IN_TARGET} from "
+            f"{{{{ $labels.instance }}}} failed over {a.EhpcApiErrorsHigh.rate_window} (threshold "
             f"{a.EhpcApiErrorsHigh.max_ratio:.0%}). See ehpc_api_errors_total by code.",
+            url,
+        ),
+        _alert(
+            "EhpcTargetFailing",
+            tf,
+            _target_failing_expr(t),
+            "ehpc-image-exporter can check no E-HPC image of {{ $labels.account }}/{{ $labels.region_id }}",
+            f"No image of {_IN_TARGET} has been refreshed successfully for {tf.window} and more, or its "
+            f"credentials cannot be obtained (CredentialError), for more than {tf.for_}. Most frequent API "
+            f"error of the target over the last {tf.window}: {_top_error(t, tf.window)}. Every image of "
+            "this target goes stale; other accounts and regions are not affected.",
             url,
         ),
         _alert(
@@ -311,9 +410,10 @@ def build_rules(t: Thresholds) -> dict[str, Any]:
             a.EhpcDiscoveryFailed,
             # Present only while discovery is enabled: with discovery off nothing can fire.
             "ehpc_discovery_up == 0",
-            "ehpc-image-exporter {{ $labels.instance }} cannot discover images",
-            "ListImages has failed on {{ $labels.instance }} for more than "
-            f"{a.EhpcDiscoveryFailed.for_}. " + _DISCOVERY_KEPT + " Images created meanwhile are not "
+            "ehpc-image-exporter {{ $labels.instance }} cannot discover images of "
+            "{{ $labels.account }}/{{ $labels.region_id }}",
+            f"ListImages in {_IN_TARGET} has failed on {{{{ $labels.instance }}}} for more than "
+            f"{a.EhpcDiscoveryFailed.for_}. " + _discovery_kept(t) + " Images created meanwhile are not "
             "watched; deleted ones page as missing.",
             url,
         ),
@@ -331,15 +431,19 @@ def build_rules(t: Thresholds) -> dict[str, Any]:
         _alert(
             "EhpcRefreshStalled",
             a.EhpcRefreshStalled,
-            # The refresh gauges have no sample before the first cycle ends: a loop that never completes
-            # one is a scraped target without the series.
+            # Per target (account x region) from its own refresh gauges. The gauges have no sample before
+            # a target's first cycle ends: an exporter none of whose targets completes one is a scraped
+            # target without the series (the second branch, without target labels).
             "time() - ehpc_refresh_last_success_timestamp_seconds "
             f"> {a.EhpcRefreshStalled.max_age_seconds}\n"
             f"or up{{{t.exporter_selector}}} == 1\n"
             "  unless on (job, instance) ehpc_refresh_last_success_timestamp_seconds",
-            "ehpc-image-exporter {{ $labels.instance }} does not complete refresh cycles",
-            _LAST_CYCLE + ", though it answers scrapes: its refresh loop has crashed or hangs. Every image "
-            "metric it serves is frozen at its last value.",
+            "ehpc-image-exporter {{ $labels.instance }} does not complete refresh cycles"
+            "{{ with $labels.account }} for {{ . }}/{{ $labels.region_id }}{{ end }}",
+            _last_cycle(t) + "{{ with $labels.account }} for account {{ . }}, region {{ $labels.region_id }}"
+            "{{ end }}, though it answers scrapes: its refresh loop has crashed or hangs. Every image "
+            "metric it serves{{ with $labels.account }} for that account and region{{ end }} is frozen at "
+            "its last value.",
             url,
         ),
         _alert(

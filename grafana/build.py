@@ -41,12 +41,20 @@ DASHBOARD_FILE = GRAFANA_DIR / "ehpc-image-exporter.json"
 UID = "ehpc-image-exporter"
 
 DATASOURCE = cm.DataSourceRef(type_val="prometheus", uid="${datasource}")
-# Selectors every query carries, so the variables filter every panel.
+# Selectors every query carries, so the variables filter every panel. `up` is Prometheus' own series of a
+# scrape target and has no account or region, so it takes JOB only; everything else takes TGT at least.
 JOB = 'job=~"$job"'
-IMG = f'{JOB}, image_id=~"$image_id"'
+TGT = f'{JOB}, account=~"$account", region_id=~"$region_id"'
+IMG = f'{TGT}, image_id=~"$image_id"'
 REPL = f'{IMG}, replication_region=~"$replication_region"'
 # Deleted images: every copy and the image itself read 0, but they have their own "Missing" count.
 NOT_FOUND = f'ehpc_image_last_error_info{{{IMG}, code="ImageNotFound"}}'
+
+# One image is account x region x image ID: the same ID in two accounts or regions is two images.
+IMAGE_KEY = "account, region_id, image_id"
+TARGET_KEY = "account, region_id"
+IMAGE_LEGEND = "{{account}}/{{region_id}} {{image_id}}"
+TARGET_LEGEND = "{{account}}/{{region_id}}"
 
 GREEN, RED, ORANGE, BLUE = "green", "red", "orange", "blue"
 
@@ -119,11 +127,134 @@ def _last_success(lookback: str) -> str:
     """Each image's last success as Prometheus holds it over ``lookback``: it survives an exporter
     restart (which forgets the timestamp until the image next succeeds), as EhpcImageDataStale's does."""
     return (
-        f"max by (image_id) (max_over_time(ehpc_image_last_success_timestamp_seconds{{{IMG}}}[{lookback}]))"
+        f"max by ({IMAGE_KEY}) "
+        f"(max_over_time(ehpc_image_last_success_timestamp_seconds{{{IMG}}}[{lookback}]))"
     )
 
 
-def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
+def _stale_images(stale_after: int, lookback: str) -> str:
+    """One series per stale image (labels IMAGE_KEY): the EhpcImageDataStale conditions, the last success
+    older than ``stale_after`` or failing in every sample since at least ``stale_after`` ago."""
+    return (
+        f"(time() - {_last_success(lookback)} > {stale_after})"
+        f" or (max by ({IMAGE_KEY}) (max_over_time(ehpc_image_up{{{IMG}}}[{stale_after}s])) == 0"
+        f" unless on ({IMAGE_KEY}) {_last_success(lookback)})"
+    )
+
+
+# Every target the exporter reports (after its first cycle), with value 0: `or`-ed to a per-target count
+# so that targets with nothing to count show 0 instead of an empty cell.
+_TARGETS_ZERO = f"0 * sum by ({TARGET_KEY}) (ehpc_watched_images{{{TGT}}})"
+
+
+def _per_target(expr: str) -> str:
+    return f"({expr}) or {_TARGETS_ZERO}"
+
+
+def _targets_table(
+    stale_after: int, lookback: str, refresh_max_age: int, max_error_ratio: float
+) -> table.Panel:
+    """One row per target (account x region): how many images it watches, how many are up, not available,
+    with a replica not available, stale; its API error ratio and the age of its last refresh cycle. The
+    columns turn red where the matching alert's threshold is crossed."""
+    not_available = (
+        f"count by ({TARGET_KEY}) (ehpc_image_available{{{IMG}}} == 0 unless ignoring (code) {NOT_FOUND})"
+    )
+    replication = (
+        f"count by ({TARGET_KEY}) (max by ({IMAGE_KEY}) (ehpc_image_replication_available{{{REPL}}} == 0"
+        f" unless ignoring (replication_region, code) {NOT_FOUND}))"
+    )
+    error_ratio = (
+        f"sum by ({TARGET_KEY}) (rate(ehpc_api_errors_total{{{TGT}}}[$__rate_interval]))"
+        f" / sum by ({TARGET_KEY}) (rate(ehpc_api_requests_total{{{TGT}}}[$__rate_interval]))"
+    )
+    no_errors = f"0 * sum by ({TARGET_KEY}) (rate(ehpc_api_requests_total{{{TGT}}}[$__rate_interval]))"
+    columns: list[tuple[str, str, str]] = [
+        # (refId, title, expression)
+        ("A", "Watched", f"sum by ({TARGET_KEY}) (ehpc_watched_images{{{TGT}}})"),
+        ("B", "Up", _per_target(f"count by ({TARGET_KEY}) (ehpc_image_up{{{IMG}}} == 1)")),
+        ("C", "Not available", _per_target(not_available)),
+        ("D", "Replication incomplete", _per_target(replication)),
+        ("E", "Stale", _per_target(f"count by ({TARGET_KEY}) ({_stale_images(stale_after, lookback)})")),
+        ("F", "API error ratio", f"({error_ratio}) or {no_errors}"),
+        (
+            "G",
+            "Refresh age",
+            f"max by ({TARGET_KEY}) (time() - ehpc_refresh_last_success_timestamp_seconds{{{TGT}}})",
+        ),
+    ]
+
+    def red_from(value: float) -> dm.DynamicConfigValue:
+        return dm.DynamicConfigValue(
+            id_val="thresholds",
+            value={
+                "mode": "absolute",
+                "steps": [{"value": None, "color": GREEN}, {"value": value, "color": RED}],
+            },
+        )
+
+    background = dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"})
+    panel = (
+        table.Panel()
+        .id(11)
+        .title("Targets")
+        .description(
+            "One row per account x region the exporter watches: watched images, images whose last refresh "
+            "succeeded, not available, with a copy not available in some region, stale (the "
+            f"EhpcImageDataStale conditions), the share of failed API calls (red above {max_error_ratio:.0%},"
+            f" EhpcApiErrorsHigh) and seconds since its last completed refresh cycle (red above "
+            f"{refresh_max_age} s, EhpcRefreshStalled). A target with every image failing is "
+            "EhpcTargetFailing."
+        )
+        .datasource(DATASOURCE)
+        .grid_pos(_grid(0, 6, 24, 8))
+        .targets([_query(expr, ref=ref, table_format=True) for ref, _, expr in columns])
+        .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(
+            dm.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {"Time": True},
+                    "indexByName": {
+                        "account": 0,
+                        "region_id": 1,
+                        **{f"Value #{ref}": 2 + i for i, (ref, _, _) in enumerate(columns)},
+                    },
+                    "renameByName": {
+                        "account": "Account",
+                        "region_id": "Region",
+                        **{f"Value #{ref}": title for ref, title, _ in columns},
+                    },
+                },
+            )
+        )
+        .filterable(True)
+        .sort_by([common.TableSortByFieldState().display_name("Account")])
+        .override_by_name("Up", [dm.DynamicConfigValue(id_val="decimals", value=0)])
+        .override_by_name("Watched", [dm.DynamicConfigValue(id_val="decimals", value=0)])
+        .override_by_name(
+            "API error ratio",
+            [
+                dm.DynamicConfigValue(id_val="unit", value="percentunit"),
+                red_from(max_error_ratio),
+                background,
+            ],
+        )
+        .override_by_name(
+            "Refresh age",
+            [dm.DynamicConfigValue(id_val="unit", value="s"), red_from(refresh_max_age), background],
+        )
+    )
+    for title in ("Not available", "Replication incomplete", "Stale"):
+        panel = panel.override_by_name(
+            title, [dm.DynamicConfigValue(id_val="decimals", value=0), red_from(1), background]
+        )
+    return panel
+
+
+def panels(
+    stale_after: int, lookback: str = "1h", refresh_max_age: int = 300, max_error_ratio: float = 0.2
+) -> list[dashboard.Row | Any]:
     """Every panel and row, top to bottom, with explicit ids and positions."""
     out: list[Any] = []
 
@@ -138,8 +269,9 @@ def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
         ),
         (
             "Watched images",
-            "Images in the watched set (static list plus discovery), summed over exporter shards.",
-            f"sum(ehpc_watched_images{{{JOB}}}) or vector(0)",
+            "Images in the watched set (static list plus discovery), summed over the selected accounts, "
+            "regions and exporter shards.",
+            f"sum(ehpc_watched_images{{{TGT}}}) or vector(0)",
             None,
         ),
         (
@@ -164,9 +296,7 @@ def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
             "Stale",
             f"Images without a successful refresh for more than {stale_after} s, across exporter restarts, "
             "and images failing since they were first watched (the EhpcImageDataStale conditions).",
-            f"(count(time() - {_last_success(lookback)} > {stale_after}) or vector(0))"
-            f" + (count(max by (image_id) (max_over_time(ehpc_image_up{{{IMG}}}[{stale_after}s])) == 0"
-            f" unless on (image_id) {_last_success(lookback)}) or vector(0))",
+            f"count({_stale_images(stale_after, lookback)}) or vector(0)",
             0,
         ),
         (
@@ -186,33 +316,40 @@ def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
     for i, (title, description, expr, bad_above) in enumerate(stats):
         out.append(_stat(2 + i, title, description, expr, _grid(3 * i, 1, 3, 4), bad_above))
 
+    # ------------------------------------------------------------------ targets
+    out.append(_row(10, "Targets (account x region)", 5))
+    out.append(_targets_table(stale_after, lookback, refresh_max_age, max_error_ratio))
+
     # ------------------------------------------------------------------ images
-    out.append(_row(20, "Images", 5))
+    out.append(_row(20, "Images", 14))
     image_table = (
         table.Panel()
         .id(21)
         .title("Images")
         .description(
-            "One row per image: its static facts (ehpc_image_info), current status, availability, "
+            "One row per image (account x region x image ID): its static facts (ehpc_image_info), current "
+            "status, availability, "
             "size, creation time, time since the last successful refresh and the last error code."
         )
         .datasource(DATASOURCE)
-        .grid_pos(_grid(0, 6, 24, 9))
+        .grid_pos(_grid(0, 15, 24, 9))
         .targets(
             [
                 _query(
-                    f"max by (image_id, name, version, image_type, os_tag, platform, architecture, "
+                    f"max by ({IMAGE_KEY}, name, version, image_type, os_tag, platform, architecture, "
                     f"app_id, registry_url) (ehpc_image_info{{{IMG}}})",
                     ref="A",
                     table_format=True,
                 ),
                 _query(
-                    f"max by (image_id, status) (ehpc_image_status{{{IMG}}} == 1)", ref="B", table_format=True
+                    f"max by ({IMAGE_KEY}, status) (ehpc_image_status{{{IMG}}} == 1)",
+                    ref="B",
+                    table_format=True,
                 ),
-                _query(f"max by (image_id) (ehpc_image_available{{{IMG}}})", ref="C", table_format=True),
-                _query(f"max by (image_id) (ehpc_image_size_bytes{{{IMG}}})", ref="D", table_format=True),
+                _query(f"max by ({IMAGE_KEY}) (ehpc_image_available{{{IMG}}})", ref="C", table_format=True),
+                _query(f"max by ({IMAGE_KEY}) (ehpc_image_size_bytes{{{IMG}}})", ref="D", table_format=True),
                 _query(
-                    f"max by (image_id) (ehpc_image_created_timestamp_seconds{{{IMG}}}) * 1000",
+                    f"max by ({IMAGE_KEY}) (ehpc_image_created_timestamp_seconds{{{IMG}}}) * 1000",
                     ref="E",
                     table_format=True,
                 ),
@@ -222,7 +359,7 @@ def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
                     table_format=True,
                 ),
                 _query(
-                    f"max by (image_id, code) (ehpc_image_last_error_info{{{IMG}}})",
+                    f"max by ({IMAGE_KEY}, code) (ehpc_image_last_error_info{{{IMG}}})",
                     ref="G",
                     table_format=True,
                 ),
@@ -235,23 +372,27 @@ def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
                 options={
                     "excludeByName": {"Time": True, "Value #A": True, "Value #B": True, "Value #G": True},
                     "indexByName": {
-                        "image_id": 0,
-                        "name": 1,
-                        "version": 2,
-                        "status": 3,
-                        "Value #C": 4,
-                        "Value #D": 5,
-                        "Value #E": 6,
-                        "Value #F": 7,
-                        "code": 8,
-                        "image_type": 9,
-                        "os_tag": 10,
-                        "platform": 11,
-                        "architecture": 12,
-                        "app_id": 13,
-                        "registry_url": 14,
+                        "account": 0,
+                        "region_id": 1,
+                        "image_id": 2,
+                        "name": 3,
+                        "version": 4,
+                        "status": 5,
+                        "Value #C": 6,
+                        "Value #D": 7,
+                        "Value #E": 8,
+                        "Value #F": 9,
+                        "code": 10,
+                        "image_type": 11,
+                        "os_tag": 12,
+                        "platform": 13,
+                        "architecture": 14,
+                        "app_id": 15,
+                        "registry_url": 16,
                     },
                     "renameByName": {
+                        "account": "Account",
+                        "region_id": "Region",
                         "image_id": "Image ID",
                         "name": "Name",
                         "version": "Version",
@@ -272,7 +413,7 @@ def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
             )
         )
         .filterable(True)
-        .sort_by([common.TableSortByFieldState().display_name("Image ID")])
+        .sort_by([common.TableSortByFieldState().display_name("Account")])
         .override_by_name(
             "Available",
             [
@@ -306,21 +447,24 @@ def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
         .id(22)
         .title("Replication matrix")
         .description(
-            "Image x additional region: whether that region's copy is usable "
+            "Image (account/region/image ID) x additional region: whether that region's copy is usable "
             "(ehpc_image_replication_available)."
         )
         .datasource(DATASOURCE)
-        .grid_pos(_grid(0, 15, 12, 9))
+        .grid_pos(_grid(0, 24, 12, 9))
         .with_target(
             _query(
-                f"max by (image_id, replication_region) (ehpc_image_replication_available{{{REPL}}})",
+                # One row per image: the matrix takes one row field, so the three identity labels are joined.
+                "label_join(max by (account, region_id, image_id, replication_region) "
+                f"(ehpc_image_replication_available{{{REPL}}}),"
+                ' "image", "/", "account", "region_id", "image_id")',
                 table_format=True,
             )
         )
         .with_transformation(
             dm.DataTransformerConfig(
                 id_val="groupingToMatrix",
-                options={"columnField": "replication_region", "rowField": "image_id", "valueField": "Value"},
+                options={"columnField": "replication_region", "rowField": "image", "valueField": "Value"},
             )
         )
         .mappings(_bool_mapping("Available", "Not available"))
@@ -334,8 +478,8 @@ def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
         .title("Image size")
         .description("ehpc_image_size_bytes per image (the API's Size, GiB, in bytes).")
         .datasource(DATASOURCE)
-        .grid_pos(_grid(12, 15, 12, 9))
-        .with_target(_query(f"max by (image_id) (ehpc_image_size_bytes{{{IMG}}})", "{{image_id}}").instant())
+        .grid_pos(_grid(12, 24, 12, 9))
+        .with_target(_query(f"max by ({IMAGE_KEY}) (ehpc_image_size_bytes{{{IMG}}})", IMAGE_LEGEND).instant())
         .unit("bytes")
         .min(0)
         .orientation(cm.VizOrientation.HORIZONTAL)
@@ -350,8 +494,8 @@ def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
         .title("Image availability over time")
         .description("ehpc_image_available per image: when each image was (not) in the healthy set.")
         .datasource(DATASOURCE)
-        .grid_pos(_grid(0, 24, 12, 8))
-        .with_target(_query(f"max by (image_id) (ehpc_image_available{{{IMG}}})", "{{image_id}}"))
+        .grid_pos(_grid(0, 33, 12, 8))
+        .with_target(_query(f"max by ({IMAGE_KEY}) (ehpc_image_available{{{IMG}}})", IMAGE_LEGEND))
         .mappings(_bool_mapping("available", "not available"))
         .thresholds(_thresholds((None, RED), (1, GREEN)))
         .show_value(cm.VisibilityMode.NEVER)
@@ -364,11 +508,11 @@ def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
         .title("Replication over time")
         .description("ehpc_image_replication_available per image and region.")
         .datasource(DATASOURCE)
-        .grid_pos(_grid(12, 24, 12, 8))
+        .grid_pos(_grid(12, 33, 12, 8))
         .with_target(
             _query(
-                f"max by (image_id, replication_region) (ehpc_image_replication_available{{{REPL}}})",
-                "{{image_id}} @ {{replication_region}}",
+                f"max by ({IMAGE_KEY}, replication_region) (ehpc_image_replication_available{{{REPL}}})",
+                IMAGE_LEGEND + " @ {{replication_region}}",
             )
         )
         .mappings(_bool_mapping("available", "not available"))
@@ -378,15 +522,16 @@ def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
     )
 
     # ------------------------------------------------------------------ cloud API
-    out.append(_row(30, "Cloud API", 32))
+    out.append(_row(30, "Cloud API", 41))
     out.append(
         _timeseries(
             31, "API requests", "API calls per second by action; every retry attempt counts.", "reqps"
         )
-        .grid_pos(_grid(0, 33, 8, 8))
+        .grid_pos(_grid(0, 42, 8, 8))
         .with_target(
             _query(
-                f"sum by (action) (rate(ehpc_api_requests_total{{{JOB}}}[$__rate_interval]))", "{{action}}"
+                f"sum by ({TARGET_KEY}, action) (rate(ehpc_api_requests_total{{{TGT}}}[$__rate_interval]))",
+                TARGET_LEGEND + " {{action}}",
             )
         )
     )
@@ -398,11 +543,12 @@ def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
             "InvalidResponse and CredentialError are failures without an API answer.",
             "reqps",
         )
-        .grid_pos(_grid(8, 33, 8, 8))
+        .grid_pos(_grid(8, 42, 8, 8))
         .with_target(
             _query(
-                f"sum by (action, code) (rate(ehpc_api_errors_total{{{JOB}}}[$__rate_interval])) > 0",
-                "{{action}} {{code}}",
+                f"sum by ({TARGET_KEY}, action, code) "
+                f"(rate(ehpc_api_errors_total{{{TGT}}}[$__rate_interval])) > 0",
+                TARGET_LEGEND + " {{action}} {{code}}",
             )
         )
     )
@@ -410,16 +556,17 @@ def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
         _timeseries(
             33,
             "API latency",
-            "Quantiles of ehpc_api_request_duration_seconds per action (one HTTP attempt each).",
+            "Quantiles of ehpc_api_request_duration_seconds per region endpoint and action (one HTTP "
+            "attempt each; the accounts of one region share its endpoint).",
             "s",
         )
-        .grid_pos(_grid(16, 33, 8, 8))
+        .grid_pos(_grid(16, 42, 8, 8))
         .targets(
             [
                 _query(
-                    f"histogram_quantile({q}, sum by (le, action) "
-                    f"(rate(ehpc_api_request_duration_seconds_bucket{{{JOB}}}[$__rate_interval])))",
-                    f"p{round(q * 100)} {{{{action}}}}",
+                    f"histogram_quantile({q}, sum by (le, region_id, action) "
+                    f"(rate(ehpc_api_request_duration_seconds_bucket{{{TGT}}}[$__rate_interval])))",
+                    f"p{round(q * 100)} {{{{region_id}}}} {{{{action}}}}",
                     ref=ref,
                 )
                 for q, ref in ((0.5, "A"), (0.9, "B"), (0.99, "C"))
@@ -430,13 +577,14 @@ def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
         bargauge.Panel()
         .id(34)
         .title("Errors by code in the time range")
-        .description("Failed calls per API error code over the dashboard's time range.")
+        .description("Failed calls per account, region and API error code over the dashboard's time range.")
         .datasource(DATASOURCE)
-        .grid_pos(_grid(0, 41, 8, 8))
+        .grid_pos(_grid(0, 50, 8, 8))
         .with_target(
             _query(
-                f"sort_desc(sum by (code) (increase(ehpc_api_errors_total{{{JOB}}}[$__range])) > 0)",
-                "{{code}}",
+                f"sort_desc(sum by ({TARGET_KEY}, code) "
+                f"(increase(ehpc_api_errors_total{{{TGT}}}[$__range])) > 0)",
+                TARGET_LEGEND + " {{code}}",
             ).instant()
         )
         .unit("short")
@@ -451,15 +599,16 @@ def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
         _timeseries(
             35,
             "Error ratio",
-            "Share of calls that failed, per action (the EhpcApiErrorsHigh quantity).",
+            "Share of calls that failed, per account, region and action (the EhpcApiErrorsHigh quantity).",
             "percentunit",
         )
-        .grid_pos(_grid(8, 41, 8, 8))
+        .grid_pos(_grid(8, 50, 8, 8))
         .with_target(
             _query(
-                f"sum by (action) (rate(ehpc_api_errors_total{{{JOB}}}[$__rate_interval]))"
-                f" / sum by (action) (rate(ehpc_api_requests_total{{{JOB}}}[$__rate_interval]))",
-                "{{action}}",
+                f"sum by ({TARGET_KEY}, action) (rate(ehpc_api_errors_total{{{TGT}}}[$__rate_interval]))"
+                f" / sum by ({TARGET_KEY}, action) "
+                f"(rate(ehpc_api_requests_total{{{TGT}}}[$__rate_interval]))",
+                TARGET_LEGEND + " {{action}}",
             )
         )
     )
@@ -470,22 +619,32 @@ def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
             "Calls answered Throttling.* per second (the EhpcApiThrottled quantity).",
             "reqps",
         )
-        .grid_pos(_grid(16, 41, 8, 8))
+        .grid_pos(_grid(16, 50, 8, 8))
         .with_target(
             _query(
-                f'sum by (action, code) (rate(ehpc_api_errors_total{{{JOB}, code=~"Throttling.*"}}'
-                "[$__rate_interval]))",
-                "{{action}} {{code}}",
+                f"sum by ({TARGET_KEY}, action, code) "
+                f'(rate(ehpc_api_errors_total{{{TGT}, code=~"Throttling.*"}}[$__rate_interval]))',
+                TARGET_LEGEND + " {{action}} {{code}}",
             )
         )
     )
 
     # ------------------------------------------------------------------ refresh
-    out.append(_row(40, "Refresh", 49))
+    out.append(_row(40, "Refresh", 58))
     out.append(
-        _timeseries(41, "Refresh duration", "Duration of the last refresh cycle, per exporter.", "s")
-        .grid_pos(_grid(0, 50, 8, 8))
-        .with_target(_query(f"max by (instance) (ehpc_refresh_duration_seconds{{{JOB}}})", "{{instance}}"))
+        _timeseries(
+            41,
+            "Refresh duration",
+            "Duration of the last refresh cycle, per account, region and exporter.",
+            "s",
+        )
+        .grid_pos(_grid(0, 59, 8, 8))
+        .with_target(
+            _query(
+                f"max by ({TARGET_KEY}, instance) (ehpc_refresh_duration_seconds{{{TGT}}})",
+                TARGET_LEGEND + " ({{instance}})",
+            )
+        )
     )
     out.append(
         _timeseries(
@@ -494,11 +653,11 @@ def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
             f"Seconds since the last successful GetImage of each image; above {stale_after} s it is stale.",
             "s",
         )
-        .grid_pos(_grid(8, 50, 8, 8))
+        .grid_pos(_grid(8, 59, 8, 8))
         .with_target(
             _query(
                 f"time() - {_last_success(lookback)}",
-                "{{image_id}}",
+                IMAGE_LEGEND,
             )
         )
         .thresholds(_thresholds((None, GREEN), (stale_after, RED)))
@@ -508,14 +667,16 @@ def panels(stale_after: int, lookback: str = "1h") -> list[dashboard.Row | Any]:
         _timeseries(
             43,
             "Time since last refresh cycle",
-            "Seconds since the end of the last refresh cycle that completed, per exporter.",
+            "Seconds since the end of the last refresh cycle that completed, per account, region and "
+            "exporter.",
             "s",
         )
-        .grid_pos(_grid(16, 50, 8, 8))
+        .grid_pos(_grid(16, 59, 8, 8))
         .with_target(
             _query(
-                f"max by (instance) (time() - ehpc_refresh_last_success_timestamp_seconds{{{JOB}}})",
-                "{{instance}}",
+                f"max by ({TARGET_KEY}, instance) "
+                f"(time() - ehpc_refresh_last_success_timestamp_seconds{{{TGT}}})",
+                TARGET_LEGEND + " ({{instance}})",
             )
         )
     )
@@ -544,7 +705,8 @@ def _timeseries(panel_id: int, title: str, description: str, unit: str) -> times
 
 
 def _variables() -> list[Any]:
-    """Datasource, job, image_id and replication_region; the last three are multi-select with All."""
+    """Datasource, job, account, region_id, image_id and replication_region; all but the datasource are
+    multi-select with All."""
 
     def label_values(name: str, label: str, query: str, all_value: str) -> dashboard.QueryVariable:
         return (
@@ -563,14 +725,29 @@ def _variables() -> list[Any]:
     return [
         dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus"),
         label_values("job", "Job", "label_values(ehpc_watched_images, job)", ".+"),
+        # The targets (account x region) from the per-target refresh gauge. All is `.*`, not `.+`, so that
+        # an exporter from before the identity labels (series without them) still shows under All.
+        label_values("account", "Account", 'label_values(ehpc_watched_images{job=~"$job"}, account)', ".*"),
+        label_values(
+            "region_id",
+            "Region",
+            'label_values(ehpc_watched_images{job=~"$job", account=~"$account"}, region_id)',
+            ".*",
+        ),
         # ehpc_image_up has every watched image, also those that never answered (no info series yet).
-        label_values("image_id", "Image", 'label_values(ehpc_image_up{job=~"$job"}, image_id)', ".+"),
+        label_values(
+            "image_id",
+            "Image",
+            'label_values(ehpc_image_up{job=~"$job", account=~"$account", region_id=~"$region_id"}, '
+            "image_id)",
+            ".+",
+        ),
         # Images without additional regions have no replication series, hence the empty match in All.
         label_values(
             "replication_region",
             "Replication region",
-            'label_values(ehpc_image_replication_available{job=~"$job", image_id=~"$image_id"}, '
-            "replication_region)",
+            'label_values(ehpc_image_replication_available{job=~"$job", account=~"$account", '
+            'region_id=~"$region_id", image_id=~"$image_id"}, replication_region)',
             ".*",
         ),
     ]
@@ -578,7 +755,8 @@ def _variables() -> list[Any]:
 
 def build_dashboard() -> dict[str, Any]:
     """The dashboard as a JSON-ready dict."""
-    stale = load_thresholds().alerts.EhpcImageDataStale
+    alerts = load_thresholds().alerts
+    stale = alerts.EhpcImageDataStale
     stale_after, lookback = stale.max_age_seconds, stale.lookback
     builder = (
         dashboard.Dashboard("E-HPC Instant images")
@@ -602,7 +780,12 @@ def build_dashboard() -> dict[str, Any]:
             .icon("doc")
         )
     )
-    for item in panels(stale_after, lookback):
+    for item in panels(
+        stale_after,
+        lookback,
+        alerts.EhpcRefreshStalled.max_age_seconds,
+        alerts.EhpcApiErrorsHigh.max_ratio,
+    ):
         builder = builder.with_row(item) if isinstance(item, dashboard.Row) else builder.with_panel(item)
     raw: dict[str, Any] = json.loads(json.dumps(builder.build(), cls=JSONEncoder))
     # The SDK gives every variable the interval-only keys auto/auto_count/auto_min; the dashboard schema

@@ -141,6 +141,7 @@ def test_required_alerts_exist() -> None:
         "EhpcConfigReloadFailed",
         "EhpcDiscoveryFailed",
         "EhpcRefreshStalled",
+        "EhpcTargetFailing",
     }
 
 
@@ -247,20 +248,29 @@ def test_thresholds_override_changes_only_the_output(tmp_path: Path) -> None:
 
 
 def test_image_alerts_follow_the_image_labels(tmp_path: Path) -> None:
-    """The staleness alert aggregates and matches on `image_labels` only, never on instance or pod, so a
-    restart or rollout does not change its identity; adding the coming identity labels there reaches
-    every clause and still yields valid rules."""
-    shipped = {rule["alert"]: rule for rule in load_rules()}["EhpcImageDataStale"]["expr"]
-    assert "by (image_id)" in shipped
-    assert "on (image_id)" in shipped
+    """The staleness and target alerts aggregate and match on `image_labels` / `target_labels` only, never
+    on instance or pod, so a restart or rollout does not change their identity. The shipped labels
+    include the identity labels (the same image ID in two accounts or regions is two images); changing
+    `image_labels` reaches every clause and still yields valid rules."""
+    rules = {rule["alert"]: rule for rule in load_rules()}
+    shipped = rules["EhpcImageDataStale"]["expr"]
+    assert "(image_id)" not in shipped
+    assert shipped.count("(account, region_id, image_id)") == shipped.count("by (") + shipped.count("on (")
     assert not re.search(r"\b(instance|pod|job)\b", shipped)
+    target = rules["EhpcTargetFailing"]["expr"]
+    assert target.count("by (account, region_id)") == 2
+    assert "on (account, region_id, image_id)" in target
+    assert not re.search(r"\b(instance|pod|job)\b", target)
+    # The annotation lookups select the alerting image by all its identity labels.
+    description = rules["EhpcImageNotAvailable"]["annotations"]["description"]
+    assert "{account=%q, region_id=%q, image_id=%q}" in description
     override = tmp_path / "override.yaml"
-    override.write_text(yaml.safe_dump({"image_labels": ["account", "region_id", "image_id"]}))
+    override.write_text(yaml.safe_dump({"image_labels": ["region_id", "image_id"]}))
     out = tmp_path / "rules.yml"
     assert build.main(["--thresholds", str(override), "--output", str(out)]) == 0
     expr = {rule["alert"]: rule for rule in load_rules(out)}["EhpcImageDataStale"]["expr"]
-    assert "(image_id)" not in expr
-    assert expr.count("(account, region_id, image_id)") == expr.count("by (") + expr.count("on (")
+    assert "account" not in expr
+    assert expr.count("(region_id, image_id)") == expr.count("by (") + expr.count("on (")
     assert promtool("check", "rules", out).returncode == 0
 
 
@@ -273,6 +283,8 @@ def test_image_alerts_follow_the_image_labels(tmp_path: Path) -> None:
         ({"alerts": {"EhpcImageMissing": {"fro": "5m"}}}, "alerts.EhpcImageMissing.fro"),
         ({"image_labels": ["image-id"]}, "image_labels.0"),
         ({"image_labels": []}, "image_labels"),
+        ({"target_labels": []}, "target_labels"),
+        ({"alerts": {"EhpcTargetFailing": {"window": "five"}}}, "alerts.EhpcTargetFailing.window"),
         ({"alerts": {"EhpcImageDataStale": {"lookback": "an hour"}}}, "alerts.EhpcImageDataStale.lookback"),
     ],
 )
@@ -344,7 +356,13 @@ def test_rules_fire_on_the_demo_exporters_real_series(demo_stack: DemoStack) -> 
         assert MISSING_IMAGE_ID not in not_available
         replication = {a["image_id"] for a in firing if a["alertname"] == "EhpcImageReplicationIncomplete"}
         assert MISSING_IMAGE_ID not in replication
-        quiet = {"EhpcExporterDown", "EhpcConfigReloadFailed", "EhpcRefreshStalled", "EhpcDiscoveryFailed"}
+        quiet = {
+            "EhpcExporterDown",
+            "EhpcConfigReloadFailed",
+            "EhpcRefreshStalled",
+            "EhpcDiscoveryFailed",
+            "EhpcTargetFailing",  # one denied image of many is not a failing target
+        }
         assert [a for a in firing if a["alertname"] in quiet] == []
     finally:
         demo.sim("PATCH", f"/_sim/images/{broken}", {"status": "Available"})
