@@ -65,10 +65,84 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* Where the RRSA OIDC token is mounted, and the file the credential chain reads: the paths the
+ack-pod-identity-webhook injects (Alibaba Cloud, "Use RRSA to authorize different pods to access different
+cloud services", https://www.alibabacloud.com/help/doc-detail/356611.html, section "manually modify the
+application template": env ALIBABA_CLOUD_ROLE_ARN, ALIBABA_CLOUD_OIDC_PROVIDER_ARN,
+ALIBABA_CLOUD_OIDC_TOKEN_FILE=/var/run/secrets/ack.alibabacloud.com/rrsa-tokens/token, and a projected
+serviceAccountToken volume `rrsa-oidc-token` with audience sts.aliyuncs.com, expirationSeconds 3600,
+path token, mounted read-only at /var/run/secrets/ack.alibabacloud.com/rrsa-tokens). */}}
+{{- define "ehpc-image-exporter.rrsaTokenDir" -}}
+/var/run/secrets/ack.alibabacloud.com/rrsa-tokens
+{{- end }}
+
+{{/* "true" when the chart renders the RRSA environment itself (rrsa.injectEnvironment, the default). */}}
+{{- define "ehpc-image-exporter.rrsaInject" -}}
+{{- if and .Values.rrsa.enabled (ne (toString .Values.rrsa.injectEnvironment) "false") }}true{{ end }}
+{{- end }}
+
+{{/* The env var names holding targets[i]'s AccessKey pair: derived from the index, so any account name
+works (a ${VAR} name allows only [A-Za-z0-9_]). Call with (list $i "ACCESS_KEY_ID"). */}}
+{{- define "ehpc-image-exporter.targetEnvName" -}}
+{{- printf "EHPC_TARGET_%d_%s" (index . 0 | int) (index . 1) }}
+{{- end }}
+
+{{/* The config file's content as a YAML mapping: `config` as given, plus what the chart derives from
+`targets` and `rrsa`. Keys the chart interprets are camelCase in the values (credentials, rrsa,
+assumeRole, accountQps, accountMaxConcurrency); blocks copied into the config verbatim (regions, api,
+refresh, images, discovery) keep the config's snake_case, as `config:` itself does. */}}
+{{- define "ehpc-image-exporter.configData" -}}
+{{- $config := deepCopy (.Values.config | default dict) }}
+{{- if .Values.targets }}
+{{- /* Per-account keys belong to each target; top-level api/refresh stay the defaults of every target. */}}
+{{- $discovery := get $config "discovery" }}
+{{- $config = omit $config "credentials" "images" "discovery" }}
+{{- $api := omit ($config.api | default dict) "region_id" }}
+{{- if $api }}{{ $_ := set $config "api" $api }}{{ else }}{{ $config = omit $config "api" }}{{ end }}
+{{- $targets := list }}
+{{- range $i, $t := .Values.targets }}
+{{- $out := dict "account" $t.account "regions" $t.regions }}
+{{- if and $t.credentials $t.credentials.existingSecret }}
+{{- $_ := set $out "credentials" (dict "type" "access_key"
+      "access_key_id" (printf "${%s}" (include "ehpc-image-exporter.targetEnvName" (list $i "ACCESS_KEY_ID")))
+      "access_key_secret" (printf "${%s}" (include "ehpc-image-exporter.targetEnvName" (list $i "ACCESS_KEY_SECRET")))) }}
+{{- else if $t.rrsa }}
+{{- $creds := dict "type" "oidc_role_arn" }}
+{{- with $.Values.rrsa.stsEndpoint }}{{ $_ := set $creds "sts_endpoint" . }}{{ end }}
+{{- $_ := set $out "credentials" $creds }}
+{{- end }}
+{{- with $t.assumeRole }}
+{{- $role := dict "role_arn" .roleArn }}
+{{- with .externalId }}{{ $_ := set $role "external_id" . }}{{ end }}
+{{- with .roleSessionName }}{{ $_ := set $role "role_session_name" . }}{{ end }}
+{{- with .durationSeconds }}{{ $_ := set $role "duration_seconds" . }}{{ end }}
+{{- with .stsEndpoint }}{{ $_ := set $role "sts_endpoint" . }}{{ end }}
+{{- $_ := set $out "assume_role" $role }}
+{{- end }}
+{{- range $key := list "api" "refresh" "images" }}
+{{- if hasKey $t $key }}{{ $_ := set $out $key (get $t $key) }}{{ end }}
+{{- end }}
+{{- if hasKey $t "discovery" }}
+{{- $_ := set $out "discovery" $t.discovery }}
+{{- else if $discovery }}
+{{- $_ := set $out "discovery" $discovery }}
+{{- end }}
+{{- if hasKey $t "accountQps" }}{{ $_ := set $out "account_qps" $t.accountQps }}{{ end }}
+{{- if hasKey $t "accountMaxConcurrency" }}{{ $_ := set $out "account_max_concurrency" $t.accountMaxConcurrency }}{{ end }}
+{{- $targets = append $targets $out }}
+{{- end }}
+{{- $_ := set $config "targets" $targets }}
+{{- else if and .Values.rrsa.enabled .Values.rrsa.stsEndpoint }}
+{{- /* The default chain's RRSA step has no endpoint override; this config key is the exporter's. */}}
+{{- $_ := set $config "credentials" (dict "type" "default" "sts_endpoint" .Values.rrsa.stsEndpoint) }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+
 {{/* The exporter config file exactly as mounted (the ConfigMap's block scalar keeps one final newline),
 so the pod's checksum/config annotation is the sha256 of the file the exporter reads. */}}
 {{- define "ehpc-image-exporter.configYaml" -}}
-{{ toYaml .Values.config }}{{ "\n" }}
+{{ include "ehpc-image-exporter.configData" . }}{{ "\n" }}
 {{- end }}
 
 {{/* Mutually exclusive or incomplete settings fail the render with a message that names the keys. */}}
@@ -82,13 +156,72 @@ so the pod's checksum/config annotation is the sha256 of the file the exporter r
 {{- if and .Values.rrsa.enabled (include "ehpc-image-exporter.credentialsSecretName" .) }}
 {{- fail "rrsa.enabled and AccessKey credentials (credentials.create / credentials.existingSecret) are mutually exclusive: the AccessKey would win" }}
 {{- end }}
-{{- if and .Values.rrsa.enabled (not .Values.rrsa.roleName) }}
-{{- fail "rrsa.enabled is true: set rrsa.roleName to the RAM role's name" }}
+{{- $inject := include "ehpc-image-exporter.rrsaInject" . }}
+{{- if and $inject (or (not .Values.rrsa.roleArn) (not .Values.rrsa.oidcProviderArn)) }}
+{{- fail "rrsa.enabled with rrsa.injectEnvironment (the default): set rrsa.roleArn and rrsa.oidcProviderArn, or set rrsa.injectEnvironment=false and rrsa.roleName to leave the wiring to the ack-pod-identity-webhook" }}
 {{- end }}
-{{- if and .Values.rrsa.enabled (not .Values.serviceAccount.create) }}
-{{- fail "rrsa.enabled needs serviceAccount.create (annotate your own ServiceAccount with pod-identity.alibabacloud.com/role-name instead)" }}
+{{- if and .Values.rrsa.enabled (not $inject) (not .Values.rrsa.roleName) }}
+{{- fail "rrsa.enabled with rrsa.injectEnvironment=false: set rrsa.roleName to the RAM role's name (the webhook reads it from the ServiceAccount)" }}
 {{- end }}
+{{- if and .Values.rrsa.enabled (not $inject) (not .Values.serviceAccount.create) }}
+{{- fail "rrsa.enabled with rrsa.injectEnvironment=false needs serviceAccount.create (annotate your own ServiceAccount with pod-identity.alibabacloud.com/role-name instead)" }}
+{{- end }}
+{{- if and .Values.rrsa.stsEndpoint (not .Values.rrsa.enabled) }}
+{{- fail "rrsa.stsEndpoint is set but rrsa.enabled is false" }}
+{{- end }}
+{{- if and .Values.rrsa.enabled .Values.rrsa.stsEndpoint (not .Values.targets) (dig "credentials" "" (.Values.config | default dict)) }}
+{{- fail "rrsa.stsEndpoint writes config.credentials ({type: default, sts_endpoint}); remove config.credentials" }}
+{{- end }}
+{{- include "ehpc-image-exporter.validateTargets" . }}
 {{- if and .Values.webConfig.tls (not .Values.webConfig.secretName) }}
 {{- fail "webConfig.tls is true: set webConfig.secretName" }}
+{{- end }}
+{{- end }}
+
+{{/* Every target names a unique account, at least one region, and at most one source of credentials. */}}
+{{- define "ehpc-image-exporter.validateTargets" -}}
+{{- if .Values.targets }}
+{{- if dig "credentials" "" (.Values.config | default dict) }}
+{{- fail "targets is set: move config.credentials into each target's credentials (config.credentials is the single-target form)" }}
+{{- end }}
+{{- if dig "images" "" (.Values.config | default dict) }}
+{{- fail "targets is set: move config.images into each target's images (config.images is the single-target form)" }}
+{{- end }}
+{{- end }}
+{{- $seen := dict }}
+{{- range $i, $t := .Values.targets }}
+{{- if not $t.account }}
+{{- fail (printf "targets[%d]: set account (the value of the account label)" $i) }}
+{{- end }}
+{{- $where := printf "targets[%d] (account %s)" $i $t.account }}
+{{- if hasKey $seen $t.account }}
+{{- fail (printf "%s: account %s is also targets[%v]; account names must be unique" $where $t.account (get $seen $t.account)) }}
+{{- end }}
+{{- $_ := set $seen $t.account $i }}
+{{- if not $t.regions }}
+{{- fail (printf "%s: set at least one entry under regions ([{region_id: cn-hangzhou}])" $where) }}
+{{- end }}
+{{- $regions := dict }}
+{{- range $j, $r := $t.regions }}
+{{- if not $r.region_id }}
+{{- fail (printf "%s: regions[%d] has no region_id" $where $j) }}
+{{- end }}
+{{- if hasKey $regions $r.region_id }}
+{{- fail (printf "%s: region %s is listed twice" $where $r.region_id) }}
+{{- end }}
+{{- $_ := set $regions $r.region_id true }}
+{{- end }}
+{{- if and $t.credentials (not $t.credentials.existingSecret) }}
+{{- fail (printf "%s: credentials is set without credentials.existingSecret" $where) }}
+{{- end }}
+{{- if and $t.credentials $t.rrsa }}
+{{- fail (printf "%s: credentials.existingSecret and rrsa are mutually exclusive (pick the AccessKey Secret or the pod's RRSA role)" $where) }}
+{{- end }}
+{{- if and $t.rrsa (not $.Values.rrsa.enabled) }}
+{{- fail (printf "%s: rrsa is true but rrsa.enabled is false (the pod has no RRSA role to use)" $where) }}
+{{- end }}
+{{- if and $t.assumeRole (not $t.assumeRole.roleArn) }}
+{{- fail (printf "%s: assumeRole is set without assumeRole.roleArn" $where) }}
+{{- end }}
 {{- end }}
 {{- end }}
