@@ -218,7 +218,7 @@ async def test_the_board_shows_every_kind_of_problem(
 
     # One verdict: the page, check and the metrics name the same healthy images, in the same words.
     views = fleet.snapshot.views
-    checked = {image_id: _check_row(view) for image_id, view in views.items()}
+    checked = {key.image_id: _check_row(view) for key, view in views.items()}
     assert {i: r["word"] for i, r in rows.items()} == {i: c["health"] for i, c in checked.items()}
     page_healthy = {i for i, r in rows.items() if r["word"] == "healthy"}
     assert page_healthy == {i for i, c in checked.items() if c["ok"]} == EXPECTED_HEALTHY

@@ -21,7 +21,12 @@ NOW = 1_700_000_000.0
 
 def view(status: str | None, replicas: dict[str, str], requested: tuple[str, ...], error: str | None) -> Any:
     return image_view(
-        "m-1", requested, status, list(replicas.items()), (error, NOW) if error else None, STATUS
+        ("default", "cn-hangzhou", "m-1"),
+        requested,
+        status,
+        list(replicas.items()),
+        (error, NOW) if error else None,
+        STATUS,
     )
 
 
