@@ -10,7 +10,7 @@ from exporter.config import DEFAULT_ACCOUNT, Scope
 from exporter.config.load import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
-SECRET = "tgt-secret-0123456789abcdef"  # noqa: S105 - a planted test value
+SECRET = "tgt-secret-0123456789abcdef"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -70,27 +70,36 @@ targets:
     )
     assert (sh.api.network, sh.api.endpoint, hz.api.network) == ("vpc", "127.0.0.1:1", "public")
     assert hz.refresh.interval_seconds == sh.refresh.interval_seconds == 90
-    assert st.refresh.interval_seconds == 30 and st.api.qps == 5
-    assert [i.image_id for i in hz.images] == ["m-1"] and sh.images == hz.images and st.images == ()
-    assert st.discovery.enabled and not hz.discovery.enabled
+    assert st.refresh.interval_seconds == 30
+    assert st.api.qps == 5
+    assert [i.image_id for i in hz.images] == ["m-1"]
+    assert sh.images == hz.images
+    assert st.images == ()
+    assert st.discovery.enabled
+    assert not hz.discovery.enabled
     assert hz.account_settings == sh.account_settings != st.account_settings  # one credential cache
-    assert hz.account_qps == 3 and st.account_qps == 0
-    assert st.assume_role is not None and st.assume_role.external_id == "ext-1"
-    assert "ext-1" not in repr(st.assume_role) and SECRET not in repr(config)
+    assert hz.account_qps == 3
+    assert st.account_qps == 0
+    assert st.assume_role is not None
+    assert st.assume_role.external_id == "ext-1"
+    assert "ext-1" not in repr(st.assume_role)
+    assert SECRET not in repr(config)
 
 
 @pytest.mark.parametrize(
     ("text", "lines"),
     [
         (
-            "images: [{id: m-1}]\napi: {region_id: cn-beijing}\ntargets: [{account: a, regions: [{region_id: cn-hangzhou}]}]\n",
+            "images: [{id: m-1}]\napi: {region_id: cn-beijing}\n"
+            "targets: [{account: a, regions: [{region_id: cn-hangzhou}]}]\n",
             [
                 "images: belongs inside a target when 'targets' is set (each target has its own)",
                 "api.region_id: is set per region when 'targets' is set (targets[].regions[])",
             ],
         ),
         (
-            "targets:\n  - {account: a, regions: [{region_id: cn-hangzhou}]}\n  - {account: a, regions: []}\n",
+            "targets:\n  - {account: a, regions: [{region_id: cn-hangzhou}]}\n"
+            "  - {account: a, regions: []}\n",
             [
                 "targets[1].account: duplicate account 'a' (also targets[0])",
                 "targets[1].regions: must have at least 1 item(s)",
@@ -101,23 +110,27 @@ targets:
             ["targets[0].regions[1].region_id: duplicate region 'cn-hangzhou' (also targets[0].regions[0])"],
         ),
         (
-            "targets: [{account: 'a b', regions: [{region_id: cn-hangzhou}], api: {qps: 0.001, region_id: x}}]\n",
+            "targets: [{account: 'a b', regions: [{region_id: cn-hangzhou}],"
+            " api: {qps: 0.001, region_id: x}}]\n",
             [
-                "targets[0].account: invalid account name (1-63 letters, digits, '_', '.' or '-', starting with"
-                " a letter or digit): it is the value of the account label",
+                "targets[0].account: invalid account name (1-63 letters, digits, '_', '.' or '-',"
+                " starting with a letter or digit): it is the value of the account label",
                 "targets[0].api.qps: must be 0 (no budget) or at least 0.01",
                 "targets[0].api.region_id: unknown key",
             ],
         ),
         (
-            "targets: [{account: a, regions: [{region_id: cn-hangzhou}], assume_role: {role_arn: 'arn:aws:x'}}]\n",
+            "targets: [{account: a, regions: [{region_id: cn-hangzhou}],"
+            " assume_role: {role_arn: 'arn:aws:x'}}]\n",
             [
-                "targets[0].assume_role.role_arn: invalid role ARN (expected acs:ram::<account id>:role/<name>)"
+                "targets[0].assume_role.role_arn: invalid role ARN 'arn:aws:x'"
+                " (expected acs:ram::<account id>:role/<name>)"
             ],
         ),
         (
             "api: {retry: {base_delay_seconds: 2}}\n"
-            "targets: [{account: a, regions: [{region_id: cn-hangzhou}], api: {retry: {max_delay_seconds: 1}}}]\n",
+            "targets: [{account: a, regions: [{region_id: cn-hangzhou}],"
+            " api: {retry: {max_delay_seconds: 1}}}]\n",
             ["targets[0].api.retry.max_delay_seconds: must be at least retry.base_delay_seconds"],
         ),
     ],
@@ -145,7 +158,8 @@ def test_oidc_fields_may_come_from_the_rrsa_environment(
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigError) as exc:
         load_config(path)
-    assert len(exc.value.errors) == 3 and "(or set ALIBABA_CLOUD_ROLE_ARN)" in exc.value.errors[0]
+    assert len(exc.value.errors) == 3
+    assert "(or set ALIBABA_CLOUD_ROLE_ARN)" in exc.value.errors[0]
     monkeypatch.setenv("ALIBABA_CLOUD_ROLE_ARN", "acs:ram::1:role/r")
     monkeypatch.setenv("ALIBABA_CLOUD_OIDC_PROVIDER_ARN", "acs:ram::1:oidc-provider/p")
     monkeypatch.setenv("ALIBABA_CLOUD_OIDC_TOKEN_FILE", str(tmp_path / "token"))
