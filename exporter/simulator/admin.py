@@ -22,6 +22,7 @@ Errors are ``{"error": "<one line>"}`` with 400 (bad input) or 404 (no such imag
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -45,9 +46,23 @@ ENDPOINTS: tuple[str, ...] = (
 )
 
 
-def add_routes(router: web.UrlDispatcher, sim: Simulator) -> None:
-    """Register the admin API of ``sim`` on ``router``."""
-    admin = _Admin(sim)
+def add_routes(
+    router: web.UrlDispatcher,
+    sim: Simulator | None = None,
+    *,
+    resolve: Callable[[web.Request], Simulator] | None = None,
+) -> None:
+    """Register the admin API of ``sim`` on ``router``; or, with ``resolve``, of the simulator it picks
+    for each request (an estate's region gateway picks by ``?account=``)."""
+    if resolve is None:
+        if sim is None:
+            raise TypeError("add_routes needs sim or resolve")
+        fixed = sim
+
+        def resolve(_request: web.Request) -> Simulator:
+            return fixed
+
+    admin = _Admin(resolve)
     router.add_get("/_sim", admin.index)
     router.add_get("/_sim/", admin.index)
     router.add_get("/_sim/images", admin.list_images)
@@ -69,14 +84,14 @@ def add_routes(router: web.UrlDispatcher, sim: Simulator) -> None:
 class _Admin:
     """The handlers; they change the simulator only through its public attributes and methods."""
 
-    def __init__(self, sim: Simulator) -> None:
-        self.sim = sim
+    def __init__(self, resolve: Callable[[web.Request], Simulator]) -> None:
+        self._resolve = resolve
 
     async def index(self, _request: web.Request) -> web.Response:
         return web.json_response({"endpoints": list(ENDPOINTS)})
 
-    async def list_images(self, _request: web.Request) -> web.Response:
-        return web.json_response({"images": [i.to_dict() for i in self.sim.images.values()]})
+    async def list_images(self, request: web.Request) -> web.Response:
+        return web.json_response({"images": [i.to_dict() for i in self._resolve(request).images.values()]})
 
     async def add_images(self, request: web.Request) -> web.Response:
         data = await _json_body(request)
@@ -88,11 +103,11 @@ class _Admin:
         except ValueError as exc:
             raise _bad_request(str(exc)) from None
         for image in new:
-            self.sim.images[image.image_id] = image
+            self._resolve(request).images[image.image_id] = image
         return web.json_response({"images": [i.to_dict() for i in new]}, status=201)
 
     def _image_or_404(self, request: web.Request) -> SimImage:
-        image = self.sim.images.get(request.match_info["id"])
+        image = self._resolve(request).images.get(request.match_info["id"])
         if image is None:
             raise _not_found("no such image")
         return image
@@ -109,12 +124,12 @@ class _Admin:
             apply_image_fields(image, data, "image")
         except ValueError as exc:
             raise _bad_request(str(exc)) from None
-        self.sim.reindex()  # the patch may change a field ListImages filters on
+        self._resolve(request).reindex()  # the patch may change a field ListImages filters on
         return web.json_response(image.to_dict())
 
     async def delete_image(self, request: web.Request) -> web.Response:
         self._image_or_404(request)
-        del self.sim.images[request.match_info["id"]]
+        del self._resolve(request).images[request.match_info["id"]]
         return web.Response(status=204)
 
     async def put_region(self, request: web.Request) -> web.Response:
@@ -131,32 +146,34 @@ class _Admin:
             raise _not_found("no such region")
         return web.Response(status=204)
 
-    async def get_faults(self, _request: web.Request) -> web.Response:
-        return web.json_response(self.sim.faults.to_dict())
+    async def get_faults(self, request: web.Request) -> web.Response:
+        return web.json_response(self._resolve(request).faults.to_dict())
 
     async def put_faults(self, request: web.Request) -> web.Response:
         return await self._set_faults(request, base=None)
 
     async def patch_faults(self, request: web.Request) -> web.Response:
-        return await self._set_faults(request, base=self.sim.faults)
+        return await self._set_faults(request, base=self._resolve(request).faults)
 
-    async def delete_faults(self, _request: web.Request) -> web.Response:
-        self.sim.faults = Faults()
-        return web.json_response(self.sim.faults.to_dict())
+    async def delete_faults(self, request: web.Request) -> web.Response:
+        sim = self._resolve(request)
+        sim.faults = Faults()
+        return web.json_response(sim.faults.to_dict())
 
     async def _set_faults(self, request: web.Request, base: Faults | None) -> web.Response:
         data = await _json_body(request)
+        sim = self._resolve(request)
         try:
-            self.sim.faults = faults_from_dict(data, base)
+            sim.faults = faults_from_dict(data, base)
         except ValueError as exc:
             raise _bad_request(str(exc)) from None
-        return web.json_response(self.sim.faults.to_dict())
+        return web.json_response(sim.faults.to_dict())
 
-    async def counters(self, _request: web.Request) -> web.Response:
-        return web.json_response({"responses": self.sim.counter_rows()})
+    async def counters(self, request: web.Request) -> web.Response:
+        return web.json_response({"responses": self._resolve(request).counter_rows()})
 
-    async def reset_counters(self, _request: web.Request) -> web.Response:
-        self.sim.reset_counters()
+    async def reset_counters(self, request: web.Request) -> web.Response:
+        self._resolve(request).reset_counters()
         return web.json_response({"responses": []})
 
     async def sts(self, request: web.Request) -> web.Response:
@@ -166,7 +183,8 @@ class _Admin:
             raise _bad_request("ttl_seconds: expected an integer") from None
         if ttl <= 0:
             raise _bad_request("ttl_seconds: must be positive")
-        cred = self.sim.sts.issue(ttl, self.sim.verifier.clock())
+        sim = self._resolve(request)
+        cred = sim.sts.issue(ttl, sim.verifier.clock(), sim.account_id)
         expiration = datetime.fromtimestamp(cred.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return web.json_response(
             {
@@ -177,6 +195,16 @@ class _Admin:
                 "Expiration": expiration,
             }
         )
+
+
+def bad_request(message: str) -> web.HTTPBadRequest:
+    """A 400 answer of the admin API: ``{"error": message}``."""
+    return _bad_request(message)
+
+
+def not_found(message: str) -> web.HTTPNotFound:
+    """A 404 answer of the admin API: ``{"error": message}``."""
+    return _not_found(message)
 
 
 def _bad_request(message: str) -> web.HTTPBadRequest:
