@@ -15,6 +15,19 @@ by default).
 - ``GET /_sim/sts[?ttl_seconds=N]`` -> STS credentials in the alibabacloud-credentials
   credentials-URI format, accepted by the API until they expire.
 
+An estate (:mod:`exporter.simulator.estate`) serves these on each region port for the account named by
+``?account=<name or id>``, and :data:`ESTATE_ENDPOINTS` on its STS port:
+
+- ``GET /_sim/estate`` -> regions, ``sts_max_ttl_seconds``, accounts with their AccessKey ids, roles and
+  OIDC providers (no secrets).
+- ``PATCH /_sim/sts`` ``{"sts_max_ttl_seconds": N | null}``: cap issued lifetimes (null: no cap).
+- ``GET /_sim/sts/counters`` -> ``{"responses": [{"action", "code", "http_status", "count"}]}``;
+  ``POST /_sim/sts/counters/reset``.
+- ``PUT /_sim/trust`` ``{"role_arn": "...", "trusted": false}`` revokes a role's trust policy
+  (``true`` restores it) -> the role.
+- ``POST /_sim/oidc/token`` ``{"provider": "<ARN or name>", "subject"?, "audience"?, "ttl_seconds"?}``
+  -> ``{"token": "<JWT>"}`` signed by that provider's key.
+
 Image listings show a registry password as ``<redacted>``; only the API's GetImage answer carries it.
 Errors are ``{"error": "<one line>"}`` with 400 (bad input) or 404 (no such image or region).
 """
@@ -31,6 +44,7 @@ from aiohttp import web
 from exporter.simulator.model import Faults, SimImage, apply_image_fields, faults_from_dict, image_from_dict
 
 if TYPE_CHECKING:
+    from exporter.simulator.estate import Estate
     from exporter.simulator.server import Simulator
 
 # What ``GET /_sim/`` answers and ``--help`` shows: one line per resource.
@@ -44,6 +58,97 @@ ENDPOINTS: tuple[str, ...] = (
     "POST /_sim/counters/reset",
     "GET /_sim/sts?ttl_seconds=N",
 )
+
+
+ESTATE_ENDPOINTS: tuple[str, ...] = (
+    "GET /_sim/estate",
+    "PATCH /_sim/sts",
+    "GET /_sim/sts/counters",
+    "POST /_sim/sts/counters/reset",
+    "PUT /_sim/trust",
+    "POST /_sim/oidc/token",
+)
+
+
+def add_estate_routes(router: web.UrlDispatcher, estate: Estate) -> None:
+    """Register the estate-wide admin API (STS, trust, OIDC tokens) of ``estate`` on ``router``."""
+    handlers = _EstateAdmin(estate)
+    router.add_get("/_sim", handlers.index)
+    router.add_get("/_sim/", handlers.index)
+    router.add_get("/_sim/estate", handlers.describe)
+    router.add_patch("/_sim/sts", handlers.patch_sts)
+    router.add_get("/_sim/sts/counters", handlers.counters)
+    router.add_post("/_sim/sts/counters/reset", handlers.reset_counters)
+    router.add_put("/_sim/trust", handlers.trust)
+    router.add_post("/_sim/oidc/token", handlers.oidc_token)
+
+
+class _EstateAdmin:
+    """The estate admin handlers; they act through :class:`Estate`'s public methods."""
+
+    def __init__(self, estate: Estate) -> None:
+        self.estate = estate
+
+    async def index(self, _request: web.Request) -> web.Response:
+        return web.json_response({"endpoints": list(ESTATE_ENDPOINTS)})
+
+    async def describe(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.estate.describe())
+
+    async def patch_sts(self, request: web.Request) -> web.Response:
+        data = await _json_body(request)
+        if not isinstance(data, dict) or set(data) != {"sts_max_ttl_seconds"}:
+            raise _bad_request('expected {"sts_max_ttl_seconds": <seconds> | null}')
+        cap = data["sts_max_ttl_seconds"]
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or cap <= 0):
+            raise _bad_request("sts_max_ttl_seconds: a positive number or null")
+        self.estate.sts_max_ttl_seconds = cap
+        return web.json_response({"sts_max_ttl_seconds": cap})
+
+    async def counters(self, _request: web.Request) -> web.Response:
+        return web.json_response({"responses": self.estate.sts.counter_rows()})
+
+    async def reset_counters(self, _request: web.Request) -> web.Response:
+        self.estate.sts.reset_counters()
+        return web.json_response({"responses": []})
+
+    async def trust(self, request: web.Request) -> web.Response:
+        data = await _json_body(request)
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("role_arn"), str)
+            or not isinstance(data.get("trusted"), bool)
+        ):
+            raise _bad_request('expected {"role_arn": "acs:ram::<account>:role/<name>", "trusted": <bool>}')
+        try:
+            role = self.estate.set_trust(data["role_arn"], data["trusted"])
+        except KeyError:
+            raise _not_found("no such role") from None
+        return web.json_response(role.to_dict())
+
+    async def oidc_token(self, request: web.Request) -> web.Response:
+        data = await _json_body(request)
+        if not isinstance(data, dict) or not isinstance(data.get("provider"), str):
+            raise _bad_request('expected {"provider": "<ARN or name>", ...}')
+        unknown = sorted(set(data) - {"provider", "subject", "audience", "ttl_seconds"})
+        if unknown:
+            raise _bad_request(f"unknown field(s) {', '.join(unknown)}")
+        kwargs: dict[str, Any] = {}
+        for key in ("subject", "audience"):
+            if key in data:
+                if not isinstance(data[key], str):
+                    raise _bad_request(f"{key}: expected a string")
+                kwargs[key] = data[key]
+        if "ttl_seconds" in data:
+            ttl = data["ttl_seconds"]
+            if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+                raise _bad_request("ttl_seconds: expected a number")
+            kwargs["ttl_seconds"] = ttl
+        try:
+            token = self.estate.issue_oidc_token(data["provider"], **kwargs)
+        except KeyError:
+            raise _not_found("no such OIDC provider") from None
+        return web.json_response({"token": token})
 
 
 def add_routes(
