@@ -1,4 +1,4 @@
-"""The RPC ("V2", HMAC-SHA1) signature of the simulator's STS, on the official vector (alibaba-openapi.md §3)."""
+"""The RPC ("V2", HMAC-SHA1) signature of the simulated STS, on the official vector (openapi doc §3)."""
 
 from __future__ import annotations
 
