@@ -4,6 +4,7 @@ pytest_plugins = [
     "tests.fixtures.clock",
     "tests.fixtures.promstack",
     "tests.fixtures.sim",
+    "tests.fixtures.estate",  # after sim: it imports sim's helpers
     "tests.fixtures.tls",
     "tests.reliability",
 ]

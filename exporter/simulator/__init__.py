@@ -3,9 +3,11 @@
 See :mod:`exporter.simulator.server` for the API behaviour, :mod:`.admin` for the admin API (``/_sim/``),
 :mod:`.auth` and :mod:`.acs3` for the signature checks (the simulator's own, sharing nothing with
 :mod:`exporter.openapi`), :mod:`.catalogue` for the error codes, :mod:`.fleet` for the fleet file
-format and :mod:`.cli` for the command line.
+format and :mod:`.cli` for the command line. :mod:`.estate` plays several accounts and regions with an
+STS (:mod:`.sts`, :mod:`.rpcsig`, :mod:`.jwt`, :mod:`.certs`); docs/simulator-estate.md sums it up.
 """
 
+from exporter.simulator.estate import Estate, EstateEndpoints
 from exporter.simulator.fleet import generate_fleet, load_fleet
 from exporter.simulator.model import Faults, SimImage
 from exporter.simulator.server import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, Simulator
@@ -13,6 +15,8 @@ from exporter.simulator.server import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
 __all__ = [
     "DEMO_ACCESS_KEY_ID",
     "DEMO_ACCESS_KEY_SECRET",
+    "Estate",
+    "EstateEndpoints",
     "Faults",
     "SimImage",
     "Simulator",

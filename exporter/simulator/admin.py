@@ -15,6 +15,19 @@ by default).
 - ``GET /_sim/sts[?ttl_seconds=N]`` -> STS credentials in the alibabacloud-credentials
   credentials-URI format, accepted by the API until they expire.
 
+An estate (:mod:`exporter.simulator.estate`) serves these on each region port for the account named by
+``?account=<name or id>``, and :data:`ESTATE_ENDPOINTS` on its STS port:
+
+- ``GET /_sim/estate`` -> regions, ``sts_max_ttl_seconds``, accounts with their AccessKey ids, roles and
+  OIDC providers (no secrets).
+- ``PATCH /_sim/sts`` ``{"sts_max_ttl_seconds": N | null}``: cap issued lifetimes (null: no cap).
+- ``GET /_sim/sts/counters`` -> ``{"responses": [{"action", "code", "http_status", "count"}]}``;
+  ``POST /_sim/sts/counters/reset``.
+- ``PUT /_sim/trust`` ``{"role_arn": "...", "trusted": false}`` revokes a role's trust policy
+  (``true`` restores it) -> the role.
+- ``POST /_sim/oidc/token`` ``{"provider": "<ARN or name>", "subject"?, "audience"?, "ttl_seconds"?}``
+  -> ``{"token": "<JWT>"}`` signed by that provider's key.
+
 Image listings show a registry password as ``<redacted>``; only the API's GetImage answer carries it.
 Errors are ``{"error": "<one line>"}`` with 400 (bad input) or 404 (no such image or region).
 """
@@ -22,6 +35,7 @@ Errors are ``{"error": "<one line>"}`` with 400 (bad input) or 404 (no such imag
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +44,7 @@ from aiohttp import web
 from exporter.simulator.model import Faults, SimImage, apply_image_fields, faults_from_dict, image_from_dict
 
 if TYPE_CHECKING:
+    from exporter.simulator.estate import Estate
     from exporter.simulator.server import Simulator
 
 # What ``GET /_sim/`` answers and ``--help`` shows: one line per resource.
@@ -45,9 +60,114 @@ ENDPOINTS: tuple[str, ...] = (
 )
 
 
-def add_routes(router: web.UrlDispatcher, sim: Simulator) -> None:
-    """Register the admin API of ``sim`` on ``router``."""
-    admin = _Admin(sim)
+ESTATE_ENDPOINTS: tuple[str, ...] = (
+    "GET /_sim/estate",
+    "PATCH /_sim/sts",
+    "GET /_sim/sts/counters",
+    "POST /_sim/sts/counters/reset",
+    "PUT /_sim/trust",
+    "POST /_sim/oidc/token",
+)
+
+
+def add_estate_routes(router: web.UrlDispatcher, estate: Estate) -> None:
+    """Register the estate-wide admin API (STS, trust, OIDC tokens) of ``estate`` on ``router``."""
+    handlers = _EstateAdmin(estate)
+    router.add_get("/_sim", handlers.index)
+    router.add_get("/_sim/", handlers.index)
+    router.add_get("/_sim/estate", handlers.describe)
+    router.add_patch("/_sim/sts", handlers.patch_sts)
+    router.add_get("/_sim/sts/counters", handlers.counters)
+    router.add_post("/_sim/sts/counters/reset", handlers.reset_counters)
+    router.add_put("/_sim/trust", handlers.trust)
+    router.add_post("/_sim/oidc/token", handlers.oidc_token)
+
+
+class _EstateAdmin:
+    """The estate admin handlers; they act through :class:`Estate`'s public methods."""
+
+    def __init__(self, estate: Estate) -> None:
+        self.estate = estate
+
+    async def index(self, _request: web.Request) -> web.Response:
+        return web.json_response({"endpoints": list(ESTATE_ENDPOINTS)})
+
+    async def describe(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.estate.describe())
+
+    async def patch_sts(self, request: web.Request) -> web.Response:
+        data = await _json_body(request)
+        if not isinstance(data, dict) or set(data) != {"sts_max_ttl_seconds"}:
+            raise _bad_request('expected {"sts_max_ttl_seconds": <seconds> | null}')
+        cap = data["sts_max_ttl_seconds"]
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or cap <= 0):
+            raise _bad_request("sts_max_ttl_seconds: a positive number or null")
+        self.estate.sts_max_ttl_seconds = cap
+        return web.json_response({"sts_max_ttl_seconds": cap})
+
+    async def counters(self, _request: web.Request) -> web.Response:
+        return web.json_response({"responses": self.estate.sts.counter_rows()})
+
+    async def reset_counters(self, _request: web.Request) -> web.Response:
+        self.estate.sts.reset_counters()
+        return web.json_response({"responses": []})
+
+    async def trust(self, request: web.Request) -> web.Response:
+        data = await _json_body(request)
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("role_arn"), str)
+            or not isinstance(data.get("trusted"), bool)
+        ):
+            raise _bad_request('expected {"role_arn": "acs:ram::<account>:role/<name>", "trusted": <bool>}')
+        try:
+            role = self.estate.set_trust(data["role_arn"], data["trusted"])
+        except KeyError:
+            raise _not_found("no such role") from None
+        return web.json_response(role.to_dict())
+
+    async def oidc_token(self, request: web.Request) -> web.Response:
+        data = await _json_body(request)
+        if not isinstance(data, dict) or not isinstance(data.get("provider"), str):
+            raise _bad_request('expected {"provider": "<ARN or name>", ...}')
+        unknown = sorted(set(data) - {"provider", "subject", "audience", "ttl_seconds"})
+        if unknown:
+            raise _bad_request(f"unknown field(s) {', '.join(unknown)}")
+        kwargs: dict[str, Any] = {}
+        for key in ("subject", "audience"):
+            if key in data:
+                if not isinstance(data[key], str):
+                    raise _bad_request(f"{key}: expected a string")
+                kwargs[key] = data[key]
+        if "ttl_seconds" in data:
+            ttl = data["ttl_seconds"]
+            if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+                raise _bad_request("ttl_seconds: expected a number")
+            kwargs["ttl_seconds"] = ttl
+        try:
+            token = self.estate.issue_oidc_token(data["provider"], **kwargs)
+        except KeyError:
+            raise _not_found("no such OIDC provider") from None
+        return web.json_response({"token": token})
+
+
+def add_routes(
+    router: web.UrlDispatcher,
+    sim: Simulator | None = None,
+    *,
+    resolve: Callable[[web.Request], Simulator] | None = None,
+) -> None:
+    """Register the admin API of ``sim`` on ``router``; or, with ``resolve``, of the simulator it picks
+    for each request (an estate's region gateway picks by ``?account=``)."""
+    if resolve is None:
+        if sim is None:
+            raise TypeError("add_routes needs sim or resolve")
+        fixed = sim
+
+        def resolve(_request: web.Request) -> Simulator:
+            return fixed
+
+    admin = _Admin(resolve)
     router.add_get("/_sim", admin.index)
     router.add_get("/_sim/", admin.index)
     router.add_get("/_sim/images", admin.list_images)
@@ -69,14 +189,14 @@ def add_routes(router: web.UrlDispatcher, sim: Simulator) -> None:
 class _Admin:
     """The handlers; they change the simulator only through its public attributes and methods."""
 
-    def __init__(self, sim: Simulator) -> None:
-        self.sim = sim
+    def __init__(self, resolve: Callable[[web.Request], Simulator]) -> None:
+        self._resolve = resolve
 
     async def index(self, _request: web.Request) -> web.Response:
         return web.json_response({"endpoints": list(ENDPOINTS)})
 
-    async def list_images(self, _request: web.Request) -> web.Response:
-        return web.json_response({"images": [i.to_dict() for i in self.sim.images.values()]})
+    async def list_images(self, request: web.Request) -> web.Response:
+        return web.json_response({"images": [i.to_dict() for i in self._resolve(request).images.values()]})
 
     async def add_images(self, request: web.Request) -> web.Response:
         data = await _json_body(request)
@@ -88,11 +208,11 @@ class _Admin:
         except ValueError as exc:
             raise _bad_request(str(exc)) from None
         for image in new:
-            self.sim.images[image.image_id] = image
+            self._resolve(request).images[image.image_id] = image
         return web.json_response({"images": [i.to_dict() for i in new]}, status=201)
 
     def _image_or_404(self, request: web.Request) -> SimImage:
-        image = self.sim.images.get(request.match_info["id"])
+        image = self._resolve(request).images.get(request.match_info["id"])
         if image is None:
             raise _not_found("no such image")
         return image
@@ -109,12 +229,12 @@ class _Admin:
             apply_image_fields(image, data, "image")
         except ValueError as exc:
             raise _bad_request(str(exc)) from None
-        self.sim.reindex()  # the patch may change a field ListImages filters on
+        self._resolve(request).reindex()  # the patch may change a field ListImages filters on
         return web.json_response(image.to_dict())
 
     async def delete_image(self, request: web.Request) -> web.Response:
         self._image_or_404(request)
-        del self.sim.images[request.match_info["id"]]
+        del self._resolve(request).images[request.match_info["id"]]
         return web.Response(status=204)
 
     async def put_region(self, request: web.Request) -> web.Response:
@@ -131,32 +251,34 @@ class _Admin:
             raise _not_found("no such region")
         return web.Response(status=204)
 
-    async def get_faults(self, _request: web.Request) -> web.Response:
-        return web.json_response(self.sim.faults.to_dict())
+    async def get_faults(self, request: web.Request) -> web.Response:
+        return web.json_response(self._resolve(request).faults.to_dict())
 
     async def put_faults(self, request: web.Request) -> web.Response:
         return await self._set_faults(request, base=None)
 
     async def patch_faults(self, request: web.Request) -> web.Response:
-        return await self._set_faults(request, base=self.sim.faults)
+        return await self._set_faults(request, base=self._resolve(request).faults)
 
-    async def delete_faults(self, _request: web.Request) -> web.Response:
-        self.sim.faults = Faults()
-        return web.json_response(self.sim.faults.to_dict())
+    async def delete_faults(self, request: web.Request) -> web.Response:
+        sim = self._resolve(request)
+        sim.faults = Faults()
+        return web.json_response(sim.faults.to_dict())
 
     async def _set_faults(self, request: web.Request, base: Faults | None) -> web.Response:
         data = await _json_body(request)
+        sim = self._resolve(request)
         try:
-            self.sim.faults = faults_from_dict(data, base)
+            sim.faults = faults_from_dict(data, base)
         except ValueError as exc:
             raise _bad_request(str(exc)) from None
-        return web.json_response(self.sim.faults.to_dict())
+        return web.json_response(sim.faults.to_dict())
 
-    async def counters(self, _request: web.Request) -> web.Response:
-        return web.json_response({"responses": self.sim.counter_rows()})
+    async def counters(self, request: web.Request) -> web.Response:
+        return web.json_response({"responses": self._resolve(request).counter_rows()})
 
-    async def reset_counters(self, _request: web.Request) -> web.Response:
-        self.sim.reset_counters()
+    async def reset_counters(self, request: web.Request) -> web.Response:
+        self._resolve(request).reset_counters()
         return web.json_response({"responses": []})
 
     async def sts(self, request: web.Request) -> web.Response:
@@ -166,7 +288,8 @@ class _Admin:
             raise _bad_request("ttl_seconds: expected an integer") from None
         if ttl <= 0:
             raise _bad_request("ttl_seconds: must be positive")
-        cred = self.sim.sts.issue(ttl, self.sim.verifier.clock())
+        sim = self._resolve(request)
+        cred = sim.sts.issue(ttl, sim.verifier.clock(), sim.account_id)
         expiration = datetime.fromtimestamp(cred.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return web.json_response(
             {
@@ -177,6 +300,16 @@ class _Admin:
                 "Expiration": expiration,
             }
         )
+
+
+def bad_request(message: str) -> web.HTTPBadRequest:
+    """A 400 answer of the admin API: ``{"error": message}``."""
+    return _bad_request(message)
+
+
+def not_found(message: str) -> web.HTTPNotFound:
+    """A 404 answer of the admin API: ``{"error": message}``."""
+    return _not_found(message)
 
 
 def _bad_request(message: str) -> web.HTTPBadRequest:

@@ -13,7 +13,8 @@ The order of the checks, and so which error a request with several faults gets:
    must accept; with a body, the content type decides how parameters are read, so it must be signed.
 3. ``x-acs-content-sha256`` differs from the SHA-256 of the body: ``SignatureDoesNotMatch`` (the
    signature covers that header, so the gateway cannot match the body it got).
-4. Unknown AccessKeyId: ``InvalidAccessKeyId.NotFound``. For an AccessKeyId issued by
+4. Unknown AccessKeyId (neither in ``access_keys`` nor in the :class:`KeyDirectory`, when given):
+   ``InvalidAccessKeyId.NotFound``. For an AccessKeyId issued by
    :meth:`StsStore.issue`: a missing or different ``x-acs-security-token`` is
    ``InvalidSecurityToken.Malformed``, an expired one ``InvalidSecurityToken.Expired``. A token sent
    with a long-term AccessKey is ``InvalidSecurityToken.Malformed`` too (it belongs to no key).
@@ -47,10 +48,12 @@ _DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z$")
 
 @dataclass(frozen=True, slots=True)
 class AuthFailure:
-    """Why a request was refused: the error code and a message detail (never a secret)."""
+    """Why a request was refused: the error code, a message detail (never a secret), and the account
+    the AccessKey belongs to when that much was established (an estate counts the refusal there)."""
 
     code: str
     detail: str = ""
+    account_id: str | None = None
 
 
 class NonceStore:
@@ -97,6 +100,7 @@ class StsCredential:
     access_key_secret: str
     security_token: str
     expires_at: float  # epoch seconds
+    account_id: str | None = None  # the account the credential acts for (None: a lone Simulator's)
 
 
 class StsStore:
@@ -109,13 +113,14 @@ class StsStore:
     def __init__(self) -> None:
         self._by_ak: collections.OrderedDict[str, StsCredential] = collections.OrderedDict()
 
-    def issue(self, ttl_seconds: float, now: float) -> StsCredential:
-        """A fresh credential valid for ``ttl_seconds``."""
+    def issue(self, ttl_seconds: float, now: float, account_id: str | None = None) -> StsCredential:
+        """A fresh credential valid for ``ttl_seconds``, acting for ``account_id``."""
         cred = StsCredential(
             access_key_id=f"STS.{secrets.token_hex(12)}",
             access_key_secret=secrets.token_urlsafe(24),
             security_token=f"CAIS{secrets.token_urlsafe(48)}",
             expires_at=now + ttl_seconds,
+            account_id=account_id,
         )
         self._by_ak[cred.access_key_id] = cred
         self._evict(now)
@@ -133,6 +138,20 @@ class StsStore:
             self._by_ak.popitem(last=False)
 
 
+def parse_timestamp(value: str) -> float | None:
+    """Epoch seconds of a ``%Y-%m-%dT%H:%M:%SZ`` date (``x-acs-date``, RPC ``Timestamp``), else None."""
+    m = _DATE_RE.match(value)
+    if not m:
+        return None
+    y, mo, d, h, mi, s = (int(g) for g in m.groups())
+    try:
+        parsed = float(calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0)))
+    except (OverflowError, ValueError):
+        return None
+    # timegm normalises 2023-02-30; a real date must round-trip.
+    return parsed if time.gmtime(parsed)[:6] == (y, mo, d, h, mi, s) else None
+
+
 class _DateCache:
     """Parses ``x-acs-date``; the value changes once a second, so the last answer is remembered."""
 
@@ -142,19 +161,72 @@ class _DateCache:
     def parse(self, value: str) -> float | None:
         if value == self._last[0]:
             return self._last[1]
-        m = _DATE_RE.match(value)
-        parsed: float | None = None
-        if m:
-            y, mo, d, h, mi, s = (int(g) for g in m.groups())
-            try:
-                parsed = float(calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0)))
-                # timegm normalises 2023-02-30; a real date must round-trip.
-                if time.gmtime(parsed)[:6] != (y, mo, d, h, mi, s):
-                    parsed = None
-            except (OverflowError, ValueError):
-                parsed = None
+        parsed = parse_timestamp(value)
         self._last = (value, parsed)
         return parsed
+
+
+class KeyDirectory:
+    """Long-term AccessKeys of several accounts: AccessKeyId -> (account id, secret).
+
+    Holds each account's own key dict (not a copy), so keys added to or removed from an account later
+    are seen at once. An AccessKeyId found in two accounts belongs to the first one registered.
+    """
+
+    def __init__(self) -> None:
+        self._accounts: dict[str, Mapping[str, str]] = {}
+
+    def add_account(self, account_id: str, access_keys: Mapping[str, str]) -> None:
+        """Register the (live) key dict of ``account_id``."""
+        self._accounts[account_id] = access_keys
+
+    def lookup(self, access_key_id: str) -> tuple[str, str] | None:
+        """``(account id, secret)`` of a long-term key, or None."""
+        for account_id, keys in self._accounts.items():
+            secret = keys.get(access_key_id)
+            if secret is not None:
+                return account_id, secret
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMatch:
+    """What an AccessKeyId (and the SecurityToken sent with it) resolved to."""
+
+    secret: str
+    account_id: str | None
+    is_sts: bool
+
+
+def resolve_key(
+    access_key_id: str,
+    token: str | None,
+    now: float,
+    access_keys: Mapping[str, str],
+    directory: KeyDirectory | None,
+    sts: StsStore,
+) -> KeyMatch | AuthFailure:
+    """Step 4 of the module docstring, shared by the V3 gateway and the RPC (STS) one."""
+    secret = access_keys.get(access_key_id)
+    account_id: str | None = None
+    if secret is None and directory is not None:
+        found = directory.lookup(access_key_id)
+        if found is not None:
+            account_id, secret = found
+    if secret is not None:
+        if token is not None:
+            return AuthFailure(
+                "InvalidSecurityToken.Malformed", "This AccessKey takes no SecurityToken.", account_id
+            )
+        return KeyMatch(secret, account_id, is_sts=False)
+    cred = sts.get(access_key_id)
+    if cred is None:
+        return AuthFailure("InvalidAccessKeyId.NotFound")
+    if token is None or not hmac.compare_digest(token.strip(), cred.security_token):
+        return AuthFailure("InvalidSecurityToken.Malformed", account_id=cred.account_id)
+    if cred.expires_at <= now:
+        return AuthFailure("InvalidSecurityToken.Expired", account_id=cred.account_id)
+    return KeyMatch(cred.access_key_secret, cred.account_id, is_sts=True)
 
 
 def _header(headers: CIMultiDictProxy[str], name: str) -> str | None:
@@ -173,6 +245,7 @@ class Verified:
 
     access_key_id: str
     is_sts: bool
+    account_id: str | None = None  # the account the key belongs to (None: a lone Simulator's key)
 
 
 class Verifier:
@@ -185,8 +258,10 @@ class Verifier:
         *,
         clock: Callable[[], float] = time.time,
         nonces: NonceStore | None = None,
+        directory: KeyDirectory | None = None,
     ) -> None:
         self.access_keys = dict(access_keys)
+        self.directory = directory
         self.sts = sts
         self.clock = clock
         self.nonces = nonces if nonces is not None else NonceStore()
@@ -227,34 +302,31 @@ class Verifier:
         if values["x-acs-content-sha256"].strip() != payload_hash:
             return AuthFailure("SignatureDoesNotMatch", "x-acs-content-sha256 does not match the body.")
 
-        token = headers.get("x-acs-security-token")
-        secret = self.access_keys.get(access_key_id)
-        is_sts = False
         now = self.clock()
-        if secret is None:
-            cred = self.sts.get(access_key_id)
-            if cred is None:
-                return AuthFailure("InvalidAccessKeyId.NotFound")
-            if token is None or not hmac.compare_digest(token.strip(), cred.security_token):
-                return AuthFailure("InvalidSecurityToken.Malformed")
-            if cred.expires_at <= now:
-                return AuthFailure("InvalidSecurityToken.Expired")
-            secret, is_sts = cred.access_key_secret, True
-        elif token is not None:
-            return AuthFailure("InvalidSecurityToken.Malformed", "This AccessKey takes no SecurityToken.")
+        match = resolve_key(
+            access_key_id,
+            headers.get("x-acs-security-token"),
+            now,
+            self.access_keys,
+            self.directory,
+            self.sts,
+        )
+        if isinstance(match, AuthFailure):
+            return match
+        secret, account = match.secret, match.account_id
 
         date = self._dates.parse(values["x-acs-date"].strip())
         if date is None:
-            return AuthFailure("InvalidTimeStamp.Format")
+            return AuthFailure("InvalidTimeStamp.Format", account_id=account)
         if abs(now - date) > DATE_SKEW_SECONDS:
-            return AuthFailure("InvalidTimeStamp.Expired")
+            return AuthFailure("InvalidTimeStamp.Expired", account_id=account)
 
         query = acs3.canonical_query_string(acs3.decode_query(raw_query))
         canonical = acs3.canonical_request(method, path, query, signed, values, payload_hash)
         to_sign = acs3.string_to_sign(canonical)
         if not hmac.compare_digest(acs3.expected_signature(secret, to_sign), parsed.signature):
-            return AuthFailure("SignatureDoesNotMatch", f"server string to sign is:{to_sign}")
+            return AuthFailure("SignatureDoesNotMatch", f"server string to sign is:{to_sign}", account)
 
         if self.nonces.seen(values["x-acs-signature-nonce"].strip(), now):
-            return AuthFailure("SignatureNonceUsed")
-        return Verified(access_key_id=access_key_id, is_sts=is_sts)
+            return AuthFailure("SignatureNonceUsed", account_id=account)
+        return Verified(access_key_id=access_key_id, is_sts=match.is_sts, account_id=account)

@@ -13,7 +13,9 @@ from typing import TextIO
 from exporter import config
 from exporter.argtypes import bounded
 from exporter.simulator.admin import ENDPOINTS as ADMIN_ENDPOINTS
+from exporter.simulator.admin import ESTATE_ENDPOINTS
 from exporter.simulator.catalogue import is_known
+from exporter.simulator.estate import Estate
 from exporter.simulator.fleet import generate_fleet, load_fleet
 from exporter.simulator.model import Faults, SimImage
 from exporter.simulator.server import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, Simulator
@@ -97,6 +99,17 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="YAML or JSON fleet file (format: exporter/simulator/fleet.py; example: "
         "exporter/simulator/example-fleet.yaml).",
+    )
+    g.add_argument(
+        "--estate",
+        metavar="FILE",
+        help="YAML or JSON estate file: several accounts x regions and an STS (format: "
+        "exporter/simulator/estate.py; example: exporter/simulator/example-estate.yaml). Endpoints: one "
+        "port per region, from the --listen-address port on (port, port+1, ... in the file's region order; "
+        "port 0: free ports), each serving every account (admin API: /_sim/...?account=NAME); then the "
+        "STS over HTTPS on the next port, with its estate admin API (" + "; ".join(ESTATE_ENDPOINTS) + "). "
+        "The STS certificate is --tls-cert/--tls-key when given, else a throwaway CA's whose PEM path is "
+        "printed. The image, fleet, key and fault flags do not apply (the file sets them).",
     )
     g.add_argument(
         "--images",
@@ -240,6 +253,9 @@ async def run_simulate(args: argparse.Namespace, *, out: TextIO | None = None) -
     A bad fleet file or TLS file raises ValueError (one line); a busy port raises OSError.
     """
     stream = out if out is not None else sys.stdout
+    if getattr(args, "estate", None):
+        await _run_estate(args, stream)
+        return
     try:
         ssl_context = _ssl_context(args)
         sim = build_simulator(args)
@@ -257,6 +273,36 @@ async def run_simulate(args: argparse.Namespace, *, out: TextIO | None = None) -
         print(f"E-HPC Instant simulator listening on {url}", file=stream)
         print(f"  region {sim.region_id}, {len(sim.images)} images, access key id(s): {key_ids}", file=stream)
         print(f"  admin API: {url}/_sim/ (STS credentials: {url}/_sim/sts)", file=stream, flush=True)
+        await asyncio.Event().wait()
+
+
+async def _run_estate(args: argparse.Namespace, stream: TextIO) -> None:
+    """``--estate``: serve the file's regions and STS until cancelled; prints every endpoint when ready."""
+    try:
+        ssl_context = _ssl_context(args)
+        estate = Estate.load(args.estate)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"simulate: {exc}") from None
+    host, port = args.listen_address
+    if not _is_loopback(host):
+        print(
+            f"warning: the simulator's /_sim/ admin API is unauthenticated and now listens on {host}",
+            file=sys.stderr,
+        )
+    ports = {r: port + n if port else 0 for n, r in enumerate(estate.regions)}
+    sts_port = port + len(estate.regions) if port else 0
+    async with estate.serve(host, region_ports=ports, sts_port=sts_port, sts_ssl_context=ssl_context) as ep:
+        print(f"E-HPC Instant estate simulator: {len(estate.accounts)} account(s)", file=stream)
+        for region_id, url in ep.region_urls.items():
+            print(f"  region {region_id}: {url} (admin API: {url}/_sim/?account=NAME)", file=stream)
+        print(f"  STS: {ep.sts_url} (admin API: {ep.sts_url}/_sim/)", file=stream)
+        if ep.ca_file:
+            print(f"  STS CA certificate: {ep.ca_file}", file=stream)
+        for account in estate.accounts:
+            keys = ", ".join(account.access_keys) or "none"
+            roles = ", ".join(r.arn for r in account.roles.values()) or "none"
+            print(f"  account {account.name} ({account.id}): access keys {keys}; roles {roles}", file=stream)
+        stream.flush()
         await asyncio.Event().wait()
 
 

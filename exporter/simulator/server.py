@@ -44,7 +44,7 @@ from aiohttp import web
 
 from exporter.ratelimit import TokenBucket
 from exporter.simulator import admin
-from exporter.simulator.auth import AuthFailure, StsStore, Verifier
+from exporter.simulator.auth import AuthFailure, StsStore, Verified, Verifier
 from exporter.simulator.catalogue import (
     ACTIONS,
     API_VERSION,
@@ -125,13 +125,18 @@ class Simulator:
         access_keys: Mapping[str, str] | None = None,
         faults: Faults | None = None,
         region_id: str = "cn-hangzhou",
+        account_id: str | None = None,
+        sts: StsStore | None = None,
     ) -> None:
         # By id; change it like a dict (ListImages follows), or through the admin API.
         self.images = ImageTable(images)
         self.faults = faults if faults is not None else Faults()
         self.region_id = region_id
+        # Set when this is one account's region of an estate (exporter.simulator.estate): its STS
+        # credentials then act for that account, and the region's gateway routes requests here.
+        self.account_id = account_id
         self.host_id = f"ehpcinstant.{region_id}.aliyuncs.com"
-        self.sts = StsStore()
+        self.sts = sts if sts is not None else StsStore()
         keys = dict(access_keys) if access_keys is not None else {DEMO_ACCESS_KEY_ID: DEMO_ACCESS_KEY_SECRET}
         self.verifier = Verifier(keys, self.sts)
         self.url: str | None = None  # set while serve() runs
@@ -171,7 +176,7 @@ class Simulator:
 
     def issue_sts(self, ttl_seconds: int = 3600) -> tuple[str, str, str]:
         """Hand out STS credentials ``(access_key_id, secret, security_token)`` the API accepts."""
-        cred = self.sts.issue(ttl_seconds, self.verifier.clock())
+        cred = self.sts.issue(ttl_seconds, self.verifier.clock(), self.account_id)
         return cred.access_key_id, cred.access_key_secret, cred.security_token
 
     def reindex(self) -> None:
@@ -185,9 +190,13 @@ class Simulator:
         app.router.add_route("POST", "/", self._api)
         app.router.add_route("GET", "/", self._api)
         admin.add_routes(app.router, self)
+        self.attach(app)
+        return app
+
+    def attach(self, app: web.Application) -> None:
+        """Tie this simulator's lifecycle to ``app`` (an app calling :meth:`answer`, e.g. a gateway)."""
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
-        return app
 
     @contextlib.asynccontextmanager
     async def serve(
@@ -288,12 +297,19 @@ class Simulator:
 
     async def _api(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        raw_query = request.rel_url.raw_query_string
+        verified = self.verifier.verify(request.method, "/", raw_query, request.headers, body)
+        return await self.answer(request, body, verified)
+
+    async def answer(
+        self, request: web.Request, body: bytes, verified: Verified | AuthFailure
+    ) -> web.StreamResponse:
+        """Answer an API request whose signature check gave ``verified`` (everything after that check)."""
         headers = request.headers
         action = headers.get("x-acs-action", "")[:_ACTION_LABEL_MAX]
         faults = self.faults
         raw_query = request.rel_url.raw_query_string
         answer: _Answer
-        verified = self.verifier.verify(request.method, "/", raw_query, headers, body)
         if isinstance(verified, AuthFailure):
             answer = self._error(action, verified.code, verified.detail, faults)
         elif action not in ACTIONS:
