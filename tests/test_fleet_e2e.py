@@ -120,7 +120,7 @@ async def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float
 def up_by_image(
     found: Mapping[tuple[str, frozenset[tuple[str, str]]], float],
 ) -> dict[tuple[str, ...], float]:
-    out = {}
+    out: dict[tuple[str, ...], float] = {}
     for (name, labels), v in found.items():
         if name == "ehpc_image_up":
             d = dict(labels)
