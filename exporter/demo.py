@@ -1,28 +1,42 @@
-"""``ehpc-image-exporter demo``: the simulator and the exporter pointed at it, in one process.
+"""``ehpc-image-exporter demo``: a small simulated estate and the exporter watching it, in one process.
 
-The fleet is generated (deterministic for a seed) with the things an operator wants to see on a dashboard:
-images that are not Available, images whose replication is incomplete (a copy still creating, failed, or
-never made), images whose GetImage always fails with an API error, and one watched image that no longer
-exists. A little throttling and latency is injected so the API error and latency metrics move, and the
-fleet slowly evolves (lagging copies finish, new copies start) so graphs are not flat.
+The estate is three accounts in two regions, each account reached the way a real estate reaches them:
+``prod`` with a static AccessKey, ``staging`` by assuming a role (STS AssumeRole) with prod's key, and
+``research`` through OIDC (STS AssumeRoleWithOIDC with a token file, as RRSA on ACK), against the
+simulator's STS over HTTPS. The demo owns its process, so it points ``SSL_CERT_FILE`` at the STS's
+throwaway CA: alibabacloud-credentials' HTTP client (Tea) trusts that variable, and nothing else can reach
+it. Every series carries ``account`` and ``region_id``.
+
+prod's fleet in the home region is generated (deterministic for a seed) with the things an operator
+wants to see on a dashboard: images that are not Available, images whose replication is incomplete (a
+copy still creating, failed, or never made), images whose GetImage always fails with an API error, and one
+watched image that no longer exists. A little throttling and latency is injected so the API error and
+latency metrics move, and the fleet slowly evolves (lagging copies finish, new copies start) so graphs
+are not flat.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
 from exporter.config import (
     ApiConfig,
+    AssumeRoleConfig,
     Config,
     CredentialsConfig,
+    DiscoveryConfig,
     RefreshConfig,
     RetryConfig,
+    TargetConfig,
     WatchedImage,
     WebConfig,
     parse_listen_address,
@@ -37,6 +51,7 @@ from exporter.simulator import (
     Simulator,
     generate_fleet,
 )
+from exporter.simulator.estate import Estate
 
 __all__ = [
     "DEMO_REGIONS",
@@ -52,7 +67,14 @@ __all__ = [
 log = structlog.get_logger("ehpc.demo")
 
 HOME_REGION = "cn-hangzhou"
-DEMO_REGIONS = ("cn-beijing", "cn-shanghai", "ap-southeast-1")
+SECOND_REGION = "cn-shanghai"
+ESTATE_REGIONS = (HOME_REGION, SECOND_REGION)  # the regions whose endpoints the exporter calls
+DEMO_REGIONS = ("cn-beijing", "cn-shanghai", "ap-southeast-1")  # where images are replicated to
+# The demo accounts: name -> id. prod holds the AccessKey; staging trusts prod; research trusts OIDC.
+DEMO_ACCOUNTS = {"prod": "1111111111111111", "staging": "2222222222222222", "research": "3333333333333333"}
+ROLE_NAME = "ehpc-image-reader"
+OIDC_PROVIDER = "ack-rrsa"
+OIDC_ISSUER = "https://oidc-ack-cn-hangzhou.oss-cn-hangzhou.aliyuncs.com/demo"
 # Watched but absent from the simulator: how a deleted image looks (ImageNotFound).
 MISSING_IMAGE_ID = "m-0000deleted0000demo"
 _IN_PROGRESS = ("Creating", "Waiting")
@@ -91,42 +113,80 @@ def demo_faults(seed: int = 7) -> Faults:
     )
 
 
+def role_arn(account: str) -> str:
+    """The demo reader role of ``account``."""
+    return f"acs:ram::{DEMO_ACCOUNTS[account]}:role/{ROLE_NAME}"
+
+
+def demo_estate(fleet: Sequence[SimImage], seed: int = 7) -> Estate:
+    """The demo estate: ``fleet`` is prod's in the home region; every other (account, region) gets a
+    small generated fleet of its own, with the same kinds of problems."""
+    estate = Estate(ESTATE_REGIONS)
+    prod = estate.add_account(DEMO_ACCOUNTS["prod"], "prod", {DEMO_ACCESS_KEY_ID: DEMO_ACCESS_KEY_SECRET})
+    staging = estate.add_account(DEMO_ACCOUNTS["staging"], "staging")
+    staging.add_role(ROLE_NAME, trusted_accounts=[prod.id])
+    research = estate.add_account(DEMO_ACCOUNTS["research"], "research")
+    provider = research.add_oidc_provider(OIDC_PROVIDER, issuer=OIDC_ISSUER)
+    research.add_role(ROLE_NAME, trusted_oidc_providers=[provider.arn])
+    small = max(3, len(fleet) // 4)
+    for n, account in enumerate((prod, staging, research)):
+        for m, region in enumerate(ESTATE_REGIONS):
+            sim = account.region(region)
+            sim.faults = demo_faults(seed + 10 * n + m)
+            if (account, region) == (prod, HOME_REGION):
+                images = list(fleet)
+            else:
+                images = demo_fleet(small, seed + 10 * n + m)
+            for image in images:
+                sim.images[image.image_id] = image
+    return estate
+
+
 def demo_config(
-    simulator_url: str,
-    fleet: Sequence[SimImage],
+    region_urls: dict[str, str],
+    sts_host: str,
+    token_file: str,
     *,
     listen_address: str = "127.0.0.1:9765",
     interval_seconds: float = 15.0,
 ) -> Config:
-    """The exporter's config for the demo: the simulator over HTTP with the demo AccessKey pair."""
-    images = [
-        WatchedImage(
-            image.image_id, "Container" if image.image_type == "Container" else "VM", None, DEMO_REGIONS
-        )
-        for image in fleet
-    ]
-    images.append(WatchedImage(MISSING_IMAGE_ID, "VM", None, DEMO_REGIONS))
-    return Config(
-        api=ApiConfig(
-            region_id=HOME_REGION,
-            endpoint=simulator_url,
+    """The exporter's config for the demo estate: three targets, each account reached its own way."""
+    regions = tuple(
+        ApiConfig(
+            region_id=region,
+            endpoint=region_urls[region],
             protocol="http",
             timeout_seconds=5.0,
             retry=RetryConfig(
                 max_attempts=4, base_delay_seconds=0.1, max_delay_seconds=1.0, max_elapsed_seconds=5.0
             ),
-        ),
-        credentials=CredentialsConfig(
-            type="access_key", access_key_id=DEMO_ACCESS_KEY_ID, access_key_secret=DEMO_ACCESS_KEY_SECRET
-        ),
-        images=tuple(images),
-        refresh=RefreshConfig(
-            interval_seconds=interval_seconds,
-            jitter_ratio=0.1,
-            image_timeout_seconds=min(RefreshConfig().image_timeout_seconds, interval_seconds),
-        ),
-        web=WebConfig(listen_address=listen_address),
+        )
+        for region in ESTATE_REGIONS
     )
+    refresh = RefreshConfig(
+        interval_seconds=interval_seconds,
+        jitter_ratio=0.1,
+        image_timeout_seconds=min(RefreshConfig().image_timeout_seconds, interval_seconds),
+    )
+    discovery = DiscoveryConfig(enabled=True, additional_region_ids=DEMO_REGIONS)
+    key = CredentialsConfig(
+        type="access_key", access_key_id=DEMO_ACCESS_KEY_ID, access_key_secret=DEMO_ACCESS_KEY_SECRET
+    )
+    oidc = CredentialsConfig(
+        type="oidc_role_arn",
+        role_arn=role_arn("research"),
+        oidc_provider_arn=f"acs:ram::{DEMO_ACCOUNTS['research']}:oidc-provider/{OIDC_PROVIDER}",
+        oidc_token_file=token_file,
+        sts_endpoint=sts_host,
+    )
+    missing = WatchedImage(MISSING_IMAGE_ID, "VM", None, DEMO_REGIONS)  # deleted: missing in both regions
+    assume = AssumeRoleConfig(role_arn("staging"), sts_endpoint=sts_host)
+    targets = (
+        TargetConfig("prod", key, None, regions, refresh, (missing,), discovery),
+        TargetConfig("staging", key, assume, regions, refresh, (), discovery),
+        TargetConfig("research", oidc, None, regions, refresh, (), discovery),
+    )
+    return Config(refresh=refresh, targets=targets, web=WebConfig(listen_address=listen_address))
 
 
 def evolve(fleet: Sequence[SimImage], rng: random.Random) -> str | None:
@@ -152,11 +212,17 @@ def evolve(fleet: Sequence[SimImage], rng: random.Random) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class RunningDemo:
-    """A running demo: the simulator, the exporter, and where to reach them."""
+    """A running demo: the estate, the exporter, and where to reach them."""
 
-    simulator: Simulator
-    simulator_url: str
+    estate: Estate
+    simulator_url: str  # prod's home region gateway (its admin API takes ?account=NAME)
+    sts_url: str
     service: ExporterService
+
+    @property
+    def simulator(self) -> Simulator:
+        """prod's simulator of the home region (the generated fleet)."""
+        return self.estate.account("prod").region(HOME_REGION)
 
     @property
     def metrics_url(self) -> str:
@@ -182,30 +248,51 @@ async def run_demo(
     interval_seconds: float = 15.0,
     seed: int = 7,
 ) -> AsyncIterator[RunningDemo]:
-    """Start the simulator and the exporter; stop both (exporter first) on exit.
+    """Start the estate and the exporter; stop both (exporter first) on exit.
 
-    Raises ValueError for an address that does not parse and OSError for one that cannot be bound.
+    prod's home region listens on ``simulator_listen_address``, the second region on the next port (a
+    free one for port 0), the STS on a free port. Raises ValueError for an address that does not parse
+    and OSError for one that cannot be bound.
     """
     sim_host, sim_port = parse_listen_address(simulator_listen_address)
     parse_listen_address(listen_address)
     fleet = demo_fleet(images, seed)
     # Public demo values, but the exporter treats every secret alike: none of it reaches a log line.
     register_secret(DEMO_ACCESS_KEY_SECRET, pin=True)
-    simulator = Simulator(images=fleet, faults=demo_faults(seed), region_id=HOME_REGION)
-    async with simulator.serve(sim_host or "0.0.0.0", sim_port) as url:  # noqa: S104 - as the user asked
-        # The simulator may listen on every interface; the exporter reaches it on loopback.
-        endpoint = url.replace("://0.0.0.0:", "://127.0.0.1:")
-        # The simulator mutates the SimImage objects it was given; evolve those (it keeps them by id).
-        live = list(simulator.images.values())
-        service = ExporterService(
-            demo_config(endpoint, fleet, listen_address=listen_address, interval_seconds=interval_seconds)
-        )
-        await service.start()
-        evolver = asyncio.create_task(_evolve_forever(live, interval_seconds, seed), name="ehpc-demo-evolve")
-        try:
-            log.info("demo_started", simulator=endpoint, exporter=service.url, images=len(fleet) + 1)
-            yield RunningDemo(simulator, endpoint, service)
-        finally:
-            evolver.cancel()
-            await asyncio.wait([evolver])
-            await service.stop()
+    estate = demo_estate(fleet, seed)
+    ports = {HOME_REGION: sim_port, SECOND_REGION: sim_port + 1 if sim_port else 0}
+    host = sim_host or "0.0.0.0"  # noqa: S104 - as the user asked
+    with tempfile.TemporaryDirectory(prefix="ehpc-demo-") as tmp:
+        async with estate.serve(host, region_ports=ports) as ep:
+            # The estate may listen on every interface; the exporter reaches it on loopback.
+            urls = {r: u.replace("://0.0.0.0:", "://127.0.0.1:") for r, u in ep.region_urls.items()}
+            sts_host = ep.sts_host.replace("0.0.0.0:", "127.0.0.1:")
+            if ep.ca_file is not None:
+                os.environ["SSL_CERT_FILE"] = ep.ca_file  # see the module docstring
+            token = Path(tmp) / "rrsa-token"
+            # What the kubelet projects for RRSA; a day is longer than any demo.
+            token.write_text(estate.issue_oidc_token(OIDC_PROVIDER, ttl_seconds=86_400))
+            config = demo_config(
+                urls, sts_host, str(token), listen_address=listen_address, interval_seconds=interval_seconds
+            )
+            service = ExporterService(config)
+            await service.start()
+            # The simulators mutate the SimImage objects they hold; evolve those.
+            live = [i for a in estate.accounts for sim in a.regions.values() for i in sim.images.values()]
+            evolver = asyncio.create_task(
+                _evolve_forever(live, interval_seconds, seed), name="ehpc-demo-evolve"
+            )
+            try:
+                log.info(
+                    "demo_started",
+                    simulator=urls[HOME_REGION],
+                    sts=ep.sts_url,
+                    exporter=service.url,
+                    targets=len(config.scopes()),
+                    images=len(live) + 1,
+                )
+                yield RunningDemo(estate, urls[HOME_REGION], ep.sts_url, service)
+            finally:
+                evolver.cancel()
+                await asyncio.wait([evolver])
+                await service.stop()

@@ -621,11 +621,22 @@ async def test_demo_serves_metrics_promtool_clean_and_stops_on_sigterm(tmp_path:
     ) as p:  # fmt: skip
         sim = await p.wait_line(p.out, r"^simulator: (http://127\.0\.0\.1:\d+)")
         exp = await p.wait_line(p.out, r"^exporter:  (http://127\.0\.0\.1:\d+/metrics)$")
-        text = await wait_metric(exp.group(1), r'^ehpc_image_up\{image_id="m-[a-z0-9]+"\} 1', within=30)
+        up = r'^ehpc_image_up\{account="%s",image_id="m-[a-z0-9]+",region_id="cn-(hangzhou|shanghai)"\} 1'
+        # Every account of the small estate, each reached its own way (key, assumed role, OIDC).
+        for account in ("prod", "staging", "research"):
+            text = await wait_metric(exp.group(1), up % account, within=30)
         # The demo fleet always shows a failing image and the watched-but-deleted one.
-        assert 'ehpc_image_last_error_info{code="ImageNotFound",image_id="m-0000deleted0000demo"} 1' in text
-        assert re.search(r'^ehpc_image_up\{image_id="m-[a-z0-9]+"\} 0', text, re.MULTILINE)
-        images = json.loads(await scrape(sim.group(1) + "/_sim/images"))
+        missing = (
+            r'^ehpc_image_last_error_info\{account="prod",code="ImageNotFound",image_id="m-0000deleted0000demo",'
+            r'region_id="cn-hangzhou"\} 1'
+        )
+        text = await wait_metric(exp.group(1), missing, within=30)
+        assert re.search(
+            r'^ehpc_image_up\{account="prod",image_id="m-[a-z0-9]+",region_id="[a-z-]+"\} 0',
+            text,
+            re.MULTILINE,
+        )
+        images = json.loads(await scrape(sim.group(1) + "/_sim/images?account=prod"))
         assert images  # the simulator's admin API answers on the printed URL
 
         metrics_file = tmp_path / "metrics.prom"

@@ -161,8 +161,11 @@ async def _demo(args: argparse.Namespace) -> int:
             except (OSError, ValueError) as exc:  # a port is taken, an address does not parse
                 log.error("start_failed", error=str(exc))
                 return EXIT_FAILURE
-            print(f"simulator: {demo.simulator_url}  (admin API: {demo.simulator_url}/_sim/images)")
+            print(
+                f"simulator: {demo.simulator_url}  (admin API: {demo.simulator_url}/_sim/images?account=prod)"
+            )
             print(f"exporter:  {demo.metrics_url}")
+            print(f"sts:       {demo.sts_url}")
             sys.stdout.flush()
             await stopping.wait()
             return await _stop_within_deadline(stack.aclose)
