@@ -379,7 +379,6 @@ def test_stale_threshold_matches_the_alert(dash: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------- against real Prometheus
 
-IDENTITY_LABELS = frozenset({"account", "region_id"})
 RATE_INTERVAL = "1m"  # what $__rate_interval / $__range become: the demo has ~10 s of data, all inside it
 
 
@@ -418,11 +417,6 @@ def test_every_query_returns_data_from_real_prometheus(dash: dict[str, Any], dem
         assert selector
         match = substitute(selector.group(1), values)
         found = prom.label_values(name, [match])
-        if not found and name in IDENTITY_LABELS and not prom.query(f'group({{{name}!=""}})'):
-            # An exporter from before the identity labels exports no account or region_id at all; the
-            # variables' All (`.*`) then matches its series. Remove this once the exporter has them.
-            values[name] = []
-            continue
         assert found, f"variable {name}: no values for {match}"
         values[name] = found
     assert values["job"] == [demo_stack.job]
