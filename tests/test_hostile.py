@@ -804,7 +804,7 @@ def refreshed_at(exporter: ExporterProcess) -> float:
     with contextlib.suppress(OSError):
         status, _, body = exporter.get("/metrics", timeout=10)
         if status == 200:
-            m = re.search(rb"^ehpc_refresh_last_success_timestamp_seconds (\S+)$", body, re.M)
+            m = re.search(rb"^ehpc_refresh_last_success_timestamp_seconds(?:\{[^}]*\})? (\S+)$", body, re.M)
             if m:
                 return float(m.group(1))
     return 0.0
