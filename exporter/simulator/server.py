@@ -53,6 +53,7 @@ from exporter.simulator.catalogue import (
     message_of,
     status_of,
 )
+from exporter.simulator.counts import AnswerCounter
 from exporter.simulator.images import ImageTable, Listing
 from exporter.simulator.model import (
     IMAGE_CATEGORIES,
@@ -115,7 +116,7 @@ def _abort_connection(request: web.BaseRequest) -> None:
     transport.abort()
 
 
-class Simulator:
+class Simulator(AnswerCounter):
     """A fake E-HPC Instant endpoint with fault injection, exact answer counters and an admin API."""
 
     def __init__(
@@ -140,7 +141,7 @@ class Simulator:
         keys = dict(access_keys) if access_keys is not None else {DEMO_ACCESS_KEY_ID: DEMO_ACCESS_KEY_SECRET}
         self.verifier = Verifier(keys, self.sts)
         self.url: str | None = None  # set while serve() runs
-        self._counts: dict[tuple[str, str, int], int] = {}
+        super().__init__()
         self._bucket = _QpsLimit()
         # Fault draws and jitter are simulations, not security: plain PRNGs, seedable for replays.
         self._rng = random.Random()  # noqa: S311
@@ -155,24 +156,6 @@ class Simulator:
     def access_keys(self) -> dict[str, str]:
         """The long-term AccessKey pairs accepted (id -> secret); mutable."""
         return self.verifier.access_keys
-
-    def counters(self) -> dict[tuple[str, str], int]:
-        """(action, code) -> answers sent, ``Success`` for 200s; transport faults under the client's code."""
-        out: dict[tuple[str, str], int] = {}
-        for (action, code, _status), n in self._counts.items():
-            out[action, code] = out.get((action, code), 0) + n
-        return out
-
-    def counter_rows(self) -> list[dict[str, Any]]:
-        """The counters with the HTTP status of each (0 when no answer was sent), sorted."""
-        return [
-            {"action": a, "code": c, "http_status": s, "count": n}
-            for (a, c, s), n in sorted(self._counts.items())
-        ]
-
-    def reset_counters(self) -> None:
-        """Forget every count."""
-        self._counts.clear()
 
     def issue_sts(self, ttl_seconds: int = 3600) -> tuple[str, str, str]:
         """Hand out STS credentials ``(access_key_id, secret, security_token)`` the API accepts."""
@@ -226,10 +209,6 @@ class Simulator:
         self._closing.set()
 
     # ----- the API --------------------------------------------------------------------------------
-
-    def _count(self, action: str, code: str, status: int) -> None:
-        key = (action, code, status)
-        self._counts[key] = self._counts.get(key, 0) + 1
 
     def _error(self, action: str, code: str, detail: str = "", faults: Faults | None = None) -> _Answer:
         rid = _new_request_id()

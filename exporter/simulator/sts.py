@@ -61,6 +61,7 @@ from exporter.simulator.catalogue import (
     sts_message_of,
     sts_status_of,
 )
+from exporter.simulator.counts import AnswerCounter
 from exporter.simulator.params import FORM_CONTENT_TYPE
 from exporter.simulator.rpcsig import RpcVerifier
 
@@ -209,35 +210,17 @@ class _Refusal(Exception):
     detail: str = ""
 
 
-class StsService:
+class StsService(AnswerCounter):
     """The STS endpoint: answers, counters, and the credentials it issues into a shared :class:`StsStore`."""
 
     def __init__(self, ram: RamDirectory, keys: KeyDirectory, store: StsStore) -> None:
         self.ram = ram
         self.store = store
         self.verifier = RpcVerifier(keys, store, clock=self._now)
-        self._counts: dict[tuple[str, str, int], int] = {}
+        super().__init__()
 
     def _now(self) -> float:
         return self.ram.clock()
-
-    def counters(self) -> dict[tuple[str, str], int]:
-        """(action, code) -> answers sent, ``Success`` for 200s."""
-        out: dict[tuple[str, str], int] = {}
-        for (action, code, _status), n in self._counts.items():
-            out[action, code] = out.get((action, code), 0) + n
-        return out
-
-    def counter_rows(self) -> list[dict[str, Any]]:
-        """The counters with the HTTP status of each, sorted."""
-        return [
-            {"action": a, "code": c, "http_status": s, "count": n}
-            for (a, c, s), n in sorted(self._counts.items())
-        ]
-
-    def reset_counters(self) -> None:
-        """Forget every count."""
-        self._counts.clear()
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         """The API on ``GET /`` and ``POST /``."""
@@ -265,8 +248,7 @@ class StsService:
     # ----- answers -----------------------------------------------------------------------------------
 
     def _send(self, action: str, code: str, status: int, payload: dict[str, Any]) -> web.Response:
-        key = (action, code, status)
-        self._counts[key] = self._counts.get(key, 0) + 1
+        self._count(action, code, status)
         body = json.dumps(payload, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json;charset=utf-8", "x-acs-request-id": payload["RequestId"]}
         return web.Response(status=status, body=body, headers=headers)
