@@ -44,3 +44,35 @@ async def test_rate_is_exact_and_never_runs_ahead_of_schedule() -> None:
         assert stamp >= start + i * 0.01 - 1e-6
     assert stamps[-1] - start <= 0.49 * 1.2  # 49 intervals, little drift
     assert all(b >= a for a, b in itertools.pairwise(stamps))
+
+
+async def test_an_account_budget_caps_its_regions_together() -> None:
+    """Why: account_max_concurrency / account_qps bound all regions of an account at once; each region's
+    own budget alone would let two regions run twice the account's cap. A cancelled waiter gives back
+    both slots."""
+    from exporter.openapi.budget import Budget
+
+    account = Budget(0, 2)
+    regions = [Budget(0, 10, account), Budget(0, 10, account)]
+    in_flight = peak = 0
+
+    async def call(budget: Budget) -> None:
+        nonlocal in_flight, peak
+        async with budget:
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await asyncio.sleep(0.01)
+            in_flight -= 1
+
+    await asyncio.gather(*(call(regions[i % 2]) for i in range(20)))
+    assert peak == 2
+    assert account.in_flight == 0
+    assert account.max_in_flight == 2
+    waiter = asyncio.create_task(call(regions[0]))
+    async with account, account:  # the account is full: the region's caller queues on it
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+    assert regions[0].in_flight == 0
+    async with regions[0], regions[1]:  # both slots came back
+        assert account.in_flight == 2
