@@ -230,6 +230,14 @@ async def start_announcing(
     cmd: Sequence[str], *, quiet: bool = False
 ) -> tuple[asyncio.subprocess.Process, str]:
     """Start a child that prints {"url": ...} as its first line once it listens; return it and the URL."""
+    proc, announced = await start_announcing_json(cmd, quiet=quiet)
+    return proc, str(announced["url"])
+
+
+async def start_announcing_json(
+    cmd: Sequence[str], *, quiet: bool = False
+) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+    """Start a child that prints one JSON object as its first line once it listens; return it and that."""
     proc = await asyncio.create_subprocess_exec(
         *cmd,
         stdout=asyncio.subprocess.PIPE,
@@ -242,7 +250,10 @@ async def start_announcing(
         line = await asyncio.wait_for(proc.stdout.readline(), 120)
         if not line:
             raise RuntimeError(f"{cmd[2]} exited before serving (rc={await proc.wait()})")
-        return proc, str(json.loads(line)["url"])
+        announced = json.loads(line)
+        if not isinstance(announced, dict):
+            raise RuntimeError(f"{cmd[2]} announced {announced!r}, not an object")
+        return proc, announced
     except BaseException:
         await stop_process(proc)
         raise

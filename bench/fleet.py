@@ -27,7 +27,16 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import BENCH_DIR, Result, Settings, at_most, info, stop_process, temp_dir, unavailable
+from bench.common import (
+    Result,
+    Settings,
+    at_most,
+    info,
+    start_announcing_json,
+    stop_process,
+    temp_dir,
+    unavailable,
+)
 from bench.estateserver import REPLICA_REGIONS, account_images
 from exporter.config import (
     ApiConfig,
@@ -214,22 +223,11 @@ async def estate_process(spec: dict[str, Any], directory: Path) -> AsyncIterator
     """Start `python -m bench.estateserver` on the spec and yield its endpoints and admin session."""
     path = directory / "estate.json"
     path.write_text(json.dumps(spec))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.estateserver",
-        "--spec",
-        str(path),
-        stdout=asyncio.subprocess.PIPE,
-        cwd=str(BENCH_DIR.parent),
-        limit=1 << 20,
+    proc, announced = await start_announcing_json(
+        [sys.executable, "-m", "bench.estateserver", "--spec", str(path)]
     )
-    assert proc.stdout is not None
     try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 120)
-        if not line:
-            raise RuntimeError(f"bench.estateserver exited before serving (rc={await proc.wait()})")
-        region_urls = {str(k): str(v) for k, v in json.loads(line)["region_urls"].items()}
+        region_urls = {str(k): str(v) for k, v in announced["region_urls"].items()}
         async with aiohttp.ClientSession() as session:
             yield EstateProcess(proc, region_urls, session)
     finally:
