@@ -64,7 +64,7 @@ from exporter.simulator.auth import KeyDirectory, StsStore, Verifier
 from exporter.simulator.certs import make_local_tls
 from exporter.simulator.fleet import fleet_from_data
 from exporter.simulator.model import faults_from_dict
-from exporter.simulator.server import Simulator
+from exporter.simulator.server import Simulator, serve_app
 from exporter.simulator.sts import (
     DEFAULT_CLIENT_IDS,
     DEFAULT_MAX_SESSION_SECONDS,
@@ -407,11 +407,11 @@ class Estate:
             region_urls: dict[str, str] = {}
             for region_id in self.regions:
                 url = await stack.enter_async_context(
-                    _serve_app(self.region_app(region_id), host, ports.get(region_id, 0), region_ssl_context)
+                    serve_app(self.region_app(region_id), host, ports.get(region_id, 0), region_ssl_context)
                 )
                 region_urls[region_id] = url
             sts_url = await stack.enter_async_context(
-                _serve_app(self.sts_app(), host, sts_port, sts_ssl_context)
+                serve_app(self.sts_app(), host, sts_port, sts_ssl_context)
             )
             for account in self.accounts:
                 for region_id, sim in account.regions.items():
@@ -422,22 +422,6 @@ class Estate:
                 for account in self.accounts:
                     for sim in account.regions.values():
                         sim.url = None
-
-
-@contextlib.asynccontextmanager
-async def _serve_app(
-    app: web.Application, host: str, port: int, ssl_context: Any | None
-) -> AsyncIterator[str]:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
-        await site.start()
-        bound_host, bound_port = runner.addresses[0][:2]
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        yield f"{'https' if ssl_context is not None else 'http'}://{shown}:{bound_port}"
-    finally:
-        await runner.cleanup()
 
 
 class _EstateParser:

@@ -100,6 +100,23 @@ class _Answer:
     retry_after_ms: int | None = None
 
 
+@contextlib.asynccontextmanager
+async def serve_app(
+    app: web.Application, host: str, port: int, ssl_context: Any | None
+) -> AsyncIterator[str]:
+    """Serve ``app`` on ``host:port`` (0: a free port), over TLS with ``ssl_context``; yields its base URL."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        yield f"{'https' if ssl_context is not None else 'http'}://{shown}:{bound_port}"
+    finally:
+        await runner.cleanup()
+
+
 def _new_request_id() -> str:
     return str(uuid.uuid4()).upper()
 
@@ -186,18 +203,12 @@ class Simulator(AnswerCounter):
         self, host: str = "127.0.0.1", port: int = 0, ssl_context: Any | None = None
     ) -> AsyncIterator[str]:
         """Serve on ``host:port`` (port 0: a free one), over TLS with ``ssl_context``; yields the base URL."""
-        runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=2.0)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
-            await site.start()
-            bound_host, bound_port = runner.addresses[0][:2]
-            shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-            self.url = f"{'https' if ssl_context is not None else 'http'}://{shown}:{bound_port}"
-            yield self.url
-        finally:
-            self.url = None
-            await runner.cleanup()
+        async with serve_app(self.app(), host, port, ssl_context) as url:
+            self.url = url
+            try:
+                yield url
+            finally:
+                self.url = None
 
     # ----- lifecycle ------------------------------------------------------------------------------
 
