@@ -13,7 +13,15 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from exporter.config import ApiConfig, Config, CredentialsConfig, DiscoveryConfig, WatchedImage, WebConfig
+from exporter.config import (
+    ApiConfig,
+    Config,
+    CredentialsConfig,
+    DiscoveryConfig,
+    TargetConfig,
+    WatchedImage,
+    WebConfig,
+)
 from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.service import Account, ExporterService
 from exporter.simulator import Faults, generate_fleet
@@ -312,3 +320,43 @@ async def test_concurrent_scrapes_during_refreshes_see_whole_snapshots(
     latencies.sort()
     # The simulator and the refresh share this event loop, so this is a sanity bound, not the benchmark.
     assert latencies[int(len(latencies) * 0.99) - 1] < 0.5
+
+
+def _targets(base: Config, *accounts: str) -> Config:
+    """``base`` as targets: one per account, all at the base's endpoint, key and images."""
+    return replace(
+        base,
+        images=(),
+        credentials=None,
+        targets=tuple(
+            TargetConfig(account, base.credentials, None, (base.api,), base.refresh, base.images)
+            for account in accounts
+        ),
+    )
+
+
+async def test_reload_adds_and_removes_targets_with_their_series(simulator: RunningSimulator) -> None:
+    """Why: a target a reload removes must leave /metrics whole (its images and its API counters), and
+    one it adds must start at once, in the same process; a target that stays keeps its loop."""
+    base = sim_config(simulator, [SIM_VM_ID], interval=3600)
+    svc = ExporterService(_targets(base, "alpha"), process_metrics=False)
+    await svc.start()
+    try:
+        await wait_until(lambda: svc.ready)
+
+        def accounts(name: str) -> set[str]:
+            return {
+                dict(labels)["account"]
+                for n, labels in samples(svc.rendered.text + svc.render_self(False))
+                if n == name
+            }
+
+        assert accounts("ehpc_image_up") == accounts("ehpc_api_requests_total") == {"alpha"}
+        await svc.reload(_targets(base, "alpha", "beta"))
+        await wait_until(lambda: accounts("ehpc_image_up") == {"alpha", "beta"}, what="beta refreshed")
+        await svc.reload(_targets(base, "beta"))
+        await wait_until(lambda: accounts("ehpc_image_up") == {"beta"}, what="alpha gone")
+        assert accounts("ehpc_api_requests_total") == accounts("ehpc_watched_images") == {"beta"}
+        assert svc.ready
+    finally:
+        await svc.stop()
