@@ -61,6 +61,7 @@ def default_client(config: Config, observer: ApiObserver, account: Account) -> E
 def new_account(config: Config) -> Account:
     """The shared resources of ``config``'s account (credentials, account budget)."""
     cap = config.account_max_concurrency
+    # A QPS cap alone still needs a concurrency bound: one no account reaches (the regions' own bind).
     budget = Budget(config.account_qps, cap or 1_000_000) if config.account_qps or cap else None
     return Account(build_credential_source(config.credentials, config.assume_role), budget)
 
@@ -102,7 +103,7 @@ class ExporterService:
         self.metrics.record_reload(True, wall_clock())  # the config this service starts with did load
         self._sequence = 0
         self._renderer = SnapshotRenderer()
-        self._rendered = self._renderer.render(self._merged(config, {}))
+        self._rendered = self._renderer.render(_merged(config, {}, 0))
         self._units: dict[Scope, _Unit] = {}
         self._accounts: dict[tuple[object, ...], Account] = {}
         self._parts: dict[Scope, Snapshot] = {}
@@ -275,17 +276,6 @@ class ExporterService:
             if self._runner is None:
                 await asyncio.gather(*(u.client.close() for u in units))  # reopened if used again
 
-    def _merged(self, config: Config, parts: Mapping[Scope, Snapshot]) -> Snapshot:
-        """The snapshot to publish: the latest of every (account, region) still configured."""
-        scopes = [c.scope for c in config.scopes()]
-        self._sequence += 1 if parts else 0
-        return Snapshot.merge(
-            (parts[s] for s in scopes if s in parts),
-            status=config.status,
-            expected=scopes,
-            sequence=self._sequence,
-        )
-
     def _publisher(self, scope: Scope) -> Callable[[Snapshot], Awaitable[None]]:
         async def publish(snapshot: Snapshot) -> None:
             self._parts[scope] = snapshot
@@ -296,7 +286,8 @@ class ExporterService:
     async def _publish(self) -> None:
         """Render and swap in the merged snapshot (one at a time: each render reuses the last one's bytes)."""
         async with self._publish_lock:
-            snapshot = self._merged(self._config, self._parts)
+            self._sequence += 1
+            snapshot = _merged(self._config, self._parts, self._sequence)
             previous = self._rendered
             # On the loop in short slices: a worker thread would hold the GIL against scrapes for longer.
             rendered = await self._renderer.render_async(snapshot)
@@ -406,6 +397,14 @@ class ExporterService:
     def record_reload(self, ok: bool) -> None:
         """Record a configuration reload outcome in ``ehpc_config_last_reload_*``."""
         self.metrics.record_reload(ok, self._clock())
+
+
+def _merged(config: Config, parts: Mapping[Scope, Snapshot], sequence: int) -> Snapshot:
+    """The snapshot to publish: the latest of every (account, region) still configured."""
+    scopes = [c.scope for c in config.scopes()]
+    return Snapshot.merge(
+        (parts[s] for s in scopes if s in parts), status=config.status, expected=scopes, sequence=sequence
+    )
 
 
 async def _gc_ctx(_app: web.Application) -> AsyncIterator[None]:
