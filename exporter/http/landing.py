@@ -11,7 +11,6 @@ from string import Template
 from aiohttp import hdrs, web
 
 from exporter.config import Config, Scope
-from exporter.credentials import describe
 from exporter.http.source import SOURCE_KEY, TELEMETRY_PATH_KEY, MetricsSource
 from exporter.redaction import scrub
 from exporter.snapshot import ImageKey, Snapshot
@@ -129,12 +128,14 @@ def _refresh_links(refresh: int | None) -> str:
 def _scope_rows(cfg: Config) -> list[tuple[str, str]]:
     """One (account, region) as configuration rows (no secrets: the credential type and role ARN only)."""
     endpoint = cfg.api.endpoint or f"(from region, {cfg.api.network})"
+    role = [] if cfg.assume_role is None else [("assumed role", cfg.assume_role.role_arn)]
     return [
         ("account", cfg.account),
         ("region", cfg.api.region_id),
         ("endpoint", endpoint),
         ("protocol", cfg.api.protocol),
-        ("credentials", describe(cfg.credentials, cfg.assume_role)),
+        ("credentials", cfg.credentials.type if cfg.credentials is not None else "default chain"),
+        *role,
         ("refresh interval", f"{cfg.refresh.interval_seconds:g} s (jitter ±{cfg.refresh.jitter_ratio:.0%})"),
         ("static images", str(len(cfg.images))),
         ("discovery", "enabled" if cfg.discovery.enabled else "disabled"),
@@ -273,8 +274,8 @@ def _image_row(view: ImageView, name: str, regions: Sequence[str]) -> str:
     cells = "".join(_replica_cell(by_region.get(region), region) for region in regions)
     return (
         f'<tr class="h-{_HEALTH_CLASS[view.health]}" data-image="{_h(view.image_id)}"'
-        f' data-account="{_h(view.account)}" data-region="{_h(view.region_id)}"'
-        f' data-health="{_h(str(view.health))}">'
+        f' data-health="{_h(str(view.health))}"'
+        f' data-account="{_h(view.account)}" data-region="{_h(view.region_id)}">'
         f'<th scope="row" class="image"><code>{_h(view.image_id)}</code>{label}</th>'
         f"{_health_cell(view)}{_status_cell(view)}{cells}</tr>"
     )
