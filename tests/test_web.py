@@ -19,7 +19,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
 import exporter.http.landing
-from exporter.config import Config, CredentialsConfig, StatusConfig, WatchedImage, WebConfig
+from exporter.config import (
+    Config,
+    CredentialsConfig,
+    StatusConfig,
+    TargetConfig,
+    WatchedImage,
+    WebConfig,
+)
 from exporter.exposition import RenderedSnapshot, render_snapshot
 from exporter.http.app import accepts_gzip, create_app, wants_openmetrics
 from exporter.service import ExporterService
@@ -300,6 +307,37 @@ async def landing(source: SnapshotSource, path: str = "/") -> tuple[int, str]:
     async with TestClient(TestServer(create_app(source))) as client:
         resp = await client.get(path)
         return resp.status, await resp.text()
+
+
+async def test_landing_page_groups_images_by_account_and_region(
+    simulator: RunningSimulator, http: aiohttp.ClientSession
+) -> None:
+    """With several (account, region), each gets a heading row with its count, the worst group first, and
+    every image row names its account and region; the config lists each target."""
+    simulator.sim.images[SIM_VM_FAILED_ID].error = "EcsError"
+    base = sim_config(simulator, [SIM_VM_ID, SIM_VM_FAILED_ID])
+    targets = (
+        TargetConfig("ok", base.credentials, None, (base.api,), base.refresh, (WatchedImage(SIM_VM_ID),)),
+        TargetConfig("bad", base.credentials, None, (base.api,), base.refresh, base.images),
+    )
+    svc = await started(replace(base, images=(), credentials=None, targets=targets))
+    try:
+        await wait_until(lambda: svc.ready)
+        _status, _headers, body = await get(http, svc.url + "/")
+    finally:
+        await svc.stop()
+    page = body.decode()
+    groups = re.findall(
+        r'<tr class="group" data-account="(\w+)" data-region="([\w-]+)">.*?(\d+) image\(s\), ([^<]+)<', page
+    )
+    assert groups == [("bad", "cn-hangzhou", "2", "1 not healthy"), ("ok", "cn-hangzhou", "1", "all healthy")]
+    assert (
+        f'data-image="{SIM_VM_FAILED_ID}" data-health="failing" data-account="bad" data-region="cn-hangzhou"'
+        in page
+    )
+    assert page.count(f'data-image="{SIM_VM_ID}"') == 2  # the same id in two accounts: two images
+    assert "<th>target 1 of 2</th>" in page
+    assert "<th>target 2 of 2</th>" in page
 
 
 async def test_landing_page_escapes_hostile_values_in_text_and_attributes() -> None:

@@ -321,9 +321,10 @@ def _matrix(snapshot: Snapshot) -> str:
     current: Scope | None = None
     for key, view in shown:
         scope = Scope(key.account, key.region_id)
-        if scope != current:
-            current = scope
+        # One heading per (account, region), when there are several (one says nothing the page does not).
+        if scope != current and len(groups) > 1:
             rows.append(_group_row(scope, [v for _, v in groups[scope]], 3 + len(regions)))
+        current = scope
         state = snapshot.images.get(key)  # for the name only: the verdict is the view's
         img = state.image if state is not None else None
         name = " ".join(filter(None, (img.name, img.version))) if img is not None else ""
