@@ -173,9 +173,15 @@ async def test_three_accounts_two_regions_isolated_and_healing(
         await svc.start()
         try:
             await wait_until(lambda: svc.ready, within=20, what="every (account, region) refreshed")
+            # One-second tokens can expire between the library's check and the gateway's (a cycle then
+            # fails with InvalidSecurityToken.Expired and the next one fetches anew): wait for a whole one.
+            everything_up = dict.fromkeys(expected_images(), 1.0)
+            await wait_until(
+                lambda: up_by_image(samples(svc.rendered.text)) == everything_up, within=20, what="all up"
+            )
             found = await scrape(svc.url)
-            assert up_by_image(found) == dict.fromkeys(expected_images(), 1.0)
-            assert account_errors(found, "staging") == account_errors(found, "research") == 0
+            assert up_by_image(found) == everything_up
+            assert account_errors(found, "prod") == 0
 
             # Revoke between cycles (none in flight; the last token has expired by the next one).
             staging = [Scope("staging", HZ), Scope("staging", SH)]
@@ -191,22 +197,29 @@ async def test_three_accounts_two_regions_isolated_and_healing(
                 return all(v == 0 for (a, _r, _i), v in ups.items() if a == "staging")
 
             await wait_until(staging_down, within=15, what="staging failing")
+            # The others stay fresh: each of their scopes completes a cycle after the revocation (its loop
+            # runs on its own clock, so it may end a moment after staging's).
+            others = [s for s in svc.snapshot.scopes if s.account != "staging"]
+
+            def others_refreshed() -> bool:
+                scopes = svc.snapshot.scopes
+                return all((scopes[s].refreshed_at or 0) > (revoked_at[s] or 0) for s in others)
+
+            await wait_until(others_refreshed, within=10, what="every other account refreshed")
             found = await scrape(svc.url)
             ups = up_by_image(found)
             assert {k for k, v in ups.items() if v == 1} == {
                 k for k in expected_images() if k[0] != "staging"
             }
-            # The others stayed fresh: each of their scopes completed cycles after the revocation.
-            for scope, status in svc.snapshot.scopes.items():
-                if scope.account != "staging":
-                    assert status.refreshed_at is not None
-                    assert status.refreshed_at > (revoked_at[scope] or 0)
             codes = {
                 dict(labels)["code"]
                 for (name, labels), v in found.items()
                 if name == "ehpc_api_errors_total" and ("account", "staging") in labels and v > 0
             }
-            assert codes == {"CredentialError"}
+            # Refused at STS (CredentialError); or, when the library served its last token once more after
+            # a failed refresh, refused at the gateway as expired. Nothing else.
+            assert "CredentialError" in codes
+            assert codes <= {"CredentialError", "InvalidSecurityToken.Expired"}
 
             # Restored: the same process heals.
             estate.set_trust(STAGING_ROLE, True)
