@@ -30,6 +30,7 @@ import structlog
 from exporter.clock import Clock, LoopClock
 from exporter.config import Config, DiscoveryConfig, ImageType, ShardingConfig, WatchedImage
 from exporter.exposition import SelfMetrics
+from exporter.history import observe
 from exporter.models import Image, ImageSummary
 from exporter.openapi.errors import TIMEOUT, ApiError
 from exporter.snapshot import DiscoveryStatus, ImageError, ImageFacts, ImageKey, ImageState, Snapshot
@@ -205,6 +206,9 @@ class Refresher:
             monotonic = self._steady.monotonic
             started = monotonic()
             watched = await self._watched_set(config, client)
+            if self._metrics is not None:
+                regions = {r for w in watched.values() for r in w.additional_region_ids}
+                self._metrics.track_replication(regions)
             states = await self._fetch_all(client, list(watched.values()), config)
             self._sequence += 1
             snapshot = Snapshot.build(
@@ -298,6 +302,7 @@ class Refresher:
         account, region_id = self._scope
         limit = config.refresh.image_timeout_seconds
         max_regions = config.limits.max_regions_per_image
+        healthy = config.status.replication_healthy
         states: list[ImageState | None] = [None] * len(watched)
         todo = iter(enumerate(watched))
 
@@ -305,7 +310,7 @@ class Refresher:
             for i, image in todo:  # one shared iterator: each image is taken by exactly one worker
                 result, at = await self._fetch(client, image, limit, max_regions)
                 prev = previous.get(ImageKey(account, region_id, image.image_id))
-                states[i] = self._next_state(image, prev, result, at)
+                states[i] = self._next_state(image, prev, result, at, healthy)
 
         workers = max(1, min(len(watched), config.api.max_concurrency))
         await asyncio.gather(*(worker() for _ in range(workers)))
@@ -339,7 +344,12 @@ class Refresher:
         return result, self._clock()
 
     def _next_state(
-        self, watched: WatchedImage, prev: ImageState | None, result: Image | ApiError, at: float
+        self,
+        watched: WatchedImage,
+        prev: ImageState | None,
+        result: Image | ApiError,
+        at: float,
+        healthy: tuple[str, ...],
     ) -> ImageState:
         scope = self._scope
         if isinstance(result, Image):
@@ -356,7 +366,18 @@ class Refresher:
             # comparisons downstream (verdict reuse, render cache) end at once on identity. Nothing
             # depends on it: equal facts in a new object hit the same caches.
             image = prev.image if prev is not None and prev.image == facts else facts
-            return ImageState(watched, image, at, None, scope)
+            history, replicated = observe(
+                prev.history if prev is not None else None,
+                facts.status,
+                {r.region_id: r.status for r in facts.additional_regions},
+                watched.additional_region_ids,
+                healthy,
+                at,
+            )
+            if self._metrics is not None:
+                for region, seconds in replicated:
+                    self._metrics.record_replication(region, seconds)
+            return ImageState(watched, image, at, None, scope, history)
         streak = prev is not None and prev.error is not None and prev.error.code == result.code
         # Logged when a failure streak starts or changes code; every failure is counted in the metrics.
         (self._log.debug if streak else self._log.warning)(
@@ -374,4 +395,5 @@ class Refresher:
             prev.last_success if prev is not None else None,
             ImageError(result.code, result.http_status, result.request_id, since),
             scope,
+            prev.history if prev is not None else None,  # failures are not observations
         )

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from exporter.config import DEFAULT_SCOPE, Scope, StatusConfig, WatchedImage
+from exporter.history import ImageHistory
 from exporter.models import Image
 from exporter.view import HEALTH_ORDER, IMAGE_NOT_FOUND, Health, ImageView, image_view, status_label
 
@@ -98,10 +99,11 @@ class ImageError(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class ImageState:
-    """One watched image after a refresh: its last good data and whether the last call succeeded.
+    """One watched image after a refresh: its last good data, whether the last call succeeded, its history.
 
     ``image`` is the last successful answer and survives failures (so a failing image keeps serving
-    its last known status, marked ``up 0``); it is ``None`` until the first success.
+    its last known status, marked ``up 0``); it is ``None`` until the first success, and so is
+    ``history``.
     """
 
     watched: WatchedImage
@@ -109,6 +111,7 @@ class ImageState:
     last_success: float | None = None  # wall time of the last successful GetImage
     error: ImageError | None = None  # set while the last GetImage failed
     scope: Scope = DEFAULT_SCOPE  # the account and region it was asked in
+    history: ImageHistory | None = None  # what successful answers showed over time (exporter.history)
 
     @property
     def image_id(self) -> str:
@@ -162,6 +165,7 @@ class ScopeStatus:
     duration_seconds: float | None  # how long that cycle took
     watched: int  # images in its watched set
     discovery: DiscoveryStatus | None = None  # absent while its discovery is off
+    restored: bool = False  # loaded from the state file at start-up; no cycle of this process yet
 
 
 def _views(
@@ -216,14 +220,16 @@ class Snapshot:
         discovery: DiscoveryStatus | None = None,
         previous: Snapshot | None = None,
         scope: Scope = DEFAULT_SCOPE,
+        restored: bool = False,
     ) -> Snapshot:
         """The snapshot of one (account, region) cycle over ``images`` (any order; stored sorted).
 
-        ``previous`` lets unchanged images keep their verdict instead of deciding it again.
+        ``previous`` lets unchanged images keep their verdict instead of deciding it again;
+        ``restored`` marks one rebuilt from the state file rather than refreshed.
         """
         states = MappingProxyType({s.key: s for s in sorted(images, key=lambda s: s.key)})
         views = _views(states, status, previous)
-        scopes = {scope: ScopeStatus(refreshed_at, duration_seconds, len(states), discovery)}
+        scopes = {scope: ScopeStatus(refreshed_at, duration_seconds, len(states), discovery, restored)}
         return cls(
             states,
             status,

@@ -448,6 +448,15 @@ def test_contract_names_and_types() -> None:
         "ehpc_config_last_reload_successful": "gauge",
         "ehpc_config_last_reload_success_timestamp_seconds": "gauge",
         "ehpc_refresh_overruns_total": "counter",
+        "ehpc_image_status_since_timestamp_seconds": "gauge",
+        "ehpc_image_status_changes_total": "counter",
+        "ehpc_image_replication_since_timestamp_seconds": "gauge",
+        "ehpc_image_replication_duration_seconds": "histogram",
+        "ehpc_image_replication_complete": "gauge",
+        "ehpc_state_last_save_timestamp_seconds": "gauge",
+        "ehpc_state_save_errors_total": "counter",
+        "ehpc_state_load_errors_total": "counter",
+        "ehpc_state_loaded_images": "gauge",
     }
     assert {n.value: SPECS[n].type for n in MetricName} == contract
     assert set(SPECS[MetricName.IMAGE_INFO].labels) == {
@@ -463,11 +472,15 @@ def test_contract_names_and_types() -> None:
         "architecture",
         "registry_url",
     }
-    # Every family carries the identity labels but the three about the process itself.
+    # Every family carries the identity labels but those about the process itself (one state file).
     unscoped = {
         MetricName.BUILD_INFO,
         MetricName.CONFIG_RELOAD_SUCCESSFUL,
         MetricName.CONFIG_RELOAD_TIMESTAMP,
+        MetricName.STATE_LAST_SAVE,
+        MetricName.STATE_SAVE_ERRORS,
+        MetricName.STATE_LOAD_ERRORS,
+        MetricName.STATE_LOADED_IMAGES,
     }
     for name, spec in SPECS.items():
         assert ({"account", "region_id"} <= set(spec.labels)) == (name not in unscoped), name

@@ -8,6 +8,7 @@ from exporter.buildinfo import BuildInfo
 from exporter.config import DEFAULT_SCOPE
 from exporter.exposition import SelfMetrics
 from exporter.exposition.families import SELF_SPECS
+from exporter.exposition.selfmetrics import StateMetrics
 from exporter.openapi.errors import KNOWN_CODES, OVERFLOW_CODE, ApiError
 from exporter.redaction import register_secret
 from tests.exporter_support import samples, value
@@ -139,8 +140,12 @@ def test_ignored_values_are_counted_by_field() -> None:
 def test_self_part_is_the_table_s_self_families_in_order() -> None:
     """Why: the self part's names, types and help come from the family table, not from the code that
     counts; a family renamed or retyped in one place only would show here."""
-    text = SelfMetrics(BuildInfo("1", "3"), process_metrics=False).render(False).decode()
+    metrics = SelfMetrics(BuildInfo("1", "3"), process_metrics=False)
+    metrics.state = StateMetrics()  # the state families are there while a state file is configured
+    text = metrics.render(False).decode()
     types = [line.split(" ", 3)[2:] for line in text.splitlines() if line.startswith("# TYPE ")]
     helps = [line.split(" ", 3)[3] for line in text.splitlines() if line.startswith("# HELP ")]
     assert types == [[spec.name, spec.type] for spec in SELF_SPECS]
     assert helps == [spec.help for spec in SELF_SPECS]
+    metrics.state = None
+    assert "ehpc_state_" not in metrics.render(False).decode()

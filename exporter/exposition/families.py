@@ -26,6 +26,9 @@ Series semantics (chosen for alerting; the sample functions below are the one pl
 * the refresh gauges (``ehpc_watched_images``, ``ehpc_refresh_*``) and the discovery gauges have no
   sample before the first cycle; the discovery gauges none while discovery is off.
 
+History (:mod:`exporter.history`): the since-timestamps and change counters have no sample before an
+image's first successful answer; ``ehpc_image_replication_complete`` follows the replication series.
+
 Additions to the product contract: ``ehpc_config_last_reload_successful``,
 ``ehpc_config_last_reload_success_timestamp_seconds``, ``ehpc_refresh_overruns_total``, and the standard
 ``process_*`` / ``python_gc_*`` collectors of ``prometheus_client`` (optional).
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Generic, Literal, NamedTuple, TypeVar
 
+from exporter.history import ImageHistory
 from exporter.redaction import scrub
 from exporter.snapshot import ImageFacts, ImageState, ScopeStatus, Snapshot
 from exporter.view import Health, ImageView, ReplicaHealth
@@ -75,6 +79,15 @@ class MetricName(StrEnum):
     IMAGE_UP = "ehpc_image_up"
     IMAGE_LAST_SUCCESS = "ehpc_image_last_success_timestamp_seconds"
     IMAGE_LAST_ERROR = "ehpc_image_last_error_info"
+    IMAGE_STATUS_SINCE = "ehpc_image_status_since_timestamp_seconds"
+    IMAGE_STATUS_CHANGES = "ehpc_image_status_changes_total"
+    IMAGE_REPLICATION_SINCE = "ehpc_image_replication_since_timestamp_seconds"
+    IMAGE_REPLICATION_COMPLETE = "ehpc_image_replication_complete"
+    REPLICATION_DURATION = "ehpc_image_replication_duration_seconds"
+    STATE_LAST_SAVE = "ehpc_state_last_save_timestamp_seconds"
+    STATE_SAVE_ERRORS = "ehpc_state_save_errors_total"
+    STATE_LOAD_ERRORS = "ehpc_state_load_errors_total"
+    STATE_LOADED_IMAGES = "ehpc_state_loaded_images"
     WATCHED_IMAGES = "ehpc_watched_images"
     REFRESH_DURATION = "ehpc_refresh_duration_seconds"
     REFRESH_LAST_SUCCESS = "ehpc_refresh_last_success_timestamp_seconds"
@@ -118,16 +131,18 @@ class Family(Generic[In]):
 
 
 class ImageInput(NamedTuple):
-    """What the series of one image are computed from: its verdict, its last good facts, its last success."""
+    """What the series of one image are computed from: its verdict, its last good facts, its history and
+    its last success."""
 
     view: ImageView
     facts: ImageFacts | None
     last_success: float | None  # changes every cycle: only volatile families may read it
+    history: ImageHistory | None = None
 
     @classmethod
     def of(cls, state: ImageState, snapshot: Snapshot) -> ImageInput:
         """The input of ``state``, an image of ``snapshot`` (whose verdict it reads)."""
-        return cls(snapshot.views[state.key], state.image, state.last_success)
+        return cls(snapshot.views[state.key], state.image, state.last_success, state.history)
 
 
 class FamilyTable(NamedTuple):
@@ -214,6 +229,31 @@ def _last_success(i: ImageInput) -> Iterable[Sample]:
 def _last_error(i: ImageInput) -> Iterable[Sample]:
     code = i.view.error_code
     return () if code is None else (((*_id(i), code), 1.0),)
+
+
+def _status_since(i: ImageInput) -> Iterable[Sample]:
+    return () if i.history is None else ((_id(i), i.history.since),)
+
+
+def _status_changes(i: ImageInput) -> Iterable[Sample]:
+    return () if i.history is None else ((_id(i), float(i.history.changes)),)
+
+
+def _replication_since(i: ImageInput) -> Iterable[Sample]:
+    if i.history is None:
+        return ()
+    iid = _id(i)
+    return [((*iid, scrub(r.region_id)), r.since) for r in i.history.replicas]
+
+
+def _replication_complete(i: ImageInput) -> Iterable[Sample]:
+    if not _has_replicas(i):
+        return ()
+    # A missing image has no copies anywhere, whatever was asked for; nothing asked for is complete.
+    complete = i.view.health is not Health.MISSING and all(
+        r.health is ReplicaHealth.AVAILABLE for r in i.view.replicas
+    )
+    return ((_id(i), 1.0 if complete else 0.0),)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -335,6 +375,46 @@ IMAGE_FAMILIES: tuple[Family[ImageInput], ...] = (
         ),
         _last_error,
     ),
+    Family(
+        MetricSpec(
+            _M.IMAGE_STATUS_SINCE,
+            "gauge",
+            "Unix time the image's current status was first observed (the exporter's first look at the "
+            "image if the status has not changed since then; the state file keeps it across restarts).",
+            _IMAGE_ID,
+        ),
+        _status_since,
+    ),
+    Family(
+        MetricSpec(
+            _M.IMAGE_STATUS_CHANGES,
+            "counter",
+            "Observed changes of the image's status between successful GetImage answers.",
+            _IMAGE_ID,
+        ),
+        _status_changes,
+    ),
+    Family(
+        MetricSpec(
+            _M.IMAGE_REPLICATION_SINCE,
+            "gauge",
+            "Unix time the current status of the image's copy in that region (or its absence) was first "
+            "observed (the exporter's first look if unchanged since then; kept across restarts by the "
+            "state file).",
+            (*_IMAGE_ID, "replication_region"),
+        ),
+        _replication_since,
+    ),
+    Family(
+        MetricSpec(
+            _M.IMAGE_REPLICATION_COMPLETE,
+            "gauge",
+            "1 if the image has a usable copy in every requested region (1 when none is requested), 0 "
+            "otherwise or while it is missing.",
+            _IMAGE_ID,
+        ),
+        _replication_complete,
+    ),
 )
 
 SNAPSHOT_FAMILIES: tuple[Family[Snapshot], ...] = (
@@ -415,6 +495,34 @@ SELF_SPECS: tuple[MetricSpec, ...] = (
         "counter",
         "Refresh cycles that outlasted the refresh interval (the next one then started at once).",
         IDENTITY,
+    ),
+    MetricSpec(
+        _M.REPLICATION_DURATION,
+        "histogram",
+        "Observed replication times in seconds: from the first answer showing a requested copy not "
+        "available (or absent) to the first showing it available (one refresh interval of precision).",
+        (*IDENTITY, "replication_region"),
+    ),
+    MetricSpec(
+        _M.STATE_LAST_SAVE,
+        "gauge",
+        "Unix time the state file was last written (absent while state is off or before the first save).",
+    ),
+    MetricSpec(
+        _M.STATE_SAVE_ERRORS,
+        "counter",
+        "Failed writes of the state file (the file keeps its previous content).",
+    ),
+    MetricSpec(
+        _M.STATE_LOAD_ERRORS,
+        "counter",
+        "State files that could not be used at start-up, by reason; the exporter then started cold.",
+        ("reason",),
+    ),
+    MetricSpec(
+        _M.STATE_LOADED_IMAGES,
+        "gauge",
+        "Images loaded from the state file at start-up (0 on a cold start).",
     ),
     MetricSpec(
         _M.CONFIG_RELOAD_SUCCESSFUL,

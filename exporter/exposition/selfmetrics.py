@@ -22,7 +22,16 @@ from exporter.exposition.reference import counter, gauge, histogram
 from exporter.openapi.errors import KNOWN_CODES, LOCAL_CODES, OVERFLOW_CODE, ApiError
 from exporter.redaction import scrub
 
-__all__ = ["API_ACTIONS", "API_DURATION_BUCKETS", "IGNORED_FIELDS", "ScopeMetrics", "SelfMetrics"]
+__all__ = [
+    "API_ACTIONS",
+    "API_DURATION_BUCKETS",
+    "IGNORED_FIELDS",
+    "REPLICATION_BUCKETS",
+    "STATE_LOAD_REASONS",
+    "ScopeMetrics",
+    "SelfMetrics",
+    "StateMetrics",
+]
 
 API_ACTIONS: tuple[str, ...] = ("GetImage", "ListImages")
 # Per-attempt latency: loopback simulator calls take milliseconds, real ones 50-500 ms, timeouts 10 s.
@@ -40,6 +49,27 @@ API_DURATION_BUCKETS: tuple[float, ...] = (
     10.0,
     30.0,
 )
+# Replication times: copying an image to another region takes minutes for a few GiB and hours for
+# hundreds or across borders; the edges are one refresh interval (60 s) up to a day, about doubling.
+REPLICATION_BUCKETS: tuple[float, ...] = (
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    900.0,
+    1800.0,
+    2700.0,
+    3600.0,
+    5400.0,
+    7200.0,
+    10800.0,
+    14400.0,
+    21600.0,
+    43200.0,
+    86400.0,
+)
+# Why a state file could not be used at start-up (ehpc_state_load_errors_total{reason}); see exporter.state.
+STATE_LOAD_REASONS: tuple[str, ...] = ("corrupt", "foreign", "locked", "unreadable")
 # The fields ehpc_api_ignored_values_total starts at 0 for (what exporter.models may leave out).
 IGNORED_FIELDS: tuple[str, ...] = ("Image.Size", "Image.CreateTime", "Image.AdditionalRegionsInfo")
 
@@ -47,11 +77,39 @@ _M = MetricName
 
 
 class _Histogram:
-    __slots__ = ("counts", "sum")
+    __slots__ = ("bounds", "counts", "sum")
 
-    def __init__(self, n: int) -> None:
-        self.counts = [0] * n  # per bucket, not cumulative; the last is +Inf
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; the last is +Inf
         self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.sum += value
+        i = 0
+        for bound in self.bounds:
+            if value <= bound:
+                break
+            i += 1
+        self.counts[i] += 1
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative ``(le, count)`` pairs, +Inf last, as prometheus_client takes them."""
+        cumulative, out = 0, []
+        for le, count in zip([*map(go_float, self.bounds), "+Inf"], list(self.counts), strict=True):
+            cumulative += count
+            out.append((le, float(cumulative)))
+        return out
+
+
+class StateMetrics:
+    """What the state file did (exporter.state): saves, their failures, what the start-up load found."""
+
+    def __init__(self) -> None:
+        self.last_save: float | None = None
+        self.save_errors = 0
+        self.load_errors = dict.fromkeys(STATE_LOAD_REASONS, 0)
+        self.loaded_images = 0
 
 
 def _error_status(error: ApiError) -> str:
@@ -82,11 +140,11 @@ class SelfMetrics:
         self.build_info = build_info or BuildInfo.current()
         self.max_error_codes = max_error_codes
         self._buckets = tuple(buckets)
-        self._le = [go_float(b) for b in self._buckets] + ["+Inf"]
         self._scopes: dict[Scope, ScopeMetrics] = {}
         self._extra_codes: set[str] = set()
         self.reload_successful: bool | None = None
         self.reload_success_timestamp: float | None = None
+        self.state: StateMetrics | None = None  # set while a state file is configured
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         if process_metrics:
@@ -129,6 +187,7 @@ class SelfMetrics:
         ignored = counter(SPECS[_M.API_IGNORED_VALUES])
         latency = histogram(SPECS[_M.API_REQUEST_DURATION])
         overruns = counter(SPECS[_M.REFRESH_OVERRUNS])
+        replication = histogram(SPECS[_M.REPLICATION_DURATION])
         for scope, m in scopes:
             who = [scrub(scope.account), scrub(scope.region_id)]
             for action, n in sorted(m._requests.items()):
@@ -144,17 +203,25 @@ class SelfMetrics:
             for (action, field), n in sorted(m._ignored.items()):
                 ignored.add_metric([*who, action, field], n)
             for action, hist in sorted(m._latency.items()):
-                cumulative, buckets = 0, []
-                for le, count in zip(self._le, list(hist.counts), strict=True):
-                    cumulative += count
-                    buckets.append((le, float(cumulative)))
-                latency.add_metric([*who, action], buckets, hist.sum)
+                latency.add_metric([*who, action], hist.buckets(), hist.sum)
             overruns.add_metric(who, m.overruns)
+            # Region ids pass the output gate; two that it maps to one label value share a series.
+            gated_hist: dict[str, list[_Histogram]] = {}
+            for region, hist in m._replication.items():
+                gated_hist.setdefault(scrub(region), []).append(hist)
+            for region, hists in sorted(gated_hist.items()):
+                merged = _Histogram(REPLICATION_BUCKETS)
+                for h in hists:
+                    merged.sum += h.sum
+                    merged.counts = [a + b for a, b in zip(merged.counts, h.counts, strict=True)]
+                replication.add_metric([*who, region], merged.buckets(), merged.sum)
         yield requests
         yield errors
         yield ignored
         yield latency
         yield overruns
+        yield replication
+        yield from self._state_families()
         ok = gauge(SPECS[_M.CONFIG_RELOAD_SUCCESSFUL])
         if self.reload_successful is not None:
             ok.add_metric([], 1.0 if self.reload_successful else 0.0)
@@ -167,6 +234,25 @@ class SelfMetrics:
         b = self.build_info
         info.add_metric([b.version, b.revision, b.python_version], 1.0)
         yield info
+
+    def _state_families(self) -> Iterable[Metric]:
+        state = self.state
+        if state is None:  # no state file configured: no state families at all
+            return
+        last = gauge(SPECS[_M.STATE_LAST_SAVE])
+        if state.last_save is not None:
+            last.add_metric([], state.last_save)
+        yield last
+        errors = counter(SPECS[_M.STATE_SAVE_ERRORS])
+        errors.add_metric([], state.save_errors)
+        yield errors
+        load_errors = counter(SPECS[_M.STATE_LOAD_ERRORS])
+        for reason, n in sorted(state.load_errors.items()):
+            load_errors.add_metric([reason], n)
+        yield load_errors
+        loaded = gauge(SPECS[_M.STATE_LOADED_IMAGES])
+        loaded.add_metric([], state.loaded_images)
+        yield loaded
 
     def render(self, openmetrics: bool) -> bytes:
         """The self part of one scrape (OpenMetrics ends with the answer's single ``# EOF``)."""
@@ -186,13 +272,14 @@ class ScopeMetrics:
         self._errors: dict[tuple[str, str, str], int] = {}
         self._latency: dict[str, _Histogram] = {}
         self._ignored: dict[tuple[str, str], int] = {}
+        self._replication: dict[str, _Histogram] = {}  # by replication region
         self.overruns = 0
         for action in API_ACTIONS:
             self._add_action(action)
 
     def _add_action(self, action: str) -> None:
         self._requests[action] = 0
-        self._latency[action] = _Histogram(len(self._parent._le))
+        self._latency[action] = _Histogram(self._parent._buckets)
         for code, status in KNOWN_CODES.items():
             self._errors.setdefault((action, code, str(status)), 0)
         if action == "GetImage":
@@ -209,14 +296,7 @@ class ScopeMetrics:
         if action not in self._requests:
             self._add_action(action)
         self._requests[action] += 1
-        hist = self._latency[action]
-        hist.sum += duration_seconds
-        i = 0
-        for bound in self._parent._buckets:
-            if duration_seconds <= bound:
-                break
-            i += 1
-        hist.counts[i] += 1
+        self._latency[action].observe(duration_seconds)
         if error is not None:
             self._count_error(action, error)
 
@@ -231,6 +311,17 @@ class ScopeMetrics:
         for field in fields:
             key = (action, field)
             self._ignored[key] = self._ignored.get(key, 0) + 1
+
+    def track_replication(self, regions: Iterable[str]) -> None:
+        """Start the replication histogram of each of ``regions`` at zero, so ``rate()`` sees its first."""
+        for region in regions:
+            if region not in self._replication:
+                self._replication[region] = _Histogram(REPLICATION_BUCKETS)
+
+    def record_replication(self, region: str, seconds: float) -> None:
+        """Observe one completed replication to ``region``."""
+        self.track_replication((region,))
+        self._replication[region].observe(seconds)
 
     def record_overrun(self) -> None:
         """Count a refresh cycle that outlasted its interval."""
