@@ -59,7 +59,7 @@ golden: $(VENV)/.test-installed
 # Regenerate docs/reliability.md from the modules that record cases (the suite fails while it is stale).
 reliability-report: $(VENV)/.test-installed system-deps node-deps
 	RELIABILITY_REPORT=docs/reliability.md $(BIN)/pytest -q tests/test_bad_input.py tests/test_hostile.py \
-		tests/test_soak.py tests/test_e2e_paging.py tests/test_leaks.py tests/test_load.py
+		tests/test_soak.py tests/test_e2e_paging.py tests/test_leaks.py tests/test_load.py tests/test_state.py
 
 clean:
 	rm -rf $(VENV) tools/node/node_modules .mypy_cache .ruff_cache .pytest_cache

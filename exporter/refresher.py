@@ -164,6 +164,22 @@ class Refresher:
         """Held for the whole of every cycle (wait on it to know a client is no longer in use)."""
         return self._cycle_lock
 
+    def restore(self, snapshot: Snapshot) -> None:
+        """Continue from ``snapshot`` (this scope's, from the state file) as if it were the last cycle's.
+
+        Its discovered images stand in for discovery's last good set until discovery next succeeds.
+        """
+        if snapshot.expected != (self._scope,):
+            raise ValueError("a restored snapshot must be this refresher's (account, region)")
+        self._snapshot = snapshot
+        status = snapshot.scopes.get(self._scope)
+        if self._config.discovery.enabled and status is not None:
+            static = {i.image_id for i in self._config.images}
+            self._discovered = {
+                k.image_id: s.watched for k, s in snapshot.images.items() if k.image_id not in static
+            }
+            self._discovery = status.discovery
+
     def reconfigure(self, config: Config, client: ImageApi | None = None) -> None:
         """Use ``config`` (and ``client``) from the next cycle on, and start that cycle without waiting."""
         if config.scope != self._config.scope:

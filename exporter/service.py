@@ -24,11 +24,13 @@ from exporter.clock import Clock
 from exporter.config import STOP_TIMEOUT_SECONDS, Config, Scope, parse_listen_address
 from exporter.credentials import CredentialSource, build_credential_source
 from exporter.exposition import RenderedSnapshot, SelfMetrics, SnapshotRenderer
+from exporter.exposition.selfmetrics import StateMetrics
 from exporter.http.app import OPEN_PATHS, create_app
 from exporter.openapi.budget import Budget
 from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.refresher import Refresher
 from exporter.snapshot import Snapshot
+from exporter.state import StateStore
 
 __all__ = ["Account", "ClientFactory", "ExporterService", "default_client", "new_account"]
 
@@ -113,6 +115,7 @@ class ExporterService:
         self._closers: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
+        self._store: StateStore | None = None  # while serving with a state file
 
     # -- what the web app reads (exporter.http.source.MetricsSource) -------------------------------------
 
@@ -133,7 +136,7 @@ class ExporterService:
 
     @property
     def ready(self) -> bool:
-        """The first refresh has completed and its snapshot is being served."""
+        """Every (account, region) has data being served: from a completed cycle, or from the state file."""
         return self._rendered.snapshot.completed
 
     @property
@@ -193,6 +196,7 @@ class ExporterService:
             ssl_context = security.ssl_context()
             middlewares.append(security.middleware(OPEN_PATHS))
         host, port = parse_listen_address(cfg.listen_address)  # "" (":9765") binds every interface
+        await self._warm_start()  # before listening: the first scrape already sees what was known
         app = create_app(self, telemetry_path=cfg.telemetry_path, middlewares=middlewares)
         app.cleanup_ctx.append(_gc_ctx)
         app.cleanup_ctx.append(self._client_ctx)
@@ -215,6 +219,21 @@ class ExporterService:
             telemetry_path=cfg.telemetry_path,
             tls=ssl_context is not None,
         )
+
+    async def _warm_start(self) -> None:
+        """Open the state file and serve its snapshots until each (account, region)'s first cycle."""
+        state = self._config.state
+        if state is None or self._store is not None:
+            return
+        self.metrics.state = StateMetrics()
+        self._store = StateStore(state.path, self.metrics.state, wall_clock=self._clock)
+        loaded = await self._store.load(self._config)
+        units = self._ensure_units()
+        for scope, snapshot in loaded.items():
+            units[scope].refresher.restore(snapshot)
+            self._parts[scope] = snapshot
+        if loaded:
+            await self._publish()
 
     async def _client_ctx(self, _app: web.Application) -> AsyncIterator[None]:
         """The API clients live as long as the app; their sessions are closed on the way out."""
@@ -243,6 +262,9 @@ class ExporterService:
                 task.cancel()
             if tasks:
                 await asyncio.wait(tasks)
+            store, self._store = self._store, None
+            if store is not None:
+                await store.close()  # after any save in flight (one worker thread, in order)
 
     def _start_loop(self, unit: _Unit) -> None:
         account, region = unit.config.scope
@@ -280,6 +302,8 @@ class ExporterService:
         async def publish(snapshot: Snapshot) -> None:
             self._parts[scope] = snapshot
             await self._publish()
+            if self._store is not None:
+                await self._store.save(snapshot)  # the next cycle waits for it: saves never pile up
 
         return publish
 
@@ -351,6 +375,10 @@ class ExporterService:
         self.metrics.retain(new_scopes)
         if config.web != old.web and self._runner is not None:
             log.warning("web_config_change_needs_restart")
+        if config.state != old.state and self._runner is not None:
+            log.warning("state_config_change_needs_restart")
+        if self._store is not None:
+            self._spawn(self._store.retain(new_scopes), "ehpc-state-retain")
         if not started:
             return False
         for scope in [s for s in units if s not in new_scopes]:

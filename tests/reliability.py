@@ -44,6 +44,7 @@ REPORT_MODULES = (
     "tests/test_e2e_paging.py",
     "tests/test_leaks.py",
     "tests/test_load.py",
+    "tests/test_state.py",
 )
 GENERATE_COMMAND = "RELIABILITY_REPORT=docs/reliability.md .venv/bin/pytest " + " ".join(REPORT_MODULES)
 # Areas in the order the report lists them; others follow alphabetically.
@@ -62,6 +63,7 @@ AREA_ORDER = (
     "security",
     "leaks",
     "load",
+    "state file",
 )
 
 _STASH: pytest.StashKey[Recorder] = pytest.StashKey()

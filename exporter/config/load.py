@@ -60,6 +60,7 @@ from exporter.config.model import (
     RefreshConfig,
     RetryConfig,
     ShardingConfig,
+    StateConfig,
     StatusConfig,
     TargetConfig,
     WatchedImage,
@@ -674,6 +675,7 @@ def _build(sections: Mapping[str, Any], targets: Sequence[TargetConfig]) -> Conf
         limits=LimitsConfig(**_fields(sections["limits"])),
         web=WebConfig(**_fields(sections["web"])),
         targets=tuple(targets),
+        state=StateConfig(**_fields(sections["state"])) if sections["state"] is not None else None,
     )
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "RetryConfig",
     "Scope",
     "ShardingConfig",
+    "StateConfig",
     "StatusConfig",
     "TargetConfig",
     "WatchedImage",
@@ -178,6 +179,13 @@ class ShardingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StateConfig:
+    """The state file that carries each image's last good data and history across restarts (SQLite)."""
+
+    path: str  # the database; its directory also holds the -wal / -shm files and moved-aside copies
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """Bounds on what hostile or runaway API answers can make the exporter publish."""
 
@@ -238,6 +246,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     web: WebConfig = field(default_factory=WebConfig)
     targets: tuple[TargetConfig, ...] = ()
+    state: StateConfig | None = None  # off when absent
     # Set on the per-scope configs :meth:`scopes` derives (and on a one-target config, the default).
     account: str = DEFAULT_ACCOUNT
     assume_role: AssumeRoleConfig | None = None

@@ -330,6 +330,18 @@ class ShardingIn(_Schema):
     shard: Annotated[int, _within(0, 999)] = _SHARDING.shard
 
 
+def _state_path(value: str) -> str:
+    if value.endswith("/") or value in (".", ".."):
+        raise ValueError("must name a file, not a directory")
+    return value
+
+
+class StateIn(_Schema):
+    """``state``: the SQLite file that keeps last good data and history across restarts."""
+
+    path: Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_state_path)]
+
+
 class LimitsIn(_Schema):
     """``limits``: bounds on what API answers can make the exporter publish (see LimitsConfig)."""
 
@@ -409,6 +421,7 @@ class ConfigFile(_Schema):
     limits: LimitsIn = LimitsIn()
     web: WebIn = WebIn()
     targets: Annotated[list[TargetIn], Field(max_length=MAX_TARGETS)] | None = None
+    state: StateIn | None = None
 
 
 def config_json_schema() -> dict[str, Any]:

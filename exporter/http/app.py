@@ -131,7 +131,15 @@ async def _healthz(_request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    if request.app[SOURCE_KEY].ready:
+    source = request.app[SOURCE_KEY]
+    if source.ready:
+        scopes = source.rendered.snapshot.scopes.values()
+        restored = sum(1 for s in scopes if s.restored)
+        if restored:  # a warm start: saved data is served until the first cycle replaces it
+            return web.Response(
+                text=f"ready: {restored} of {len(scopes)} (account, region) serving the saved state"
+                " until their first refresh\n"
+            )
         return web.Response(text="ready\n")
     return web.Response(status=503, text="not ready: the first refresh has not completed\n")
 

@@ -1,0 +1,503 @@
+"""The state file (exporter.state): what is saved comes back whole, a restart serves it at once, and a file
+that cannot be used starts the exporter cold without losing anything or serving garbage."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from exporter.config import Scope, WatchedImage
+from exporter.history import ImageHistory, ReplicaHistory
+from exporter.snapshot import ImageError, ImageFacts, ImageState, Replica
+from exporter.state import APPLICATION_ID, SCHEMA_VERSION, _decode, _encode
+from tests.harness import (
+    ExporterProcess,
+    SimulatorProcess,
+    exporter_config,
+    quick_samples,
+    start_exporter,
+    start_simulator,
+    wait_until,
+)
+from tests.reliability import Reliability
+
+SCOPE = Scope("default", "cn-hangzhou")
+TEXT = st.text(max_size=40)
+TIME = st.floats(min_value=0, max_value=4e9, allow_nan=False)
+REGION = st.sampled_from(["cn-beijing", "cn-shanghai", "ap-southeast-1"])
+
+FACTS = st.builds(
+    ImageFacts,
+    image_type=st.sampled_from(["VM", "Container"]),
+    name=TEXT,
+    version=TEXT,
+    app_id=TEXT,
+    status=TEXT,
+    size_bytes=st.one_of(st.none(), st.integers(min_value=0, max_value=2**62)),
+    create_time=st.one_of(
+        st.none(),
+        st.integers(min_value=0, max_value=4_000_000_000).map(lambda t: datetime.fromtimestamp(t, UTC)),
+    ),
+    os_tag=TEXT,
+    platform=TEXT,
+    architecture=TEXT,
+    registry_url=st.just("registry.example.com/ns/repo:tag"),
+    additional_regions=st.lists(st.builds(Replica, REGION, TEXT), max_size=3).map(tuple),
+    ignored=st.lists(TEXT, max_size=2).map(tuple),
+)
+HISTORY = st.builds(
+    ImageHistory,
+    status=TEXT,
+    since=TIME,
+    changes=st.integers(min_value=0, max_value=10**6),
+    replicas=st.lists(
+        st.builds(ReplicaHistory, REGION, st.one_of(st.none(), TEXT), TIME, st.one_of(st.none(), TIME)),
+        max_size=3,
+    ).map(tuple),
+)
+STATES = st.builds(
+    ImageState,
+    watched=st.builds(
+        WatchedImage,
+        image_id=st.just("m-state0000000000001"),
+        image_type=st.sampled_from(["VM", "Container"]),
+        image_category=st.sampled_from([None, "Public", "Custom"]),
+        additional_region_ids=st.lists(REGION, max_size=3, unique=True).map(tuple),
+    ),
+    image=st.one_of(st.none(), FACTS),
+    last_success=st.one_of(st.none(), TIME),
+    error=st.one_of(
+        st.none(),
+        st.builds(ImageError, TEXT, st.integers(0, 599), st.one_of(st.none(), TEXT), TIME),
+    ),
+    scope=st.just(SCOPE),
+    history=st.one_of(st.none(), HISTORY),
+)
+
+
+@settings(max_examples=300)
+@given(STATES)
+def test_a_saved_state_reads_back_equal(state: ImageState) -> None:
+    """Every field of an image's state survives the row (times, text of any kind, absent values)."""
+    assert _decode(SCOPE, state.image_id, _encode(state), state.last_success) == state
+
+
+def _mutations(row: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """A row with one value swapped for something of the wrong kind or out of bounds, or a key added."""
+    paths: list[tuple[str, ...]] = []
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                paths.append((*path, key))
+                walk(value, (*path, key))
+
+    walk(row, ())
+    bad = st.one_of(
+        st.integers(min_value=-(2**70), max_value=-1),
+        st.just(2**80),
+        st.just("x" * 5000),
+        st.just([["r"] * 3] * 2000),
+        st.booleans(),
+        st.dictionaries(TEXT, TEXT, max_size=2),
+        st.just(-1.5),
+        st.just(1e300),
+    )
+
+    def mutate(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(json.dumps(row))
+        node = out
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        return out
+
+    swapped = st.builds(mutate, st.sampled_from(paths), bad)
+    added = st.builds(
+        lambda extra: {**row, extra: 1}, st.text(min_size=1, max_size=5).filter(lambda k: k not in row)
+    )
+    return st.one_of(swapped, added)
+
+
+def _full_state() -> ImageState:
+    facts = ImageFacts(
+        "VM",
+        "n",
+        "1",
+        "app",
+        "Available",
+        10,
+        None,
+        "os",
+        "linux",
+        "x86_64",
+        "r.example.com/a",
+        (Replica("cn-beijing", "Available"),),
+    )
+    history = ImageHistory("Available", 1.0, 2, (ReplicaHistory("cn-beijing", "Available", 1.0, None),))
+    error = ImageError("Throttling.User", 400, "req", 5.0)
+    return ImageState(WatchedImage("m-1", "VM", None, ("cn-beijing",)), facts, 3.0, error, SCOPE, history)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_tampered_row_is_refused_whole(data: st.DataObject) -> None:
+    """A row with any value of the wrong kind or out of the gate's bounds does not decode: the loader
+    drops it (ValueError), it never reaches a snapshot, and nothing else is raised."""
+    row = json.loads(_encode(_full_state()))
+    bad = data.draw(_mutations(row))
+    try:
+        state = _decode(SCOPE, "m-1", json.dumps(bad), 3.0)
+    except ValueError:  # pydantic's ValidationError is one
+        return
+    # The only mutations that may pass are those a real state could hold (an int where a float goes).
+    assert _decode(SCOPE, "m-1", _encode(state), state.last_success) == state
+
+
+def test_a_stored_registry_url_passes_the_gate_again() -> None:
+    """A file edited to put credentials into a registry URL cannot bring them to a label."""
+    row = json.loads(_encode(_full_state()))
+    row["facts"]["registry_url"] = "https://puller:hunter2@registry.example.com/ns/repo"
+    state = _decode(SCOPE, "m-1", json.dumps(row), 3.0)
+    assert state.image is not None
+    assert "hunter2" not in state.image.registry_url
+    assert "puller" not in state.image.registry_url
+
+
+# ------------------------------------------------------------------------------------------ processes
+
+IMAGES = [f"m-statetest{i:09d}" for i in range(12)]
+FLEET = {
+    "images": [
+        {"image_id": image_id, "name": f"img{i}", "regions": {"cn-beijing": "Available"}}
+        for i, image_id in enumerate(IMAGES)
+    ]
+}
+WATCHED = [{"id": image_id, "additional_regions": ["cn-beijing"]} for image_id in IMAGES]
+TRACKED = (
+    "ehpc_image_last_success_timestamp_seconds",
+    "ehpc_image_status_since_timestamp_seconds",
+    "ehpc_image_replication_since_timestamp_seconds",
+    "ehpc_image_status_changes_total",
+    "ehpc_image_up",
+)
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[SimulatorProcess]:
+    fleet = tmp_path / "fleet.json"
+    fleet.write_text(json.dumps(FLEET))
+    sim = start_simulator(tmp_path / "sim", fleet)
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+def _config(sim: SimulatorProcess, state: Path) -> dict[str, Any]:
+    # Generous timeouts: with the simulator's latency raised, a cycle then takes that latency, not a timeout.
+    return exporter_config(
+        sim.url,
+        WATCHED,
+        api={"timeout_seconds": 60, "retry": {"max_attempts": 1}},
+        refresh={"image_timeout_seconds": 60},
+        state={"path": str(state)},
+    )
+
+
+def _saved(exporter: ExporterProcess) -> bool:
+    """The exporter has saved at least once (its last-save sample exists)."""
+    return bool(quick_samples(exporter.metrics_text(), ("ehpc_state_last_save_timestamp_seconds",)))
+
+
+def _tracked(exporter: ExporterProcess) -> dict[tuple[str, str, str], float]:
+    found = quick_samples(exporter.metrics_text(), TRACKED)
+    return {(n, labels["image_id"], labels.get("replication_region", "")): v for n, labels, v in found}
+
+
+def test_kill_9_then_a_warm_start_serves_the_same_history_within_3_s(
+    sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    """Killed with SIGKILL while a slow refresh is in flight, the exporter comes back serving, within 3 s of
+    its start, the last-success and since-timestamps it served before, from the state file."""
+    state = tmp_path / "state" / "state.db"
+    state.parent.mkdir()
+    doc = _config(sim, state)
+    first = start_exporter(tmp_path / "first", doc)
+    try:
+        sim.admin("PUT", f"images/{IMAGES[0]}/regions/cn-beijing", {"status": "Creating"})
+        sim.admin("PATCH", f"images/{IMAGES[1]}", {"status": "Creating"})
+        wait_until(
+            lambda: _tracked(first).get(("ehpc_image_status_changes_total", IMAGES[1], "")) == 1,
+            15,
+            "the status change seen",
+        )
+        sim.admin("PATCH", "faults", {"latency_ms": 20_000})  # no cycle can finish for 20 s now
+        time.sleep(1.5)
+        before = _tracked(first)
+        first.kill()
+    finally:
+        first.stop()
+    assert len([k for k in before if k[0] == TRACKED[0]]) == len(IMAGES)
+
+    started = time.monotonic()
+    second = start_exporter(tmp_path / "second", doc, wait=None)
+    try:
+
+        def served() -> dict[tuple[str, str, str], float] | None:
+            second.check_alive()
+            try:
+                found = _tracked(second)
+            except OSError:
+                return None
+            return found if len([k for k in found if k[0] == TRACKED[0]]) == len(IMAGES) else None
+
+        after = wait_until(served, 10, "the saved images served", interval=0.05)
+        elapsed = time.monotonic() - started
+        text = second.metrics_text()
+        ready = second.get("/readyz")
+    finally:
+        second.stop()
+    assert elapsed <= 3.0, f"warm start took {elapsed:.2f} s"
+    assert after == before
+    assert ("ehpc_state_loaded_images", {}, float(len(IMAGES))) in quick_samples(
+        text, ("ehpc_state_loaded_images",)
+    )
+    assert ready[0] == 200
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"\x00\xffnot sqlite at all" * 100)
+
+
+def _truncated(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (x)")
+    conn.executemany("INSERT INTO t VALUES (?)", [("x" * 1000,)] * 200)
+    conn.commit()
+    conn.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def _zeroed_header(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    data = bytearray(path.read_bytes())
+    data[:100] = bytes(100)
+    path.write_bytes(bytes(data))
+
+
+def _another_program(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.commit()
+    conn.close()
+
+
+def _newer_schema(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    conn.execute("CREATE TABLE future (x)")
+    conn.commit()
+    conn.close()
+
+
+BAD_FILES: list[tuple[str, str, Callable[[Path], None]]] = [
+    ("not a database", "corrupt", _garbage),
+    ("truncated database", "corrupt", _truncated),
+    ("zeroed header", "corrupt", _zeroed_header),
+    ("another program's database", "foreign", _another_program),
+    ("newer schema version", "foreign", _newer_schema),
+]
+REASONS = ("corrupt", "foreign", "locked", "unreadable")
+
+
+def _load_errors(exporter: ExporterProcess) -> dict[str, float]:
+    found = quick_samples(exporter.metrics_text(), ("ehpc_state_load_errors_total",))
+    return {labels["reason"]: v for _, labels, v in found}
+
+
+def _save_errors(exporter: ExporterProcess) -> float:
+    found = quick_samples(exporter.metrics_text(), ("ehpc_state_save_errors_total",))
+    return found[0][2] if found else 0.0
+
+
+def _rows(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT count(*) FROM images").fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("name", "reason", "make"), BAD_FILES, ids=[c[0] for c in BAD_FILES])
+def test_an_unusable_file_is_moved_aside_counted_and_the_start_is_cold(
+    name: str,
+    reason: str,
+    make: Callable[[Path], None],
+    sim: SimulatorProcess,
+    tmp_path: Path,
+    reliability: Reliability,
+) -> None:
+    """Corrupt and foreign files: moved aside with their bytes unchanged, counted by reason, a new file
+    made; the exporter serves fresh data and saves into the new file."""
+    record = reliability.case(
+        "state file",
+        name,
+        f"moved aside unchanged; counted {reason}; cold start serving; saves into a new file",
+    )
+    state = tmp_path / "state" / "state.db"
+    state.parent.mkdir()
+    make(state)
+    original = state.read_bytes()
+    exporter = start_exporter(tmp_path / "exporter", _config(sim, state))
+    try:
+        wait_until(lambda: _saved(exporter), 10, "a save")
+        errors = _load_errors(exporter)
+        log = exporter.output()
+    finally:
+        rc = exporter.stop()
+    moved = [p for p in state.parent.iterdir() if p.name.startswith(f"state.db.{reason}-")]
+    unchanged = len(moved) == 1 and moved[0].read_bytes() == original
+    counted = errors == {r: (1.0 if r == reason else 0.0) for r in REASONS}
+    rows = _rows(state)
+    record.observe(
+        f"{'moved aside unchanged' if unchanged else f'moved: {[p.name for p in moved]}'}; load errors"
+        f" {errors}; {rows} images saved; exit {rc}" + ("; TRACEBACK" if "Traceback" in log else ""),
+        unchanged and counted and rows == len(IMAGES) and rc == 0 and "Traceback" not in log,
+    )
+
+
+def test_a_file_held_by_another_exporter_is_left_alone(
+    sim: SimulatorProcess, tmp_path: Path, reliability: Reliability
+) -> None:
+    """A second exporter on the same file: counted as locked, the file neither moved nor written, the
+    exporter serves cold, and saves count errors until the first lets go; then they work."""
+    record = reliability.case(
+        "state file",
+        "held by another process",
+        "left in place; counted locked; serving cold; saves fail while held, work once released",
+    )
+    state = tmp_path / "state.db"
+    holder = sqlite3.connect(state, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    exporter = start_exporter(tmp_path / "exporter", _config(sim, state))
+    try:
+        wait_until(lambda: _save_errors(exporter) >= 1, 10, "a failed save")
+        errors = _load_errors(exporter)
+        moved = [p.name for p in tmp_path.iterdir() if p.name.startswith("state.db.")]
+        holder.execute("ROLLBACK")
+        holder.close()
+        wait_until(lambda: _saved(exporter), 10, "a save after the release")
+        log = exporter.output()
+    finally:
+        rc = exporter.stop()
+    rows = _rows(state)
+    record.observe(
+        f"load errors {errors}; moved {moved}; saves failed then worked; {rows} images saved; exit {rc}",
+        errors["locked"] == 1 and not moved and rows == len(IMAGES) and rc == 0 and "Traceback" not in log,
+    )
+
+
+@contextlib.contextmanager
+def _tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``where`` (the test runs as root, as CI does; mount failing fails the test)."""
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True, timeout=10)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True, timeout=10)
+
+
+@pytest.mark.parametrize("case", ["read-only directory", "directory that does not exist"])
+def test_a_directory_it_cannot_write_starts_cold_and_counts(
+    case: str, sim: SimulatorProcess, tmp_path: Path, reliability: Reliability
+) -> None:
+    """Nowhere to write: counted unreadable, the exporter serves fresh data, every save is counted."""
+    record = reliability.case(
+        "state file", case, "counted unreadable; serving cold; every save counted as failed; exit 0"
+    )
+    with contextlib.ExitStack() as stack:
+        if case == "read-only directory":
+            where = stack.enter_context(_tmpfs(tmp_path / "ro", "ro,size=1m"))
+        else:
+            where = tmp_path / "missing"
+        exporter = start_exporter(tmp_path / "exporter", _config(sim, where / "state.db"))
+        try:
+            wait_until(lambda: _save_errors(exporter) >= 2, 10, "failed saves")
+            errors = _load_errors(exporter)
+            up = quick_samples(exporter.metrics_text(), ("ehpc_image_up",))
+            log = exporter.output()
+        finally:
+            rc = exporter.stop()
+    serving = len(up) == len(IMAGES) and all(v == 1 for _, _, v in up)
+    record.observe(
+        f"load errors {errors}; {len(up)} images served, all up: {serving}; exit {rc}",
+        errors["unreadable"] == 1 and serving and rc == 0 and "Traceback" not in log,
+    )
+
+
+def test_a_full_disk_fails_saves_keeps_the_file_whole_and_recovers(
+    sim: SimulatorProcess, tmp_path: Path, reliability: Reliability
+) -> None:
+    """The disk fills after the first save: saves fail and are counted, serving goes on, the file keeps its
+    last committed content; with space back, saves work again."""
+    record = reliability.case(
+        "state file",
+        "disk full",
+        "saves counted as failed; serving on; file consistent; saves resume with space",
+    )
+    with _tmpfs(tmp_path / "small", "size=256k") as where:
+        state = where / "state.db"
+        exporter = start_exporter(tmp_path / "exporter", _config(sim, state))
+        try:
+            wait_until(lambda: _saved(exporter), 10, "a first save")
+            filler = where / "filler"
+            with contextlib.suppress(OSError), filler.open("wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+            wait_until(lambda: _save_errors(exporter) >= 1, 20, "a failed save")
+            refreshed = quick_samples(
+                exporter.metrics_text(), ("ehpc_refresh_last_success_timestamp_seconds",)
+            )
+            filler.unlink()
+            failed = _save_errors(exporter)
+            last = quick_samples(exporter.metrics_text(), ("ehpc_state_last_save_timestamp_seconds",))[0][2]
+            wait_until(
+                lambda: (
+                    quick_samples(exporter.metrics_text(), ("ehpc_state_last_save_timestamp_seconds",))[0][2]
+                    > last
+                ),
+                10,
+                "a save after space came back",
+            )
+            log = exporter.output()
+        finally:
+            rc = exporter.stop()
+        conn = sqlite3.connect(state)
+        check = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        rows = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+        conn.close()
+    record.observe(
+        f"{failed:g} failed saves counted; serving on ({len(refreshed)} refresh series); integrity {check};"
+        f" {rows} images; saves resumed; exit {rc}",
+        failed >= 1 and check == "ok" and rows == len(IMAGES) and rc == 0 and "Traceback" not in log,
+    )
