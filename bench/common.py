@@ -282,6 +282,7 @@ def write_exporter_config(
     qps: float = 0,
     regions: Sequence[str] = REGIONS,
     ca_file: str | None = None,
+    state_path: Path | None = None,
 ) -> Path:
     """Write an exporter config (JSON is YAML) watching `images` images of the simulator."""
     from exporter.simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
@@ -307,6 +308,8 @@ def write_exporter_config(
     }
     if ca_file:
         doc["api"]["ca_file"] = ca_file
+    if state_path is not None:
+        doc["state"] = {"path": str(state_path)}
     path = directory / "exporter.yaml"
     path.write_text(json.dumps(doc))
     return path
