@@ -315,7 +315,8 @@ _BAD_FIELDS = [
     ("region", ["cn-beijing"], "region"),
     ("status", 3, "status"),
     ("status", "", "status"),
-    ("colour", "red", "unknown field(s) colour"),
+    ("colour", "red", "unknown field(s) 'colour'"),
+    ("a\nb", "red", "unknown field(s) 'a\\nb'"),
 ]
 
 
@@ -453,13 +454,13 @@ async def test_post_with_an_explicit_start(scripted: Scripted) -> None:
     ("body", "status", "words"),
     [
         ({"steps": [_GOOD, {**_GOOD, "after_seconds": -1}]}, 400, "steps[1].after_seconds"),
-        ({"steps": [{**_GOOD, "colour": 1}]}, 400, "steps[0]: unknown field(s) colour"),
+        ({"steps": [{**_GOOD, "colour": 1}]}, 400, "steps[0]: unknown field(s) 'colour'"),
         ({"steps": [{**_GOOD, "image_id": "m-nope"}]}, 404, "steps[0].image_id: no such image 'm-nope'"),
         ({"steps": [_GOOD] * (MAX_STEPS_PER_SCRIPT + 1)}, 400, f"at most {MAX_STEPS_PER_SCRIPT}"),
         ({"steps": {"0": _GOOD}}, 400, "steps: expected a list"),
         ({"steps": [_GOOD], "start": "now"}, 400, "start: expected epoch seconds"),
         ({"steps": [_GOOD], "start": 1.7e12}, 400, "start: expected epoch seconds"),
-        ({"steps": [_GOOD], "when": 1}, 400, "unknown field(s) when"),
+        ({"steps": [_GOOD], "when": 1}, 400, "unknown field(s) 'when'"),
         ({}, 400, "steps: required"),
         ([_GOOD], 400, "expected {"),
     ],

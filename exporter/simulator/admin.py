@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from exporter.simulator.model import Faults, SimImage, apply_image_fields, faults_from_dict, image_from_dict
-from exporter.simulator.scripts import UnknownImageError, steps_from_data
+from exporter.simulator.scripts import UnknownImageError, field_names, steps_from_data
 
 if TYPE_CHECKING:
     from exporter.simulator.estate import Estate
@@ -337,9 +337,9 @@ class _Admin:
         data = await _json_body(request)
         if not isinstance(data, dict):
             raise _bad_request('expected {"steps": [...], "start"?: <epoch seconds>}')
-        unknown = sorted(set(data) - {"steps", "start"})
+        unknown = set(data) - {"steps", "start"}
         if unknown:
-            raise _bad_request(f"unknown field(s) {', '.join(unknown)}")
+            raise _bad_request(f"unknown field(s) {field_names(unknown)}")
         if "steps" not in data:
             raise _bad_request("steps: required")
         sim = self._resolve(request)

@@ -49,6 +49,7 @@ __all__ = [
     "Scheduler",
     "ScriptStep",
     "UnknownImageError",
+    "field_names",
     "load_steps",
     "steps_from_data",
 ]
@@ -132,8 +133,11 @@ def _step_problem(step: ScriptStep) -> str | None:
     if has_error:
         if step.region is not None:
             return "error: applies to the image, not to a region's copy (drop region)"
-        if step.error is not None and not (isinstance(step.error, str) and is_known(step.error)):
-            return f"error: unknown error code {step.error!r}"
+        code = step.error
+        if code is not None and not (isinstance(code, str) and _text(code)):
+            return "error: expected an error code (a string) or null"
+        if isinstance(code, str) and not is_known(code):
+            return f"error: unknown error code {code!r}"
         return None
     if step.status is None:
         return None if step.region is not None else "status: null removes a region's copy; give region"
@@ -170,12 +174,18 @@ def load_steps(path: str | Path) -> list[ScriptStep]:
         raise ValueError(f"{p}: {exc}") from None
 
 
+def field_names(names: Iterable[object]) -> str:
+    """Field names for a one-line message: quoted (a newline in a key stays escaped), a few, each short."""
+    shown = sorted(repr(str(n))[:40] for n in names)
+    return ", ".join(shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
+
+
 def _step_from_dict(data: Any, where: str) -> ScriptStep:
     if not isinstance(data, Mapping):
         raise ValueError(f"{where}: expected an object")
-    unknown = sorted(str(k) for k in set(data) - _STEP_FIELDS)
+    unknown = set(data) - _STEP_FIELDS
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        raise ValueError(f"{where}: unknown field(s) {field_names(unknown)}")
     for required in ("after_seconds", "image_id"):
         if required not in data:
             raise ValueError(f"{where}.{required}: required")
