@@ -13,7 +13,7 @@ library forces ``https`` for STS); without an ``sts_ssl_context`` the estate mak
 (:mod:`exporter.simulator.certs`) whose PEM is ``EstateEndpoints.ca_file``.
 
 Admin API (unauthenticated JSON, as :mod:`exporter.simulator.admin`): each region port serves the
-single-simulator admin routes (``/_sim/images``, ``/_sim/faults``, ``/_sim/counters``, ``/_sim/sts``...)
+single-simulator admin routes (``/_sim/images``, ``/_sim/faults``, ``/_sim/scripts``, ``/_sim/sts``...)
 for the account named by ``?account=<name or id>`` (optional when the estate has one account), plus
 ``GET /_sim/accounts``. The STS port serves the estate's own
 (:data:`exporter.simulator.admin.ESTATE_ENDPOINTS`).
