@@ -14,6 +14,17 @@ by default).
   ``POST /_sim/counters/reset``.
 - ``GET /_sim/sts[?ttl_seconds=N]`` -> STS credentials in the alibabacloud-credentials
   credentials-URI format, accepted by the API until they expire.
+- ``POST /_sim/scripts`` ``{"steps": [...], "start"?: <epoch seconds>}`` schedules timed steps
+  (:mod:`exporter.simulator.scripts`; each ``{"after_seconds", "image_id", "region"?, "status" | "error"}``,
+  due ``after_seconds`` after ``start``, default the simulator's clock now) -> 201 ``{"scheduled": [...]}``,
+  each with its ``id`` and ``due_at``; all or nothing. A step naming an image the simulator lacks is 404
+  (the image is what is missing, as for ``/_sim/images/{id}``); every other problem 400, naming the step
+  index and field (``steps[2].after_seconds: ...``).
+- ``GET /_sim/scripts`` -> ``{"now", "pending": [...], "applied": [...]}``; applied steps add
+  ``applied_at``, ``previous`` and ``result``.
+- ``DELETE /_sim/scripts`` cancels every pending step -> ``{"cancelled": [...]}``.
+
+Every admin request, like every API request, first applies the steps due by the simulator's clock.
 
 An estate (:mod:`exporter.simulator.estate`) serves these on each region port for the account named by
 ``?account=<name or id>``, and :data:`ESTATE_ENDPOINTS` on its STS port:
@@ -42,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from exporter.simulator.model import Faults, SimImage, apply_image_fields, faults_from_dict, image_from_dict
+from exporter.simulator.scripts import UnknownImageError, field_names, steps_from_data
 
 if TYPE_CHECKING:
     from exporter.simulator.estate import Estate
@@ -57,6 +69,7 @@ ENDPOINTS: tuple[str, ...] = (
     "GET /_sim/counters",
     "POST /_sim/counters/reset",
     "GET /_sim/sts?ttl_seconds=N",
+    "GET|POST|DELETE /_sim/scripts",
 )
 
 
@@ -184,13 +197,22 @@ def add_routes(
     router.add_get("/_sim/counters", admin.counters)
     router.add_post("/_sim/counters/reset", admin.reset_counters)
     router.add_get("/_sim/sts", admin.sts)
+    router.add_get("/_sim/scripts", admin.get_scripts)
+    router.add_post("/_sim/scripts", admin.post_scripts)
+    router.add_delete("/_sim/scripts", admin.delete_scripts)
 
 
 class _Admin:
     """The handlers; they change the simulator only through its public attributes and methods."""
 
     def __init__(self, resolve: Callable[[web.Request], Simulator]) -> None:
-        self._resolve = resolve
+        self._pick = resolve
+
+    def _resolve(self, request: web.Request) -> Simulator:
+        sim = self._pick(request)
+        # What an admin request reads or changes must already show the steps due by now.
+        sim.run_due()
+        return sim
 
     async def index(self, _request: web.Request) -> web.Response:
         return web.json_response({"endpoints": list(ENDPOINTS)})
@@ -289,7 +311,7 @@ class _Admin:
         if ttl <= 0:
             raise _bad_request("ttl_seconds: must be positive")
         sim = self._resolve(request)
-        cred = sim.sts.issue(ttl, sim.verifier.clock(), sim.account_id)
+        cred = sim.sts.issue(ttl, sim.now(), sim.account_id)
         expiration = datetime.fromtimestamp(cred.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return web.json_response(
             {
@@ -300,6 +322,39 @@ class _Admin:
                 "Expiration": expiration,
             }
         )
+
+    async def get_scripts(self, request: web.Request) -> web.Response:
+        sim = self._resolve(request)
+        return web.json_response(
+            {
+                "now": sim.now(),
+                "pending": [d.to_dict() for d in sim.pending_steps],
+                "applied": [a.to_dict() for a in sim.applied_steps],
+            }
+        )
+
+    async def post_scripts(self, request: web.Request) -> web.Response:
+        data = await _json_body(request)
+        if not isinstance(data, dict):
+            raise _bad_request('expected {"steps": [...], "start"?: <epoch seconds>}')
+        unknown = set(data) - {"steps", "start"}
+        if unknown:
+            raise _bad_request(f"unknown field(s) {field_names(unknown)}")
+        if "steps" not in data:
+            raise _bad_request("steps: required")
+        sim = self._resolve(request)
+        try:
+            steps = steps_from_data(data["steps"])
+            due = sim.schedule(steps, data.get("start"))
+        except UnknownImageError as exc:
+            raise _not_found(str(exc)) from None
+        except ValueError as exc:
+            raise _bad_request(str(exc)) from None
+        return web.json_response({"scheduled": [d.to_dict() for d in due]}, status=201)
+
+    async def delete_scripts(self, request: web.Request) -> web.Response:
+        cancelled = self._resolve(request).cancel_steps()
+        return web.json_response({"cancelled": [d.to_dict() for d in cancelled]})
 
 
 def bad_request(message: str) -> web.HTTPBadRequest:

@@ -18,6 +18,7 @@ from exporter.simulator.catalogue import is_known
 from exporter.simulator.estate import Estate
 from exporter.simulator.fleet import generate_fleet, load_fleet
 from exporter.simulator.model import Faults, SimImage
+from exporter.simulator.scripts import UnknownImageError, load_steps
 from exporter.simulator.server import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, Simulator
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9766"
@@ -110,6 +111,13 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
         "STS over HTTPS on the next port, with its estate admin API (" + "; ".join(ESTATE_ENDPOINTS) + "). "
         "The STS certificate is --tls-cert/--tls-key when given, else a throwaway CA's whose PEM path is "
         "printed. The image, fleet, key and fault flags do not apply (the file sets them).",
+    )
+    g.add_argument(
+        "--script",
+        metavar="FILE",
+        help="YAML or JSON list of timed steps, due after_seconds from the simulator's start, e.g. "
+        '[{"after_seconds": 300, "image_id": "m-...", "region": "cn-beijing", "status": "Available"}] '
+        "(format: exporter/simulator/scripts.py; more through POST /_sim/scripts). Not with --estate.",
     )
     g.add_argument(
         "--images",
@@ -259,6 +267,13 @@ async def run_simulate(args: argparse.Namespace, *, out: TextIO | None = None) -
     try:
         ssl_context = _ssl_context(args)
         sim = build_simulator(args)
+        script = getattr(args, "script", None)
+        if script:
+            # Scheduled just before the port opens: "from the simulator's start", to a millisecond.
+            try:
+                sim.schedule(load_steps(script))
+            except UnknownImageError as exc:
+                raise ValueError(f"{script}: {exc}") from None
     except (ValueError, OSError) as exc:  # ssl.SSLError is an OSError
         # An ordinary exception (not SystemExit), so a caller running this in a task can report it.
         raise ValueError(f"simulate: {exc}") from None
@@ -272,6 +287,8 @@ async def run_simulate(args: argparse.Namespace, *, out: TextIO | None = None) -
         key_ids = ", ".join(sim.access_keys)
         print(f"E-HPC Instant simulator listening on {url}", file=stream)
         print(f"  region {sim.region_id}, {len(sim.images)} images, access key id(s): {key_ids}", file=stream)
+        if sim.pending_steps:
+            print(f"  timed script: {len(sim.pending_steps)} step(s) ({url}/_sim/scripts)", file=stream)
         print(f"  admin API: {url}/_sim/ (STS credentials: {url}/_sim/sts)", file=stream, flush=True)
         await asyncio.Event().wait()
 
@@ -279,6 +296,9 @@ async def run_simulate(args: argparse.Namespace, *, out: TextIO | None = None) -
 async def _run_estate(args: argparse.Namespace, stream: TextIO) -> None:
     """``--estate``: serve the file's regions and STS until cancelled; prints every endpoint when ready."""
     try:
+        if getattr(args, "script", None):
+            # Which account's region a step meant is not in the step; the admin API takes ?account=.
+            raise ValueError("--script: not with --estate; POST /_sim/scripts?account=NAME to a region port")
         ssl_context = _ssl_context(args)
         estate = Estate.load(args.estate)
     except (ValueError, OSError) as exc:

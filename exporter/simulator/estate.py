@@ -13,7 +13,7 @@ library forces ``https`` for STS); without an ``sts_ssl_context`` the estate mak
 (:mod:`exporter.simulator.certs`) whose PEM is ``EstateEndpoints.ca_file``.
 
 Admin API (unauthenticated JSON, as :mod:`exporter.simulator.admin`): each region port serves the
-single-simulator admin routes (``/_sim/images``, ``/_sim/faults``, ``/_sim/counters``, ``/_sim/sts``...)
+single-simulator admin routes (``/_sim/images``, ``/_sim/faults``, ``/_sim/scripts``, ``/_sim/sts``...)
 for the account named by ``?account=<name or id>`` (optional when the estate has one account), plus
 ``GET /_sim/accounts``. The STS port serves the estate's own
 (:data:`exporter.simulator.admin.ESTATE_ENDPOINTS`).
@@ -94,12 +94,16 @@ class Account:
         self.oidc_providers: dict[str, OidcProvider] = {}
         self._regions: dict[str, Simulator] = {}
         for region_id in estate.regions:
-            sim = Simulator(
-                access_keys={}, region_id=region_id, account_id=account_id, sts=estate.credentials
-            )
             # One key dict and one clock for the whole estate, whichever door a request comes through.
+            sim = Simulator(
+                access_keys={},
+                region_id=region_id,
+                account_id=account_id,
+                sts=estate.credentials,
+                clock=estate.now,
+                signing_clock=estate.signing_now,
+            )
             sim.verifier.access_keys = self.access_keys
-            sim.verifier.clock = estate.now
             self._regions[region_id] = sim
 
     def region(self, region_id: str) -> Simulator:
@@ -187,8 +191,12 @@ class _Gateway:
     def __init__(self, estate: Estate, region_id: str) -> None:
         self.estate = estate
         self.region_id = region_id
-        self.verifier = Verifier({}, estate.credentials, clock=estate.now, directory=estate.keys)
-        self.unattributed = Simulator(access_keys={}, region_id=region_id, sts=estate.credentials)
+        self.verifier = Verifier(
+            {}, estate.credentials, clock=estate.now, directory=estate.keys, date_clock=estate.signing_now
+        )
+        self.unattributed = Simulator(
+            access_keys={}, region_id=region_id, sts=estate.credentials, clock=estate.now
+        )
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -239,6 +247,7 @@ class Estate:
         *,
         sts_max_ttl_seconds: float | None = None,
         clock: Callable[[], float] = time.time,
+        signing_clock: Callable[[], float] | None = None,
     ) -> None:
         if not regions or len(set(regions)) != len(regions):
             raise ValueError("regions: a non-empty list of distinct region ids is required")
@@ -246,15 +255,22 @@ class Estate:
         # Caps issued lifetimes (None: DurationSeconds as asked); change it at any time.
         self.sts_max_ttl_seconds = sts_max_ttl_seconds
         self.clock = clock  # epoch seconds; replace it (e.g. a fake clock) at any time
+        # When set, the signature timestamp checks read it instead of clock (see Simulator.signing_clock).
+        self.signing_clock = signing_clock
         self.credentials = StsStore()
         self.keys = KeyDirectory()
         self.accounts: list[Account] = []
         self.sts = StsService(self, self.keys, self.credentials)
+        self.sts.verifier.date_clock = self.signing_now
         self._gateways = {r: _Gateway(self, r) for r in self.regions}
 
     def now(self) -> float:
         """The estate's clock, read now (a stable callable for verifiers, whatever ``clock`` becomes)."""
         return self.clock()
+
+    def signing_now(self) -> float:
+        """The clock the signature timestamp checks read: ``signing_clock``, else ``clock``."""
+        return (self.signing_clock or self.clock)()
 
     # ----- building ---------------------------------------------------------------------------------
 

@@ -22,8 +22,11 @@ Every answer of the API (errors included) carries ``x-acs-request-id`` and is co
 (action, code); injected timeouts, resets and malformed bodies are counted under the code the client
 will see: ``Timeout``, ``ConnectionError``, ``InvalidResponse``.
 
-The admin API (``/_sim/...``: images, faults, counters, STS credentials) is :mod:`exporter.simulator.admin`;
-the ListImages selection is :mod:`exporter.simulator.images`.
+Timed scripts (:mod:`exporter.simulator.scripts`) are applied first, before anything else, in every
+request: steps due by the simulator's ``clock`` change images and their copies before the answer reads them.
+
+The admin API (``/_sim/...``: images, faults, counters, STS credentials, scripts) is
+:mod:`exporter.simulator.admin`; the ListImages selection is :mod:`exporter.simulator.images`.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +67,7 @@ from exporter.simulator.model import (
     render_list_item,
 )
 from exporter.simulator.params import ParamError, enum_param, int_param, json_list, read_params
+from exporter.simulator.scripts import AppliedStep, DueStep, Scheduler, ScriptStep
 
 # Public demo credentials: documented, not secret, accepted only by the simulator.
 DEMO_ACCESS_KEY_ID = "DEMO-EHPC-SIM-ACCESS-KEY"
@@ -145,6 +149,8 @@ class Simulator(AnswerCounter):
         region_id: str = "cn-hangzhou",
         account_id: str | None = None,
         sts: StsStore | None = None,
+        clock: Callable[[], float] = time.time,
+        signing_clock: Callable[[], float] | None = None,
     ) -> None:
         # By id; change it like a dict (ListImages follows), or through the admin API.
         self.images = ImageTable(images)
@@ -155,8 +161,15 @@ class Simulator(AnswerCounter):
         self.account_id = account_id
         self.host_id = f"ehpcinstant.{region_id}.aliyuncs.com"
         self.sts = sts if sts is not None else StsStore()
+        # Epoch seconds; replace it (e.g. a fake clock) at any time. It dates the timed scripts, the STS
+        # credentials and the signature checks. signing_clock, when given, is the one the x-acs-date
+        # skew check reads instead: clients sign with their real clock (exporter.openapi does), so a test
+        # moving a fake clock by hours keeps the scripts on it and the signatures on real time.
+        self.clock = clock
         keys = dict(access_keys) if access_keys is not None else {DEMO_ACCESS_KEY_ID: DEMO_ACCESS_KEY_SECRET}
-        self.verifier = Verifier(keys, self.sts)
+        self.verifier = Verifier(keys, self.sts, clock=self.now, date_clock=signing_clock)
+        # Timed scripts (exporter.simulator.scripts), applied lazily before every request.
+        self.scripts = Scheduler(self.now)
         self.url: str | None = None  # set while serve() runs
         super().__init__()
         self._bucket = _QpsLimit()
@@ -169,6 +182,45 @@ class Simulator(AnswerCounter):
 
     # ----- public helpers -------------------------------------------------------------------------
 
+    def now(self) -> float:
+        """The simulator's clock, read now (a stable callable, whatever ``clock`` becomes)."""
+        return self.clock()
+
+    @property
+    def signing_clock(self) -> Callable[[], float] | None:
+        """The clock the x-acs-date skew check reads instead of ``clock`` (None: ``clock``); settable."""
+        return self.verifier.date_clock
+
+    @signing_clock.setter
+    def signing_clock(self, clock: Callable[[], float] | None) -> None:
+        self.verifier.date_clock = clock
+
+    def schedule(self, steps: Iterable[ScriptStep], start: float | None = None) -> list[DueStep]:
+        """Schedule timed steps from ``start`` (default: the clock now); see :mod:`.scripts`.
+
+        ValueError for a bad step list, :class:`~exporter.simulator.scripts.UnknownImageError` for a
+        step naming an image this simulator does not have.
+        """
+        return self.scripts.schedule(steps, self.images, start)
+
+    def run_due(self) -> list[AppliedStep]:
+        """Apply the steps due by the clock now (every request does it first); returns them."""
+        return self.scripts.run_due(self.images)
+
+    @property
+    def pending_steps(self) -> list[DueStep]:
+        """Scheduled steps not yet applied, in due order."""
+        return self.scripts.pending
+
+    @property
+    def applied_steps(self) -> list[AppliedStep]:
+        """Applied steps with their due times, in the order applied: the truth tests compare with."""
+        return self.scripts.applied
+
+    def cancel_steps(self) -> list[DueStep]:
+        """Drop every pending step; returns them."""
+        return self.scripts.cancel()
+
     @property
     def access_keys(self) -> dict[str, str]:
         """The long-term AccessKey pairs accepted (id -> secret); mutable."""
@@ -176,7 +228,7 @@ class Simulator(AnswerCounter):
 
     def issue_sts(self, ttl_seconds: int = 3600) -> tuple[str, str, str]:
         """Hand out STS credentials ``(access_key_id, secret, security_token)`` the API accepts."""
-        cred = self.sts.issue(ttl_seconds, self.verifier.clock(), self.account_id)
+        cred = self.sts.issue(ttl_seconds, self.now(), self.account_id)
         return cred.access_key_id, cred.access_key_secret, cred.security_token
 
     def reindex(self) -> None:
@@ -295,6 +347,7 @@ class Simulator(AnswerCounter):
         self, request: web.Request, body: bytes, verified: Verified | AuthFailure
     ) -> web.StreamResponse:
         """Answer an API request whose signature check gave ``verified`` (everything after that check)."""
+        self.run_due()
         headers = request.headers
         action = headers.get("x-acs-action", "")[:_ACTION_LABEL_MAX]
         faults = self.faults
