@@ -283,7 +283,8 @@ so the pod's checksum/config annotation is the sha256 of the file the exporter r
 {{- end }}
 {{- if and $state.enabled $state.persistence.enabled }}
 {{- $psc := .Values.podSecurityContext | default dict }}
-{{- if and (ne (toString (dig "runAsUser" 0 $psc)) "0") (kindIs "invalid" (get $psc "fsGroup")) }}
+{{- /* Without runAsUser the image's user (65532) runs: non-root too. */}}
+{{- if and (ne (toString (dig "runAsUser" "" $psc)) "0") (or (not (hasKey $psc "fsGroup")) (kindIs "invalid" (index $psc "fsGroup"))) }}
 {{- fail "state.persistence.enabled with a non-root runAsUser needs podSecurityContext.fsGroup (e.g. 65532): a new volume is writable for the exporter's user only through that group" }}
 {{- end }}
 {{- if and (not .Values.autosharding.enabled) (gt (int .Values.replicaCount) 1) }}
