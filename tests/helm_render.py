@@ -45,9 +45,26 @@ def one(docs: list[Doc], kind: str) -> Doc:
     return found[0]
 
 
+WORKLOAD_KINDS = ("Deployment", "StatefulSet")
+
+
+def workload(docs: list[Doc]) -> Doc:
+    """The object that runs the exporter pods: the Deployment, or the StatefulSet with autosharding."""
+    found = [d for d in docs if d["kind"] in WORKLOAD_KINDS]
+    assert len(found) == 1, f"{[d['kind'] for d in found]} workloads"
+    return found[0]
+
+
+def pod_spec(docs: list[Doc]) -> Doc:
+    """The pod template's spec of the workload."""
+    spec = workload(docs)["spec"]["template"]["spec"]
+    assert isinstance(spec, dict)
+    return spec
+
+
 def container(docs: list[Doc]) -> Doc:
-    """The exporter container of the Deployment."""
-    (c,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    """The exporter container of the workload (Deployment or StatefulSet)."""
+    (c,) = pod_spec(docs)["containers"]
     assert isinstance(c, dict)
     return c
 
@@ -114,6 +131,13 @@ def rendered_config(values: Mapping[str, Any]) -> str:
 
 def rendered_mounts(values: Mapping[str, Any]) -> dict[str, tuple[Doc, Doc]]:
     """{mountPath: (volumeMount, volume)} of the exporter container, e.g. to find the RRSA token volume."""
-    docs = render_chart(values)
-    volumes = {v["name"]: v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    return mounts_of(render_chart(values))
+
+
+def mounts_of(docs: list[Doc]) -> dict[str, tuple[Doc, Doc]]:
+    """{mountPath: (volumeMount, volume)} of the exporter container; a StatefulSet's claim templates count
+    as volumes (the pod's volume of that name is the claim made from the template)."""
+    sts_claims = workload(docs)["spec"].get("volumeClaimTemplates") or []
+    volumes = {v["metadata"]["name"]: {"name": v["metadata"]["name"], "claimTemplate": v} for v in sts_claims}
+    volumes.update({v["name"]: v for v in pod_spec(docs)["volumes"]})
     return {m["mountPath"]: (m, volumes[m["name"]]) for m in container(docs)["volumeMounts"]}

@@ -254,6 +254,8 @@ async def test_rrsa_environment_rendered_by_the_chart_runs_the_exporter(
                 "oidcProviderArn": PROVIDER_ARN,
                 "stsEndpoint": ep.sts_host,
             },
+            # The chart's state file lives on a pod volume this local run does not have.
+            "state": {"enabled": False},
             "config": {
                 "api": {"region_id": HZ, "endpoint": ep.region_urls[HZ], "retry": {"max_attempts": 1}},
                 "discovery": {"enabled": True},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import helm_python as helm
@@ -31,7 +32,20 @@ import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
 from exporter.config.load import config_json_schema
-from tests.helm_render import CHART, NAMESPACE, RELEASE, REPO, Doc, container, one, render
+from tests.helm_render import (
+    CHART,
+    NAMESPACE,
+    RELEASE,
+    REPO,
+    WORKLOAD_KINDS,
+    Doc,
+    container,
+    mounts_of,
+    one,
+    pod_spec,
+    render,
+    workload,
+)
 from tests.test_image import WRITABLE_PATHS, built_image
 
 SCHEMA_FILE = CHART / "values.schema.json"
@@ -65,6 +79,13 @@ def chart() -> Iterator[helm.Chart]:
 def kinds(docs: list[Doc]) -> set[str]:
     """The kinds present."""
     return {d["kind"] for d in docs}
+
+
+def state_dir(docs: list[Doc]) -> str | None:
+    """The directory of the config's state.path (the chart mounts it writable), or None without state."""
+    config = yaml.safe_load(one(docs, "ConfigMap")["data"]["config.yaml"]) or {}
+    path = (config.get("state") or {}).get("path")
+    return str(PurePosixPath(path).parent) if path else None
 
 
 # ------------------------------------------------------------------------------------ chart and lint
@@ -102,6 +123,8 @@ def test_every_scenario_listed() -> None:
         "monitoring",
         "networkpolicy",
         "full",
+        "autosharding",
+        "state-pvc",
     }
 
 
@@ -112,7 +135,8 @@ def test_every_scenario_listed() -> None:
 def test_core_objects_validate_strictly(chart: helm.Chart, scenario: str) -> None:
     """Every core object passes kubernetes-validate --strict (unknown fields rejected) for 1.30."""
     docs = render(chart, scenario_values(scenario))
-    assert {"Deployment", "Service", "ConfigMap", "ServiceAccount"} <= kinds(docs)
+    assert {"Service", "ConfigMap", "ServiceAccount"} <= kinds(docs)
+    assert len(kinds(docs) & set(WORKLOAD_KINDS)) == 1, "a Deployment or (autosharding) a StatefulSet"
     for doc in docs:
         try:
             kv.validate(doc, KUBE_VERSION, strict=True)
@@ -551,7 +575,7 @@ def test_pods_are_locked_down(chart: helm.Chart, scenario: str) -> None:
     test_pod_security_matches_the_built_image.
     """
     docs = render(chart, {} if scenario == "(defaults)" else scenario_values(scenario))
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = pod_spec(docs)
     psc = pod["securityContext"]
     assert psc["runAsNonRoot"] is True
     assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -586,7 +610,8 @@ def test_pod_security_matches_the_built_image(
 
     tests/test_image.py builds the Dockerfile and runs it as that User on a read-only root with only
     WRITABLE_PATHS writable (a tmpfs); the chart must promise the same: the same UID and GID, non-root
-    (the image's UID is not 0), readOnlyRootFilesystem, and no other writable mount. Builds the image
+    (the image's UID is not 0), readOnlyRootFilesystem, and no other writable mount but the state file's
+    directory (an emptyDir or a claim, writable for the image's group through fsGroup). Builds the image
     on first use (once per session, shared with tests/test_image.py).
     """
     image = built_image(request.config, tmp_path_factory)
@@ -595,10 +620,11 @@ def test_pod_security_matches_the_built_image(
     assert image.env["HOME"] in WRITABLE_PATHS
     for scenario in ["(defaults)", *SCENARIOS]:
         docs = render(chart, {} if scenario == "(defaults)" else scenario_values(scenario))
-        pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+        pod = pod_spec(docs)
         psc = pod["securityContext"]
         assert psc["runAsNonRoot"] is True, scenario
-        volumes = {v["name"]: v for v in pod["volumes"]}
+        volumes = {m["name"]: v for m, v in mounts_of(docs).values()}
+        state = state_dir(docs)
         for c in pod["containers"]:
             sc = c["securityContext"]
             # The container's settings win over the pod's; both are set, and both must be the image's.
@@ -606,9 +632,14 @@ def test_pod_security_matches_the_built_image(
                 assert (level["runAsUser"], level["runAsGroup"]) == (uid, gid), scenario
             assert sc["readOnlyRootFilesystem"] is True, scenario
             writable = {m["mountPath"]: m["name"] for m in c["volumeMounts"] if not m.get("readOnly")}
-            assert set(writable) == set(WRITABLE_PATHS), f"{scenario}: writable mounts {sorted(writable)}"
+            expected = {*WRITABLE_PATHS, *([state] if state else [])}
+            assert set(writable) == expected, f"{scenario}: writable mounts {sorted(writable)}"
             for path, name in writable.items():
-                assert "emptyDir" in volumes[name], f"{scenario}: {path} must be an emptyDir like the tmpfs"
+                if path == state:
+                    assert volumes[name].keys() & {"emptyDir", "persistentVolumeClaim", "claimTemplate"}
+                    assert psc["fsGroup"] == gid, f"{scenario}: the image's group must own the state volume"
+                else:
+                    assert "emptyDir" in volumes[name], f"{scenario}: {path} must be an emptyDir (a tmpfs)"
 
 
 def test_config_change_rolls_pods(chart: helm.Chart) -> None:
@@ -672,10 +703,40 @@ def exporter_knows_fleets() -> bool:
     return "targets" in schema.get("properties", {}) and "sts_endpoint" in credentials
 
 
+def exporter_knows_state() -> bool:
+    """Whether this exporter's config schema has the `state` key (it comes with the persisted state)."""
+    return "state" in config_json_schema().get("properties", {})
+
+
+@functools.cache
+def exporter_knows_total_shards() -> bool:
+    """Whether `ehpc-image-exporter run` takes --total-shards (it comes with the autosharding flags)."""
+    proc = subprocess.run(
+        [str(EXPORTER), "run", "--help"], capture_output=True, text=True, timeout=60, check=True
+    )
+    return "--total-shards" in proc.stdout
+
+
 def _check_config_args(docs: list[Doc], tmp_path: Path) -> tuple[list[str], dict[str, str]]:
-    """The container's own args, with the mounted files replaced by local copies, plus its literal env."""
+    """The container's own args, with the mounted files replaced by local copies, plus its literal env.
+
+    The state file moves into a fresh local directory, as the pod gets an empty writable volume. Until
+    the exporter knows the `state` key and --total-shards (other branches add them), the check runs
+    without them: the rest of the config and of the args is still checked, and once the exporter knows
+    them they are checked as rendered.
+    """
+    text = one(docs, "ConfigMap")["data"]["config.yaml"]
+    data = yaml.safe_load(text) or {}
+    if "state" in data:
+        if exporter_knows_state():
+            state = tmp_path / "state"
+            state.mkdir()
+            data["state"]["path"] = str(state / PurePosixPath(data["state"]["path"]).name)
+        else:
+            del data["state"]
+        text = yaml.safe_dump(data, sort_keys=False)
     config = tmp_path / "config.yaml"
-    config.write_text(one(docs, "ConfigMap")["data"]["config.yaml"])
+    config.write_text(text)
     web = tmp_path / "web-config.yml"
     web.write_text("{}\n")
     args = [
@@ -683,9 +744,14 @@ def _check_config_args(docs: list[Doc], tmp_path: Path) -> tuple[list[str], dict
             "/etc/ehpc-image-exporter/web/web-config.yml", str(web)
         )
         for a in container(docs)["args"]
+        if exporter_knows_total_shards() or not a.startswith("--total-shards")
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALIBABA_CLOUD_")}
     env.update({e["name"]: e["value"] for e in container(docs).get("env") or [] if "value" in e})
+    # The downward API's pod name, as the StatefulSet's first pod (ordinal 0) gets it.
+    for e in container(docs).get("env") or []:
+        if (e.get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[e["name"]] = f"{workload(docs)['metadata']['name']}-0"
     # Each secretKeyRef gets a fake value of the right shape, as the Secret would supply it.
     for e in container(docs).get("env") or []:
         if "secretKeyRef" in (e.get("valueFrom") or {}):

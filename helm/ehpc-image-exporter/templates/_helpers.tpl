@@ -76,6 +76,26 @@ path token, mounted read-only at /var/run/secrets/ack.alibabacloud.com/rrsa-toke
 /var/run/secrets/ack.alibabacloud.com/rrsa-tokens
 {{- end }}
 
+{{/* The autosharding StatefulSet's governing headless Service. Its own name, so switching a release
+between modes replaces the ClusterIP Service instead of trying to change its (immutable) clusterIP. */}}
+{{- define "ehpc-image-exporter.headlessServiceName" -}}
+{{- printf "%s-headless" (include "ehpc-image-exporter.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The directory of state.path: the mounted volume (SQLite creates FILE-wal and FILE-shm beside FILE). */}}
+{{- define "ehpc-image-exporter.stateDir" -}}
+{{- dir .Values.state.path }}
+{{- end }}
+
+{{/* The Deployment's state claim: state.persistence.existingClaim, or the one the chart creates. */}}
+{{- define "ehpc-image-exporter.stateClaimName" -}}
+{{- if .Values.state.persistence.existingClaim }}
+{{- .Values.state.persistence.existingClaim }}
+{{- else }}
+{{- printf "%s-state" (include "ehpc-image-exporter.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
 {{/* "true" when the chart renders the RRSA environment itself (rrsa.injectEnvironment, the default). */}}
 {{- define "ehpc-image-exporter.rrsaInject" -}}
 {{- if and .Values.rrsa.enabled (ne (toString .Values.rrsa.injectEnvironment) "false") }}true{{ end }}
@@ -136,6 +156,9 @@ refresh, images, discovery) keep the config's snake_case, as `config:` itself do
 {{- /* The default chain's RRSA step has no endpoint override; this config key is the exporter's. */}}
 {{- $_ := set $config "credentials" (dict "type" "default" "sts_endpoint" .Values.rrsa.stsEndpoint) }}
 {{- end }}
+{{- if .Values.state.enabled }}
+{{- $_ := set $config "state" (dict "path" .Values.state.path) }}
+{{- end }}
 {{- toYaml $config }}
 {{- end }}
 
@@ -173,6 +196,8 @@ so the pod's checksum/config annotation is the sha256 of the file the exporter r
 {{- fail "rrsa.stsEndpoint writes config.credentials ({type: default, sts_endpoint}); remove config.credentials" }}
 {{- end }}
 {{- include "ehpc-image-exporter.validateTargets" . }}
+{{- include "ehpc-image-exporter.validateState" . }}
+{{- include "ehpc-image-exporter.validateAutosharding" . }}
 {{- if and .Values.webConfig.tls (not .Values.webConfig.secretName) }}
 {{- fail "webConfig.tls is true: set webConfig.secretName" }}
 {{- end }}
@@ -222,6 +247,76 @@ so the pod's checksum/config annotation is the sha256 of the file the exporter r
 {{- end }}
 {{- if and $t.assumeRole (not $t.assumeRole.roleArn) }}
 {{- fail (printf "%s: assumeRole is set without assumeRole.roleArn" $where) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* state.path names a file in a directory of its own, which the chart mounts writable. */}}
+{{- define "ehpc-image-exporter.validateState" -}}
+{{- $state := .Values.state }}
+{{- if hasKey (.Values.config | default dict) "state" }}
+{{- fail "config.state is set: use state.enabled and state.path (the chart writes config.state and mounts its directory)" }}
+{{- end }}
+{{- if $state.enabled }}
+{{- $path := toString $state.path }}
+{{- $dir := include "ehpc-image-exporter.stateDir" . }}
+{{- if or (not (isAbs $path)) (hasSuffix "/" $path) (ne (clean $path) $path) }}
+{{- fail (printf "state.path %q must be an absolute, clean file path such as /var/lib/ehpc-image-exporter/state.db" $path) }}
+{{- end }}
+{{- if eq $dir "/" }}
+{{- fail (printf "state.path %q: the file needs a directory of its own (the chart mounts state.path's directory writable), e.g. /var/lib/ehpc-image-exporter/state.db" $path) }}
+{{- end }}
+{{- /* The mount would hide or overlap another one: the config file, the web config, the RRSA token, /tmp. */}}
+{{- range $taken := list "/tmp" "/etc/ehpc-image-exporter" (include "ehpc-image-exporter.rrsaTokenDir" .) }}
+{{- if or (eq $dir $taken) (hasPrefix (printf "%s/" $taken) $dir) (hasPrefix (printf "%s/" $dir) $taken) }}
+{{- fail (printf "state.path %q: its directory %s overlaps the chart's mount %s; pick a directory of its own such as /var/lib/ehpc-image-exporter" $path $dir $taken) }}
+{{- end }}
+{{- end }}
+{{- range .Values.extraVolumeMounts }}
+{{- if eq (clean (toString .mountPath)) $dir }}
+{{- fail (printf "state.path %q: extraVolumeMounts already mounts %s (volume %s); the chart mounts the state directory itself" $path $dir .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and $state.persistence.enabled (not $state.enabled) }}
+{{- fail "state.persistence.enabled is true but state.enabled is false: there is no state file to persist" }}
+{{- end }}
+{{- if and $state.enabled $state.persistence.enabled }}
+{{- $psc := .Values.podSecurityContext | default dict }}
+{{- /* Without runAsUser the image's user (65532) runs: non-root too. */}}
+{{- if and (ne (toString (dig "runAsUser" "" $psc)) "0") (or (not (hasKey $psc "fsGroup")) (kindIs "invalid" (index $psc "fsGroup"))) }}
+{{- fail "state.persistence.enabled with a non-root runAsUser needs podSecurityContext.fsGroup (e.g. 65532): a new volume is writable for the exporter's user only through that group" }}
+{{- end }}
+{{- if and (not .Values.autosharding.enabled) (gt (int .Values.replicaCount) 1) }}
+{{- fail (printf "state.persistence.enabled with replicaCount %d: the Deployment's pods would share one claim and one state file; use replicaCount 1, or autosharding for a claim per pod" (int .Values.replicaCount)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Autosharding sets the shard layout itself: nothing else may set it. */}}
+{{- define "ehpc-image-exporter.validateAutosharding" -}}
+{{- $auto := .Values.autosharding }}
+{{- if $auto.enabled }}
+{{- if lt (int $auto.replicas) 1 }}
+{{- fail (printf "autosharding.replicas is %v: it is the number of shards (StatefulSet pods), at least 1" $auto.replicas) }}
+{{- end }}
+{{- if ne (int .Values.replicaCount) 1 }}
+{{- fail (printf "autosharding.enabled: the pod count is autosharding.replicas (%v); leave replicaCount at 1 (it is %v)" $auto.replicas .Values.replicaCount) }}
+{{- end }}
+{{- if .Values.state.persistence.existingClaim }}
+{{- fail (printf "state.persistence.existingClaim (%s) cannot be used with autosharding: one shared claim cannot give each replica its own state; remove it to get a claim per pod from volumeClaimTemplates" .Values.state.persistence.existingClaim) }}
+{{- end }}
+{{- if hasKey (.Values.config | default dict) "sharding" }}
+{{- fail "config.sharding is set with autosharding.enabled: autosharding gives every pod --total-shards and its ordinal; remove config.sharding" }}
+{{- end }}
+{{- range .Values.extraArgs }}
+{{- $flag := regexReplaceAll "=.*$" (toString .) "" }}
+{{- if has $flag (list "--shard" "--total-shards" "--pod") }}
+{{- fail (printf "extraArgs has %s with autosharding.enabled: the chart sets --total-shards and the pod name itself; remove it" $flag) }}
+{{- end }}
+{{- end }}
+{{- if ne .Values.service.type "ClusterIP" }}
+{{- fail (printf "service.type %s with autosharding.enabled: the pods are published through a headless Service only (each pod is a different shard, so a load-balanced Service would answer with a random one)" .Values.service.type) }}
 {{- end }}
 {{- end }}
 {{- end }}
