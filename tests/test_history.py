@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exporter.config import WatchedImage
 from exporter.history import ImageHistory, ReplicaHistory, observe
+from exporter.service import ExporterService
+from exporter.simulator import Simulator
+from exporter.simulator.scripts import AppliedStep, ScriptStep
+from tests.exporter_support import samples, sim_config, value
+from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_ID, RunningSimulator, sim_images
 
 HEALTHY = ("Available",)
 REGIONS = ("cn-beijing", "cn-shanghai")
@@ -92,3 +99,91 @@ def test_a_region_asked_for_later_starts_its_own_history() -> None:
     assert later.replicas == (ReplicaHistory("cn-shanghai", "Creating", 70.0, 70.0),)
     assert done == ()
     assert later.since == 10.0
+
+
+# ------------------------------------------------------------- against the simulator, on a controlled clock
+
+START = 1_700_000_000.0
+POLL = 60.0  # the exporter's cycles are every minute; every scripted change falls on one
+
+
+class _Wall:
+    """A wall clock the test moves (the simulator's and the exporter's)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _truth(
+    applied: list[AppliedStep], image_id: str, region: str | None
+) -> list[tuple[float, str | None, str | None]]:
+    """(due time, before, after) of the applied steps of one image's status or one of its copies."""
+    return [
+        (a.due.due_at, a.previous, a.due.step.value)
+        for a in applied
+        if a.due.step.image_id == image_id and a.due.step.region == region and a.due.step.field != "error"
+    ]
+
+
+async def test_history_equals_what_the_simulator_did() -> None:
+    """A scripted day of changes (an update, a re-replication, a flapping image), polled every minute on a
+    controlled clock: since-timestamps, change counts and replication times equal the simulator's own
+    record of what it applied and when."""
+    wall = _Wall(START)
+    sim = Simulator(images=sim_images(), access_keys={"ak": "sk"}, clock=wall, signing_clock=time.time)
+    steps = [
+        ScriptStep(300, SIM_VM_ID, status="Creating"),  # an update...
+        ScriptStep(600, SIM_VM_ID, status="Available"),  # ...done
+        ScriptStep(120, SIM_VM_ID, region="cn-beijing", status="Creating"),  # re-replication...
+        ScriptStep(900, SIM_VM_ID, region="cn-beijing", status="Available"),  # ...13 minutes later
+        *(
+            ScriptStep(1200 + 60 * i, SIM_CONTAINER_ID, status="UnAvailable" if i % 2 == 0 else "Available")
+            for i in range(5)
+        ),
+    ]
+    async with sim.serve() as url:
+        running = RunningSimulator(sim, url, "ak", "sk")
+        sim.images[SIM_VM_ID].regions["cn-beijing"] = "Available"
+        watched = [
+            WatchedImage(SIM_VM_ID, additional_region_ids=("cn-beijing",)),
+            WatchedImage(SIM_CONTAINER_ID, "Container"),
+        ]
+        service = ExporterService(sim_config(running, watched), wall_clock=wall, process_metrics=False)
+        sim.schedule(steps, start=START)
+        while wall.now <= START + 2400:
+            await service.refresh_once()
+            wall.now += POLL
+        found = samples(service.rendered.text.decode() + service.render_self(False).decode())
+    applied = sim.applied_steps
+    assert len(applied) == len(steps)
+
+    status = _truth(applied, SIM_VM_ID, None)
+    assert value(found, "ehpc_image_status_since_timestamp_seconds", image_id=SIM_VM_ID) == status[-1][0]
+    assert value(found, "ehpc_image_status_changes_total", image_id=SIM_VM_ID) == sum(
+        b != a for _, b, a in status
+    )
+    flaps = _truth(applied, SIM_CONTAINER_ID, None)
+    assert value(found, "ehpc_image_status_changes_total", image_id=SIM_CONTAINER_ID) == len(flaps) == 5
+    assert (
+        value(found, "ehpc_image_status_since_timestamp_seconds", image_id=SIM_CONTAINER_ID) == flaps[-1][0]
+    )
+
+    copy = _truth(applied, SIM_VM_ID, "cn-beijing")
+    (started, _, _), (finished, _, done) = copy
+    assert done == "Available"
+    since = value(
+        found,
+        "ehpc_image_replication_since_timestamp_seconds",
+        image_id=SIM_VM_ID,
+        replication_region="cn-beijing",
+    )
+    assert since == finished
+    labels = {"replication_region": "cn-beijing"}
+    assert value(found, "ehpc_image_replication_duration_seconds_count", **labels) == 1
+    assert value(found, "ehpc_image_replication_duration_seconds_sum", **labels) == finished - started == 780
+    assert value(found, "ehpc_image_replication_duration_seconds_bucket", le="600.0", **labels) == 0
+    assert value(found, "ehpc_image_replication_duration_seconds_bucket", le="900.0", **labels) == 1
+    assert value(found, "ehpc_image_replication_complete", image_id=SIM_VM_ID) == 1
