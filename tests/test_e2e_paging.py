@@ -310,3 +310,73 @@ def test_faults_page_and_resolve(tmp_path: Path, reliability: Reliability) -> No
             + f"\nprometheus:\n{prom_log}\nalertmanager:\n{am_log}"
         )
         assert "Traceback" not in exporter.output() + sim.output()
+
+
+def test_data_stale_keeps_firing_across_an_exporter_restart(tmp_path: Path, reliability: Reliability) -> None:
+    """An image stale and paging; the exporter is killed (SIGKILL) and started again on the same address
+    with its state file: the alert never resolves, and the new process serves the same last success."""
+    record = reliability.case(
+        "paging",
+        "DataStale across an exporter restart (kill -9, warm start)",
+        "EhpcImageDataStale keeps firing, never resolved; the same last-success timestamp served after",
+    )
+    stale, control = "m-e2estalerestart001", CONTROL
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        yaml.safe_dump({"images": [{"image_id": stale, "name": "a"}, {"image_id": control, "name": "b"}]})
+    )
+    rules = short_rules(tmp_path)
+    query = f'ehpc_image_last_success_timestamp_seconds{{job="{JOB}", image_id="{stale}"}}'
+    with processes() as procs, webhook_server() as hook:
+        sim = start_simulator(tmp_path / "sim", fleet)
+        procs.append(sim)
+        config = exporter_config(
+            sim.url, [{"id": stale}, {"id": control}], interval=1, state={"path": str(tmp_path / "state.db")}
+        )
+        first = start_exporter(tmp_path / "first", config)
+        procs.append(first)
+        with (
+            alertmanager_process(
+                hook.url, group_by=("alertname", "image_id"), directory=tmp_path / "am"
+            ) as am,
+            prometheus_process(
+                [scrape_config(JOB, [first.address])],
+                rule_files=[rules],
+                alertmanagers=[am.address],
+                directory=tmp_path / "prom",
+            ) as prom,
+        ):
+            prom.wait_for(f"{query} > 0", within=WITHIN)
+            sim.patch_image(stale, error="EcsError")
+            labels = {"image_id": stale}
+            fired = wait_all(
+                hook,
+                [Scenario("stale", "EhpcImageDataStale", labels, lambda: None, lambda: None)],
+                "firing",
+                WITHIN,
+            )
+            before = [s["value"][1] for s in prom.query(query)]
+            first.kill()
+            second = start_exporter(tmp_path / "second", config, port=first.port, wait="healthy")
+            procs.append(second)
+            # Long enough for Prometheus to scrape the new process many times and evaluate the rule.
+            prom.wait_for(f'ehpc_state_loaded_images{{job="{JOB}"}} == 2', within=WITHIN)
+            time.sleep(15)
+            after = [s["value"][1] for s in prom.query(query)]
+            still = [
+                a
+                for a in prom.alerts()
+                if a["labels"].get("alertname") == "EhpcImageDataStale"
+                and a["labels"].get("image_id") == stale
+                and a["state"] == "firing"
+            ]
+            resolved = find(hook, "EhpcImageDataStale", "resolved", labels)
+            second.check_alive()
+    ok = fired["stale"] is not None and resolved is None and bool(still) and before == after and bool(before)
+    record.observe(
+        f"{'fired' if fired['stale'] else 'did not fire'}; after the restart "
+        f"{'still firing' if still else 'NOT firing'}, "
+        f"{'never resolved' if resolved is None else 'RESOLVED'}; "
+        f"last success {'the same' if before == after and before else f'{before} -> {after}'}",
+        ok,
+    )
