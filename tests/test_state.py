@@ -17,10 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.config import Scope, WatchedImage
+from exporter.config import Config, DiscoveryConfig, Scope, StatusConfig, WatchedImage
+from exporter.exposition.selfmetrics import StateMetrics
 from exporter.history import ImageHistory, ReplicaHistory
-from exporter.snapshot import ImageError, ImageFacts, ImageState, Replica
-from exporter.state import APPLICATION_ID, SCHEMA_VERSION, _decode, _encode
+from exporter.snapshot import ImageError, ImageFacts, ImageKey, ImageState, Replica, Snapshot
+from exporter.state import APPLICATION_ID, SCHEMA_VERSION, StateStore, _decode, _encode
 from tests.harness import (
     ExporterProcess,
     SimulatorProcess,
@@ -501,3 +502,81 @@ def test_a_full_disk_fails_saves_keeps_the_file_whole_and_recovers(
         f" {rows} images; saves resumed; exit {rc}",
         failed >= 1 and check == "ok" and rows == len(IMAGES) and rc == 0 and "Traceback" not in log,
     )
+
+
+# ------------------------------------------------------------------------------------------ the store
+
+
+def _cfg(images: list[str], *, discovery: bool = False) -> Config:
+    return Config(
+        images=tuple(WatchedImage(i, additional_region_ids=("cn-beijing",)) for i in images),
+        discovery=DiscoveryConfig(enabled=discovery),
+    )
+
+
+def _snapshot(images: list[str], at: float, scope: Scope = SCOPE) -> Snapshot:
+    state = _full_state()
+    states = [
+        ImageState(
+            WatchedImage(i, additional_region_ids=("cn-beijing",)),
+            state.image,
+            at,
+            None,
+            scope,
+            state.history,
+        )
+        for i in images
+    ]
+    return Snapshot.build(
+        states, status=StatusConfig(), refreshed_at=at, duration_seconds=1.5, sequence=3, scope=scope
+    )
+
+
+async def test_what_left_the_watched_set_is_dropped_from_the_file(tmp_path: Path) -> None:
+    """A restart with a smaller watched set loads only what is still watched and deletes the rest from the
+    file; discovered images stay only while discovery is on."""
+    path = tmp_path / "state.db"
+    store = StateStore(str(path), StateMetrics())
+    assert await store.load(_cfg(["m-a", "m-b", "m-c"])) == {}
+    await store.save(_snapshot(["m-a", "m-b", "m-c", "m-found"], 100.0))
+    await store.close()
+    assert _rows(path) == 4
+
+    store = StateStore(str(path), StateMetrics())
+    loaded = await store.load(_cfg(["m-a", "m-b"], discovery=True))
+    await store.close()
+    # m-c left the static list but discovery is on: it stays as a discovered image, as m-found does.
+    assert sorted(k.image_id for k in loaded[SCOPE].images) == ["m-a", "m-b", "m-c", "m-found"]
+    status = loaded[SCOPE].scopes[SCOPE]
+    assert (status.refreshed_at, status.duration_seconds, status.restored) == (100.0, 1.5, True)
+
+    store = StateStore(str(path), StateMetrics())
+    loaded = await store.load(_cfg(["m-a"]))
+    await store.close()
+    assert [k.image_id for k in loaded[SCOPE].images] == ["m-a"]
+    assert _rows(path) == 1
+
+
+async def test_saves_keep_only_the_latest_and_a_reload_drops_removed_targets(tmp_path: Path) -> None:
+    """Each save replaces its (account, region)'s rows (a last-success-only change included); retain drops
+    a removed (account, region) whole."""
+    path = tmp_path / "state.db"
+    other = Scope("prod", "cn-shanghai")
+    metrics = StateMetrics()
+    store = StateStore(str(path), metrics)
+    await store.load(_cfg(["m-a", "m-b"]))
+    await store.save(_snapshot(["m-a", "m-b"], 100.0))
+    await store.save(_snapshot(["m-a", "m-b"], 160.0))  # only the last successes moved
+    await store.save(_snapshot(["m-a"], 220.0))
+    await store.save(_snapshot(["m-x"], 220.0, other))
+    assert metrics.save_errors == 0
+    await store.retain([SCOPE])
+    await store.close()
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT account, region_id, image_id, last_success FROM images").fetchall()
+    conn.close()
+    assert rows == [("default", "cn-hangzhou", "m-a", 220.0)]
+    store = StateStore(str(path), StateMetrics())
+    loaded = await store.load(_cfg(["m-a"]))
+    await store.close()
+    assert loaded[SCOPE].images[ImageKey("default", "cn-hangzhou", "m-a")].last_success == 220.0
