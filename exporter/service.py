@@ -24,7 +24,7 @@ from exporter.clock import Clock
 from exporter.config import STOP_TIMEOUT_SECONDS, Config, Scope, parse_listen_address
 from exporter.credentials import CredentialSource, build_credential_source
 from exporter.exposition import RenderedSnapshot, SelfMetrics, SnapshotRenderer
-from exporter.http.app import OPEN_PATHS, create_app
+from exporter.http.app import OPEN_PATHS, LifecycleReload, create_app
 from exporter.openapi.budget import Budget
 from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.refresher import Refresher
@@ -101,6 +101,8 @@ class ExporterService:
             build_info, process_metrics=process_metrics, max_error_codes=config.limits.max_error_codes
         )
         self.metrics.record_reload(True, wall_clock())  # the config this service starts with did load
+        self.metrics.set_sharding(config.sharding.shard, config.sharding.shards)
+        self._lifecycle: LifecycleReload | None = None
         self._sequence = 0
         self._renderer = SnapshotRenderer()
         self._rendered = self._renderer.render(_merged(config, {}, 0))
@@ -193,7 +195,9 @@ class ExporterService:
             ssl_context = security.ssl_context()
             middlewares.append(security.middleware(OPEN_PATHS))
         host, port = parse_listen_address(cfg.listen_address)  # "" (":9765") binds every interface
-        app = create_app(self, telemetry_path=cfg.telemetry_path, middlewares=middlewares)
+        app = create_app(
+            self, telemetry_path=cfg.telemetry_path, middlewares=middlewares, reload=self._lifecycle
+        )
         app.cleanup_ctx.append(_gc_ctx)
         app.cleanup_ctx.append(self._client_ctx)
         app.cleanup_ctx.append(self._refresher_ctx)
@@ -215,6 +219,10 @@ class ExporterService:
             telemetry_path=cfg.telemetry_path,
             tls=ssl_context is not None,
         )
+
+    def enable_lifecycle(self, reload: LifecycleReload) -> None:
+        """Answer ``POST /-/reload`` with ``reload`` (None: applied, else why not); call before start."""
+        self._lifecycle = reload
 
     async def _client_ctx(self, _app: web.Application) -> AsyncIterator[None]:
         """The API clients live as long as the app; their sessions are closed on the way out."""
@@ -348,6 +356,7 @@ class ExporterService:
         self._accounts = {k: v for k, v in self._accounts.items() if k in used}
         self._config = config
         self.metrics.max_error_codes = config.limits.max_error_codes
+        self.metrics.set_sharding(config.sharding.shard, config.sharding.shards)
         self.metrics.retain(new_scopes)
         if config.web != old.web and self._runner is not None:
             log.warning("web_config_change_needs_restart")
