@@ -53,7 +53,7 @@ POD_NAME_ENV = "POD_NAME"
 TOTAL_SHARDS_ENV = "EHPC_TOTAL_SHARDS"
 
 # A StatefulSet pod is "<statefulset name>-<ordinal>"; the name part may itself contain digits and dashes.
-_DIGITS = re.compile(r"^[0-9]{1,9}$", re.ASCII)
+_DIGITS = re.compile(r"^-?[0-9]{1,9}$", re.ASCII)
 _POD_ORDINAL = re.compile(r"^.*[^-]-([0-9]{1,9})$", re.ASCII)
 
 
@@ -151,15 +151,15 @@ def resolve_sharding(flags: ShardingFlags, environ: Mapping[str, str]) -> dict[s
         ordinal = ordinal_from_pod_name(pod)
         shown = f"{pod_from} {_shown(pod)}"
         if ordinal is None:
-            raise ShardingError(f"{shown}: no StatefulSet ordinal (a trailing -<n>, as in 'exporter-2')")
+            raise ShardingError(f"{shown}: no StatefulSet ordinal (a trailing -<n>)")
         if shard is not None and ordinal != shard:
             raise ShardingError(f"{shard_from} conflicts with {shown} (ordinal {ordinal})")
         if shard is None:
             shard, shard_from = ordinal, f"{shown} (ordinal {ordinal})"
     if total is not None and total > 1 and shard is None:
         raise ShardingError(
-            f"{total_from}: needs this replica's ordinal: --shard N, or --pod NAME or {POD_NAME_ENV}"
-            " (a StatefulSet pod name)"
+            f"{total_from}: needs the ordinal too: --shard N, or a StatefulSet pod name"
+            f" (--pod, {POD_NAME_ENV})"
         )
     if total is not None and shard is not None and shard >= total:
         raise ShardingError(f"{shard_from}: the ordinal must be less than the total ({total_from})")
