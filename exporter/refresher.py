@@ -7,8 +7,9 @@ the previous one *started*; a cycle that ends later than that is an overrun (log
 The watched set is the static images plus the discovered ones (ListImages with the configured filters;
 ``name_regex`` is searched, unanchored, in the image name with RE2, whose matching is linear in the
 name's length: no pattern and no API-supplied name can stall the loop), static entries winning, then cut
-to this replica's shard (:func:`shard_of`). A failed discovery keeps the previously discovered set; its
-calls are counted by the client's observer under ``ListImages``.
+to this replica's shard (:func:`exporter.sharding.in_shard`, rendezvous hashing of the image's identity):
+every replica discovers the whole account and keeps its own share. A failed discovery keeps the
+previously discovered set; its calls are counted by the client's observer under ``ListImages``.
 
 Per image, a failure keeps the last good :class:`~exporter.models.Image` and records the error code;
 ``ImageNotFound`` marks the image missing until it answers again or leaves the watched set. An image
@@ -18,7 +19,6 @@ that leaves the watched set is simply not in the next snapshot, so its series di
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -28,14 +28,15 @@ import re2
 import structlog
 
 from exporter.clock import Clock, LoopClock
-from exporter.config import Config, DiscoveryConfig, ImageType, ShardingConfig, WatchedImage
+from exporter.config import Config, DiscoveryConfig, ImageType, WatchedImage
 from exporter.exposition import SelfMetrics
 from exporter.history import observe
 from exporter.models import Image, ImageSummary
 from exporter.openapi.errors import TIMEOUT, ApiError
+from exporter.sharding import in_shard
 from exporter.snapshot import DiscoveryStatus, ImageError, ImageFacts, ImageKey, ImageState, Snapshot
 
-__all__ = ["ImageApi", "Refresher", "in_shard", "shard_of"]
+__all__ = ["ImageApi", "Refresher"]
 
 log = structlog.get_logger("ehpc.refresh")
 
@@ -73,16 +74,6 @@ class ImageApi(Protocol):
     ) -> list[ImageSummary]:
         """ListImages, all pages; every failure raises ApiError."""
         ...
-
-
-def shard_of(image_id: str, shards: int) -> int:
-    """The shard an image belongs to: ``int(sha1(image_id)) % shards``, stable across processes and hosts."""
-    return int(hashlib.sha1(image_id.encode(), usedforsecurity=False).hexdigest(), 16) % shards
-
-
-def in_shard(image_id: str, sharding: ShardingConfig) -> bool:
-    """Whether this replica watches ``image_id``."""
-    return sharding.shards <= 1 or shard_of(image_id, sharding.shards) == sharding.shard
 
 
 def _discovered(summaries: Sequence[ImageSummary], cfg: DiscoveryConfig) -> dict[str, WatchedImage]:
@@ -260,7 +251,9 @@ class Refresher:
             self._discovered, self._discovery = {}, None
         for image in config.images:  # static configuration wins over what discovery says
             watched[image.image_id] = image
-        return {k: watched[k] for k in sorted(watched) if in_shard(k, config.sharding)}
+        account, region_id = self._scope
+        sharding = config.sharding
+        return {k: watched[k] for k in sorted(watched) if in_shard(account, region_id, k, sharding)}
 
     async def _discover(self, config: Config, client: ImageApi) -> Mapping[str, WatchedImage]:
         cfg = config.discovery

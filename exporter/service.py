@@ -25,7 +25,7 @@ from exporter.config import STOP_TIMEOUT_SECONDS, Config, Scope, parse_listen_ad
 from exporter.credentials import CredentialSource, build_credential_source
 from exporter.exposition import RenderedSnapshot, SelfMetrics, SnapshotRenderer
 from exporter.exposition.selfmetrics import StateMetrics
-from exporter.http.app import OPEN_PATHS, create_app
+from exporter.http.app import OPEN_PATHS, LifecycleReload, create_app
 from exporter.openapi.budget import Budget
 from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.refresher import Refresher
@@ -103,6 +103,8 @@ class ExporterService:
             build_info, process_metrics=process_metrics, max_error_codes=config.limits.max_error_codes
         )
         self.metrics.record_reload(True, wall_clock())  # the config this service starts with did load
+        self.metrics.set_sharding(config.sharding.shard, config.sharding.shards)
+        self._lifecycle: LifecycleReload | None = None
         self._sequence = 0
         self._renderer = SnapshotRenderer()
         self._rendered = self._renderer.render(_merged(config, {}, 0))
@@ -197,7 +199,9 @@ class ExporterService:
             middlewares.append(security.middleware(OPEN_PATHS))
         host, port = parse_listen_address(cfg.listen_address)  # "" (":9765") binds every interface
         await self._warm_start()  # before listening: the first scrape already sees what was known
-        app = create_app(self, telemetry_path=cfg.telemetry_path, middlewares=middlewares)
+        app = create_app(
+            self, telemetry_path=cfg.telemetry_path, middlewares=middlewares, reload=self._lifecycle
+        )
         app.cleanup_ctx.append(_gc_ctx)
         app.cleanup_ctx.append(self._client_ctx)
         app.cleanup_ctx.append(self._refresher_ctx)
@@ -234,6 +238,10 @@ class ExporterService:
             self._parts[scope] = snapshot
         if loaded:
             await self._publish()
+
+    def enable_lifecycle(self, reload: LifecycleReload) -> None:
+        """Answer ``POST /-/reload`` with ``reload`` (None: applied, else why not); call before start."""
+        self._lifecycle = reload
 
     async def _client_ctx(self, _app: web.Application) -> AsyncIterator[None]:
         """The API clients live as long as the app; their sessions are closed on the way out."""
@@ -372,6 +380,7 @@ class ExporterService:
         self._accounts = {k: v for k, v in self._accounts.items() if k in used}
         self._config = config
         self.metrics.max_error_codes = config.limits.max_error_codes
+        self.metrics.set_sharding(config.sharding.shard, config.sharding.shards)
         self.metrics.retain(new_scopes)
         if config.web != old.web and self._runner is not None:
             log.warning("web_config_change_needs_restart")

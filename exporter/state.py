@@ -49,7 +49,7 @@ from exporter.config import Config, Scope, WatchedImage
 from exporter.exposition.selfmetrics import StateMetrics
 from exporter.history import ImageHistory, ReplicaHistory
 from exporter.models import registry_url
-from exporter.refresher import in_shard
+from exporter.sharding import in_shard
 from exporter.snapshot import DiscoveryStatus, ImageError, ImageFacts, ImageState, Replica, Snapshot
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "StateStore"]
@@ -562,7 +562,7 @@ def _kept(config: Config, static: Mapping[str, WatchedImage], state: ImageState)
     any other stored image was discovered and stays only while its (account, region) discovers.
     """
     image_id = state.image_id
-    if not in_shard(image_id, config.sharding):
+    if not in_shard(state.scope.account, state.scope.region_id, image_id, config.sharding):
         return None
     image = static.get(image_id)
     if image is not None:

@@ -419,6 +419,101 @@ async def test_run_reload_on_sighup_and_stop_on_sigterm(tmp_path: Path, simulato
         assert [e["event"] for e in log_events(p.err)][-1] == "stopped"
 
 
+async def post(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.post(url, headers=headers) as resp:
+        return resp.status, await resp.text()
+
+
+async def test_lifecycle_reload_is_off_by_default(tmp_path: Path, simulator: RunningSimulator) -> None:
+    """Without --web.enable-lifecycle: 403 with Prometheus' line, and the config is not re-read."""
+    path = write(tmp_path, sim_config(simulator, [SIM_VM_ID], interval=1))
+    async with cli("--config", path, "--web.listen-address", "127.0.0.1:0", "--log.format", "json") as p:
+        started = await p.wait_line(p.err, r'"event": "started"')
+        base = json.loads(started.string)["url"]
+        assert await post(f"{base}/-/reload") == (403, "Lifecycle API is not enabled.\n")
+        async with aiohttp.ClientSession() as session, session.get(f"{base}/-/reload") as resp:
+            assert resp.status == 405
+        assert not [e for e in log_events(p.err) if e["event"] == "config_reloading"]
+
+
+async def test_lifecycle_reload_applies_or_answers_500(tmp_path: Path, simulator: RunningSimulator) -> None:
+    """POST /-/reload: 200 and the new image list in /metrics; a broken file 500 with the one-line
+    reason, the running config kept and ehpc_config_last_reload_successful 0; GET is 405."""
+    path = write(tmp_path, sim_config(simulator, [SIM_VM_ID], interval=60))
+    args = ("--config", path, "--web.listen-address", "127.0.0.1:0", "--log.format", "json")
+    async with cli(*args, "--web.enable-lifecycle") as p:
+        started = await p.wait_line(p.err, r'"event": "started"')
+        base = json.loads(started.string)["url"]
+        url = f"{base}/metrics"
+        vm = rf'^ehpc_image_up{{account="default",image_id="{SIM_VM_ID}",region_id="cn-hangzhou"}} 1'
+        ct = rf'^ehpc_image_up{{account="default",image_id="{SIM_CONTAINER_ID}",region_id="cn-hangzhou"}} 1'
+        await wait_metric(url, vm)
+        async with aiohttp.ClientSession() as session, session.get(f"{base}/-/reload") as resp:
+            assert resp.status == 405
+
+        write(tmp_path, sim_config(simulator, [SIM_CONTAINER_ID], interval=60))
+        assert await post(f"{base}/-/reload") == (200, "config reloaded\n")
+        # The interval is a minute: only the reload's own cycle can show the new list this soon.
+        text = await wait_metric(url, ct, within=10)
+        assert SIM_VM_ID not in text
+
+        write(tmp_path, "images: [{id: m-1}, {id: m-1}]\n")
+        status, body = await post(f"{base}/-/reload")
+        assert (status, body) == (
+            500,
+            f"failed to reload config: {path}: images[1].id: duplicate image id 'm-1' (also images[0])\n",
+        )
+        text = await scrape(url)
+        assert re.search(r"^ehpc_config_last_reload_successful 0", text, re.MULTILINE)
+        assert re.search(ct, text, re.MULTILINE)  # still the running config
+
+        creds = f"credentials: {{type: access_key, access_key_id: A, access_key_secret: {SECRET}}}\n"
+        write(tmp_path, creds + "images: [{id: m-1}]\nrefresh: {interval_seconds: 0}\napi: {qps: -1}\n")
+        status, body = await post(f"{base}/-/reload")
+        assert status == 500
+        assert body.count("\n") == 1
+        assert "more problems)" in body
+        assert SECRET not in body
+        assert SECRET not in "\n".join(p.err)
+
+
+async def test_lifecycle_reloads_serialize_with_sighup(tmp_path: Path, simulator: RunningSimulator) -> None:
+    """A burst of POSTs and SIGHUPs: every one answered, one reload at a time (each logged whole)."""
+    path = write(tmp_path, sim_config(simulator, [SIM_VM_ID], interval=60))
+    args = ("--config", path, "--web.listen-address", "127.0.0.1:0", "--log.format", "json")
+    async with cli(*args, "--web.enable-lifecycle") as p:
+        started = await p.wait_line(p.err, r'"event": "started"')
+        base = json.loads(started.string)["url"]
+        p.proc.send_signal(signal.SIGHUP)
+        answers = await asyncio.gather(*(post(f"{base}/-/reload") for _ in range(5)))
+        p.proc.send_signal(signal.SIGHUP)
+        assert answers == [(200, "config reloaded\n")] * 5
+        await events_named(p, "config_reloaded", 7)
+        events = [e["event"] for e in log_events(p.err) if str(e["event"]).startswith("config_reload")]
+        # Serialized: each reloading is followed by its reloaded before the next one starts.
+        assert events == ["config_reloading", "config_reloaded"] * 7
+
+
+async def test_lifecycle_reload_is_behind_basic_auth(tmp_path: Path, simulator: RunningSimulator) -> None:
+    """With a web config's basic auth, POST /-/reload without credentials is 401 and reloads nothing."""
+    import bcrypt
+
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    web = write(tmp_path, f"basic_auth_users: {{prom: '{hashed}'}}\n", "web.yaml")
+    path = write(tmp_path, sim_config(simulator, [SIM_VM_ID], interval=60))
+    args = ("--config", path, "--web.listen-address", "127.0.0.1:0", "--log.format", "json")
+    async with cli(*args, "--web.enable-lifecycle", "--web.config.file", web) as p:
+        started = await p.wait_line(p.err, r'"event": "started"')
+        base = json.loads(started.string)["url"]
+        status, _ = await post(f"{base}/-/reload")
+        assert status == 401
+        assert not [e for e in log_events(p.err) if e["event"] == "config_reloading"]
+        assert await post(f"{base}/-/reload", {"Authorization": aiohttp.encode_basic_auth("prom", "pw")}) == (
+            200,
+            "config reloaded\n",
+        )
+
+
 BOMB = "bomb:\n" + "".join(  # about 350 bytes expanding to 9**9 strings (a 535-byte one took 28 s, 1.1 GB)
     f"  {name}: &{name} [{', '.join([f'*{prev}'] * 9) if prev else ', '.join(['lol'] * 9)}]\n"
     for prev, name in zip(["", *"abcdefgh"], "abcdefghi", strict=True)

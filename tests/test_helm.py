@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import functools
 import hashlib
 import json
 import os
@@ -56,8 +55,6 @@ KUBE_VERSION = "1.30.0"
 
 SCENARIOS = {p.name.removesuffix("-values.yaml"): p for p in sorted((CHART / "ci").glob("*-values.yaml"))}
 MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}
-# Scenarios whose config uses the fleet keys (`targets:`, `sts_endpoint`) of the exporter's config format.
-FLEET_SCENARIOS = {"targets", "rrsa-inject"}
 # values.schema.json `$defs` written by hand for the chart (the rest is generated from the exporter's schema).
 CHART_OWNED_DEFS = ("ChartTarget",)
 
@@ -696,44 +693,17 @@ def test_pdb_and_replicas_in_full_scenario(chart: helm.Chart) -> None:
 # ---------------------------------------------------------------------- the exporter accepts the config
 
 
-def exporter_knows_fleets() -> bool:
-    """Whether this exporter's config schema has the fleet keys (`targets`, credentials `sts_endpoint`)."""
-    schema = config_json_schema()
-    credentials = schema.get("$defs", {}).get("CredentialsIn", {}).get("properties", {})
-    return "targets" in schema.get("properties", {}) and "sts_endpoint" in credentials
-
-
-def exporter_knows_state() -> bool:
-    """Whether this exporter's config schema has the `state` key (it comes with the persisted state)."""
-    return "state" in config_json_schema().get("properties", {})
-
-
-@functools.cache
-def exporter_knows_total_shards() -> bool:
-    """Whether `ehpc-image-exporter run` takes --total-shards (it comes with the autosharding flags)."""
-    proc = subprocess.run(
-        [str(EXPORTER), "run", "--help"], capture_output=True, text=True, timeout=60, check=True
-    )
-    return "--total-shards" in proc.stdout
-
-
 def _check_config_args(docs: list[Doc], tmp_path: Path) -> tuple[list[str], dict[str, str]]:
     """The container's own args, with the mounted files replaced by local copies, plus its literal env.
 
-    The state file moves into a fresh local directory, as the pod gets an empty writable volume. Until
-    the exporter knows the `state` key and --total-shards (other branches add them), the check runs
-    without them: the rest of the config and of the args is still checked, and once the exporter knows
-    them they are checked as rendered.
+    The state file moves into a fresh local directory, as the pod gets an empty writable volume.
     """
     text = one(docs, "ConfigMap")["data"]["config.yaml"]
     data = yaml.safe_load(text) or {}
     if "state" in data:
-        if exporter_knows_state():
-            state = tmp_path / "state"
-            state.mkdir()
-            data["state"]["path"] = str(state / PurePosixPath(data["state"]["path"]).name)
-        else:
-            del data["state"]
+        state = tmp_path / "state"
+        state.mkdir()
+        data["state"]["path"] = str(state / PurePosixPath(data["state"]["path"]).name)
         text = yaml.safe_dump(data, sort_keys=False)
     config = tmp_path / "config.yaml"
     config.write_text(text)
@@ -744,7 +714,6 @@ def _check_config_args(docs: list[Doc], tmp_path: Path) -> tuple[list[str], dict
             "/etc/ehpc-image-exporter/web/web-config.yml", str(web)
         )
         for a in container(docs)["args"]
-        if exporter_knows_total_shards() or not a.startswith("--total-shards")
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALIBABA_CLOUD_")}
     env.update({e["name"]: e["value"] for e in container(docs).get("env") or [] if "value" in e})
@@ -763,8 +732,6 @@ def _check_config_args(docs: list[Doc], tmp_path: Path) -> tuple[list[str], dict
 @pytest.mark.parametrize("scenario", ["(defaults)", *SCENARIOS])
 def test_configmap_passes_the_exporters_check(chart: helm.Chart, scenario: str, tmp_path: Path) -> None:
     """`ehpc-image-exporter <the pod's args> --check-config` accepts what the chart mounts."""
-    if scenario in FLEET_SCENARIOS and not exporter_knows_fleets():
-        pytest.skip("the exporter's config format has no `targets` yet (it comes with the fleet loader)")
     docs = render(chart, {} if scenario == "(defaults)" else scenario_values(scenario))
     args, env = _check_config_args(docs, tmp_path)
     proc = subprocess.run(

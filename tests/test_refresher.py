@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import random
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +21,7 @@ from exporter.config import (
 )
 from exporter.exposition import SelfMetrics, render_snapshot
 from exporter.openapi.client import EhpcClient
-from exporter.refresher import Refresher, in_shard, shard_of
+from exporter.refresher import Refresher
 from exporter.service import default_client, new_account
 from exporter.simulator import Faults, SimImage, generate_fleet
 from exporter.snapshot import Snapshot
@@ -281,25 +280,6 @@ async def test_discovery_failing_from_the_start_is_visible(
     assert value(found, "ehpc_discovery_up") == 0
     assert value(found, "ehpc_discovered_images") == 0
     assert value(found, "ehpc_discovery_last_success_timestamp_seconds") is None
-
-
-def test_shard_of_is_a_stable_sha1_partition() -> None:
-    """shard_of is int(sha1(id)) % shards (same on every host and run), and shards partition the ids."""
-    ids = [f"m-{i:04d}" for i in range(200)]
-    for image_id in ids[:5]:
-        assert (
-            shard_of(image_id, 7)
-            == int(hashlib.sha1(image_id.encode(), usedforsecurity=False).hexdigest(), 16) % 7
-        )
-    assert (
-        shard_of("m-simvm000000000000001", 3)
-        == int(hashlib.sha1(b"m-simvm000000000000001", usedforsecurity=False).hexdigest(), 16) % 3
-    )
-    parts = [{i for i in ids if in_shard(i, ShardingConfig(shards=3, shard=s))} for s in range(3)]
-    assert set().union(*parts) == set(ids)
-    assert sum(len(p) for p in parts) == len(ids)
-    assert all(40 < len(p) < 95 for p in parts)  # roughly even
-    assert all(in_shard(i, ShardingConfig()) for i in ids)
 
 
 async def test_sharding_splits_the_watched_set(

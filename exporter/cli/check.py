@@ -14,12 +14,13 @@ from exporter.config import Config
 from exporter.config.load import ConfigError, load_config
 from exporter.logging import configure_logging
 from exporter.redaction import scrub
+from exporter.sharding import ShardingError
 from exporter.view import HEALTH_ORDER, ImageView
 
 if TYPE_CHECKING:
     from exporter.snapshot import Snapshot
 
-from exporter.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, _print_errors
+from exporter.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, _print_errors, _sharding_overrides
 
 log = structlog.get_logger("ehpc.cli")
 
@@ -30,7 +31,10 @@ log = structlog.get_logger("ehpc.cli")
 def _cmd_check(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, _sharding_overrides(args))
+    except ShardingError as exc:
+        _print_errors([str(exc)])
+        return EXIT_CONFIG
     except ConfigError as exc:
         _print_errors(exc.errors)
         return EXIT_CONFIG

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -14,6 +15,7 @@ import structlog
 
 from exporter.config import STOP_TIMEOUT_SECONDS, Config
 from exporter.config.load import ConfigError, load_config
+from exporter.sharding import ShardingFlags, resolve_sharding
 
 log = structlog.get_logger("ehpc.cli")
 
@@ -30,12 +32,24 @@ EXIT_CONFIG = 2
 # Shared helpers.
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+def _overrides(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The config keys the flags (and the sharding environment) set; raises ShardingError.
+
+    Resolved once at start: the same overrides apply to every reload, so flags and environment keep
+    winning over the file.
+    """
     return {
         "web.listen_address": args.web_listen_address,
         "web.telemetry_path": args.web_telemetry_path,
         "web.config_file": args.web_config_file,
+        **_sharding_overrides(args, environ),
     }
+
+
+def _sharding_overrides(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``sharding.shards`` / ``sharding.shard`` from --total-shards, --shard, --pod and the environment."""
+    flags = ShardingFlags(shard=args.shard, total_shards=args.total_shards, pod=args.pod)
+    return dict(resolve_sharding(flags, os.environ if environ is None else environ))
 
 
 def _web_config_errors(config: Config) -> list[str]:

@@ -97,6 +97,33 @@ def _add_web_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_sharding_flags(parser: argparse.ArgumentParser) -> None:
+    # Strings, parsed by exporter.sharding: its errors name the flag, the value and the other side of a
+    # conflict (argparse's int would only say "invalid int value").
+    parser.add_argument(
+        "--shard",
+        metavar="N",
+        default=None,
+        help="this replica's shard, 0 <= N < total (overrides sharding.shard; conflicts with a --pod of"
+        " another ordinal)",
+    )
+    parser.add_argument(
+        "--total-shards",
+        dest="total_shards",
+        metavar="N",
+        default=None,
+        help="how many shards split the images (overrides sharding.shards; default: env EHPC_TOTAL_SHARDS,"
+        " else the config file); above 1 without --shard, the ordinal comes from the pod name",
+    )
+    parser.add_argument(
+        "--pod",
+        metavar="NAME",
+        default=None,
+        help="StatefulSet pod name whose trailing -<n> is the shard (default: env POD_NAME, used when the"
+        " total is above 1 and --shard is not given)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (``run`` is inserted when no subcommand is given)."""
     parser = argparse.ArgumentParser(
@@ -117,8 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve /metrics, refreshing in the background (default)",
         description=(
             "Serve metrics about the configured images, refreshed in the background; scrapes never call\n"
-            "the API. SIGHUP reloads the config file (a bad file keeps the running config and sets\n"
-            "ehpc_config_last_reload_successful to 0); SIGTERM or SIGINT stops within 5 seconds."
+            "the API. SIGHUP (or POST /-/reload with --web.enable-lifecycle) reloads the config file (a\n"
+            "bad file keeps the running config and sets ehpc_config_last_reload_successful to 0); SIGTERM\n"
+            "or SIGINT stops within 5 seconds. --shard/--total-shards/--pod split the images over\n"
+            "replicas (docs/sharding.md)."
         ),
     )
     _add_config_flag(run, required=False)
@@ -129,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
         " error on stderr otherwise",
     )
     _add_web_flags(run)
+    run.add_argument(
+        "--web.enable-lifecycle",
+        dest="web_enable_lifecycle",
+        action="store_true",
+        help="answer POST /-/reload with a config reload, as SIGHUP does (off: 403, as in Prometheus)",
+    )
+    _add_sharding_flags(run)
     _add_logging_flags(run)
     run.add_argument("--version", action="version", version=version_text())
 
@@ -140,10 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
             "Call the API once for every watched image and print image, status, replication regions\n"
             "(region:status) and last error. Exit 0 if every image is healthy and every requested region\n"
             "is replicated, 1 if any image is unhealthy, incompletely replicated or failing, 2 if the\n"
-            "config is invalid."
+            "config is invalid. With the sharding flags (or in a sharded pod) only that shard's share."
         ),
     )
     _add_config_flag(check, required=True)
+    _add_sharding_flags(check)
     check.add_argument(
         "--output", choices=("table", "json"), default="table", help="table for people, json for scripts"
     )

@@ -15,6 +15,7 @@ from exporter import __version__
 from exporter.config import Config
 from exporter.config.load import ConfigError, config_warnings
 from exporter.logging import configure_logging
+from exporter.sharding import ShardingError
 
 if TYPE_CHECKING:
     from exporter.service import ExporterService
@@ -39,7 +40,15 @@ log = structlog.get_logger("ehpc.cli")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    overrides = _overrides(args)
+    try:
+        overrides = _overrides(args)
+    except ShardingError as exc:  # before anything is served: one line naming the flag or variable
+        if not args.check_config:
+            configure_logging(args.log_format, args.log_level)
+            log.error("config_invalid", error=str(exc))
+        else:
+            _print_errors([str(exc)])
+        return EXIT_CONFIG
     if args.check_config:
         try:
             config = _load(args.config, overrides)
@@ -60,20 +69,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     for warning in config_warnings(config):
         log.warning("config_warning", warning=warning)
-    return asyncio.run(_run(config, args.config, overrides))
+    return asyncio.run(_run(config, args.config, overrides, lifecycle=args.web_enable_lifecycle))
 
 
-async def _run(config: Config, path: str | None, overrides: Mapping[str, Any]) -> int:
+async def _run(
+    config: Config, path: str | None, overrides: Mapping[str, Any], *, lifecycle: bool = False
+) -> int:
     from exporter.service import ExporterService
 
     service = ExporterService(config)
     lock = asyncio.Lock()
-    reloads: set[asyncio.Task[None]] = set()
+    reloads: set[asyncio.Task[str | None]] = set()
     stopping = asyncio.Event()
 
-    async def reload() -> None:
-        async with lock:  # SIGHUPs in a burst apply one after the other, the last file wins
-            await _reload(service, path, overrides)
+    async def reload() -> str | None:
+        # SIGHUPs and POST /-/reload in a burst apply one after the other, the last file wins.
+        async with lock:
+            return await _reload(service, path, overrides)
+
+    if lifecycle:
+        service.enable_lifecycle(reload)
 
     def on_hup() -> None:
         task = asyncio.get_running_loop().create_task(reload())
@@ -95,10 +110,11 @@ async def _run(config: Config, path: str | None, overrides: Mapping[str, Any]) -
         return await _stop_within_deadline(stop)
 
 
-async def _reload(service: ExporterService, path: str | None, overrides: Mapping[str, Any]) -> None:
-    """Re-read the config for SIGHUP; any failure keeps the running config and records the reload as failed.
+async def _reload(service: ExporterService, path: str | None, overrides: Mapping[str, Any]) -> str | None:
+    """Re-read the config (SIGHUP, POST /-/reload); None if applied, else the reason in one line.
 
-    A load failure is recorded here; once the file loaded, ``service.reload`` records the outcome (once).
+    Any failure keeps the running config and records the reload as failed. A load failure is recorded
+    here; once the file loaded, ``service.reload`` records the outcome (once).
     """
     log.info("config_reloading", config=path)
     try:
@@ -114,14 +130,17 @@ async def _reload(service: ExporterService, path: str | None, overrides: Mapping
         for line in errors:
             log.error("config_reload_failed", error=line)
         service.record_reload(False)
-        return
+        more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+        return f"{errors[0]}{more}"
     try:
         await service.reload(config)
     except Exception as exc:  # recorded by service.reload; the running config stays
-        log.error("config_reload_failed", error=f"cannot apply the config ({type(exc).__name__})")
-        return
+        reason = f"cannot apply the config ({type(exc).__name__})"
+        log.error("config_reload_failed", error=reason)
+        return reason
     for warning in config_warnings(config):
         log.warning("config_warning", warning=warning)
+    return None
 
 
 def _counts(config: Config) -> dict[str, Any]:

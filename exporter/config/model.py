@@ -44,7 +44,7 @@ DEFAULT_TELEMETRY_PATH = "/metrics"
 # Served without authentication (Kubernetes probes carry no credentials); with "/", the landing page,
 # no telemetry path may shadow them.
 PROBE_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz"})
-RESERVED_PATHS: frozenset[str] = PROBE_PATHS | {"/"}
+RESERVED_PATHS: frozenset[str] = PROBE_PATHS | {"/", "/-/reload"}  # /-/reload: the lifecycle API
 # The one stop deadline: the process promises to stop within 5 s of SIGTERM; the service's shutdown
 # gets 4.5 s of it, and the CLI adds nothing on top but exiting.
 STOP_TIMEOUT_SECONDS = 4.5
@@ -172,7 +172,7 @@ class StatusConfig:
 
 @dataclass(frozen=True, slots=True)
 class ShardingConfig:
-    """Split the watched set across replicas: this replica keeps hash(image_id) mod shards == shard."""
+    """Split the watched set across replicas: this one keeps the images rendezvous hashing gives ``shard``."""
 
     shards: int = 1
     shard: int = 0

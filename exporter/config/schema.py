@@ -324,7 +324,7 @@ class StatusIn(_Schema):
 
 
 class ShardingIn(_Schema):
-    """``sharding``: this replica keeps the images with hash(image_id) mod shards == shard."""
+    """``sharding``: this replica keeps the images rendezvous hashing assigns to ``shard`` of ``shards``."""
 
     shards: Annotated[int, _within(1, 1000)] = _SHARDING.shards
     shard: Annotated[int, _within(0, 999)] = _SHARDING.shard

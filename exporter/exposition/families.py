@@ -30,7 +30,8 @@ History (:mod:`exporter.history`): the since-timestamps and change counters have
 image's first successful answer; ``ehpc_image_replication_complete`` follows the replication series.
 
 Additions to the product contract: ``ehpc_config_last_reload_successful``,
-``ehpc_config_last_reload_success_timestamp_seconds``, ``ehpc_refresh_overruns_total``, and the standard
+``ehpc_config_last_reload_success_timestamp_seconds``, ``ehpc_refresh_overruns_total``,
+``ehpc_exporter_shard_ordinal`` and ``ehpc_exporter_total_shards``, and the standard
 ``process_*`` / ``python_gc_*`` collectors of ``prometheus_client`` (optional).
 
 Why one module of over 400 lines: it is the table of every family, one entry each, by design (adding a
@@ -102,6 +103,8 @@ class MetricName(StrEnum):
     CONFIG_RELOAD_SUCCESSFUL = "ehpc_config_last_reload_successful"
     CONFIG_RELOAD_TIMESTAMP = "ehpc_config_last_reload_success_timestamp_seconds"
     BUILD_INFO = "ehpc_exporter_build_info"
+    SHARD_ORDINAL = "ehpc_exporter_shard_ordinal"
+    TOTAL_SHARDS = "ehpc_exporter_total_shards"
 
 
 MetricType = Literal["gauge", "counter", "histogram"]
@@ -537,6 +540,18 @@ SELF_SPECS: tuple[MetricSpec, ...] = (
         "gauge",
         "Exporter build information, always 1.",
         ("version", "revision", "python_version"),
+    ),
+    # Always present (0 and 1 unsharded): "sum by (job) of watched images" and "which pod is missing"
+    # queries need every replica to say where it stands; Prometheus adds job/instance/pod.
+    MetricSpec(
+        _M.SHARD_ORDINAL,
+        "gauge",
+        "The shard this replica watches, 0 <= ordinal < ehpc_exporter_total_shards (see docs/sharding.md).",
+    ),
+    MetricSpec(
+        _M.TOTAL_SHARDS,
+        "gauge",
+        "How many shards split the watched images (1: unsharded).",
     ),
 )
 

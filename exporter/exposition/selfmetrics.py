@@ -1,4 +1,5 @@
-"""The self part: the exporter's own counters (API calls and latency, error codes, ignored values, reloads).
+"""The self part: the exporter's own counters (API calls and latency, error codes, ignored values, reloads,
+sharding).
 
 Rendered per scrape by ``prometheus_client`` from :class:`SelfMetrics` (a few hundred samples, after the
 snapshot part, so the OpenMetrics ``# EOF`` it ends with is the only one). Names, help texts, types and
@@ -145,6 +146,8 @@ class SelfMetrics:
         self.reload_successful: bool | None = None
         self.reload_success_timestamp: float | None = None
         self.state: StateMetrics | None = None  # set while a state file is configured
+        self.shard_ordinal = 0
+        self.total_shards = 1
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         if process_metrics:
@@ -178,6 +181,10 @@ class SelfMetrics:
         self.reload_successful = ok
         if ok:
             self.reload_success_timestamp = at
+
+    def set_sharding(self, shard: int, total: int) -> None:
+        """Record the sharding of the running config (``ehpc_exporter_shard_ordinal`` / ``_total_shards``)."""
+        self.shard_ordinal, self.total_shards = shard, total
 
     def collect(self) -> Iterable[Metric]:
         """Yield the self-metric families."""
@@ -234,6 +241,12 @@ class SelfMetrics:
         b = self.build_info
         info.add_metric([b.version, b.revision, b.python_version], 1.0)
         yield info
+        ordinal = gauge(SPECS[_M.SHARD_ORDINAL])
+        ordinal.add_metric([], float(self.shard_ordinal))
+        yield ordinal
+        total = gauge(SPECS[_M.TOTAL_SHARDS])
+        total.add_metric([], float(self.total_shards))
+        yield total
 
     def _state_families(self) -> Iterable[Metric]:
         state = self.state

@@ -1,15 +1,22 @@
-"""The exporter's HTTP surface (aiohttp): ``/metrics``, ``/healthz``, ``/readyz`` and a health board at ``/``.
+"""The exporter's HTTP surface (aiohttp): ``/metrics``, ``/healthz``, ``/readyz``, a health board at ``/``
+and ``POST /-/reload``.
 
 A scrape never calls the cloud API and never renders the per-image series: it writes the bytes rendered
 when the snapshot was swapped in, followed by the small self-metrics part rendered now. Content
 negotiation follows Prometheus: OpenMetrics 1.0.0 when ``Accept`` prefers ``application/openmetrics-text``,
 else text format 0.0.4; gzip when ``Accept-Encoding`` allows it.
+
+``POST`` (or ``PUT``) ``/-/reload`` is Prometheus' lifecycle endpoint: with ``--web.enable-lifecycle``
+it reloads the config as SIGHUP does (one reload at a time, shared with SIGHUP) and answers 200, or 500
+with the one-line reason the reload failed (the running config stays); without the flag 403 "Lifecycle
+API is not enabled.", as Prometheus and Alertmanager answer. Other methods get 405. It is behind the web
+config's authentication like every route but the probes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import structlog
 from aiohttp import hdrs, web
@@ -21,8 +28,10 @@ from exporter.http.landing import landing
 from exporter.http.source import SOURCE_KEY, TELEMETRY_PATH_KEY, MetricsSource
 
 __all__ = [
+    "LIFECYCLE_RELOAD_PATH",
     "OPEN_PATHS",
     "SOURCE_KEY",
+    "LifecycleReload",
     "MetricsSource",
     "accepts_gzip",
     "create_app",
@@ -34,6 +43,10 @@ log = structlog.get_logger("ehpc.web")
 # Reachable without authentication (Kubernetes probes carry no credentials).
 OPEN_PATHS = PROBE_PATHS
 WRITE_SLICE_BYTES = 256 * 1024  # bigger parts are written in slices of this size
+LIFECYCLE_RELOAD_PATH = "/-/reload"
+# Reloads the config: None when it was applied, else why not (one line, no secret).
+LifecycleReload = Callable[[], Awaitable[str | None]]
+_RELOAD_KEY: web.AppKey[LifecycleReload | None] = web.AppKey("lifecycle_reload")
 
 
 def _q(params: Iterable[str]) -> float:
@@ -144,6 +157,17 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.Response(status=503, text="not ready: the first refresh has not completed\n")
 
 
+async def _reload(request: web.Request) -> web.Response:
+    reload = request.app[_RELOAD_KEY]
+    if reload is None:
+        return web.Response(status=403, text="Lifecycle API is not enabled.\n")
+    reason = await reload()
+    if reason is not None:
+        # Prometheus' wording; the reason comes from the config loader, which never quotes a secret.
+        return web.Response(status=500, text=f"failed to reload config: {reason}\n")
+    return web.Response(text="config reloaded\n")
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A handler bug answers 500 and is logged once; HTTP errors (404, 405, 401...) pass through."""
@@ -157,12 +181,17 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def create_app(
-    source: MetricsSource, *, telemetry_path: str = "/metrics", middlewares: Sequence[Middleware] = ()
+    source: MetricsSource,
+    *,
+    telemetry_path: str = "/metrics",
+    middlewares: Sequence[Middleware] = (),
+    reload: LifecycleReload | None = None,
 ) -> web.Application:
-    """The aiohttp application; ``middlewares`` (e.g. web-config auth) run outside the error guard."""
+    """The aiohttp application; ``middlewares`` (e.g. web-config auth) run outside the error guard;
+    ``reload`` enables ``POST /-/reload``."""
     if not telemetry_path.startswith("/") or telemetry_path in RESERVED_PATHS:
         raise ValueError(
-            f"telemetry path {telemetry_path!r} must start with / and not be /, /healthz, /readyz"
+            f"telemetry path {telemetry_path!r} must start with / and not be /, /healthz, /readyz, /-/reload"
         )
     app = web.Application(middlewares=[*middlewares, _errors])
     app[SOURCE_KEY] = source
@@ -171,4 +200,7 @@ def create_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/", landing)
+    app[_RELOAD_KEY] = reload
+    app.router.add_post(LIFECYCLE_RELOAD_PATH, _reload)
+    app.router.add_put(LIFECYCLE_RELOAD_PATH, _reload)
     return app
