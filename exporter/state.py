@@ -472,15 +472,18 @@ class StateStore:
             saved = self._saved.get(scope, _Saved({}))
             current = {k.image_id: s for k, s in snapshot.images.items() if k[:2] == scope}
             gone = [(scope.account, scope.region_id, i) for i in saved.states if i not in current]
-            full, times = [], []
+            changed: list[ImageState] = []
+            times = []
             for image_id, state in current.items():
                 old = saved.states.get(image_id)
-                key = (scope.account, scope.region_id, image_id)
                 if old is not None and (old is state or _durable(old) == _durable(state)):
                     if old.last_success != state.last_success:
-                        times.append((state.last_success, *key))
+                        times.append((state.last_success, scope.account, scope.region_id, image_id))
                 else:
-                    full.append((*key, _encode(state), state.last_success))
+                    changed.append(state)
+            # Encoded row by row as SQLite takes them: ten thousand encoded rows held at once would
+            # raise the process's high-water mark for good (freed memory mostly stays resident).
+            full = ((*s.key, _encode(s), s.last_success) for s in changed)
             d = status.discovery
             discovery = None if d is None else json.dumps([d.up, d.last_success, d.discovered, d.error_code])
             conn.execute("BEGIN IMMEDIATE")
