@@ -7,7 +7,7 @@ label names come from the family table (:data:`~exporter.exposition.families.SEL
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
 from prometheus_client.exposition import generate_latest as generate_text
@@ -128,6 +128,7 @@ class SelfMetrics:
         errors = counter(SPECS[_M.API_ERRORS])
         ignored = counter(SPECS[_M.API_IGNORED_VALUES])
         latency = histogram(SPECS[_M.API_REQUEST_DURATION])
+        rate_limit = gauge(SPECS[_M.API_RATE_LIMIT])
         overruns = counter(SPECS[_M.REFRESH_OVERRUNS])
         for scope, m in scopes:
             who = [scrub(scope.account), scrub(scope.region_id)]
@@ -149,11 +150,14 @@ class SelfMetrics:
                     cumulative += count
                     buckets.append((le, float(cumulative)))
                 latency.add_metric([*who, action], buckets, hist.sum)
+            if m.rate_limit is not None:
+                rate_limit.add_metric(who, m.rate_limit())
             overruns.add_metric(who, m.overruns)
         yield requests
         yield errors
         yield ignored
         yield latency
+        yield rate_limit
         yield overruns
         ok = gauge(SPECS[_M.CONFIG_RELOAD_SUCCESSFUL])
         if self.reload_successful is not None:
@@ -187,6 +191,8 @@ class ScopeMetrics:
         self._latency: dict[str, _Histogram] = {}
         self._ignored: dict[tuple[str, str], int] = {}
         self.overruns = 0
+        # Reads the effective QPS budget of this scope's client (set with the client; absent before).
+        self.rate_limit: Callable[[], float] | None = None
         for action in API_ACTIONS:
             self._add_action(action)
 
