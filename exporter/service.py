@@ -168,7 +168,9 @@ class ExporterService:
         return found
 
     def _new_unit(self, config: Config) -> _Unit:
-        client = self._client_factory(config, self.metrics.scope(config.scope), self._account(config))
+        observer = self.metrics.scope(config.scope)
+        client = self._client_factory(config, observer, self._account(config))
+        observer.rate_limit = client.budget.effective_qps
         refresher = Refresher(
             config,
             client,
@@ -408,6 +410,8 @@ class ExporterService:
             if client is not None:
                 self._retire(unit.client, unit.refresher)
                 unit.client = client
+                # A rebuilt client (new endpoint or budget) starts at its configured qps again.
+                self.metrics.scope(scope).rate_limit = client.budget.effective_qps
             unit.config = cfg
             unit.refresher.reconfigure(cfg, client)
         if self._running and [c.scope for c in old.scopes()] != list(new_scopes):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+import pytest
+
 from exporter.openapi.budget import TokenBucket
 
 
@@ -76,3 +78,42 @@ async def test_an_account_budget_caps_its_regions_together() -> None:
     assert regions[0].in_flight == 0
     async with regions[0], regions[1]:  # both slots came back
         assert account.in_flight == 2
+
+
+async def test_a_rate_change_while_takers_queue_keeps_the_schedule_sound() -> None:
+    """Why: the adaptive rate changes the bucket under queued takers; a cut must slow the queue at
+    once, a rise speed it up, and cancelled takers must still cost nothing."""
+    bucket = TokenBucket(qps=100)
+    loop = asyncio.get_running_loop()
+    stamps: list[float] = []
+
+    async def taker() -> None:
+        await bucket.take()
+        stamps.append(loop.time())
+
+    start = loop.time()
+    queued = [asyncio.create_task(taker()) for _ in range(4)]
+    await asyncio.sleep(0)
+    bucket.set_qps(20)  # 10 ms -> 50 ms while three of them sleep
+    await asyncio.gather(*queued)
+    assert bucket.qps == pytest.approx(20)
+    # Never faster than the new interval from the first send (its own slot was at once).
+    assert all(t >= start + i * 0.05 - 1e-3 for i, t in enumerate(stamps)), stamps
+    waiters = [asyncio.create_task(bucket.take()) for _ in range(100)]  # 5 s of slots at 20 qps
+    await asyncio.sleep(0.01)
+    for w in waiters:
+        w.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    bucket.set_qps(1000)
+    before = loop.time()
+    await bucket.take()
+    assert loop.time() - before < 0.1  # within one old interval, not after the cancelled 5 s
+
+
+def test_only_a_limited_bucket_changes_its_rate() -> None:
+    """Why: qps 0 (unlimited) has no schedule to adapt; a zero or negative rate would stall or crash."""
+    with pytest.raises(ValueError, match="limited bucket"):
+        TokenBucket(qps=0).set_qps(5)
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="positive"):
+            TokenBucket(qps=5).set_qps(bad)

@@ -51,6 +51,7 @@ from pydantic_core import ErrorDetails
 from exporter.config import yamlfile
 from exporter.config.model import (
     RESERVED_PATHS,
+    AdaptiveRateConfig,
     ApiConfig,
     AssumeRoleConfig,
     Config,
@@ -609,7 +610,13 @@ def _fields(section: BaseModel) -> dict[str, Any]:
 
 
 def _api(api: ApiIn) -> ApiConfig:
-    return ApiConfig(**{**_fields(api), "retry": RetryConfig(**_fields(api.retry))})
+    return ApiConfig(
+        **{
+            **_fields(api),
+            "retry": RetryConfig(**_fields(api.retry)),
+            "adaptive_rate": AdaptiveRateConfig(**_fields(api.adaptive_rate)),
+        }
+    )
 
 
 def _credentials(creds: CredentialsIn | None) -> CredentialsConfig | None:

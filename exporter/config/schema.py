@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 from exporter.config import yamlfile
 from exporter.config.model import (
     RESERVED_PATHS,
+    AdaptiveRateConfig,
     ApiConfig,
     AssumeRoleConfig,
     CredentialType,
@@ -209,6 +210,7 @@ SessionSeconds = Annotated[int, Field(ge=900, le=43_200)]
 # The input schema. Defaults come from the runtime dataclasses so the two layers cannot drift.
 
 _RETRY = RetryConfig()
+_ADAPTIVE = AdaptiveRateConfig()
 _API = ApiConfig()
 _DISCOVERY = DiscoveryConfig()
 _REFRESH = RefreshConfig()
@@ -237,6 +239,17 @@ class RetryIn(_Schema):
     max_elapsed_seconds: Annotated[float, _finite(0.01, 3600)] = _RETRY.max_elapsed_seconds
 
 
+class AdaptiveRateIn(_Schema):
+    """``api.adaptive_rate``: cut the QPS budget on throttling, regrow it towards ``api.qps`` (AIMD)."""
+
+    enabled: bool = _ADAPTIVE.enabled
+    # Below 0.1 one throttle would drop the rate tenfold; 0.95 at most so a cut still cuts.
+    decrease_factor: Annotated[float, _finite(0.1, 0.95)] = _ADAPTIVE.decrease_factor
+    increase_per_second: Annotated[float, _finite(0.001, 1)] = _ADAPTIVE.increase_per_second
+    min_qps: Annotated[float, _finite(MIN_QPS, 10_000)] = _ADAPTIVE.min_qps
+    reaction_window_seconds: Annotated[float, _finite(0.01, 60)] = _ADAPTIVE.reaction_window_seconds
+
+
 class ApiIn(_Schema):
     """``api``: where and how fast to call E-HPC Instant."""
 
@@ -251,6 +264,7 @@ class ApiIn(_Schema):
     qps: Annotated[float, _finite(0, 10_000), AfterValidator(_qps)] = _API.qps
     max_response_bytes: Annotated[int, _within(1024, 1024**3)] = _API.max_response_bytes
     retry: RetryIn = RetryIn()
+    adaptive_rate: AdaptiveRateIn = AdaptiveRateIn()
 
 
 class CredentialsIn(_Schema):

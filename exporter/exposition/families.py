@@ -100,6 +100,7 @@ class MetricName(StrEnum):
     API_REQUEST_DURATION = "ehpc_api_request_duration_seconds"
     API_IGNORED_VALUES = "ehpc_api_ignored_values_total"
     REFRESH_OVERRUNS = "ehpc_refresh_overruns_total"
+    API_RATE_LIMIT = "ehpc_api_rate_limit_qps"
     CONFIG_RELOAD_SUCCESSFUL = "ehpc_config_last_reload_successful"
     CONFIG_RELOAD_TIMESTAMP = "ehpc_config_last_reload_success_timestamp_seconds"
     BUILD_INFO = "ehpc_exporter_build_info"
@@ -492,6 +493,13 @@ SELF_SPECS: tuple[MetricSpec, ...] = (
         "histogram",
         "Latency of one E-HPC Instant API call attempt in seconds.",
         (*IDENTITY, "action"),
+    ),
+    MetricSpec(
+        _M.API_RATE_LIMIT,
+        "gauge",
+        "The client's effective API call budget in calls per second: api.qps, lowered after throttling "
+        "while api.adaptive_rate is on (0: unlimited).",
+        IDENTITY,
     ),
     MetricSpec(
         _M.REFRESH_OVERRUNS,

@@ -8,7 +8,7 @@ label names come from the family table (:data:`~exporter.exposition.families.SEL
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
 from prometheus_client.exposition import generate_latest as generate_text
@@ -193,6 +193,7 @@ class SelfMetrics:
         errors = counter(SPECS[_M.API_ERRORS])
         ignored = counter(SPECS[_M.API_IGNORED_VALUES])
         latency = histogram(SPECS[_M.API_REQUEST_DURATION])
+        rate_limit = gauge(SPECS[_M.API_RATE_LIMIT])
         overruns = counter(SPECS[_M.REFRESH_OVERRUNS])
         replication = histogram(SPECS[_M.REPLICATION_DURATION])
         for scope, m in scopes:
@@ -211,6 +212,8 @@ class SelfMetrics:
                 ignored.add_metric([*who, action, field], n)
             for action, hist in sorted(m._latency.items()):
                 latency.add_metric([*who, action], hist.buckets(), hist.sum)
+            if m.rate_limit is not None:
+                rate_limit.add_metric(who, m.rate_limit())
             overruns.add_metric(who, m.overruns)
             # Region ids pass the output gate; two that it maps to one label value share a series.
             gated_hist: dict[str, list[_Histogram]] = {}
@@ -226,6 +229,7 @@ class SelfMetrics:
         yield errors
         yield ignored
         yield latency
+        yield rate_limit
         yield overruns
         yield replication
         yield from self._state_families()
@@ -287,6 +291,8 @@ class ScopeMetrics:
         self._ignored: dict[tuple[str, str], int] = {}
         self._replication: dict[str, _Histogram] = {}  # by replication region
         self.overruns = 0
+        # Reads the effective QPS budget of this scope's client (set with the client; absent before).
+        self.rate_limit: Callable[[], float] | None = None
         for action in API_ACTIONS:
             self._add_action(action)
 

@@ -3,7 +3,8 @@
 One pooled aiohttp session per client; every attempt is budgeted (concurrency cap, then a QPS token),
 signed with a fresh date and nonce, bounded by a timeout and a response-size cap, and every failure
 surfaces as :class:`ApiError`. Retries (exponential backoff, full jitter, ``x-acs-retry-after`` as a lower
-bound) are bounded by ``RetryConfig.max_attempts`` and ``max_elapsed_seconds``.
+bound) are bounded by ``RetryConfig.max_attempts`` and ``max_elapsed_seconds``. Every ``Throttling.*``
+answer and every other answer is reported to the budget, whose rate adapts (``api.adaptive_rate``).
 
 Why one module of over 400 lines: signing, budgeting, retrying and reading bounded bodies are the
 steps of one attempt, sharing its state (the prepared query, the deadline, the observer); each step is
@@ -194,7 +195,7 @@ class EhpcClient:
         self._scheme, self._host = resolve_endpoint(api)
         self.base_url = f"{self._scheme}://{self._host}/"
         # This endpoint's budget, within the account's when several regions share one.
-        self.budget = Budget(api.qps, api.max_concurrency, account_budget)
+        self.budget = Budget(api.qps, api.max_concurrency, account_budget, api.adaptive_rate)
         self._timeout = aiohttp.ClientTimeout(
             total=api.timeout_seconds, connect=min(api.connect_timeout_seconds, api.timeout_seconds)
         )
@@ -411,6 +412,7 @@ class EhpcClient:
                     if error.action is None:
                         error.action = action
                     self._observe(action, loop.time() - start, error)
+                    self._adapt(error, start, loop.time())
                 except Exception as exc:  # the gate's last line: a parser bug is a bad answer, not a crash
                     log.exception("api_parse_failed", action=action)
                     error = ApiError(
@@ -421,6 +423,7 @@ class EhpcClient:
                     self._observe(action, loop.time() - start, error)
                 else:
                     self._observe(action, loop.time() - start, None)
+                    self.budget.on_success()
                     return result
             attempt += 1
             if attempt >= retry.max_attempts or not error.retryable:
@@ -433,6 +436,25 @@ class EhpcClient:
                 raise error  # never sleep past the deadline: the last error is the answer
             log.debug("api_retry", action=action, code=error.code, attempt=attempt, delay=round(delay, 3))
             await asyncio.sleep(delay)
+
+    def _adapt(self, error: ApiError, sent_at: float, now: float) -> None:
+        """Tell the budget how an attempt that failed went: a throttle cuts, an answer is a success.
+
+        Any other answer from the API (even an error) means this rate was accepted; a local failure
+        (timeout, connection, credentials) says nothing about the rate and changes nothing.
+        """
+        if error.code.startswith("Throttling"):  # as is_retryable: Throttling, .User, .Api
+            before = self.budget.qps
+            if self.budget.on_throttle(sent_at, now):
+                log.info(
+                    "api_rate_cut",
+                    host=self._host,
+                    code=error.code,
+                    qps_before=round(before, 3),
+                    qps=round(self.budget.qps, 3),
+                )
+        elif error.http_status:
+            self.budget.on_success()
 
     def _observe(self, action: str, duration: float, error: ApiError | None) -> None:
         observer = self._observer
