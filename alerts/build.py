@@ -32,6 +32,8 @@ HEADER = (
 Duration = Annotated[str, StringConstraints(pattern=r"^(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")]
 LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
 Severity = Literal["critical", "warning", "info"]
+# An Alibaba Cloud region id (cn-hangzhou, ap-southeast-1): safe inside a PromQL regular expression as is.
+RegionId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")]
 
 
 class _Strict(BaseModel):
@@ -43,6 +45,8 @@ class AlertSettings(_Strict):
 
     for_: Duration = Field(alias="for")
     severity: Severity
+    # Prometheus >= 2.42 (the packaged one is 2.42.0): how long a firing alert outlives its condition.
+    keep_firing_for: Duration | None = None
 
 
 class StaleSettings(AlertSettings):
@@ -87,6 +91,28 @@ class TargetFailingSettings(AlertSettings):
     credential_window: Duration
 
 
+class ReplicationSlowSettings(AlertSettings):
+    """EhpcImageReplicationSlow: a quantile of completed replication times, per replication region."""
+
+    quantile: float = Field(gt=0, lt=1)
+    window: Duration
+    max_seconds: int = Field(gt=0)
+    region_max_seconds: dict[RegionId, Annotated[int, Field(gt=0)]] = Field(default_factory=dict)
+
+
+class FlappingSettings(AlertSettings):
+    """EhpcImageFlapping: more than ``max_changes`` status changes of one image within ``window``."""
+
+    window: Duration
+    max_changes: int = Field(ge=1)
+
+
+class WindowSettings(AlertSettings):
+    """An alert on a counter's increase within ``window``."""
+
+    window: Duration
+
+
 class AlertsSettings(_Strict):
     """One block per alert; a missing block is an error, so no alert is shipped without its settings."""
 
@@ -102,6 +128,12 @@ class AlertsSettings(_Strict):
     EhpcRefreshStalled: RefreshStalledSettings
     EhpcConfigReloadFailed: AlertSettings
     EhpcTargetFailing: TargetFailingSettings
+    EhpcImageReplicationSlow: ReplicationSlowSettings
+    EhpcImageFlapping: FlappingSettings
+    EhpcStateSaveFailing: WindowSettings
+    EhpcStateLoadFailed: AlertSettings
+    EhpcShardsMissing: AlertSettings
+    EhpcShardingMismatch: AlertSettings
 
 
 class Thresholds(_Strict):
@@ -111,6 +143,7 @@ class Thresholds(_Strict):
     exporter_selector: str = Field(min_length=1)
     image_labels: tuple[LabelName, ...] = Field(min_length=1)
     target_labels: tuple[LabelName, ...] = Field(min_length=1)
+    deployment_labels: tuple[LabelName, ...] = Field(min_length=1)
     group_name: str = Field(min_length=1)
     alerts: AlertsSettings
 
@@ -213,9 +246,45 @@ def _top_error(t: Thresholds, window: str) -> str:
     )
 
 
+def _replications_done(t: Thresholds, window: str) -> str:
+    fmt, args = _lookup((*t.target_labels, "replication_region"))
+    return (
+        f'{{{{ with printf "sum(increase(ehpc_image_replication_duration_seconds_count{{{fmt}}}[{window}]))"'
+        f" {args} | query }}}}"
+        'copies completed: {{ . | first | value | printf "%.0f" }}{{ else }}no count{{ end }}'
+    )
+
+
+def _last_save(t: Thresholds) -> str:
+    fmt, args = _lookup(("job", "instance"))
+    return (
+        f'{{{{ with printf "time() - ehpc_state_last_save_timestamp_seconds{{{fmt}}}" {args} | query }}}}'
+        "The last successful save was {{ . | first | value | humanizeDuration }} ago."
+        "{{ else }}No save has succeeded since the exporter started.{{ end }}"
+    )
+
+
+def _total_shards(t: Thresholds) -> str:
+    fmt, args = _lookup(t.deployment_labels)
+    return (
+        f'{{{{ with printf "max(ehpc_exporter_total_shards{{{fmt}}})" {args} | query }}}}'
+        '{{ . | first | value | printf "%.0f" }}{{ end }}'
+    )
+
+
+def _totals_seen(t: Thresholds) -> str:
+    fmt, args = _lookup(t.deployment_labels)
+    return (
+        f'{{{{ range printf "count_values(`total`, ehpc_exporter_total_shards{{{fmt}}})" {args} | query'
+        ' | sortByLabel "total" }}'
+        '{{ .Labels.total }} on {{ .Value | printf "%.0f" }} pod(s); {{ end }}'
+    )
+
+
 # Where an alert names the image or the target it is about, in prose.
 _IN_TARGET = "account {{ $labels.account }}, region {{ $labels.region_id }}"
 _IMAGE = "{{ $labels.image_id }} ({{ $labels.account }}/{{ $labels.region_id }})"
+_DEPLOYMENT = "job {{ $labels.job }}"
 
 
 def _stale_expr(t: Thresholds) -> str:
@@ -282,6 +351,81 @@ def _target_failing_expr(t: Thresholds) -> str:
     )
 
 
+def _replication_slow_expr(t: Thresholds) -> str:
+    """EhpcImageReplicationSlow: the ``quantile`` of the replication times completed within ``window``,
+    per (target labels, replication region), above the region's threshold.
+
+    ``sum by`` over ``increase`` per series (never ``increase`` of a sum), so shards and exporter restarts
+    (counter resets) add up instead of cancelling out. One branch per distinct threshold: the default
+    branch excludes every region with its own entry, each other branch selects the regions that share a
+    value, so each region is compared with exactly one threshold and all branches carry one label set.
+    """
+    s = t.alerts.EhpcImageReplicationSlow
+    by = ", ".join((*t.target_labels, "replication_region", "le"))
+
+    def quantile(matcher: str) -> str:
+        selector = f"{{{matcher}}}" if matcher else ""
+        return (
+            f"histogram_quantile({s.quantile:g}, sum by ({by}) "
+            f"(increase(ehpc_image_replication_duration_seconds_bucket{selector}[{s.window}])))"
+        )
+
+    by_value: dict[int, list[str]] = {}
+    for region, seconds in sorted(s.region_max_seconds.items()):
+        by_value.setdefault(seconds, []).append(region)
+    overridden = "|".join(sorted(s.region_max_seconds))
+    default = quantile(f'replication_region!~"{overridden}"') if overridden else quantile("")
+    branches = [f"{default} > {s.max_seconds}"]
+    for seconds, regions in sorted(by_value.items()):
+        matcher = 'replication_region=~"' + "|".join(regions) + '"'
+        branches.append(f"{quantile(matcher)} > {seconds}")
+    return "\nor\n".join(branches)
+
+
+def _flapping_expr(t: Thresholds) -> str:
+    """EhpcImageFlapping: more than ``max_changes`` status changes of one image within ``window``.
+
+    ``max by`` the image labels, not ``sum``: two unsharded replicas watching one image each count its
+    changes, and a sum would count them twice. Across a restart or rollout the alert keeps its identity
+    (no instance label); the changes counted by each process are not added up, so for a window after a
+    restart it sees the larger of the two counts, never more than really happened.
+    """
+    s = t.alerts.EhpcImageFlapping
+    ids = ", ".join(t.image_labels)
+    return f"max by ({ids}) (increase(ehpc_image_status_changes_total[{s.window}])) > {s.max_changes}"
+
+
+def _shards_missing_expr(t: Thresholds) -> str:
+    """EhpcShardsMissing: some ordinal in [0, total) is reported by no pod of the deployment.
+
+    kube-state-metrics sums ``2^ordinal`` over a ``shard_ordinal`` label; our gauge carries the ordinal as
+    its value, so ``count_values`` turns it into a label, which also folds pods that report the same
+    ordinal (replicas of one shard for availability) into one. The value is the number of missing shards.
+    Ordinals outside their own total do not count here (EhpcShardingMismatch).
+    """
+    by = ", ".join(t.deployment_labels)
+    return (
+        f"max by ({by}) (ehpc_exporter_total_shards)\n"
+        f"  - count by ({by}) (\n"
+        f'      count_values by ({by}) ("ordinal",'
+        " ehpc_exporter_shard_ordinal < ehpc_exporter_total_shards)\n"
+        "    )\n"
+        "> 0"
+    )
+
+
+def _sharding_mismatch_expr(t: Thresholds) -> str:
+    """EhpcShardingMismatch: the pods of one deployment disagree on the total, or one's ordinal is not
+    below its own total. Two pods with the same ordinal and total are replicas of one shard, not a
+    mismatch (an unsharded deployment with two replicas is exactly that)."""
+    by = ", ".join(t.deployment_labels)
+    return (
+        f'count by ({by}) (count_values by ({by}) ("total", ehpc_exporter_total_shards)) > 1\n'
+        f"or\n"
+        f"count by ({by}) (ehpc_exporter_shard_ordinal >= ehpc_exporter_total_shards) > 0"
+    )
+
+
 def _alert(
     name: str,
     settings: AlertSettings,
@@ -290,10 +434,11 @@ def _alert(
     description: str,
     runbook_url: str,
 ) -> dict[str, Any]:
+    rule: dict[str, Any] = {"alert": name, "expr": expr, "for": settings.for_}
+    if settings.keep_firing_for is not None:
+        rule["keep_firing_for"] = settings.keep_firing_for
     return {
-        "alert": name,
-        "expr": expr,
-        "for": settings.for_,
+        **rule,
         "labels": {"severity": settings.severity},
         "annotations": {
             "summary": summary,
@@ -310,6 +455,7 @@ def build_rules(t: Thresholds) -> dict[str, Any]:
     err_window = a.EhpcApiErrorsHigh.rate_window
     auth_codes = "|".join(a.EhpcApiAuthErrors.codes)
     tf = a.EhpcTargetFailing
+    rs = a.EhpcImageReplicationSlow
     rules = [
         _alert(
             "EhpcImageNotAvailable",
@@ -453,6 +599,79 @@ def build_rules(t: Thresholds) -> dict[str, Any]:
             "ehpc-image-exporter {{ $labels.instance }} failed to reload its configuration",
             "The last configuration reload of {{ $labels.instance }} failed; it keeps running on the "
             "previous configuration. Its log has one line per configuration error.",
+            url,
+        ),
+        _alert(
+            "EhpcImageReplicationSlow",
+            rs,
+            _replication_slow_expr(t),
+            "E-HPC image copies of {{ $labels.account }}/{{ $labels.region_id }} to "
+            "{{ $labels.replication_region }} are slow",
+            f"The p{rs.quantile * 100:g} of the times copies of images of {_IN_TARGET} took to become "
+            "available in {{ $labels.replication_region }} is {{ $value | humanizeDuration }} over the "
+            f"last {rs.window} ({_replications_done(t, rs.window)}), above the threshold for that region "
+            f"(default {rs.max_seconds} s). New image versions reach it late. A copy still in flight is "
+            "EhpcImageReplicationIncomplete's.",
+            url,
+        ),
+        _alert(
+            "EhpcImageFlapping",
+            a.EhpcImageFlapping,
+            _flapping_expr(t),
+            f"E-HPC image {_IMAGE} is flapping",
+            f"The status of image {{{{ $labels.image_id }}}} of {_IN_TARGET} changed "
+            '{{ $value | printf "%.0f" }} times in the last '
+            f"{a.EhpcImageFlapping.window} (more than {a.EhpcImageFlapping.max_changes}; current status: "
+            f"{_current_status(t)}). Jobs may fail or start depending on the minute, and "
+            "EhpcImageNotAvailable cannot fire while the status keeps flipping back.",
+            url,
+        ),
+        _alert(
+            "EhpcStateSaveFailing",
+            a.EhpcStateSaveFailing,
+            f"increase(ehpc_state_save_errors_total[{a.EhpcStateSaveFailing.window}]) > 0",
+            "ehpc-image-exporter {{ $labels.instance }} cannot save its state file",
+            '{{ $value | printf "%.0f" }} writes of the state file of {{ $labels.instance }} failed in the '
+            f"last {a.EhpcStateSaveFailing.window}, for more than {a.EhpcStateSaveFailing.for_}. "
+            + _last_save(t)
+            + " A restart now loses the history observed since (status since-times, change counts, "
+            "replications in flight).",
+            url,
+        ),
+        _alert(
+            "EhpcStateLoadFailed",
+            a.EhpcStateLoadFailed,
+            # The load happens before the first scrape, so the counter is already 1 in the first sample
+            # and increase() would never see it: the value itself, which lasts as long as the process.
+            "ehpc_state_load_errors_total > 0",
+            "ehpc-image-exporter {{ $labels.instance }} started without its saved state "
+            "({{ $labels.reason }})",
+            "{{ $labels.instance }} could not use its state file at start-up ({{ $labels.reason }}) and "
+            "started cold: status since-times, change counts and replications in flight start afresh. "
+            '{{ if eq $labels.reason "locked" }}Another process holds the file: two exporters share one '
+            "state file.{{ else }}The exporter log names the file and, for a corrupt or foreign one, where "
+            "it was moved aside.{{ end }}",
+            url,
+        ),
+        _alert(
+            "EhpcShardsMissing",
+            a.EhpcShardsMissing,
+            _shards_missing_expr(t),
+            'ehpc-image-exporter {{ $labels.job }} is missing {{ $value | printf "%.0f" }} shard(s)',
+            '{{ $value | printf "%.0f" }} of the ' + _total_shards(t) + " shards of "
+            f"{_DEPLOYMENT} are reported by no pod, for more than {a.EhpcShardsMissing.for_}: the images "
+            "of those shards are watched by nobody and every alert about them is silent.",
+            url,
+        ),
+        _alert(
+            "EhpcShardingMismatch",
+            a.EhpcShardingMismatch,
+            _sharding_mismatch_expr(t),
+            "ehpc-image-exporter {{ $labels.job }} sharding is misconfigured",
+            f"The pods of {_DEPLOYMENT} disagree on the total number of shards (totals reported: "
+            + _totals_seen(t)
+            + "), or a pod's shard ordinal is not below its total, for more than "
+            f"{a.EhpcShardingMismatch.for_}. Some images are watched twice, others by nobody.",
             url,
         ),
     ]

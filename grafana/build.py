@@ -252,6 +252,279 @@ def _targets_table(
     return panel
 
 
+def _history_panels(
+    replication_window: str, replication_max: int, max_changes: int, flap_window: str
+) -> list[Any]:
+    """Replication times per replication region, how long each image has been in its status, status
+    changes; every query takes the account and region variables."""
+    repl = f'{TGT}, replication_region=~"$replication_region"'
+    by = f"{TARGET_KEY}, replication_region, le"
+
+    def quantile(q: float, window: str) -> str:
+        return (
+            f"histogram_quantile({q:g}, sum by ({by}) "
+            f"(increase(ehpc_image_replication_duration_seconds_bucket{{{repl}}}[{window}])))"
+        )
+
+    quantiles = ((0.5, "A"), (0.9, "B"), (0.99, "C"))
+    repl_table = (
+        table.Panel()
+        .id(51)
+        .title("Replication time per region")
+        .description(
+            "Quantiles of the observed replication times (ehpc_image_replication_duration_seconds: from a "
+            "copy first seen not available to available) per account, region and replication region over "
+            "the dashboard's time range, and how many copies completed in it. Empty quantiles: no copy "
+            "completed in the range."
+        )
+        .datasource(DATASOURCE)
+        .grid_pos(_grid(0, 68, 12, 8))
+        .targets(
+            [
+                *(_query(quantile(q, "$__range"), ref=ref, table_format=True) for q, ref in quantiles),
+                _query(
+                    f"sum by ({TARGET_KEY}, replication_region) "
+                    f"(increase(ehpc_image_replication_duration_seconds_count{{{repl}}}[$__range]))",
+                    ref="D",
+                    table_format=True,
+                ),
+            ]
+        )
+        .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(
+            dm.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {"Time": True},
+                    "indexByName": {"account": 0, "region_id": 1, "replication_region": 2},
+                    "renameByName": {
+                        "account": "Account",
+                        "region_id": "Region",
+                        "replication_region": "Replication region",
+                        "Value #A": "p50",
+                        "Value #B": "p90",
+                        "Value #C": "p99",
+                        "Value #D": "Copies",
+                    },
+                },
+            )
+        )
+        .filterable(True)
+        .unit("s")
+        .override_by_name(
+            "Copies",
+            [
+                dm.DynamicConfigValue(id_val="unit", value="short"),
+                dm.DynamicConfigValue(id_val="decimals", value=0),
+            ],
+        )
+    )
+    repl_series = (
+        _timeseries(
+            52,
+            "Replication time (alert window)",
+            f"p50/p90/p99 of the replication times completed within the last {replication_window} per "
+            f"replication region (the EhpcImageReplicationSlow quantity; the line is its default threshold, "
+            "regions listed in alerts/thresholds.yaml have their own).",
+            "s",
+        )
+        .grid_pos(_grid(12, 68, 12, 8))
+        .targets(
+            [
+                _query(
+                    quantile(q, replication_window),
+                    f"p{round(q * 100)} " + TARGET_LEGEND + " -> {{replication_region}}",
+                    ref=ref,
+                )
+                for q, ref in quantiles
+            ]
+        )
+        .thresholds(_thresholds((None, GREEN), (replication_max, RED)))
+        .thresholds_style(common.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.LINE))
+    )
+    since = f"max by ({IMAGE_KEY}) (ehpc_image_status_since_timestamp_seconds{{{IMG}}})"
+    since_table = (
+        table.Panel()
+        .id(53)
+        .title("Status since")
+        .description(
+            "Each image's current status, since when it holds (ehpc_image_status_since_timestamp_seconds, "
+            "kept across restarts by the state file) and for how long. The status is the state-set sample "
+            "valued 1, which exists with metrics.state_sets full and current alike."
+        )
+        .datasource(DATASOURCE)
+        .grid_pos(_grid(0, 76, 12, 9))
+        .targets(
+            [
+                _query(
+                    f"max by ({IMAGE_KEY}, status) (ehpc_image_status{{{IMG}}} == 1)",
+                    ref="A",
+                    table_format=True,
+                ),
+                _query(f"{since} * 1000", ref="B", table_format=True),
+                _query(f"time() - {since}", ref="C", table_format=True),
+            ]
+        )
+        .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(
+            dm.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {"Time": True, "Value #A": True},
+                    "indexByName": {"account": 0, "region_id": 1, "image_id": 2, "status": 3},
+                    "renameByName": {
+                        "account": "Account",
+                        "region_id": "Region",
+                        "image_id": "Image ID",
+                        "status": "Status",
+                        "Value #B": "Since",
+                        "Value #C": "For",
+                    },
+                },
+            )
+        )
+        .filterable(True)
+        .sort_by([common.TableSortByFieldState().display_name("For")])
+        .override_by_name("Since", [dm.DynamicConfigValue(id_val="unit", value="dateTimeAsIso")])
+        .override_by_name("For", [dm.DynamicConfigValue(id_val="unit", value="s")])
+    )
+    changes = (
+        _timeseries(
+            54,
+            "Status changes",
+            f"Status changes of each image within the last {flap_window} (ehpc_image_status_changes_total, "
+            f"the largest count of any exporter process); above {max_changes} it is EhpcImageFlapping. "
+            "Steady images stay at 0.",
+            "short",
+        )
+        .grid_pos(_grid(12, 76, 12, 9))
+        .with_target(
+            _query(
+                f"max by ({IMAGE_KEY}) (increase(ehpc_image_status_changes_total{{{IMG}}}[{flap_window}]))",
+                IMAGE_LEGEND,
+            )
+        )
+        .thresholds(_thresholds((None, GREEN), (max_changes, RED)))
+        .thresholds_style(common.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.LINE))
+    )
+    return [_row(50, "History", 67), repl_table, repl_series, since_table, changes]
+
+
+def _exporter_panels() -> list[Any]:
+    """Shards and the state file, per exporter pod: process-level families without account or region
+    labels, so only the job variable applies (as for `up`)."""
+    per_pod = "job, instance, pod"
+    shards = (
+        table.Panel()
+        .id(61)
+        .title("Shards")
+        .description(
+            "One row per exporter pod: its shard ordinal and the total number of shards it was started with "
+            "(0 of 1 when unsharded). Every ordinal below the total must appear (EhpcShardsMissing) and all "
+            "pods of a job must agree on the total (EhpcShardingMismatch)."
+        )
+        .datasource(DATASOURCE)
+        .grid_pos(_grid(0, 86, 12, 8))
+        .targets(
+            [
+                _query(
+                    f"max by ({per_pod}) (ehpc_exporter_shard_ordinal{{{JOB}}})", ref="A", table_format=True
+                ),
+                _query(
+                    f"max by ({per_pod}) (ehpc_exporter_total_shards{{{JOB}}})", ref="B", table_format=True
+                ),
+            ]
+        )
+        .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(
+            dm.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {"Time": True},
+                    "indexByName": {"job": 0, "pod": 1, "instance": 2},
+                    "renameByName": {
+                        "job": "Job",
+                        "pod": "Pod",
+                        "instance": "Instance",
+                        "Value #A": "Shard",
+                        "Value #B": "Total shards",
+                    },
+                },
+            )
+        )
+        .filterable(True)
+        .decimals(0)
+        .sort_by([common.TableSortByFieldState().display_name("Shard")])
+    )
+    state = (
+        table.Panel()
+        .id(62)
+        .title("State file")
+        .description(
+            "Per exporter pod with a state file: seconds since the last successful save, failed saves in "
+            "the time range (red from 1: EhpcStateSaveFailing), images loaded at start-up and start-up "
+            "loads that failed (EhpcStateLoadFailed). Pods without a state file have no row."
+        )
+        .datasource(DATASOURCE)
+        .grid_pos(_grid(12, 86, 12, 8))
+        .targets(
+            [
+                _query(
+                    f"max by ({per_pod}) (time() - ehpc_state_last_save_timestamp_seconds{{{JOB}}})",
+                    ref="A",
+                    table_format=True,
+                ),
+                _query(
+                    f"max by ({per_pod}) (increase(ehpc_state_save_errors_total{{{JOB}}}[$__range]))",
+                    ref="B",
+                    table_format=True,
+                ),
+                _query(f"max by ({per_pod}) (ehpc_state_loaded_images{{{JOB}}})", ref="C", table_format=True),
+                _query(
+                    f"sum by ({per_pod}) (ehpc_state_load_errors_total{{{JOB}}})", ref="D", table_format=True
+                ),
+            ]
+        )
+        .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(
+            dm.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {"Time": True},
+                    "indexByName": {"job": 0, "pod": 1, "instance": 2},
+                    "renameByName": {
+                        "job": "Job",
+                        "pod": "Pod",
+                        "instance": "Instance",
+                        "Value #A": "Last save age",
+                        "Value #B": "Failed saves",
+                        "Value #C": "Loaded images",
+                        "Value #D": "Failed loads",
+                    },
+                },
+            )
+        )
+        .filterable(True)
+        .override_by_name("Last save age", [dm.DynamicConfigValue(id_val="unit", value="s")])
+    )
+    for title in ("Failed saves", "Failed loads"):
+        state = state.override_by_name(
+            title,
+            [
+                dm.DynamicConfigValue(id_val="decimals", value=0),
+                dm.DynamicConfigValue(
+                    id_val="thresholds",
+                    value={
+                        "mode": "absolute",
+                        "steps": [{"value": None, "color": GREEN}, {"value": 1, "color": RED}],
+                    },
+                ),
+                dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"}),
+            ],
+        )
+    return [_row(60, "Exporter: shards and state file", 85), shards, state]
+
+
 def panels(
     stale_after: int, lookback: str = "1h", refresh_max_age: int = 300, max_error_ratio: float = 0.2
 ) -> list[dashboard.Row | Any]:
@@ -786,6 +1059,12 @@ def build_dashboard() -> dict[str, Any]:
         alerts.EhpcRefreshStalled.max_age_seconds,
         alerts.EhpcApiErrorsHigh.max_ratio,
     ):
+        builder = builder.with_row(item) if isinstance(item, dashboard.Row) else builder.with_panel(item)
+    slow, flapping = alerts.EhpcImageReplicationSlow, alerts.EhpcImageFlapping
+    for item in [
+        *_history_panels(slow.window, slow.max_seconds, flapping.max_changes, flapping.window),
+        *_exporter_panels(),
+    ]:
         builder = builder.with_row(item) if isinstance(item, dashboard.Row) else builder.with_panel(item)
     raw: dict[str, Any] = json.loads(json.dumps(builder.build(), cls=JSONEncoder))
     # The SDK gives every variable the interval-only keys auto/auto_count/auto_min; the dashboard schema

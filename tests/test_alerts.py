@@ -45,10 +45,24 @@ CONTRACT_METRICS = frozenset(
         "ehpc_discovery_up",
         "ehpc_discovery_last_success_timestamp_seconds",
         "ehpc_discovered_images",
+        # History, the state file and sharding (docs/product.md's additions for history and scale-out).
+        "ehpc_image_status_since_timestamp_seconds",
+        "ehpc_image_status_changes_total",
+        "ehpc_image_replication_since_timestamp_seconds",
+        "ehpc_image_replication_complete",
+        "ehpc_state_last_save_timestamp_seconds",
+        "ehpc_state_save_errors_total",
+        "ehpc_state_loaded_images",
+        "ehpc_state_load_errors_total",
+        "ehpc_exporter_shard_ordinal",
+        "ehpc_exporter_total_shards",
+        "ehpc_api_rate_limit_qps",
         "up",
     }
 )
-HISTOGRAMS = frozenset({"ehpc_api_request_duration_seconds"})
+HISTOGRAMS = frozenset({"ehpc_api_request_duration_seconds", "ehpc_image_replication_duration_seconds"})
+# The state-set families: with `metrics.state_sets: current` only their samples valued 1 exist.
+STATE_SETS = ("ehpc_image_status", "ehpc_image_replication_status")
 
 
 def in_contract(name: str) -> bool:
@@ -142,7 +156,124 @@ def test_required_alerts_exist() -> None:
         "EhpcDiscoveryFailed",
         "EhpcRefreshStalled",
         "EhpcTargetFailing",
+        "EhpcImageReplicationSlow",
+        "EhpcImageFlapping",
+        "EhpcStateSaveFailing",
+        "EhpcStateLoadFailed",
+        "EhpcShardsMissing",
+        "EhpcShardingMismatch",
     }
+
+
+def state_set_reads(text: str) -> list[str]:
+    """Every selection of a state-set family in ``text`` with what follows it: ``name{...} == 1`` is the
+    only form that reads the same in both state-set modes."""
+    pattern = r"\b(" + "|".join(STATE_SETS) + r")(?!\w)(\{[^}]*\})?(\s*[=!<>]=?\s*[\d.]+)?"
+    return [m.group(0) for m in re.finditer(pattern, text)]
+
+
+def reads_only_current_samples(text: str) -> bool:
+    """True when every state-set selection in ``text`` is followed by ``== 1``."""
+    return all(re.search(r"==\s*1$", read) for read in state_set_reads(text))
+
+
+def test_state_set_reads_work_in_both_modes() -> None:
+    """Every rule reads the state sets only through their samples valued 1 (`== 1`), so it means the same
+    with `metrics.state_sets: current`, where the samples valued 0 do not exist; the check itself tells a
+    `== 0` read (or a bare one) from a `== 1` one."""
+    reads = 0
+    for rule in load_rules():
+        for text in (rule["expr"], *rule["annotations"].values()):
+            assert reads_only_current_samples(text), (rule["alert"], state_set_reads(text))
+            reads += len(state_set_reads(text))
+    assert reads >= 3  # the status lookups of NotAvailable, ReplicationIncomplete and Flapping
+    for bad in (
+        'ehpc_image_status{status="Available"} == 0',
+        "max by (image_id) (ehpc_image_replication_status)",
+        'absent(ehpc_image_status{status="Available"})',
+        "ehpc_image_status != 1",
+    ):
+        assert not reads_only_current_samples(bad), bad
+    assert reads_only_current_samples(
+        'ehpc_image_status{image_id="x"} == 1 and ehpc_image_status_changes_total'
+    )
+
+
+def test_current_mode_cases_cover_the_alerts_that_read_state_sets() -> None:
+    """Each alert that looks at a state set has a promtool case over `current`-mode input series (only
+    the samples valued 1, a staleness marker when a status is left) that fires."""
+    tests = yaml.safe_load(PROMTOOL_TESTS.read_text())["tests"]
+    current = [case for case in tests if case["name"].endswith("current state sets")]
+    for case in current:
+        for series in case["input_series"]:
+            if re.match(r"(" + "|".join(STATE_SETS) + r")\{", series["series"]):
+                assert " 0" not in f" {series['values']}", series  # no 0-valued state-set sample
+    readers = {
+        rule["alert"]
+        for rule in load_rules()
+        if any(state_set_reads(text) for text in (rule["expr"], *rule["annotations"].values()))
+    }
+    covered = {t["alertname"] for case in current for t in case["alert_rule_test"] if t.get("exp_alerts")}
+    assert readers - covered == set()
+
+
+def test_data_stale_keeps_firing_through_restart_gaps() -> None:
+    """EhpcImageDataStale carries `keep_firing_for` from the thresholds (Prometheus >= 2.42, the packaged
+    version), and the chart's copy carries it too; the gap cases of alerts/tests.yml exercise it."""
+    stale = load_thresholds_alert("EhpcImageDataStale")
+    assert stale["keep_firing_for"] == build.load_thresholds().alerts.EhpcImageDataStale.keep_firing_for
+    chart = {rule["alert"]: rule for rule in load_rules(build.CHART_RULES_FILE)}
+    assert chart["EhpcImageDataStale"]["keep_firing_for"] == stale["keep_firing_for"]
+    version = promtool("--version").stdout
+    major, minor = map(int, re.search(r"version (\d+)\.(\d+)", version).groups())  # type: ignore[union-attr]
+    assert (major, minor) >= (2, 42), version
+    names = {case["name"] for case in yaml.safe_load(PROMTOOL_TESTS.read_text())["tests"]}
+    assert {"data stale across a short restart, state file", "data stale across a long gap"} <= names
+
+
+def load_thresholds_alert(name: str) -> dict[str, Any]:
+    """One rule of the shipped rules file by alert name."""
+    return next(rule for rule in load_rules() if rule["alert"] == name)
+
+
+def test_replication_slow_compares_each_region_with_one_threshold(tmp_path: Path) -> None:
+    """Per-region overrides: each override value gets its own branch selecting exactly its regions, the
+    default branch excludes them all; with no override there is one branch and no region matcher. Checked
+    over several override sets, each built and accepted by promtool."""
+    cases: list[dict[str, int]] = [{}, {"us-east-1": 3600}, {"a-1": 10, "b-2": 10, "c-3": 20}]
+    for overrides in cases:
+        override = tmp_path / "override.yaml"
+        override.write_text(
+            yaml.safe_dump({"alerts": {"EhpcImageReplicationSlow": {"region_max_seconds": overrides}}})
+        )
+        thresholds = build.load_thresholds(override)
+        # Override files merge mappings: start from no shipped regions so the set is exactly `overrides`.
+        thresholds = thresholds.model_copy(
+            update={
+                "alerts": thresholds.alerts.model_copy(
+                    update={
+                        "EhpcImageReplicationSlow": thresholds.alerts.EhpcImageReplicationSlow.model_copy(
+                            update={"region_max_seconds": overrides}
+                        )
+                    }
+                )
+            }
+        )
+        rules = {r["alert"]: r for g in build.build_rules(thresholds)["groups"] for r in g["rules"]}
+        branches = rules["EhpcImageReplicationSlow"]["expr"].split("\nor\n")
+        assert len(branches) == 1 + len(set(overrides.values())), branches
+        default = branches[0]
+        assert default.endswith(f"> {thresholds.alerts.EhpcImageReplicationSlow.max_seconds}")
+        if overrides:
+            assert f'replication_region!~"{"|".join(sorted(overrides))}"' in default
+        else:
+            assert "replication_region!~" not in default
+        for value in sorted(set(overrides.values())):
+            regions = "|".join(sorted(r for r, v in overrides.items() if v == value))
+            assert any(b.endswith(f"> {value}") and f'replication_region=~"{regions}"' in b for b in branches)
+        out = tmp_path / "rules.yml"
+        out.write_text(build.render(thresholds))
+        assert promtool("check", "rules", out).returncode == 0
 
 
 def test_alerts_are_labelled_and_link_to_existing_runbook_sections() -> None:
@@ -286,6 +417,20 @@ def test_image_alerts_follow_the_image_labels(tmp_path: Path) -> None:
         ({"target_labels": []}, "target_labels"),
         ({"alerts": {"EhpcTargetFailing": {"window": "five"}}}, "alerts.EhpcTargetFailing.window"),
         ({"alerts": {"EhpcImageDataStale": {"lookback": "an hour"}}}, "alerts.EhpcImageDataStale.lookback"),
+        (
+            {"alerts": {"EhpcImageDataStale": {"keep_firing_for": "long"}}},
+            "alerts.EhpcImageDataStale.keep_firing_for",
+        ),
+        (
+            {"alerts": {"EhpcImageReplicationSlow": {"region_max_seconds": {"us east": 3600}}}},
+            "alerts.EhpcImageReplicationSlow.region_max_seconds.us east",
+        ),
+        (
+            {"alerts": {"EhpcImageReplicationSlow": {"quantile": 1.5}}},
+            "alerts.EhpcImageReplicationSlow.quantile",
+        ),
+        ({"alerts": {"EhpcImageFlapping": {"max_changes": 0}}}, "alerts.EhpcImageFlapping.max_changes"),
+        ({"deployment_labels": []}, "deployment_labels"),
     ],
 )
 def test_invalid_thresholds_are_rejected_with_their_location(
