@@ -459,6 +459,7 @@ def test_contract_names_and_types() -> None:
         "ehpc_state_loaded_images": "gauge",
         "ehpc_exporter_shard_ordinal": "gauge",
         "ehpc_exporter_total_shards": "gauge",
+        "ehpc_api_rate_limit_qps": "gauge",
     }
     assert {n.value: SPECS[n].type for n in MetricName} == contract
     assert set(SPECS[MetricName.IMAGE_INFO].labels) == {
