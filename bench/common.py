@@ -283,6 +283,7 @@ def write_exporter_config(
     regions: Sequence[str] = REGIONS,
     ca_file: str | None = None,
     state_path: Path | None = None,
+    discovery: bool = False,
 ) -> Path:
     """Write an exporter config (JSON is YAML) watching `images` images of the simulator."""
     from exporter.simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
@@ -310,6 +311,9 @@ def write_exporter_config(
         doc["api"]["ca_file"] = ca_file
     if state_path is not None:
         doc["state"] = {"path": str(state_path)}
+    if discovery:  # the same images, found by ListImages instead of listed one by one
+        doc["images"] = []
+        doc["discovery"] = {"enabled": True, "additional_regions": list(regions), "page_size": 100}
     path = directory / "exporter.yaml"
     path.write_text(json.dumps(doc))
     return path

@@ -137,10 +137,17 @@ _rotating: dict[str, None] = {}
 _registry: dict[str, None] = {}
 _registry_index = _PrefixIndex(MIN_REGISTRY_SECRET_LENGTH)
 _pattern: re.Pattern[str] | None = None
+_generation = 0  # bumped by every registration: a memo of gated text keys on it
+
+
+def generation() -> int:
+    """A number that changes whenever the set of masked secrets does (for memos of gated text)."""
+    return _generation
 
 
 def _recompile() -> None:
-    global _pattern
+    global _pattern, _generation
+    _generation += 1
     # The few credentials (the config's, and the fetched ones) in one alternation, longest first so a
     # secret that contains another is masked whole. Escaped literals: it cannot backtrack badly.
     ordered = sorted({*_pinned, *_rotating}, key=len, reverse=True)
@@ -170,11 +177,13 @@ def register_secret(value: str | None, *, pin: bool = False) -> None:
 
 def register_registry_secret(value: str | None) -> None:
     """Mask a registry user name or password seen in an API answer (bounded pool, newest kept)."""
+    global _generation
     if value is None or len(value) < MIN_REGISTRY_SECRET_LENGTH:
         return
     with _lock:
         if value in _registry:
             return
+        _generation += 1
         _registry[value] = None
         _registry_index.add(value)
         while len(_registry) > MAX_REGISTRY_SECRETS:

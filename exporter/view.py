@@ -14,12 +14,13 @@ whose status is outside the healthy set is *not available*.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from enum import StrEnum
 from typing import NamedTuple
 
 from exporter.config import StatusConfig
-from exporter.redaction import scrub
+from exporter.redaction import generation, scrub
 
 __all__ = ["HEALTH_ORDER", "Health", "ImageView", "ReplicaHealth", "ReplicaView", "image_view"]
 
@@ -108,12 +109,37 @@ def status_label(status: str) -> str:
     return scrub(status) if status else UNKNOWN_STATUS
 
 
-def state_set(current: str | None, vocabulary: Sequence[str]) -> States:
-    """The vocabulary with ``current`` at 1 (appended when unknown); all 0 when ``current`` is None."""
+@functools.lru_cache(maxsize=4096)
+def state_set(current: str | None, vocabulary: tuple[str, ...]) -> States:
+    """The vocabulary with ``current`` at 1 (appended when unknown); all 0 when ``current`` is None.
+
+    Memoised: every image with the same status shares one tuple (60,000 state sets at 10,000 images x 5
+    regions are a handful of distinct values), which is both the memory and most of the time of a view.
+    The bound keeps statuses an API invents from growing it.
+    """
     states = [(s, 1.0 if s == current else 0.0) for s in vocabulary]
     if current is not None and current not in vocabulary:
         states.append((current, 1.0))
     return tuple(states)
+
+
+@functools.lru_cache(maxsize=4096)
+def _replica_view(
+    region: str, copy: str | None, unknown: bool, config: StatusConfig, _secrets: int
+) -> ReplicaView:
+    """One requested region's view: shared by every image whose copy there is in the same state.
+
+    ``_secrets`` is the output gate's generation: a secret registered later is masked in new views.
+    """
+    vocabulary = config.vocabulary
+    name = scrub(region)
+    if unknown:
+        return ReplicaView(name, None, ReplicaHealth.UNKNOWN, state_set(None, vocabulary))
+    if copy is None:
+        return ReplicaView(name, None, ReplicaHealth.NOT_REPLICATED, state_set(None, vocabulary))
+    label = status_label(copy)
+    health = ReplicaHealth.AVAILABLE if copy in config.replication_healthy else ReplicaHealth.NOT_AVAILABLE
+    return ReplicaView(name, label, health, state_set(label, vocabulary))
 
 
 def image_view(
@@ -132,21 +158,12 @@ def image_view(
     vocabulary = config.vocabulary
     missing = error is not None and error[0] == IMAGE_NOT_FOUND
     seen = dict(replicas)
-    views: list[ReplicaView] = []
-    for region in sorted(set(requested_regions)):
-        copy = seen.get(region)
-        name = scrub(region)
-        if status is None and not missing:
-            views.append(ReplicaView(name, None, ReplicaHealth.UNKNOWN, state_set(None, vocabulary)))
-            continue
-        if copy is None or missing:
-            views.append(ReplicaView(name, None, ReplicaHealth.NOT_REPLICATED, state_set(None, vocabulary)))
-            continue
-        copy_label = status_label(copy)
-        copy_health = (
-            ReplicaHealth.AVAILABLE if copy in config.replication_healthy else ReplicaHealth.NOT_AVAILABLE
-        )
-        views.append(ReplicaView(name, copy_label, copy_health, state_set(copy_label, vocabulary)))
+    unknown = status is None and not missing
+    secrets = generation()
+    views = tuple(
+        _replica_view(region, None if missing else seen.get(region), unknown, config, secrets)
+        for region in sorted(set(requested_regions))
+    )
     label = status_label(status) if status is not None else None
     states: States = ()
     available: float | None = None
@@ -174,7 +191,7 @@ def image_view(
         status=label,
         states=states,
         available=available,
-        replicas=tuple(views),
+        replicas=views,
         error_code=scrub(error[0]) if error is not None else None,
         error_since=error[1] if error is not None else None,
     )
