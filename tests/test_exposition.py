@@ -457,6 +457,8 @@ def test_contract_names_and_types() -> None:
         "ehpc_state_save_errors_total": "counter",
         "ehpc_state_load_errors_total": "counter",
         "ehpc_state_loaded_images": "gauge",
+        "ehpc_exposition_series": "gauge",
+        "ehpc_exposition_dropped_images": "gauge",
     }
     assert {n.value: SPECS[n].type for n in MetricName} == contract
     assert set(SPECS[MetricName.IMAGE_INFO].labels) == {
@@ -481,6 +483,8 @@ def test_contract_names_and_types() -> None:
         MetricName.STATE_SAVE_ERRORS,
         MetricName.STATE_LOAD_ERRORS,
         MetricName.STATE_LOADED_IMAGES,
+        MetricName.EXPOSITION_SERIES,
+        MetricName.EXPOSITION_DROPPED_IMAGES,
     }
     for name, spec in SPECS.items():
         assert ({"account", "region_id"} <= set(spec.labels)) == (name not in unscoped), name
