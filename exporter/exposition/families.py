@@ -586,7 +586,7 @@ CLIENT_FAMILIES: tuple[str, ...] = (
     "python_gc_collections_total",
 )
 # Every family name metrics.include / metrics.exclude may match.
-EXPOSED_NAMES: tuple[str, ...] = (*SPECS, *CLIENT_FAMILIES)
+EXPOSED_NAMES: tuple[str, ...] = (*map(str, SPECS), *CLIENT_FAMILIES)
 
 
 # --------------------------------------------------------------------------------------------------
