@@ -439,3 +439,24 @@ async def test_reload_switches_state_sets_and_filters_at_once(simulator: Running
             assert [k for k in back if k[0].startswith("ehpc_api_")]
     finally:
         await svc.stop()
+
+
+def test_the_runbook_names_every_alert_a_filter_can_blind() -> None:
+    """Every family a shipped alert's expression reads, and that alert, are named in the runbook section
+    on cardinality, so adding an alert without saying what excluding its input does is caught here."""
+    import yaml
+
+    from alerts import build
+
+    section = (
+        (build.REPO_ROOT / "alerts" / "runbook.md")
+        .read_text()
+        .split("## Cardinality controls and the alerts\n", 1)[1]
+    )
+    doc = yaml.safe_load(build.RULES_FILE.read_text())
+    for rule in (r for group in doc["groups"] for r in group["rules"] if "alert" in r):
+        families = set(re.findall(r"ehpc_[a-z_]+", rule["expr"]))
+        for family in families:
+            assert f"`{family}`" in section, family
+        if families:
+            assert rule["alert"] in section, rule["alert"]
