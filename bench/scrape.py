@@ -223,80 +223,147 @@ async def load_phase(
     return phase
 
 
+@dataclass
+class Mode:
+    """One exporter configuration measured: what it served, its load phases and the floor for its bytes."""
+
+    text: str
+    phases: dict[str, Phase]
+    floor_runs: list[ScrapeRun]
+    rss: int
+    idle_rate: float  # the exporter's CPU seconds per second with no scraper (its refresh work)
+
+
+# The two state-set modes compared side by side (metrics.state_sets), each in its own exporter process.
+MODES = ("full", "current")
+
+
+def with_metrics(config: Path, metrics: dict[str, Any]) -> Path:
+    """The exporter config at ``config`` with a ``metrics:`` section (JSON is YAML)."""
+    doc = json.loads(config.read_text())
+    doc["metrics"] = metrics
+    config.write_text(json.dumps(doc))
+    return config
+
+
+async def measure_mode(
+    settings: Settings,
+    sim: SimProcess,
+    tmp: Path,
+    images: int,
+    state_sets: str,
+    phase_setups: tuple[tuple[str, int, dict[str, str]], ...],
+    seconds: float,
+    script: Path,
+) -> Mode:
+    """Start an exporter with ``metrics.state_sets``, run the load phases, then the floor for its bytes."""
+    import psutil
+
+    port = free_port()
+    config = write_exporter_config(
+        tmp, sim_url=sim.url, images=images, listen=f"127.0.0.1:{port}", interval_seconds=1.0
+    )
+    with_metrics(config, {"state_sets": state_sets})
+    profile = profiler_output(f"scrape-exporter-{state_sets}", ".pyisession") if settings.profile else None
+    async with exporter_process(config, port, profile_to=profile) as exporter:
+        async with aiohttp.ClientSession() as session, session.get(f"{exporter.url}/metrics") as resp:
+            resp.raise_for_status()
+            text = await resp.text()
+        proc = psutil.Process(exporter.proc.pid)
+        idle_rate = await refresh_cpu_rate(sim, proc, 2.0 if settings.quick else 5.0)
+        phases: dict[str, Phase] = {}
+        for label, scrapers, headers in phase_setups:
+            phases[label] = await load_phase(
+                sim, exporter, scrapers, seconds, settings.repeats, headers, script, idle_rate
+            )
+        rss = proc.memory_info().rss
+    # The same number of bytes from a bare aiohttp handler, with nothing else running: the floor.
+    async with floor_process(len(text.encode())) as floor_url:
+        plain = {"Accept": "text/plain;version=0.0.4"}
+        floor_runs = [
+            await scrape_run(f"{floor_url}/metrics", 4, seconds / 2, plain, script)
+            for _ in range(settings.repeats)
+        ]
+    return Mode(text, phases, floor_runs, rss, idle_rate)
+
+
+def phase_results(label: str, phase: Phase, idle_detail: str, suffix: str = "") -> list[Result]:
+    """The p50 / p99 / CPU rows of one load phase (``suffix`` names a mode other than the default)."""
+    runs = phase.runs
+    running = "refresh running" if phase.fewest_calls > 0 else "NO refresh ran during a run"
+    n = sum(r.requests for r in runs)
+    detail = f"{n} scrapes over {len(runs)} runs, {running} (≥{phase.fewest_calls} GetImage/run)"
+    p50 = [r.p50 * 1000 for r in runs]
+    p99 = [r.p99 * 1000 for r in runs]
+    out = [info(f"metrics_p50_{label}_scrapers{suffix}", p50, "ms", detail)]
+    if label.startswith("4"):
+        out.append(at_most(f"metrics_p99_{label}_scrapers{suffix}", p99, P99_LIMIT_MS, "ms", detail))
+    else:
+        out.append(info(f"metrics_p99_{label}_scrapers{suffix}", p99, "ms", detail))
+    out.append(
+        info(
+            f"metrics_exporter_cpu_per_scrape_{label}{suffix}",
+            [c * 1000 for c in phase.cpu_per_scrape],
+            "ms",
+            f"exporter CPU per scrape (psutil), minus its refresh CPU ({idle_detail})",
+        )
+    )
+    return out
+
+
 async def run(settings: Settings) -> list[Result]:
-    """Serve 10,000 images x 5 replication regions and scrape them while refreshes run."""
+    """Serve 10,000 images x 5 replication regions and scrape them while refreshes run, with the state
+    sets in full and in current mode (one exporter after the other, against the same simulator)."""
     images = 1000 if settings.quick else 10_000
     # Full mode: 3 runs x 8 s per phase cover at least one refresh-cycle boundary (~22 s apart).
     seconds = 1.0 if settings.quick else 8.0
+    plain = {"Accept": "text/plain;version=0.0.4"}
+    gzip = {**plain, "Accept-Encoding": "gzip"}
+    setups = {
+        "full": (("1", 1, plain), ("4", 4, plain), ("4_gzip", 4, gzip)),
+        "current": (("4", 4, plain),),  # the comparison that matters: uncompressed, 4 scrapers
+    }
     try:
-        import psutil
-
         with temp_dir() as tmp:
             script = tmp / "report.lua"
             script.write_text(WRK_REPORT)
             async with simulator_process(images, latency_ms=LATENCY_MS, jitter_ms=JITTER_MS, seed=1) as sim:
-                port = free_port()
-                config = write_exporter_config(
-                    tmp, sim_url=sim.url, images=images, listen=f"127.0.0.1:{port}", interval_seconds=1.0
-                )
-                profile = profiler_output("scrape-exporter", ".pyisession") if settings.profile else None
-                async with exporter_process(config, port, profile_to=profile) as exporter:
-                    async with (
-                        aiohttp.ClientSession() as session,
-                        session.get(f"{exporter.url}/metrics") as resp,
-                    ):
-                        resp.raise_for_status()
-                        text = await resp.text()
-                    samples = count_samples(text)
-                    plain = {"Accept": "text/plain;version=0.0.4"}
-                    gzip = {**plain, "Accept-Encoding": "gzip"}
-                    proc = psutil.Process(exporter.proc.pid)
-                    idle_rate = await refresh_cpu_rate(sim, proc, 2.0 if settings.quick else 5.0)
-                    phases: dict[str, Phase] = {}
-                    for label, scrapers, headers in (("1", 1, plain), ("4", 4, plain), ("4_gzip", 4, gzip)):
-                        phases[label] = await load_phase(
-                            sim, exporter, scrapers, seconds, settings.repeats, headers, script, idle_rate
-                        )
-                    rss = psutil.Process(exporter.proc.pid).memory_info().rss
-            # The same number of bytes from a bare aiohttp handler, with nothing else running: the floor.
-            async with floor_process(len(text.encode())) as floor_url:
-                floor_runs = [
-                    await scrape_run(f"{floor_url}/metrics", 4, seconds / 2, plain, script)
-                    for _ in range(settings.repeats)
-                ]
-            gen_times, gen_samples = time_generate_latest(text, settings.repeats)
+                modes = {
+                    mode: await measure_mode(settings, sim, tmp, images, mode, setups[mode], seconds, script)
+                    for mode in MODES
+                }
+            gen_times, gen_samples = time_generate_latest(modes["full"].text, settings.repeats)
     except Exception as exc:  # report and go on: the other measurements still run
         return [unavailable("metrics_p99_4_scrapers", "ms", f"<= {P99_LIMIT_MS:g}", repr(exc))]
 
-    results: list[Result] = [
-        info(
-            "metrics_samples", [float(samples)], "samples", f"{images} images x 5 regions; {len(text)} bytes"
-        )
-    ]
-    for label, phase in phases.items():
-        runs = phase.runs
-        running = "refresh running" if phase.fewest_calls > 0 else "NO refresh ran during a run"
-        n = sum(r.requests for r in runs)
-        detail = f"{n} scrapes over {len(runs)} runs, {running} (≥{phase.fewest_calls} GetImage/run)"
-        p50 = [r.p50 * 1000 for r in runs]
-        p99 = [r.p99 * 1000 for r in runs]
-        results.append(info(f"metrics_p50_{label}_scrapers", p50, "ms", detail))
-        if label.startswith("4"):
-            results.append(at_most(f"metrics_p99_{label}_scrapers", p99, P99_LIMIT_MS, "ms", detail))
-        else:
-            results.append(info(f"metrics_p99_{label}_scrapers", p99, "ms", detail))
+    results: list[Result] = []
+    for mode in MODES:
+        text = modes[mode].text
+        samples = count_samples(text)
+        suffix = "" if mode == "full" else f"_{mode}"
+        where = f"{images} images x 5 regions, state_sets: {mode}"
+        results.append(info(f"metrics_samples{suffix}", [float(samples)], "samples", where))
+        results.append(info(f"metrics_samples_per_image{suffix}", [samples / images], "samples", where))
+        results.append(info(f"metrics_body_bytes{suffix}", [len(text.encode()) / 1e6], "MB", where))
+    for mode in MODES:
+        m = modes[mode]
+        suffix = "" if mode == "full" else f"_{mode}"
+        for label, phase in m.phases.items():
+            results += phase_results(label, phase, f"{m.idle_rate:.2f} CPU-s/s", suffix)
+        size = len(m.text.encode())
+        floor = f"bare aiohttp writing a constant {size}-byte body, 4 scrapers, no refresh or simulator"
+        floor_p99 = [r.p99 * 1000 for r in m.floor_runs]
         results.append(
-            info(
-                f"metrics_exporter_cpu_per_scrape_{label}",
-                [c * 1000 for c in phase.cpu_per_scrape],
-                "ms",
-                f"exporter CPU per scrape (psutil), minus its refresh CPU ({idle_rate:.2f} CPU-s/s)",
-            )
+            info(f"metrics_floor_p50_4_scrapers{suffix}", [r.p50 * 1000 for r in m.floor_runs], "ms", floor)
         )
-    floor = f"bare aiohttp writing a constant {len(text)}-byte body, 4 scrapers, no refresh or simulator"
-    results.append(info("metrics_floor_p50_4_scrapers", [r.p50 * 1000 for r in floor_runs], "ms", floor))
-    results.append(info("metrics_floor_p99_4_scrapers", [r.p99 * 1000 for r in floor_runs], "ms", floor))
-    ours_p50 = [r.p50 for r in phases["1"].runs]
+        results.append(info(f"metrics_floor_p99_4_scrapers{suffix}", floor_p99, "ms", floor))
+        ratios = [r.p99 * 1000 / statistics.median(floor_p99) for r in m.phases["4"].runs]
+        ratio_detail = f"/metrics p99 (4 scrapers, uncompressed) ÷ the floor's p99 for the same {size} bytes"
+        if mode == "current":
+            results.append(at_most(f"metrics_p99_ratio_to_floor{suffix}", ratios, 1.1, "x", ratio_detail))
+        else:
+            results.append(info(f"metrics_p99_ratio_to_floor{suffix}", ratios, "x", ratio_detail))
+    ours_p50 = [r.p50 for r in modes["full"].phases["1"].runs]
     gen_ms = [t * 1000 for t in gen_times]
     results.append(
         info(
@@ -316,5 +383,10 @@ async def run(settings: Settings) -> list[Result]:
             "generate_latest (in-process) ÷ our /metrics p50 (HTTP, 1 scraper, during refresh)",
         )
     )
-    results.append(info("rss_exporter_after_scrapes", [rss / 1e6], "MB", f"{images} images, after load"))
+    for mode in MODES:
+        suffix = "" if mode == "full" else f"_{mode}"
+        rss = modes[mode].rss
+        results.append(
+            info(f"rss_exporter_after_scrapes{suffix}", [rss / 1e6], "MB", f"{images} images, after load")
+        )
     return results

@@ -24,6 +24,7 @@ from exporter.clock import Clock
 from exporter.config import STOP_TIMEOUT_SECONDS, Config, Scope, parse_listen_address
 from exporter.credentials import CredentialSource, build_credential_source
 from exporter.exposition import RenderedSnapshot, SelfMetrics, SnapshotRenderer
+from exporter.exposition.families import build_table, family_filter
 from exporter.exposition.selfmetrics import StateMetrics
 from exporter.http.app import OPEN_PATHS, LifecycleReload, create_app
 from exporter.openapi.budget import Budget
@@ -106,8 +107,9 @@ class ExporterService:
         self.metrics.set_sharding(config.sharding.shard, config.sharding.shards)
         self._lifecycle: LifecycleReload | None = None
         self._sequence = 0
-        self._renderer = SnapshotRenderer()
+        self._renderer = self._new_renderer(config)
         self._rendered = self._renderer.render(_merged(config, {}, 0))
+        self._count_series(self._rendered)
         self._units: dict[Scope, _Unit] = {}
         self._accounts: dict[tuple[object, ...], Account] = {}
         self._parts: dict[Scope, Snapshot] = {}
@@ -330,6 +332,27 @@ class ExporterService:
                 if previous.has_deflated(openmetrics):
                     await asyncio.to_thread(rendered.deflated, openmetrics)  # zlib releases the GIL
             self._rendered = rendered
+            self._count_series(rendered, previous.dropped_images)
+
+    def _new_renderer(self, config: Config) -> SnapshotRenderer:
+        """A renderer of ``config``'s table (metrics:), with the self part filtered the same way."""
+        self.metrics.allow = family_filter(config.metrics)
+        return SnapshotRenderer(build_table(config.metrics))
+
+    def _count_series(self, rendered: RenderedSnapshot, dropped_before: int = 0) -> None:
+        """Publish the exposition's size, and log when the series cap starts, changes or stops dropping."""
+        self.metrics.exposition_series = rendered.series
+        self.metrics.exposition_dropped_images = dropped = rendered.dropped_images
+        if dropped and dropped != dropped_before:
+            log.warning(
+                "series_cap_reached",
+                max_series=self._config.metrics.max_series,
+                series=rendered.series,
+                images=len(rendered.snapshot.images),
+                dropped_images=dropped,
+            )
+        elif dropped_before and not dropped:
+            log.info("series_cap_released", series=rendered.series, images=len(rendered.snapshot.images))
 
     # -- configuration -----------------------------------------------------------------------------------
 
@@ -383,6 +406,10 @@ class ExporterService:
         self._config = config
         self.metrics.max_error_codes = config.limits.max_error_codes
         self.metrics.set_sharding(config.sharding.shard, config.sharding.shards)
+        metrics_changed = config.metrics != old.metrics
+        if metrics_changed:
+            # A cold renderer for the new table; the next publish (now, below) renders with it.
+            self._renderer = self._new_renderer(config)
         self.metrics.retain(new_scopes)
         if config.web != old.web and self._runner is not None:
             log.warning("web_config_change_needs_restart")
@@ -392,6 +419,8 @@ class ExporterService:
             self._spawn(self._store.retain(new_scopes), "ehpc-state-retain")
         if not started:
             return False
+        if metrics_changed and self._running:
+            self._spawn(self._publish())  # /metrics follows the new metrics: section now, not next cycle
         for scope in [s for s in units if s not in new_scopes]:
             unit = units.pop(scope)
             self._parts.pop(scope, None)

@@ -460,6 +460,8 @@ def test_contract_names_and_types() -> None:
         "ehpc_exporter_shard_ordinal": "gauge",
         "ehpc_exporter_total_shards": "gauge",
         "ehpc_api_rate_limit_qps": "gauge",
+        "ehpc_exposition_series": "gauge",
+        "ehpc_exposition_dropped_images": "gauge",
     }
     assert {n.value: SPECS[n].type for n in MetricName} == contract
     assert set(SPECS[MetricName.IMAGE_INFO].labels) == {
@@ -486,6 +488,8 @@ def test_contract_names_and_types() -> None:
         MetricName.STATE_LOADED_IMAGES,
         MetricName.SHARD_ORDINAL,
         MetricName.TOTAL_SHARDS,
+        MetricName.EXPOSITION_SERIES,
+        MetricName.EXPOSITION_DROPPED_IMAGES,
     }
     for name, spec in SPECS.items():
         assert ({"account", "region_id"} <= set(spec.labels)) == (name not in unscoped), name

@@ -711,5 +711,5 @@ def test_json_schema_forbids_unknown_keys() -> None:
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]) == {
         "api", "credentials", "images", "discovery", "refresh", "status", "sharding", "limits", "web",
-        "targets", "state",
+        "targets", "state", "metrics",
     }  # fmt: skip

@@ -58,6 +58,7 @@ from exporter.config.model import (
     CredentialsConfig,
     DiscoveryConfig,
     LimitsConfig,
+    MetricsConfig,
     RefreshConfig,
     RetryConfig,
     ShardingConfig,
@@ -86,6 +87,7 @@ from exporter.config.schema import (
     DiscoveryIn,
     ImageIn,
     LimitsIn,
+    MetricsIn,
     RefreshIn,
     StatusIn,
     TargetIn,
@@ -93,6 +95,7 @@ from exporter.config.schema import (
     config_json_schema,
     file_keys,
 )
+from exporter.exposition.families import EXPOSED_NAMES, pattern_matches
 from exporter.logging import register_secret
 
 __all__ = [
@@ -458,7 +461,35 @@ def _check_section(name: str, value: Any) -> list[_Problem]:
         out += _check_credentials(value)
     elif name == "sharding" and value.shard >= value.shards:
         out.append(_Problem(("sharding", "shard"), f"must be less than sharding.shards ({value.shards})"))
+    elif name == "metrics":
+        out += _check_metrics(value)
     return out
+
+
+def _check_metrics(metrics: MetricsIn) -> list[_Problem]:
+    """Every include and exclude entry matches a family: a typo that matched nothing would silently
+    export everything (include) or nothing less (exclude)."""
+    out: list[_Problem] = []
+    for key in ("include", "exclude"):
+        for i, pattern in enumerate(getattr(metrics, key)):
+            if not pattern_matches(pattern):
+                close = _close_match(pattern, list(EXPOSED_NAMES))
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                out.append(
+                    _Problem(("metrics", key, i), f"entry{_shown(pattern)} matches no metric family{hint}")
+                )
+    return out
+
+
+def _metrics(metrics: MetricsIn) -> MetricsConfig:
+    labels = metrics.info_labels
+    return MetricsConfig(
+        include=tuple(dict.fromkeys(metrics.include)),
+        exclude=tuple(dict.fromkeys(metrics.exclude)),
+        info_labels=None if labels is None else tuple(dict.fromkeys(labels)),
+        state_sets=metrics.state_sets,
+        max_series=metrics.max_series,
+    )
 
 
 def _check_target(i: int, target: TargetIn) -> list[_Problem]:
@@ -683,6 +714,7 @@ def _build(sections: Mapping[str, Any], targets: Sequence[TargetConfig]) -> Conf
         web=WebConfig(**_fields(sections["web"])),
         targets=tuple(targets),
         state=StateConfig(**_fields(sections["state"])) if sections["state"] is not None else None,
+        metrics=_metrics(sections["metrics"]),
     )
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "DiscoveryConfig",
     "ImageType",
     "LimitsConfig",
+    "MetricsConfig",
     "RefreshConfig",
     "RetryConfig",
     "Scope",
@@ -215,6 +216,20 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """What ``/metrics`` carries: which families, which info labels, how much of each state set, how many
+    series at most (see :func:`exporter.exposition.families.build_table`)."""
+
+    # Shell-style globs over exposed family names (counters with _total); empty include: every family.
+    # A family is exposed when it matches include (or include is empty) and no exclude entry.
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    info_labels: tuple[str, ...] | None = None  # ehpc_image_info's optional labels kept; None: all
+    state_sets: Literal["full", "current"] = "full"  # current: only each state set's sample valued 1
+    max_series: int = 0  # the snapshot part's series at most, whole images left out past it; 0: no cap
+
+
+@dataclass(frozen=True, slots=True)
 class WebConfig:
     """The exporter's own HTTP server."""
 
@@ -264,6 +279,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     targets: tuple[TargetConfig, ...] = ()
     state: StateConfig | None = None  # off when absent
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Set on the per-scope configs :meth:`scopes` derives (and on a one-target config, the default).
     account: str = DEFAULT_ACCOUNT
     assume_role: AssumeRoleConfig | None = None

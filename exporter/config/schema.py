@@ -24,6 +24,7 @@ from exporter.config.model import (
     DiscoveryConfig,
     ImageType,
     LimitsConfig,
+    MetricsConfig,
     RefreshConfig,
     RetryConfig,
     ShardingConfig,
@@ -31,6 +32,7 @@ from exporter.config.model import (
     WebConfig,
     parse_listen_address,
 )
+from exporter.exposition.families import INFO_LABELS
 from exporter.redaction import BIDI_CONTROLS, SURROGATE_RE
 
 COMMAND_LINE = "command line"
@@ -218,6 +220,7 @@ _STATUS = StatusConfig()
 _SHARDING = ShardingConfig()
 _WEB = WebConfig()
 _LIMITS = LimitsConfig()
+_METRICS = MetricsConfig()
 _ASSUME = AssumeRoleConfig(role_arn="")
 
 
@@ -363,6 +366,31 @@ class LimitsIn(_Schema):
     max_regions_per_image: Annotated[int, _within(1, MAX_REGIONS_PER_IMAGE)] = _LIMITS.max_regions_per_image
 
 
+_FAMILY_PATTERN_RE = re.compile(r"^[A-Za-z0-9_:*?\[\]!-]+$")
+MAX_SERIES = 1_000_000_000  # the most metrics.max_series may be (far past what any Prometheus ingests)
+
+
+def _family_pattern(value: str) -> str:
+    if not _FAMILY_PATTERN_RE.match(value):
+        raise ValueError("must be a metric family name or a shell-style glob of one (like ehpc_image_*)")
+    return value
+
+
+FamilyPattern = Annotated[str, Field(max_length=200), AfterValidator(_family_pattern)]
+FamilyPatterns = Annotated[list[FamilyPattern], Field(max_length=1000)]
+InfoLabel = Literal[INFO_LABELS]  # type: ignore[valid-type]  # the table's tuple, unpacked by pydantic
+
+
+class MetricsIn(_Schema):
+    """``metrics``: which families /metrics carries, with which labels, how many series at most."""
+
+    include: FamilyPatterns = list(_METRICS.include)
+    exclude: FamilyPatterns = list(_METRICS.exclude)
+    info_labels: Annotated[list[InfoLabel], Field(max_length=len(INFO_LABELS))] | None = None
+    state_sets: Literal["full", "current"] = _METRICS.state_sets
+    max_series: Annotated[int, _within(0, MAX_SERIES)] = _METRICS.max_series
+
+
 class WebIn(_Schema):
     """``web``: the exporter's own HTTP server."""
 
@@ -436,6 +464,7 @@ class ConfigFile(_Schema):
     web: WebIn = WebIn()
     targets: Annotated[list[TargetIn], Field(max_length=MAX_TARGETS)] | None = None
     state: StateIn | None = None
+    metrics: MetricsIn = MetricsIn()
 
 
 def config_json_schema() -> dict[str, Any]:

@@ -41,18 +41,23 @@ family or a label is one entry here).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from fnmatch import fnmatchcase
 from typing import Generic, Literal, NamedTuple, TypeVar
 
+from exporter.config import MetricsConfig
 from exporter.history import ImageHistory
 from exporter.redaction import scrub
 from exporter.snapshot import ImageFacts, ImageState, ScopeStatus, Snapshot
 from exporter.view import Health, ImageView, ReplicaHealth
 
 __all__ = [
+    "CLIENT_FAMILIES",
+    "EXPOSED_NAMES",
     "IDENTITY",
     "IMAGE_FAMILIES",
+    "INFO_LABELS",
     "SELF_SPECS",
     "SNAPSHOT_FAMILIES",
     "SNAPSHOT_METRICS",
@@ -64,6 +69,9 @@ __all__ = [
     "MetricName",
     "MetricSpec",
     "Sample",
+    "build_table",
+    "family_filter",
+    "pattern_matches",
 ]
 
 
@@ -103,6 +111,8 @@ class MetricName(StrEnum):
     API_RATE_LIMIT = "ehpc_api_rate_limit_qps"
     CONFIG_RELOAD_SUCCESSFUL = "ehpc_config_last_reload_successful"
     CONFIG_RELOAD_TIMESTAMP = "ehpc_config_last_reload_success_timestamp_seconds"
+    EXPOSITION_SERIES = "ehpc_exposition_series"
+    EXPOSITION_DROPPED_IMAGES = "ehpc_exposition_dropped_images"
     BUILD_INFO = "ehpc_exporter_build_info"
     SHARD_ORDINAL = "ehpc_exporter_shard_ordinal"
     TOTAL_SHARDS = "ehpc_exporter_total_shards"
@@ -132,6 +142,8 @@ class Family(Generic[In]):
     samples: Callable[[In], Iterable[Sample]]
     # Its samples change every cycle (a timestamp): rendered afresh each time, never cached per image.
     volatile: bool = False
+    # A state set (a sample per known state, 1 for the current one): metrics.state_sets may keep the 1s only.
+    state_set: bool = False
 
 
 class ImageInput(NamedTuple):
@@ -150,10 +162,12 @@ class ImageInput(NamedTuple):
 
 
 class FamilyTable(NamedTuple):
-    """The families of the snapshot part in exposition order: per image first, then snapshot-wide."""
+    """The families of the snapshot part in exposition order: per image first, then snapshot-wide; and
+    the cap on its series (``metrics.max_series``, 0: none)."""
 
     images: tuple[Family[ImageInput], ...]
     snapshot: tuple[Family[Snapshot], ...]
+    max_series: int = 0
 
     @property
     def specs(self) -> tuple[MetricSpec, ...]:
@@ -296,6 +310,17 @@ _M = MetricName
 # with the labels Prometheus targets often carry).
 IDENTITY = ("account", "region_id")
 _IMAGE_ID = (*IDENTITY, "image_id")
+# ehpc_image_info's labels besides the identity, in the order its samples give them (metrics.info_labels).
+INFO_LABELS = (
+    "name",
+    "version",
+    "image_type",
+    "app_id",
+    "os_tag",
+    "platform",
+    "architecture",
+    "registry_url",
+)
 
 IMAGE_FAMILIES: tuple[Family[ImageInput], ...] = (
     Family(
@@ -303,17 +328,7 @@ IMAGE_FAMILIES: tuple[Family[ImageInput], ...] = (
             _M.IMAGE_INFO,
             "gauge",
             "Static facts about a watched image, always 1 (from the last successful GetImage).",
-            (
-                *_IMAGE_ID,
-                "name",
-                "version",
-                "image_type",
-                "app_id",
-                "os_tag",
-                "platform",
-                "architecture",
-                "registry_url",
-            ),
+            (*_IMAGE_ID, *INFO_LABELS),
         ),
         _info,
     ),
@@ -325,6 +340,7 @@ IMAGE_FAMILIES: tuple[Family[ImageInput], ...] = (
             (*_IMAGE_ID, "status"),
         ),
         _status,
+        state_set=True,
     ),
     Family(
         MetricSpec(
@@ -347,6 +363,7 @@ IMAGE_FAMILIES: tuple[Family[ImageInput], ...] = (
             (*_IMAGE_ID, "replication_region", "status"),
         ),
         _replication_status,
+        state_set=True,
     ),
     Family(
         MetricSpec(
@@ -544,6 +561,16 @@ SELF_SPECS: tuple[MetricSpec, ...] = (
         _M.CONFIG_RELOAD_TIMESTAMP, "gauge", "Unix time of the last successful configuration load or reload."
     ),
     MetricSpec(
+        _M.EXPOSITION_SERIES,
+        "gauge",
+        "Series in the snapshot part of the current exposition (everything but these self-metrics).",
+    ),
+    MetricSpec(
+        _M.EXPOSITION_DROPPED_IMAGES,
+        "gauge",
+        "Watched images left out of the exposition, whole, because metrics.max_series was reached.",
+    ),
+    MetricSpec(
         _M.BUILD_INFO,
         "gauge",
         "Exporter build information, always 1.",
@@ -569,3 +596,89 @@ TABLE = FamilyTable(IMAGE_FAMILIES, SNAPSHOT_FAMILIES)
 SNAPSHOT_METRICS: tuple[str, ...] = tuple(spec.name for spec in TABLE.specs)
 # Every family the exporter exposes, by name.
 SPECS: Mapping[str, MetricSpec] = {spec.name: spec for spec in (*TABLE.specs, *SELF_SPECS)}
+# The families prometheus_client's process and gc collectors add to the self part, by exposed name.
+CLIENT_FAMILIES: tuple[str, ...] = (
+    "process_virtual_memory_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "python_gc_objects_collected_total",
+    "python_gc_objects_uncollectable_total",
+    "python_gc_collections_total",
+)
+# Every family name metrics.include / metrics.exclude may match.
+EXPOSED_NAMES: tuple[str, ...] = (*map(str, SPECS), *CLIENT_FAMILIES)
+
+
+# --------------------------------------------------------------------------------------------------
+# The table for one ``metrics:`` config: derived families, never special cases in the renderers.
+
+
+def pattern_matches(pattern: str) -> tuple[str, ...]:
+    """The exposed family names ``pattern`` (an exact name or a shell-style glob) matches."""
+    return tuple(name for name in EXPOSED_NAMES if fnmatchcase(name, pattern))
+
+
+def family_filter(metrics: MetricsConfig) -> Callable[[str], bool]:
+    """Whether a family, by exposed name (counters with ``_total``), is exposed under ``metrics``."""
+    include, exclude = metrics.include, metrics.exclude
+    if not include and not exclude:
+        return _everything
+    decided: dict[str, bool] = {}
+
+    def allowed(name: str) -> bool:
+        found = decided.get(name)
+        if found is None:
+            # Exclude wins: "everything under ehpc_image_* but the state sets" reads as it is written.
+            found = (not include or any(fnmatchcase(name, p) for p in include)) and not any(
+                fnmatchcase(name, p) for p in exclude
+            )
+            decided[name] = found
+        return found
+
+    return allowed
+
+
+def _everything(_name: str) -> bool:
+    return True
+
+
+def _current_only(samples: Callable[[In], Iterable[Sample]]) -> Callable[[In], Iterable[Sample]]:
+    """``samples`` without the 0-valued ones (a state set's current state only)."""
+    return lambda i: [s for s in samples(i) if s[1] == 1.0]
+
+
+def _projected(family: Family[In], keep: tuple[str, ...]) -> Family[In]:
+    """``family`` with only the labels ``keep`` (in its own order); each sample keeps those values."""
+    labels = tuple(name for name in family.spec.labels if name in keep)
+    at = tuple(family.spec.labels.index(name) for name in labels)
+    samples = family.samples
+
+    def projected(i: In) -> Iterable[Sample]:
+        return [(tuple(values[j] for j in at), v) for values, v in samples(i)]
+
+    return replace(family, spec=replace(family.spec, labels=labels), samples=projected)
+
+
+def _configured(family: Family[In], metrics: MetricsConfig) -> Family[In]:
+    if family.state_set and metrics.state_sets == "current":
+        family = replace(family, samples=_current_only(family.samples))
+    if family.spec.name == _M.IMAGE_INFO and metrics.info_labels is not None:
+        # The identity always stays: without it two images' info samples would be one series.
+        family = _projected(family, (*_IMAGE_ID, *metrics.info_labels))
+    return family
+
+
+def build_table(metrics: MetricsConfig, base: FamilyTable = TABLE) -> FamilyTable:
+    """The table of the snapshot part under ``metrics``: ``base``'s families that pass include and exclude,
+    state sets and info labels cut as configured, and the series cap."""
+    if metrics == MetricsConfig():
+        return base
+    allowed = family_filter(metrics)
+    return FamilyTable(
+        tuple(_configured(f, metrics) for f in base.images if allowed(f.spec.name)),
+        tuple(_configured(f, metrics) for f in base.snapshot if allowed(f.spec.name)),
+        metrics.max_series,
+    )

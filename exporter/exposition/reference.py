@@ -17,7 +17,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from exporter.exposition.families import TABLE, FamilyTable, ImageInput, MetricSpec
+from exporter.exposition.families import TABLE, FamilyTable, ImageInput, MetricSpec, Sample
 from exporter.snapshot import Snapshot
 
 __all__ = ["SnapshotCollector", "counter", "gauge", "histogram"]
@@ -62,15 +62,33 @@ class SnapshotCollector:
     def collect(self) -> Iterator[Metric]:
         """Yield the snapshot's metric families in exposition order."""
         snapshot = self.snapshot
-        images = [ImageInput.of(state, snapshot) for state in snapshot.images.values()]
-        for family in self.table.images:
+        wide = [list(family.samples(snapshot)) for family in self.table.snapshot]
+        images = _kept(
+            [
+                [list(f.samples(ImageInput.of(s, snapshot))) for f in self.table.images]
+                for s in snapshot.images.values()
+            ],
+            self.table.max_series - sum(map(len, wide)) if self.table.max_series else None,
+        )
+        for i, family in enumerate(self.table.images):
             metric = _family(family.spec)
             for image in images:
-                for values, value in family.samples(image):
+                for values, value in image[i]:
                     metric.add_metric(list(values), value)
             yield metric
-        for snapshot_family in self.table.snapshot:
+        for snapshot_family, found in zip(self.table.snapshot, wide, strict=True):
             metric = _family(snapshot_family.spec)
-            for values, value in snapshot_family.samples(snapshot):
+            for values, value in found:
                 metric.add_metric(list(values), value)
             yield metric
+
+
+def _kept(images: list[list[list[Sample]]], budget: int | None) -> list[list[list[Sample]]]:
+    """The images (each its samples per family, in key order) the series cap keeps: while they fit."""
+    if budget is None:
+        return images
+    for n, image in enumerate(images):
+        budget -= sum(map(len, image))
+        if budget < 0:
+            return images[:n]
+    return images

@@ -33,12 +33,23 @@ RENDER_SLICE_SECONDS = 0.002
 
 
 class RenderedSnapshot:
-    """The snapshot part rendered once, as parts to write in order (no ``# EOF``), and lazy gzip."""
+    """The snapshot part rendered once, as parts to write in order (no ``# EOF``), and lazy gzip; with its
+    series count and the images the series cap left out."""
 
-    __slots__ = ("_deflated", "_lock", "_parts", "_sizes", "snapshot")
+    __slots__ = ("_deflated", "_lock", "_parts", "_sizes", "dropped_images", "series", "snapshot")
 
-    def __init__(self, snapshot: Snapshot, text: tuple[bytes, ...], openmetrics: tuple[bytes, ...]) -> None:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        text: tuple[bytes, ...],
+        openmetrics: tuple[bytes, ...],
+        *,
+        series: int = 0,
+        dropped_images: int = 0,
+    ) -> None:
         self.snapshot = snapshot
+        self.series = series
+        self.dropped_images = dropped_images
         self._parts = {False: text, True: openmetrics}
         self._sizes = {False: sum(map(len, text)), True: sum(map(len, openmetrics))}
         self._deflated: dict[bool, Deflated] = {}
@@ -99,6 +110,10 @@ class _Previous:
 class SnapshotRenderer:
     """Renders snapshots to both formats, reusing the bytes of every image unchanged since the last render.
 
+    With ``table.max_series`` set, images are taken in key order while their series (cached and
+    volatile lines, after the snapshot-wide families) fit; the first that would not, and every later
+    one, is left out whole, so a dropped image never shows half its series.
+
     An image is unchanged when its :class:`~exporter.exposition.families.ImageInput`, volatile part left
     out, equals the previous one by value (object identity plays no part). :meth:`render_async` does
     the work in slices of about 2 ms on the event loop, which keeps scrape latency flat where a worker
@@ -111,8 +126,8 @@ class SnapshotRenderer:
         self._snapshot_encoders = tuple(LineEncoder(f.spec) for f in table.snapshot)
         self._text_headers = tuple(header(spec, False) for spec in table.specs)
         self._om_headers = tuple(header(spec, True) for spec in table.specs)
-        # image key -> (what its cached lines depend on, its position in the previous render)
-        self._cache: dict[ImageKey, tuple[ImageInput, int]] = {}
+        # image key -> (what its cached lines depend on, its position in the previous render, their count)
+        self._cache: dict[ImageKey, tuple[ImageInput, int, int]] = {}
         n = len(table.images)
         self._previous = _Previous(((),) * n, tuple(array("Q") for _ in range(n)), 0)
 
@@ -155,34 +170,58 @@ class SnapshotRenderer:
         """The render as a generator that yields between small pieces of work."""
         families = self._table.images
         volatile = [(i, f.samples, self._image_encoders[i]) for i, f in enumerate(families) if f.volatile]
-        cache: dict[ImageKey, tuple[ImageInput, int]] = {}
+        cap = self._table.max_series
+        # The snapshot-wide families first: a few per (account, region), they count before any image.
+        wide = [
+            encoder.lines(family.samples(snapshot)).encode()
+            for family, encoder in zip(self._table.snapshot, self._snapshot_encoders, strict=True)
+        ]
+        series = sum(lines.count(b"\n") for lines in wide)  # one line per series (values escape newlines)
+        cache: dict[ImageKey, tuple[ImageInput, int, int]] = {}
         old = self._cache
         prev = self._previous
         states = list(snapshot.images.values())
-        count = len(states)
+        count = 0  # images rendered: a prefix of states in key order (the cap leaves out the rest)
+        capped = False
         batches: list[list[bytes]] = [[] for _ in families]
         family_ends = tuple(array("Q") for _ in families)
         # Batch by batch, so at most one batch of freshly rendered lines is alive besides the parts.
-        for start in range(0, count, PART_IMAGES):
+        for start in range(0, len(states), PART_IMAGES):
             entries: list[_Entry] = []
             fresh: list[list[bytes]] = [[] for _ in volatile]
-            for n in range(start, min(start + PART_IMAGES, count)):
+            for n in range(start, min(start + PART_IMAGES, len(states))):
                 state = states[n]
                 image = ImageInput.of(state, snapshot)
                 # What its cached lines depend on, compared by value: its input without the volatile part
                 # (a field added to ImageInput joins the key by itself).
                 key = image._replace(last_success=None)
                 hit = old.get(state.key)
-                entries.append(hit[1] if hit is not None and hit[0] == key else self._lines(image))
-                cache[state.key] = (key, n)
-                for chunks, (_, samples, encoder) in zip(fresh, volatile, strict=True):
-                    chunks.append(encoder.lines(samples(image)).encode())
+                entry: _Entry
+                if hit is not None and hit[0] == key:
+                    entry, cached = hit[1], hit[2]
+                else:
+                    entry = self._lines(image)
+                    cached = sum(chunk.count(b"\n") for chunk in entry)
+                chunks = [encoder.lines(samples(image)).encode() for _, samples, encoder in volatile]
+                total = cached + sum(chunk.count(b"\n") for chunk in chunks)
+                if cap and series + total > cap:
+                    capped = True
+                    break
+                series += total
+                entries.append(entry)
+                cache[state.key] = (key, n, cached)
+                for out, chunk in zip(fresh, chunks, strict=True):
+                    out.append(chunk)
                 if n % 16 == 15:
                     yield
-            joined = {i: b"".join(chunks) for chunks, (i, _, _) in zip(fresh, volatile, strict=True)}
-            for i in range(len(families)):
-                batches[i].append(joined[i] if i in joined else _batch(entries, i, prev, family_ends[i]))
-                yield
+            count += len(entries)
+            if entries:
+                joined = {i: b"".join(chunks) for chunks, (i, _, _) in zip(fresh, volatile, strict=True)}
+                for i in range(len(families)):
+                    batches[i].append(joined[i] if i in joined else _batch(entries, i, prev, family_ends[i]))
+                    yield
+            if capped:
+                break
 
         parts: list[bytes] = []
         header_at: list[int] = []
@@ -191,12 +230,11 @@ class SnapshotRenderer:
             header_at.append(len(parts))
             parts.append(next(headers))
             parts.extend(part for part in batch if part)
-        for family, encoder in zip(self._table.snapshot, self._snapshot_encoders, strict=True):
+        for lines in wide:
             header_at.append(len(parts))
             parts.append(next(headers))
-            lines = encoder.lines(family.samples(snapshot))
             if lines:
-                parts.append(lines.encode())
+                parts.append(lines)
         self._cache = cache
         self._previous = _Previous(tuple(map(tuple, batches)), family_ends, count)
         text = tuple(parts)
@@ -206,7 +244,7 @@ class SnapshotRenderer:
             for at, om_header in zip(header_at, self._om_headers, strict=True):
                 parts[at] = om_header
             om = tuple(parts)
-        return RenderedSnapshot(snapshot, text, om)
+        return RenderedSnapshot(snapshot, text, om, series=series, dropped_images=len(states) - count)
 
 
 def _batch(entries: Sequence[_Entry], family: int, prev: _Previous, ends: array[int]) -> bytes:

@@ -148,11 +148,13 @@ class SelfMetrics:
         self.state: StateMetrics | None = None  # set while a state file is configured
         self.shard_ordinal = 0
         self.total_shards = 1
+        # The snapshot part's series and the images metrics.max_series left out (set at each publish).
+        self.exposition_series: int | None = None
+        self.exposition_dropped_images = 0
+        # Which families the self part exposes, by exposed name (metrics.include / exclude).
+        self.allow: Callable[[str], bool] = _everything
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)
-        if process_metrics:
-            ProcessCollector(registry=self.registry)
-            GCCollector(registry=self.registry)
+        self.registry.register(_Allowed(self, process_metrics))
 
     def scope(self, scope: Scope) -> ScopeMetrics:
         """The counters of one (account, region), created (at zero) on first use."""
@@ -241,6 +243,13 @@ class SelfMetrics:
         if self.reload_success_timestamp is not None:
             ts.add_metric([], self.reload_success_timestamp)
         yield ts
+        series = gauge(SPECS[_M.EXPOSITION_SERIES])
+        if self.exposition_series is not None:
+            series.add_metric([], self.exposition_series)
+        yield series
+        dropped = gauge(SPECS[_M.EXPOSITION_DROPPED_IMAGES])
+        dropped.add_metric([], self.exposition_dropped_images)
+        yield dropped
         info = gauge(SPECS[_M.BUILD_INFO])
         b = self.build_info
         info.add_metric([b.version, b.revision, b.python_version], 1.0)
@@ -276,6 +285,36 @@ class SelfMetrics:
         if openmetrics:
             return bytes(generate_openmetrics(self.registry))  # type: ignore[no-untyped-call]  # untyped upstream
         return generate_text(self.registry)
+
+
+def _everything(_name: str) -> bool:
+    return True
+
+
+def _exposed_name(metric: Metric) -> str:
+    """A family's name as the text format shows it (prometheus_client names a counter without _total)."""
+    return f"{metric.name}_total" if metric.type == "counter" else metric.name
+
+
+class _Allowed:
+    """The self part's one collector: :meth:`SelfMetrics.collect` and the process and gc collectors,
+    each family only if ``metrics.allow`` lets its name through."""
+
+    def __init__(self, metrics: SelfMetrics, process_metrics: bool) -> None:
+        self._metrics = metrics
+        # Registered in a registry of their own, never read: this collector decides what of theirs is shown.
+        aside = CollectorRegistry(auto_describe=False)
+        self._extra = (
+            (ProcessCollector(registry=aside), GCCollector(registry=aside)) if process_metrics else ()
+        )
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield the allowed self-metric families, prometheus_client's after the exporter's."""
+        allow = self._metrics.allow
+        for source in (self._metrics, *self._extra):
+            for metric in source.collect():
+                if allow(_exposed_name(metric)):
+                    yield metric
 
 
 class ScopeMetrics:
