@@ -284,6 +284,7 @@ def write_exporter_config(
     ca_file: str | None = None,
     state_path: Path | None = None,
     discovery: bool = False,
+    metrics: dict[str, Any] | None = None,
 ) -> Path:
     """Write an exporter config (JSON is YAML) watching `images` images of the simulator."""
     from exporter.simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
@@ -311,6 +312,8 @@ def write_exporter_config(
         doc["api"]["ca_file"] = ca_file
     if state_path is not None:
         doc["state"] = {"path": str(state_path)}
+    if metrics is not None:
+        doc["metrics"] = metrics
     if discovery:  # the same images, found by ListImages instead of listed one by one
         doc["images"] = []
         doc["discovery"] = {"enabled": True, "additional_regions": list(regions), "page_size": 100}

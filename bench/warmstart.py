@@ -176,7 +176,13 @@ async def run(settings: Settings) -> list[Result]:
                 state = tmp / "state.db"
                 listen = f"127.0.0.1:{port}"
 
-                def config(name: str, qps: float, state_path: Path | None, discovery: bool = True) -> Path:
+                def config(
+                    name: str,
+                    qps: float,
+                    state_path: Path | None,
+                    discovery: bool = True,
+                    metrics: dict[str, str] | None = None,
+                ) -> Path:
                     (tmp / name).mkdir()
                     return write_exporter_config(
                         tmp / name,
@@ -187,15 +193,20 @@ async def run(settings: Settings) -> list[Result]:
                         qps=qps,
                         state_path=state_path,
                         discovery=discovery,
+                        metrics=dict(metrics) if metrics else None,
                     )
 
                 fast, slow = config("fast", 0, state), config("slow", QPS, state)
                 listed, cold = config("listed", QPS, state, discovery=False), config("cold", QPS, None)
+                current = config("current", QPS, state, metrics={"state_sets": "current"})
                 rss = await make_state(fast, port)
                 warm = [await time_to_full_metrics(slow, port, images, 60) for _ in range(settings.repeats)]
                 print(f"  warm: {[round(w, 2) for w, _ in warm]} s", file=sys.stderr, flush=True)
                 warm_listed = [
                     await time_to_full_metrics(listed, port, images, 60) for _ in range(settings.repeats)
+                ]
+                warm_current = [
+                    await time_to_full_metrics(current, port, images, 60) for _ in range(settings.repeats)
                 ]
                 cold_s, _ = await time_to_full_metrics(cold, port, images, bound * 2 + 60)
     except Exception as exc:  # report and go on: the other measurements still run
@@ -214,6 +225,12 @@ async def run(settings: Settings) -> list[Result]:
             [w for w, _ in warm_listed],
             "s",
             "the same with the ids listed in the config file instead of discovered",
+        ),
+        info(
+            f"warm_start_{images}_images_current_s",
+            [w for w, _ in warm_current],
+            "s",
+            "the same with metrics.state_sets: current (the state sets' 0 samples left out)",
         ),
         info(
             f"cold_start_{images}_images_s",
