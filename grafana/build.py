@@ -119,6 +119,22 @@ def _stat(
     )
 
 
+def _joined(columns: Sequence[tuple[str, str]], hidden: Sequence[str] = ()) -> list[dm.DataTransformerConfig]:
+    """A table's transformations: its queries merged on their labels, ``columns`` (field, heading) shown in
+    this order, ``hidden`` fields and the time left out."""
+    return [
+        dm.DataTransformerConfig(id_val="merge", options={}),
+        dm.DataTransformerConfig(
+            id_val="organize",
+            options={
+                "excludeByName": {"Time": True, **dict.fromkeys(hidden, True)},
+                "indexByName": {field: i for i, (field, _) in enumerate(columns)},
+                "renameByName": dict(columns),
+            },
+        ),
+    ]
+
+
 def _row(panel_id: int, title: str, y: int) -> dashboard.Row:
     return dashboard.Row(title).id(panel_id).grid_pos(_grid(0, y, 24, 1)).collapsed(False)
 
@@ -209,23 +225,13 @@ def _targets_table(
         .datasource(DATASOURCE)
         .grid_pos(_grid(0, 6, 24, 8))
         .targets([_query(expr, ref=ref, table_format=True) for ref, _, expr in columns])
-        .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
-        .with_transformation(
-            dm.DataTransformerConfig(
-                id_val="organize",
-                options={
-                    "excludeByName": {"Time": True},
-                    "indexByName": {
-                        "account": 0,
-                        "region_id": 1,
-                        **{f"Value #{ref}": 2 + i for i, (ref, _, _) in enumerate(columns)},
-                    },
-                    "renameByName": {
-                        "account": "Account",
-                        "region_id": "Region",
-                        **{f"Value #{ref}": title for ref, title, _ in columns},
-                    },
-                },
+        .transformations(
+            _joined(
+                [
+                    ("account", "Account"),
+                    ("region_id", "Region"),
+                    *((f"Value #{ref}", title) for ref, title, _ in columns),
+                ]
             )
         )
         .filterable(True)
@@ -290,23 +296,17 @@ def _history_panels(
                 ),
             ]
         )
-        .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
-        .with_transformation(
-            dm.DataTransformerConfig(
-                id_val="organize",
-                options={
-                    "excludeByName": {"Time": True},
-                    "indexByName": {"account": 0, "region_id": 1, "replication_region": 2},
-                    "renameByName": {
-                        "account": "Account",
-                        "region_id": "Region",
-                        "replication_region": "Replication region",
-                        "Value #A": "p50",
-                        "Value #B": "p90",
-                        "Value #C": "p99",
-                        "Value #D": "Copies",
-                    },
-                },
+        .transformations(
+            _joined(
+                [
+                    ("account", "Account"),
+                    ("region_id", "Region"),
+                    ("replication_region", "Replication region"),
+                    ("Value #A", "p50"),
+                    ("Value #B", "p90"),
+                    ("Value #C", "p99"),
+                    ("Value #D", "Copies"),
+                ]
             )
         )
         .filterable(True)
@@ -365,22 +365,17 @@ def _history_panels(
                 _query(f"time() - {since}", ref="C", table_format=True),
             ]
         )
-        .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
-        .with_transformation(
-            dm.DataTransformerConfig(
-                id_val="organize",
-                options={
-                    "excludeByName": {"Time": True, "Value #A": True},
-                    "indexByName": {"account": 0, "region_id": 1, "image_id": 2, "status": 3},
-                    "renameByName": {
-                        "account": "Account",
-                        "region_id": "Region",
-                        "image_id": "Image ID",
-                        "status": "Status",
-                        "Value #B": "Since",
-                        "Value #C": "For",
-                    },
-                },
+        .transformations(
+            _joined(
+                [
+                    ("account", "Account"),
+                    ("region_id", "Region"),
+                    ("image_id", "Image ID"),
+                    ("status", "Status"),
+                    ("Value #B", "Since"),
+                    ("Value #C", "For"),
+                ],
+                hidden=["Value #A"],
             )
         )
         .filterable(True)
@@ -435,21 +430,15 @@ def _exporter_panels() -> list[Any]:
                 ),
             ]
         )
-        .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
-        .with_transformation(
-            dm.DataTransformerConfig(
-                id_val="organize",
-                options={
-                    "excludeByName": {"Time": True},
-                    "indexByName": {"job": 0, "pod": 1, "instance": 2},
-                    "renameByName": {
-                        "job": "Job",
-                        "pod": "Pod",
-                        "instance": "Instance",
-                        "Value #A": "Shard",
-                        "Value #B": "Total shards",
-                    },
-                },
+        .transformations(
+            _joined(
+                [
+                    ("job", "Job"),
+                    ("pod", "Pod"),
+                    ("instance", "Instance"),
+                    ("Value #A", "Shard"),
+                    ("Value #B", "Total shards"),
+                ]
             )
         )
         .filterable(True)
@@ -485,23 +474,17 @@ def _exporter_panels() -> list[Any]:
                 ),
             ]
         )
-        .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
-        .with_transformation(
-            dm.DataTransformerConfig(
-                id_val="organize",
-                options={
-                    "excludeByName": {"Time": True},
-                    "indexByName": {"job": 0, "pod": 1, "instance": 2},
-                    "renameByName": {
-                        "job": "Job",
-                        "pod": "Pod",
-                        "instance": "Instance",
-                        "Value #A": "Last save age",
-                        "Value #B": "Failed saves",
-                        "Value #C": "Loaded images",
-                        "Value #D": "Failed loads",
-                    },
-                },
+        .transformations(
+            _joined(
+                [
+                    ("job", "Job"),
+                    ("pod", "Pod"),
+                    ("instance", "Instance"),
+                    ("Value #A", "Last save age"),
+                    ("Value #B", "Failed saves"),
+                    ("Value #C", "Loaded images"),
+                    ("Value #D", "Failed loads"),
+                ]
             )
         )
         .filterable(True)
@@ -638,51 +621,28 @@ def panels(
                 ),
             ]
         )
-        .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
-        .with_transformation(
-            dm.DataTransformerConfig(
-                id_val="organize",
-                options={
-                    "excludeByName": {"Time": True, "Value #A": True, "Value #B": True, "Value #G": True},
-                    "indexByName": {
-                        "account": 0,
-                        "region_id": 1,
-                        "image_id": 2,
-                        "name": 3,
-                        "version": 4,
-                        "status": 5,
-                        "Value #C": 6,
-                        "Value #D": 7,
-                        "Value #E": 8,
-                        "Value #F": 9,
-                        "code": 10,
-                        "image_type": 11,
-                        "os_tag": 12,
-                        "platform": 13,
-                        "architecture": 14,
-                        "app_id": 15,
-                        "registry_url": 16,
-                    },
-                    "renameByName": {
-                        "account": "Account",
-                        "region_id": "Region",
-                        "image_id": "Image ID",
-                        "name": "Name",
-                        "version": "Version",
-                        "status": "Status",
-                        "Value #C": "Available",
-                        "Value #D": "Size",
-                        "Value #E": "Created",
-                        "Value #F": "Data age",
-                        "code": "Last error",
-                        "image_type": "Type",
-                        "os_tag": "OS",
-                        "platform": "Platform",
-                        "architecture": "Arch",
-                        "app_id": "App ID",
-                        "registry_url": "Registry",
-                    },
-                },
+        .transformations(
+            _joined(
+                [
+                    ("account", "Account"),
+                    ("region_id", "Region"),
+                    ("image_id", "Image ID"),
+                    ("name", "Name"),
+                    ("version", "Version"),
+                    ("status", "Status"),
+                    ("Value #C", "Available"),
+                    ("Value #D", "Size"),
+                    ("Value #E", "Created"),
+                    ("Value #F", "Data age"),
+                    ("code", "Last error"),
+                    ("image_type", "Type"),
+                    ("os_tag", "OS"),
+                    ("platform", "Platform"),
+                    ("architecture", "Arch"),
+                    ("app_id", "App ID"),
+                    ("registry_url", "Registry"),
+                ],
+                hidden=["Value #A", "Value #B", "Value #G"],
             )
         )
         .filterable(True)
