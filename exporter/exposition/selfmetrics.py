@@ -235,56 +235,44 @@ class SelfMetrics:
         yield overruns
         yield replication
         yield from self._state_families()
-        ok = gauge(SPECS[_M.CONFIG_RELOAD_SUCCESSFUL])
-        if self.reload_successful is not None:
-            ok.add_metric([], 1.0 if self.reload_successful else 0.0)
-        yield ok
-        ts = gauge(SPECS[_M.CONFIG_RELOAD_TIMESTAMP])
-        if self.reload_success_timestamp is not None:
-            ts.add_metric([], self.reload_success_timestamp)
-        yield ts
-        series = gauge(SPECS[_M.EXPOSITION_SERIES])
-        if self.exposition_series is not None:
-            series.add_metric([], self.exposition_series)
-        yield series
-        dropped = gauge(SPECS[_M.EXPOSITION_DROPPED_IMAGES])
-        dropped.add_metric([], self.exposition_dropped_images)
-        yield dropped
+        ok = self.reload_successful
+        yield _scalar(_M.CONFIG_RELOAD_SUCCESSFUL, None if ok is None else float(ok))
+        yield _scalar(_M.CONFIG_RELOAD_TIMESTAMP, self.reload_success_timestamp)
+        yield _scalar(_M.EXPOSITION_SERIES, self.exposition_series)
+        yield _scalar(_M.EXPOSITION_DROPPED_IMAGES, self.exposition_dropped_images)
         info = gauge(SPECS[_M.BUILD_INFO])
         b = self.build_info
         info.add_metric([b.version, b.revision, b.python_version], 1.0)
         yield info
-        ordinal = gauge(SPECS[_M.SHARD_ORDINAL])
-        ordinal.add_metric([], float(self.shard_ordinal))
-        yield ordinal
-        total = gauge(SPECS[_M.TOTAL_SHARDS])
-        total.add_metric([], float(self.total_shards))
-        yield total
+        yield _scalar(_M.SHARD_ORDINAL, self.shard_ordinal)
+        yield _scalar(_M.TOTAL_SHARDS, self.total_shards)
 
     def _state_families(self) -> Iterable[Metric]:
         state = self.state
         if state is None:  # no state file configured: no state families at all
             return
-        last = gauge(SPECS[_M.STATE_LAST_SAVE])
-        if state.last_save is not None:
-            last.add_metric([], state.last_save)
-        yield last
-        errors = counter(SPECS[_M.STATE_SAVE_ERRORS])
-        errors.add_metric([], state.save_errors)
-        yield errors
+        yield _scalar(_M.STATE_LAST_SAVE, state.last_save)
+        yield _scalar(_M.STATE_SAVE_ERRORS, state.save_errors)
         load_errors = counter(SPECS[_M.STATE_LOAD_ERRORS])
         for reason, n in sorted(state.load_errors.items()):
             load_errors.add_metric([reason], n)
         yield load_errors
-        loaded = gauge(SPECS[_M.STATE_LOADED_IMAGES])
-        loaded.add_metric([], state.loaded_images)
-        yield loaded
+        yield _scalar(_M.STATE_LOADED_IMAGES, state.loaded_images)
 
     def render(self, openmetrics: bool) -> bytes:
         """The self part of one scrape (OpenMetrics ends with the answer's single ``# EOF``)."""
         if openmetrics:
             return bytes(generate_openmetrics(self.registry))  # type: ignore[no-untyped-call]  # untyped upstream
         return generate_text(self.registry)
+
+
+def _scalar(name: MetricName, value: float | None) -> Metric:
+    """An unlabelled family of the table with one sample, or none while ``value`` is None."""
+    spec = SPECS[name]
+    family = counter(spec) if spec.type == "counter" else gauge(spec)
+    if value is not None:
+        family.add_metric([], float(value))
+    return family
 
 
 def _everything(_name: str) -> bool:
