@@ -573,7 +573,11 @@ async def test_saves_keep_only_the_latest_and_a_reload_drops_removed_targets(tmp
     await store.retain([SCOPE])
     await store.close()
     conn = sqlite3.connect(path)
-    rows = conn.execute("SELECT account, region_id, image_id, last_success FROM images").fetchall()
+    rows = conn.execute(
+        "SELECT account, region_id, image_id, last_success FROM images"
+        " JOIN successes USING (account, region_id, image_id)"
+    ).fetchall()
+    assert conn.execute("SELECT count(*) FROM successes").fetchone()[0] == 1
     conn.close()
     assert rows == [("default", "cn-hangzhou", "m-a", 220.0)]
     store = StateStore(str(path), StateMetrics())
