@@ -71,6 +71,12 @@ MIGRATIONS: Mapping[int, tuple[str, ...]] = {
         " last_success REAL, PRIMARY KEY (account, region_id, image_id)) WITHOUT ROWID",
     ),
 }
+# The tables of SCHEMA_VERSION and their columns: a file that says it is ours but differs is foreign.
+LAYOUT: Mapping[str, tuple[str, ...]] = {
+    "scopes": ("account", "region_id", "refreshed_at", "duration_seconds", "discovery"),
+    "images": ("account", "region_id", "image_id", "state"),
+    "successes": ("account", "region_id", "image_id", "last_success"),
+}
 # How long a save or the start-up read waits for a lock another connection holds.
 BUSY_TIMEOUT_SECONDS = 0.2
 
@@ -303,10 +309,13 @@ class StateStore:
                 raise _Unusable("foreign", f"schema version {version} is newer than this exporter's")
             if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise _Unusable("corrupt", "quick_check failed")
+            if version == SCHEMA_VERSION:
+                _check_layout(conn)
             # Only now that the file is known to be ours (or new) is anything written to it.
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             self._migrate(conn, version)
+            _check_layout(conn)
         except BaseException as exc:
             conn.close()
             raise _classify(exc) from None
@@ -548,6 +557,14 @@ class StateStore:
         if conn is not None:
             await self._run(conn.close)
         self._executor.shutdown(wait=True)
+
+
+def _check_layout(conn: sqlite3.Connection) -> None:
+    """Refuse a file marked as ours whose tables are not :data:`LAYOUT` (foreign: moved aside)."""
+    for table, columns in LAYOUT.items():
+        found = tuple(r[1] for r in conn.execute(f"PRAGMA table_info({table})"))
+        if found != columns:
+            raise _Unusable("foreign", f"table {table} is not schema version {SCHEMA_VERSION}'s")
 
 
 def _delete(conn: sqlite3.Connection, where: str, rows: Iterable[Sequence[object]]) -> None:

@@ -318,12 +318,22 @@ def _newer_schema(path: Path) -> None:
     conn.close()
 
 
+def _our_mark_other_tables(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    conn.execute("CREATE TABLE images (account TEXT, region_id TEXT, image_id TEXT, state TEXT, last REAL)")
+    conn.commit()
+    conn.close()
+
+
 BAD_FILES: list[tuple[str, str, Callable[[Path], None]]] = [
     ("not a database", "corrupt", _garbage),
     ("truncated database", "corrupt", _truncated),
     ("zeroed header", "corrupt", _zeroed_header),
     ("another program's database", "foreign", _another_program),
     ("newer schema version", "foreign", _newer_schema),
+    ("our mark on other tables", "foreign", _our_mark_other_tables),
 ]
 REASONS = ("corrupt", "foreign", "locked", "unreadable")
 
