@@ -602,6 +602,10 @@ def _kept(config: Config, static: Mapping[str, WatchedImage], state: ImageState)
     if not in_shard(state.scope.account, state.scope.region_id, image_id, config.sharding):
         return None
     image = static.get(image_id)
-    if image is not None:
-        return ImageState(image, state.image, state.last_success, state.error, state.scope, state.history)
-    return state if config.discovery.enabled else None
+    if image is None:
+        return state if config.discovery.enabled else None
+    history = state.history
+    if history is not None:  # regions no longer asked for have no since-timestamp to show
+        asked = set(image.additional_region_ids)
+        history = history._replace(replicas=tuple(r for r in history.replicas if r.region_id in asked))
+    return ImageState(image, state.image, state.last_success, state.error, state.scope, history)

@@ -565,6 +565,13 @@ async def test_what_left_the_watched_set_is_dropped_from_the_file(tmp_path: Path
     await store.close()
     assert [k.image_id for k in loaded[SCOPE].images] == ["m-a"]
     assert _rows(path) == 1
+    # A region the config no longer asks for keeps no since-timestamp.
+    store = StateStore(str(path), StateMetrics())
+    loaded = await store.load(Config(images=(WatchedImage("m-a"),)))
+    await store.close()
+    history = loaded[SCOPE].images[ImageKey("default", "cn-hangzhou", "m-a")].history
+    assert history is not None
+    assert history.replicas == ()
 
 
 async def test_saves_keep_only_the_latest_and_a_reload_drops_removed_targets(tmp_path: Path) -> None:
