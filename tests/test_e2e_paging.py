@@ -71,7 +71,8 @@ OVERRIDE = {
         "EhpcImageReplicationIncomplete": {"for": "1s"},
         "EhpcImageMissing": {"for": "1s"},
         "EhpcApiAuthErrors": {"for": "1s", "window": "10s"},
-        "EhpcImageDataStale": {"for": "1s", "max_age_seconds": 10},
+        # keep_firing_for shrinks too (10m shipped), or a repaired image would resolve after the test.
+        "EhpcImageDataStale": {"for": "1s", "max_age_seconds": 10, "keep_firing_for": "5s"},
         "EhpcDiscoveryFailed": {"for": "1s"},
     }
 }
