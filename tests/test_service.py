@@ -18,12 +18,14 @@ from exporter.config import (
     Config,
     CredentialsConfig,
     DiscoveryConfig,
+    ShardingConfig,
     TargetConfig,
     WatchedImage,
     WebConfig,
 )
 from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.service import Account, ExporterService
+from exporter.sharding import in_shard
 from exporter.simulator import Faults, generate_fleet
 from tests.exporter_support import samples, series_of, sim_config, value, wait_until
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
@@ -360,3 +362,31 @@ async def test_reload_adds_and_removes_targets_with_their_series(simulator: Runn
         assert svc.ready
     finally:
         await svc.stop()
+
+
+async def test_a_reload_that_reshards_moves_the_shard_gauges_and_the_watched_set(
+    simulator: RunningSimulator,
+) -> None:
+    """Why: after `sharding:` changes in a reload, the shard gauges (what EhpcShardsMissing reads) and the
+    watched set both follow; a stale ordinal would page for a shard that exists."""
+    images = [f"m-reshard{i:011d}" for i in range(40)]
+    base = sim_config(simulator, images, interval=3600)
+    svc = ExporterService(base, process_metrics=False)
+    await svc.refresh_once()
+
+    def gauges() -> tuple[float | None, float | None, int]:
+        found = samples(svc.rendered.text + svc.render_self(False))
+        watched = sum(1 for n, _ in found if n == "ehpc_image_up")
+        return (
+            value(found, "ehpc_exporter_shard_ordinal"),
+            value(found, "ehpc_exporter_total_shards"),
+            watched,
+        )
+
+    assert gauges() == (0.0, 1.0, 40)
+    await svc.reload(replace(base, sharding=ShardingConfig(shards=3, shard=2)))
+    await svc.refresh_once()
+    ordinal, total, watched = gauges()
+    assert (ordinal, total) == (2.0, 3.0)
+    expected = sum(1 for i in images if in_shard("default", "cn-hangzhou", i, ShardingConfig(3, 2)))
+    assert watched == expected < 40
