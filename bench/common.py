@@ -338,6 +338,25 @@ class ExporterProcess:
             return ""
 
 
+async def spawn_exporter(
+    config: Path, command: Sequence[str] | None = None, *, append: bool = False
+) -> asyncio.subprocess.Process:
+    """Start ``ehpc-image-exporter run --config FILE`` (or ``command`` instead of the entry point), its
+    output in ``exporter.log`` next to the config (appended to with ``append``)."""
+    with (config.parent / "exporter.log").open("ab" if append else "wb") as out:
+        return await asyncio.create_subprocess_exec(
+            *(command or exporter_command()),
+            "run",
+            "--config",
+            str(config),
+            "--log-level",
+            "warning",
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=str(BENCH_DIR.parent),
+        )
+
+
 @contextlib.asynccontextmanager
 async def exporter_process(
     config: Path, listen_port: int, *, ready_timeout: float = 600, profile_to: Path | None = None
@@ -348,21 +367,10 @@ async def exporter_process(
     exits on SIGTERM); timings taken meanwhile carry the profiler's overhead.
     """
     log = config.parent / "exporter.log"
-    command = exporter_command()
+    command = None
     if profile_to is not None:
         command = [sys.executable, "-m", "pyinstrument", "-o", str(profile_to), "-m", "exporter"]
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            *command,
-            "run",
-            "--config",
-            str(config),
-            "--log-level",
-            "warning",
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=str(BENCH_DIR.parent),
-        )
+    proc = await spawn_exporter(config, command)
     handle = ExporterProcess(proc, f"http://127.0.0.1:{listen_port}", log)
     try:
         await wait_ready(handle, ready_timeout)

@@ -25,15 +25,14 @@ from pathlib import Path
 import aiohttp
 
 from bench.common import (
-    BENCH_DIR,
     REGIONS,
     Result,
     Settings,
     at_most,
-    exporter_command,
     free_port,
     info,
     simulator_process,
+    spawn_exporter,
     stop_process,
     temp_dir,
     unavailable,
@@ -43,22 +42,6 @@ from bench.common import (
 QPS = 20.0
 WARM_LIMIT_SECONDS = 3.0
 RSS_LIMIT_MB = 250.0
-
-
-async def _spawn(config: Path) -> asyncio.subprocess.Process:
-    log = config.parent / "exporter.log"
-    with log.open("ab") as out:
-        return await asyncio.create_subprocess_exec(
-            *exporter_command(),
-            "run",
-            "--config",
-            str(config),
-            "--log-level",
-            "warning",
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=str(BENCH_DIR.parent),
-        )
 
 
 async def _count(session: aiohttp.ClientSession, url: str, marker: bytes) -> int:
@@ -74,7 +57,7 @@ async def time_to_full_metrics(config: Path, port: int, images: int, within: flo
     import psutil
 
     started = time.perf_counter()
-    proc = await _spawn(config)
+    proc = await spawn_exporter(config, append=True)
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         async with aiohttp.ClientSession() as session:
@@ -94,7 +77,7 @@ async def make_state(config: Path, port: int) -> float:
     """Run an unthrottled exporter until its first refresh is saved; its RSS then (MB)."""
     import psutil
 
-    proc = await _spawn(config)
+    proc = await spawn_exporter(config, append=True)
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         async with aiohttp.ClientSession() as session:
