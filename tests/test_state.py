@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.config import Config, DiscoveryConfig, Scope, StatusConfig, WatchedImage
+from exporter.config import Config, DiscoveryConfig, Scope, ShardingConfig, StatusConfig, WatchedImage
 from exporter.exposition.selfmetrics import StateMetrics
 from exporter.history import ImageHistory, ReplicaHistory
+from exporter.sharding import in_shard
 from exporter.snapshot import ImageError, ImageFacts, ImageKey, ImageState, Replica, Snapshot
 from exporter.state import APPLICATION_ID, SCHEMA_VERSION, StateStore, _decode, _encode
 from tests.harness import (
@@ -601,3 +603,20 @@ async def test_saves_keep_only_the_latest_and_a_reload_drops_removed_targets(tmp
     loaded = await store.load(_cfg(["m-a"]))
     await store.close()
     assert loaded[SCOPE].images[ImageKey("default", "cn-hangzhou", "m-a")].last_success == 220.0
+
+
+async def test_images_of_other_shards_are_not_loaded(tmp_path: Path) -> None:
+    """A replica restarted with a different shard loads only the images its shard now watches."""
+    path = tmp_path / "state.db"
+    ids = [f"m-shard{i:03d}" for i in range(30)]
+    store = StateStore(str(path), StateMetrics())
+    await store.load(_cfg(ids))
+    await store.save(_snapshot(ids, 100.0))
+    await store.close()
+    sharding = ShardingConfig(shards=3, shard=1)
+    store = StateStore(str(path), StateMetrics())
+    loaded = await store.load(replace(_cfg(ids), sharding=sharding))
+    await store.close()
+    mine = sorted(i for i in ids if in_shard(SCOPE.account, SCOPE.region_id, i, sharding))
+    assert 0 < len(mine) < len(ids)
+    assert sorted(k.image_id for k in loaded[SCOPE].images) == mine

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from exporter.cli.check import _check_row
 from exporter.config import StatusConfig, WatchedImage
 from exporter.exposition import render_snapshot
+from exporter.redaction import register_secret
 from exporter.snapshot import ImageError, ImageState, Snapshot
 from exporter.view import HEALTH_ORDER, Health, ReplicaHealth, image_view
 from tests.exporter_support import make_image, samples, value
@@ -131,3 +132,18 @@ def test_unchanged_images_keep_their_verdict_object() -> None:
     )
     assert second.view_of("m-a") is first.view_of("m-a")
     assert second.view_of("m-b").health is Health.UNHEALTHY
+
+
+def test_a_secret_registered_after_a_view_is_masked_in_the_next() -> None:
+    """Why: replica views are memoised and shared; one made before a secret was registered must not be
+    served for an image whose region label now contains it (the memo keys on the gate's generation)."""
+    region = "cn-leakyregion-0123456789abcdef"
+    first = image_view(
+        ("a", "cn-hangzhou", "m-1"), [region], "Available", [(region, "Available")], None, StatusConfig()
+    )
+    assert first.replicas[0].region == region
+    register_secret(region[3:])
+    again = image_view(
+        ("a", "cn-hangzhou", "m-1"), [region], "Available", [(region, "Available")], None, StatusConfig()
+    )
+    assert region[3:] not in again.replicas[0].region
