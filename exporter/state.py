@@ -37,7 +37,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -259,13 +258,6 @@ def _durable(state: ImageState) -> tuple[object, ...]:
 # The store.
 
 
-@dataclass(frozen=True, slots=True)
-class _Saved:
-    """A scope's last committed save: its images' states (compared by value with the next ones)."""
-
-    states: Mapping[str, ImageState]
-
-
 class StateStore:
     """The state file of one exporter process: read once at start-up, written after every cycle.
 
@@ -279,7 +271,8 @@ class StateStore:
         self._metrics = metrics
         self._clock = wall_clock
         self._conn: sqlite3.Connection | None = None
-        self._saved: dict[Scope, _Saved] = {}
+        # Per (account, region), its images' states as last committed (compared by value with the next).
+        self._saved: dict[Scope, Mapping[str, ImageState]] = {}
         self._failing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ehpc-state")
 
@@ -315,7 +308,8 @@ class StateStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             self._migrate(conn, version)
-            _check_layout(conn)
+            if version < SCHEMA_VERSION:  # what the migrations built must be the layout too
+                _check_layout(conn)
         except BaseException as exc:
             conn.close()
             raise _classify(exc) from None
@@ -438,7 +432,7 @@ class StateStore:
                 scope=scope,
                 restored=True,
             )
-            self._saved[scope] = _Saved({s.image_id: s for s in states[scope]})
+            self._saved[scope] = {s.image_id: s for s in states[scope]}
         return out, None
 
     def _forget(
@@ -485,13 +479,13 @@ class StateStore:
             self._conn, _ = self._connect()
         conn = self._conn
         for scope, status in snapshot.scopes.items():
-            saved = self._saved.get(scope, _Saved({}))
+            saved = self._saved.get(scope, {})
             current = {k.image_id: s for k, s in snapshot.images.items() if k[:2] == scope}
-            gone = [(scope.account, scope.region_id, i) for i in saved.states if i not in current]
+            gone = [(scope.account, scope.region_id, i) for i in saved if i not in current]
             changed: list[ImageState] = []
             times = []
             for image_id, state in current.items():
-                old = saved.states.get(image_id)
+                old = saved.get(image_id)
                 if old is not None and (old is state or _durable(old) == _durable(state)):
                     if old.last_success != state.last_success:
                         times.append((state.last_success, scope.account, scope.region_id, image_id))
@@ -521,7 +515,7 @@ class StateStore:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
-            self._saved[scope] = _Saved(current)
+            self._saved[scope] = current
 
     async def retain(self, scopes: Iterable[Scope]) -> None:
         """Drop every (account, region) not in ``scopes`` from the file (a reload removed them)."""
