@@ -2,10 +2,12 @@
 
 pytest_plugins = [
     "tests.fixtures.clock",
+    "tests.fixtures.http",
     "tests.fixtures.promstack",
     "tests.fixtures.sim",
     "tests.fixtures.estate",  # after sim: it imports sim's helpers
     "tests.fixtures.tls",
+    "tests.helm_render",
     "tests.reliability",
 ]
 

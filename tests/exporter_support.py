@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -98,21 +96,6 @@ def value(found: dict[SampleKey, float], name: str, **labels: str) -> float | No
 def series_of(found: dict[SampleKey, float], image_id: str) -> list[SampleKey]:
     """Every sample key that belongs to ``image_id``."""
     return [k for k in found if ("image_id", image_id) in k[1]]
-
-
-async def wait_until(
-    predicate: Callable[[], object], within: float = 5.0, what: str = "the condition", interval: float = 0.01
-) -> None:
-    """Poll ``predicate`` until it holds; fail naming ``what`` after ``within`` seconds.
-
-    The asyncio twin of ``tests.harness.wait_until`` (same parameters), for in-process tests that must
-    let the event loop run while they wait.
-    """
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {within:g} s")
-        await asyncio.sleep(interval)
 
 
 def make_image(

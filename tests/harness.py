@@ -16,10 +16,9 @@ import re
 import signal
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
 from tests.exporter_support import SampleKey
+from tests.fixtures.http import WaitTimedOut, wait_until
 from tests.fixtures.promstack import exporter_command, free_port
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "HarnessError",
     "Samples",
     "SimulatorProcess",
+    "WaitTimedOut",
     "exporter_config",
     "free_port",
     "http_get",
@@ -52,26 +53,11 @@ Samples = dict[SampleKey, float]
 STOP_SECONDS = 10.0  # SIGTERM, then SIGKILL after this long
 
 
-class HarnessError(AssertionError):
-    """A process did not start, died, or a wait ran out; the message carries the process's log tail."""
+class HarnessError(WaitTimedOut):
+    """A process did not start, died, or a wait ran out; the message carries the process's log tail.
 
-
-def wait_until(
-    predicate: Callable[[], Any], within: float, what: str = "the condition", interval: float = 0.1
-) -> Any:
-    """Poll ``predicate`` until it returns something truthy; return it, or fail naming ``what``.
-
-    For tests that drive subprocesses (blocking); in-process async tests use
-    ``tests.exporter_support.wait_until``, which takes the same parameters.
+    A kind of the shared wait's timeout (``WaitTimedOut``): catching that catches both.
     """
-    deadline = time.monotonic() + within
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise HarnessError(f"{what}: not reached within {within:g} s")
-        time.sleep(interval)
 
 
 def http_get(

@@ -1,17 +1,19 @@
 """Render the Helm chart with Helm's own engine (helm-python-sdk) and read back what a pod would get.
 
-The chart tests use it object by object; a test that runs the exporter "as the pod would" uses
-rendered_env() and rendered_config(): the container's environment with literal values (and, when given,
-Secret values) resolved, and the config file the ConfigMap mounts.
+The chart tests use it object by object, through the ``chart`` fixture (registered in tests/conftest.py);
+a test that runs the exporter "as the pod would" uses rendered_env() and rendered_config(): the
+container's environment with literal values (and, when given, Secret values) resolved, and the config
+file the ConfigMap mounts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +32,13 @@ def render(ch: helm.Chart, values: Mapping[str, Any]) -> list[Doc]:
             continue
         docs.extend(d for d in yaml.safe_load_all(text) if d)
     return docs
+
+
+@pytest.fixture(scope="session")
+def chart() -> Iterator[helm.Chart]:
+    """The chart directory, loaded once per session (rendering does not change it)."""
+    with helm.Chart.load(CHART) as ch:
+        yield ch
 
 
 def render_chart(values: Mapping[str, Any]) -> list[Doc]:

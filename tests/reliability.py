@@ -16,18 +16,21 @@ it held, so a test can record several before asserting). The report shows only w
 the terminal summary and, when ``RELIABILITY_MEASUREMENTS=path`` is set, to that JSON file.
 
 The report is deterministic: rows are ordered by area, then by module (``REPORT_MODULES``), then in the
-order the module ran them, whatever order pytest was given the files in. With ``RELIABILITY_REPORT=path``
-set, the session writes it there at its end. Without it, a session that ran every test of every report
-module and saw them all pass compares what it would write with the committed ``docs/reliability.md``
-and fails (exit status 1, the command to regenerate it in the summary) when they differ.
+order pytest collected the tests (and a test's cases in the order it made them), whatever order pytest was
+given the files in and however pytest-xdist spread the tests over its workers: a test's records travel to
+the controller on its reports (``user_properties``), and only the controller writes or compares the report.
+With ``RELIABILITY_REPORT=path`` set, the session writes it there at its end. Without it, a session that
+ran every test of every report module and saw them all pass compares what it would write with the
+committed ``docs/reliability.md`` and fails (exit status 1, the command to regenerate it in the summary)
+when they differ.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Generator, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,22 +100,47 @@ class Measurement:
     unit: str
     budget: float
     higher_is_better: bool = False
+    nodeid: str = ""
 
 
 @dataclass
 class Recorder:
     """Everything the session recorded."""
 
+    # What this process's tests record as they run (in a pytest-xdist worker: only its own tests).
     records: list[CaseRecord] = field(default_factory=list)
     measurements: list[Measurement] = field(default_factory=list)
+    # What the reports delivered, per test (the last report of a test wins): the report is made of these.
+    final_records: dict[str, list[CaseRecord]] = field(default_factory=dict)
+    final_measurements: dict[str, list[Measurement]] = field(default_factory=dict)
     # Per report module: tests collected, deselected, and the outcome of each test that ran.
     collected: dict[str, set[str]] = field(default_factory=dict)
+    order: dict[str, int] = field(default_factory=dict)  # node id -> position in collection order
     deselected: set[str] = field(default_factory=set)
     outcomes: dict[str, str] = field(default_factory=dict)
 
     def for_node(self, nodeid: str) -> Iterator[CaseRecord]:
         """The records a test made."""
         return (r for r in self.records if r.nodeid == nodeid)
+
+    def note_collected(self, nodeids: Iterable[str]) -> None:
+        """Remember the report tests of a collection, in its order."""
+        for nodeid in nodeids:
+            module = module_of(nodeid)
+            if module in REPORT_MODULES:
+                self.collected.setdefault(module, set()).add(nodeid)
+                self.order.setdefault(nodeid, len(self.order))
+
+    def report_records(self) -> list[CaseRecord]:
+        """Every delivered record, in report order: module rank, collection order, order of making."""
+        nodes = sorted(
+            self.final_records, key=lambda n: (_module_rank(n), self.order.get(n, len(self.order)), n)
+        )
+        return [r for n in nodes for r in self.final_records[n]]
+
+    def report_measurements(self) -> list[Measurement]:
+        """Every delivered measurement."""
+        return [m for ms in self.final_measurements.values() for m in ms]
 
 
 class Case:
@@ -168,7 +196,7 @@ class Reliability:
         """Keep a run-dependent number and check it against ``budget`` (at most, or at least with
         ``higher_is_better``): fail the test when outside it, or with ``fail=False`` return whether it held.
         The report shows only whether it held, the terminal summary the number itself."""
-        m = Measurement(area, name, value, unit, budget, higher_is_better)
+        m = Measurement(area, name, value, unit, budget, higher_is_better, self._nodeid)
         self._recorder.measurements.append(m)
         held = within_budget(m)
         if fail:
@@ -201,30 +229,72 @@ def reliability(request: pytest.FixtureRequest) -> Reliability:
     return Reliability(recorder_of(request.config), request.node.nodeid)
 
 
+_PAYLOAD = "reliability"  # the user_properties key a report carries its test's records under
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
-    """Mark the unobserved cases of a failed test as failed, with the error's first line."""
+    """Mark the unobserved cases of a failed test as failed, with the error's first line, and put the
+    test's records and measurements on the report (how they reach a pytest-xdist controller)."""
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
     recorder = recorder_of(item.config)
-    if module_of(item.nodeid) in REPORT_MODULES:
-        previous = recorder.outcomes.get(item.nodeid)
-        if report.failed or previous == "failed":
-            recorder.outcomes[item.nodeid] = "failed"
-        elif report.skipped:
-            recorder.outcomes[item.nodeid] = "skipped"
-        elif report.when == "call":
-            recorder.outcomes[item.nodeid] = "passed"
-    if not report.failed:
-        return
-    message = ""
-    if call.excinfo is not None:
-        text = str(call.excinfo.value).strip().splitlines()
-        message = f"{call.excinfo.typename}: {text[0] if text else ''}".strip()
-    for record in recorder.for_node(item.nodeid):
-        if record.observed is None:  # observed cases keep their own verdict (observe asserts it)
-            record.test_failed = True
-            record.observed = f"test failed ({report.when}): {message}"[:300]
+    if report.failed:
+        message = ""
+        if call.excinfo is not None:
+            text = str(call.excinfo.value).strip().splitlines()
+            message = f"{call.excinfo.typename}: {text[0] if text else ''}".strip()
+        for record in recorder.for_node(item.nodeid):
+            if record.observed is None:  # observed cases keep their own verdict (observe asserts it)
+                record.test_failed = True
+                record.observed = f"test failed ({report.when}): {message}"[:300]
+    records = [asdict(r) for r in recorder.for_node(item.nodeid)]
+    measurements = [asdict(m) for m in recorder.measurements if m.nodeid == item.nodeid]
+    if records or measurements:
+        # A new list: the report shares item.user_properties, which must not grow with every phase.
+        payload = {"records": records, "measurements": measurements}
+        report.user_properties = [*report.user_properties, (_PAYLOAD, payload)]
+
+
+class _Delivery:
+    """Takes each test's outcome and delivered records from its reports (plugin registered at configure).
+
+    pytest_runtest_logreport runs where the report is made: in a plain session, and in a pytest-xdist
+    controller for the reports its workers send.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Take the outcome and the records of one report."""
+        if _is_worker(self.config):
+            return
+        recorder = recorder_of(self.config)
+        if module_of(report.nodeid) in REPORT_MODULES:
+            previous = recorder.outcomes.get(report.nodeid)
+            if report.failed or previous == "failed":
+                recorder.outcomes[report.nodeid] = "failed"
+            elif report.skipped:
+                recorder.outcomes[report.nodeid] = "skipped"
+            elif report.when == "call":
+                recorder.outcomes[report.nodeid] = "passed"
+        for key, payload in report.user_properties:
+            if key == _PAYLOAD and isinstance(payload, dict):
+                recorder.final_records[report.nodeid] = [CaseRecord(**r) for r in payload["records"]]
+                recorder.final_measurements[report.nodeid] = [
+                    Measurement(**m) for m in payload["measurements"]
+                ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the report taker."""
+    config.pluginmanager.register(_Delivery(config), "reliability-delivery")
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    """A pytest-xdist worker: it runs tests and sends its reports; it writes and compares nothing."""
+    return hasattr(config, "workerinput")
 
 
 def coarse(m: Measurement) -> str:
@@ -256,8 +326,7 @@ def _module_rank(nodeid: str) -> int:
 
 def render_report(recorder: Recorder) -> str:
     """The markdown report (content depends only on the outcomes, not on timings or file order)."""
-    ranked = sorted(enumerate(recorder.records), key=lambda p: (_module_rank(p[1].nodeid), p[0]))
-    records = [r for _, r in ranked]
+    records = recorder.report_records()
     passed = sum(r.passed for r in records)
     lines = [
         "# Reliability report",
@@ -309,14 +378,15 @@ def render_report(recorder: Recorder) -> str:
             observed = r.observed if r.observed is not None else "(not observed)"
             lines.append(f"| {_cell(r.case)} | {_cell(r.expected)} | {_cell(observed)} | {mark} |")
         lines.append("")
-    if recorder.measurements:
+    measurements = recorder.report_measurements()
+    if measurements:
         lines += [
             "## Measurements (against budgets; a budget not held fails its test)",
             "",
             "| area | measurement | kept within |",
             "| --- | --- | --- |",
         ]
-        for m in sorted(recorder.measurements, key=lambda m: (_area_key(m.area), m.name)):
+        for m in sorted(measurements, key=lambda m: (_area_key(m.area), m.name)):
             lines.append(f"| {_cell(m.area)} | {_cell(m.name)} | {coarse(m)} |")
         lines.append("")
     return "\n".join(lines)
@@ -324,11 +394,13 @@ def render_report(recorder: Recorder) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Note which tests of the report modules this session runs (to know whether the report is whole)."""
-    recorder = recorder_of(config)
-    for item in items:
-        module = module_of(item.nodeid)
-        if module in REPORT_MODULES:
-            recorder.collected.setdefault(module, set()).add(item.nodeid)
+    recorder_of(config).note_collected(item.nodeid for item in items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """Under pytest-xdist the controller collects nothing itself: every worker reports the same ids."""
+    recorder_of(node.config).note_collected(ids)
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
@@ -342,6 +414,8 @@ def report_is_whole(recorder: Recorder) -> bool:
     """Every test of every report module ran in this session and passed."""
     if recorder.deselected or set(recorder.collected) != set(REPORT_MODULES):
         return False
+    if not recorder.final_records:
+        return False
     ran = [n for tests in recorder.collected.values() for n in tests]
     return all(recorder.outcomes.get(n) == "passed" for n in ran)
 
@@ -352,22 +426,29 @@ _STALE: pytest.StashKey[str] = pytest.StashKey()
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Write the report (``RELIABILITY_REPORT``) and the exact measurements (``RELIABILITY_MEASUREMENTS``);
     without ``RELIABILITY_REPORT``, fail a whole, passing run whose report differs from the committed one."""
+    if _is_worker(session.config):
+        return
     recorder = recorder_of(session.config)
     report_path = os.environ.get(REPORT_ENV)
-    if report_path and recorder.records:
+    if report_path and recorder.final_records:
         path = Path(report_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render_report(recorder))
-    elif recorder.records and report_is_whole(recorder):
+    elif report_is_whole(recorder) and not _selected_by_expression(session.config):
         committed = REPORT_PATH.read_text() if REPORT_PATH.exists() else ""
         if committed != render_report(recorder):
             session.config.stash[_STALE] = stale_message(committed, render_report(recorder))
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
     measurements_path = os.environ.get(MEASUREMENTS_ENV)
-    if measurements_path and recorder.measurements:
+    if measurements_path and recorder.final_measurements:
         Path(measurements_path).write_text(
-            json.dumps([m.__dict__ for m in recorder.measurements], indent=2) + "\n"
+            json.dumps([asdict(m) for m in recorder.report_measurements()], indent=2) + "\n"
         )
+
+
+def _selected_by_expression(config: pytest.Config) -> bool:
+    """``-k`` or ``-m`` chose the tests: the run may be partial though the controller saw no deselection."""
+    return bool(config.getoption("keyword", "") or config.getoption("markexpr", ""))
 
 
 def stale_message(committed: str, generated: str) -> str:
@@ -392,10 +473,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.section("reliability report is stale", red=True)
         for line in stale.splitlines():
             terminalreporter.write_line(line)
-    if not recorder.measurements:
+    measurements = recorder.report_measurements()
+    if not measurements:
         return
     terminalreporter.section("reliability measurements")
-    for m in recorder.measurements:
+    for m in measurements:
         held = "" if within_budget(m) else "  OUTSIDE THE BUDGET"
         terminalreporter.write_line(
             f"{m.area}: {m.name} = {m.value:.6g} {m.unit} (budget {m.budget:g}){held}"

@@ -29,7 +29,8 @@ from exporter.openapi.errors import ApiError
 from exporter.service import ExporterService
 from exporter.simulator import Faults
 from exporter.snapshot import ImageError, ImageState, Snapshot
-from tests.exporter_support import make_image, samples, sim_config, value, wait_until
+from tests.exporter_support import make_image, samples, sim_config, value
+from tests.fixtures.http import wait_until_async
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
 from tests.test_exposition import NOW, REGIONS, reference, tricky_snapshot
 
@@ -381,8 +382,8 @@ async def test_cap_metrics_and_log_lines_in_a_running_service(simulator: Running
         with capture_logs() as logs:
             await svc.start()
             try:
-                await wait_until(lambda: svc.ready)
-                await wait_until(lambda: svc.rendered.dropped_images > 0, what="the cap to bite")
+                await wait_until_async(lambda: svc.ready)
+                await wait_until_async(lambda: svc.rendered.dropped_images > 0, what="the cap to bite")
                 await svc.refresh_once()  # another publish, dropping as many
                 text = await scrape_text(http, svc)
                 found = samples(text)
@@ -397,7 +398,7 @@ async def test_cap_metrics_and_log_lines_in_a_running_service(simulator: Running
                 assert warned[0]["max_series"] == 20
                 sequence = svc.snapshot.sequence
                 await svc.reload(cfg)  # metrics: back to the default, no cap
-                await wait_until(lambda: svc.snapshot.sequence > sequence, within=3)
+                await wait_until_async(lambda: svc.snapshot.sequence > sequence, within=3)
                 found = samples(await scrape_text(http, svc))
                 assert value(found, "ehpc_exposition_dropped_images") == 0
                 released = [e for e in logs if e["event"] == "series_cap_released"]
@@ -414,7 +415,7 @@ async def test_reload_switches_state_sets_and_filters_at_once(simulator: Running
     await svc.start()
     try:
         async with aiohttp.ClientSession() as http:
-            await wait_until(lambda: svc.ready)
+            await wait_until_async(lambda: svc.ready)
             full = samples(await scrape_text(http, svc))
             zeros = [k for k, v in full.items() if k[0] in STATE_SETS and v == 0.0]
             assert zeros
@@ -423,7 +424,7 @@ async def test_reload_switches_state_sets_and_filters_at_once(simulator: Running
             # The refresh a reload starts takes seconds now: the switch must not wait for it.
             simulator.sim.faults = Faults(latency_ms=3000)
             await svc.reload(current)
-            await wait_until(lambda: svc.snapshot.sequence > sequence, within=1, what="the re-render")
+            await wait_until_async(lambda: svc.snapshot.sequence > sequence, within=1, what="the re-render")
             simulator.sim.faults = Faults()
             found = samples(await scrape_text(http, svc))
             assert {k: v for k, v in found.items() if k[0] in STATE_SETS} == {
@@ -433,7 +434,7 @@ async def test_reload_switches_state_sets_and_filters_at_once(simulator: Running
             assert value(found, "ehpc_config_last_reload_successful") == 1
             sequence = svc.snapshot.sequence
             await svc.reload(cfg)
-            await wait_until(lambda: svc.snapshot.sequence > sequence, within=3, what="the re-render")
+            await wait_until_async(lambda: svc.snapshot.sequence > sequence, within=3, what="the re-render")
             back = samples(await scrape_text(http, svc))
             assert all(back.get(k) == 0.0 for k in zeros)
             assert [k for k in back if k[0].startswith("ehpc_api_")]

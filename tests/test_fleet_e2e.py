@@ -24,7 +24,8 @@ from exporter.config import Scope
 from exporter.config.load import load_config
 from exporter.service import ExporterService
 from exporter.simulator.estate import Estate
-from tests.exporter_support import samples, wait_until
+from tests.exporter_support import samples
+from tests.fixtures.http import wait_until_async
 from tests.fixtures.promstack import exporter_command, free_port
 from tests.helm_render import rendered_config, rendered_env
 
@@ -172,11 +173,11 @@ async def test_three_accounts_two_regions_isolated_and_healing(
         svc = ExporterService(load_config(path), process_metrics=False)
         await svc.start()
         try:
-            await wait_until(lambda: svc.ready, within=20, what="every (account, region) refreshed")
+            await wait_until_async(lambda: svc.ready, within=20, what="every (account, region) refreshed")
             # One-second tokens can expire between the library's check and the gateway's (a cycle then
             # fails with InvalidSecurityToken.Expired and the next one fetches anew): wait for a whole one.
             everything_up = dict.fromkeys(expected_images(), 1.0)
-            await wait_until(
+            await wait_until_async(
                 lambda: up_by_image(samples(svc.rendered.text)) == everything_up, within=20, what="all up"
             )
             found = await scrape(svc.url)
@@ -186,7 +187,7 @@ async def test_three_accounts_two_regions_isolated_and_healing(
             # Revoke between cycles (none in flight; the last token has expired by the next one).
             staging = [Scope("staging", HZ), Scope("staging", SH)]
             ends = {s: svc.snapshot.scopes[s].refreshed_at for s in staging}
-            await wait_until(
+            await wait_until_async(
                 lambda: all(svc.snapshot.scopes[s].refreshed_at != ends[s] for s in staging), within=10
             )
             estate.set_trust(STAGING_ROLE, False)
@@ -196,7 +197,7 @@ async def test_three_accounts_two_regions_isolated_and_healing(
                 ups = up_by_image(samples(svc.rendered.text))
                 return all(v == 0 for (a, _r, _i), v in ups.items() if a == "staging")
 
-            await wait_until(staging_down, within=15, what="staging failing")
+            await wait_until_async(staging_down, within=15, what="staging failing")
             # The others stay fresh: each of their scopes completes a cycle after the revocation (its loop
             # runs on its own clock, so it may end a moment after staging's).
             others = [s for s in svc.snapshot.scopes if s.account != "staging"]
@@ -205,7 +206,7 @@ async def test_three_accounts_two_regions_isolated_and_healing(
                 scopes = svc.snapshot.scopes
                 return all((scopes[s].refreshed_at or 0) > (revoked_at[s] or 0) for s in others)
 
-            await wait_until(others_refreshed, within=10, what="every other account refreshed")
+            await wait_until_async(others_refreshed, within=10, what="every other account refreshed")
             found = await scrape(svc.url)
             ups = up_by_image(found)
             assert {k for k, v in ups.items() if v == 1} == {
@@ -223,7 +224,7 @@ async def test_three_accounts_two_regions_isolated_and_healing(
 
             # Restored: the same process heals.
             estate.set_trust(STAGING_ROLE, True)
-            await wait_until(
+            await wait_until_async(
                 lambda: all(v == 1 for v in up_by_image(samples(svc.rendered.text)).values()),
                 within=15,
                 what="staging healed",

@@ -33,7 +33,8 @@ from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.openapi.errors import ApiError
 from exporter.service import Account, ExporterService, default_client
 from exporter.simulator import SimImage
-from tests.exporter_support import sim_config, wait_until
+from tests.exporter_support import sim_config
+from tests.fixtures.http import wait_until_async
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -106,7 +107,7 @@ async def expositions(simulator: RunningSimulator) -> AsyncIterator[dict[str, by
     )
     await svc.start()
     try:
-        await wait_until(lambda: svc.ready)
+        await wait_until_async(lambda: svc.ready)
         simulator.sim.images[SIM_VM_ID].error = "Throttling.User"
         del simulator.sim.images["m-golden-gone"]
         await svc.refresh_once()

@@ -20,7 +20,6 @@ import re
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -64,13 +63,6 @@ def scenario_values(name: str) -> dict[str, Any]:
     values = yaml.safe_load(SCENARIOS[name].read_text()) or {}
     assert isinstance(values, dict)
     return values
-
-
-@pytest.fixture(scope="module")
-def chart() -> Iterator[helm.Chart]:
-    """The chart directory, loaded once."""
-    with helm.Chart.load(CHART) as ch:
-        yield ch
 
 
 def kinds(docs: list[Doc]) -> set[str]:

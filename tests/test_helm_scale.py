@@ -48,13 +48,6 @@ PERSISTENT: dict[str, Any] = {"state": {"persistence": {"enabled": True}}}
 FAMILY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(scope="module")
-def chart() -> Iterator[helm.Chart]:
-    """The chart directory, loaded once."""
-    with helm.Chart.load(CHART) as ch:
-        yield ch
-
-
 def merged(*parts: dict[str, Any]) -> dict[str, Any]:
     """Values merged key by key (nested mappings merge, as Helm merges -f files)."""
     out: dict[str, Any] = {}

@@ -84,13 +84,6 @@ TWO_ACCOUNTS: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def chart() -> Iterator[helm.Chart]:
-    """The chart directory, loaded once."""
-    with helm.Chart.load(CHART) as ch:
-        yield ch
-
-
 def validate_strictly(docs: list[Doc]) -> None:
     """Every core object passes kubernetes-validate --strict for 1.30 (as tests/test_helm.py checks)."""
     for doc in docs:

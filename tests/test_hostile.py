@@ -49,6 +49,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.harness import (
     ExporterProcess,
     HarnessError,
+    WaitTimedOut,
     exporter_config,
     run_cli,
     start_exporter,
@@ -837,7 +838,7 @@ class Switch:
         def seen() -> bool:
             return all(self.gateway.served(i)[0] >= n + rounds for i, n in before.items())
 
-        with contextlib.suppress(HarnessError):
+        with contextlib.suppress(WaitTimedOut):
             wait_until(seen, 20, "every case image answered", 0.05)
             last = max(self.gateway.served(i)[1] for i in before)
             wait_until(lambda: refreshed_at(exporter) > last, 10, "a cycle ending after the answers", 0.05)
@@ -1403,7 +1404,7 @@ def _list_worker(
 
     def settle() -> Observation:
         """Two kicked cycles: the one in flight ends, then a whole discovery under the current script."""
-        with contextlib.suppress(HarnessError):
+        with contextlib.suppress(WaitTimedOut):
             t = time.time()
             kick(exporter)
             wait_until(lambda: refreshed_at(exporter) > t, 15, "the cycle in flight", 0.05)

@@ -19,7 +19,8 @@ from exporter.cli.check import _check_row
 from exporter.config import DiscoveryConfig, WatchedImage
 from exporter.service import ExporterService
 from exporter.simulator import SimImage
-from tests.exporter_support import samples, sim_config, wait_until
+from tests.exporter_support import samples, sim_config
+from tests.fixtures.http import wait_until_async
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -136,7 +137,7 @@ async def fleet(simulator: RunningSimulator) -> AsyncIterator[ExporterService]:
     )
     await svc.start()
     try:
-        await wait_until(lambda: svc.ready)
+        await wait_until_async(lambda: svc.ready)
         sim.images[FLAKY].error = "ServiceUnavailable"
         sim.images["m-disc-2"] = SimImage("m-disc-2", name="found later")
         now[0] = T2

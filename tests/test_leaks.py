@@ -14,7 +14,7 @@ password and user name, the AccessKey secret, the STS secrets and tokens it was 
 basic-auth password. The fault soak (tests/test_soak.py) runs the same search over a whole soak.
 
 Security wiring: TLS and bcrypt basic auth from ``--web.config.file`` in the real process (the unit
-tests in tests/test_webconfig.py cover TLS reload, mTLS and the parser): wrong and missing passwords
+tests in tests/test_toolkit.py cover TLS reload, mTLS and the parser): wrong and missing passwords
 answer 401, ``/healthz`` and ``/readyz`` stay open, plain HTTP on the TLS port gets no metrics.
 """
 

@@ -26,8 +26,9 @@ from exporter.service import default_client, new_account
 from exporter.simulator import Faults, SimImage, generate_fleet
 from exporter.snapshot import Snapshot
 from exporter.view import Health
-from tests.exporter_support import samples, series_of, sim_config, value, wait_until
+from tests.exporter_support import samples, series_of, sim_config, value
 from tests.fixtures.clock import FakeClock
+from tests.fixtures.http import wait_until_async
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
 
 ALL = (SIM_VM_ID, SIM_VM_FAILED_ID, WatchedImage(SIM_CONTAINER_ID, image_type="Container"))
@@ -366,7 +367,7 @@ def sleeping_until(clock: FakeClock, deadline: float) -> Callable[[], bool]:
 
 async def _cycles(snapshots: list[Snapshot], count: int) -> None:
     """Wait (in real time: a cycle's HTTP calls are real) until ``count`` cycles have published."""
-    await wait_until(lambda: len(snapshots) >= count)
+    await wait_until_async(lambda: len(snapshots) >= count)
 
 
 async def test_overruns_are_counted_and_cycles_never_overlap(
@@ -421,7 +422,7 @@ async def test_schedule_is_the_jittered_interval_on_the_clock(
         assert starts == [1000.0]  # the first cycle starts at once
         for n in range(1, 6):
             gap = interval * (1 + expected_rng.uniform(-ratio, ratio))
-            await wait_until(sleeping_until(fake_clock, starts[-1] + gap))
+            await wait_until_async(sleeping_until(fake_clock, starts[-1] + gap))
             await fake_clock.advance(gap - 0.001)  # just before: nothing happens
             assert len(snapshots) == n
             await fake_clock.advance(0.001)
@@ -441,9 +442,9 @@ async def test_reconfigure_wakes_the_loop(simulator: RunningSimulator, make_refr
     refresher = make_refresher(cfg)
     task = asyncio.create_task(refresher.run())
     try:
-        await wait_until(lambda: refresher.snapshot.completed)
+        await wait_until_async(lambda: refresher.snapshot.completed)
         refresher.reconfigure(replace(cfg, images=(WatchedImage(SIM_CONTAINER_ID, image_type="Container"),)))
-        await wait_until(
+        await wait_until_async(
             lambda: {k.image_id for k in refresher.snapshot.images} == {SIM_CONTAINER_ID}, within=3
         )
     finally:

@@ -6,7 +6,6 @@ import asyncio
 import gc
 import socket
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import aiohttp
@@ -27,7 +26,8 @@ from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.service import Account, ExporterService
 from exporter.sharding import in_shard
 from exporter.simulator import Faults, generate_fleet
-from tests.exporter_support import samples, series_of, sim_config, value, wait_until
+from tests.exporter_support import samples, series_of, sim_config, value
+from tests.fixtures.http import wait_until_async
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
 
 WATCHED = (SIM_VM_ID, SIM_VM_FAILED_ID, WatchedImage(SIM_CONTAINER_ID, image_type="Container"))
@@ -58,13 +58,6 @@ class Factory:
         return client
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """A plain client session."""
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def scrape(
     http: aiohttp.ClientSession, svc: ExporterService
 ) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -79,7 +72,7 @@ async def test_start_and_stop_within_budget(simulator: RunningSimulator, http: a
     svc = ExporterService(sim_config(simulator, WATCHED), process_metrics=False, client_factory=factory)
     await svc.start()
     url = svc.url
-    await wait_until(lambda: svc.ready)
+    await wait_until_async(lambda: svc.ready)
     simulator.sim.faults = Faults(latency_ms=1000)
     in_flight = asyncio.create_task(svc.refresh_once())  # a cycle in flight
     await asyncio.sleep(0.1)
@@ -116,11 +109,11 @@ async def test_reload_drops_images_and_records_success(
     svc = ExporterService(cfg, process_metrics=False)
     await svc.start()
     try:
-        await wait_until(lambda: svc.ready)
+        await wait_until_async(lambda: svc.ready)
         assert series_of(await scrape(http, svc), SIM_VM_FAILED_ID)
         first_sequence = svc.snapshot.sequence
         await svc.reload(replace(cfg, images=tuple(i for i in cfg.images if i.image_id != SIM_VM_FAILED_ID)))
-        await wait_until(lambda: svc.snapshot.sequence > first_sequence, within=3)
+        await wait_until_async(lambda: svc.snapshot.sequence > first_sequence, within=3)
         found = await scrape(http, svc)
         assert not series_of(found, SIM_VM_FAILED_ID)
         assert series_of(found, SIM_VM_ID)
@@ -144,12 +137,12 @@ async def test_discovered_image_deleted_upstream_disappears(
     svc = ExporterService(cfg, process_metrics=False)
     await svc.start()
     try:
-        await wait_until(lambda: svc.ready)
+        await wait_until_async(lambda: svc.ready)
         assert series_of(await scrape(http, svc), SIM_VM_FAILED_ID)
         del simulator.sim.images[SIM_VM_FAILED_ID]
         simulator.sim.reindex()
         sequence = svc.snapshot.sequence
-        await wait_until(lambda: svc.snapshot.sequence > sequence + 1, within=3)
+        await wait_until_async(lambda: svc.snapshot.sequence > sequence + 1, within=3)
         found = await scrape(http, svc)
         assert not series_of(found, SIM_VM_FAILED_ID)
         assert value(found, "ehpc_image_up", image_id=SIM_VM_ID) == 1
@@ -164,20 +157,20 @@ async def test_reload_rebuilds_the_client_when_api_or_credentials_change(simulat
     svc = ExporterService(cfg, process_metrics=False, client_factory=factory)
     await svc.start()
     try:
-        await wait_until(lambda: svc.ready)
+        await wait_until_async(lambda: svc.ready)
         await svc.reload(
             replace(cfg, images=(WatchedImage(SIM_VM_ID), WatchedImage(SIM_VM_FAILED_ID)))
         )  # watched set only
-        await wait_until(lambda: len(svc.snapshot.images) == 2)
+        await wait_until_async(lambda: len(svc.snapshot.images) == 2)
         assert len(factory.clients) == 1
         wrong = CredentialsConfig(
             type="access_key", access_key_id="unknown-key", access_key_secret="whatever-secret"
         )
         sequence = svc.snapshot.sequence
         await svc.reload(replace(cfg, credentials=wrong))
-        await wait_until(lambda: svc.snapshot.sequence > sequence)
+        await wait_until_async(lambda: svc.snapshot.sequence > sequence)
         assert len(factory.clients) == 2
-        await wait_until(lambda: factory.clients[0].closed)
+        await wait_until_async(lambda: factory.clients[0].closed)
         assert not factory.clients[1].closed
         state = svc.snapshot.find(SIM_VM_ID)
         assert state.error is not None
@@ -213,7 +206,7 @@ async def test_reload_records_its_outcome_once_and_a_failed_one_keeps_the_config
     svc = ExporterService(cfg, process_metrics=False, client_factory=factory)
     await svc.start()
     try:
-        await wait_until(lambda: svc.ready)
+        await wait_until_async(lambda: svc.ready)
         outcomes = reload_outcomes(svc, monkeypatch)
         await svc.reload(replace(cfg, images=(WatchedImage(SIM_VM_ID), WatchedImage(SIM_VM_FAILED_ID))))
         assert outcomes == [True]
@@ -298,7 +291,7 @@ async def test_concurrent_scrapes_during_refreshes_see_whole_snapshots(
     await svc.start()
     latencies: list[float] = []
     try:
-        await wait_until(lambda: svc.ready)
+        await wait_until_async(lambda: svc.ready)
         first = svc.snapshot.sequence
 
         async def scraper() -> None:
@@ -344,7 +337,7 @@ async def test_reload_adds_and_removes_targets_with_their_series(simulator: Runn
     svc = ExporterService(_targets(base, "alpha"), process_metrics=False)
     await svc.start()
     try:
-        await wait_until(lambda: svc.ready)
+        await wait_until_async(lambda: svc.ready)
 
         def accounts(name: str) -> set[str]:
             return {
@@ -355,9 +348,9 @@ async def test_reload_adds_and_removes_targets_with_their_series(simulator: Runn
 
         assert accounts("ehpc_image_up") == accounts("ehpc_api_requests_total") == {"alpha"}
         await svc.reload(_targets(base, "alpha", "beta"))
-        await wait_until(lambda: accounts("ehpc_image_up") == {"alpha", "beta"}, what="beta refreshed")
+        await wait_until_async(lambda: accounts("ehpc_image_up") == {"alpha", "beta"}, what="beta refreshed")
         await svc.reload(_targets(base, "beta"))
-        await wait_until(lambda: accounts("ehpc_image_up") == {"beta"}, what="alpha gone")
+        await wait_until_async(lambda: accounts("ehpc_image_up") == {"beta"}, what="alpha gone")
         assert accounts("ehpc_api_requests_total") == accounts("ehpc_watched_images") == {"beta"}
         assert svc.ready
     finally:

@@ -7,7 +7,6 @@ import ssl
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -34,12 +33,6 @@ from tests.fixtures.sim import (
 JSON_CT = "application/json;charset=utf-8"
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 def assert_error_shape(
     status: int, headers: dict[str, str], body: dict[str, object], code: str, http: int
 ) -> None:
@@ -57,10 +50,10 @@ def assert_error_shape(
 # ----- success shapes ---------------------------------------------------------------------------------
 
 
-async def test_get_image_vm_shape(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_get_image_vm_shape(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     """A VM image answers every documented field, VMImageSpec only, and the asked regions it has."""
     status, headers, body = await signed_call(
-        session,
+        http,
         simulator,
         "GetImage",
         {
@@ -104,17 +97,17 @@ async def test_get_image_vm_shape(simulator: RunningSimulator, session: aiohttp.
 
 
 async def test_get_image_without_regions_has_no_regions_info(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
+    simulator: RunningSimulator, http: aiohttp.ClientSession
 ) -> None:
-    _, _, body = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_FAILED_ID})
+    _, _, body = await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_FAILED_ID})
     assert body["Image"]["Status"] == "CreateFailed"
     assert "AdditionalRegionsInfo" not in body["Image"]
 
 
-async def test_get_image_container_shape(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_get_image_container_shape(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     """Container images carry ContainerImageSpec with the registry credential, as the real API does."""
     status, _, body = await signed_call(
-        session, simulator, "GetImage", {"ImageId": SIM_CONTAINER_ID, "ImageType": "Container"}
+        http, simulator, "GetImage", {"ImageId": SIM_CONTAINER_ID, "ImageType": "Container"}
     )
     assert status == 200
     image = body["Image"]
@@ -137,21 +130,21 @@ async def test_get_image_container_shape(simulator: RunningSimulator, session: a
 
 
 async def test_get_image_type_or_category_mismatch_is_not_found(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
+    simulator: RunningSimulator, http: aiohttp.ClientSession
 ) -> None:
     for params in (
         {"ImageId": SIM_CONTAINER_ID, "ImageType": "VM"},
         {"ImageId": SIM_VM_ID, "ImageCategory": "Public"},
         {"ImageId": "m-doesnotexist"},
     ):
-        status, headers, body = await signed_call(session, simulator, "GetImage", params)
+        status, headers, body = await signed_call(http, simulator, "GetImage", params)
         assert_error_shape(status, headers, body, "ImageNotFound", 404)
 
 
-async def test_form_body_parameters(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_form_body_parameters(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     """Parameters in a signed form body (vector B of §2.6) are accepted like query parameters."""
     status, _, body = await signed_call(
-        session,
+        http,
         simulator,
         "GetImage",
         {"ImageId": SIM_VM_ID, "AdditionalRegionIds": '["cn-beijing"]'},
@@ -161,7 +154,7 @@ async def test_form_body_parameters(simulator: RunningSimulator, session: aiohtt
     assert body["Image"]["AdditionalRegionsInfo"][0]["RegionId"] == "cn-beijing"
 
 
-async def test_query_and_form_are_merged(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_query_and_form_are_merged(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     """Query and form parameters merge (the form wins); only the query goes into the canonical query."""
     query = canonical_query({"ImageId": "m-overridden", "ImageType": "VM"})
     body = canonical_query({"ImageId": SIM_VM_ID}).encode()
@@ -182,66 +175,66 @@ async def test_query_and_form_are_merged(simulator: RunningSimulator, session: a
         access_key_secret=simulator.access_key_secret,
     )
     url = yarl.URL(f"{simulator.url}/?{query}", encoded=True)
-    async with session.post(url, data=body, headers=signed) as resp:
+    async with http.post(url, data=body, headers=signed) as resp:
         answer = await resp.json()
     assert resp.status == 200, answer
     assert answer["Image"]["VMImageSpec"]["ImageId"] == SIM_VM_ID
 
 
-async def test_https(simulator_https: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_https(simulator_https: RunningSimulator, http: aiohttp.ClientSession) -> None:
     """The simulator serves TLS with the trustme certificate; a client trusting the CA gets through."""
     assert simulator_https.url.startswith("https://127.0.0.1:")
     assert simulator_https.ca_file is not None
     ctx = ssl.create_default_context(cafile=simulator_https.ca_file)
     status, _, body = await signed_call(
-        session, simulator_https, "GetImage", {"ImageId": SIM_VM_ID}, ssl_context=ctx
+        http, simulator_https, "GetImage", {"ImageId": SIM_VM_ID}, ssl_context=ctx
     )
     assert status == 200, body
     with pytest.raises(aiohttp.ClientConnectorCertificateError):
-        await signed_call(session, simulator_https, "GetImage", {"ImageId": SIM_VM_ID})
+        await signed_call(http, simulator_https, "GetImage", {"ImageId": SIM_VM_ID})
 
 
 # ----- signature failures -----------------------------------------------------------------------------
 
 
 async def test_wrong_secret_is_signature_does_not_match(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
+    simulator: RunningSimulator, http: aiohttp.ClientSession
 ) -> None:
     status, headers, body = await signed_call(
-        session, simulator, "GetImage", {"ImageId": SIM_VM_ID}, access_key_secret="wrong-secret"
+        http, simulator, "GetImage", {"ImageId": SIM_VM_ID}, access_key_secret="wrong-secret"
     )
     assert_error_shape(status, headers, body, "SignatureDoesNotMatch", 400)
     assert "server string to sign is:ACS3-HMAC-SHA256\n" in body["Message"]
     assert simulator.access_key_secret not in body["Message"]
 
 
-async def test_unknown_access_key(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_unknown_access_key(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     status, headers, body = await signed_call(
-        session, simulator, "GetImage", {"ImageId": SIM_VM_ID}, access_key_id="no-such-key"
+        http, simulator, "GetImage", {"ImageId": SIM_VM_ID}, access_key_id="no-such-key"
     )
     assert_error_shape(status, headers, body, "InvalidAccessKeyId.NotFound", 404)
 
 
-async def test_reused_nonce(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_reused_nonce(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     nonce = uuid.uuid4().hex
-    first = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID}, nonce=nonce)
+    first = await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID}, nonce=nonce)
     assert first[0] == 200
     status, headers, body = await signed_call(
-        session, simulator, "GetImage", {"ImageId": SIM_VM_ID}, nonce=nonce
+        http, simulator, "GetImage", {"ImageId": SIM_VM_ID}, nonce=nonce
     )
     assert_error_shape(status, headers, body, "SignatureNonceUsed", 400)
 
 
 async def test_forged_request_does_not_burn_a_nonce(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
+    simulator: RunningSimulator, http: aiohttp.ClientSession
 ) -> None:
     """Only correctly signed requests record their nonce."""
     nonce = uuid.uuid4().hex
     bad = await signed_call(
-        session, simulator, "GetImage", {"ImageId": SIM_VM_ID}, nonce=nonce, access_key_secret="x"
+        http, simulator, "GetImage", {"ImageId": SIM_VM_ID}, nonce=nonce, access_key_secret="x"
     )
     assert bad[2]["Code"] == "SignatureDoesNotMatch"
-    good = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID}, nonce=nonce)
+    good = await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID}, nonce=nonce)
     assert good[0] == 200
 
 
@@ -258,25 +251,21 @@ async def test_forged_request_does_not_burn_a_nonce(
     ],
 )
 async def test_bad_dates(
-    simulator: RunningSimulator, session: aiohttp.ClientSession, date: str | int, code: str
+    simulator: RunningSimulator, http: aiohttp.ClientSession, date: str | int, code: str
 ) -> None:
     if isinstance(date, int):
         date = acs_date(datetime.now(UTC) + timedelta(minutes=date))
-    status, headers, body = await signed_call(
-        session, simulator, "GetImage", {"ImageId": SIM_VM_ID}, date=date
-    )
+    status, headers, body = await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID}, date=date)
     assert_error_shape(status, headers, body, code, 400)
 
 
-async def test_date_within_skew_is_accepted(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
-) -> None:
+async def test_date_within_skew_is_accepted(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     date = acs_date(datetime.now(UTC) - timedelta(minutes=14))
-    status, _, _ = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID}, date=date)
+    status, _, _ = await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID}, date=date)
     assert status == 200
 
 
-async def test_body_hash_mismatch(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_body_hash_mismatch(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     """A body that differs from the signed x-acs-content-sha256 is SignatureDoesNotMatch."""
     body = canonical_query({"ImageId": SIM_VM_ID}).encode()
     headers = {
@@ -295,16 +284,16 @@ async def test_body_hash_mismatch(simulator: RunningSimulator, session: aiohttp.
         access_key_id=simulator.access_key_id,
         access_key_secret=simulator.access_key_secret,
     )
-    async with session.post(f"{simulator.url}/", data=body + b"&ImageType=VM", headers=signed) as resp:
+    async with http.post(f"{simulator.url}/", data=body + b"&ImageType=VM", headers=signed) as resp:
         answer = await resp.json(content_type=None)
         assert_error_shape(resp.status, dict(resp.headers), answer, "SignatureDoesNotMatch", 400)
 
 
 async def _raw_post(
-    session: aiohttp.ClientSession, running: RunningSimulator, headers: dict[str, str], query: str = ""
+    http: aiohttp.ClientSession, running: RunningSimulator, headers: dict[str, str], query: str = ""
 ) -> tuple[int, dict[str, str], dict[str, object]]:
     url = yarl.URL(f"{running.url}/?{query}" if query else f"{running.url}/", encoded=True)
-    async with session.post(url, headers=headers, skip_auto_headers=["Content-Type"]) as resp:
+    async with http.post(url, headers=headers, skip_auto_headers=["Content-Type"]) as resp:
         return resp.status, dict(resp.headers), await resp.json(content_type=None)
 
 
@@ -327,7 +316,7 @@ def _signed_headers(running: RunningSimulator, query: str = "", **extra: str) ->
     )
 
 
-async def test_incomplete_signatures(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_incomplete_signatures(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     """Missing/garbled Authorization, an unsigned required header, a listed header not sent."""
     query = canonical_query({"ImageId": SIM_VM_ID})
     good = _signed_headers(simulator, query)
@@ -342,16 +331,16 @@ async def test_incomplete_signatures(simulator: RunningSimulator, session: aioht
     extra_listed = _signed_headers(simulator, query, **{"x-acs-extra": "1"})
     del extra_listed["x-acs-extra"]
     for headers in (no_auth, garbled, upper_hex, unsigned_date, extra_listed):
-        status, resp_headers, body = await _raw_post(session, simulator, headers, query)
+        status, resp_headers, body = await _raw_post(http, simulator, headers, query)
         assert_error_shape(status, resp_headers, body, "IncompleteSignature", 400)
 
 
-async def test_unsigned_content_type(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_unsigned_content_type(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     """With a body the content type must be signed; on an empty POST an unsigned one is tolerated,
     because the official SDK's async path sends exactly that (aiohttp's application/octet-stream)."""
     query = canonical_query({"ImageId": SIM_VM_ID})
     url = yarl.URL(f"{simulator.url}/?{query}", encoded=True)
-    async with session.post(url, headers=_signed_headers(simulator, query)) as resp:  # aiohttp adds it
+    async with http.post(url, headers=_signed_headers(simulator, query)) as resp:  # aiohttp adds it
         assert resp.status == 200, await resp.text()
     body = canonical_query({"ImageType": "VM"}).encode()
     headers = {
@@ -370,40 +359,40 @@ async def test_unsigned_content_type(simulator: RunningSimulator, session: aioht
         access_key_secret=simulator.access_key_secret,
     )
     signed["content-type"] = "application/x-www-form-urlencoded"
-    async with session.post(url, data=body, headers=signed) as resp:
+    async with http.post(url, data=body, headers=signed) as resp:
         answer = await resp.json(content_type=None)
         assert_error_shape(resp.status, dict(resp.headers), answer, "IncompleteSignature", 400)
 
 
 async def test_tampered_query_is_signature_does_not_match(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
+    simulator: RunningSimulator, http: aiohttp.ClientSession
 ) -> None:
     query = canonical_query({"ImageId": SIM_VM_ID})
     headers = _signed_headers(simulator, query)
     status, resp_headers, body = await _raw_post(
-        session, simulator, headers, canonical_query({"ImageId": SIM_VM_FAILED_ID})
+        http, simulator, headers, canonical_query({"ImageId": SIM_VM_FAILED_ID})
     )
     assert_error_shape(status, resp_headers, body, "SignatureDoesNotMatch", 400)
 
 
 async def test_query_is_canonicalised_from_decoded_values(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
+    simulator: RunningSimulator, http: aiohttp.ClientSession
 ) -> None:
     """Unsorted, differently escaped query bytes verify: the server signs the decoded parameters."""
     params = {"ImageId": SIM_VM_ID, "AdditionalRegionIds": '["cn-beijing"]'}
     headers = _signed_headers(simulator, canonical_query(params))
     wire = f"ImageId={SIM_VM_ID}&AdditionalRegionIds=%5b%22cn-beijing%22%5d"  # lower-case hex, unsorted
-    status, _, body = await _raw_post(session, simulator, headers, wire)
+    status, _, body = await _raw_post(http, simulator, headers, wire)
     assert status == 200, body
 
 
 async def test_unknown_action_and_wrong_version(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
+    simulator: RunningSimulator, http: aiohttp.ClientSession
 ) -> None:
-    status, headers, body = await signed_call(session, simulator, "DeleteImage", {"ImageId": SIM_VM_ID})
+    status, headers, body = await signed_call(http, simulator, "DeleteImage", {"ImageId": SIM_VM_ID})
     assert_error_shape(status, headers, body, "InvalidAction.NotFound", 404)
     status, headers, body = await signed_call(
-        session, simulator, "GetImage", {"ImageId": SIM_VM_ID}, version="2022-01-01"
+        http, simulator, "GetImage", {"ImageId": SIM_VM_ID}, version="2022-01-01"
     )
     assert_error_shape(status, headers, body, "InvalidAction.NotFound", 404)
     assert simulator.sim.counters() == {
@@ -415,10 +404,10 @@ async def test_unknown_action_and_wrong_version(
 # ----- STS --------------------------------------------------------------------------------------------
 
 
-async def test_sts_credentials(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_sts_credentials(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     ak, secret, token = simulator.sim.issue_sts()
     ok = await signed_call(
-        session,
+        http,
         simulator,
         "GetImage",
         {"ImageId": SIM_VM_ID},
@@ -430,7 +419,7 @@ async def test_sts_credentials(simulator: RunningSimulator, session: aiohttp.Cli
     # The token is required and must be the one issued with that AccessKey.
     for bad_token in (None, "CAIS-not-the-token"):
         status, headers, body = await signed_call(
-            session,
+            http,
             simulator,
             "GetImage",
             {"ImageId": SIM_VM_ID},
@@ -441,15 +430,15 @@ async def test_sts_credentials(simulator: RunningSimulator, session: aiohttp.Cli
         assert_error_shape(status, headers, body, "InvalidSecurityToken.Malformed", 400)
     # A token sent with a long-term AccessKey belongs to no key.
     status, headers, body = await signed_call(
-        session, simulator, "GetImage", {"ImageId": SIM_VM_ID}, security_token=token
+        http, simulator, "GetImage", {"ImageId": SIM_VM_ID}, security_token=token
     )
     assert_error_shape(status, headers, body, "InvalidSecurityToken.Malformed", 400)
 
 
-async def test_sts_expired(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_sts_expired(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     ak, secret, token = simulator.sim.issue_sts(ttl_seconds=-1)
     status, headers, body = await signed_call(
-        session,
+        http,
         simulator,
         "GetImage",
         {"ImageId": SIM_VM_ID},
@@ -461,10 +450,10 @@ async def test_sts_expired(simulator: RunningSimulator, session: aiohttp.ClientS
 
 
 async def test_per_image_error_and_not_found_counted(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
+    simulator: RunningSimulator, http: aiohttp.ClientSession
 ) -> None:
     simulator.sim.images["m-broken"] = SimImage(image_id="m-broken", error="NotAuthorized")
-    status, headers, body = await signed_call(session, simulator, "GetImage", {"ImageId": "m-broken"})
+    status, headers, body = await signed_call(http, simulator, "GetImage", {"ImageId": "m-broken"})
     assert_error_shape(status, headers, body, "NotAuthorized", 407)
     assert body["AccessDeniedDetail"]["AuthAction"] == "ehpc:GetImage"
     assert simulator.sim.counters() == {("GetImage", "NotAuthorized"): 1}
@@ -484,46 +473,46 @@ SEED_STATUSES = {
 }
 
 
-@pytest.mark.parametrize(("code", "http"), sorted(SEED_STATUSES.items()))
+@pytest.mark.parametrize(("code", "http_status"), sorted(SEED_STATUSES.items()))
 async def test_seed_code_per_image(
-    simulator: RunningSimulator, session: aiohttp.ClientSession, code: str, http: int
+    simulator: RunningSimulator, http: aiohttp.ClientSession, code: str, http_status: int
 ) -> None:
     simulator.sim.images[SIM_VM_ID].error = code
-    status, headers, body = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
-    assert_error_shape(status, headers, body, code, http)
+    status, headers, body = await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    assert_error_shape(status, headers, body, code, http_status)
     assert ("AccessDeniedDetail" in body) == (code == "NotAuthorized")
     # Other images are unaffected.
-    ok = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_CONTAINER_ID})
+    ok = await signed_call(http, simulator, "GetImage", {"ImageId": SIM_CONTAINER_ID})
     assert ok[0] == 200
 
 
 @pytest.mark.parametrize(
-    ("code", "http"),
+    ("code", "http_status"),
     [*sorted(SEED_STATUSES.items()), ("Throttling.Api", 400), ("InternalError", 500), ("Forbidden.RAM", 403)],
 )
 async def test_code_by_fault_injection(
-    simulator: RunningSimulator, session: aiohttp.ClientSession, code: str, http: int
+    simulator: RunningSimulator, http: aiohttp.ClientSession, code: str, http_status: int
 ) -> None:
     """error_rates at 1 answers the code on every business call, GetImage and ListImages alike."""
     simulator.sim.faults.error_rates = {code: 1.0}
     for action, params in (("GetImage", {"ImageId": SIM_VM_ID}), ("ListImages", {})):
-        status, headers, body = await signed_call(session, simulator, action, params)
-        assert_error_shape(status, headers, body, code, http)
+        status, headers, body = await signed_call(http, simulator, action, params)
+        assert_error_shape(status, headers, body, code, http_status)
     assert simulator.sim.counters() == {("GetImage", code): 1, ("ListImages", code): 1}
 
 
-async def test_global_error(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_global_error(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     simulator.sim.faults.global_error = "NotEnabled"
-    status, headers, body = await signed_call(session, simulator, "ListImages", {})
+    status, headers, body = await signed_call(http, simulator, "ListImages", {})
     assert_error_shape(status, headers, body, "NotEnabled", 400)
 
 
-async def test_action_errors(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_action_errors(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     """One action always fails while the other works (discovery down, GetImage up)."""
     simulator.sim.faults.action_errors = {"ListImages": "InternalError"}
-    status, headers, body = await signed_call(session, simulator, "ListImages", {})
+    status, headers, body = await signed_call(http, simulator, "ListImages", {})
     assert_error_shape(status, headers, body, "InternalError", 500)
-    status, _headers, _body = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    status, _headers, _body = await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID})
     assert status == 200
     with pytest.raises(ValueError, match="action"):
         faults_from_dict({"action_errors": {"AddImage": "InternalError"}})
@@ -531,7 +520,7 @@ async def test_action_errors(simulator: RunningSimulator, session: aiohttp.Clien
         faults_from_dict({"action_errors": {"ListImages": "NoSuchCode"}})
 
 
-async def test_invalid_params(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_invalid_params(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     cases = [
         ("GetImage", {}),
         ("GetImage", {"ImageId": SIM_VM_ID, "AdditionalRegionIds": "cn-beijing"}),
@@ -544,16 +533,16 @@ async def test_invalid_params(simulator: RunningSimulator, session: aiohttp.Clie
         ("ListImages", {"ImageIds": '{"a":1}'}),
     ]
     for action, params in cases:
-        status, headers, body = await signed_call(session, simulator, action, params)
+        status, headers, body = await signed_call(http, simulator, action, params)
         assert_error_shape(status, headers, body, "InvalidParams", 400)
 
 
 async def test_qps_limit_throttles_with_retry_after(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
+    simulator: RunningSimulator, http: aiohttp.ClientSession
 ) -> None:
     simulator.sim.faults.qps_limit = 2
     simulator.sim.faults.retry_after_ms = 250
-    results = [await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID}) for _ in range(5)]
+    results = [await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID}) for _ in range(5)]
     codes = [r[2].get("Code", "Success") for r in results]
     # A burst of max(1, qps) = 2 passes, the rest of a burst this fast is throttled.
     assert codes[:2] == ["Success", "Success"]
@@ -566,33 +555,31 @@ async def test_qps_limit_throttles_with_retry_after(
 
 
 async def test_injected_throttling_without_retry_after(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
+    simulator: RunningSimulator, http: aiohttp.ClientSession
 ) -> None:
     simulator.sim.faults.error_rates = {"Throttling": 1.0}
-    _, headers, body = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    _, headers, body = await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID})
     assert body["Code"] == "Throttling"
     assert "x-acs-retry-after" not in headers
 
 
-async def test_reset_seen_by_a_real_client(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
-) -> None:
+async def test_reset_seen_by_a_real_client(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     simulator.sim.faults.reset_rate = 1.0
     with pytest.raises(aiohttp.ClientConnectionError):
-        await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+        await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID})
     # The connection pool recovers: the next call (no faults) gets through on a fresh connection.
     simulator.sim.faults.reset_rate = 0
-    ok = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    ok = await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID})
     assert ok[0] == 200
     assert simulator.sim.counters() == {("GetImage", "ConnectionError"): 1, ("GetImage", "Success"): 1}
     assert {r["code"]: r["http_status"] for r in simulator.sim.counter_rows()}["ConnectionError"] == 0
 
 
-async def test_reset_over_tls(simulator_https: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_reset_over_tls(simulator_https: RunningSimulator, http: aiohttp.ClientSession) -> None:
     simulator_https.sim.faults.reset_rate = 1.0
     ctx = ssl.create_default_context(cafile=simulator_https.ca_file)
     with pytest.raises(aiohttp.ClientConnectionError):
-        await signed_call(session, simulator_https, "GetImage", {"ImageId": SIM_VM_ID}, ssl_context=ctx)
+        await signed_call(http, simulator_https, "GetImage", {"ImageId": SIM_VM_ID}, ssl_context=ctx)
     assert simulator_https.sim.counters() == {("GetImage", "ConnectionError"): 1}
 
 
@@ -607,19 +594,19 @@ async def test_timeout_seen_by_a_real_client(simulator: RunningSimulator) -> Non
 
 
 async def test_timeout_ends_without_an_answer(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
+    simulator: RunningSimulator, http: aiohttp.ClientSession
 ) -> None:
     """A client waiting longer than timeout_seconds gets the connection dropped, never an answer."""
     simulator.sim.faults.timeout_rate = 1.0
     simulator.sim.faults.timeout_seconds = 0.2
     with pytest.raises(aiohttp.ClientConnectionError):
-        await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+        await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID})
 
 
-async def test_malformed_body(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_malformed_body(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     simulator.sim.faults.malformed_rate = 1.0
     query = canonical_query({"ImageId": SIM_VM_ID})
-    status, resp_headers, text = await _raw_text(session, simulator, _signed_headers(simulator, query), query)
+    status, resp_headers, text = await _raw_text(http, simulator, _signed_headers(simulator, query), query)
     assert status == 200
     assert resp_headers["Content-Type"] == JSON_CT
     assert resp_headers["x-acs-request-id"]
@@ -631,14 +618,14 @@ async def test_malformed_body(simulator: RunningSimulator, session: aiohttp.Clie
 
 
 async def _raw_text(
-    session: aiohttp.ClientSession, running: RunningSimulator, headers: dict[str, str], query: str
+    http: aiohttp.ClientSession, running: RunningSimulator, headers: dict[str, str], query: str
 ) -> tuple[int, dict[str, str], str]:
     url = yarl.URL(f"{running.url}/?{query}", encoded=True)
-    async with session.post(url, headers=headers, skip_auto_headers=["Content-Type"]) as resp:
+    async with http.post(url, headers=headers, skip_auto_headers=["Content-Type"]) as resp:
         return resp.status, dict(resp.headers), await resp.text()
 
 
-async def test_fault_mix_counters_exact(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_fault_mix_counters_exact(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     """With a mix of faults, the counters equal exactly what a client observed, call by call."""
     simulator.sim.faults = Faults(
         error_rates={"ServiceUnavailable": 0.2, "Throttling.User": 0.1},
@@ -652,7 +639,7 @@ async def test_fault_mix_counters_exact(simulator: RunningSimulator, session: ai
         query = canonical_query(params)
         headers = _signed_headers(simulator, query, **{"x-acs-action": action})
         try:
-            _, _, text = await _raw_text(session, simulator, headers, query)
+            _, _, text = await _raw_text(http, simulator, headers, query)
         except aiohttp.ClientConnectionError:
             seen[action, "ConnectionError"] += 1
             continue
@@ -666,13 +653,13 @@ async def test_fault_mix_counters_exact(simulator: RunningSimulator, session: ai
 
 
 async def test_fault_draws_are_reproducible_with_a_seed(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
+    simulator: RunningSimulator, http: aiohttp.ClientSession
 ) -> None:
     async def run() -> list[str]:
         simulator.sim.faults = Faults(error_rates={"DbError": 0.5}, seed=7)
         out = []
         for _ in range(12):
-            _, _, body = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+            _, _, body = await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID})
             out.append(body.get("Code", "Success"))
         return out
 
@@ -681,13 +668,13 @@ async def test_fault_draws_are_reproducible_with_a_seed(
     assert await run() == first
 
 
-async def test_latency_with_jitter(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_latency_with_jitter(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     simulator.sim.faults.latency_ms = 100
     simulator.sim.faults.jitter_ms = 40
     durations = []
     for _ in range(4):
         start = time.monotonic()
-        status, _, _ = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+        status, _, _ = await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID})
         durations.append(time.monotonic() - start)
         assert status == 200
     assert min(durations) >= 0.058
@@ -698,16 +685,14 @@ async def test_latency_with_jitter(simulator: RunningSimulator, session: aiohttp
 # ----- ListImages -------------------------------------------------------------------------------------
 
 
-async def test_list_images_paging(
-    simulator_factory: SimulatorFactory, session: aiohttp.ClientSession
-) -> None:
+async def test_list_images_paging(simulator_factory: SimulatorFactory, http: aiohttp.ClientSession) -> None:
     fleet = generate_fleet(45, ["cn-beijing"], seed=3)
     async with simulator_factory(images=fleet) as running:
         collected: list[str] = []
         page = 1
         while True:
             status, headers, body = await signed_call(
-                session, running, "ListImages", {"PageNumber": str(page), "PageSize": "20"}
+                http, running, "ListImages", {"PageNumber": str(page), "PageSize": "20"}
             )
             assert status == 200
             assert headers["x-acs-request-id"] == body["RequestId"]
@@ -739,15 +724,15 @@ async def test_list_images_paging(
             "Weight": last.weight,
         }
         # Defaults: page 1 of 20; past the end: an empty page with the same total.
-        _, _, body = await signed_call(session, running, "ListImages", {})
+        _, _, body = await signed_call(http, running, "ListImages", {})
         assert (body["PageNumber"], body["PageSize"], len(body["Images"])) == (1, 20, 20)
-        _, _, body = await signed_call(session, running, "ListImages", {"PageNumber": "9"})
+        _, _, body = await signed_call(http, running, "ListImages", {"PageNumber": "9"})
         assert (body["TotalCount"], body["Images"]) == (45, [])
 
 
-async def test_list_images_filters(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_list_images_filters(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     async def ids(**params: str) -> list[str]:
-        status, _, body = await signed_call(session, simulator, "ListImages", params)
+        status, _, body = await signed_call(http, simulator, "ListImages", params)
         assert status == 200, body
         assert body["TotalCount"] == len(body["Images"])
         return [i["ImageId"] for i in body["Images"]]
@@ -771,7 +756,7 @@ async def test_list_images_filters(simulator: RunningSimulator, session: aiohttp
     assert await ids(ImageType="VM") == [SIM_VM_FAILED_ID, "m-new"]
 
 
-async def test_list_images_merge_mode(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_list_images_merge_mode(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     images = simulator.sim.images
     images["m-g2"] = SimImage(
         image_id="m-g2", name="gromacs", version="v2025.1", create_time="2025-01-01T00:00:00Z"
@@ -779,10 +764,10 @@ async def test_list_images_merge_mode(simulator: RunningSimulator, session: aioh
     images["m-g0"] = SimImage(
         image_id="m-g0", name="gromacs", version="v2023.1", create_time="2023-01-01T00:00:00Z"
     )
-    _, _, body = await signed_call(session, simulator, "ListImages", {"Mode": "Merge", "ImageType": "VM"})
+    _, _, body = await signed_call(http, simulator, "ListImages", {"Mode": "Merge", "ImageType": "VM"})
     assert [i["ImageId"] for i in body["Images"]] == ["m-g2", SIM_VM_FAILED_ID]
     _, _, body = await signed_call(
-        session, simulator, "ListImages", {"Mode": "List", "ImageNames": '["gromacs"]'}
+        http, simulator, "ListImages", {"Mode": "List", "ImageNames": '["gromacs"]'}
     )
     assert [i["ImageId"] for i in body["Images"]] == [SIM_VM_ID, "m-g2", "m-g0"]
 
@@ -790,19 +775,19 @@ async def test_list_images_merge_mode(simulator: RunningSimulator, session: aioh
 # ----- counters and admin API -------------------------------------------------------------------------
 
 
-async def test_every_answer_counted_once(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
-    await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
-    await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
-    await signed_call(session, simulator, "GetImage", {"ImageId": "m-nope"})
-    await signed_call(session, simulator, "ListImages", {}, access_key_secret="bad")
-    await signed_call(session, simulator, "ListImages", {})
+async def test_every_answer_counted_once(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
+    await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    await signed_call(http, simulator, "GetImage", {"ImageId": "m-nope"})
+    await signed_call(http, simulator, "ListImages", {}, access_key_secret="bad")
+    await signed_call(http, simulator, "ListImages", {})
     assert simulator.sim.counters() == {
         ("GetImage", "Success"): 2,
         ("GetImage", "ImageNotFound"): 1,
         ("ListImages", "SignatureDoesNotMatch"): 1,
         ("ListImages", "Success"): 1,
     }
-    async with session.get(f"{simulator.url}/_sim/counters") as resp:
+    async with http.get(f"{simulator.url}/_sim/counters") as resp:
         rows = (await resp.json())["responses"]
     assert rows == [
         {"action": "GetImage", "code": "ImageNotFound", "http_status": 404, "count": 1},
@@ -810,14 +795,14 @@ async def test_every_answer_counted_once(simulator: RunningSimulator, session: a
         {"action": "ListImages", "code": "SignatureDoesNotMatch", "http_status": 400, "count": 1},
         {"action": "ListImages", "code": "Success", "http_status": 200, "count": 1},
     ]
-    async with session.post(f"{simulator.url}/_sim/counters/reset") as resp:
+    async with http.post(f"{simulator.url}/_sim/counters/reset") as resp:
         assert resp.status == 200
     assert simulator.sim.counters() == {}
 
 
-async def test_admin_images(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_admin_images(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     base = f"{simulator.url}/_sim/images"
-    async with session.get(base) as resp:
+    async with http.get(base) as resp:
         listed = (await resp.json())["images"]
     assert [i["image_id"] for i in listed] == [SIM_VM_ID, SIM_VM_FAILED_ID, SIM_CONTAINER_ID]
     assert SIM_REGISTRY_PASSWORD not in json.dumps(listed)
@@ -829,21 +814,21 @@ async def test_admin_images(simulator: RunningSimulator, session: aiohttp.Client
         "create_time": "2024-06-01T00:00:00Z",
         "regions": {"cn-beijing": "Waiting"},
     }
-    async with session.post(base, json=new) as resp:
+    async with http.post(base, json=new) as resp:
         assert resp.status == 201
-    async with session.patch(f"{base}/m-admin", json={"status": "CreateFailed", "error": "EcsError"}) as resp:
+    async with http.patch(f"{base}/m-admin", json={"status": "CreateFailed", "error": "EcsError"}) as resp:
         assert resp.status == 200
         assert (await resp.json())["status"] == "CreateFailed"
     assert simulator.sim.images["m-admin"].error == "EcsError"
-    async with session.put(f"{base}/m-admin/regions/cn-shanghai", json={"status": "Available"}) as resp:
+    async with http.put(f"{base}/m-admin/regions/cn-shanghai", json={"status": "Available"}) as resp:
         assert resp.status == 200
-    async with session.delete(f"{base}/m-admin/regions/cn-beijing") as resp:
+    async with http.delete(f"{base}/m-admin/regions/cn-beijing") as resp:
         assert resp.status == 204
     assert simulator.sim.images["m-admin"].regions == {"cn-shanghai": "Available"}
-    async with session.patch(f"{base}/m-admin", json={"error": None}) as resp:
+    async with http.patch(f"{base}/m-admin", json={"error": None}) as resp:
         assert resp.status == 200
     status, _, body = await signed_call(
-        session, simulator, "GetImage", {"ImageId": "m-admin", "AdditionalRegionIds": '["cn-shanghai"]'}
+        http, simulator, "GetImage", {"ImageId": "m-admin", "AdditionalRegionIds": '["cn-shanghai"]'}
     )
     assert status == 200
     assert body["Image"]["Status"] == "CreateFailed"
@@ -855,66 +840,66 @@ async def test_admin_images(simulator: RunningSimulator, session: aiohttp.Client
         ("POST", base, {"name": "no id"}),
         ("PUT", f"{base}/m-admin/regions/cn-beijing", {"state": "x"}),
     ):
-        async with session.request(method, url, json=payload) as resp:
+        async with http.request(method, url, json=payload) as resp:
             assert resp.status == 400, (method, url, payload)
             assert (await resp.json())["error"]
-    async with session.get(f"{base}/m-missing") as resp:
+    async with http.get(f"{base}/m-missing") as resp:
         assert resp.status == 404
-    async with session.delete(f"{base}/m-admin") as resp:
+    async with http.delete(f"{base}/m-admin") as resp:
         assert resp.status == 204
     assert "m-admin" not in simulator.sim.images
     assert simulator.sim.counters() == {("GetImage", "Success"): 1}  # admin calls are not API answers
 
 
-async def test_admin_faults(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
+async def test_admin_faults(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
     url = f"{simulator.url}/_sim/faults"
-    async with session.put(url, json={"error_rates": {"DbError": 1}, "latency_ms": 5}) as resp:
+    async with http.put(url, json={"error_rates": {"DbError": 1}, "latency_ms": 5}) as resp:
         assert resp.status == 200
         assert (await resp.json())["error_rates"] == {"DbError": 1.0}
-    async with session.patch(url, json={"retry_after_ms": 100}) as resp:
+    async with http.patch(url, json={"retry_after_ms": 100}) as resp:
         faults = await resp.json()
     assert (faults["latency_ms"], faults["retry_after_ms"], faults["error_rates"]) == (
         5,
         100,
         {"DbError": 1.0},
     )
-    _, _, body = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    _, _, body = await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID})
     assert body["Code"] == "DbError"
-    async with session.put(url, json={}) as resp:  # PUT replaces: back to no faults
+    async with http.put(url, json={}) as resp:  # PUT replaces: back to no faults
         assert (await resp.json()) == Faults().to_dict()
     for bad in ({"error_rates": {"NoSuchCode": 0.1}}, {"timeout_rate": 2}, {"qps_limit": 0}, {"bogus": 1}):
-        async with session.put(url, json=bad) as resp:
+        async with http.put(url, json=bad) as resp:
             assert resp.status == 400, bad
-    async with session.get(url) as resp:
+    async with http.get(url) as resp:
         assert (await resp.json()) == Faults().to_dict()
 
 
 async def test_admin_delete_faults_resets_them(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
+    simulator: RunningSimulator, http: aiohttp.ClientSession
 ) -> None:
     """DELETE /_sim/faults is "no faults": every setting back to its default, like PUT {}."""
     url = f"{simulator.url}/_sim/faults"
-    async with session.put(url, json={"global_error": "DbError", "latency_ms": 5, "qps_limit": 10}) as resp:
+    async with http.put(url, json={"global_error": "DbError", "latency_ms": 5, "qps_limit": 10}) as resp:
         assert resp.status == 200
-    _, _, body = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    _, _, body = await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID})
     assert body["Code"] == "DbError"
-    async with session.delete(url) as resp:
+    async with http.delete(url) as resp:
         assert resp.status == 200
         assert (await resp.json()) == Faults().to_dict()
     assert simulator.sim.faults == Faults()
-    status, _, body = await signed_call(session, simulator, "GetImage", {"ImageId": SIM_VM_ID})
+    status, _, body = await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID})
     assert status == 200, body
 
 
-async def test_admin_sts_credentials_uri(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
-    async with session.get(f"{simulator.url}/_sim/sts?ttl_seconds=900") as resp:
+async def test_admin_sts_credentials_uri(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{simulator.url}/_sim/sts?ttl_seconds=900") as resp:
         assert resp.status == 200
         creds = await resp.json()
     assert creds["Code"] == "Success"
     expiration = datetime.strptime(creds["Expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     assert timedelta(minutes=14) < expiration - datetime.now(UTC) <= timedelta(minutes=15)
     status, _, body = await signed_call(
-        session,
+        http,
         simulator,
         "GetImage",
         {"ImageId": SIM_VM_ID},
@@ -925,21 +910,21 @@ async def test_admin_sts_credentials_uri(simulator: RunningSimulator, session: a
     assert status == 200, body
 
 
-async def test_admin_index(simulator: RunningSimulator, session: aiohttp.ClientSession) -> None:
-    async with session.get(f"{simulator.url}/_sim/") as resp:
+async def test_admin_index(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{simulator.url}/_sim/") as resp:
         endpoints = (await resp.json())["endpoints"]
     assert "GET /_sim/counters" in endpoints
     assert "GET|PUT|PATCH|DELETE /_sim/faults" in endpoints
 
 
 async def test_list_images_follow_every_table_mutator(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
+    simulator: RunningSimulator, http: aiohttp.ClientSession
 ) -> None:
     """The cached ListImages selections notice each way of changing sim.images, not only [] and del."""
 
     async def ids() -> list[str]:
-        _, _, body = await signed_call(session, simulator, "ListImages", {"PageSize": "100"})
-        by_name = await signed_call(session, simulator, "ListImages", {"ImageNames": '["n"]'})
+        _, _, body = await signed_call(http, simulator, "ListImages", {"PageSize": "100"})
+        by_name = await signed_call(http, simulator, "ListImages", {"ImageNames": '["n"]'})
         assert [i["ImageId"] for i in by_name[2]["Images"]] == [
             i["ImageId"] for i in body["Images"] if i["Name"] == "n"
         ]

@@ -32,7 +32,8 @@ from exporter.http.app import accepts_gzip, create_app, wants_openmetrics
 from exporter.service import ExporterService
 from exporter.simulator import Faults, SimImage
 from exporter.snapshot import DiscoveryStatus, ImageError, ImageState, Snapshot
-from tests.exporter_support import make_image, samples, sim_config, value, wait_until
+from tests.exporter_support import make_image, samples, sim_config, value
+from tests.fixtures.http import wait_until_async
 from tests.fixtures.sim import (
     SIM_CONTAINER_ID,
     SIM_REGISTRY_PASSWORD,
@@ -51,7 +52,7 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
+async def raw_http() -> AsyncIterator[aiohttp.ClientSession]:
     """A client that shows bodies as sent (no transparent gunzip); identity unless a test asks for gzip."""
     async with aiohttp.ClientSession(
         auto_decompress=False, headers={"Accept-Encoding": "identity"}
@@ -69,33 +70,33 @@ async def started(config: Config) -> ExporterService:
 async def service(simulator: RunningSimulator) -> AsyncIterator[ExporterService]:
     """A started exporter watching the fixture fleet, after its first refresh."""
     svc = await started(sim_config(simulator, WATCHED))
-    await wait_until(lambda: svc.ready)
+    await wait_until_async(lambda: svc.ready)
     yield svc
     await svc.stop()
 
 
 async def get(
-    http: aiohttp.ClientSession, url: str, method: str = "GET", **headers: str
+    raw_http: aiohttp.ClientSession, url: str, method: str = "GET", **headers: str
 ) -> tuple[int, dict[str, str], bytes]:
-    async with http.request(method, url, headers=headers) as resp:
+    async with raw_http.request(method, url, headers=headers) as resp:
         return resp.status, dict(resp.headers), await resp.read()
 
 
 async def test_readyz_turns_200_after_the_first_refresh(
-    simulator: RunningSimulator, http: aiohttp.ClientSession
+    simulator: RunningSimulator, raw_http: aiohttp.ClientSession
 ) -> None:
     """/readyz answers 503 until the first refresh completed, /healthz 200 all along."""
     simulator.sim.faults = Faults(latency_ms=400)
     svc = await started(sim_config(simulator, WATCHED))
     try:
-        status, _, body = await get(http, svc.url + "/readyz")
+        status, _, body = await get(raw_http, svc.url + "/readyz")
         assert status == 503
         assert b"first refresh" in body
-        assert (await get(http, svc.url + "/healthz"))[0] == 200
-        metrics_before = (await get(http, svc.url + "/metrics"))[2].decode()
+        assert (await get(raw_http, svc.url + "/healthz"))[0] == 200
+        metrics_before = (await get(raw_http, svc.url + "/metrics"))[2].decode()
         assert "ehpc_image_up{" not in metrics_before
-        await wait_until(lambda: svc.ready)
-        assert (await get(http, svc.url + "/readyz"))[0] == 200
+        await wait_until_async(lambda: svc.ready)
+        assert (await get(raw_http, svc.url + "/readyz"))[0] == 200
     finally:
         await svc.stop()
 
@@ -114,11 +115,11 @@ async def test_readyz_turns_200_after_the_first_refresh(
     ],
 )
 async def test_content_negotiation(
-    service: ExporterService, http: aiohttp.ClientSession, accept: str, content_type: str
+    service: ExporterService, raw_http: aiohttp.ClientSession, accept: str, content_type: str
 ) -> None:
     """OpenMetrics only when Accept prefers it; OpenMetrics ends with exactly one # EOF, text with none."""
     headers = {"Accept": accept} if accept else {}
-    status, got, body = await get(http, service.url + "/metrics", **headers)
+    status, got, body = await get(raw_http, service.url + "/metrics", **headers)
     assert status == 200
     assert got["Content-Type"] == content_type
     assert "Accept" in got["Vary"]
@@ -132,17 +133,19 @@ async def test_content_negotiation(
 
 
 @pytest.mark.parametrize("accept", ["", PROMETHEUS_ACCEPT])
-async def test_gzip_when_accepted(service: ExporterService, http: aiohttp.ClientSession, accept: str) -> None:
+async def test_gzip_when_accepted(
+    service: ExporterService, raw_http: aiohttp.ClientSession, accept: str
+) -> None:
     """Accept-Encoding: gzip gets the same exposition gzipped, with a correct Content-Length."""
     url = service.url + "/metrics"
     headers = {"Accept": accept} if accept else {}
-    _, plain_headers, plain = await get(http, url, **headers)
-    _, zipped_headers, zipped = await get(http, url, **headers, **{"Accept-Encoding": "gzip, deflate"})
+    _, plain_headers, plain = await get(raw_http, url, **headers)
+    _, zipped_headers, zipped = await get(raw_http, url, **headers, **{"Accept-Encoding": "gzip, deflate"})
     assert "Content-Encoding" not in plain_headers
     assert zipped_headers["Content-Encoding"] == "gzip"
     assert int(zipped_headers["Content-Length"]) == len(zipped)
     assert gzip.decompress(zipped) == plain
-    _, again_headers, _ = await get(http, url, **headers, **{"Accept-Encoding": "gzip;q=0, identity"})
+    _, again_headers, _ = await get(raw_http, url, **headers, **{"Accept-Encoding": "gzip;q=0, identity"})
     assert "Content-Encoding" not in again_headers
 
 
@@ -155,16 +158,18 @@ async def test_gzip_is_understood_by_a_transparent_client(service: ExporterServi
     assert value(samples(text), "ehpc_watched_images") == 3
 
 
-async def test_not_found_wrong_method_and_head(service: ExporterService, http: aiohttp.ClientSession) -> None:
+async def test_not_found_wrong_method_and_head(
+    service: ExporterService, raw_http: aiohttp.ClientSession
+) -> None:
     """Unknown paths 404, wrong methods 405, HEAD answers headers only."""
-    assert (await get(http, service.url + "/nope"))[0] == 404
-    assert (await get(http, service.url + "/metrics/extra"))[0] == 404
-    assert (await get(http, service.url + "/metrics", "POST"))[0] == 405
-    assert (await get(http, service.url + "/healthz", "PUT"))[0] == 405
-    status, headers, body = await get(http, service.url + "/metrics", "HEAD")
+    assert (await get(raw_http, service.url + "/nope"))[0] == 404
+    assert (await get(raw_http, service.url + "/metrics/extra"))[0] == 404
+    assert (await get(raw_http, service.url + "/metrics", "POST"))[0] == 405
+    assert (await get(raw_http, service.url + "/healthz", "PUT"))[0] == 405
+    status, headers, body = await get(raw_http, service.url + "/metrics", "HEAD")
     assert (status, body) == (200, b"")
     assert headers["Content-Type"] == TEXT
-    status, headers, body = await get(http, service.url + "/", "HEAD")
+    status, headers, body = await get(raw_http, service.url + "/", "HEAD")
     assert (status, body) == (200, b"")
     assert headers["Content-Type"].startswith("text/html")
 
@@ -180,7 +185,7 @@ async def test_not_found_wrong_method_and_head(service: ExporterService, http: a
     ],
 )
 async def test_bad_requests_get_4xx(
-    service: ExporterService, http: aiohttp.ClientSession, raw: bytes
+    service: ExporterService, raw_http: aiohttp.ClientSession, raw: bytes
 ) -> None:
     """Malformed HTTP is refused with a 4xx and the server keeps serving."""
     host, port = service.url.removeprefix("http://").rsplit(":", 1)
@@ -191,7 +196,7 @@ async def test_bad_requests_get_4xx(
     writer.close()
     await writer.wait_closed()
     assert re.match(rb"HTTP/1\.[01] 4\d\d ", status_line), status_line
-    assert (await get(http, service.url + "/healthz"))[0] == 200
+    assert (await get(raw_http, service.url + "/healthz"))[0] == 200
 
 
 class BrokenSource:
@@ -230,8 +235,8 @@ async def test_scraper_going_away_is_not_an_error() -> None:
             assert (await reader.readline()).startswith(b"HTTP/1.1 200")
             writer.close()
             await writer.wait_closed()
-            await wait_until(lambda: any(e["event"] == "scrape_aborted" for e in logs))
-        async with aiohttp.ClientSession() as http, http.get(f"http://{host}:{port}/healthz") as resp:
+            await wait_until_async(lambda: any(e["event"] == "scrape_aborted" for e in logs))
+        async with aiohttp.ClientSession() as raw_http, raw_http.get(f"http://{host}:{port}/healthz") as resp:
             assert resp.status == 200
     finally:
         await runner.cleanup()
@@ -252,7 +257,7 @@ async def test_handler_exception_is_a_logged_500() -> None:
     assert failed[0]["log_level"] == "error"
 
 
-async def test_landing_page(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
+async def test_landing_page(simulator: RunningSimulator, raw_http: aiohttp.ClientSession) -> None:
     """The landing page shows version, the folded config and the health matrix, HTML-escaped."""
     simulator.sim.images["m-xss"] = SimImage("m-xss", name='<script>alert("x")</script>', status="Creating")
     watched: list[WatchedImage | str] = [
@@ -262,8 +267,8 @@ async def test_landing_page(simulator: RunningSimulator, http: aiohttp.ClientSes
     cfg = sim_config(simulator, [*watched, WatchedImage("m-xss", additional_region_ids=("cn-wulanchabu",))])
     svc = await started(cfg)
     try:
-        await wait_until(lambda: svc.ready)
-        status, headers, body = await get(http, svc.url + "/")
+        await wait_until_async(lambda: svc.ready)
+        status, headers, body = await get(raw_http, svc.url + "/")
     finally:
         await svc.stop()
     page = body.decode()
@@ -310,7 +315,7 @@ async def landing(source: SnapshotSource, path: str = "/") -> tuple[int, str]:
 
 
 async def test_landing_page_groups_images_by_account_and_region(
-    simulator: RunningSimulator, http: aiohttp.ClientSession
+    simulator: RunningSimulator, raw_http: aiohttp.ClientSession
 ) -> None:
     """With several (account, region), each gets a heading row with its count, the worst group first, and
     every image row names its account and region; the config lists each target."""
@@ -322,8 +327,8 @@ async def test_landing_page_groups_images_by_account_and_region(
     )
     svc = await started(replace(base, images=(), credentials=None, targets=targets))
     try:
-        await wait_until(lambda: svc.ready)
-        _status, _headers, body = await get(http, svc.url + "/")
+        await wait_until_async(lambda: svc.ready)
+        _status, _headers, body = await get(raw_http, svc.url + "/")
     finally:
         await svc.stop()
     page = body.decode()
@@ -423,7 +428,7 @@ async def test_landing_bad_refresh_is_a_400(query: str) -> None:
 
 
 async def test_no_secret_in_metrics_page_or_logs(
-    simulator: RunningSimulator, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+    simulator: RunningSimulator, raw_http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Registry passwords, userinfo in registry URLs, the AccessKey secret and an STS token never show."""
     ak, secret, token = simulator.sim.issue_sts()
@@ -439,11 +444,11 @@ async def test_no_secret_in_metrics_page_or_logs(
     with capture_logs() as logs:
         svc = await started(cfg)
         try:
-            await wait_until(lambda: svc.ready)
+            await wait_until_async(lambda: svc.ready)
             bodies = [
-                (await get(http, svc.url + "/metrics"))[2],
-                (await get(http, svc.url + "/metrics", Accept=PROMETHEUS_ACCEPT))[2],
-                (await get(http, svc.url + "/"))[2],
+                (await get(raw_http, svc.url + "/metrics"))[2],
+                (await get(raw_http, svc.url + "/metrics", Accept=PROMETHEUS_ACCEPT))[2],
+                (await get(raw_http, svc.url + "/"))[2],
             ]
         finally:
             await svc.stop()
@@ -464,16 +469,16 @@ async def test_no_secret_in_metrics_page_or_logs(
     assert "registry.example.com/ns/app:1" in bodies[0].decode()
 
 
-async def test_custom_telemetry_path(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
+async def test_custom_telemetry_path(simulator: RunningSimulator, raw_http: aiohttp.ClientSession) -> None:
     """web.telemetry_path moves the exposition; the old path is a 404."""
     cfg = sim_config(
         simulator, [SIM_VM_ID], web=WebConfig(listen_address="127.0.0.1:0", telemetry_path="/x/m")
     )
     svc = await started(cfg)
     try:
-        assert (await get(http, svc.url + "/x/m"))[0] == 200
-        assert (await get(http, svc.url + "/metrics"))[0] == 404
-        assert 'href="/x/m"' in (await get(http, svc.url + "/"))[2].decode()
+        assert (await get(raw_http, svc.url + "/x/m"))[0] == 200
+        assert (await get(raw_http, svc.url + "/metrics"))[0] == 404
+        assert 'href="/x/m"' in (await get(raw_http, svc.url + "/"))[2].decode()
     finally:
         await svc.stop()
 
@@ -507,7 +512,7 @@ async def test_web_config_file_tls_and_basic_auth(
             assert (await get(https, svc.url + "/metrics"))[0] == 401
             assert (await get(https, svc.url + "/"))[0] == 401
             assert (await get(https, svc.url + "/healthz"))[0] == 200
-            await wait_until(lambda: svc.ready)
+            await wait_until_async(lambda: svc.ready)
             assert (await get(https, svc.url + "/readyz"))[0] == 200
             auth = aiohttp.encode_basic_auth("prometheus", "scrape-pass")
             status, _, body = await get(https, svc.url + "/metrics", Authorization=auth)
