@@ -17,6 +17,23 @@ import pytest  # noqa: E402
 
 from exporter import redaction  # noqa: E402
 
+# Session-wide resources that cost a minute to make: under pytest-xdist (``--dist loadgroup``, as
+# ``make test`` runs it) every test that needs one goes to the same worker, so each is made once.
+SHARED_RESOURCES = {
+    "demo_stack": "demo-stack",  # demo exporter + real Prometheus with the shipped rules
+    "image": "image",  # the container image, built by podman on a debootstrap stand-in base
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put the tests that share an expensive session resource in one xdist group."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        for fixture, group in SHARED_RESOURCES.items():
+            if fixture in names:
+                item.add_marker(pytest.mark.xdist_group(group))
+
 
 @pytest.fixture(autouse=True)
 def _isolated_secret_registry() -> Iterator[None]:

@@ -32,6 +32,7 @@ import shutil
 import ssl
 import stat
 import subprocess
+import tempfile
 import time
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
@@ -349,7 +350,9 @@ def built_image(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory)
 @contextlib.contextmanager
 def _build(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImage]:
     workdir = tmp_path_factory.mktemp("image")
-    home = tmp_path_factory.mktemp("podman")
+    # Not under pytest's basetemp: podman refuses a runroot longer than 50 characters, and an xdist
+    # worker's basetemp (/tmp/pytest-of-root/pytest-N/popen-gwN/...) is longer than that.
+    home = Path(tempfile.mkdtemp(prefix="ehpc-podman-"))
     for sub in ("root", "run", "tmp"):
         (home / sub).mkdir()
     podman = Podman(home, _tool("podman"))
