@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 ARGS ?=
 
-.PHONY: demo test lint typecheck pytest bench system-deps node-deps golden reliability-report clean
+.PHONY: demo test lint typecheck pytest bench system-deps node-deps golden reliability-report relock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,20 @@ golden: $(VENV)/.test-installed
 reliability-report: $(VENV)/.test-installed system-deps node-deps
 	RELIABILITY_REPORT=docs/reliability.md $(BIN)/pytest -q tests/test_bad_input.py tests/test_hostile.py \
 		tests/test_soak.py tests/test_e2e_paging.py tests/test_leaks.py tests/test_load.py tests/test_state.py
+
+# Move requirements.lock to the newest releases `pip install .` resolves to: a throwaway venv with no
+# constraints, read by the lock printer of tests/test_audit.py (run from .venv, which has what it imports).
+# The dependency groups are installed there too, because the test and bench installs above are
+# constrained by the lock: a runtime pin they cannot live with would break `make test` (today the SDK
+# the tests use as referee caps cryptography below 51). The lock changes only if every step succeeded; the next target installs it.
+relock: $(VENV)/.test-installed
+	set -euo pipefail; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install -q --upgrade "pip>=25.1"; \
+	PIP_CONSTRAINT= "$$tmp/venv/bin/python" -m pip install -q --group test --group bench .; \
+	site=$$("$$tmp/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"), sysconfig.get_path("platlib"))'); \
+	$(PY) tests/test_audit.py lock $$site > "$$tmp/requirements.lock"; \
+	cp "$$tmp/requirements.lock" requirements.lock
 
 clean:
 	rm -rf $(VENV) tools/node/node_modules .mypy_cache .ruff_cache .pytest_cache
