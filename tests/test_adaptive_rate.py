@@ -232,6 +232,7 @@ async def test_retry_after_still_sets_the_retry_delay(simulator: RunningSimulato
 # -- the whole exporter against a hidden limit ------------------------------------------------------------
 
 
+@pytest.mark.process
 async def test_the_rate_converges_near_a_hidden_limit_and_the_gauge_says_so(
     simulator: RunningSimulator,
 ) -> None:

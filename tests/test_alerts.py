@@ -97,6 +97,7 @@ def github_anchor(heading: str) -> str:
     return slug.replace(" ", "-")
 
 
+@pytest.mark.process
 def test_generated_rules_match_thresholds_and_chart_copy() -> None:
     """Regenerating changes nothing, and the chart's PrometheusRule embeds the same bytes."""
     expected = build.render(build.load_thresholds())
@@ -112,6 +113,7 @@ def test_generated_rules_match_thresholds_and_chart_copy() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.process
 def test_promtool_check_rules() -> None:
     """promtool accepts the shipped rules, and finds every alert."""
     proc = promtool("check", "rules", build.RULES_FILE)
@@ -119,6 +121,7 @@ def test_promtool_check_rules() -> None:
     assert f"SUCCESS: {len(load_rules())} rules found" in proc.stdout
 
 
+@pytest.mark.process
 def test_promtool_unit_tests_pass() -> None:
     """The hand-written promtool cases pass against the generated rules file (not a copy)."""
     tests = yaml.safe_load(PROMTOOL_TESTS.read_text())
@@ -217,6 +220,7 @@ def test_current_mode_cases_cover_the_alerts_that_read_state_sets() -> None:
     assert readers - covered == set()
 
 
+@pytest.mark.process
 def test_data_stale_keeps_firing_through_restart_gaps() -> None:
     """EhpcImageDataStale carries `keep_firing_for` from the thresholds (Prometheus >= 2.42, the packaged
     version), and the chart's copy carries it too; the gap cases of alerts/tests.yml exercise it."""
@@ -236,6 +240,7 @@ def load_thresholds_alert(name: str) -> dict[str, Any]:
     return next(rule for rule in load_rules() if rule["alert"] == name)
 
 
+@pytest.mark.process
 def test_replication_slow_compares_each_region_with_one_threshold(tmp_path: Path) -> None:
     """Per-region overrides: each override value gets its own branch selecting exactly its regions, the
     default branch excludes them all; with no override there is one branch and no region matcher. Checked
@@ -351,6 +356,7 @@ def test_promql_metric_names_lexer() -> None:
     assert promql_metric_names(expr) == {"ehpc_api_request_duration_seconds_bucket", "ehpc_image_info", "up"}
 
 
+@pytest.mark.process
 def test_thresholds_override_changes_only_the_output(tmp_path: Path) -> None:
     """A partial override yields valid rules with short `for:` and leaves the shipped files alone."""
     shipped = build.RULES_FILE.read_text()
@@ -378,6 +384,7 @@ def test_thresholds_override_changes_only_the_output(tmp_path: Path) -> None:
     assert build.RULES_FILE.read_text() == shipped
 
 
+@pytest.mark.process
 def test_image_alerts_follow_the_image_labels(tmp_path: Path) -> None:
     """The staleness and target alerts aggregate and match on `image_labels` / `target_labels` only, never
     on instance or pod, so a restart or rollout does not change their identity. The shipped labels
@@ -446,6 +453,7 @@ def test_invalid_thresholds_are_rejected_with_their_location(
         build.load_thresholds(path)
 
 
+@pytest.mark.process
 def test_rules_load_and_evaluate_in_real_prometheus(tmp_path: Path, prometheus_factory: Any) -> None:
     """Prometheus loads the generated rules, evaluates all of them without error, and with `for: 0s`
     EhpcExporterDown fires at once when no exporter target exists (the absent() branch)."""
@@ -463,6 +471,7 @@ def test_rules_load_and_evaluate_in_real_prometheus(tmp_path: Path, prometheus_f
     assert [(rule["name"], rule["lastError"]) for rule in evaluated if rule["health"] != "ok"] == []
 
 
+@pytest.mark.process
 def test_rules_fire_on_the_demo_exporters_real_series(demo_stack: DemoStack) -> None:
     """The shipped expressions (at `for: 0s`) against what the exporter really exposes: the demo's deleted
     image pages as missing; breaking three healthy images in the simulator fires NotAvailable (with the

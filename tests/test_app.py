@@ -82,6 +82,7 @@ async def get(
         return resp.status, dict(resp.headers), await resp.read()
 
 
+@pytest.mark.process
 async def test_readyz_turns_200_after_the_first_refresh(
     simulator: RunningSimulator, raw_http: aiohttp.ClientSession
 ) -> None:
@@ -101,6 +102,7 @@ async def test_readyz_turns_200_after_the_first_refresh(
         await svc.stop()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("accept", "content_type"),
     [

@@ -56,6 +56,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+pytestmark = pytest.mark.process  # most tests here start real processes (make test-fast skips the file)
+
 REPO = Path(__file__).resolve().parent.parent
 LOCK = REPO / "requirements.lock"
 PROJECT = "ehpc-image-exporter"

@@ -40,6 +40,8 @@ from tests.harness import (
 )
 from tests.reliability import Reliability
 
+pytestmark = pytest.mark.process  # most tests here start real processes (make test-fast skips the file)
+
 VM_ID = "m-badinputvm00000001"
 CT_ID = "m-badinputct00000001"
 FLEET = {

@@ -341,6 +341,7 @@ def test_no_cap_counts_every_series() -> None:
     assert one_less.dropped_images == 1  # the last image in key order, whole
 
 
+@pytest.mark.process
 def test_promtool_accepts_every_control_at_once() -> None:
     """`promtool check metrics` on a capped, projected, current-only exposition with its self part."""
     metrics = SelfMetrics(BuildInfo("1", "3"), process_metrics=True)

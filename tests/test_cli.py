@@ -32,6 +32,8 @@ from exporter.simulator.model import Faults
 from tests.exporter_support import samples, value
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
 
+pytestmark = pytest.mark.process  # most tests here start real processes (make test-fast skips the file)
+
 REPO = Path(__file__).resolve().parent.parent
 EXE = str(REPO / ".venv" / "bin" / "ehpc-image-exporter")
 SECRET = "CliTestSecretThatMustNeverBePrinted"

@@ -595,6 +595,7 @@ BILLION_LAUGHS = (
 )
 
 
+@pytest.mark.process
 def test_cli_refuses_the_alias_bomb_fast_and_small(tmp_path: Path) -> None:
     """Why: main took 28 s and 1.1 GB; now exit 2 and one line, under 1 s of CPU and 100 MB peak RSS.
 
@@ -610,6 +611,7 @@ def test_cli_refuses_the_alias_bomb_fast_and_small(tmp_path: Path) -> None:
     assert wall < 10  # a hang guard only; the CPU bound is the claim
 
 
+@pytest.mark.process
 def test_cli_refuses_a_huge_integer_in_one_line(tmp_path: Path) -> None:
     """Why: 4,301 digits were a ValueError traceback out of the YAML constructor."""
     path = tmp_path / "huge-int.yaml"
@@ -621,6 +623,7 @@ def test_cli_refuses_a_huge_integer_in_one_line(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.process
 def test_cli_refuses_dev_zero_and_a_fifo_at_once(tmp_path: Path) -> None:
     """Why: /dev/zero grew until MemoryError and a FIFO with no writer never returned."""
     with fifo_without_writer(tmp_path) as fifo:

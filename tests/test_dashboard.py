@@ -124,6 +124,7 @@ def test_check_mode_notices_a_stale_file(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- schema
 
 
+@pytest.mark.process
 def test_schema_generation_is_fast(dashboard_schema: GeneratedSchema, record_property: Any) -> None:
     """Generating the schema from the TypeScript types stays cheap enough to do in every run."""
     record_property("schema_generation_seconds", round(dashboard_schema.seconds, 2))
@@ -144,6 +145,7 @@ def test_every_panel_validates_against_grafana_schema(
     assert errors == {}
 
 
+@pytest.mark.process
 def test_dashboard_without_panels_validates(dash: dict[str, Any], dashboard_schema: GeneratedSchema) -> None:
     """Top-level keys, templating variables, links and time settings against #/definitions/Dashboard."""
     rest = {k: v for k, v in dash.items() if k != "panels"}
@@ -485,6 +487,7 @@ def substitute(expr: str, values: dict[str, list[str]]) -> str:
     return out
 
 
+@pytest.mark.process
 def test_every_query_returns_data_from_real_prometheus(dash: dict[str, Any], demo_stack: DemoStack) -> None:
     """Prometheus scrapes `ehpc-image-exporter demo`; every variable has values and every panel query,
     with the variables substituted, returns a non-empty result. Each metric a query names must exist too,

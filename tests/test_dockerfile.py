@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.test_image import dockerfile_bases
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,6 +23,7 @@ DOCKERFILE = REPO / "Dockerfile"
 HADOLINT = Path(sys.executable).parent / "hadolint"
 
 
+@pytest.mark.process
 def test_hadolint_is_clean() -> None:
     """hadolint (every rule, info level included) finds nothing."""
     proc = subprocess.run(

@@ -47,7 +47,7 @@ from tests.fixtures.promstack import (
 from tests.harness import exporter_config, processes, start_exporter, start_simulator
 from tests.reliability import Reliability
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.process
 
 JOB = "ehpc-image-exporter"  # matches the shipped exporter_selector (job=~".*ehpc-image-exporter.*")
 NOT_AVAILABLE = "m-e2enotavailable0001"

@@ -525,6 +525,7 @@ def test_gzip_body_is_one_member_continuing_the_cached_stream() -> None:
     )
 
 
+@pytest.mark.process
 def test_promtool_accepts_the_whole_exposition() -> None:
     """`promtool check metrics` finds no problem in a full exposition (snapshot + self + process metrics)."""
     metrics = SelfMetrics(BuildInfo("1", "3"), process_metrics=True)

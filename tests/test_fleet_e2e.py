@@ -29,6 +29,8 @@ from tests.fixtures.http import wait_until_async
 from tests.fixtures.promstack import exporter_command, free_port
 from tests.helm_render import rendered_config, rendered_env
 
+pytestmark = pytest.mark.process  # most tests here start real processes (make test-fast skips the file)
+
 HZ, SH = "cn-hangzhou", "cn-shanghai"
 PROD_ID, STAGING_ID, RESEARCH_ID = "1111111111111111", "2222222222222222", "3333333333333333"
 PROD_AK, PROD_SECRET = "E2E-PROD-AK", "e2e-prod-secret-0123456789"

@@ -135,6 +135,7 @@ def test_exposition_matches_golden(expositions: dict[str, bytes], name: str) -> 
     assert expositions[name] == path.read_bytes(), f"{name} differs from the golden file"
 
 
+@pytest.mark.process
 def test_golden_files_are_valid() -> None:
     """The committed golden text passes promtool; the OpenMetrics one passes the strict parser."""
     text = (GOLDEN / "metrics.prom").read_bytes()

@@ -156,6 +156,7 @@ def _run_crd_validator(path: Path) -> tuple[int, list[dict[str, Any]]]:
     return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
 
+@pytest.mark.process
 def test_monitoring_objects_validate_against_operator_crds(chart: helm.Chart, tmp_path: Path) -> None:
     """ServiceMonitor and PrometheusRule of every scenario pass the prometheus-operator CRD schemas."""
     manifest = tmp_path / "all.yaml"
@@ -173,6 +174,7 @@ def test_monitoring_objects_validate_against_operator_crds(chart: helm.Chart, tm
     assert {r["kind"] for r in results} == MONITORING_KINDS
 
 
+@pytest.mark.process
 def test_crd_validator_rejects_bad_objects(chart: helm.Chart, tmp_path: Path) -> None:
     """Control: a numeric interval and a rule without expr fail, so a pass above means something."""
     docs = render(chart, scenario_values("monitoring"))
@@ -590,7 +592,7 @@ def test_pods_are_locked_down(chart: helm.Chart, scenario: str) -> None:
         assert c["resources"]["limits"]["memory"]
 
 
-@pytest.mark.slow
+@pytest.mark.process
 @pytest.mark.xdist_group("image")  # built once per worker: the image tests' worker builds it
 @pytest.mark.timeout(600)  # the first test to use the image pays for its build
 def test_pod_security_matches_the_built_image(
@@ -722,6 +724,7 @@ def _check_config_args(docs: list[Doc], tmp_path: Path) -> tuple[list[str], dict
     return args, env
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("scenario", ["(defaults)", *SCENARIOS])
 def test_configmap_passes_the_exporters_check(chart: helm.Chart, scenario: str, tmp_path: Path) -> None:
     """`ehpc-image-exporter <the pod's args> --check-config` accepts what the chart mounts."""
@@ -738,6 +741,7 @@ def test_configmap_passes_the_exporters_check(chart: helm.Chart, scenario: str, 
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.process
 def test_exporter_check_rejects_a_broken_configmap(chart: helm.Chart, tmp_path: Path) -> None:
     """Control: the same check fails on a config the exporter cannot use (an unset ${VAR})."""
     docs = render(chart, {"config": {"images": [{"id": "${UNSET_IMAGE_ID_FOR_TEST}"}]}})

@@ -154,6 +154,7 @@ def test_pdb_covers_the_shards(chart: helm.Chart) -> None:
     assert "PodDisruptionBudget" not in kinds(render(chart, {}))
 
 
+@pytest.mark.process
 def test_servicemonitor_scrapes_every_pod_and_labels_the_shard(chart: helm.Chart, tmp_path: Path) -> None:
     """It selects the headless Service (whose endpoints are the pods), relabels the pod name into `pod`
     and `instance` before the user's relabelings, and passes the operator's CRD schema."""

@@ -71,6 +71,8 @@ from tests.hostile_gateway import (
 )
 from tests.reliability import Reliability
 
+pytestmark = pytest.mark.process  # most tests here start real processes (make test-fast skips the file)
+
 # ------------------------------------------------------------------------------------------- secrets
 
 AK_ID = "LTAIhostileGatewayKey01"

@@ -59,7 +59,7 @@ from tests.harness import (
 from tests.test_audit import PROJECT, read_lock
 
 # The first test to use the image pays for the build (about a minute on an idle machine, two when busy).
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"

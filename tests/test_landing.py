@@ -23,6 +23,8 @@ from tests.exporter_support import samples, sim_config
 from tests.fixtures.http import wait_until_async
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
 
+pytestmark = pytest.mark.process  # most tests here start real processes (make test-fast skips the file)
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",

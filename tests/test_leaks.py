@@ -63,6 +63,8 @@ PAGES: tuple[tuple[str, dict[str, str]], ...] = (
     ("/no-such-page", {}),
 )
 
+pytestmark = pytest.mark.process  # most tests here start real processes (make test-fast skips the file)
+
 
 def basic(user: str, password: str) -> dict[str, str]:
     """An Authorization header."""

@@ -34,7 +34,7 @@ from tests.harness import (
 )
 from tests.reliability import Reliability
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.process
 
 FLEET_SIZE = 10_000
 REGIONS = ["cn-beijing", "cn-shanghai"]

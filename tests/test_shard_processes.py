@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.harness import (
@@ -28,6 +29,8 @@ from tests.harness import (
     start_simulator,
     wait_until,
 )
+
+pytestmark = pytest.mark.process  # the test here starts real processes (make test-fast skips it)
 
 FLEET = 300
 IDS = [f"m-shard{i:015d}" for i in range(FLEET)]

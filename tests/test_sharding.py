@@ -61,6 +61,7 @@ def test_the_shard_is_the_highest_weight(identity: Identity, total: int) -> None
     assert shard_of(*identity, total) == weights.index(max(weights))
 
 
+@pytest.mark.process
 def test_weights_are_a_documented_function_of_bytes() -> None:
     """BLAKE2b-64 of "account NUL region NUL image NUL" + the shard as 4 big-endian bytes: any host and
     any process (no salted hash()) computes the same, so replicas agree."""
@@ -303,6 +304,7 @@ def _cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subpr
     )
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
@@ -330,6 +332,7 @@ def test_cli_refuses_bad_sharding_with_exit_2(
     assert "CliShardSecretNeverShown" not in served.stderr + checked.stderr
 
 
+@pytest.mark.process
 def test_check_config_shows_the_resolved_shard(tmp_path: Path) -> None:
     """Flags and environment win over the file (which says shard 1 of 2)."""
     out = _cli(tmp_path, "run", "--check-config", "--total-shards", "5", env={"POD_NAME": "sts-3"})

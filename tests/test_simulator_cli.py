@@ -119,6 +119,7 @@ async def test_bad_fleet_and_tls_files(tmp_path: Path, server_cert_files: tuple[
         await run_simulate(parse("--tls-cert", key, "--tls-key", cert))  # swapped: not a certificate
 
 
+@pytest.mark.process
 def test_module_entry_point_reports_bad_files(tmp_path: Path) -> None:
     """``python -m exporter.simulator`` with a missing fleet exits 1 with a one-line message."""
     proc = subprocess.run(

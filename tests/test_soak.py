@@ -63,7 +63,7 @@ from tests.harness import (
 )
 from tests.reliability import Reliability
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.process
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "40"))
 FLEET_SIZE = 1000

@@ -35,6 +35,8 @@ from tests.harness import (
 )
 from tests.reliability import Reliability
 
+pytestmark = pytest.mark.process  # most tests here start real processes (make test-fast skips the file)
+
 SCOPE = Scope("default", "cn-hangzhou")
 TEXT = st.text(max_size=40)
 TIME = st.floats(min_value=0, max_value=4e9, allow_nan=False)
