@@ -31,10 +31,13 @@ def sim_config(
     *,
     interval: float = 60.0,
     max_attempts: int = 1,
-    api_timeout: float = 2.0,
+    api_timeout: float = 10.0,  # bounds a hang; a busy machine's loopback answer must never reach it
     **overrides: Any,
 ) -> Config:
-    """A config pointed at the running simulator: no QPS budget, quick retries, an ephemeral port."""
+    """A config pointed at the running simulator: no QPS budget, quick retries, an ephemeral port.
+
+    A test that wants Timeouts stalls the simulator far past a short ``api_timeout`` of its own.
+    """
     watched = tuple(WatchedImage(i) if isinstance(i, str) else i for i in images)
     api = ApiConfig(
         endpoint=running.url,

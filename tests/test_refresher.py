@@ -312,7 +312,9 @@ async def test_api_error_counters_equal_the_simulators(
             "NotAuthorized": 0.03,
         },
         timeout_rate=0.03,
-        timeout_seconds=5,
+        # Stalls far past the client's timeout, and a timeout far past what a busy machine adds to a
+        # loopback answer: only the stalled answers time out, so the two counts can be compared exactly.
+        timeout_seconds=120,
         reset_rate=0.04,
         malformed_rate=0.04,
         seed=11,
@@ -322,7 +324,7 @@ async def test_api_error_counters_equal_the_simulators(
         simulator,
         ALL,
         max_attempts=3,
-        api_timeout=0.3,
+        api_timeout=5,
         discovery=DiscoveryConfig(enabled=True, page_size=10),
     )
     refresher = make_refresher(cfg)
@@ -351,11 +353,17 @@ async def test_per_image_timeout_covers_retries(
     simulator: RunningSimulator, make_refresher: MakeRefresher
 ) -> None:
     """refresh.image_timeout_seconds bounds one image, retries included; the image reports Timeout."""
-    simulator.sim.faults = Faults(latency_ms=800)
-    cfg = sim_config(simulator, ALL, refresh=RefreshConfig(interval_seconds=60, image_timeout_seconds=0.2))
-    start = asyncio.get_running_loop().time()
-    snap = await make_refresher(cfg).refresh_once()
-    assert asyncio.get_running_loop().time() - start < 0.7
+    # Every answer takes an hour and each attempt may wait for it (api timeout 2 h): only the image's own
+    # deadline can end the cycle. The outer bound only stops a hang; it is 300 times the deadline.
+    simulator.sim.faults = Faults(latency_ms=3_600_000)
+    cfg = sim_config(
+        simulator,
+        ALL,
+        api_timeout=7200,
+        refresh=RefreshConfig(interval_seconds=60, image_timeout_seconds=0.2),
+    )
+    async with asyncio.timeout(60):
+        snap = await make_refresher(cfg).refresh_once()
     assert {s.error.code for s in snap.images.values() if s.error} == {"Timeout"}
     assert snap.health_counts()[Health.FAILING] == 3
 
