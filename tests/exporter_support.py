@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from exporter.config import (
     ApiConfig,
@@ -113,6 +117,24 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not reached within {within:g} s")
         await asyncio.sleep(interval)
+
+
+@contextlib.contextmanager
+def captured_events(event: str) -> Iterator[list[dict[str, Any]]]:
+    """The log events named ``event`` written while the block ran (filled when it ends), debug ones included.
+
+    For decisions a component logs but does not return (the delay a retry chose): reading them is exact,
+    where timing their effect would judge the machine's speed.
+    """
+    wrapper = structlog.get_config()["wrapper_class"]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    captured: list[dict[str, Any]] = []
+    try:
+        with capture_logs() as logs:
+            yield captured
+            captured += [dict(e) for e in logs if e.get("event") == event]
+    finally:
+        structlog.configure(wrapper_class=wrapper)
 
 
 def make_image(
