@@ -120,8 +120,9 @@ async def wait_until(
 
 
 @contextlib.contextmanager
-def captured_events(event: str) -> Iterator[list[dict[str, Any]]]:
-    """The log events named ``event`` written while the block ran (filled when it ends), debug ones included.
+def captured_events(*events: str) -> Iterator[list[dict[str, Any]]]:
+    """The log events named one of ``events`` written while the block ran (filled when it ends), debug
+    ones included.
 
     For decisions a component logs but does not return (the delay a retry chose): reading them is exact,
     where timing their effect would judge the machine's speed.
@@ -132,7 +133,7 @@ def captured_events(event: str) -> Iterator[list[dict[str, Any]]]:
     try:
         with capture_logs() as logs:
             yield captured
-            captured += [dict(e) for e in logs if e.get("event") == event]
+            captured += [dict(e) for e in logs if e.get("event") in events]
     finally:
         structlog.configure(wrapper_class=wrapper)
 
