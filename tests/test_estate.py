@@ -17,6 +17,7 @@ import pytest
 
 from exporter.simulator.cli import add_simulate_arguments, run_simulate
 from exporter.simulator.estate import Estate
+from tests.exporter_support import wait_until
 from tests.fixtures.estate import (
     ALPHA_AK,
     ALPHA_HZ_IMAGE,
@@ -251,10 +252,13 @@ async def test_simulate_estate_cli_serves(session: aiohttp.ClientSession) -> Non
     out = io.StringIO()
     task = asyncio.create_task(run_simulate(args, out=out))
     try:
-        for _ in range(200):
-            if "CA certificate" in out.getvalue() and "account research" in out.getvalue():
-                break
-            await asyncio.sleep(0.02)
+        await wait_until(
+            lambda: (
+                ("CA certificate" in out.getvalue() and "account research" in out.getvalue()) or task.done()
+            ),
+            60,
+            "the estate's address lines",
+        )
         text = out.getvalue()
         regions = dict(re.findall(r"region (\S+): (http://\S+) ", text))
         assert set(regions) == {HZ, SH}

@@ -29,6 +29,7 @@ from exporter.simulator.scripts import (
     UnknownImageError,
     steps_from_data,
 )
+from tests.exporter_support import wait_until
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.estate import (
     ALPHA_AK,
@@ -544,10 +545,7 @@ async def test_simulate_script_file_is_scheduled_from_the_start(tmp_path: Path) 
     before = time.time()
     task = asyncio.create_task(run_simulate(args, out=out))
     try:
-        for _ in range(200):
-            if "admin API" in out.getvalue():
-                break
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: "admin API" in out.getvalue() or task.done(), 60, "the admin API line")
         assert "timed script: 2 step(s)" in out.getvalue()
         url = out.getvalue().split("listening on ", 1)[1].split()[0]
         async with aiohttp.ClientSession() as session, session.get(f"{url}/_sim/scripts") as resp:
