@@ -1,4 +1,4 @@
-"""Measurement 3: /metrics latency at scale while refreshes run, and stock generate_latest for scale.
+"""Measurement 3: /metrics latency and throughput at scale while refreshes run, and stock generate_latest.
 
 Three processes: the simulator (child, 100 ms ± 20 ms latency so a 10,000-image refresh lasts about
 20 s at concurrency 50), the exporter (child, `ehpc-image-exporter run --config`, interval 1 s, so a
@@ -16,7 +16,7 @@ import re
 import shutil
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,7 @@ class Phase:
     runs: list[ScrapeRun]
     fewest_calls: int  # fewest GetImage answers the simulator sent during one run (0: no refresh ran)
     cpu_per_scrape: list[float]  # exporter CPU seconds per scrape, per run, refresh CPU subtracted
+    scrapes_per_second: list[float] = field(default_factory=list)  # answers per wall second, per run
 
 
 def cpu_seconds(proc: Any) -> float:
@@ -215,8 +216,10 @@ async def load_phase(
         before = await getimage_calls(sim)
         cpu0, t0 = cpu_seconds(proc), time.monotonic()
         run = await scrape_run(url, scrapers, seconds, headers, script)
-        cpu = cpu_seconds(proc) - cpu0 - idle_rate * (time.monotonic() - t0)
+        wall = time.monotonic() - t0
+        cpu = cpu_seconds(proc) - cpu0 - idle_rate * wall
         phase.runs.append(run)
+        phase.scrapes_per_second.append(run.requests / wall)
         phase.cpu_per_scrape.append(max(cpu, 0.0) / run.requests)
         calls = await getimage_calls(sim) - before
         phase.fewest_calls = calls if phase.fewest_calls < 0 else min(phase.fewest_calls, calls)
@@ -300,6 +303,7 @@ def phase_results(label: str, phase: Phase, idle_detail: str, suffix: str = "") 
         out.append(at_most(f"metrics_p99_{label}_scrapers{suffix}", p99, P99_LIMIT_MS, "ms", detail))
     else:
         out.append(info(f"metrics_p99_{label}_scrapers{suffix}", p99, "ms", detail))
+    out.append(info(f"metrics_scrapes_per_second_{label}{suffix}", phase.scrapes_per_second, "req/s", detail))
     out.append(
         info(
             f"metrics_exporter_cpu_per_scrape_{label}{suffix}",

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from exporter.config import (
     ApiConfig,
@@ -99,6 +103,25 @@ def value(found: dict[SampleKey, float], name: str, **labels: str) -> float | No
 def series_of(found: dict[SampleKey, float], image_id: str) -> list[SampleKey]:
     """Every sample key that belongs to ``image_id``."""
     return [k for k in found if ("image_id", image_id) in k[1]]
+
+
+@contextlib.contextmanager
+def captured_events(*events: str) -> Iterator[list[dict[str, Any]]]:
+    """The log events named one of ``events`` written while the block ran (filled when it ends), debug
+    ones included.
+
+    For decisions a component logs but does not return (the delay a retry chose): reading them is exact,
+    where timing their effect would judge the machine's speed.
+    """
+    wrapper = structlog.get_config()["wrapper_class"]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    captured: list[dict[str, Any]] = []
+    try:
+        with capture_logs() as logs:
+            yield captured
+            captured += [dict(e) for e in logs if e.get("event") in events]
+    finally:
+        structlog.configure(wrapper_class=wrapper)
 
 
 def make_image(

@@ -295,16 +295,19 @@ def exporter(sim: SimulatorProcess, tmp_path_factory: pytest.TempPathFactory) ->
         proc.stop()
 
 
-def raw_status(port: int, request: bytes, timeout: float = 5) -> int | None:
-    """Send raw bytes; the status code of the answer (None if the connection closed without one)."""
+def raw_status(port: int, request: bytes, timeout: float = 30) -> int | None:
+    """Send raw bytes and read until the server closes; the status code of the answer (None if the
+    connection closed without one).
+
+    Every request asks the server to close (or is one it refuses), so the close is the end of its
+    handling, and whatever the exporter logs about the request is in its log by then. ``timeout`` only
+    bounds a server that never closes.
+    """
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(request)
         data = b""
         with contextlib.suppress(TimeoutError, ConnectionError):
-            while b"\r\n" not in data:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
+            while chunk := s.recv(65536):
                 data += chunk
     first = data.split(b"\r\n", 1)[0].split()
     return int(first[1]) if len(first) >= 2 and first[1].isdigit() else None
@@ -322,26 +325,15 @@ def request(method: str, target: bytes, headers: bytes = b"") -> bytes:
     )
 
 
-def settled_log_size(exporter: ExporterProcess, quiet: float = 0.2) -> int:
-    """The size of the exporter's output once it has not grown for ``quiet`` seconds (max 5 s)."""
-    size, since, deadline = len(exporter.output()), time.monotonic(), time.monotonic() + 5
-    while time.monotonic() - since < quiet and time.monotonic() < deadline:
-        time.sleep(0.05)
-        now = len(exporter.output())
-        if now != size:
-            size, since = now, time.monotonic()
-    return size
-
-
 def poke(
     exporter: ExporterProcess, req: bytes, allowed: set[int], reliability: Reliability, area: str, name: str
 ) -> None:
     """Send ``req``; the answer must be one of ``allowed``, the log must stay free of tracebacks."""
     expected = "/".join(map(str, sorted(allowed))) + ", no traceback in the log"
     case = reliability.case(area, name, expected)
-    before = settled_log_size(exporter)
-    status = raw_status(exporter.port, req)
-    traceback = "Traceback" in exporter.output()[before : settled_log_size(exporter)]
+    before = len(exporter.output())
+    status = raw_status(exporter.port, req)  # returns once the server closed: its log lines are written
+    traceback = "Traceback" in exporter.output()[before:]
     exporter.check_alive()
     case.observe(
         f"{status}" + (", a TRACEBACK in the log" if traceback else ", no traceback"),
@@ -415,9 +407,9 @@ def test_not_http_at_all(exporter: ExporterProcess, reliability: Reliability) ->
     """A TLS ClientHello (or any binary) on the plain-HTTP port: 400 or a closed connection, no traceback."""
     hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(64))
     case = reliability.case("http headers", "TLS handshake on the HTTP port", "400 or closed, no traceback")
-    before = settled_log_size(exporter)
+    before = len(exporter.output())
     status = raw_status(exporter.port, hello)
-    traceback = "Traceback" in exporter.output()[before : settled_log_size(exporter)]
+    traceback = "Traceback" in exporter.output()[before:]
     case.observe(
         f"{status if status is not None else 'closed'}, {'a TRACEBACK' if traceback else 'no traceback'}",
         status in (400, None) and not traceback,
@@ -425,28 +417,47 @@ def test_not_http_at_all(exporter: ExporterProcess, reliability: Reliability) ->
 
 
 def scrape_seconds(exporter: ExporterProcess) -> float:
-    """Seconds one full /metrics scrape takes (fails unless 200)."""
+    """Seconds one full /metrics scrape takes (fails unless 200; the 30 s timeout only bounds a hang)."""
     start = time.monotonic()
-    status, _, _ = exporter.get("/metrics", timeout=10)
+    status, _, _ = exporter.get("/metrics", timeout=30)
     assert status == 200
     return time.monotonic() - start
 
 
+def open_and_unanswered(s: socket.socket) -> bool:
+    """The server has neither answered nor closed this connection (nothing to read, no EOF)."""
+    s.settimeout(0)  # a socket with a timeout would wait for data before its recv
+    try:
+        s.recv(1, socket.MSG_PEEK)  # data (an answer) or b"" (closed)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def test_slowloris(exporter: ExporterProcess, reliability: Reliability) -> None:
-    """50 clients trickling headers and 10 that never read their answer: other scrapes stay fast."""
+    """50 clients trickling headers and 10 that never read their answer: other scrapes are still answered.
+
+    The proof is the order of events, not a latency: every scrape is answered while the 50 trickling
+    requests are still open and unanswered, so no scrape waited for them (a server serving one
+    connection at a time would answer none). How long the scrapes took, against scrapes of the same
+    exporter before the slow clients came, is recorded in the terminal summary, never judged.
+    """
     case = reliability.case(
         "slow clients",
         "50 half-sent requests + 10 clients not reading",
-        "every other scrape 200 within 1 s meanwhile",
+        "every other scrape 200 while all 50 half-sent requests are still open and unanswered",
     )
+    reference = max(scrape_seconds(exporter) for _ in range(5))
     held: list[socket.socket] = []
     try:
         for _ in range(50):
-            s = socket.create_connection(("127.0.0.1", exporter.port), timeout=5)
+            s = socket.create_connection(("127.0.0.1", exporter.port), timeout=30)
             s.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
             held.append(s)
         for _ in range(10):
-            s = socket.create_connection(("127.0.0.1", exporter.port), timeout=5)
+            s = socket.create_connection(("127.0.0.1", exporter.port), timeout=30)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
             s.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             held.append(s)
@@ -458,21 +469,21 @@ def test_slowloris(exporter: ExporterProcess, reliability: Reliability) -> None:
             times.append(scrape_seconds(exporter))
             if i % 3 == 0:
                 times.append(scrape_seconds(exporter))
-        slowest = max(times)
+        still_held = sum(open_and_unanswered(s) for s in held[:50])
     finally:
         for s in held:
             s.close()
     exporter.check_alive()
     reliability.measure(
         "slow clients",
-        "slowest scrape while 60 slow clients hold connections",
-        slowest * 1000,
-        "ms",
-        budget=1000,
-        fail=False,  # the case below enforces the same bound, and records what it saw first
+        "slowest scrape while 60 slow clients hold connections, over the slowest of 5 before",
+        max(times) / reference,
+        "x",
     )
     case.observe(
-        "every scrape 200 " + ("within 1 s" if slowest < 1 else "but one took over 1 s"), slowest < 1
+        f"{len(times)} scrapes 200; {'all 50' if still_held == 50 else f'only {still_held} of 50'}"
+        " half-sent requests still open and unanswered after the last",
+        len(times) == 14 and still_held == 50,
     )
 
 

@@ -1,4 +1,8 @@
-"""The call budget's token bucket under cancellation: cancelled waiters must not cost future rate."""
+"""The call budget's token bucket under cancellation: cancelled waiters must not cost future rate.
+
+The schedule tests run on virtual time (tests/fixtures/virtual_time.py): the bucket sleeps on the
+loop's clock, so its slots are checked exactly, with no slack for a busy machine.
+"""
 
 from __future__ import annotations
 
@@ -6,45 +10,79 @@ import asyncio
 import itertools
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.openapi.budget import TokenBucket
+from tests.fixtures.virtual_time import VirtualTimeLoop, run_virtual
+
+EPS = 1e-9  # float rounding of summed intervals; virtual time itself has no lateness
 
 
-async def test_cancelled_waiters_do_not_push_the_schedule_ahead() -> None:
+@settings(max_examples=50, deadline=None)
+@given(qps=st.floats(1, 1000), queued=st.integers(2, 300), cancel_after=st.floats(0, 5))
+def test_cancelled_waiters_do_not_push_the_schedule_ahead(
+    qps: float, queued: int, cancel_after: float
+) -> None:
     """Why: per-image timeouts cancel queued takers; leaked reservations once froze the exporter for good."""
-    bucket = TokenBucket(qps=50)  # one slot every 20 ms
-    loop = asyncio.get_running_loop()
-    # 200 takers queue up (4 s of slots) and are all cancelled after 50 ms.
-    waiters = [asyncio.create_task(bucket.take()) for _ in range(200)]
-    await asyncio.sleep(0.05)
-    for w in waiters:
-        w.cancel()
-    await asyncio.gather(*waiters, return_exceptions=True)
-    # A fresh taker must get a slot within one interval, not after the 4 s the cancelled ones queued for.
-    start = loop.time()
-    await bucket.take()
-    assert loop.time() - start < 0.1
+
+    async def scenario() -> float:
+        bucket = TokenBucket(qps=qps)
+        loop = asyncio.get_running_loop()
+        waiters = [asyncio.create_task(bucket.take()) for _ in range(queued)]
+        await asyncio.sleep(cancel_after)
+        for w in waiters:
+            w.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        start = loop.time()
+        await bucket.take()
+        return loop.time() - start
+
+    # A fresh taker gets a slot within one interval, not after the time the cancelled ones queued for.
+    assert run_virtual(scenario()) <= 1 / qps + EPS
 
 
-async def test_rate_is_exact_and_never_runs_ahead_of_schedule() -> None:
+@settings(max_examples=50, deadline=None)
+@given(
+    qps=st.floats(5, 500),
+    n=st.integers(2, 60),
+    stall_slot=st.integers(1, 59),
+    stall_fraction=st.floats(0.01, 0.99),
+)
+def test_rate_is_exact_and_never_runs_ahead_of_schedule(
+    qps: float, n: int, stall_slot: int, stall_fraction: float
+) -> None:
     """Why: a server allowing L sends per second (burst L) must never throttle a budget of L.
 
-    The i-th send never goes out before start + i/qps (a late wake-up may shorten the next gap, which
-    only catches up with the schedule), and lateness does not accumulate into a slower rate.
+    The i-th send goes out at start + i/qps exactly: no tick rounding, no drift. A loop blocked past a
+    sleeper's slot (by less than one interval) makes that send late, and only that one: the next slot
+    comes from the previous slot, not from the late wake-up, so lateness never adds up to a slower rate.
     """
-    bucket = TokenBucket(qps=100)
-    loop = asyncio.get_running_loop()
-    stamps: list[float] = []
+    interval = 1 / qps
+    stall_slot = min(stall_slot, n - 1)
+    stall = stall_fraction * interval
 
-    async def taker() -> None:
-        await bucket.take()
-        stamps.append(loop.time())
+    async def scenario() -> tuple[float, list[float]]:
+        bucket = TokenBucket(qps=qps)
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTimeLoop)
+        stamps: list[float] = []
 
-    start = loop.time()
-    await asyncio.gather(*(taker() for _ in range(50)))
+        async def taker() -> None:
+            await bucket.take()
+            stamps.append(loop.time())
+
+        start = loop.time()
+        # Just before a slot is due, the loop is blocked for `stall` (as by a long callback).
+        loop.call_at(start + stall_slot * interval - stall / 2, loop.stall, stall)
+        await asyncio.gather(*(taker() for _ in range(n)))
+        return start, stamps
+
+    start, stamps = run_virtual(scenario())
+    late = start + stall_slot * interval + stall / 2
     for i, stamp in enumerate(stamps):
-        assert stamp >= start + i * 0.01 - 1e-6
-    assert stamps[-1] - start <= 0.49 * 1.2  # 49 intervals, little drift
+        expected = late if i == stall_slot else start + i * interval
+        assert stamp == pytest.approx(expected, abs=EPS), (i, stamps)
     assert all(b >= a for a, b in itertools.pairwise(stamps))
 
 
@@ -80,34 +118,40 @@ async def test_an_account_budget_caps_its_regions_together() -> None:
         assert account.in_flight == 2
 
 
-async def test_a_rate_change_while_takers_queue_keeps_the_schedule_sound() -> None:
+def test_a_rate_change_while_takers_queue_keeps_the_schedule_sound() -> None:
     """Why: the adaptive rate changes the bucket under queued takers; a cut must slow the queue at
     once, a rise speed it up, and cancelled takers must still cost nothing."""
-    bucket = TokenBucket(qps=100)
-    loop = asyncio.get_running_loop()
-    stamps: list[float] = []
 
-    async def taker() -> None:
+    async def scenario() -> tuple[float, list[float], float]:
+        bucket = TokenBucket(qps=100)
+        loop = asyncio.get_running_loop()
+        stamps: list[float] = []
+
+        async def taker() -> None:
+            await bucket.take()
+            stamps.append(loop.time())
+
+        start = loop.time()
+        queued = [asyncio.create_task(taker()) for _ in range(4)]
+        await asyncio.sleep(0)
+        bucket.set_qps(20)  # 10 ms -> 50 ms while three of them sleep
+        await asyncio.gather(*queued)
+        assert bucket.qps == pytest.approx(20)
+        waiters = [asyncio.create_task(bucket.take()) for _ in range(100)]  # 5 s of slots at 20 qps
+        await asyncio.sleep(0.01)
+        for w in waiters:
+            w.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        bucket.set_qps(1000)
+        before = loop.time()
         await bucket.take()
-        stamps.append(loop.time())
+        return start, stamps, loop.time() - before
 
-    start = loop.time()
-    queued = [asyncio.create_task(taker()) for _ in range(4)]
-    await asyncio.sleep(0)
-    bucket.set_qps(20)  # 10 ms -> 50 ms while three of them sleep
-    await asyncio.gather(*queued)
-    assert bucket.qps == pytest.approx(20)
-    # Never faster than the new interval from the first send (its own slot was at once).
-    assert all(t >= start + i * 0.05 - 1e-3 for i, t in enumerate(stamps)), stamps
-    waiters = [asyncio.create_task(bucket.take()) for _ in range(100)]  # 5 s of slots at 20 qps
-    await asyncio.sleep(0.01)
-    for w in waiters:
-        w.cancel()
-    await asyncio.gather(*waiters, return_exceptions=True)
-    bucket.set_qps(1000)
-    before = loop.time()
-    await bucket.take()
-    assert loop.time() - before < 0.1  # within one old interval, not after the cancelled 5 s
+    start, stamps, wait = run_virtual(scenario())
+    # The first send went at once, the three queued ones on the new 50 ms schedule from it.
+    assert stamps == pytest.approx([start + i * 0.05 for i in range(4)], abs=EPS)
+    # After the rise, within one new interval: not after the cancelled 5 s, nor one old interval.
+    assert wait <= 1 / 1000 + EPS
 
 
 def test_only_a_limited_bucket_changes_its_rate() -> None:

@@ -410,8 +410,13 @@ async def test_cap_metrics_and_log_lines_in_a_running_service(simulator: Running
 
 
 async def test_reload_switches_state_sets_and_filters_at_once(simulator: RunningSimulator) -> None:
-    """A reload that changes only ``metrics:`` re-renders now (no refresh needed: the interval is 60 s)."""
-    cfg = sim_config(simulator, WATCHED)
+    """A reload that changes only ``metrics:`` re-renders now (no refresh needed: the interval is 60 s).
+
+    The refresh the reload starts is held by the simulator until the test ends (and every timeout of
+    the exporter is an hour), so the new snapshot can only be the re-render: no time budget decides it.
+    """
+    base = sim_config(simulator, WATCHED, api_timeout=3600)
+    cfg = replace(base, refresh=replace(base.refresh, image_timeout_seconds=3600))
     svc = ExporterService(cfg, process_metrics=False)
     await svc.start()
     try:
@@ -421,12 +426,12 @@ async def test_reload_switches_state_sets_and_filters_at_once(simulator: Running
             zeros = [k for k, v in full.items() if k[0] in STATE_SETS and v == 0.0]
             assert zeros
             current = replace(cfg, metrics=MetricsConfig(state_sets="current", exclude=("ehpc_api_*",)))
-            sequence = svc.snapshot.sequence
-            # The refresh a reload starts takes seconds now: the switch must not wait for it.
-            simulator.sim.faults = Faults(latency_ms=3000)
+            sequence, refreshed_at = svc.snapshot.sequence, svc.snapshot.refreshed_at
+            # The refresh a reload starts never ends now: the switch must not wait for it.
+            simulator.sim.faults = Faults(timeout_rate=1.0, timeout_seconds=3600)
             await svc.reload(current)
-            await wait_until_async(lambda: svc.snapshot.sequence > sequence, within=1, what="the re-render")
-            simulator.sim.faults = Faults()
+            await wait_until_async(lambda: svc.snapshot.sequence > sequence, within=60, what="the re-render")
+            assert svc.snapshot.refreshed_at == refreshed_at  # no cycle ended: it was the re-render
             found = samples(await scrape_text(http, svc))
             assert {k: v for k, v in found.items() if k[0] in STATE_SETS} == {
                 k: v for k, v in full.items() if k[0] in STATE_SETS and v == 1.0
@@ -435,7 +440,8 @@ async def test_reload_switches_state_sets_and_filters_at_once(simulator: Running
             assert value(found, "ehpc_config_last_reload_successful") == 1
             sequence = svc.snapshot.sequence
             await svc.reload(cfg)
-            await wait_until_async(lambda: svc.snapshot.sequence > sequence, within=3, what="the re-render")
+            await wait_until_async(lambda: svc.snapshot.sequence > sequence, within=60, what="the re-render")
+            assert svc.snapshot.refreshed_at == refreshed_at
             back = samples(await scrape_text(http, svc))
             assert all(back.get(k) == 0.0 for k in zeros)
             assert [k for k in back if k[0].startswith("ehpc_api_")]

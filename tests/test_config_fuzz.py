@@ -43,11 +43,13 @@ from tests.fixtures.promstack import exporter_command
 
 SECRET = "FuzzPlantedSecret0123456789abcdef"
 BASE = f"credentials: {{type: access_key, access_key_id: LTAIfuzz, access_key_secret: {SECRET}}}\n"
-FAST_SECONDS = 3.0  # per load, on a shared machine; the slowest family takes about 0.2 s alone
+# CPU seconds per load (the process's, not the wall clock's: a busy machine stretches wall time, not the
+# work); the slowest family takes about 0.2 s.
+FAST_SECONDS = 3.0
 SMALL_BOMB = 50_000  # expanded nodes
 FUZZ = settings(
     max_examples=30,
-    deadline=None,  # timing is asserted per load, with a bound that says what it means
+    deadline=None,  # CPU time is asserted per load, with a bound that says what it means
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 # After the file: a line:column and/or a field, then the message; or a problem of the whole file.
@@ -171,16 +173,16 @@ def _document(loc: tuple[str | int, ...], value: str) -> str:
 
 
 def _load(path: Path, env: dict[str, str] | None = None) -> tuple[list[str], float, Any]:
-    """Load ``path``; (error lines, seconds, config or None). Anything but ConfigError fails the test."""
-    started = time.monotonic()
+    """Load ``path``; (error lines, CPU seconds, config or None). Anything but ConfigError fails the test."""
+    started = time.process_time()
     with mock.patch.dict(os.environ, env or {}):
         try:
             config = load_config(path)
         except ConfigError as exc:
-            return exc.errors, time.monotonic() - started, None
+            return exc.errors, time.process_time() - started, None
         except Exception as exc:  # the invariant this file is about
             pytest.fail(f"load_config raised {type(exc).__name__}, not ConfigError: {str(exc)[:300]}")
-    return [], time.monotonic() - started, config
+    return [], time.process_time() - started, config
 
 
 def _check_lines(lines: list[str], path: Path, *, secrets: tuple[str, ...] = (SECRET,)) -> list[str]:
@@ -603,12 +605,12 @@ def test_cli_refuses_the_alias_bomb_fast_and_small(tmp_path: Path) -> None:
     """
     path = tmp_path / "bomb.yaml"
     path.write_text(BILLION_LAUGHS)
-    rc, output, wall, cpu, rss_kb = _run_measured(["--check-config", "--config", str(path)])
+    rc, output, _, cpu, rss_kb = _run_measured(["--check-config", "--config", str(path)])
     assert rc == 2
     assert output.splitlines() == [f"{path}:7:4: g: expands to more than 2000000 nodes (through aliases)"]
     assert cpu < 1.0, f"{cpu:.2f} s of CPU"
     assert rss_kb < 100 * 1024, f"peak RSS {rss_kb} kB"
-    assert wall < 10  # a hang guard only; the CPU bound is the claim
+    # No wall-clock bound: the launcher's timeout is the hang guard (rc -1); the CPU bound is the claim.
 
 
 @pytest.mark.process
@@ -628,9 +630,8 @@ def test_cli_refuses_dev_zero_and_a_fifo_at_once(tmp_path: Path) -> None:
     """Why: /dev/zero grew until MemoryError and a FIFO with no writer never returned."""
     with fifo_without_writer(tmp_path) as fifo:
         for path, kind in ((Path("/dev/zero"), "a character device"), (fifo, "a FIFO")):
-            rc, output, wall, _, _ = _run_measured(["--check-config", "--config", str(path)], timeout=10)
+            rc, output, _, _, _ = _run_measured(["--check-config", "--config", str(path)], timeout=60)
             assert (rc, output.splitlines()) == (
                 2,
                 [f"{path}: cannot read config file: not a regular file ({kind})"],
-            )
-            assert wall < 10
+            )  # within the launcher's timeout, a hang guard only: a FIFO read would block for ever

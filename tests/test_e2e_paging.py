@@ -44,7 +44,7 @@ from tests.fixtures.promstack import (
     scrape_config,
     webhook_server,
 )
-from tests.harness import exporter_config, processes, start_exporter, start_simulator
+from tests.harness import exporter_config, processes, start_exporter, start_simulator, wait_until
 from tests.reliability import Reliability
 
 pytestmark = pytest.mark.process
@@ -313,6 +313,28 @@ def test_faults_page_and_resolve(tmp_path: Path, reliability: Reliability) -> No
         assert "Traceback" not in exporter.output() + sim.output()
 
 
+SCRAPES_AFTER_RESTART = 5
+
+
+def stale_alerts(prom: Any, image_id: str) -> list[dict[str, Any]]:
+    """The firing EhpcImageDataStale alerts of ``image_id`` in Prometheus."""
+    return [
+        a
+        for a in prom.alerts()
+        if a["labels"].get("alertname") == "EhpcImageDataStale"
+        and a["labels"].get("image_id") == image_id
+        and a["state"] == "firing"
+    ]
+
+
+def last_evaluation(prom: Any, alertname: str) -> str:
+    """When Prometheus last evaluated the rule group holding ``alertname``."""
+    for group in prom.rule_groups():
+        if any(rule.get("name") == alertname for rule in group["rules"]):
+            return str(group["lastEvaluation"])
+    raise AssertionError(f"no rule group holds {alertname}")
+
+
 def test_data_stale_keeps_firing_across_an_exporter_restart(tmp_path: Path, reliability: Reliability) -> None:
     """An image stale and paging; the exporter is killed (SIGKILL) and started again on the same address
     with its state file: the alert never resolves, and the new process serves the same last success."""
@@ -357,20 +379,26 @@ def test_data_stale_keeps_firing_across_an_exporter_restart(tmp_path: Path, reli
                 WITHIN,
             )
             before = [s["value"][1] for s in prom.query(query)]
+            active_since = [a["activeAt"] for a in stale_alerts(prom, stale)]
             first.kill()
             second = start_exporter(tmp_path / "second", config, port=first.port, wait="healthy")
             procs.append(second)
-            # Long enough for Prometheus to scrape the new process many times and evaluate the rule.
-            prom.wait_for(f'ehpc_state_loaded_images{{job="{JOB}"}} == 2', within=WITHIN)
-            time.sleep(15)
+            # Prometheus has scraped the new process several times (each scrape adds 2, the images it
+            # loaded; the first process served 0), then evaluated the rule again after that.
+            prom.wait_for(
+                f'sum_over_time(ehpc_state_loaded_images{{job="{JOB}"}}[1h]) >= {2 * SCRAPES_AFTER_RESTART}',
+                within=WITHIN,
+            )
+            evaluated = last_evaluation(prom, "EhpcImageDataStale")
+            wait_until(
+                lambda: last_evaluation(prom, "EhpcImageDataStale") != evaluated,
+                WITHIN,
+                "a rule evaluation after the new process's scrapes",
+            )
             after = [s["value"][1] for s in prom.query(query)]
-            still = [
-                a
-                for a in prom.alerts()
-                if a["labels"].get("alertname") == "EhpcImageDataStale"
-                and a["labels"].get("image_id") == stale
-                and a["state"] == "firing"
-            ]
+            # Active since the same moment: the alert never went inactive in between (a resolved one
+            # that fired again would be a new alert with a new activeAt).
+            still = [a for a in stale_alerts(prom, stale) if [a["activeAt"]] == active_since]
             resolved = find(hook, "EhpcImageDataStale", "resolved", labels)
             second.check_alive()
     ok = fired["stale"] is not None and resolved is None and bool(still) and before == after and bool(before)

@@ -32,6 +32,7 @@ from tests.fixtures.estate import (
     estate_data,
     region_target,
 )
+from tests.fixtures.http import wait_until_async
 from tests.fixtures.sim import signed_call
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "exporter" / "simulator" / "example-estate.yaml"
@@ -251,10 +252,13 @@ async def test_simulate_estate_cli_serves(session: aiohttp.ClientSession) -> Non
     out = io.StringIO()
     task = asyncio.create_task(run_simulate(args, out=out))
     try:
-        for _ in range(200):
-            if "CA certificate" in out.getvalue() and "account research" in out.getvalue():
-                break
-            await asyncio.sleep(0.02)
+        await wait_until_async(
+            lambda: (
+                ("CA certificate" in out.getvalue() and "account research" in out.getvalue()) or task.done()
+            ),
+            60,
+            "the estate's address lines",
+        )
         text = out.getvalue()
         regions = dict(re.findall(r"region (\S+): (http://\S+) ", text))
         assert set(regions) == {HZ, SH}

@@ -67,18 +67,22 @@ async def scrape(
 
 
 async def test_start_and_stop_within_budget(simulator: RunningSimulator, http: aiohttp.ClientSession) -> None:
-    """stop() during a slow refresh stops accepting, cancels the loop and closes the client, within 5 s."""
+    """stop() during a refresh stuck on the API stops accepting, cancels the loop and closes the client,
+    within its deadline (stop() says whether it made it; the deadline rule itself:
+    test_cli.py::test_a_stop_past_the_deadline_exits_1_at_the_deadline). The simulator holds the
+    cycle's request until the test ends, so a stop that waited for the cycle would never return."""
     factory = Factory()
     svc = ExporterService(sim_config(simulator, WATCHED), process_metrics=False, client_factory=factory)
     await svc.start()
     url = svc.url
     await wait_until_async(lambda: svc.ready)
-    simulator.sim.faults = Faults(latency_ms=1000)
+    simulator.sim.reset_counters()
+    simulator.sim.faults = Faults(timeout_rate=1.0, timeout_seconds=3600)
     in_flight = asyncio.create_task(svc.refresh_once())  # a cycle in flight
-    await asyncio.sleep(0.1)
-    started = time.monotonic()
-    await svc.stop()
-    assert time.monotonic() - started < 1  # the 5 s budget, with a wide margin
+    # The simulator counts a held request when it arrives: then the cycle is waiting on the API.
+    await wait_until_async(lambda: simulator.sim.counters().get(("GetImage", "Timeout"), 0) > 0, within=60)
+    assert await svc.stop()
+    assert not in_flight.done()  # the stop did not wait for the cycle
     assert all(c.closed for c in factory.clients)
     with pytest.raises(RuntimeError):
         _ = svc.url
@@ -289,17 +293,19 @@ async def test_concurrent_scrapes_during_refreshes_see_whole_snapshots(
     cfg = sim_config(simulator, (), interval=0.05, discovery=DiscoveryConfig(enabled=True))
     svc = ExporterService(cfg, process_metrics=False)
     await svc.start()
-    latencies: list[float] = []
+    scrapes = 0
     try:
         await wait_until_async(lambda: svc.ready)
         first = svc.snapshot.sequence
 
         async def scraper() -> None:
-            while svc.snapshot.sequence < first + 3:
-                start = time.perf_counter()
+            nonlocal scrapes
+            mine = 0
+            while svc.snapshot.sequence < first + 3 or mine < 2:  # ends on events, however slow
+                mine += 1
                 async with http.get(svc.url + "/metrics", headers={"Accept-Encoding": "identity"}) as resp:
                     body = await resp.read()
-                latencies.append(time.perf_counter() - start)
+                scrapes += 1
                 # Cheap checks (a full parse would starve the shared loop): every part from one snapshot.
                 assert body.count(b"\nehpc_image_up{") == expected
                 line = (
@@ -308,13 +314,11 @@ async def test_concurrent_scrapes_during_refreshes_see_whole_snapshots(
                 assert line.encode() in body
                 assert body.count(b"\nehpc_refresh_last_success_timestamp_seconds{") == 1
 
-        await asyncio.wait_for(asyncio.gather(*(scraper() for _ in range(4))), 30)
+        await asyncio.wait_for(asyncio.gather(*(scraper() for _ in range(4))), 120)  # bounds a hang
     finally:
         await svc.stop()
-    assert len(latencies) >= 8
-    latencies.sort()
-    # The simulator and the refresh share this event loop, so this is a sanity bound, not the benchmark.
-    assert latencies[int(len(latencies) * 0.99) - 1] < 0.5
+    # Every scraper read at least twice, across three snapshot swaps. How fast is bench/scrape.py's.
+    assert scrapes >= 8
 
 
 def _targets(base: Config, *accounts: str) -> Config:

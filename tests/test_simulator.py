@@ -677,8 +677,9 @@ async def test_latency_with_jitter(simulator: RunningSimulator, http: aiohttp.Cl
         status, _, _ = await signed_call(http, simulator, "GetImage", {"ImageId": SIM_VM_ID})
         durations.append(time.monotonic() - start)
         assert status == 200
+    # At least the latency less the jitter (a busy machine only adds), and the jitter varies it. No upper
+    # bound: on a busy machine it would judge the machine, not the simulator.
     assert min(durations) >= 0.058
-    assert max(durations) < 0.5
     assert max(durations) - min(durations) > 0.001  # jitter varies the delay
 
 

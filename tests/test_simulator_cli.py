@@ -20,6 +20,7 @@ import exporter.simulator as simulator_pkg
 from exporter.simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, Faults
 from exporter.simulator.admin import ENDPOINTS as ADMIN_ENDPOINTS
 from exporter.simulator.cli import add_simulate_arguments, build_simulator, parse_listen_address, run_simulate
+from tests.fixtures.http import wait_until_async
 from tests.fixtures.sim import RunningSimulator, signed_call
 
 EXAMPLE_FLEET = str(Path(simulator_pkg.__file__).parent / "example-fleet.yaml")
@@ -140,11 +141,9 @@ async def running(*argv: str) -> AsyncIterator[str]:
     out = io.StringIO()
     task = asyncio.create_task(run_simulate(parse("--listen-address", "127.0.0.1:0", *argv), out=out))
     try:
-        for _ in range(200):
-            m = re.search(r"listening on (\S+)", out.getvalue())
-            if m or task.done():
-                break
-            await asyncio.sleep(0.01)
+        # Bounds a hang only: starting takes as long as the machine lets it.
+        await wait_until_async(lambda: "listening on" in out.getvalue() or task.done(), 60, "the URL line")
+        m = re.search(r"listening on (\S+)", out.getvalue())
         assert m, out.getvalue()
         yield m.group(1)
     finally:
@@ -178,10 +177,7 @@ async def test_startup_output_has_no_secret() -> None:
     task = asyncio.create_task(
         run_simulate(parse("--listen-address", "127.0.0.1:0", "--images", "1"), out=out)
     )
-    for _ in range(200):
-        if "admin API" in out.getvalue():
-            break
-        await asyncio.sleep(0.01)
+    await wait_until_async(lambda: "admin API" in out.getvalue() or task.done(), 60, "the admin API line")
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

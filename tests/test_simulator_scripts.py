@@ -41,6 +41,7 @@ from tests.fixtures.estate import (
     RunningEstate,
     region_target,
 )
+from tests.fixtures.http import wait_until_async
 from tests.fixtures.sim import SIM_VM_ID, RunningSimulator, signed_call, sim_images
 
 START = 1_700_000_000.0  # far from real time on purpose: only signing_clock keeps the signatures valid
@@ -544,10 +545,7 @@ async def test_simulate_script_file_is_scheduled_from_the_start(tmp_path: Path) 
     before = time.time()
     task = asyncio.create_task(run_simulate(args, out=out))
     try:
-        for _ in range(200):
-            if "admin API" in out.getvalue():
-                break
-            await asyncio.sleep(0.02)
+        await wait_until_async(lambda: "admin API" in out.getvalue() or task.done(), 60, "the admin API line")
         assert "timed script: 2 step(s)" in out.getvalue()
         url = out.getvalue().split("listening on ", 1)[1].split()[0]
         async with aiohttp.ClientSession() as session, session.get(f"{url}/_sim/scripts") as resp:
