@@ -20,12 +20,12 @@ $(VENV)/.run-installed: pyproject.toml requirements.lock | $(BIN)/python
 	touch $@
 
 # The test install: the runtime plus the `test` dependency group (PEP 735; pip >= 25.1).
-$(VENV)/.test-installed: pyproject.toml $(VENV)/.run-installed
-	$(PY) -m pip install -q -c requirements.lock --group test -e .
+$(VENV)/.test-installed: pyproject.toml requirements-dev.lock $(VENV)/.run-installed
+	$(PY) -m pip install -q -c requirements.lock -c requirements-dev.lock --group test -e .
 	touch $@
 
 $(VENV)/.bench-installed: pyproject.toml $(VENV)/.test-installed
-	$(PY) -m pip install -q -c requirements.lock --group bench -e .
+	$(PY) -m pip install -q -c requirements.lock -c requirements-dev.lock --group bench -e .
 	touch $@
 
 demo: $(VENV)/.run-installed
@@ -82,7 +82,9 @@ relock: $(VENV)/.test-installed
 	PIP_CONSTRAINT= "$$tmp/venv/bin/python" -m pip install -q --group test --group bench .; \
 	site=$$("$$tmp/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"), sysconfig.get_path("platlib"))'); \
 	$(PY) tests/test_audit.py lock $$site > "$$tmp/requirements.lock"; \
-	cp "$$tmp/requirements.lock" requirements.lock
+	"$$tmp/venv/bin/python" -m pip freeze --exclude-editable > "$$tmp/freeze.txt"; \
+	$(PY) scripts/devlock.py "$$tmp/freeze.txt" "$$tmp/requirements.lock" > "$$tmp/requirements-dev.lock"; \
+	cp "$$tmp/requirements.lock" requirements.lock; cp "$$tmp/requirements-dev.lock" requirements-dev.lock
 
 clean:
 	rm -rf $(VENV) tools/node/node_modules .mypy_cache .ruff_cache .pytest_cache

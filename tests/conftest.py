@@ -14,25 +14,15 @@ pytest_plugins = [
 from collections.abc import Iterator  # noqa: E402 - after pytest_plugins, which pytest reads first
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 from exporter import redaction  # noqa: E402
 
-# Session-wide resources that cost a minute to make: under pytest-xdist (``--dist loadgroup``, as
-# ``make test`` runs it) every test that needs one goes to the same worker, so each is made once.
-SHARED_RESOURCES = {
-    "demo_stack": "demo-stack",  # demo exporter + real Prometheus with the shipped rules
-    "image": "image",  # the container image, built by podman on a debootstrap stand-in base
-}
 
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Put the tests that share an expensive session resource in one xdist group."""
-    for item in items:
-        names = getattr(item, "fixturenames", ())
-        for fixture, group in SHARED_RESOURCES.items():
-            if fixture in names:
-                item.add_marker(pytest.mark.xdist_group(group))
+# Hypothesis' per-example deadline (200 ms by default) is a wall-clock budget: on a busy machine a correct
+# example misses it. Examples are judged on what they return; a hang is bounded by pytest-timeout.
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 
 @pytest.fixture(autouse=True)

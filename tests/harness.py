@@ -204,7 +204,7 @@ class SimulatorProcess(ManagedProcess):
         """``127.0.0.1:port``."""
         return f"127.0.0.1:{self.port}"
 
-    def wait_ready(self, within: float = 15) -> None:
+    def wait_ready(self, within: float = 120) -> None:
         """Wait until the admin API answers."""
 
         def ready() -> bool:
@@ -311,7 +311,7 @@ class ExporterProcess(ManagedProcess):
         """The current samples of /metrics."""
         return parse_samples(self.metrics_text())
 
-    def wait_healthy(self, within: float = 15) -> None:
+    def wait_healthy(self, within: float = 120) -> None:
         """Wait until ``/healthz`` answers 200 (the server is bound)."""
 
         def healthy() -> bool:
@@ -322,7 +322,7 @@ class ExporterProcess(ManagedProcess):
 
         wait_until(healthy, within, f"exporter healthz on {self.address}")
 
-    def wait_ready(self, within: float = 30) -> None:
+    def wait_ready(self, within: float = 120) -> None:
         """Wait until ``/readyz`` answers 200 (the first refresh is done)."""
 
         def ready() -> bool:

@@ -472,6 +472,7 @@ def test_rules_load_and_evaluate_in_real_prometheus(tmp_path: Path, prometheus_f
 
 
 @pytest.mark.process
+@pytest.mark.xdist_group("demo-stack")  # one worker starts the shared demo stack
 def test_rules_fire_on_the_demo_exporters_real_series(demo_stack: DemoStack) -> None:
     """The shipped expressions (at `for: 0s`) against what the exporter really exposes: the demo's deleted
     image pages as missing; breaking three healthy images in the simulator fires NotAvailable (with the

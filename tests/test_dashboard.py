@@ -491,6 +491,7 @@ def substitute(expr: str, values: dict[str, list[str]]) -> str:
 
 
 @pytest.mark.process
+@pytest.mark.xdist_group("demo-stack")  # one worker starts the shared demo stack
 def test_every_query_returns_data_from_real_prometheus(dash: dict[str, Any], demo_stack: DemoStack) -> None:
     """Prometheus scrapes `ehpc-image-exporter demo`; every variable has values and every panel query,
     with the variables substituted, returns a non-empty result. Each metric a query names must exist too,

@@ -593,7 +593,7 @@ def test_pods_are_locked_down(chart: helm.Chart, scenario: str) -> None:
 
 
 @pytest.mark.process
-@pytest.mark.xdist_group("image")  # built once per worker: the image tests' worker builds it
+@pytest.mark.xdist_group("image")  # on the worker that builds the image for tests/test_image.py
 @pytest.mark.timeout(600)  # the first test to use the image pays for its build
 def test_pod_security_matches_the_built_image(
     chart: helm.Chart, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

@@ -59,7 +59,8 @@ from tests.harness import (
 from tests.test_audit import PROJECT, read_lock
 
 # The first test to use the image pays for the build (about a minute on an idle machine, two when busy).
-pytestmark = [pytest.mark.process, pytest.mark.timeout(600)]
+# One xdist worker builds the image and runs every test that needs it (make test: --dist loadgroup).
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("image"), pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
