@@ -18,7 +18,6 @@ from hypothesis import settings  # noqa: E402
 
 from exporter import redaction  # noqa: E402
 
-
 # Hypothesis' per-example deadline (200 ms by default) is a wall-clock budget: on a busy machine a correct
 # example misses it. Examples are judged on what they return; a hang is bounded by pytest-timeout.
 settings.register_profile("suite", deadline=None)
