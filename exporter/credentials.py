@@ -8,7 +8,6 @@ be a secret; nothing here raises anything else.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import re
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from exporter.config import AssumeRoleConfig, CredentialsConfig
-from exporter.logging import register_secrets
+from exporter.logging import gate_foreign_records, register_secrets
 from exporter.openapi.errors import CREDENTIAL_ERROR, ApiError
 
 _MAX_MESSAGE = 600
@@ -43,28 +42,11 @@ def scrub(message: str) -> str:
     return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
 
 
-class _ScrubFilter(logging.Filter):
-    """Rewrites the library's log records so they cannot carry a secret (its warnings quote responses)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = scrub(record.getMessage())
-        record.args = ()
-        record.exc_info = None  # tracebacks repeat the unscrubbed exception message
-        record.exc_text = None
-        return True
-
-
 def _tame_library_logger() -> None:
-    # alibabacloud-credentials attaches its own stderr handler at INFO to the "credentials" logger and logs
-    # failed refreshes with the raw response body; route its records through the application's logging
-    # instead, scrubbed and from WARNING up.
-    lib = logging.getLogger("credentials")
-    for handler in list(lib.handlers):
-        lib.removeHandler(handler)
-    if not any(isinstance(f, _ScrubFilter) for f in lib.filters):
-        lib.addFilter(_ScrubFilter())
-    lib.setLevel(logging.WARNING)
-    lib.propagate = True
+    # alibabacloud-credentials attaches its own stderr handler to the "credentials" logger whenever one of
+    # its modules is imported, and its warnings quote response bodies: the record gate sends its records,
+    # like every library's, through the output gate to the application's handlers only.
+    gate_foreign_records()
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,14 @@ Redaction runs last before rendering, on every event whatever the caller passed:
   (:func:`exporter.redaction.scrub`): registered secrets and URL passwords masked, lone surrogates
   replaced, control characters other than newline and tab dropped.
 
-Records of the standard library's ``logging`` (aiohttp, asyncio) are rendered by the same chain.
+Records of the standard library's ``logging``, whoever writes them (aiohttp, asyncio, the credentials
+library), pass the record gate (:func:`gate_foreign_records`) before any handler sees them: message,
+arguments and traceback become one gated text (the output gate, then secret-looking ``key: value``
+pairs and URL queries cut, as libraries quote response bodies and signed URLs), and the record goes to
+the root logger's handlers only. A
+handler a library attaches to its own logger (alibabacloud-credentials adds a stderr handler to
+``credentials`` each time one of its modules is imported) is never called, so each line is written
+once, by the same chain, in the configured format.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Literal, TextIO
 
+import re2
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -43,6 +51,7 @@ __all__ = [
     "REDACTED",
     "LogFormat",
     "configure_logging",
+    "gate_foreign_records",
     "mask_secrets",
     "redact",
     "register_secret",
@@ -57,6 +66,15 @@ LOG_FORMATS: tuple[LogFormat, ...] = ("logfmt", "json", "console")
 LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
 
 _SECRET_KEY_RE = re.compile(r"secret|passw(or)?d|token|authorization|credential", re.IGNORECASE)
+# In free text: the value after a secret-looking key (``"AccessKeySecret": "..."``, ``token=...``), as
+# library messages quote response bodies, URLs and repr()s. Narrower words than _SECRET_KEY_RE
+# ("credentials: connection refused" keeps its reason). RE2: linear in whatever a library writes.
+_SECRET_PAIR_RE = re2.compile(
+    r"""(["']?[\w-]*(?i:secret|token|passw(?:or)?d)[\w-]*["']?\s*[:=]\s*)"""
+    r"""("[^"]*"|'[^']*'|[^\s,;}&'"]+)"""
+)
+# A URL's query, which signed and presigned URLs carry their signatures and tokens in.
+_URL_QUERY_RE = re2.compile(r"""(?i)(\b[a-z][a-z0-9+.-]*://[^\s?#'"]*)\?[^\s#'"]*""")
 
 
 def _redact_value(value: Any) -> Any:
@@ -79,6 +97,64 @@ def _is_secret_key(key: object) -> bool:
 def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: redact secret-looking keys and mask registered secrets in every value."""
     return {k: (REDACTED if _is_secret_key(k) else _redact_value(v)) for k, v in event_dict.items()}
+
+
+def _gated_text(text: str) -> str:
+    """Free text from a record: through the output gate, then secret-looking pairs and URL queries cut."""
+    text = scrub(text, keep_lines=True)
+    if _SECRET_PAIR_RE.search(text):
+        text = _SECRET_PAIR_RE.sub(rf"\1{REDACTED}", text)
+    if "://" in text and "?" in text:
+        text = _URL_QUERY_RE.sub(rf"\1?{REDACTED}", text)
+    return text
+
+
+def _gate_record(record: logging.LogRecord) -> None:
+    """Make ``record`` safe for any handler: its message, arguments, traceback and stack gated, in place."""
+    try:
+        message = record.getMessage()
+    except Exception:  # a caller's format string and arguments that do not fit: say so, drop the args
+        message = f"{record.msg!s} (log arguments did not format)"
+    record.msg, record.args = _gated_text(message), ()
+    if record.exc_info:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.exc_info = None  # the exception object still holds the raw message
+    if record.exc_text:
+        record.exc_text = _gated_text(record.exc_text)
+    if record.stack_info:
+        record.stack_info = _gated_text(record.stack_info)
+
+
+def _call_root_handlers(self: logging.Logger, record: logging.LogRecord) -> None:
+    """``Logger.callHandlers`` for every logger: the record gated, then the root's handlers only."""
+    del self  # whichever logger it came from, and whatever handlers that logger has
+    _gate_record(record)
+    handlers = logging.root.handlers
+    for handler in handlers:
+        if record.levelno >= handler.level:
+            handler.handle(record)
+    if not handlers and logging.lastResort is not None and record.levelno >= logging.lastResort.level:
+        logging.lastResort.handle(record)
+
+
+def gate_foreign_records() -> None:
+    """Send every standard-library record, from any logger, through the record gate to the root's
+    handlers only (idempotent; process-wide from then on).
+
+    ``Logger.callHandlers`` is the one place every record passes after its logger's filters, whatever
+    handlers a library attached to its loggers and whenever it attached them (the credentials library
+    adds them on import, after any start-up clean-up could remove them); replacing it on the class
+    covers loggers that exist now and ones created later.
+    """
+    logging.Logger.callHandlers = _call_root_handlers  # type: ignore[method-assign]  # see above
+
+
+def _add_foreign_exception(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    # The record gate turned the traceback into gated text (exc_text); structlog reads only exc_info.
+    record = event_dict.get("_record")
+    if isinstance(record, logging.LogRecord) and record.exc_text and "exception" not in event_dict:
+        event_dict["exception"] = record.exc_text
+    return event_dict
 
 
 class _NamedPrintLogger(structlog.PrintLogger):
@@ -155,9 +231,11 @@ def configure_logging(fmt: LogFormat | None = None, level: str = "info") -> None
         cache_logger_on_first_use=False,
     )
 
-    # Route the standard library (aiohttp, asyncio) through the same processors and redaction.
+    # Route the standard library (aiohttp, asyncio, the credentials library) through the same processors
+    # and redaction.
+    gate_foreign_records()
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[_add_stdlib_logger_name, *shared],
+        foreign_pre_chain=[_add_stdlib_logger_name, *shared, _add_foreign_exception],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             redact,
@@ -166,6 +244,9 @@ def configure_logging(fmt: LogFormat | None = None, level: str = "info") -> None
     )
     handler = _StderrHandler()
     handler.setFormatter(formatter)
+    # Libraries set their own loggers' levels (the credentials library: INFO); the configured level
+    # holds for every line all the same.
+    handler.setLevel(numeric)
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
         root.removeHandler(old)
@@ -222,7 +303,11 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def reset_logging() -> None:
-    """Undo :func:`configure_logging` (structlog defaults, our stdlib handler removed); for tests."""
+    """Undo :func:`configure_logging` (structlog defaults, our stdlib handler removed); for tests.
+
+    The record gate stays: it only makes records safe and sends them to the root's handlers, and a
+    library's own handlers, attached for good, must not start writing again.
+    """
     structlog.reset_defaults()
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:

@@ -4,15 +4,17 @@ The gate is :class:`_Reader`: every value the exporter keeps from an answer is r
 *kind* (:class:`Kind`: an id, a region, a status, a label, ...) that bounds its length and, where the API
 has a shape, its characters. A string must be valid Unicode (no lone surrogates); control and bidi
 characters are dropped before the shape is checked (the API's own example ends a RequestId with
-``\n``); a value that carries a known secret (``exporter.redaction``) is refused. Any refusal makes the
-whole answer an ``InvalidResponse`` naming the field, never quoting the value: the image keeps its last
-good data. Numbers are range-checked. Values the exporter merely cannot *use* (an unparseable size or
-time, a region nobody asked for, an empty or repeated region entry) do not fail the answer: they are
-listed in ``Image.ignored`` so the refresher counts and logs them.
+``\n``); a value that carries one of the exporter's own secrets (``exporter.redaction``) is refused. Any
+refusal makes the whole answer an ``InvalidResponse`` naming the field, never quoting the value: the
+image keeps its last good data. Numbers are range-checked. Values the exporter merely cannot *use* (an
+unparseable size or time, a region nobody asked for, an empty or repeated region entry) do not fail the
+answer: they are listed in ``Image.ignored`` so the refresher counts and logs them.
 
 Registry credentials (``ContainerImageSpec.RegistryCredential`` and a registry URL's userinfo) are never
-kept in a model: they are registered with the output gate as secrets and dropped, so what is not held
-cannot leak into a label, a log line or a page.
+kept in a model, so what is not held cannot leak into a label, a log line or a page. What an answer
+carries there is learned for that answer only (:func:`learned_secrets`): masked in its free text,
+refused in its shaped values, and forgotten with it. Nothing an answer says changes how another
+answer is read, or what any other output shows.
 
 Why one module of over 400 lines: the models and the gate they are read through belong together; every
 field's kind is declared next to the model field it fills.
@@ -29,9 +31,10 @@ from typing import Any
 from exporter.openapi.errors import INVALID_RESPONSE, ApiError
 from exporter.redaction import (
     CONTROL_RE,
+    REDACTED,
     SURROGATE_RE,
+    canonical,
     contains_secret,
-    register_registry_secret,
     split_userinfo,
 )
 
@@ -80,6 +83,14 @@ URL = _kind("url", 2048)
 TEXT = _kind("text", 8192)  # free text kept but not published (description, messages)
 SHORT = _kind("value", 64)  # sizes and times, parsed further
 
+# A registry credential is learned (masked in its answer's free text) only from this many characters, as
+# outputs show it (controls dropped). Shorter values are words and names more than credentials ("admin",
+# "puller"), and masking them would shred the answer's own labels; a mask is then never longer than what
+# it hides. Learning reaches no further than the answer: the credential is never exported, so the only
+# place the exporter could show it is a field of the same answer echoing it. Were it masked elsewhere,
+# any answer could choose words ("Available", "cn-hangzhou") that every other image's answers then lose.
+MIN_LEARNED_LENGTH = len(REDACTED)
+
 # Bounds of the numbers ListImages sends (pages of at most a few hundred items).
 MAX_COUNT = 10**9
 MAX_PAGE_SIZE = 10_000
@@ -107,16 +118,13 @@ def parse_time(value: str) -> datetime | None:
 
 
 def registry_url(url: str) -> str:
-    """``url`` without userinfo (registered as secrets), query or fragment: what a label may show.
+    """``url`` without userinfo (learned by :func:`learned_secrets`), query or fragment: what a label
+    may show.
 
     Registry URLs are usually ``host/ns/repo:tag`` without a scheme; a trailing digest is kept (see
     :func:`exporter.redaction.split_userinfo`, which the output gate uses the same way).
     """
-    scheme, userinfo, rest = split_userinfo(url)
-    if userinfo:
-        user, _, password = userinfo.partition(":")
-        for secret in (userinfo, user, password):
-            register_registry_secret(secret)
+    scheme, _userinfo, rest = split_userinfo(url)
     for sep in ("#", "?"):
         rest = rest.split(sep, 1)[0]
     return f"{scheme}{rest}"
@@ -194,11 +202,39 @@ def _invalid(action: str, what: str, request_id: str | None) -> ApiError:
     )
 
 
-def check_text(value: str, kind: Kind, prepare: Callable[[str], str] | None = None) -> str:
+def learned_secrets(body: Any) -> tuple[str, ...]:
+    """What a GetImage body carries as registry credentials (user name, password, the registry URL's
+    userinfo), as free text shows them, at least ``MIN_LEARNED_LENGTH`` long, longest first."""
+    image = body.get("Image") if isinstance(body, Mapping) else None
+    spec = image.get("ContainerImageSpec") if isinstance(image, Mapping) else None
+    if not isinstance(spec, Mapping):
+        return ()
+    values: list[object] = []
+    cred = spec.get("RegistryCredential")
+    if isinstance(cred, Mapping):
+        values += (cred.get("UserName"), cred.get("Password"))
+    url = spec.get("RegistryUrl")
+    if isinstance(url, str) and len(url) <= URL.max_length:
+        _, userinfo, _ = split_userinfo(canonical(url))
+        user, _, password = userinfo.partition(":")
+        values += (userinfo, user, password)
+    # A value longer than the longest field an answer keeps cannot stand in one.
+    found = {canonical(v) for v in values if isinstance(v, str) and len(v) <= TEXT.max_length}
+    return tuple(sorted((v for v in found if len(v) >= MIN_LEARNED_LENGTH), key=len, reverse=True))
+
+
+def check_text(
+    value: str,
+    kind: Kind,
+    prepare: Callable[[str], str] | None = None,
+    learned: Sequence[str] = (),
+) -> str:
     """``value`` with controls dropped if it is a valid ``kind``; else :class:`_Refused` says why not.
 
     ``prepare`` runs once the value is known to be bounded valid Unicode, before its shape and its
-    secrets are checked (a registry URL loses its userinfo there).
+    secrets are checked (a registry URL loses its userinfo there). ``learned``: the answer's own
+    registry credentials (:func:`learned_secrets`), masked in free text and refused in a shaped value,
+    which a mask would break.
     """
     if len(value) > kind.max_length:
         raise _Refused(f"is longer than {kind.max_length} characters")
@@ -214,6 +250,13 @@ def check_text(value: str, kind: Kind, prepare: Callable[[str], str] | None = No
         value = prepare(value)
     if contains_secret(value):
         raise _Refused("carries a credential")
+    if learned and value:
+        if kind.pattern is None:
+            for secret in learned:  # at most five, longest first
+                if secret in value:
+                    value = value.replace(secret, REDACTED)
+        elif any(secret in value for secret in learned):
+            raise _Refused("carries the answer's registry credential")
     return value
 
 
@@ -224,10 +267,13 @@ class _Refused(ValueError):
 class _Reader:
     """Typed, gated access to a JSON object: every mismatch or refusal becomes ``InvalidResponse``."""
 
-    def __init__(self, action: str, obj: Any, where: str, request_id: str | None) -> None:
+    def __init__(
+        self, action: str, obj: Any, where: str, request_id: str | None, learned: Sequence[str] = ()
+    ) -> None:
         if not isinstance(obj, Mapping):
             raise _invalid(action, f"{where or 'body'} is not an object", request_id)
         self.action, self.obj, self.where, self.request_id = action, obj, where, request_id
+        self.learned = learned  # the answer's own registry credentials (see check_text)
 
     def path(self, key: str) -> str:
         """The dotted location of ``key`` in the body (what error messages name)."""
@@ -241,7 +287,7 @@ class _Reader:
         if not isinstance(value, str):
             raise _invalid(self.action, f"{self.path(key)} is not a string", self.request_id)
         try:
-            return check_text(value, kind, prepare)
+            return check_text(value, kind, prepare, self.learned)
         except _Refused as exc:
             raise _invalid(self.action, f"{self.path(key)} {exc}", self.request_id) from None
 
@@ -270,7 +316,7 @@ class _Reader:
             if required:
                 raise _invalid(self.action, f"{self.path(key)} is missing", self.request_id)
             return None
-        return _Reader(self.action, value, self.path(key), self.request_id)
+        return _Reader(self.action, value, self.path(key), self.request_id, self.learned)
 
     def children(self, key: str, limit: int) -> list[_Reader]:
         """A nested array of objects, of at most ``limit`` entries."""
@@ -282,29 +328,19 @@ class _Reader:
         if len(value) > limit:
             raise _invalid(self.action, f"{self.path(key)} has more than {limit} entries", self.request_id)
         return [
-            _Reader(self.action, v, f"{self.path(key)}[{i}]", self.request_id) for i, v in enumerate(value)
+            _Reader(self.action, v, f"{self.path(key)}[{i}]", self.request_id, self.learned)
+            for i, v in enumerate(value)
         ]
 
 
-def gated_request_id(value: object) -> str | None:
+def gated_request_id(value: object, learned: Sequence[str] = ()) -> str | None:
     """A request id that passes the gate, or ``None`` (a bad one is dropped: it only labels a log line)."""
     if not isinstance(value, str) or not value:
         return None
     try:
-        return check_text(value, REQUEST_ID) or None
+        return check_text(value, REQUEST_ID, learned=learned) or None
     except _Refused:
         return None
-
-
-def _register_registry_credential(spec: _Reader | None) -> None:
-    """Register the answer's registry credential as secrets, before any other field is checked."""
-    cred = spec.obj.get("RegistryCredential") if spec is not None else None
-    if not isinstance(cred, Mapping):
-        return
-    for key in ("UserName", "Password"):
-        value = cred.get(key)
-        if isinstance(value, str) and len(value) <= URL.max_length and value.isprintable():
-            register_registry_secret(value)
 
 
 def _regions(
@@ -334,15 +370,15 @@ def parse_get_image(
     Only ``requested_regions`` are kept of ``AdditionalRegionsInfo``; an answer with more than
     ``max_regions`` entries is refused.
     """
-    rid = gated_request_id(body.get("RequestId") if isinstance(body, Mapping) else None)
-    root = _Reader("GetImage", body, "", rid)
+    learned = learned_secrets(body)
+    rid = gated_request_id(body.get("RequestId") if isinstance(body, Mapping) else None, learned)
+    root = _Reader("GetImage", body, "", rid, learned)
     if root.flag("Success") is False:
         raise _invalid("GetImage", "Success is false", rid)
     img = root.child("Image", required=True)
     assert img is not None  # required=True raised otherwise
     vm = img.child("VMImageSpec")
     ct = img.child("ContainerImageSpec")
-    _register_registry_credential(ct)
     registry = ct.text("RegistryUrl", URL, registry_url) if ct is not None else ""
     spec = vm if vm is not None else ct
     doc = img.child("DocumentInfo")

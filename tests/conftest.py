@@ -16,7 +16,7 @@ from collections.abc import Iterator  # noqa: E402 - after pytest_plugins, which
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
-from exporter import redaction  # noqa: E402
+from exporter.redaction import scoped_secrets  # noqa: E402
 
 # Hypothesis' per-example deadline (200 ms by default) is a wall-clock budget: on a busy machine a correct
 # example misses it. Examples are judged on what they return; a hang is bounded by pytest-timeout.
@@ -28,19 +28,9 @@ settings.load_profile("suite")
 def _isolated_secret_registry() -> Iterator[None]:
     """Each test starts and ends with the same registered secrets.
 
-    The registry is process-wide by design (a secret seen once is masked everywhere); in one pytest
-    process that would let a test's random registry "passwords" (hypothesis generates thousands) mask,
-    and make the gate refuse, values in later tests.
+    The registry is process-wide by design (a secret registered once is masked everywhere); in one pytest
+    process that would let a test's random secrets (hypothesis generates thousands) mask, and make the
+    gate refuse, values in later tests.
     """
-    saved = (dict(redaction._pinned), dict(redaction._rotating), dict(redaction._registry))
-    yield
-    with redaction._lock:
-        for pool, before in zip(
-            (redaction._pinned, redaction._rotating, redaction._registry), saved, strict=True
-        ):
-            pool.clear()
-            pool.update(before)
-        redaction._registry_index = redaction._PrefixIndex(redaction.MIN_REGISTRY_SECRET_LENGTH)
-        for secret in redaction._registry:
-            redaction._registry_index.add(secret)
-        redaction._recompile()
+    with scoped_secrets():
+        yield

@@ -7,9 +7,9 @@ every case asserts all of these:
 
 - ``/metrics`` answers 200 and parses (prometheus_client's parser and ``promtool check metrics``);
 - the control images kept refreshing (up 1, a success after the hostile answers went out);
-- no known secret (AccessKey secret, STS token, registry passwords and user names) on ``/metrics``, the
-  landing page or the exporter's log, no raw control character on ``/metrics`` or the page, and no
-  traceback in the log;
+- no known secret (AccessKey secret, STS token, the case images' registry passwords and user names) on
+  ``/metrics``, the landing page or the exporter's log, no raw control character on ``/metrics`` or the
+  page, and no traceback in the log;
 - the case's image shows one of the outcomes its family allows: ``invalid`` (up 0, last error
   ``InvalidResponse``, its last good info/status/size/region series kept as they were), ``up``
   (up 1, no last error), ``ignored:<field>`` (up 1, that series absent, counted in
@@ -80,6 +80,10 @@ AK_SECRET = "hostileAkSecret7e1f0c9d5b3a48e2b6f1d0c9a8"
 STS_TOKEN = "CAIShostileStsToken4b2e9f7a1c3d5e8f0a2b4c6d"
 REG_USER = "hostile-registry-user-5c1e"
 REG_PASSWORD = "hostileRegistryPass9a7c5e3b1d2f4a6c"
+# The container control's registry credential: in another image's answer it is an ordinary value (no
+# answer changes how another is read), so it is no secret to scan for. Of every shape: a region id too.
+FOREIGN_USER = "foreign-registry-user-2b8d"
+FOREIGN_PASSWORD = "foreign-registry-pass-7d3b9e1f"
 URL_PASSWORD = "PASS-hostile-url-3f9d"  # written after 'pa/', 'pa?', 'pa#', 'pa@' in a URL's userinfo
 SECRETS = {
     AK_SECRET: "AccessKey secret",
@@ -341,8 +345,40 @@ def fam_numbers(f: Field) -> list[Variant]:
     return []
 
 
+def _own(f: Field) -> tuple[str, ...]:
+    """Outcomes for the answer's own registry credential echoed in one of its fields."""
+    if f.kind == "text":
+        return (UP,)  # masked where it stands
+    return (INV,) if _parsed(f) else (UP, INV)  # a shaped value cannot be masked: refused
+
+
+def _masked_label(f: Field, secret: str) -> Callable[[Observation, CaseSpec], str | None]:
+    def check(obs: Observation, case: CaseSpec) -> str | None:
+        if f.label is None or f.kind != "text":
+            return None
+        got = obs.info_label(case.image_id, f.label)
+        return None if got == "[REDACTED]" else f"label {f.label}={got!r}, expected it masked"
+
+    return check
+
+
+def _ordinary(f: Field) -> tuple[str, ...]:
+    """Outcomes for a plain well-formed value of every shape (FOREIGN_PASSWORD) in the field."""
+    if f.kind in ("size", "date"):
+        return (ign(f.name),)
+    if f.kind == "code":
+        return (code(FOREIGN_PASSWORD),)
+    if f.kind == "message":
+        return (code("InvalidParams"),)
+    if f.name.endswith("RegionId"):
+        return (ign("Image.AdditionalRegionsInfo"),)  # a region nobody asked for
+    return (UP,)
+
+
 def fam_secrets(f: Field) -> list[Variant]:
-    """Every known secret echoed in the field, alone and embedded in other text."""
+    """The exporter's own secrets echoed in the field, alone and embedded in other text (refused
+    wherever read); a Container answer's own registry credential in its other fields (masked in free
+    text, refused in a shaped value); another image's registry credential (an ordinary value here)."""
     if f.kind in ("bool", "number"):
         return []
     out = [
@@ -350,10 +386,13 @@ def fam_secrets(f: Field) -> list[Variant]:
         _v("AccessKey secret embedded", f"see {AK_SECRET} here", *_strict(f)),
         _v("STS token", STS_TOKEN, *_strict(f)),
     ]
-    if f.name != "RegistryCredential.Password":
-        out.append(_v("registry password", REG_PASSWORD, *_strict(f)))
-    if f.name != "RegistryCredential.UserName":
-        out.append(_v("registry user", REG_USER, *_strict(f)))
+    if f.image_type == "Container":
+        for name, secret in (("Password", REG_PASSWORD), ("UserName", REG_USER)):
+            if f.name != f"RegistryCredential.{name}":
+                out.append(_v(f"its own registry {name}", secret, *_own(f), check=_masked_label(f, secret)))
+    else:
+        foreign = _label_is(f, FOREIGN_PASSWORD) if f.kind == "text" else None
+        out.append(_v("another image's registry password", FOREIGN_PASSWORD, *_ordinary(f), check=foreign))
     return out
 
 
@@ -517,11 +556,11 @@ class CaseSpec:
         return f"{self.field} x {self.family}: {self.variant.name}"
 
 
-def _good_script(image_type: str) -> Script:
+def _good_script(image_type: str, user: str = REG_USER, password: str = REG_PASSWORD) -> Script:
     def script(r: Request) -> Answer:
         image_id = r.params.get("ImageId", "")
         return json_answer(
-            good_image(image_id, image_type, REGIONS, registry_user=REG_USER, registry_password=REG_PASSWORD)
+            good_image(image_id, image_type, REGIONS, registry_user=user, registry_password=password)
         )
 
     return script
@@ -644,7 +683,7 @@ def special_cases(family: str) -> list[CaseSpec]:
         for name, value in (
             ("AccessKey secret", AK_SECRET),
             ("STS token", STS_TOKEN),
-            ("registry password", REG_PASSWORD),
+            ("another image's registry password", FOREIGN_PASSWORD),
             ("ANSI escape", "\x1b[31mR-1\x1b[0m"),
             ("1 kB", "r" * 1000),
         ):
@@ -1023,10 +1062,11 @@ def _config(
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[HostileGateway]:
-    """One hostile gateway for the module; controls answer good (the container one with a password)."""
+    """One hostile gateway for the module; controls answer good (the container one with its own
+    registry credential, FOREIGN_*)."""
     with HostileGateway() as gw:
         gw.get_image[CONTROL_VM] = _good_script("VM")
-        gw.get_image[CONTROL_CT] = _good_script("Container")
+        gw.get_image[CONTROL_CT] = _good_script("Container", FOREIGN_USER, FOREIGN_PASSWORD)
         yield gw
 
 

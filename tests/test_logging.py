@@ -3,17 +3,33 @@ survives into a log line whichever way a caller hands it over."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import re
+import string
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
 import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from exporter import redaction as elog
-from exporter.logging import REDACTED, configure_logging, mask_secrets, redact, register_secret, reset_logging
+from exporter.logging import (
+    LOG_FORMATS,
+    REDACTED,
+    LogFormat,
+    configure_logging,
+    mask_secrets,
+    redact,
+    register_secret,
+    reset_logging,
+)
+from exporter.redaction import canonical, scoped_secrets
 
 SECRET = "LogTestSecretValue-9f8e7d6c5b4a"
 TOKEN = "CAIS-LogTestStsToken-0123456789abcdef"
@@ -164,3 +180,172 @@ def test_longest_secret_masked_whole() -> None:
     register_secret("overlapping")
     register_secret("overlapping-and-longer")
     assert mask_secrets("x overlapping-and-longer y") == f"x {REDACTED} y"
+
+
+# ------------------------------------------------------------------------------ third-party loggers
+
+LIBRARY_LOGGER = "credentials"  # where alibabacloud-credentials logs
+SECRET_CHARS = string.ascii_letters + string.digits
+CONTROLS = st.sampled_from(["\x00", "\x01", "\x1b", "\x7f", "\x85", "\u202e", "\r"])
+BREAKS = st.sampled_from(["\n", "\t", "\r\n", "\n\t"])
+CONSOLE_LINE = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z \[(info|warning|error)\s*\] ")
+LOGFMT_PAIR = re.compile(r'([^\s=]+)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?:\s+|$)')
+
+
+@st.composite
+def broken(draw: st.DrawFn, secret: str, breakers: st.SearchStrategy[str]) -> str:
+    """``secret`` with characters of ``breakers`` put between some of its characters."""
+    return "".join(ch + (draw(breakers) if draw(st.booleans()) else "") for ch in secret)
+
+
+def attach_like_the_library() -> list[logging.Handler]:
+    """What each of alibabacloud-credentials' provider modules does on import (three of them): its
+    logger at INFO and a StreamHandler of its own, writing to the stderr of the moment."""
+    importlib.import_module("alibabacloud_credentials.provider")  # the real attach, at import
+    lib = logging.getLogger(LIBRARY_LOGGER)
+    added: list[logging.Handler] = [logging.StreamHandler() for _ in range(3)]
+    for handler in added:
+        lib.setLevel(logging.INFO)
+        lib.addHandler(handler)
+    return added
+
+
+def parse_logfmt(line: str) -> dict[str, str]:
+    """One logfmt line as key -> value (unquoted, unescaped); AssertionError if it is not logfmt."""
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(line):
+        m = LOGFMT_PAIR.match(line, pos)
+        assert m is not None, f"not logfmt at {pos}: {line!r}"
+        value = m.group(2)
+        if value.startswith('"'):
+            value = re.sub(r"\\(.)", lambda e: "\n" if e.group(1) == "n" else e.group(1), value[1:-1])
+        out[m.group(1)] = value
+        pos = m.end()
+    return out
+
+
+def records_of(fmt: str, err: str, marker: str) -> list[str]:
+    """The text of each record carrying ``marker``; every JSON or logfmt line must parse, and every
+    console line naming the marker must start like one of the renderer's records."""
+    texts = []
+    for line in err.splitlines():
+        if fmt == "json":
+            record = json.loads(line)
+            text = json.dumps(record, ensure_ascii=False) + "".join(str(v) for v in record.values())
+        elif fmt == "logfmt":
+            record = parse_logfmt(line)
+            text = line + "".join(record.values())
+        elif marker in line:
+            assert CONSOLE_LINE.match(line), line
+            record, text = {"logger": LIBRARY_LOGGER}, line
+        else:
+            continue  # a console record's following lines: its traceback, a line break it kept
+        if marker in text:
+            assert record["logger"] == LIBRARY_LOGGER, line
+            texts.append(text)
+    return texts
+
+
+@settings(max_examples=90, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.data(),
+    fmt=st.sampled_from(LOG_FORMATS),
+    secret=st.text(st.sampled_from(SECRET_CHARS), min_size=12, max_size=48),
+    unregistered=st.text(st.sampled_from(SECRET_CHARS), min_size=12, max_size=48),
+)
+def test_library_lines_are_gated_once_in_the_configured_format(
+    capsys: pytest.CaptureFixture[str], data: st.DataObject, fmt: LogFormat, secret: str, unregistered: str
+) -> None:
+    """The credentials library's own logger, with its handlers attached the way it attaches them (after
+    logging is configured, as a lazy import does): a registered secret echoed whole, with controls
+    inside or split across lines, and an unregistered one quoted in a response body or a URL's query,
+    in a message and in a traceback. Each record is one line, in the configured format, once; neither
+    secret is in the output, however the output is read (lines joined, escapes undone)."""
+    registered = data.draw(st.one_of(st.just(secret), broken(secret, CONTROLS)), label="registered")
+    echoed = data.draw(
+        st.one_of(st.just(secret), broken(secret, CONTROLS), broken(secret, BREAKS | CONTROLS)),
+        label="echoed",
+    )
+    marker = f"m{uuid.uuid4().hex[:8]}"
+    with scoped_secrets():
+        register_secret(registered)  # credentials are registered the moment they exist
+        configure_logging(fmt, "info")
+        added = attach_like_the_library()
+        lib = logging.getLogger(LIBRARY_LOGGER)
+        try:
+            capsys.readouterr()
+            lib.warning("Refresh credentials failed %s, cached value is %s", marker, echoed)
+            try:
+                raise RuntimeError(f"error refreshing credentials, result: {echoed}")
+            except RuntimeError:
+                lib.exception("refresh %s failed", marker)
+            lib.warning('%s result: {"AccessKeySecret": "%s", "Code": "Failure"}', marker, unregistered)
+            lib.warning("%s from http://sts.example.com/creds?SecurityToken=%s&x=1", marker, unregistered)
+            lib.info("%s an info line, at the configured level", marker)
+            err = capsys.readouterr().err
+        finally:
+            for handler in added:
+                lib.removeHandler(handler)
+            reset_logging()
+    texts = records_of(fmt, err, marker)
+    assert len(texts) == 5, err  # once each: no line from the library's own handlers
+    for text in [err, canonical(err), *texts, *map(canonical, texts)]:
+        assert secret not in text
+        assert unregistered not in text
+
+
+def test_configured_level_holds_for_a_library_that_sets_its_own(capsys: pytest.CaptureFixture[str]) -> None:
+    """The library sets its logger to INFO; at the configured warning level its info lines stay out."""
+    configure_logging("json", "warning")
+    added = attach_like_the_library()
+    lib = logging.getLogger(LIBRARY_LOGGER)
+    try:
+        lib.info("library info")
+        lib.warning("library warning")
+    finally:
+        for handler in added:
+            lib.removeHandler(handler)
+    events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+    assert events == ["library warning"]
+
+
+class Collector(logging.Handler):
+    """A handler that keeps the records it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep ``record``."""
+        self.records.append(record)
+
+
+def test_every_logger_is_gated_before_any_handler(capsys: pytest.CaptureFixture[str]) -> None:
+    """Whatever logger, whatever handler: a handler of the application's (here a second one on the root,
+    as pytest's own capture is) only ever sees the gated record, arguments merged, traceback as text."""
+    configure_logging("json", "info")
+    collector = Collector()
+    logging.getLogger().addHandler(collector)
+    own = logging.StreamHandler()
+    deep = logging.getLogger("some.library.deep")
+    deep.addHandler(own)
+    deep.propagate = False  # a library that keeps its records to itself
+    try:
+        try:
+            raise ValueError(f"secret={SECRET}")
+        except ValueError:
+            deep.error("failed with %s", SECRET, exc_info=True)
+    finally:
+        logging.getLogger().removeHandler(collector)
+        deep.removeHandler(own)
+        deep.propagate = True
+    (record,) = collector.records
+    assert record.getMessage() == f"failed with {REDACTED}"
+    assert record.args == ()
+    assert record.exc_info is None
+    assert record.exc_text is not None
+    assert "ValueError: secret=[REDACTED]" in record.exc_text
+    (line,) = capsys.readouterr().err.splitlines()
+    assert json.loads(line)["exception"] == record.exc_text
