@@ -6,21 +6,34 @@ killed; only a power cut can lose the last ones). On start the file is read befo
 so ``/metrics`` answers at once with the last-known data and its honest timestamps, and ``up`` says what
 the last call before the restart said. The refresh loops then start as on a cold start.
 
+The file is data, never code. It is opened through :class:`_Db`: ``trusted_schema`` off (and SQLite's
+defensive mode with triggers and views disabled where Python offers ``setconfig``, 3.12 on); an
+authorizer that lets through only the actions this module's own statements take and nothing a trigger
+or view would run; a budget of VM steps on every statement (so no statement can run for ever, and
+:meth:`StateStore.close` aborts one that still runs); a bound on the length of any value. Before anything
+is read from its tables, ``sqlite_master`` must be exactly what :data:`MIGRATIONS` build: any other
+table, index, view, trigger or virtual table makes the file foreign.
+
 A file that cannot be used never stops the exporter and is never served from:
 
 - missing: created (a first start is no error);
-- not a database, or failing ``PRAGMA quick_check`` (**corrupt**), or another program's database or a
-  newer schema (**foreign**): moved aside as ``FILE.<reason>-<UTC time>`` (with its -wal / -shm), then a
-  new one is created;
+- not a database, or failing ``PRAGMA quick_check`` (**corrupt**), or another program's database, a
+  newer schema, any schema object beyond the expected tables, a value longer than any this exporter
+  writes, or a statement past its budget (**foreign**): moved aside as ``FILE.<reason>-<UTC time>``
+  (with its -wal / -shm), then a new one is created;
 - held by another live exporter (**locked**): left alone, since moving it would take it from under that
   process; this one starts cold and retries the file at each save;
 - in a directory it cannot create or write in (**unreadable**): this one starts cold and retries at each
   save.
 
 Each is logged and counted once in ``ehpc_state_load_errors_total{reason}``; a failed save (a full disk,
-say) is rolled back, logged when a streak starts and counted in ``ehpc_state_save_errors_total``. Rows
-that do not decode are dropped one by one (the same bounds as the API gate; a registry URL passes
-:func:`exporter.models.registry_url` again), so a tampered file cannot bring in what the API could not.
+say) is rolled back, logged when a streak starts and counted in ``ehpc_state_save_errors_total``.
+
+Each row passes the ingestion gate's kinds again (:mod:`exporter.models`: ids, regions, statuses, codes,
+labels, URLs, each exactly as the gate leaves it) and the same per-image limits
+(``limits.max_regions_per_image``); an image id the output gate would change (and so could collide with
+another) is refused. A refused row makes that image start cold, is counted in
+``ehpc_state_load_errors_total{reason="row"}`` and deleted; the rest of the file loads.
 
 The schema version is ``PRAGMA user_version`` and the file is marked with ``PRAGMA application_id``;
 :data:`MIGRATIONS` takes an older file forward one version at a time, inside one transaction.
@@ -30,24 +43,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from exporter.config import Config, Scope, WatchedImage
+from exporter.config import Config, LimitsConfig, Scope, WatchedImage
+from exporter.config.schema import MAX_REGIONS_PER_IMAGE
 from exporter.exposition.selfmetrics import StateMetrics
 from exporter.history import ImageHistory, ReplicaHistory
-from exporter.models import registry_url
+from exporter.models import (
+    CODE,
+    ID,
+    MAX_SIZE_BYTES,
+    REGION,
+    STATUS,
+    GatedLabel,
+    GatedRequestId,
+    GatedStatus,
+    GatedUrl,
+    parse_time,
+    unchanged,
+)
+from exporter.redaction import scrub, split_userinfo
 from exporter.sharding import in_shard
 from exporter.snapshot import DiscoveryStatus, ImageError, ImageFacts, ImageState, Replica, Snapshot
 
@@ -57,7 +87,8 @@ log = structlog.get_logger("ehpc.state")
 
 APPLICATION_ID = 0x45485043  # "EHPC": tells this exporter's files from any other SQLite database
 SCHEMA_VERSION = 1
-# MIGRATIONS[v] takes a file from version v to v + 1; version 0 is a new, empty file.
+# MIGRATIONS[v] takes a file from version v to v + 1; version 0 is a new, empty file. What they build is
+# also the only schema a file may hold (_schema): nothing else may be added to it, and no other object.
 MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     0: (
         "CREATE TABLE scopes (account TEXT NOT NULL, region_id TEXT NOT NULL, refreshed_at REAL,"
@@ -70,14 +101,22 @@ MIGRATIONS: Mapping[int, tuple[str, ...]] = {
         " last_success REAL, PRIMARY KEY (account, region_id, image_id)) WITHOUT ROWID",
     ),
 }
-# The tables of SCHEMA_VERSION and their columns: a file that says it is ours but differs is foreign.
-LAYOUT: Mapping[str, tuple[str, ...]] = {
-    "scopes": ("account", "region_id", "refreshed_at", "duration_seconds", "discovery"),
-    "images": ("account", "region_id", "image_id", "state"),
-    "successes": ("account", "region_id", "image_id", "last_success"),
-}
 # How long a save or the start-up read waits for a lock another connection holds.
 BUSY_TIMEOUT_SECONDS = 0.2
+# Every statement's budget of VM steps: a base (about 0.15 s of work on a 2-core machine), a share per
+# 4 KiB of file (a full read costs ~150 steps a page) and per row an executemany writes (~25 each).
+# Ten times and more what this module's statements take, so only a statement that would not end
+# reaches it. The budget is looked at every PROGRESS_STEPS steps.
+BUDGET_STEPS = 10_000_000
+BUDGET_STEPS_PER_PAGE = 10_000
+BUDGET_STEPS_PER_ROW = 1_000
+PROGRESS_STEPS = 1_000
+# The longest value SQLite will hold for this file (SQLITE_LIMIT_LENGTH). The largest row this exporter
+# writes (1,000 regions, every label at its bound in JSON escapes) is under 0.5 MiB; a longer value
+# makes the file foreign rather than filling memory.
+MAX_VALUE_BYTES = 1 << 20
+# How long close() lets a statement in flight finish before it aborts it.
+CLOSE_GRACE_SECONDS = 1.0
 
 Reason = Literal["corrupt", "foreign", "locked", "unreadable"]
 
@@ -96,6 +135,8 @@ def _classify(exc: BaseException) -> _Unusable:
     if isinstance(exc, _Unusable):
         return exc
     text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    if "too big" in text:
+        return _Unusable("foreign", f"a value is longer than any this exporter writes ({text})")
     if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
         return _Unusable("corrupt", text)  # "file is not a database", "database disk image is malformed"
     if "locked" in text or "busy" in text:
@@ -106,11 +147,204 @@ def _classify(exc: BaseException) -> _Unusable:
 
 
 # --------------------------------------------------------------------------------------------------
-# Rows: what one image's state is stored as, and the bounded schema it is read back through.
+# The connection: only this module's statements, each within its budget.
 
-_Text = Annotated[str, Field(max_length=4096)]
+# The actions this module's statements take (CREATE TABLE also inserts into sqlite_master and makes the
+# primary key's index), the pragmas and the one function they use.
+_ACTIONS = frozenset(
+    {
+        sqlite3.SQLITE_SELECT,
+        sqlite3.SQLITE_READ,
+        sqlite3.SQLITE_INSERT,
+        sqlite3.SQLITE_UPDATE,
+        sqlite3.SQLITE_DELETE,
+        sqlite3.SQLITE_TRANSACTION,
+        sqlite3.SQLITE_CREATE_TABLE,
+        sqlite3.SQLITE_CREATE_INDEX,
+    }
+)
+_PRAGMAS = frozenset(
+    {
+        "trusted_schema",
+        "locking_mode",
+        "application_id",
+        "user_version",
+        "page_count",
+        "page_size",
+        "quick_check",
+        "journal_mode",
+        "synchronous",
+    }
+)
+_FUNCTIONS = frozenset({"typeof"})
+
+
+def _authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None, source: str | None) -> int:
+    """SQLITE_OK for what this module's own statements do; SQLITE_DENY for anything else, and for
+    everything a trigger or view would do (``source`` names one; this schema has none)."""
+    if source is not None:
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_PRAGMA:
+        allowed = arg1 in _PRAGMAS
+    elif action == sqlite3.SQLITE_FUNCTION:
+        allowed = arg2 in _FUNCTIONS
+    else:
+        allowed = action in _ACTIONS
+    return sqlite3.SQLITE_OK if allowed else sqlite3.SQLITE_DENY
+
+
+def _text(raw: bytes) -> str:
+    """A TEXT value as a str even when it is not UTF-8 (lone surrogates, which the row gate refuses)."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _key(value: str) -> bytes:
+    """A key read from the file, bound back as the very bytes it had (``CAST(? AS TEXT)``)."""
+    return value.encode("utf-8", "surrogateescape")
+
+
+class _Db:
+    """The state file's one connection, opened defensively (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+        )
+        self.conn = conn
+        self.pages = 0  # the file's size in 4 KiB pages, for the budgets
+        self._left = 0
+        self._overran = False
+        self._stopping = False
+        try:
+            setconfig = getattr(conn, "setconfig", None)
+            if setconfig is not None:  # Python >= 3.12; on 3.11 the authorizer stands in for these
+                for option, on in (
+                    ("SQLITE_DBCONFIG_DEFENSIVE", True),
+                    ("SQLITE_DBCONFIG_TRUSTED_SCHEMA", False),
+                    ("SQLITE_DBCONFIG_ENABLE_TRIGGER", False),
+                    ("SQLITE_DBCONFIG_ENABLE_VIEW", False),
+                ):
+                    setconfig(getattr(sqlite3, option), on)
+            conn.set_authorizer(_authorize)
+            conn.set_progress_handler(self._progress, PROGRESS_STEPS)
+            conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+            conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+            conn.text_factory = _text
+            self.execute("PRAGMA trusted_schema=OFF")
+        except BaseException:
+            conn.close()
+            raise
+
+    def _progress(self) -> int:
+        self._left -= PROGRESS_STEPS
+        if self._left < 0:
+            self._overran = True
+        return 1 if self._stopping or self._overran else 0
+
+    @contextlib.contextmanager
+    def _budget(self, rows: int = 0) -> Iterator[None]:
+        """Run one statement within its budget; an abort or a refused action says why, as _Unusable."""
+        steps = self._left = BUDGET_STEPS + BUDGET_STEPS_PER_PAGE * self.pages + BUDGET_STEPS_PER_ROW * rows
+        self._overran = False
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if self._overran:
+                raise _Unusable("foreign", f"a statement ran past its budget of {steps} VM steps") from None
+            if self._stopping:
+                raise _Unusable("unreadable", "the exporter is stopping") from None
+            if "not authorized" in str(exc):
+                raise _Unusable(
+                    "foreign", "a statement would run a trigger, a view or a foreign action"
+                ) from None
+            raise
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        """Run one statement; its rows."""
+        with self._budget():
+            return self.conn.execute(sql, params).fetchall()
+
+    def one(self, sql: str) -> Any:
+        """The first column of the first row of one statement (a pragma's value)."""
+        return self.execute(sql)[0][0]
+
+    def rows(self, sql: str) -> Iterator[Any]:
+        """One statement's rows, one at a time (the caller runs no other statement meanwhile)."""
+        with self._budget():
+            yield from self.conn.execute(sql)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]], count: int) -> None:
+        """Run one statement for each of ``count`` rows, within one budget that grows with them."""
+        with self._budget(count):
+            self.conn.executemany(sql, rows)
+
+    def measure(self) -> None:
+        """Note the file's size, which the budgets grow with."""
+        self.pages = self.one("PRAGMA page_count") * self.one("PRAGMA page_size") // 4096
+
+    def stop(self) -> None:
+        """Abort the running statement and every later one (called from another thread)."""
+        self._stopping = True
+        self.conn.interrupt()
+
+    def close(self) -> None:
+        """Close the connection (releasing the file's lock)."""
+        self.conn.close()
+
+
+@functools.cache
+def _schema(version: int) -> frozenset[tuple[Any, ...]]:
+    """``sqlite_master`` as :data:`MIGRATIONS` leave a new file at ``version``: all a file may hold."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        for v in range(version):
+            for statement in MIGRATIONS[v]:
+                conn.execute(statement)
+        return frozenset(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+    finally:
+        conn.close()
+
+
+def _check_schema(db: _Db, version: int) -> None:
+    """Refuse (foreign) a file whose schema objects are not exactly those of ``version``."""
+    found = list(db.rows("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+    expected = _schema(version)
+    kinds = ("table", "index", "view", "trigger")
+    extra = Counter(row[0] if row[0] in kinds else "object" for row in found if row not in expected)
+    missing = len(expected - set(found))
+    if extra or missing:
+        what = [f"{n} unexpected {kind}{'s' if n > 1 else ''}" for kind, n in sorted(extra.items())]
+        what += [f"{missing} of its tables missing"] if missing else []
+        raise _Unusable("foreign", f"the schema is not version {version}'s: {', '.join(what)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Rows: what one image's state is stored as, read back through the ingestion gate's kinds.
+
 _Time = Annotated[float, Field(allow_inf_nan=False, ge=0, le=1e11)]
-_ListMax = 1000
+# Non-empty kinds: the length bound first, so pydantic checks it before the gate's own validator.
+_Region = Annotated[str, Field(min_length=1), AfterValidator(unchanged(REGION))]
+_Code = Annotated[str, Field(min_length=1), AfterValidator(unchanged(CODE))]
+_MAX_REGIONS = LimitsConfig().max_regions_per_image  # the default limit
+MAX_IGNORED = 16  # the gate names at most a few fields it could not use (Size, CreateTime, regions)
+
+
+def _created(value: float) -> float:
+    """A creation time the gate would have kept (:func:`exporter.models.parse_time`'s range)."""
+    if parse_time(datetime.fromtimestamp(value, UTC).isoformat()) is None:
+        raise ValueError("is not a plausible creation time")
+    return value
+
+
+def _bare(url: str) -> str:
+    """A registry URL as :func:`exporter.models.registry_url` leaves it: no userinfo, query or fragment.
+
+    Checked, not cleaned: cleaning would register the userinfo as secrets, and what a tampered row
+    holds must not become a secret that makes answers refused.
+    """
+    if split_userinfo(url)[1] or "?" in url or "#" in url:
+        raise ValueError("is not a registry URL as the gate leaves it (userinfo, query or fragment)")
+    return url
 
 
 class _Row(BaseModel):
@@ -120,37 +354,39 @@ class _Row(BaseModel):
 class _WatchedRow(_Row):
     type: Literal["VM", "Container"]
     category: Literal["Public", "Custom"] | None
-    regions: Annotated[list[_Text], Field(max_length=_ListMax)]
+    regions: Annotated[list[_Region], Field(max_length=MAX_REGIONS_PER_IMAGE)]
 
 
 class _FactsRow(_Row):
-    image_type: _Text
-    name: _Text
-    version: _Text
-    app_id: _Text
-    status: _Text
-    size_bytes: Annotated[int, Field(ge=0, le=2**63 - 1)] | None
-    create_time: _Time | None
-    os_tag: _Text
-    platform: _Text
-    architecture: _Text
-    registry_url: _Text
-    regions: Annotated[list[tuple[_Text, _Text]], Field(max_length=_ListMax)]
-    ignored: Annotated[list[_Text], Field(max_length=_ListMax)]
+    image_type: Annotated[str, Field(min_length=1), AfterValidator(unchanged(STATUS))]
+    name: GatedLabel
+    version: GatedLabel
+    app_id: GatedLabel
+    status: GatedStatus
+    size_bytes: Annotated[int, Field(ge=0, le=MAX_SIZE_BYTES)] | None
+    create_time: Annotated[_Time, AfterValidator(_created)] | None
+    os_tag: GatedLabel
+    platform: GatedLabel
+    architecture: GatedLabel
+    registry_url: Annotated[GatedUrl, AfterValidator(_bare)]
+    regions: Annotated[list[tuple[_Region, GatedStatus]], Field(max_length=MAX_REGIONS_PER_IMAGE)]
+    ignored: Annotated[list[_Code], Field(max_length=MAX_IGNORED)]  # field names: the code shape
 
 
 class _ErrorRow(_Row):
-    code: _Text
+    code: _Code
     http_status: Annotated[int, Field(ge=0, le=999)]
-    request_id: _Text | None
+    request_id: GatedRequestId | None
     since: _Time
 
 
 class _HistoryRow(_Row):
-    status: _Text
+    status: GatedStatus
     since: _Time
     changes: Annotated[int, Field(ge=0, le=2**53)]
-    replicas: Annotated[list[tuple[_Text, _Text | None, _Time, _Time | None]], Field(max_length=_ListMax)]
+    replicas: Annotated[
+        list[tuple[_Region, GatedStatus | None, _Time, _Time | None]], Field(max_length=MAX_REGIONS_PER_IMAGE)
+    ]
 
 
 class _StateRow(_Row):
@@ -164,7 +400,19 @@ class _DiscoveryRow(_Row):
     up: bool
     last_success: _Time | None
     discovered: Annotated[int, Field(ge=0, le=10**9)]
-    error_code: _Text | None
+    error_code: _Code | None
+
+
+class _RowRefused(ValueError):
+    """A stored row the gate does not let in; the message names the field and why, never the value."""
+
+
+def _why(exc: ValueError) -> str:
+    """Where and why a row was refused, in one line that never quotes the row."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_url=False, include_input=False, include_context=False)[0]
+        return f"{'.'.join(str(p) for p in first['loc']) or 'state'}: {first['msg']}"
+    return str(exc)
 
 
 def _encode(state: ImageState) -> str:
@@ -213,18 +461,55 @@ def _encode(state: ImageState) -> str:
     return json.dumps(row, separators=(",", ":"), allow_nan=False)
 
 
-def _decode(scope: Scope, image_id: str, text: str, last_success: object) -> ImageState:
-    """One stored image (ValidationError or ValueError when it does not decode within the bounds)."""
+_gated_id_kind = unchanged(ID)
+
+
+def _gated_id(image_id: str) -> None:
+    """Refuse an image id the ingestion gate would not let in, or that the output gate would change:
+    two such ids could be published as one (a URL's userinfo, say, is masked to the same text)."""
+    try:
+        _gated_id_kind(image_id)
+    except ValueError as exc:
+        raise _RowRefused(f"image_id {exc}") from None
+    if not image_id:
+        raise _RowRefused("image_id is empty")
+    if scrub(image_id) != image_id:
+        raise _RowRefused("image_id would be published as another value (it could collide with another id)")
+
+
+def _decode(
+    scope: Scope,
+    image_id: str,
+    text: object,
+    last_success: object,
+    *,
+    max_regions: int = _MAX_REGIONS,
+    configured: bool = False,
+) -> ImageState:
+    """One stored image through the gate's kinds and limits; a ValueError (``_RowRefused`` or pydantic's
+    ValidationError) when it does not pass. ``configured``: the id is one the config file lists, which
+    passed the config file's own gate."""
+    if not configured:
+        _gated_id(image_id)
+    if not isinstance(text, str):
+        raise _RowRefused("state is not text")
     row = _StateRow.model_validate_json(text)
-    if last_success is not None and not (
-        isinstance(last_success, float) and math.isfinite(last_success) and 0 <= last_success <= 1e11
+    last = _time(last_success)
+    if last_success is not None and last is None:
+        raise _RowRefused("last_success is not a time")
+    w, f, e, h = row.watched, row.facts, row.error, row.history
+    for where, regions in (
+        ("watched.regions", w.regions),
+        ("facts.regions", [r for r, _ in f.regions] if f is not None else ()),
+        ("history.replicas", [r[0] for r in h.replicas] if h is not None else ()),
     ):
-        raise ValueError("last_success is not a time")
-    w = row.watched
+        if len(regions) > max_regions:
+            raise _RowRefused(f"{where}: more than {max_regions} entries (limits.max_regions_per_image)")
+        if len(set(regions)) != len(regions):  # the region's series would be published twice
+            raise _RowRefused(f"{where}: a region is listed twice")
     watched = WatchedImage(image_id, w.type, w.category, tuple(w.regions))
     facts = None
-    if row.facts is not None:
-        f = row.facts
+    if f is not None:
         facts = ImageFacts(
             image_type=f.image_type,
             name=f.name,
@@ -236,17 +521,15 @@ def _decode(scope: Scope, image_id: str, text: str, last_success: object) -> Ima
             os_tag=f.os_tag,
             platform=f.platform,
             architecture=f.architecture,
-            registry_url=registry_url(f.registry_url),  # the ingestion gate's userinfo rule, again
+            registry_url=f.registry_url,
             additional_regions=tuple(Replica(r, s) for r, s in f.regions),
             ignored=tuple(f.ignored),
         )
-    e = row.error
     error = None if e is None else ImageError(e.code, e.http_status, e.request_id, e.since)
-    h = row.history
     history = None
     if h is not None:
         history = ImageHistory(h.status, h.since, h.changes, tuple(ReplicaHistory(*r) for r in h.replicas))
-    return ImageState(watched, facts, last_success, error, scope, history)
+    return ImageState(watched, facts, last, error, scope, history)
 
 
 def _durable(state: ImageState) -> tuple[object, ...]:
@@ -256,6 +539,16 @@ def _durable(state: ImageState) -> tuple[object, ...]:
 
 # --------------------------------------------------------------------------------------------------
 # The store.
+
+
+@dataclass
+class _Loaded:
+    """What the start-up read found."""
+
+    snapshots: dict[Scope, Snapshot]
+    problem: _Unusable | None = None  # the file was moved aside: a cold start
+    refused: int = 0  # rows the gate refused
+    reasons: tuple[str, ...] = ()  # the first few refusals, each naming the field and why
 
 
 class StateStore:
@@ -270,7 +563,7 @@ class StateStore:
         self.path = Path(path)
         self._metrics = metrics
         self._clock = wall_clock
-        self._conn: sqlite3.Connection | None = None
+        self._db: _Db | None = None
         # Per (account, region), its images' states as last committed (compared by value with the next).
         self._saved: dict[Scope, Mapping[str, ImageState]] = {}
         self._failing = False
@@ -281,52 +574,52 @@ class StateStore:
 
     # -- opening ----------------------------------------------------------------------------------------
 
-    def _open(self) -> sqlite3.Connection:
-        """Open the file, create or migrate its schema and hold it; _Unusable when that cannot be done."""
+    def _open(self) -> _Db:
+        """Open the file, check, create or migrate its schema and hold it; _Unusable when it cannot be."""
         try:
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
-            )
+            db = _Db(self.path)
         except (sqlite3.Error, OSError) as exc:
             raise _classify(exc) from None
         try:
             # One exporter per file: the lock taken below is kept until the connection closes (the
             # process ends), so a second exporter pointed at the same file sees "locked", not a mix.
-            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            if app_id != APPLICATION_ID and (app_id != 0 or version != 0 or tables):
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            app_id = db.one("PRAGMA application_id")
+            version = db.one("PRAGMA user_version")
+            if app_id != APPLICATION_ID and (app_id != 0 or version != 0):
                 raise _Unusable("foreign", f"application id {app_id:#x} is not this exporter's")
             if version > SCHEMA_VERSION:
                 raise _Unusable("foreign", f"schema version {version} is newer than this exporter's")
-            if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+            db.measure()
+            # Before anything else reads the file: quick_check evaluates CHECK constraints, and every
+            # later statement would run any trigger or view the file brought.
+            _check_schema(db, version)
+            if db.one("PRAGMA quick_check") != "ok":
                 raise _Unusable("corrupt", "quick_check failed")
-            if version == SCHEMA_VERSION:
-                _check_layout(conn)
             # Only now that the file is known to be ours (or new) is anything written to it.
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._migrate(conn, version)
-            if version < SCHEMA_VERSION:  # what the migrations built must be the layout too
-                _check_layout(conn)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            if version < SCHEMA_VERSION:
+                self._migrate(db, version)
+                _check_schema(db, SCHEMA_VERSION)
         except BaseException as exc:
-            conn.close()
+            db.close()
             raise _classify(exc) from None
-        return conn
+        return db
 
     @staticmethod
-    def _migrate(conn: sqlite3.Connection, version: int) -> None:
-        conn.execute("BEGIN IMMEDIATE")  # also takes the lock now, before anything is read
+    def _migrate(db: _Db, version: int) -> None:
+        db.execute("BEGIN IMMEDIATE")  # also takes the lock now, before anything is read
         try:
             for v in range(version, SCHEMA_VERSION):
                 for statement in MIGRATIONS[v]:
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("COMMIT")
+                    db.execute(statement)
+            db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error, _Unusable):
+                db.execute("ROLLBACK")
             raise
 
     def _move_aside(self, reason: Reason) -> None:
@@ -338,7 +631,7 @@ class StateStore:
                 os.replace(source, f"{moved}{suffix}")
         log.warning("state_moved_aside", reason=reason, path=str(self.path), moved_to=str(moved))
 
-    def _connect(self) -> tuple[sqlite3.Connection, _Unusable | None]:
+    def _connect(self) -> tuple[_Db, _Unusable | None]:
         """An open connection, having moved a corrupt or foreign file aside (the problem it had, if any)."""
         try:
             return self._open(), None
@@ -358,25 +651,28 @@ class StateStore:
         started = time.perf_counter()
         existed = self.path.exists()
         try:
-            loaded: dict[Scope, Snapshot]
-            problem: _Unusable | None
-            loaded, problem = await self._run(self._load, config)
+            loaded: _Loaded = await self._run(self._load, config)
         except Exception as exc:  # _Unusable, or whatever else: a cold start, never a crash
             self._load_failed(_classify(exc))
             return {}
-        if problem is not None:  # moved aside and a new file made: counted, then a cold start
-            self._load_failed(problem)
+        if loaded.problem is not None:  # moved aside and a new file made: counted, then a cold start
+            self._load_failed(loaded.problem)
             return {}
-        images = sum(len(s.images) for s in loaded.values())
+        if loaded.refused:
+            self._metrics.load_errors["row"] += loaded.refused
+            log.warning(
+                "state_rows_refused", path=str(self.path), rows=loaded.refused, first=list(loaded.reasons)
+            )
+        images = sum(len(s.images) for s in loaded.snapshots.values())
         self._metrics.loaded_images = images
         log.info(
             "state_loaded" if existed else "state_created",
             path=str(self.path),
             images=images,
-            targets=len(loaded),
+            targets=len(loaded.snapshots),
             duration_seconds=round(time.perf_counter() - started, 3),
         )
-        return loaded
+        return loaded.snapshots
 
     def _load_failed(self, problem: _Unusable) -> None:
         self._metrics.load_errors[problem.reason] += 1
@@ -384,41 +680,56 @@ class StateStore:
             "state_unusable", reason=problem.reason, path=str(self.path), error=problem.detail, start="cold"
         )
 
-    def _load(self, config: Config) -> tuple[dict[Scope, Snapshot], _Unusable | None]:
-        conn, problem = self._connect()
-        self._conn = conn
+    def _load(self, config: Config) -> _Loaded:
+        db, problem = self._connect()
+        self._db = db
         if problem is not None:
-            return {}, problem
+            return _Loaded({}, problem)
         wanted = {c.scope: c for c in config.scopes()}
         statuses: dict[Scope, tuple[float | None, float | None, DiscoveryStatus | None]] = {}
-        for account, region, refreshed_at, duration, discovery in conn.execute("SELECT * FROM scopes"):
-            scope = Scope(str(account), str(region))
-            if scope in wanted:
-                statuses[scope] = (_time(refreshed_at), _time(duration), _discovery(discovery))
+        untyped = False  # a key that is not text: deleted by its type, since it cannot be bound back
+        for account, region, refreshed_at, duration, discovery in db.rows("SELECT * FROM scopes"):
+            if not (isinstance(account, str) and isinstance(region, str)):
+                untyped = True
+            elif Scope(account, region) in wanted:
+                statuses[Scope(account, region)] = (
+                    _time(refreshed_at),
+                    _time(duration),
+                    _discovery(discovery),
+                )
         states: dict[Scope, list[ImageState]] = {s: [] for s in statuses}
         static = {s: {i.image_id: i for i in c.images} for s, c in wanted.items()}
         dropped: list[tuple[str, str, str]] = []
-        bad = 0
-        rows = conn.execute(
+        refused: list[str] = []
+        rows = db.rows(
             "SELECT account, region_id, image_id, state, last_success FROM images"
             " LEFT JOIN successes USING (account, region_id, image_id)"
         )
         for account, region, image_id, text, last_success in rows:
-            scope = Scope(str(account), str(region))
+            if not (isinstance(account, str) and isinstance(region, str) and isinstance(image_id, str)):
+                untyped = True
+                refused.append("key: not text")
+                continue
+            scope = Scope(account, region)
             cfg = wanted.get(scope)
-            state = None
-            if cfg is not None and scope in statuses and isinstance(image_id, str) and isinstance(text, str):
-                try:
-                    state = _kept(cfg, static[scope], _decode(scope, image_id, text, last_success))
-                except (ValidationError, ValueError):
-                    bad += 1
-            if state is None:
-                dropped.append((str(account), str(region), str(image_id)))
-            else:
-                states[scope].append(state)
-        if bad:
-            log.warning("state_rows_dropped", path=str(self.path), rows=bad, reason="do not decode")
-        self._forget(conn, dropped, [s for s in statuses], wanted)
+            if cfg is None or scope not in statuses or not _watches(cfg, static[scope], image_id):
+                dropped.append((account, region, image_id))
+                continue
+            try:
+                state = _decode(
+                    scope,
+                    image_id,
+                    text,
+                    last_success,
+                    max_regions=cfg.limits.max_regions_per_image,
+                    configured=image_id in static[scope],
+                )
+            except ValueError as exc:  # pydantic's ValidationError is one
+                refused.append(_why(exc))
+                dropped.append((account, region, image_id))
+                continue
+            states[scope].append(_kept(cfg, static[scope], state))
+        self._forget(db, dropped, set(statuses), untyped)
         out: dict[Scope, Snapshot] = {}
         for scope, (refreshed_at, duration, discovery) in statuses.items():
             cfg = wanted[scope]
@@ -433,26 +744,31 @@ class StateStore:
                 restored=True,
             )
             self._saved[scope] = {s.image_id: s for s in states[scope]}
-        return out, None
+        return _Loaded(out, refused=len(refused), reasons=tuple(dict.fromkeys(refused))[:5])
 
     def _forget(
         self,
-        conn: sqlite3.Connection,
+        db: _Db,
         images: Sequence[tuple[str, str, str]],
-        kept: Sequence[Scope],
-        wanted: Mapping[Scope, Config],
+        kept: Collection[Scope],
+        untyped: bool,
     ) -> None:
-        """Drop what left the watched set while the exporter was down: images, and whole scopes."""
-        conn.execute("BEGIN IMMEDIATE")
+        """Drop what left the watched set while the exporter was down, and what the gate refused."""
+        db.execute("BEGIN IMMEDIATE")
         try:
-            _delete(conn, "account=? AND region_id=? AND image_id=?", images)
-            for account, region in conn.execute("SELECT account, region_id FROM scopes").fetchall():
-                if Scope(str(account), str(region)) not in wanted or Scope(account, region) not in kept:
-                    conn.execute("DELETE FROM scopes WHERE account=? AND region_id=?", (account, region))
-                    _delete(conn, "account=? AND region_id=?", [(account, region)])
-            conn.execute("COMMIT")
+            _delete(db, _IMAGE, images)
+            if untyped:
+                _delete_untyped(db)
+            gone = [
+                (a, r)
+                for a, r in db.execute("SELECT account, region_id FROM scopes")
+                if Scope(a, r) not in kept
+            ]
+            _delete(db, _SCOPE, gone, tables=("scopes", "images", "successes"))
+            db.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error, _Unusable):
+                db.execute("ROLLBACK")
             raise
 
     # -- save -------------------------------------------------------------------------------------------
@@ -475,9 +791,9 @@ class StateStore:
         self._failing = False
 
     def _save(self, snapshot: Snapshot) -> None:
-        if self._conn is None:
-            self._conn, _ = self._connect()
-        conn = self._conn
+        if self._db is None:
+            self._db, _ = self._connect()
+        db = self._db
         for scope, status in snapshot.scopes.items():
             saved = self._saved.get(scope, {})
             current = {k.image_id: s for k, s in snapshot.images.items() if k[:2] == scope}
@@ -497,25 +813,27 @@ class StateStore:
             times += [(s.last_success, *s.key) for s in changed]
             d = status.discovery
             discovery = None if d is None else json.dumps([d.up, d.last_success, d.discovered, d.error_code])
-            conn.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")
             try:
-                _delete(conn, "account=? AND region_id=? AND image_id=?", gone)
-                conn.executemany("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?)", full)
-                conn.executemany(
+                _delete(db, _IMAGE, gone)
+                db.executemany("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?)", full, len(changed))
+                db.executemany(
                     "INSERT OR REPLACE INTO successes (last_success, account, region_id, image_id)"
                     " VALUES (?, ?, ?, ?)",
                     times,
+                    len(times),
                 )
-                conn.execute(
+                db.execute(
                     "INSERT OR REPLACE INTO scopes VALUES (?, ?, ?, ?, ?)",
                     (scope.account, scope.region_id, status.refreshed_at, status.duration_seconds, discovery),
                 )
-                conn.execute("COMMIT")
+                db.execute("COMMIT")
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error, _Unusable):
+                    db.execute("ROLLBACK")
                 raise
             self._saved[scope] = current
+        db.measure()
 
     async def retain(self, scopes: Iterable[Scope]) -> None:
         """Drop every (account, region) not in ``scopes`` from the file (a reload removed them)."""
@@ -524,19 +842,22 @@ class StateStore:
         def drop() -> None:
             for scope in [s for s in self._saved if s not in keep]:
                 del self._saved[scope]
-            conn = self._conn
-            if conn is None:
+            db = self._db
+            if db is None:
                 return
-            rows = conn.execute("SELECT account, region_id FROM scopes").fetchall()
-            gone = [r for r in rows if Scope(str(r[0]), str(r[1])) not in keep]
-            conn.execute("BEGIN IMMEDIATE")
+            rows = db.execute("SELECT account, region_id FROM scopes")
+            gone = [
+                (a, r)
+                for a, r in rows
+                if Scope(a, r) not in keep and isinstance(a, str) and isinstance(r, str)
+            ]
+            db.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany("DELETE FROM scopes WHERE account=? AND region_id=?", gone)
-                _delete(conn, "account=? AND region_id=?", gone)
-                conn.execute("COMMIT")
+                _delete(db, _SCOPE, gone, tables=("scopes", "images", "successes"))
+                db.execute("COMMIT")
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error, _Unusable):
+                    db.execute("ROLLBACK")
                 raise
 
         try:
@@ -546,26 +867,38 @@ class StateStore:
             log.warning("state_save_failed", path=str(self.path), error=_classify(exc).detail)
 
     async def close(self) -> None:
-        """Close the file (releasing its lock) and the worker thread."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await self._run(conn.close)
+        """Close the file (releasing its lock) and the worker thread; a statement still running after
+        CLOSE_GRACE_SECONDS is aborted (its transaction rolled back), so nothing can hold up a stop."""
+        db, self._db = self._db, None
+        if db is not None:
+            closing = asyncio.ensure_future(self._run(db.close))
+            done, _ = await asyncio.wait({closing}, timeout=CLOSE_GRACE_SECONDS)
+            if not done:
+                log.warning("state_statement_aborted", path=str(self.path), after_seconds=CLOSE_GRACE_SECONDS)
+                db.stop()
+                await closing
         self._executor.shutdown(wait=True)
 
 
-def _check_layout(conn: sqlite3.Connection) -> None:
-    """Refuse a file marked as ours whose tables are not :data:`LAYOUT` (foreign: moved aside)."""
-    for table, columns in LAYOUT.items():
-        found = tuple(r[1] for r in conn.execute(f"PRAGMA table_info({table})"))
-        if found != columns:
-            raise _Unusable("foreign", f"table {table} is not schema version {SCHEMA_VERSION}'s")
+_IMAGE = "account=CAST(? AS TEXT) AND region_id=CAST(? AS TEXT) AND image_id=CAST(? AS TEXT)"
+_SCOPE = "account=CAST(? AS TEXT) AND region_id=CAST(? AS TEXT)"
 
 
-def _delete(conn: sqlite3.Connection, where: str, rows: Iterable[Sequence[object]]) -> None:
-    """Delete the matching images from both image tables."""
-    rows = list(rows)
+def _delete(
+    db: _Db, where: str, keys: Iterable[Sequence[str]], *, tables: Sequence[str] = ("images", "successes")
+) -> None:
+    """Delete the rows with these keys from ``tables``, matching the keys' bytes as the file has them."""
+    raw = [tuple(_key(k) for k in key) for key in keys]
+    for table in tables:
+        db.executemany(f"DELETE FROM {table} WHERE {where}", raw, len(raw))  # noqa: S608 - fixed names
+
+
+def _delete_untyped(db: _Db) -> None:
+    """Delete the rows whose keys are not text (only a tampered file has them)."""
+    untyped = "typeof(account) != 'text' OR typeof(region_id) != 'text'"
+    db.execute(f"DELETE FROM scopes WHERE {untyped}")  # noqa: S608 - fixed text
     for table in ("images", "successes"):
-        conn.executemany(f"DELETE FROM {table} WHERE {where}", rows)  # noqa: S608 - two fixed names
+        db.execute(f"DELETE FROM {table} WHERE {untyped} OR typeof(image_id) != 'text'")  # noqa: S608
 
 
 def _time(value: object) -> float | None:
@@ -586,20 +919,34 @@ def _discovery(text: object) -> DiscoveryStatus | None:
     return DiscoveryStatus(row.up, row.last_success, row.discovered, row.error_code)
 
 
-def _kept(config: Config, static: Mapping[str, WatchedImage], state: ImageState) -> ImageState | None:
-    """``state`` as the current config watches it, or None when it left the watched set.
+def _watches(config: Config, static: Mapping[str, WatchedImage], image_id: str) -> bool:
+    """Whether ``config`` watches a stored image: listed, or discovered while its target discovers, and
+    in this replica's shard."""
+    listed = image_id in static or config.discovery.enabled
+    return listed and in_shard(config.scope.account, config.scope.region_id, image_id, config.sharding)
 
-    A static image takes its entry from the config (which may have changed while the exporter was down);
-    any other stored image was discovered and stays only while its (account, region) discovers.
-    """
-    image_id = state.image_id
-    if not in_shard(state.scope.account, state.scope.region_id, image_id, config.sharding):
-        return None
-    image = static.get(image_id)
+
+def _kept(config: Config, static: Mapping[str, WatchedImage], state: ImageState) -> ImageState:
+    """``state`` as the current config watches it: the entry of a listed image, or what discovery asks of
+    a discovered one, comes from the config (which may have changed while the exporter was down)."""
+    stored = state.watched
+    image = static.get(state.image_id)
     if image is None:
-        return state if config.discovery.enabled else None
+        d = config.discovery
+        if (stored.image_category, stored.additional_region_ids) == (
+            d.image_category,
+            d.additional_region_ids,
+        ):
+            image = stored
+        else:
+            image = WatchedImage(
+                stored.image_id, stored.image_type, d.image_category, d.additional_region_ids
+            )
     history = state.history
-    if history is not None:  # regions no longer asked for have no since-timestamp to show
-        asked = set(image.additional_region_ids)
+    asked = image.additional_region_ids
+    if history is not None and any(r.region_id not in asked for r in history.replicas):
+        # Regions no longer asked for have no since-timestamp to show.
         history = history._replace(replicas=tuple(r for r in history.replicas if r.region_id in asked))
+    if image is stored and history is state.history:
+        return state
     return ImageState(image, state.image, state.last_success, state.error, state.scope, history)

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from exporter.config import Config, DiscoveryConfig, Scope, ShardingConfig, StatusConfig, WatchedImage
 from exporter.exposition.selfmetrics import StateMetrics
 from exporter.history import ImageHistory, ReplicaHistory
+from exporter.models import CODE, LABEL, REQUEST_ID, STATUS, URL, Kind, check_text
+from exporter.redaction import contains_secret, registered_secret_count
 from exporter.sharding import in_shard
 from exporter.snapshot import ImageError, ImageFacts, ImageKey, ImageState, Replica, Snapshot
 from exporter.state import APPLICATION_ID, SCHEMA_VERSION, StateStore, _decode, _encode
@@ -36,37 +38,58 @@ from tests.harness import (
 from tests.reliability import Reliability
 
 SCOPE = Scope("default", "cn-hangzhou")
-TEXT = st.text(max_size=40)
 TIME = st.floats(min_value=0, max_value=4e9, allow_nan=False)
+# The API's creation times the gate keeps (models.parse_time: 2000-01-01 to 2200-01-01, exclusive here).
+CREATED = st.integers(min_value=946_684_800, max_value=7_258_118_399).map(
+    lambda t: datetime.fromtimestamp(t, UTC)
+)
+
+
+def gated(kind: Kind, *, min_size: int = 0) -> st.SearchStrategy[str]:
+    """Values the ingestion gate lets in unchanged as ``kind`` (what a state file holds)."""
+    base = st.text(max_size=40) if kind.pattern is None else st.from_regex(kind.pattern, fullmatch=True)
+    return base.filter(lambda v: min_size <= len(v) <= kind.max_length and _passes(v, kind))
+
+
+def _passes(value: str, kind: Kind) -> bool:
+    try:
+        return check_text(value, kind) == value
+    except ValueError:
+        return False
+
+
+LABEL_T = gated(LABEL)
+STATUS_T = st.one_of(st.just(""), gated(STATUS))
 REGION = st.sampled_from(["cn-beijing", "cn-shanghai", "ap-southeast-1"])
 
 FACTS = st.builds(
     ImageFacts,
-    image_type=st.sampled_from(["VM", "Container"]),
-    name=TEXT,
-    version=TEXT,
-    app_id=TEXT,
-    status=TEXT,
+    image_type=gated(STATUS, min_size=1),
+    name=LABEL_T,
+    version=LABEL_T,
+    app_id=LABEL_T,
+    status=STATUS_T,
     size_bytes=st.one_of(st.none(), st.integers(min_value=0, max_value=2**62)),
-    create_time=st.one_of(
-        st.none(),
-        st.integers(min_value=0, max_value=4_000_000_000).map(lambda t: datetime.fromtimestamp(t, UTC)),
-    ),
-    os_tag=TEXT,
-    platform=TEXT,
-    architecture=TEXT,
-    registry_url=st.just("registry.example.com/ns/repo:tag"),
-    additional_regions=st.lists(st.builds(Replica, REGION, TEXT), max_size=3).map(tuple),
-    ignored=st.lists(TEXT, max_size=2).map(tuple),
+    create_time=st.one_of(st.none(), CREATED),
+    os_tag=LABEL_T,
+    platform=LABEL_T,
+    architecture=LABEL_T,
+    # What registry_url leaves of an answer's URL: no userinfo, query or fragment.
+    registry_url=gated(URL).filter(lambda u: not ({"@", "?", "#"} & set(u))),
+    additional_regions=st.lists(
+        st.builds(Replica, REGION, STATUS_T), max_size=3, unique_by=lambda r: r.region_id
+    ).map(tuple),
+    ignored=st.lists(gated(CODE, min_size=1), max_size=2).map(tuple),
 )
 HISTORY = st.builds(
     ImageHistory,
-    status=TEXT,
+    status=STATUS_T,
     since=TIME,
     changes=st.integers(min_value=0, max_value=10**6),
     replicas=st.lists(
-        st.builds(ReplicaHistory, REGION, st.one_of(st.none(), TEXT), TIME, st.one_of(st.none(), TIME)),
+        st.builds(ReplicaHistory, REGION, st.one_of(st.none(), STATUS_T), TIME, st.one_of(st.none(), TIME)),
         max_size=3,
+        unique_by=lambda r: r.region_id,
     ).map(tuple),
 )
 STATES = st.builds(
@@ -82,7 +105,13 @@ STATES = st.builds(
     last_success=st.one_of(st.none(), TIME),
     error=st.one_of(
         st.none(),
-        st.builds(ImageError, TEXT, st.integers(0, 599), st.one_of(st.none(), TEXT), TIME),
+        st.builds(
+            ImageError,
+            gated(CODE, min_size=1),
+            st.integers(0, 599),
+            st.one_of(st.none(), gated(REQUEST_ID)),
+            TIME,
+        ),
     ),
     scope=st.just(SCOPE),
     history=st.one_of(st.none(), HISTORY),
@@ -92,7 +121,8 @@ STATES = st.builds(
 @settings(max_examples=300)
 @given(STATES)
 def test_a_saved_state_reads_back_equal(state: ImageState) -> None:
-    """Every field of an image's state survives the row (times, text of any kind, absent values)."""
+    """Every field of an image's state survives the row (times, every value the gate lets in, absent
+    values): nothing the exporter saves is refused when it is read back."""
     assert _decode(SCOPE, state.image_id, _encode(state), state.last_success) == state
 
 
@@ -113,7 +143,7 @@ def _mutations(row: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
         st.just("x" * 5000),
         st.just([["r"] * 3] * 2000),
         st.booleans(),
-        st.dictionaries(TEXT, TEXT, max_size=2),
+        st.dictionaries(st.text(max_size=40), st.text(max_size=40), max_size=2),
         st.just(-1.5),
         st.just(1e300),
     )
@@ -168,14 +198,21 @@ def test_a_tampered_row_is_refused_whole(data: st.DataObject) -> None:
     assert _decode(SCOPE, "m-1", _encode(state), state.last_success) == state
 
 
-def test_a_stored_registry_url_passes_the_gate_again() -> None:
-    """A file edited to put credentials into a registry URL cannot bring them to a label."""
+def test_a_stored_registry_url_with_userinfo_is_refused_and_teaches_nothing() -> None:
+    """A file edited to put credentials into a registry URL: the row is refused (the gate never leaves
+    userinfo in a URL), and nothing in it is learned as a secret (which would make answers refused)."""
     row = json.loads(_encode(_full_state()))
-    row["facts"]["registry_url"] = "https://puller:hunter2@registry.example.com/ns/repo"
-    state = _decode(SCOPE, "m-1", json.dumps(row), 3.0)
-    assert state.image is not None
-    assert "hunter2" not in state.image.registry_url
-    assert "puller" not in state.image.registry_url
+    before = registered_secret_count()
+    for url in (
+        "https://puller:hunter2hunter2@registry.example.com/ns/repo",
+        "registry.example.com/ns/repo?token=abc",
+        "registry.example.com/ns/repo#frag",
+    ):
+        row["facts"]["registry_url"] = url
+        with pytest.raises(ValueError, match=r"facts\.registry_url"):
+            _decode(SCOPE, "m-1", json.dumps(row), 3.0)
+    assert registered_secret_count() == before
+    assert not contains_secret("hunter2hunter2")
 
 
 # ------------------------------------------------------------------------------------------ processes
@@ -337,7 +374,7 @@ BAD_FILES: list[tuple[str, str, Callable[[Path], None]]] = [
     ("newer schema version", "foreign", _newer_schema),
     ("our mark on other tables", "foreign", _our_mark_other_tables),
 ]
-REASONS = ("corrupt", "foreign", "locked", "unreadable")
+REASONS = ("corrupt", "foreign", "locked", "unreadable", "row")
 
 
 def _load_errors(exporter: ExporterProcess) -> dict[str, float]:
