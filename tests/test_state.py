@@ -7,7 +7,6 @@ import contextlib
 import json
 import sqlite3
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -246,7 +245,7 @@ def sim(tmp_path: Path) -> Iterator[SimulatorProcess]:
 
 
 def _config(sim: SimulatorProcess, state: Path) -> dict[str, Any]:
-    # Generous timeouts: with the simulator's latency raised, a cycle then takes that latency, not a timeout.
+    # Generous timeouts: while the simulator stalls answers, a cycle takes the stall, not a timeout.
     return exporter_config(
         sim.url,
         WATCHED,
@@ -266,11 +265,17 @@ def _tracked(exporter: ExporterProcess) -> dict[tuple[str, str, str], float]:
     return {(n, labels["image_id"], labels.get("replication_region", "")): v for n, labels, v in found}
 
 
-def test_kill_9_then_a_warm_start_serves_the_same_history_within_3_s(
+def _stalled(sim: SimulatorProcess) -> bool:
+    """The simulator holds a GetImage it received after every answer was set to stall."""
+    return sim.counters().get(("GetImage", "Timeout", 0), 0) >= 1
+
+
+def test_kill_9_then_a_warm_start_serves_the_same_history_before_any_refresh(
     sim: SimulatorProcess, tmp_path: Path
 ) -> None:
-    """Killed with SIGKILL while a slow refresh is in flight, the exporter comes back serving, within 3 s of
-    its start, the last-success and since-timestamps it served before, from the state file."""
+    """Killed with SIGKILL while a refresh is stalled, the exporter comes back serving, before any refresh
+    of its own can complete, the last-success and since-timestamps it served before, from the state file.
+    (How soon after start is a measurement: bench/warmstart.py, WARM_LIMIT_SECONDS.)"""
     state = tmp_path / "state" / "state.db"
     state.parent.mkdir()
     doc = _config(sim, state)
@@ -283,15 +288,18 @@ def test_kill_9_then_a_warm_start_serves_the_same_history_within_3_s(
             15,
             "the status change seen",
         )
-        sim.admin("PATCH", "faults", {"latency_ms": 20_000})  # no cycle can finish for 20 s now
-        time.sleep(1.5)
+        # From now on every GetImage stalls (longer than the test, shorter than the config's timeouts)
+        # and is counted as it arrives. One counted means a cycle has begun after the previous one was
+        # published and saved (a cycle waits for its predecessor's save), and none can complete: what
+        # /metrics shows now is what the file holds.
+        sim.admin("PATCH", "faults", {"timeout_rate": 1, "timeout_seconds": 55})
+        wait_until(lambda: _stalled(sim), 15, "a GetImage stalled")
         before = _tracked(first)
         first.kill()
     finally:
         first.stop()
     assert len([k for k in before if k[0] == TRACKED[0]]) == len(IMAGES)
 
-    started = time.monotonic()
     second = start_exporter(tmp_path / "second", doc, wait=None)
     try:
 
@@ -303,14 +311,12 @@ def test_kill_9_then_a_warm_start_serves_the_same_history_within_3_s(
                 return None
             return found if len([k for k in found if k[0] == TRACKED[0]]) == len(IMAGES) else None
 
-        after = wait_until(served, 10, "the saved images served", interval=0.05)
-        elapsed = time.monotonic() - started
+        after = wait_until(served, 30, "the saved images served", interval=0.05)
         text = second.metrics_text()
         ready = second.get("/readyz")
     finally:
         second.stop()
-    assert elapsed <= 3.0, f"warm start took {elapsed:.2f} s"
-    assert after == before
+    assert after == before  # up included: no refresh of the second exporter completed
     assert ("ehpc_state_loaded_images", {}, float(len(IMAGES))) in quick_samples(
         text, ("ehpc_state_loaded_images",)
     )
