@@ -115,6 +115,12 @@ PROGRESS_STEPS = 1_000
 # writes (1,000 regions, every label at its bound in JSON escapes) is under 0.5 MiB; a longer value
 # makes the file foreign rather than filling memory.
 MAX_VALUE_BYTES = 1 << 20
+# How much one save (or the start-up read's deletes) may grow the file: its own size again or 64 MiB,
+# whichever is more, plus 16 KiB for each row the save writes (a row is about 1 KiB; 30 KiB with 50
+# regions and every label at its bound). PRAGMA max_page_count, set before each save: past it a
+# statement fails as on a full disk, so no statement can take the disk, whatever it would write.
+MAX_GROWTH_BYTES = 64 * 1024 * 1024
+GROWTH_BYTES_PER_ROW = 16 * 1024
 # How long close() lets a statement in flight finish before it aborts it.
 CLOSE_GRACE_SECONDS = 1.0
 
@@ -174,6 +180,7 @@ _PRAGMAS = frozenset(
         "quick_check",
         "journal_mode",
         "synchronous",
+        "max_page_count",
     }
 )
 _FUNCTIONS = frozenset({"typeof"})
@@ -278,14 +285,19 @@ class _Db:
         with self._budget(count):
             self.conn.executemany(sql, rows)
 
-    def measure(self) -> None:
-        """Note the file's size, which the budgets grow with."""
-        self.pages = self.one("PRAGMA page_count") * self.one("PRAGMA page_size") // 4096
+    def measure(self, rows: int = 0) -> None:
+        """Note the file's size, which the budgets grow with, and bound its growth from here for a
+        save of ``rows`` rows."""
+        count, size = self.one("PRAGMA page_count"), self.one("PRAGMA page_size")
+        self.pages = count * size // 4096
+        growth = max(count, MAX_GROWTH_BYTES // size) + rows * (GROWTH_BYTES_PER_ROW // size + 1)
+        self.execute(f"PRAGMA max_page_count={count + growth}")
 
     def stop(self) -> None:
         """Abort the running statement and every later one (called from another thread)."""
         self._stopping = True
-        self.conn.interrupt()
+        with contextlib.suppress(sqlite3.ProgrammingError):  # closed meanwhile: nothing runs
+            self.conn.interrupt()
 
     def close(self) -> None:
         """Close the connection (releasing the file's lock)."""
@@ -813,6 +825,7 @@ class StateStore:
             times += [(s.last_success, *s.key) for s in changed]
             d = status.discovery
             discovery = None if d is None else json.dumps([d.up, d.last_success, d.discovered, d.error_code])
+            db.measure(len(changed) + len(times) + len(gone))
             db.execute("BEGIN IMMEDIATE")
             try:
                 _delete(db, _IMAGE, gone)
@@ -833,7 +846,6 @@ class StateStore:
                     db.execute("ROLLBACK")
                 raise
             self._saved[scope] = current
-        db.measure()
 
     async def retain(self, scopes: Iterable[Scope]) -> None:
         """Drop every (account, region) not in ``scopes`` from the file (a reload removed them)."""
