@@ -17,14 +17,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.config import Config, DiscoveryConfig, Scope, ShardingConfig, StatusConfig, WatchedImage
+from exporter.config import (
+    Config,
+    DiscoveryConfig,
+    LimitsConfig,
+    Scope,
+    ShardingConfig,
+    StatusConfig,
+    WatchedImage,
+)
+from exporter.config.schema import MAX_REGIONS_PER_IMAGE
 from exporter.exposition.selfmetrics import StateMetrics
 from exporter.history import ImageHistory, ReplicaHistory
-from exporter.models import CODE, LABEL, REQUEST_ID, STATUS, URL, Kind, check_text
+from exporter.models import CODE, ID, LABEL, REQUEST_ID, STATUS, URL, Kind, check_text
+from exporter.models import REGION as REGION_KIND
 from exporter.redaction import contains_secret, registered_secret_count
 from exporter.sharding import in_shard
 from exporter.snapshot import ImageError, ImageFacts, ImageKey, ImageState, Replica, Snapshot
-from exporter.state import APPLICATION_ID, SCHEMA_VERSION, StateStore, _decode, _encode
+from exporter.state import APPLICATION_ID, MAX_VALUE_BYTES, SCHEMA_VERSION, StateStore, _decode, _encode
 from tests.harness import (
     ExporterProcess,
     SimulatorProcess,
@@ -663,3 +673,50 @@ async def test_images_of_other_shards_are_not_loaded(tmp_path: Path) -> None:
     mine = sorted(i for i in ids if in_shard(SCOPE.account, SCOPE.region_id, i, sharding))
     assert 0 < len(mine) < len(ids)
     assert sorted(k.image_id for k in loaded[SCOPE].images) == mine
+
+
+async def test_the_largest_row_the_exporter_writes_is_saved_and_read_back(tmp_path: Path) -> None:
+    """Every bound at its maximum (1,000 regions of the longest shape, every label, status and URL at
+    its length bound in characters JSON escapes as 12 bytes): the row stays under the file's value
+    bound (MAX_VALUE_BYTES), is saved and comes back equal."""
+    regions = tuple(f"cn-{i:04d}" + "a" * (REGION_KIND.max_length - 8) for i in range(MAX_REGIONS_PER_IMAGE))
+    wide = "\U0001f600"  # a character outside the BMP: "\ud83d\ude00" in JSON
+    status = "S" * STATUS.max_length
+    label = wide * LABEL.max_length
+    facts = ImageFacts(
+        image_type=status,
+        name=label,
+        version=label,
+        app_id=label,
+        status=status,
+        size_bytes=2**62,
+        create_time=datetime(2199, 12, 31, tzinfo=UTC),
+        os_tag=label,
+        platform=label,
+        architecture=label,
+        registry_url=wide * URL.max_length,
+        additional_regions=tuple(Replica(r, status) for r in regions),
+        ignored=tuple("Image.Field" + "x" * (CODE.max_length - 11) for _ in range(16)),
+    )
+    history = ImageHistory(status, 1.0, 2**53, tuple(ReplicaHistory(r, status, 1e11, 1e11) for r in regions))
+    error = ImageError("C" * CODE.max_length, 599, "R" * REQUEST_ID.max_length, 1e11)
+    watched = WatchedImage("m-" + "a" * (ID.max_length - 2), "Container", "Custom", regions)
+    state = ImageState(watched, facts, 1e11, error, SCOPE, history)
+    size = len(_encode(state).encode())
+    assert size < MAX_VALUE_BYTES, size
+    config = Config(images=(watched,), limits=LimitsConfig(max_regions_per_image=MAX_REGIONS_PER_IMAGE))
+    path = tmp_path / "state.db"
+    store = StateStore(str(path), StateMetrics())
+    await store.load(config)
+    await store.save(
+        Snapshot.build(
+            [state], status=StatusConfig(), refreshed_at=1.0, duration_seconds=1.0, sequence=1, scope=SCOPE
+        )
+    )
+    await store.close()
+    metrics = StateMetrics()
+    store = StateStore(str(path), metrics)
+    loaded = await store.load(config)
+    await store.close()
+    assert metrics.save_errors == 0
+    assert loaded[SCOPE].images[state.key] == state
