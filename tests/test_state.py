@@ -34,7 +34,15 @@ from exporter.models import REGION as REGION_KIND
 from exporter.redaction import contains_secret, registered_secret_count
 from exporter.sharding import in_shard
 from exporter.snapshot import ImageError, ImageFacts, ImageKey, ImageState, Replica, Snapshot
-from exporter.state import APPLICATION_ID, MAX_VALUE_BYTES, SCHEMA_VERSION, StateStore, _decode, _encode
+from exporter.state import (
+    APPLICATION_ID,
+    MAX_VALUE_BYTES,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    StateStore,
+    _decode,
+    _encode,
+)
 from tests.harness import (
     ExporterProcess,
     SimulatorProcess,
@@ -382,6 +390,34 @@ def _our_mark_other_tables(path: Path) -> None:
     conn.close()
 
 
+RECURSE = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c)"
+
+
+def _trigger_laden(path: Path) -> None:
+    """This exporter's mark, version and tables, and what would hang start-up (a view in the place of
+    a table, read before the server listens), every save (an endless insert trigger, a delete trigger)
+    and fill the disk (a growth trigger), had any of it run."""
+    conn = sqlite3.connect(path)
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    conn.executescript(
+        "CREATE TABLE marks (x);"
+        " DROP TABLE scopes;"
+        " CREATE VIEW scopes (account, region_id, refreshed_at, duration_seconds, discovery) AS"
+        " RECURSE SELECT x, x, x, x, x FROM c;"
+        " CREATE TRIGGER spin AFTER INSERT ON successes BEGIN INSERT INTO marks RECURSE SELECT x FROM c; END;"
+        " CREATE TRIGGER stall BEFORE DELETE ON images BEGIN SELECT (RECURSE SELECT count(*) FROM c); END;"
+        " CREATE TRIGGER grow AFTER INSERT ON images BEGIN"
+        " INSERT INTO marks SELECT zeroblob(100000) FROM (RECURSE SELECT x FROM c); END;".replace(
+            "RECURSE", RECURSE
+        )
+    )
+    conn.commit()
+    conn.close()
+
+
 BAD_FILES: list[tuple[str, str, Callable[[Path], None]]] = [
     ("not a database", "corrupt", _garbage),
     ("truncated database", "corrupt", _truncated),
@@ -389,6 +425,7 @@ BAD_FILES: list[tuple[str, str, Callable[[Path], None]]] = [
     ("another program's database", "foreign", _another_program),
     ("newer schema version", "foreign", _newer_schema),
     ("our mark on other tables", "foreign", _our_mark_other_tables),
+    ("triggers and views (endless, growing, a view in a table's place)", "foreign", _trigger_laden),
 ]
 REASONS = ("corrupt", "foreign", "locked", "unreadable", "row")
 
@@ -421,7 +458,8 @@ def test_an_unusable_file_is_moved_aside_counted_and_the_start_is_cold(
     reliability: Reliability,
 ) -> None:
     """Corrupt and foreign files: moved aside with their bytes unchanged, counted by reason, a new file
-    made; the exporter serves fresh data and saves into the new file."""
+    made; the exporter serves fresh data, saves into the new file and stops on SIGTERM (exit 0). A file
+    whose triggers and views would hang start-up or a save is one of them: none of it runs."""
     record = reliability.case(
         "state file",
         name,
