@@ -648,13 +648,17 @@ class StateStore:
         try:
             return self._open(), None
         except _Unusable as problem:
-            if problem.reason not in ("corrupt", "foreign"):
-                raise
-            try:
-                self._move_aside(problem.reason)
-            except OSError as exc:
-                raise _Unusable("unreadable", f"cannot move the {problem.reason} file aside: {exc}") from None
-            return self._open(), problem
+            return self._replace(problem), problem
+
+    def _replace(self, problem: _Unusable) -> _Db:
+        """Move a corrupt or foreign file aside and open a new one (re-raise any other problem)."""
+        if problem.reason not in ("corrupt", "foreign"):
+            raise problem
+        try:
+            self._move_aside(problem.reason)
+        except OSError as exc:
+            raise _Unusable("unreadable", f"cannot move the {problem.reason} file aside: {exc}") from None
+        return self._open()
 
     # -- load -------------------------------------------------------------------------------------------
 
@@ -697,6 +701,17 @@ class StateStore:
         self._db = db
         if problem is not None:
             return _Loaded({}, problem)
+        try:
+            return self._read(db, config)
+        except Exception as exc:  # found while reading (a value past its bound, say): as at opening
+            problem = _classify(exc)
+            self._db = None
+            db.close()
+            self._db = self._replace(problem)
+            return _Loaded({}, problem)
+
+    def _read(self, db: _Db, config: Config) -> _Loaded:
+        """Rebuild each configured (account, region)'s snapshot from the rows, and drop the others."""
         wanted = {c.scope: c for c in config.scopes()}
         statuses: dict[Scope, tuple[float | None, float | None, DiscoveryStatus | None]] = {}
         untyped = False  # a key that is not text: deleted by its type, since it cannot be bound back
