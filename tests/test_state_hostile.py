@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -781,3 +782,58 @@ async def test_the_budget_and_the_growth_bound_alone_end_every_runaway_statement
     rows_written = len(GOOD) + 1
     bound = size + 2 * (4 * 1024 * 1024 + rows_written * state.GROWTH_BYTES_PER_ROW)
     assert largest <= bound, f"the file grew to {largest} bytes, past {bound}"
+
+
+async def test_closing_aborts_a_statement_that_would_not_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, connections: list[Any]
+) -> None:
+    """With every other layer switched off (and the budget out of reach), a save stuck in a trigger's
+    endless query does not hold up a stop: close() aborts it after its grace, the save is counted as
+    failed, and the file stays whole."""
+    monkeypatch.setattr(state, "_check_schema", lambda db, version: None)
+    monkeypatch.setattr(state, "_authorize", lambda *args: sqlite3.SQLITE_OK)
+    monkeypatch.setattr(state, "BUDGET_STEPS", 10**18)
+    monkeypatch.setattr(state, "CLOSE_GRACE_SECONDS", 0.05)
+    running = threading.Event()
+    original = state._Db._progress
+
+    def spy(self: Any) -> int:
+        running.set()
+        return original(self)
+
+    monkeypatch.setattr(state._Db, "_progress", spy)
+    path = tmp_path / "state.db"
+    await _hostile_file(path, HOSTILE_SCHEMA["insert trigger, recursive scalar query"])
+    metrics = StateMetrics()
+    store = StateStore(str(path), metrics)
+    await store.load(CONFIG)
+    running.clear()
+    saving = asyncio.ensure_future(store.save(_snapshot([*GOOD, "m-new"], 200.0)))
+    assert await asyncio.to_thread(running.wait, 60), "the save's statement never ran"
+    try:
+        await asyncio.wait_for(store.close(), timeout=60)
+    except TimeoutError:
+        pytest.fail("close() waited on the statement instead of aborting it")
+    await saving
+    assert metrics.save_errors == 1
+    assert sorted(i.decode() for i in _image_ids(path)) == GOOD
+
+
+async def test_a_value_longer_than_any_the_exporter_writes_makes_the_file_foreign(tmp_path: Path) -> None:
+    """A row past MAX_VALUE_BYTES is never read into memory: SQLite refuses the value, and the file
+    (which this exporter cannot have written) is moved aside as foreign."""
+    path = tmp_path / "state.db"
+    await _file_with(path, GOOD)
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "INSERT INTO images VALUES (?, ?, ?, ?)",
+        (*SCOPE, "m-huge", "x" * (state.MAX_VALUE_BYTES + 1)),
+    )
+    conn.commit()
+    conn.close()
+    metrics = StateMetrics()
+    store = StateStore(str(path), metrics)
+    assert await store.load(CONFIG) == {}
+    await store.close()
+    assert metrics.load_errors["foreign"] == 1
+    assert len(_moved(tmp_path)) == 1
