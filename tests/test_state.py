@@ -34,15 +34,9 @@ from exporter.models import REGION as REGION_KIND
 from exporter.redaction import contains_secret, registered_secret_count
 from exporter.sharding import in_shard
 from exporter.snapshot import ImageError, ImageFacts, ImageKey, ImageState, Replica, Snapshot
-from exporter.state import (
-    APPLICATION_ID,
-    MAX_VALUE_BYTES,
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    StateStore,
-    _decode,
-    _encode,
-)
+from exporter.state import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, StateStore
+from exporter.state_db import MAX_VALUE_BYTES
+from exporter.state_rows import decode_row, encode_row
 from tests.harness import (
     ExporterProcess,
     SimulatorProcess,
@@ -140,7 +134,7 @@ STATES = st.builds(
 def test_a_saved_state_reads_back_equal(state: ImageState) -> None:
     """Every field of an image's state survives the row (times, every value the gate lets in, absent
     values): nothing the exporter saves is refused when it is read back."""
-    assert _decode(SCOPE, state.image_id, _encode(state), state.last_success) == state
+    assert decode_row(SCOPE, state.image_id, encode_row(state), state.last_success) == state
 
 
 def _mutations(row: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
@@ -205,20 +199,20 @@ def _full_state() -> ImageState:
 def test_a_tampered_row_is_refused_whole(data: st.DataObject) -> None:
     """A row with any value of the wrong kind or out of the gate's bounds does not decode: the loader
     drops it (ValueError), it never reaches a snapshot, and nothing else is raised."""
-    row = json.loads(_encode(_full_state()))
+    row = json.loads(encode_row(_full_state()))
     bad = data.draw(_mutations(row))
     try:
-        state = _decode(SCOPE, "m-1", json.dumps(bad), 3.0)
+        state = decode_row(SCOPE, "m-1", json.dumps(bad), 3.0)
     except ValueError:  # pydantic's ValidationError is one
         return
     # The only mutations that may pass are those a real state could hold (an int where a float goes).
-    assert _decode(SCOPE, "m-1", _encode(state), state.last_success) == state
+    assert decode_row(SCOPE, "m-1", encode_row(state), state.last_success) == state
 
 
 def test_a_stored_registry_url_with_userinfo_is_refused_and_teaches_nothing() -> None:
     """A file edited to put credentials into a registry URL: the row is refused (the gate never leaves
     userinfo in a URL), and nothing in it is learned as a secret (which would make answers refused)."""
-    row = json.loads(_encode(_full_state()))
+    row = json.loads(encode_row(_full_state()))
     before = registered_secret_count()
     for url in (
         "https://puller:hunter2hunter2@registry.example.com/ns/repo",
@@ -227,7 +221,7 @@ def test_a_stored_registry_url_with_userinfo_is_refused_and_teaches_nothing() ->
     ):
         row["facts"]["registry_url"] = url
         with pytest.raises(ValueError, match=r"facts\.registry_url"):
-            _decode(SCOPE, "m-1", json.dumps(row), 3.0)
+            decode_row(SCOPE, "m-1", json.dumps(row), 3.0)
     assert registered_secret_count() == before
     assert not contains_secret("hunter2hunter2")
 
@@ -740,7 +734,7 @@ async def test_the_largest_row_the_exporter_writes_is_saved_and_read_back(tmp_pa
     error = ImageError("C" * CODE.max_length, 599, "R" * REQUEST_ID.max_length, 1e11)
     watched = WatchedImage("m-" + "a" * (ID.max_length - 2), "Container", "Custom", regions)
     state = ImageState(watched, facts, 1e11, error, SCOPE, history)
-    size = len(_encode(state).encode())
+    size = len(encode_row(state).encode())
     assert size < MAX_VALUE_BYTES, size
     config = Config(images=(watched,), limits=LimitsConfig(max_regions_per_image=MAX_REGIONS_PER_IMAGE))
     path = tmp_path / "state.db"

@@ -35,7 +35,7 @@ import structlog.testing
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from exporter import state
+from exporter import state, state_db
 from exporter.config import Config, DiscoveryConfig, LimitsConfig, Scope, StatusConfig, WatchedImage
 from exporter.config.schema import MAX_REGIONS_PER_IMAGE
 from exporter.exposition.selfmetrics import StateMetrics
@@ -43,7 +43,8 @@ from exporter.history import ImageHistory, ReplicaHistory
 from exporter.models import CODE, ID, LABEL, REGION, REQUEST_ID, STATUS, URL, Kind, check_text
 from exporter.redaction import register_secret, scrub
 from exporter.snapshot import ImageError, ImageFacts, ImageKey, ImageState, Replica, Snapshot
-from exporter.state import StateStore, _decode, _encode
+from exporter.state import StateStore
+from exporter.state_rows import decode_row, encode_row
 
 SCOPE = Scope("default", "cn-hangzhou")
 ALL_REGIONS = ("cn-beijing", "cn-shanghai")
@@ -81,7 +82,7 @@ def good_state(image_id: str) -> ImageState:
 
 def good_row() -> dict[str, Any]:
     """The stored row of :func:`good_state`, as JSON data."""
-    row: dict[str, Any] = json.loads(_encode(good_state("m-good")))
+    row: dict[str, Any] = json.loads(encode_row(good_state("m-good")))
     row["facts"]["create_time"] = 1_700_000_000.0
     return row
 
@@ -494,7 +495,7 @@ async def test_a_listed_id_the_config_gate_let_in_loads_whatever_its_shape(tmp_p
     assert list(loaded[SCOPE].images) == [ImageKey(*SCOPE, odd)]
     assert metrics.load_errors["row"] == 0
     with pytest.raises(ValueError, match="image_id"):
-        _decode(SCOPE, odd, _encode(good_state(odd)), 3.0)
+        decode_row(SCOPE, odd, encode_row(good_state(odd)), 3.0)
 
 
 async def test_the_region_limit_is_the_configs(tmp_path: Path) -> None:
@@ -505,10 +506,10 @@ async def test_the_region_limit_is_the_configs(tmp_path: Path) -> None:
     state_3 = ImageState(
         WatchedImage("m-three", "VM", "Custom", regions), state_3.image, 3.0, None, SCOPE, state_3.history
     )
-    text = _encode(state_3)
-    assert _decode(SCOPE, "m-three", text, 3.0, max_regions=3).watched.additional_region_ids == regions
+    text = encode_row(state_3)
+    assert decode_row(SCOPE, "m-three", text, 3.0, max_regions=3).watched.additional_region_ids == regions
     with pytest.raises(ValueError, match="max_regions_per_image"):
-        _decode(SCOPE, "m-three", text, 3.0, max_regions=2)
+        decode_row(SCOPE, "m-three", text, 3.0, max_regions=2)
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
@@ -521,7 +522,7 @@ def test_any_text_in_any_string_field_is_refused_or_as_the_gate_leaves_it(
     assert isinstance(field.kind, Kind)
     row = _put(field.path, value)(good_row())
     try:
-        restored = _decode(SCOPE, "m-any", json.dumps(row), 3.0)
+        restored = decode_row(SCOPE, "m-any", json.dumps(row), 3.0)
     except ValueError:
         return
     assert check_text(value, field.kind) == value
@@ -536,7 +537,7 @@ def test_any_discovered_id_is_refused_or_published_as_itself(value: str) -> None
     """A discovered image id comes back only if the gate lets it in unchanged and the output gate
     leaves it as it is: no two restored ids are published as one."""
     try:
-        _decode(SCOPE, value, _encode(good_state("m-x")), 3.0)
+        decode_row(SCOPE, value, encode_row(good_state("m-x")), 3.0)
     except ValueError:
         return
     assert check_text(value, ID) == value
@@ -692,13 +693,13 @@ def connections(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
     """Every connection the store opens (a spy on the real constructor), stopped at the end so that a
     layer that failed to end a statement cannot leave a thread running past the test."""
     made: list[Any] = []
-    original = state._Db.__init__
+    original = state_db.StateDb.__init__
 
     def spy(self: Any, path: Path) -> None:
         made.append(self)
         original(self, path)
 
-    monkeypatch.setattr(state._Db, "__init__", spy)
+    monkeypatch.setattr(state_db.StateDb, "__init__", spy)
     yield made
     for db in made:
         db.stop()
@@ -739,7 +740,7 @@ async def test_the_authorizer_alone_keeps_every_trigger_and_view_from_running(
 ) -> None:
     """With the schema check switched off, nothing a trigger or view would do is authorized: the read
     or the save fails (counted), and the trigger never wrote anything."""
-    monkeypatch.setattr(state, "_check_schema", lambda db, version: None)
+    monkeypatch.setattr(state, "check_schema", lambda db, statements, version: None)
     path = tmp_path / "state.db"
     await _hostile_file(path, HOSTILE_SCHEMA[name])
     errors = await _load_and_save(path, connections)
@@ -759,14 +760,14 @@ async def test_the_budget_and_the_growth_bound_alone_end_every_runaway_statement
     """With the schema check and the authorizer switched off, a trigger or view that would run for ever
     or fill the disk is ended: by the statement's budget of VM steps, or by the growth bound (lowered
     here to 4 MiB), and the file and its WAL never grew past that bound."""
-    monkeypatch.setattr(state, "_check_schema", lambda db, version: None)
-    monkeypatch.setattr(state, "_authorize", lambda *args: sqlite3.SQLITE_OK)
-    monkeypatch.setattr(state, "MAX_GROWTH_BYTES", 4 * 1024 * 1024)
+    monkeypatch.setattr(state, "check_schema", lambda db, statements, version: None)
+    monkeypatch.setattr(state_db, "_authorize", lambda *args: sqlite3.SQLITE_OK)
+    monkeypatch.setattr(state_db, "MAX_GROWTH_BYTES", 4 * 1024 * 1024)
     path = tmp_path / "state.db"
     await _hostile_file(path, HOSTILE_SCHEMA[name])
     size = path.stat().st_size
     largest = 0
-    original = state._Db.execute
+    original = state_db.StateDb.execute
 
     def watch(self: Any, sql: str, params: Any = ()) -> Any:
         nonlocal largest
@@ -775,12 +776,12 @@ async def test_the_budget_and_the_growth_bound_alone_end_every_runaway_statement
         )
         return original(self, sql, params)
 
-    monkeypatch.setattr(state._Db, "execute", watch)
+    monkeypatch.setattr(state_db.StateDb, "execute", watch)
     errors = await _load_and_save(path, connections)
     assert errors, "the runaway statement was not ended"
     assert any("ran past its budget" in e or "disk is full" in e for e in errors), errors
     rows_written = len(GOOD) + 1
-    bound = size + 2 * (4 * 1024 * 1024 + rows_written * state.GROWTH_BYTES_PER_ROW)
+    bound = size + 2 * (4 * 1024 * 1024 + rows_written * state_db.GROWTH_BYTES_PER_ROW)
     assert largest <= bound, f"the file grew to {largest} bytes, past {bound}"
 
 
@@ -790,18 +791,18 @@ async def test_closing_aborts_a_statement_that_would_not_end(
     """With every other layer switched off (and the budget out of reach), a save stuck in a trigger's
     endless query does not hold up a stop: close() aborts it after its grace, the save is counted as
     failed, and the file stays whole."""
-    monkeypatch.setattr(state, "_check_schema", lambda db, version: None)
-    monkeypatch.setattr(state, "_authorize", lambda *args: sqlite3.SQLITE_OK)
-    monkeypatch.setattr(state, "BUDGET_STEPS", 10**18)
+    monkeypatch.setattr(state, "check_schema", lambda db, statements, version: None)
+    monkeypatch.setattr(state_db, "_authorize", lambda *args: sqlite3.SQLITE_OK)
+    monkeypatch.setattr(state_db, "BUDGET_STEPS", 10**18)
     monkeypatch.setattr(state, "CLOSE_GRACE_SECONDS", 0.05)
     running = threading.Event()
-    original = state._Db._progress
+    original = state_db.StateDb._progress
 
     def spy(self: Any) -> int:
         running.set()
         return original(self)
 
-    monkeypatch.setattr(state._Db, "_progress", spy)
+    monkeypatch.setattr(state_db.StateDb, "_progress", spy)
     path = tmp_path / "state.db"
     await _hostile_file(path, HOSTILE_SCHEMA["insert trigger, recursive scalar query"])
     metrics = StateMetrics()
@@ -827,7 +828,7 @@ async def test_a_value_longer_than_any_the_exporter_writes_makes_the_file_foreig
     conn = sqlite3.connect(path)
     conn.execute(
         "INSERT INTO images VALUES (?, ?, ?, ?)",
-        (*SCOPE, "m-huge", "x" * (state.MAX_VALUE_BYTES + 1)),
+        (*SCOPE, "m-huge", "x" * (state_db.MAX_VALUE_BYTES + 1)),
     )
     conn.commit()
     conn.close()
