@@ -12,7 +12,7 @@ from pathlib import Path
 
 HEADER = (
     "# The test and bench tools and their dependencies, pinned (everything beyond requirements.lock).\n"
-    "# Installed with -c by the Makefile's test and bench targets; move to the newest releases: make relock.\n"
+    "# Installed with -c by the Makefile's test and bench targets; make relock moves it to the newest.\n"
 )
 SKIP = {"ehpc-image-exporter", "ehpc-image-exporter-simulator", "pip", "setuptools", "wheel"}
 

@@ -7,7 +7,6 @@ import contextlib
 import json
 import sqlite3
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -18,12 +17,26 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.config import Config, DiscoveryConfig, Scope, ShardingConfig, StatusConfig, WatchedImage
+from exporter.config import (
+    Config,
+    DiscoveryConfig,
+    LimitsConfig,
+    Scope,
+    ShardingConfig,
+    StatusConfig,
+    WatchedImage,
+)
+from exporter.config.schema import MAX_REGIONS_PER_IMAGE
 from exporter.exposition.selfmetrics import StateMetrics
 from exporter.history import ImageHistory, ReplicaHistory
+from exporter.models import CODE, ID, LABEL, REQUEST_ID, STATUS, URL, Kind, check_text
+from exporter.models import REGION as REGION_KIND
+from exporter.redaction import contains_secret, registered_secret_count
 from exporter.sharding import in_shard
 from exporter.snapshot import ImageError, ImageFacts, ImageKey, ImageState, Replica, Snapshot
-from exporter.state import APPLICATION_ID, SCHEMA_VERSION, StateStore, _decode, _encode
+from exporter.state import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, StateStore
+from exporter.state_db import MAX_VALUE_BYTES
+from exporter.state_rows import decode_row, encode_row
 from tests.harness import (
     ExporterProcess,
     SimulatorProcess,
@@ -38,37 +51,58 @@ from tests.reliability import Reliability
 pytestmark = pytest.mark.process  # most tests here start real processes (make test-fast skips the file)
 
 SCOPE = Scope("default", "cn-hangzhou")
-TEXT = st.text(max_size=40)
 TIME = st.floats(min_value=0, max_value=4e9, allow_nan=False)
+# The API's creation times the gate keeps (models.parse_time: 2000-01-01 to 2200-01-01, exclusive here).
+CREATED = st.integers(min_value=946_684_800, max_value=7_258_118_399).map(
+    lambda t: datetime.fromtimestamp(t, UTC)
+)
+
+
+def gated(kind: Kind, *, min_size: int = 0) -> st.SearchStrategy[str]:
+    """Values the ingestion gate lets in unchanged as ``kind`` (what a state file holds)."""
+    base = st.text(max_size=40) if kind.pattern is None else st.from_regex(kind.pattern, fullmatch=True)
+    return base.filter(lambda v: min_size <= len(v) <= kind.max_length and _passes(v, kind))
+
+
+def _passes(value: str, kind: Kind) -> bool:
+    try:
+        return check_text(value, kind) == value
+    except ValueError:
+        return False
+
+
+LABEL_T = gated(LABEL)
+STATUS_T = st.one_of(st.just(""), gated(STATUS))
 REGION = st.sampled_from(["cn-beijing", "cn-shanghai", "ap-southeast-1"])
 
 FACTS = st.builds(
     ImageFacts,
-    image_type=st.sampled_from(["VM", "Container"]),
-    name=TEXT,
-    version=TEXT,
-    app_id=TEXT,
-    status=TEXT,
+    image_type=gated(STATUS, min_size=1),
+    name=LABEL_T,
+    version=LABEL_T,
+    app_id=LABEL_T,
+    status=STATUS_T,
     size_bytes=st.one_of(st.none(), st.integers(min_value=0, max_value=2**62)),
-    create_time=st.one_of(
-        st.none(),
-        st.integers(min_value=0, max_value=4_000_000_000).map(lambda t: datetime.fromtimestamp(t, UTC)),
-    ),
-    os_tag=TEXT,
-    platform=TEXT,
-    architecture=TEXT,
-    registry_url=st.just("registry.example.com/ns/repo:tag"),
-    additional_regions=st.lists(st.builds(Replica, REGION, TEXT), max_size=3).map(tuple),
-    ignored=st.lists(TEXT, max_size=2).map(tuple),
+    create_time=st.one_of(st.none(), CREATED),
+    os_tag=LABEL_T,
+    platform=LABEL_T,
+    architecture=LABEL_T,
+    # What registry_url leaves of an answer's URL: no userinfo, query or fragment.
+    registry_url=gated(URL).filter(lambda u: not ({"@", "?", "#"} & set(u))),
+    additional_regions=st.lists(
+        st.builds(Replica, REGION, STATUS_T), max_size=3, unique_by=lambda r: r.region_id
+    ).map(tuple),
+    ignored=st.lists(gated(CODE, min_size=1), max_size=2).map(tuple),
 )
 HISTORY = st.builds(
     ImageHistory,
-    status=TEXT,
+    status=STATUS_T,
     since=TIME,
     changes=st.integers(min_value=0, max_value=10**6),
     replicas=st.lists(
-        st.builds(ReplicaHistory, REGION, st.one_of(st.none(), TEXT), TIME, st.one_of(st.none(), TIME)),
+        st.builds(ReplicaHistory, REGION, st.one_of(st.none(), STATUS_T), TIME, st.one_of(st.none(), TIME)),
         max_size=3,
+        unique_by=lambda r: r.region_id,
     ).map(tuple),
 )
 STATES = st.builds(
@@ -84,7 +118,13 @@ STATES = st.builds(
     last_success=st.one_of(st.none(), TIME),
     error=st.one_of(
         st.none(),
-        st.builds(ImageError, TEXT, st.integers(0, 599), st.one_of(st.none(), TEXT), TIME),
+        st.builds(
+            ImageError,
+            gated(CODE, min_size=1),
+            st.integers(0, 599),
+            st.one_of(st.none(), gated(REQUEST_ID)),
+            TIME,
+        ),
     ),
     scope=st.just(SCOPE),
     history=st.one_of(st.none(), HISTORY),
@@ -94,8 +134,9 @@ STATES = st.builds(
 @settings(max_examples=300)
 @given(STATES)
 def test_a_saved_state_reads_back_equal(state: ImageState) -> None:
-    """Every field of an image's state survives the row (times, text of any kind, absent values)."""
-    assert _decode(SCOPE, state.image_id, _encode(state), state.last_success) == state
+    """Every field of an image's state survives the row (times, every value the gate lets in, absent
+    values): nothing the exporter saves is refused when it is read back."""
+    assert decode_row(SCOPE, state.image_id, encode_row(state), state.last_success) == state
 
 
 def _mutations(row: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
@@ -115,7 +156,7 @@ def _mutations(row: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
         st.just("x" * 5000),
         st.just([["r"] * 3] * 2000),
         st.booleans(),
-        st.dictionaries(TEXT, TEXT, max_size=2),
+        st.dictionaries(st.text(max_size=40), st.text(max_size=40), max_size=2),
         st.just(-1.5),
         st.just(1e300),
     )
@@ -160,24 +201,31 @@ def _full_state() -> ImageState:
 def test_a_tampered_row_is_refused_whole(data: st.DataObject) -> None:
     """A row with any value of the wrong kind or out of the gate's bounds does not decode: the loader
     drops it (ValueError), it never reaches a snapshot, and nothing else is raised."""
-    row = json.loads(_encode(_full_state()))
+    row = json.loads(encode_row(_full_state()))
     bad = data.draw(_mutations(row))
     try:
-        state = _decode(SCOPE, "m-1", json.dumps(bad), 3.0)
+        state = decode_row(SCOPE, "m-1", json.dumps(bad), 3.0)
     except ValueError:  # pydantic's ValidationError is one
         return
     # The only mutations that may pass are those a real state could hold (an int where a float goes).
-    assert _decode(SCOPE, "m-1", _encode(state), state.last_success) == state
+    assert decode_row(SCOPE, "m-1", encode_row(state), state.last_success) == state
 
 
-def test_a_stored_registry_url_passes_the_gate_again() -> None:
-    """A file edited to put credentials into a registry URL cannot bring them to a label."""
-    row = json.loads(_encode(_full_state()))
-    row["facts"]["registry_url"] = "https://puller:hunter2@registry.example.com/ns/repo"
-    state = _decode(SCOPE, "m-1", json.dumps(row), 3.0)
-    assert state.image is not None
-    assert "hunter2" not in state.image.registry_url
-    assert "puller" not in state.image.registry_url
+def test_a_stored_registry_url_with_userinfo_is_refused_and_teaches_nothing() -> None:
+    """A file edited to put credentials into a registry URL: the row is refused (the gate never leaves
+    userinfo in a URL), and nothing in it is learned as a secret (which would make answers refused)."""
+    row = json.loads(encode_row(_full_state()))
+    before = registered_secret_count()
+    for url in (
+        "https://puller:hunter2hunter2@registry.example.com/ns/repo",
+        "registry.example.com/ns/repo?token=abc",
+        "registry.example.com/ns/repo#frag",
+    ):
+        row["facts"]["registry_url"] = url
+        with pytest.raises(ValueError, match=r"facts\.registry_url"):
+            decode_row(SCOPE, "m-1", json.dumps(row), 3.0)
+    assert registered_secret_count() == before
+    assert not contains_secret("hunter2hunter2")
 
 
 # ------------------------------------------------------------------------------------------ processes
@@ -211,7 +259,7 @@ def sim(tmp_path: Path) -> Iterator[SimulatorProcess]:
 
 
 def _config(sim: SimulatorProcess, state: Path) -> dict[str, Any]:
-    # Generous timeouts: with the simulator's latency raised, a cycle then takes that latency, not a timeout.
+    # Generous timeouts: while the simulator stalls answers, a cycle takes the stall, not a timeout.
     return exporter_config(
         sim.url,
         WATCHED,
@@ -231,11 +279,17 @@ def _tracked(exporter: ExporterProcess) -> dict[tuple[str, str, str], float]:
     return {(n, labels["image_id"], labels.get("replication_region", "")): v for n, labels, v in found}
 
 
-def test_kill_9_then_a_warm_start_serves_the_same_history_within_3_s(
+def _stalled(sim: SimulatorProcess) -> bool:
+    """The simulator holds a GetImage it received after every answer was set to stall."""
+    return sim.counters().get(("GetImage", "Timeout", 0), 0) >= 1
+
+
+def test_kill_9_then_a_warm_start_serves_the_same_history_before_any_refresh(
     sim: SimulatorProcess, tmp_path: Path
 ) -> None:
-    """Killed with SIGKILL while a slow refresh is in flight, the exporter comes back serving, within 3 s of
-    its start, the last-success and since-timestamps it served before, from the state file."""
+    """Killed with SIGKILL while a refresh is stalled, the exporter comes back serving, before any refresh
+    of its own can complete, the last-success and since-timestamps it served before, from the state file.
+    (How soon after start is a measurement: bench/warmstart.py, WARM_LIMIT_SECONDS.)"""
     state = tmp_path / "state" / "state.db"
     state.parent.mkdir()
     doc = _config(sim, state)
@@ -248,15 +302,18 @@ def test_kill_9_then_a_warm_start_serves_the_same_history_within_3_s(
             15,
             "the status change seen",
         )
-        sim.admin("PATCH", "faults", {"latency_ms": 20_000})  # no cycle can finish for 20 s now
-        time.sleep(1.5)
+        # From now on every GetImage stalls (longer than the test, shorter than the config's timeouts)
+        # and is counted as it arrives. One counted means a cycle has begun after the previous one was
+        # published and saved (a cycle waits for its predecessor's save), and none can complete: what
+        # /metrics shows now is what the file holds.
+        sim.admin("PATCH", "faults", {"timeout_rate": 1, "timeout_seconds": 55})
+        wait_until(lambda: _stalled(sim), 15, "a GetImage stalled")
         before = _tracked(first)
         first.kill()
     finally:
         first.stop()
     assert len([k for k in before if k[0] == TRACKED[0]]) == len(IMAGES)
 
-    started = time.monotonic()
     second = start_exporter(tmp_path / "second", doc, wait=None)
     try:
 
@@ -268,14 +325,12 @@ def test_kill_9_then_a_warm_start_serves_the_same_history_within_3_s(
                 return None
             return found if len([k for k in found if k[0] == TRACKED[0]]) == len(IMAGES) else None
 
-        after = wait_until(served, 10, "the saved images served", interval=0.05)
-        elapsed = time.monotonic() - started
+        after = wait_until(served, 30, "the saved images served", interval=0.05)
         text = second.metrics_text()
         ready = second.get("/readyz")
     finally:
         second.stop()
-    assert elapsed <= 3.0, f"warm start took {elapsed:.2f} s"
-    assert after == before
+    assert after == before  # up included: no refresh of the second exporter completed
     assert ("ehpc_state_loaded_images", {}, float(len(IMAGES))) in quick_samples(
         text, ("ehpc_state_loaded_images",)
     )
@@ -331,6 +386,34 @@ def _our_mark_other_tables(path: Path) -> None:
     conn.close()
 
 
+RECURSE = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c)"
+
+
+def _trigger_laden(path: Path) -> None:
+    """This exporter's mark, version and tables, and what would hang start-up (a view in the place of
+    a table, read before the server listens), every save (an endless insert trigger, a delete trigger)
+    and fill the disk (a growth trigger), had any of it run."""
+    conn = sqlite3.connect(path)
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    conn.executescript(
+        "CREATE TABLE marks (x);"
+        " DROP TABLE scopes;"
+        " CREATE VIEW scopes (account, region_id, refreshed_at, duration_seconds, discovery) AS"
+        " RECURSE SELECT x, x, x, x, x FROM c;"
+        " CREATE TRIGGER spin AFTER INSERT ON successes BEGIN INSERT INTO marks RECURSE SELECT x FROM c; END;"
+        " CREATE TRIGGER stall BEFORE DELETE ON images BEGIN SELECT (RECURSE SELECT count(*) FROM c); END;"
+        " CREATE TRIGGER grow AFTER INSERT ON images BEGIN"
+        " INSERT INTO marks SELECT zeroblob(100000) FROM (RECURSE SELECT x FROM c); END;".replace(
+            "RECURSE", RECURSE
+        )
+    )
+    conn.commit()
+    conn.close()
+
+
 BAD_FILES: list[tuple[str, str, Callable[[Path], None]]] = [
     ("not a database", "corrupt", _garbage),
     ("truncated database", "corrupt", _truncated),
@@ -338,8 +421,9 @@ BAD_FILES: list[tuple[str, str, Callable[[Path], None]]] = [
     ("another program's database", "foreign", _another_program),
     ("newer schema version", "foreign", _newer_schema),
     ("our mark on other tables", "foreign", _our_mark_other_tables),
+    ("triggers and views (endless, growing, a view in a table's place)", "foreign", _trigger_laden),
 ]
-REASONS = ("corrupt", "foreign", "locked", "unreadable")
+REASONS = ("corrupt", "foreign", "locked", "unreadable", "row")
 
 
 def _load_errors(exporter: ExporterProcess) -> dict[str, float]:
@@ -370,7 +454,8 @@ def test_an_unusable_file_is_moved_aside_counted_and_the_start_is_cold(
     reliability: Reliability,
 ) -> None:
     """Corrupt and foreign files: moved aside with their bytes unchanged, counted by reason, a new file
-    made; the exporter serves fresh data and saves into the new file."""
+    made; the exporter serves fresh data, saves into the new file and stops on SIGTERM (exit 0). A file
+    whose triggers and views would hang start-up or a save is one of them: none of it runs."""
     record = reliability.case(
         "state file",
         name,
@@ -622,3 +707,50 @@ async def test_images_of_other_shards_are_not_loaded(tmp_path: Path) -> None:
     mine = sorted(i for i in ids if in_shard(SCOPE.account, SCOPE.region_id, i, sharding))
     assert 0 < len(mine) < len(ids)
     assert sorted(k.image_id for k in loaded[SCOPE].images) == mine
+
+
+async def test_the_largest_row_the_exporter_writes_is_saved_and_read_back(tmp_path: Path) -> None:
+    """Every bound at its maximum (1,000 regions of the longest shape, every label, status and URL at
+    its length bound in characters JSON escapes as 12 bytes): the row stays under the file's value
+    bound (MAX_VALUE_BYTES), is saved and comes back equal."""
+    regions = tuple(f"cn-{i:04d}" + "a" * (REGION_KIND.max_length - 8) for i in range(MAX_REGIONS_PER_IMAGE))
+    wide = "\U0001f600"  # a character outside the BMP: "\ud83d\ude00" in JSON
+    status = "S" * STATUS.max_length
+    label = wide * LABEL.max_length
+    facts = ImageFacts(
+        image_type=status,
+        name=label,
+        version=label,
+        app_id=label,
+        status=status,
+        size_bytes=2**62,
+        create_time=datetime(2199, 12, 31, tzinfo=UTC),
+        os_tag=label,
+        platform=label,
+        architecture=label,
+        registry_url=wide * URL.max_length,
+        additional_regions=tuple(Replica(r, status) for r in regions),
+        ignored=tuple("Image.Field" + "x" * (CODE.max_length - 11) for _ in range(16)),
+    )
+    history = ImageHistory(status, 1.0, 2**53, tuple(ReplicaHistory(r, status, 1e11, 1e11) for r in regions))
+    error = ImageError("C" * CODE.max_length, 599, "R" * REQUEST_ID.max_length, 1e11)
+    watched = WatchedImage("m-" + "a" * (ID.max_length - 2), "Container", "Custom", regions)
+    state = ImageState(watched, facts, 1e11, error, SCOPE, history)
+    size = len(encode_row(state).encode())
+    assert size < MAX_VALUE_BYTES, size
+    config = Config(images=(watched,), limits=LimitsConfig(max_regions_per_image=MAX_REGIONS_PER_IMAGE))
+    path = tmp_path / "state.db"
+    store = StateStore(str(path), StateMetrics())
+    await store.load(config)
+    await store.save(
+        Snapshot.build(
+            [state], status=StatusConfig(), refreshed_at=1.0, duration_seconds=1.0, sequence=1, scope=SCOPE
+        )
+    )
+    await store.close()
+    metrics = StateMetrics()
+    store = StateStore(str(path), metrics)
+    loaded = await store.load(config)
+    await store.close()
+    assert metrics.save_errors == 0
+    assert loaded[SCOPE].images[state.key] == state

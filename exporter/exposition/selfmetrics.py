@@ -69,8 +69,9 @@ REPLICATION_BUCKETS: tuple[float, ...] = (
     43200.0,
     86400.0,
 )
-# Why a state file could not be used at start-up (ehpc_state_load_errors_total{reason}); see exporter.state.
-STATE_LOAD_REASONS: tuple[str, ...] = ("corrupt", "foreign", "locked", "unreadable")
+# Why a state file could not be used at start-up (ehpc_state_load_errors_total{reason}), and "row": each
+# row the gate refused (that image started cold); see exporter.state.
+STATE_LOAD_REASONS: tuple[str, ...] = ("corrupt", "foreign", "locked", "unreadable", "row")
 # The fields ehpc_api_ignored_values_total starts at 0 for (what exporter.models may leave out).
 IGNORED_FIELDS: tuple[str, ...] = ("Image.Size", "Image.CreateTime", "Image.AdditionalRegionsInfo")
 
