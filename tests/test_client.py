@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
+from ehpc_simulator import Faults, SimImage
 from exporter.config import ApiConfig, RetryConfig
 from exporter.credentials import Credential, CredentialSource, StaticCredentialSource
 from exporter.openapi.client import EhpcClient
 from exporter.openapi.errors import SEED_CODES, ApiError, is_retryable
-from exporter.simulator import Faults, SimImage
 from tests.fixtures.sim import (
     SIM_CONTAINER_ID,
     SIM_REGISTRY_PASSWORD,

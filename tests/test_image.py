@@ -62,7 +62,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
-FLEET = REPO / "exporter" / "simulator" / "example-fleet.yaml"
+FLEET = REPO / "simulator" / "ehpc_simulator" / "example-fleet.yaml"
 IMAGE_TAG = "localhost/ehpc-image-exporter:test"
 # The build secret the Dockerfile's pip step mounts, and where it appears to that step only.
 CA_SECRET = "build-ca"
