@@ -42,9 +42,11 @@ system-deps:
 node-deps: system-deps
 	cd tools/node && (npm ci --no-audit --no-fund --silent || npm install --no-audit --no-fund --silent)
 
+# lint-imports: the import contracts of pyproject.toml ([tool.importlinter]).
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy
