@@ -27,7 +27,8 @@ WORKDIR /src
 RUN python -m venv /opt/venv
 
 # Only what the wheel needs (see .dockerignore): dependency metadata and pins, the README it embeds, the
-# package.
+# package. The simulator (simulator/, a distribution of its own) and the tests' oracle never enter the
+# build context: the image carries no /_sim/ admin API and no cryptography.
 COPY pyproject.toml README.md requirements.lock ./
 COPY exporter ./exporter
 

@@ -19,8 +19,14 @@ $(VENV)/.run-installed: pyproject.toml requirements.lock | $(BIN)/python
 	$(PY) -m pip install -q -c requirements.lock -e .
 	touch $@
 
-# The test install: the runtime plus the `test` dependency group (PEP 735; pip >= 25.1).
-$(VENV)/.test-installed: pyproject.toml requirements-dev.lock $(VENV)/.run-installed
+# The simulator: a second distribution (simulator/pyproject.toml), never part of the runtime install or
+# the image; the demo and the tests use it. The exporter's pins hold for what both need.
+$(VENV)/.sim-installed: simulator/pyproject.toml $(VENV)/.run-installed
+	$(PY) -m pip install -q -c requirements.lock -e ./simulator
+	touch $@
+
+# The test install: the runtime, the simulator and the `test` dependency group (PEP 735; pip >= 25.1).
+$(VENV)/.test-installed: pyproject.toml requirements-dev.lock $(VENV)/.run-installed $(VENV)/.sim-installed
 	$(PY) -m pip install -q -c requirements.lock -c requirements-dev.lock --group test -e .
 	touch $@
 
@@ -28,7 +34,7 @@ $(VENV)/.bench-installed: pyproject.toml $(VENV)/.test-installed
 	$(PY) -m pip install -q -c requirements.lock -c requirements-dev.lock --group bench -e .
 	touch $@
 
-demo: $(VENV)/.run-installed
+demo: $(VENV)/.sim-installed
 	$(BIN)/ehpc-image-exporter demo $(ARGS)
 
 # System tools the tests drive for real (Prometheus, Alertmanager, wrk, Node for schema checks).
@@ -38,9 +44,11 @@ system-deps:
 node-deps: system-deps
 	cd tools/node && (npm ci --no-audit --no-fund --silent || npm install --no-audit --no-fund --silent)
 
+# lint-imports: the import contracts of pyproject.toml ([tool.importlinter]).
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy

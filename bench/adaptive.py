@@ -63,7 +63,7 @@ def scenarios(settings: Settings) -> list[Scenario]:
 
 def bench_config(sim_url: str, scenario: Scenario, adaptive: bool) -> Config:
     """One target of the scenario's images, `api.qps` at OVERSHOOT x the hidden limit."""
-    from exporter.simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
+    from ehpc_simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
 
     return Config(
         api=ApiConfig(

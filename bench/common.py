@@ -287,7 +287,7 @@ def write_exporter_config(
     metrics: dict[str, Any] | None = None,
 ) -> Path:
     """Write an exporter config (JSON is YAML) watching `images` images of the simulator."""
-    from exporter.simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
+    from ehpc_simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
 
     doc: dict[str, Any] = {
         "api": {

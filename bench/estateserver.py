@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from exporter.simulator import SimImage
-from exporter.simulator.estate import Estate
-from exporter.simulator.fleet import generate_fleet
-from exporter.simulator.model import Faults
+from ehpc_simulator import SimImage
+from ehpc_simulator.estate import Estate
+from ehpc_simulator.fleet import generate_fleet
+from ehpc_simulator.model import Faults
 
 # Regions the images are copied to (AdditionalRegionsInfo); not served, only reported per image.
 REPLICA_REGIONS = ("cn-beijing", "cn-shenzhen")

@@ -50,7 +50,7 @@ def scenarios(settings: Settings) -> tuple[list[Fleet], list[Fleet]]:
 
 def bench_config(sim_url: str, images: int, qps: float) -> Config:
     """The exporter Config the refresh runs on."""
-    from exporter.simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
+    from ehpc_simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
 
     return Config(
         api=ApiConfig(

@@ -67,7 +67,7 @@ def sdk_caller(sim: SimProcess, tls: Tls | None) -> Call:
     from alibabacloud_ehpcinstant20230701.client import Client
     from alibabacloud_tea_openapi import utils_models as open_api_models
 
-    from exporter.simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
+    from ehpc_simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
 
     config = open_api_models.Config(
         access_key_id=DEMO_ACCESS_KEY_ID,
@@ -153,10 +153,10 @@ async def profile_calls(name: str, call: Call, calls: int, fleet: int) -> None:
 
 def our_client(sim: SimProcess, tls: Tls | None) -> Any:
     """Our EhpcClient on the simulator (trusting only the throwaway CA over HTTPS), budget off."""
+    from ehpc_simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
     from exporter.config import ApiConfig, CredentialsConfig
     from exporter.credentials import build_credential_source
     from exporter.openapi.client import EhpcClient
-    from exporter.simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
 
     api = ApiConfig(
         endpoint=sim.url,

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from bench.common import REGIONS, image_id
-from exporter.simulator import Faults, SimImage, Simulator
+from ehpc_simulator import Faults, SimImage, Simulator
 
 # A few images in each non-Available state, so the fleet is not uniform (every 97th/89th image).
 _STATUS_EVERY = {97: "Creating", 89: "UnAvailable"}

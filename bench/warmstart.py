@@ -104,11 +104,11 @@ def _wchar() -> int:
 async def save_costs(images: int) -> dict[str, tuple[float, float]]:
     """CPU ms and bytes written per save: the first, a typical cycle, and one with 1 % changed."""
     from bench.simserver import bench_fleet
+    from ehpc_simulator.model import render_image
     from exporter.config import Config, WatchedImage
     from exporter.exposition.selfmetrics import StateMetrics
     from exporter.history import observe
     from exporter.models import parse_get_image
-    from exporter.simulator.model import render_image
     from exporter.snapshot import ImageFacts, ImageState, Snapshot
     from exporter.state import StateStore
 

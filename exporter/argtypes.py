@@ -1,4 +1,4 @@
-"""Argparse value types shared by the exporter's and the simulator's command lines."""
+"""Argparse value types of the exporter's command line."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """A token bucket that answers at once: allow this request, or refuse it (never waits).
 
 Used where a request over the limit is refused rather than delayed: the web-config ``rate_limit``
-(exporter-toolkit's semantics) and the simulator's server-side QPS limit. The API client's own budget is
-a different thing, a pacer that makes callers wait their turn (``exporter.openapi.budget``).
+(exporter-toolkit's semantics). The API client's own budget is a different thing, a pacer that makes
+callers wait their turn (``exporter.openapi.budget``).
 """
 
 from __future__ import annotations

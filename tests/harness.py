@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
+from ehpc_simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET
 from tests.exporter_support import SampleKey
 from tests.fixtures.http import WaitTimedOut, wait_until
 from tests.fixtures.promstack import exporter_command, free_port

@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
 import exporter.http.landing
+from ehpc_simulator import Faults, SimImage
 from exporter.config import (
     Config,
     CredentialsConfig,
@@ -30,7 +31,6 @@ from exporter.config import (
 from exporter.exposition import RenderedSnapshot, render_snapshot
 from exporter.http.app import accepts_gzip, create_app, wants_openmetrics
 from exporter.service import ExporterService
-from exporter.simulator import Faults, SimImage
 from exporter.snapshot import DiscoveryStatus, ImageError, ImageState, Snapshot
 from tests.exporter_support import make_image, samples, sim_config, value
 from tests.fixtures.http import wait_until_async

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
-from exporter.simulator.model import SimImage, render_image
+from ehpc_simulator.model import SimImage, render_image
 from tests.harness import (
     ExporterProcess,
     SimulatorProcess,

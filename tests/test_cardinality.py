@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from ehpc_simulator import Faults
 from exporter.buildinfo import BuildInfo
 from exporter.config import DEFAULT_SCOPE, MetricsConfig, StatusConfig, WatchedImage
 from exporter.config.load import ConfigError, load_config
@@ -27,7 +28,6 @@ from exporter.exposition.families import (
 )
 from exporter.openapi.errors import ApiError
 from exporter.service import ExporterService
-from exporter.simulator import Faults
 from exporter.snapshot import ImageError, ImageState, Snapshot
 from tests.exporter_support import make_image, samples, sim_config, value
 from tests.fixtures.http import wait_until_async

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import platform
@@ -18,6 +19,7 @@ import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from unittest import mock
 
 import aiohttp
 import pytest
@@ -26,12 +28,15 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 import exporter.cli.run as cli_run
+from ehpc_simulator.model import Faults
 from exporter import __version__
 from exporter.cli import EXIT_FAILURE, EXIT_OK, build_parser
+from exporter.cli import main as cli_main
 from exporter.cli.common import _stop_within_deadline
+from exporter.cli.parser import build_simulate_parser
 from exporter.config import STOP_TIMEOUT_SECONDS, Config
+from exporter.demo import add_simulate_arguments
 from exporter.service import ExporterService
-from exporter.simulator.model import Faults
 from tests.exporter_support import captured_events, samples, value
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
 from tests.fixtures.virtual_time import run_virtual
@@ -205,6 +210,8 @@ def _subcommands() -> dict[str, list[str]]:
     sub = next(a for a in parser._actions if a.dest == "command")
     choices: dict[str, object] = getattr(sub, "choices", {})
     out = {"": [s for a in parser._actions for s in a.option_strings]}
+    # simulate's flags are the simulator's, added when the command runs (its stub here has none).
+    choices = {**choices, "simulate": build_simulate_parser(add_simulate_arguments)}
     for name, subparser in choices.items():
         assert hasattr(subparser, "_actions")
         actions = subparser._actions
@@ -229,6 +236,8 @@ async def test_help_documents_every_flag(command: str) -> None:
             assert flag in flags
     if command == "demo":
         assert {"--web.listen-address", "--simulator.listen-address", "--images", "--interval"} <= set(flags)
+    if command == "simulate":
+        assert {"--listen-address", "--fleet", "--estate", "--error-rate", "--log.format"} <= set(flags)
 
 
 async def test_python_dash_m_is_the_same_cli() -> None:
@@ -745,6 +754,83 @@ async def test_check_bad_config_exits_2(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
+# without the simulator (a separate distribution): demo and simulate say in one line how to get it
+
+
+@contextlib.contextmanager
+def _simulator_not_installed() -> Iterator[None]:
+    """As if ehpc-image-exporter-simulator were not installed: every import of ehpc_simulator fails."""
+    loaded = [name for name in sys.modules if name.partition(".")[0] == "ehpc_simulator"]
+    with mock.patch.dict(sys.modules, dict.fromkeys([*loaded, "ehpc_simulator"])):
+        sys.modules.pop("exporter.demo", None)  # so the seam is imported afresh, and fails
+        yield
+
+
+def _main_without_simulator(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with _simulator_not_installed(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli_main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _assert_says_how_to_get_it(command: str, rc: int, out: str, err: str) -> None:
+    assert (rc, out) == (1, "")
+    assert err.splitlines() == [f"ehpc-image-exporter {command}: {cli_run.SIMULATOR_MISSING}"]
+    assert "pip install ./simulator" in err
+
+
+_SIMULATE_TOKENS = ["--help", "-h", "--fleet", "x.yaml", "--estate", "--listen-address", "127.0.0.1:0",
+                    "--error-rate", "Nope=2", "--log.format", "json", "--bogus", "--", "-"]  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(argv=st.lists(st.one_of(st.sampled_from(_SIMULATE_TOKENS), st.text(max_size=12)), max_size=6))
+def test_simulate_without_the_simulator_says_how_to_get_it(argv: list[str]) -> None:
+    """Whatever follows `simulate` (help, valid or invalid flags): exit 1, one line on stderr, nothing
+    else; the flags are the simulator's, so nothing is parsed without it."""
+    _assert_says_how_to_get_it("simulate", *_main_without_simulator(["simulate", *argv]))
+
+
+_DEMO_FLAGS = st.sampled_from(
+    [
+        ("--images", st.integers(1, 500).map(str)),
+        ("--interval", st.floats(0.1, 60).map(str)),
+        ("--seed", st.integers(-5, 5).map(str)),
+        ("--web.listen-address", st.just("127.0.0.1:0")),
+        ("--simulator.listen-address", st.sampled_from(["127.0.0.1:0", ":0", "[::1]:0"])),
+        ("--log.level", st.sampled_from(["debug", "info", "error"])),
+    ]
+).flatmap(lambda flag: flag[1].map(lambda value: [flag[0], value]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(flags=st.lists(_DEMO_FLAGS, max_size=4))
+def test_demo_without_the_simulator_says_how_to_get_it(flags: list[list[str]]) -> None:
+    """Any valid demo command line: exit 1 with one line, before logging is set up or a port is bound."""
+    argv = ["demo", *(part for flag in flags for part in flag)]
+    _assert_says_how_to_get_it("demo", *_main_without_simulator(argv))
+
+
+def test_a_broken_install_is_not_reported_as_the_missing_simulator() -> None:
+    """Only the simulator's absence gets the one line; any other missing module is an error."""
+    with mock.patch.dict(sys.modules, {"exporter.demo": None}), pytest.raises(ModuleNotFoundError):
+        cli_main(["simulate"])
+
+
+@pytest.mark.parametrize("argv", [["simulate", "--fleet", "x.yaml"], ["demo", "--images", "3"]])
+def test_the_process_without_the_simulator_exits_1_with_one_line(argv: list[str]) -> None:
+    """The console entry point in a fresh interpreter whose imports of ehpc_simulator fail."""
+    blocked = (
+        "import sys; sys.modules['ehpc_simulator'] = None; from exporter.cli import main; "
+        "raise SystemExit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", blocked, *argv], capture_output=True, text=True, env=CHILD_ENV, timeout=60
+    )
+    _assert_says_how_to_get_it(argv[0], proc.returncode, proc.stdout, proc.stderr)
+
+
+# --------------------------------------------------------------------------------------------------------
 # demo
 
 
@@ -801,7 +887,7 @@ async def test_demo_port_taken_exits_1() -> None:
 
 def test_demo_fleet_always_has_something_to_show() -> None:
     """Even a tiny demo fleet has a failing image and incomplete replication."""
-    from exporter.demo import DEMO_REGIONS, demo_fleet
+    from ehpc_simulator.demo import DEMO_REGIONS, demo_fleet
 
     for n in (3, 5, 24):
         fleet = demo_fleet(n, seed=1)
@@ -816,8 +902,8 @@ def test_demo_fleet_always_has_something_to_show() -> None:
 def test_demo_evolve_finishes_copies_then_starts_new_ones() -> None:
     import random
 
-    from exporter.demo import evolve
-    from exporter.simulator import SimImage
+    from ehpc_simulator import SimImage
+    from ehpc_simulator.demo import evolve
 
     fleet = [
         SimImage("m-a", regions={"cn-beijing": "Creating"}),

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ehpc_simulator import Faults, SimImage
 from exporter.config import ApiConfig, RetryConfig
 from exporter.credentials import Credential, CredentialSource, StaticCredentialSource
 from exporter.openapi.client import EhpcClient
 from exporter.openapi.errors import SEED_CODES, ApiError, is_retryable
-from exporter.simulator import Faults, SimImage
 from tests.exporter_support import captured_events
 from tests.fixtures.sim import (
     SIM_CONTAINER_ID,

@@ -264,7 +264,7 @@ def test_scrub() -> None:
 
 async def test_sts_from_simulator_credentials_uri_signs_accepted_requests(simulator: Any) -> None:
     """End to end: /_sim/sts -> library URI provider -> STS-signed GetImage accepted by the simulator."""
-    from exporter.simulator import SimImage
+    from ehpc_simulator import SimImage
 
     simulator.sim.images["m-sts1"] = SimImage(image_id="m-sts1", name="sts-image")
     source = build_credential_source(

@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from exporter.simulator.cli import add_simulate_arguments, run_simulate
-from exporter.simulator.estate import Estate
+from ehpc_simulator.cli import add_simulate_arguments, run_simulate
+from ehpc_simulator.estate import Estate
 from tests.fixtures.estate import (
     ALPHA_AK,
     ALPHA_HZ_IMAGE,
@@ -35,7 +35,7 @@ from tests.fixtures.estate import (
 from tests.fixtures.http import wait_until_async
 from tests.fixtures.sim import signed_call
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "exporter" / "simulator" / "example-estate.yaml"
+EXAMPLE = Path(__file__).resolve().parent.parent / "simulator" / "ehpc_simulator" / "example-estate.yaml"
 
 
 @pytest.fixture

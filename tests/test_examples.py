@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ehpc_simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, generate_fleet
 from exporter.config.load import config_warnings, load_config
 from exporter.service import ExporterService
-from exporter.simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, generate_fleet
 from tests.fixtures.sim import SimulatorFactory
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -27,7 +27,6 @@ from exporter.exposition import (
     MetricName,
     MetricSpec,
     SelfMetrics,
-    SnapshotCollector,
     SnapshotRenderer,
     gzip_body,
     render_snapshot,
@@ -36,6 +35,7 @@ from exporter.exposition.families import Sample
 from exporter.openapi.errors import ApiError
 from exporter.snapshot import ImageError, ImageState, Snapshot
 from tests.exporter_support import make_image, samples, series_of, value
+from tests.reference import SnapshotCollector
 
 NOW = 1_700_000_000.0
 REGIONS = ("cn-beijing", "cn-shanghai")

@@ -20,10 +20,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ehpc_simulator.estate import Estate
 from exporter.config import Scope
 from exporter.config.load import load_config
 from exporter.service import ExporterService
-from exporter.simulator.estate import Estate
 from tests.exporter_support import samples
 from tests.fixtures.http import wait_until_async
 from tests.fixtures.promstack import exporter_command, free_port

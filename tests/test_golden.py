@@ -26,13 +26,13 @@ import aiohttp
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
+from ehpc_simulator import SimImage
 from exporter.buildinfo import BuildInfo
 from exporter.clock import LoopClock
 from exporter.config import Config, WatchedImage
 from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.openapi.errors import ApiError
 from exporter.service import Account, ExporterService, default_client
-from exporter.simulator import SimImage
 from tests.exporter_support import sim_config
 from tests.fixtures.http import wait_until_async
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator

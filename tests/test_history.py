@@ -8,11 +8,11 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ehpc_simulator import Simulator
+from ehpc_simulator.scripts import AppliedStep, ScriptStep
 from exporter.config import WatchedImage
 from exporter.history import ImageHistory, ReplicaHistory, observe
 from exporter.service import ExporterService
-from exporter.simulator import Simulator
-from exporter.simulator.scripts import AppliedStep, ScriptStep
 from tests.exporter_support import samples, sim_config, value
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_ID, RunningSimulator, sim_images
 

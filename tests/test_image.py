@@ -64,7 +64,7 @@ pytestmark = [pytest.mark.process, pytest.mark.xdist_group("image"), pytest.mark
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
-FLEET = REPO / "exporter" / "simulator" / "example-fleet.yaml"
+FLEET = REPO / "simulator" / "ehpc_simulator" / "example-fleet.yaml"
 IMAGE_TAG = "localhost/ehpc-image-exporter:test"
 # The build secret the Dockerfile's pip step mounts, and where it appears to that step only.
 CA_SECRET = "build-ca"
@@ -827,6 +827,45 @@ def test_version_answers(image: BuiltImage, tmp_path: Path) -> None:
     lines = proc.stdout.splitlines()
     assert lines[0] == f"ehpc-image-exporter, version {version} (revision: {IMAGE_REVISION})"
     assert lines[1].split() == ["build", "date:", IMAGE_BUILD_DATE]
+
+
+def test_the_image_carries_no_simulator_and_no_oracle(image: BuiltImage, tmp_path: Path) -> None:
+    """No simulator package, module or /_sim/ route and no test oracle among the image's files; the
+    entrypoint's `simulate` and `demo` exit 1 with the one line that says how to get the simulator."""
+    route = re.compile(r"""(?:add_\w+|web\.\w+)\(\s*["']/_sim""")
+
+    def simulator_or_oracle(path: Path, parts: tuple[str, ...]) -> bool:
+        if "ehpc_simulator" in path.name:
+            return True
+        if "exporter" not in parts:
+            return False
+        return (
+            "simulator" in parts
+            or path.name == "reference.py"
+            or (path.suffix == ".py" and route.search(path.read_text(errors="replace")) is not None)
+        )
+
+    found = [
+        "/".join(parts)
+        for path in image.mount.rglob("*")
+        if simulator_or_oracle(path, parts := path.relative_to(image.mount).parts)
+    ]
+    assert found == []
+    assert list(image.mount.rglob("exporter/demo.py")), "the walk did not reach the package"
+    for n, command in enumerate(("simulate", "demo")):
+        container = Container(image, tmp_path / f"container-{n}")
+        proc = subprocess.run(
+            container.argv([*image.entrypoint, command]),
+            env=image.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (proc.returncode, proc.stdout) == (1, ""), proc.stderr
+        (line,) = proc.stderr.splitlines()
+        assert line.startswith(f"ehpc-image-exporter {command}: the simulator is not installed")
+        assert "pip install ./simulator" in line
 
 
 def test_tls_serves_with_a_mounted_web_config(

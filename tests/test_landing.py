@@ -15,10 +15,10 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
+from ehpc_simulator import SimImage
 from exporter.cli.check import _check_row
 from exporter.config import DiscoveryConfig, WatchedImage
 from exporter.service import ExporterService
-from exporter.simulator import SimImage
 from tests.exporter_support import samples, sim_config
 from tests.fixtures.http import wait_until_async
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from exporter.simulator import generate_fleet
+from ehpc_simulator import generate_fleet
 from tests.harness import (
     ExporterProcess,
     exporter_config,

@@ -26,7 +26,7 @@ from alibabacloud_tea_openapi.exceptions import (
 )
 from darabonba.runtime import RuntimeOptions
 
-from exporter.simulator import SimImage, catalogue
+from ehpc_simulator import SimImage, catalogue
 from tests.fixtures.sim import RunningSimulator, SimulatorFactory
 
 VM = SimImage(
@@ -319,7 +319,7 @@ async def test_sts_from_the_credentials_uri(sim: RunningSimulator) -> None:
 
 # ----- every code the simulator answers, as the SDK sees it ------------------------------------------
 
-# Transcribed here, not imported from exporter/simulator/catalogue.py, so a wrong status in the
+# Transcribed here, not imported from simulator/ehpc_simulator/catalogue.py, so a wrong status in the
 # simulator's table fails: the seed's "Error codes" table (GetImage-api-reference.txt), the gateway
 # table (alibaba-openapi.md §4.2) and the AddImage codes (§4.3).
 SEED = {

@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 from structlog.testing import capture_logs
 
+from ehpc_simulator import Faults, SimImage, generate_fleet
 from exporter.config import (
     DEFAULT_SCOPE,
     Config,
@@ -23,7 +24,6 @@ from exporter.exposition import SelfMetrics, render_snapshot
 from exporter.openapi.client import EhpcClient
 from exporter.refresher import Refresher
 from exporter.service import default_client, new_account
-from exporter.simulator import Faults, SimImage, generate_fleet
 from exporter.snapshot import Snapshot
 from exporter.view import Health
 from tests.exporter_support import samples, series_of, sim_config, value

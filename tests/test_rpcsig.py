@@ -6,7 +6,7 @@ from alibabacloud_credentials.utils import parameter_helper
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.simulator import rpcsig
+from ehpc_simulator import rpcsig
 
 OFFICIAL_PARAMS = {
     "AccessKeyId": "testid",

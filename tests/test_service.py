@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from ehpc_simulator import Faults, generate_fleet
 from exporter.config import (
     ApiConfig,
     Config,
@@ -25,7 +26,6 @@ from exporter.config import (
 from exporter.openapi.client import ApiObserver, EhpcClient
 from exporter.service import Account, ExporterService
 from exporter.sharding import in_shard
-from exporter.simulator import Faults, generate_fleet
 from tests.exporter_support import samples, series_of, sim_config, value
 from tests.fixtures.http import wait_until_async
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator

@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 import yarl
 
-import exporter.simulator as simulator_pkg
+import ehpc_simulator as simulator_pkg
+from ehpc_simulator import Faults, SimImage, generate_fleet, load_fleet
+from ehpc_simulator.auth import NonceStore
+from ehpc_simulator.model import faults_from_dict
 from exporter.openapi.signing import canonical_query, sign
-from exporter.simulator import Faults, SimImage, generate_fleet, load_fleet
-from exporter.simulator.auth import NonceStore
-from exporter.simulator.model import faults_from_dict
 from tests.fixtures.sim import (
     SIM_CONTAINER_ID,
     SIM_REGISTRY_PASSWORD,

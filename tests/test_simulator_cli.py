@@ -16,10 +16,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-import exporter.simulator as simulator_pkg
-from exporter.simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, Faults
-from exporter.simulator.admin import ENDPOINTS as ADMIN_ENDPOINTS
-from exporter.simulator.cli import add_simulate_arguments, build_simulator, parse_listen_address, run_simulate
+import ehpc_simulator as simulator_pkg
+from ehpc_simulator import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, Faults
+from ehpc_simulator.admin import ENDPOINTS as ADMIN_ENDPOINTS
+from ehpc_simulator.cli import add_simulate_arguments, build_simulator, parse_listen_address, run_simulate
 from tests.fixtures.http import wait_until_async
 from tests.fixtures.sim import RunningSimulator, signed_call
 
@@ -122,9 +122,9 @@ async def test_bad_fleet_and_tls_files(tmp_path: Path, server_cert_files: tuple[
 
 @pytest.mark.process
 def test_module_entry_point_reports_bad_files(tmp_path: Path) -> None:
-    """``python -m exporter.simulator`` with a missing fleet exits 1 with a one-line message."""
+    """``python -m ehpc_simulator`` with a missing fleet exits 1 with a one-line message."""
     proc = subprocess.run(
-        [sys.executable, "-m", "exporter.simulator", "--fleet", str(tmp_path / "missing.yaml")],
+        [sys.executable, "-m", "ehpc_simulator", "--fleet", str(tmp_path / "missing.yaml")],
         capture_output=True,
         text=True,
         timeout=60,

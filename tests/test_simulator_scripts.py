@@ -1,4 +1,4 @@
-"""Timed scripts of the simulator (exporter.simulator.scripts): due times on a fake clock, seen through the
+"""Timed scripts of the simulator (ehpc_simulator.scripts): due times on a fake clock, seen through the
 real signed API; the admin routes, their validation, routing by account in an estate, ``--script``."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.simulator import SimImage, Simulator
-from exporter.simulator.cli import add_simulate_arguments, run_simulate
-from exporter.simulator.scripts import (
+from ehpc_simulator import SimImage, Simulator
+from ehpc_simulator.cli import add_simulate_arguments, run_simulate
+from ehpc_simulator.scripts import (
     KEEP,
     MAX_PENDING_STEPS,
     MAX_STEPS_PER_SCRIPT,

@@ -48,7 +48,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.simulator import SimImage, generate_fleet
+from ehpc_simulator import SimImage, generate_fleet
 from tests.harness import (
     ExporterProcess,
     HarnessError,

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.simulator.auth import AuthFailure, KeyDirectory, StsStore
-from exporter.simulator.catalogue import STS_ERRORS, sts_status_of
-from exporter.simulator.estate import Estate
-from exporter.simulator.rpcsig import RpcVerified, RpcVerifier
+from ehpc_simulator.auth import AuthFailure, KeyDirectory, StsStore
+from ehpc_simulator.catalogue import STS_ERRORS, sts_status_of
+from ehpc_simulator.estate import Estate
+from ehpc_simulator.rpcsig import RpcVerified, RpcVerifier
 from tests.fixtures.estate import (
     ALPHA_AK,
     ALPHA_ID,

@@ -22,15 +22,17 @@ __all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "STOP_TIMEOUT_SECONDS", "bu
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script: parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand, return its code."""
+    arguments = _with_default_subcommand(sys.argv[1:] if argv is None else argv)
+    if arguments[0] == "simulate":  # the simulator's own flags, parsed only when it is asked for
+        return _cmd_simulate(arguments[1:])
     parser = build_parser()
-    args, unknown = parser.parse_known_args(_with_default_subcommand(sys.argv[1:] if argv is None else argv))
+    args, unknown = parser.parse_known_args(arguments)
     if unknown:
         args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": _cmd_run,
         "check": _cmd_check,
         "demo": _cmd_demo,
-        "simulate": _cmd_simulate,
     }
     try:
         return commands[args.command](args)

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 from exporter.argtypes import bounded
 from exporter.buildinfo import BuildInfo
 from exporter.logging import LEVELS, LOG_FORMATS
 
-if TYPE_CHECKING:
-    pass
-
-
 PROG = "ehpc-image-exporter"
 # SIGTERM to exit: Kubernetes waits 30 s by default, our promise is 5 s; leave margin inside it.
 SUBCOMMANDS = ("run", "check", "demo", "simulate")
+SIMULATE_HELP = "serve the E-HPC Instant API simulator alone"
+SIMULATE_DESCRIPTION = (
+    "Serve the local E-HPC Instant API simulator (signature checks, fault injection,\n"
+    "admin API under /_sim/). Needs the simulator: pip install ./simulator\n"
+    "(ehpc-image-exporter-simulator)."
+)
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -193,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Start the E-HPC Instant simulator with a generated fleet (some images failing, some not fully\n"
             "replicated) and the exporter pointed at it with the demo AccessKey pair over HTTP. Prints\n"
-            "both URLs; first metrics within a few seconds. Use port 0 to pick free ports."
+            "both URLs; first metrics within a few seconds. Use port 0 to pick free ports. Needs the\n"
+            "simulator: pip install ./simulator (ehpc-image-exporter-simulator), as `make demo` does."
         ),
     )
     demo.add_argument(
@@ -223,27 +225,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7, help="seed of the generated fleet")
     _add_logging_flags(demo)
 
-    simulate = sub.add_parser(
+    # Its flags are the simulator's own: build_simulate_parser() adds them when the command is run, so
+    # the other commands never import the simulator (a separate distribution that may be absent).
+    sub.add_parser(
         "simulate",
         formatter_class=_HelpFormatter,
-        help="serve the E-HPC Instant API simulator alone",
-        description="Serve the local E-HPC Instant API simulator (signature checks, fault injection,\n"
-        "admin API under /_sim/).",
+        help=SIMULATE_HELP,
+        description=SIMULATE_DESCRIPTION,
+        add_help=False,
     )
-    _add_simulate_flags(simulate)
-    for name, subparser in (("run", run), ("check", check), ("demo", demo), ("simulate", simulate)):
+    for name, subparser in (("run", run), ("check", check), ("demo", demo)):
         # Each subcommand answers a flag it does not know with its own usage, not the top-level one.
         subparser.set_defaults(subparser=subparser, command=name)
     return parser
 
 
-def _add_simulate_flags(parser: argparse.ArgumentParser) -> None:
-    from exporter.simulator.cli import add_simulate_arguments
-
-    add_simulate_arguments(parser)
+def build_simulate_parser(
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+) -> argparse.ArgumentParser:
+    """The ``simulate`` parser: the simulator's flags (``add_arguments``) and the logging flags."""
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} simulate", formatter_class=_HelpFormatter, description=SIMULATE_DESCRIPTION
+    )
+    add_arguments(parser)
     taken = set(parser._option_string_actions)  # the simulator may define its own logging flags
     if not {"--log.format", "--log-format", "--log.level", "--log-level"} & taken:
         _add_logging_flags(parser)
+    return parser
 
 
 _positive_int = bounded(int, "an integer of at least 1", low=1)

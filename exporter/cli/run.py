@@ -6,12 +6,13 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from exporter import __version__
+from exporter.cli.parser import PROG, build_simulate_parser
 from exporter.config import Config
 from exporter.config.load import ConfigError, config_warnings
 from exporter.logging import configure_logging
@@ -34,6 +35,13 @@ from exporter.cli.common import (
 )
 
 log = structlog.get_logger("ehpc.cli")
+
+# The simulator is a distribution of its own, installed for the demo and the tests, never in the image.
+SIMULATOR_PACKAGE = "ehpc_simulator"
+SIMULATOR_MISSING = (
+    "the simulator is not installed: from a source checkout, pip install ./simulator"
+    " (the ehpc-image-exporter-simulator distribution), or run `make demo`"
+)
 
 # --------------------------------------------------------------------------------------------------------
 # run
@@ -156,7 +164,22 @@ def _counts(config: Config) -> dict[str, Any]:
 # demo, simulate
 
 
+def _simulator_installed(command: str) -> bool:
+    """Whether :mod:`exporter.demo` (the one module that imports the simulator) imports; if the simulator
+    is not installed, one line on stderr says how to get it."""
+    try:
+        import exporter.demo  # noqa: F401 - imported for its availability; the callers import its names
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.partition(".")[0] != SIMULATOR_PACKAGE:
+            raise  # something else is missing: a broken install, not the optional simulator
+        print(f"{PROG} {command}: {SIMULATOR_MISSING}", file=sys.stderr)
+        return False
+    return True
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if not _simulator_installed("demo"):
+        return EXIT_FAILURE
     configure_logging(args.log_format, args.log_level)
     return asyncio.run(_demo(args))
 
@@ -191,13 +214,18 @@ async def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK  # pragma: no cover - the with-block always returns
 
 
-def _cmd_simulate(args: argparse.Namespace) -> int:
+def _cmd_simulate(argv: Sequence[str]) -> int:
+    if not _simulator_installed("simulate"):
+        return EXIT_FAILURE
+    from exporter.demo import add_simulate_arguments
+
+    args = build_simulate_parser(add_simulate_arguments).parse_args(argv)
     configure_logging(getattr(args, "log_format", None), getattr(args, "log_level", "info"))
     return asyncio.run(_simulate(args))
 
 
 async def _simulate(args: argparse.Namespace) -> int:
-    from exporter.simulator.cli import run_simulate
+    from exporter.demo import run_simulate
 
     stopping = asyncio.Event()
     with _signal_handlers(stopping):

@@ -1,4 +1,4 @@
-"""The metric contract and its exposition: one family table, a fast renderer, its oracle, gzip, self-metrics.
+"""The metric contract and its exposition: one family table, a fast renderer, gzip, self-metrics.
 
 Two parts make up one ``/metrics`` answer:
 
@@ -11,8 +11,8 @@ Two parts make up one ``/metrics`` answer:
 
 Modules, one job each: ``families`` (the table: names, specs, sample functions, series semantics),
 ``lines`` (headers and sample lines as prometheus_client writes them), ``render`` (the fast renderer),
-``reference`` (the same table as a prometheus_client collector: the test oracle), ``deflate`` (gzip),
-``selfmetrics`` (the self part).
+``deflate`` (gzip), ``selfmetrics`` (the self part). The renderer's oracle (the same table as a
+prometheus_client collector) is tests/reference.py: it is not part of the product.
 """
 
 from exporter.buildinfo import BuildInfo
@@ -28,7 +28,6 @@ from exporter.exposition.families import (
     MetricSpec,
 )
 from exporter.exposition.lines import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, go_float
-from exporter.exposition.reference import SnapshotCollector
 from exporter.exposition.render import RenderedSnapshot, SnapshotRenderer, render_snapshot
 from exporter.exposition.selfmetrics import API_ACTIONS, API_DURATION_BUCKETS, ScopeMetrics, SelfMetrics
 
@@ -50,7 +49,6 @@ __all__ = [
     "RenderedSnapshot",
     "ScopeMetrics",
     "SelfMetrics",
-    "SnapshotCollector",
     "SnapshotRenderer",
     "go_float",
     "gzip_body",

@@ -1,7 +1,7 @@
 """The fast snapshot renderer: the family table as byte parts, re-encoding only the images that changed.
 
 Joined, the parts of a :class:`RenderedSnapshot` are byte-identical to ``generate_latest`` over the
-reference collector (:class:`~exporter.exposition.reference.SnapshotCollector`) with the same table, and
+reference collector (``SnapshotCollector`` in tests/reference.py, the oracle) with the same table, and
 to the OpenMetrics generator without its ``# EOF``; the tests prove it. The parts are the header of each
 family, then its sample lines in batches of :data:`PART_IMAGES` images (no multi-megabyte join), then the
 snapshot-wide families. An unchanged image's lines are not kept apart: the renderer remembers where they

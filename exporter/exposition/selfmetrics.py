@@ -12,14 +12,18 @@ from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
 from prometheus_client.exposition import generate_latest as generate_text
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from exporter.buildinfo import BuildInfo
 from exporter.config import Scope
-from exporter.exposition.families import SPECS, MetricName
+from exporter.exposition.families import SPECS, MetricName, MetricSpec
 from exporter.exposition.lines import go_float
-from exporter.exposition.reference import counter, gauge, histogram
 from exporter.openapi.errors import KNOWN_CODES, LOCAL_CODES, OVERFLOW_CODE, ApiError
 from exporter.redaction import scrub
 
@@ -32,7 +36,35 @@ __all__ = [
     "ScopeMetrics",
     "SelfMetrics",
     "StateMetrics",
+    "counter",
+    "gauge",
+    "histogram",
 ]
+
+
+def _checked(spec: MetricSpec, kind: str) -> MetricSpec:
+    if spec.type != kind:
+        raise TypeError(f"{spec.name} is a {spec.type} in the table, not a {kind}")
+    return spec
+
+
+def gauge(spec: MetricSpec) -> GaugeMetricFamily:
+    """An empty gauge family for ``spec``."""
+    _checked(spec, "gauge")
+    return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+
+def counter(spec: MetricSpec) -> CounterMetricFamily:
+    """An empty counter family for ``spec`` (its name with ``_total``, as exposed)."""
+    _checked(spec, "counter")
+    return CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+
+def histogram(spec: MetricSpec) -> HistogramMetricFamily:
+    """An empty histogram family for ``spec``."""
+    _checked(spec, "histogram")
+    return HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)
+
 
 API_ACTIONS: tuple[str, ...] = ("GetImage", "ListImages")
 # Per-attempt latency: loopback simulator calls take milliseconds, real ones 50-500 ms, timeouts 10 s.

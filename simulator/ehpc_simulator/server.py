@@ -13,7 +13,7 @@ conflicts). Decisions where the real service is undocumented:
 - ListImages: ``Mode`` defaults to ``List`` (every version); ``Merge`` keeps the newest
   (``CreateTime``, then ``Version``) image per (type, name). Order is the insertion order of the
   images. ``PageSize`` must be 1..100 and ``PageNumber`` >= 1, else ``InvalidParams``.
-- Processing order per request: signature (see :mod:`exporter.simulator.auth`), action and version,
+- Processing order per request: signature (see :mod:`ehpc_simulator.auth`), action and version,
   the QPS limit (``Throttling.User``), one fault draw (:class:`Faults`), ``Faults.global_error``,
   ``Faults.action_errors``, then the action itself (per-image ``SimImage.error`` applies to GetImage).
   Latency is added to every answer; injected timeouts and resets skip it.
@@ -22,11 +22,11 @@ Every answer of the API (errors included) carries ``x-acs-request-id`` and is co
 (action, code); injected timeouts, resets and malformed bodies are counted under the code the client
 will see: ``Timeout``, ``ConnectionError``, ``InvalidResponse``.
 
-Timed scripts (:mod:`exporter.simulator.scripts`) are applied first, before anything else, in every
+Timed scripts (:mod:`ehpc_simulator.scripts`) are applied first, before anything else, in every
 request: steps due by the simulator's ``clock`` change images and their copies before the answer reads them.
 
 The admin API (``/_sim/...``: images, faults, counters, STS credentials, scripts) is
-:mod:`exporter.simulator.admin`; the ListImages selection is :mod:`exporter.simulator.images`.
+:mod:`ehpc_simulator.admin`; the ListImages selection is :mod:`ehpc_simulator.images`.
 """
 
 from __future__ import annotations
@@ -45,10 +45,9 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter.ratelimit import TokenBucket
-from exporter.simulator import admin
-from exporter.simulator.auth import AuthFailure, StsStore, Verified, Verifier
-from exporter.simulator.catalogue import (
+from ehpc_simulator import admin
+from ehpc_simulator.auth import AuthFailure, StsStore, Verified, Verifier
+from ehpc_simulator.catalogue import (
     ACTIONS,
     API_VERSION,
     PERMISSION_CODES,
@@ -56,9 +55,9 @@ from exporter.simulator.catalogue import (
     message_of,
     status_of,
 )
-from exporter.simulator.counts import AnswerCounter
-from exporter.simulator.images import ImageTable, Listing
-from exporter.simulator.model import (
+from ehpc_simulator.counts import AnswerCounter
+from ehpc_simulator.images import ImageTable, Listing
+from ehpc_simulator.model import (
     IMAGE_CATEGORIES,
     IMAGE_TYPES,
     Faults,
@@ -66,8 +65,9 @@ from exporter.simulator.model import (
     render_image,
     render_list_item,
 )
-from exporter.simulator.params import ParamError, enum_param, int_param, json_list, read_params
-from exporter.simulator.scripts import AppliedStep, DueStep, Scheduler, ScriptStep
+from ehpc_simulator.params import ParamError, enum_param, int_param, json_list, read_params
+from ehpc_simulator.ratelimit import TokenBucket
+from ehpc_simulator.scripts import AppliedStep, DueStep, Scheduler, ScriptStep
 
 # Public demo credentials: documented, not secret, accepted only by the simulator.
 DEMO_ACCESS_KEY_ID = "DEMO-EHPC-SIM-ACCESS-KEY"
@@ -156,7 +156,7 @@ class Simulator(AnswerCounter):
         self.images = ImageTable(images)
         self.faults = faults if faults is not None else Faults()
         self.region_id = region_id
-        # Set when this is one account's region of an estate (exporter.simulator.estate): its STS
+        # Set when this is one account's region of an estate (ehpc_simulator.estate): its STS
         # credentials then act for that account, and the region's gateway routes requests here.
         self.account_id = account_id
         self.host_id = f"ehpcinstant.{region_id}.aliyuncs.com"
@@ -168,7 +168,7 @@ class Simulator(AnswerCounter):
         self.clock = clock
         keys = dict(access_keys) if access_keys is not None else {DEMO_ACCESS_KEY_ID: DEMO_ACCESS_KEY_SECRET}
         self.verifier = Verifier(keys, self.sts, clock=self.now, date_clock=signing_clock)
-        # Timed scripts (exporter.simulator.scripts), applied lazily before every request.
+        # Timed scripts (ehpc_simulator.scripts), applied lazily before every request.
         self.scripts = Scheduler(self.now)
         self.url: str | None = None  # set while serve() runs
         super().__init__()
@@ -198,7 +198,7 @@ class Simulator(AnswerCounter):
     def schedule(self, steps: Iterable[ScriptStep], start: float | None = None) -> list[DueStep]:
         """Schedule timed steps from ``start`` (default: the clock now); see :mod:`.scripts`.
 
-        ValueError for a bad step list, :class:`~exporter.simulator.scripts.UnknownImageError` for a
+        ValueError for a bad step list, :class:`~ehpc_simulator.scripts.UnknownImageError` for a
         step naming an image this simulator does not have.
         """
         return self.scripts.schedule(steps, self.images, start)

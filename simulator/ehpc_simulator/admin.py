@@ -15,7 +15,7 @@ by default).
 - ``GET /_sim/sts[?ttl_seconds=N]`` -> STS credentials in the alibabacloud-credentials
   credentials-URI format, accepted by the API until they expire.
 - ``POST /_sim/scripts`` ``{"steps": [...], "start"?: <epoch seconds>}`` schedules timed steps
-  (:mod:`exporter.simulator.scripts`; each ``{"after_seconds", "image_id", "region"?, "status" | "error"}``,
+  (:mod:`ehpc_simulator.scripts`; each ``{"after_seconds", "image_id", "region"?, "status" | "error"}``,
   due ``after_seconds`` after ``start``, default the simulator's clock now) -> 201 ``{"scheduled": [...]}``,
   each with its ``id`` and ``due_at``; all or nothing. A step naming an image the simulator lacks is 404
   (the image is what is missing, as for ``/_sim/images/{id}``); every other problem 400, naming the step
@@ -26,7 +26,7 @@ by default).
 
 Every admin request, like every API request, first applies the steps due by the simulator's clock.
 
-An estate (:mod:`exporter.simulator.estate`) serves these on each region port for the account named by
+An estate (:mod:`ehpc_simulator.estate`) serves these on each region port for the account named by
 ``?account=<name or id>``, and :data:`ESTATE_ENDPOINTS` on its STS port:
 
 - ``GET /_sim/estate`` -> regions, ``sts_max_ttl_seconds``, accounts with their AccessKey ids, roles and
@@ -52,12 +52,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from exporter.simulator.model import Faults, SimImage, apply_image_fields, faults_from_dict, image_from_dict
-from exporter.simulator.scripts import UnknownImageError, field_names, steps_from_data
+from ehpc_simulator.model import Faults, SimImage, apply_image_fields, faults_from_dict, image_from_dict
+from ehpc_simulator.scripts import UnknownImageError, field_names, steps_from_data
 
 if TYPE_CHECKING:
-    from exporter.simulator.estate import Estate
-    from exporter.simulator.server import Simulator
+    from ehpc_simulator.estate import Estate
+    from ehpc_simulator.server import Simulator
 
 # What ``GET /_sim/`` answers and ``--help`` shows: one line per resource.
 ENDPOINTS: tuple[str, ...] = (

@@ -3,7 +3,7 @@
 ``StringToSign = METHOD & pe("/") & pe(canonical query)`` where the canonical query is every parameter
 but ``Signature``, sorted by name, written ``pe(k)=pe(v)`` and joined by ``&``; the signature is
 ``base64(HMAC-SHA1(secret + "&", StringToSign))``. ``pe`` is RFC 3986 percent-encoding
-(:func:`exporter.simulator.acs3.rfc3986`, the simulator's own).
+(:func:`ehpc_simulator.acs3.rfc3986`, the simulator's own).
 
 One known divergence of the clients, not of this module: alibabacloud-credentials 1.0.12 encodes with
 ``quote_plus``, which writes a space as ``+`` where RFC 3986 writes ``%20``; their signatures agree for
@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from exporter.simulator.acs3 import rfc3986
-from exporter.simulator.auth import (
+from ehpc_simulator.acs3 import rfc3986
+from ehpc_simulator.auth import (
     DATE_SKEW_SECONDS,
     AuthFailure,
     KeyDirectory,
@@ -67,14 +67,14 @@ class RpcVerified:
 class RpcVerifier:
     """Checks RPC-signed requests against long-term keys (a :class:`KeyDirectory`) and issued STS tokens.
 
-    The order of the checks mirrors :class:`exporter.simulator.auth.Verifier`'s:
+    The order of the checks mirrors :class:`ehpc_simulator.auth.Verifier`'s:
 
     1. A missing common parameter (:data:`REQUIRED`): ``Missing<Name>``, e.g. ``MissingSignatureNonce``
        (the gateway's ``Missing{Param}`` shape, alibaba-openapi.md §4.2).
     2. ``SignatureMethod`` other than ``HMAC-SHA1`` or ``SignatureVersion`` other than ``1.0``:
        ``IncompleteSignature`` (the request does not conform to the signature standard; [U] code).
     3. The AccessKeyId and ``SecurityToken``: exactly the V3 gateway's rules
-       (:func:`exporter.simulator.auth.resolve_key`): ``InvalidAccessKeyId.NotFound``,
+       (:func:`ehpc_simulator.auth.resolve_key`): ``InvalidAccessKeyId.NotFound``,
        ``InvalidSecurityToken.Malformed`` / ``.Expired``.
     4. ``Timestamp`` not ``%Y-%m-%dT%H:%M:%SZ``: ``InvalidTimeStamp.Format``; more than 15 minutes from
        the server clock (``date_clock`` when given): ``InvalidTimeStamp.Expired``.

@@ -1,6 +1,6 @@
 """Server-side verification of ACS3-HMAC-SHA256 signatures (alibaba-openapi.md §2.8), nonces and STS.
 
-The canonical request and signature come from :mod:`exporter.simulator.acs3`, the simulator's own.
+The canonical request and signature come from :mod:`ehpc_simulator.acs3`, the simulator's own.
 
 The order of the checks, and so which error a request with several faults gets:
 
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from multidict import CIMultiDictProxy
 
-from exporter.simulator import acs3
+from ehpc_simulator import acs3
 
 DATE_SKEW_SECONDS = 15 * 60
 NONCE_WINDOW_SECONDS = 31 * 60

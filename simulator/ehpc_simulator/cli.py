@@ -1,4 +1,4 @@
-"""Command-line glue for ``ehpc-image-exporter simulate`` (and ``python -m exporter.simulator``)."""
+"""Command line of ``ehpc-image-exporter simulate``, ``ehpc-simulator`` and ``python -m ehpc_simulator``."""
 
 from __future__ import annotations
 
@@ -6,33 +6,79 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import math
+import re
 import ssl
 import sys
-from typing import TextIO
+from collections.abc import Callable
+from typing import TextIO, TypeVar
 
-from exporter import config
-from exporter.argtypes import bounded
-from exporter.simulator.admin import ENDPOINTS as ADMIN_ENDPOINTS
-from exporter.simulator.admin import ESTATE_ENDPOINTS
-from exporter.simulator.catalogue import is_known
-from exporter.simulator.estate import Estate
-from exporter.simulator.fleet import generate_fleet, load_fleet
-from exporter.simulator.model import Faults, SimImage
-from exporter.simulator.scripts import UnknownImageError, load_steps
-from exporter.simulator.server import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, Simulator
+from ehpc_simulator.admin import ENDPOINTS as ADMIN_ENDPOINTS
+from ehpc_simulator.admin import ESTATE_ENDPOINTS
+from ehpc_simulator.catalogue import is_known
+from ehpc_simulator.estate import Estate
+from ehpc_simulator.fleet import generate_fleet, load_fleet
+from ehpc_simulator.model import Faults, SimImage
+from ehpc_simulator.scripts import UnknownImageError, load_steps
+from ehpc_simulator.server import DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, Simulator
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9766"
 DEFAULT_REGIONS = "cn-beijing,cn-shanghai"
 DEFAULT_IMAGES = 50
 
 
+_HOST_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+N = TypeVar("N", int, float)
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` -> (host, port), an empty host meaning every interface.
+
+    The simulator's own parser (it imports nothing of the exporter); ValueError with a one-line message.
+    """
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or not rest.startswith(":") or ":" not in host:
+            raise ValueError("must be host:port, with an IPv6 host in brackets like [::1]:9766")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep:
+            raise ValueError("must be host:port, like ':9766' or '127.0.0.1:9766'")
+        if ":" in host:
+            raise ValueError("an IPv6 host must be in brackets, like [::1]:9766")
+        if host and not _HOST_RE.match(host):
+            raise ValueError("invalid host")
+    # ASCII digits only, and few of them: int() takes '٣' and raises on 5,000 digits.
+    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5) or int(port_text) > 65535:
+        raise ValueError("port must be a number from 0 to 65535")
+    return host, int(port_text)
+
+
 def parse_listen_address(value: str) -> tuple[str, int]:
     """``host:port``, ``[v6]:port`` or ``:port`` (all interfaces) -> (host, port), as an argparse type."""
     try:
-        host, port = config.parse_listen_address(value)
+        host, port = split_host_port(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}: {exc}") from None
     return host or "0.0.0.0", port  # noqa: S104 - ":PORT" asks for every interface
+
+
+def bounded(
+    kind: Callable[[str], N], what: str, *, low: float = 0, above: bool = False, high: float = math.inf
+) -> Callable[[str], N]:
+    """An argparse ``type``: a finite ``kind(text)`` in ``[low, high]`` (``(low, high]`` with ``above``)."""
+
+    def parse(text: str) -> N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (above and value == low) or value > high:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
 def _access_key(value: str) -> tuple[str, str]:
@@ -70,7 +116,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group(
         "simulator",
         description="Admin API (JSON, unauthenticated, on the same address; "
-        "see exporter/simulator/admin.py): " + "; ".join(ADMIN_ENDPOINTS) + ".",
+        "see ehpc_simulator/admin.py): " + "; ".join(ADMIN_ENDPOINTS) + ".",
     )
     g.add_argument(
         "--listen-address",
@@ -98,14 +144,14 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--fleet",
         metavar="FILE",
-        help="YAML or JSON fleet file (format: exporter/simulator/fleet.py; example: "
-        "exporter/simulator/example-fleet.yaml).",
+        help="YAML or JSON fleet file (format: ehpc_simulator/fleet.py; example: "
+        "simulator/ehpc_simulator/example-fleet.yaml in the source tree).",
     )
     g.add_argument(
         "--estate",
         metavar="FILE",
         help="YAML or JSON estate file: several accounts x regions and an STS (format: "
-        "exporter/simulator/estate.py; example: exporter/simulator/example-estate.yaml). Endpoints: one "
+        "ehpc_simulator/estate.py; example: simulator/ehpc_simulator/example-estate.yaml). Endpoints: one "
         "port per region, from the --listen-address port on (port, port+1, ... in the file's region order; "
         "port 0: free ports), each serving every account (admin API: /_sim/...?account=NAME); then the "
         "STS over HTTPS on the next port, with its estate admin API (" + "; ".join(ESTATE_ENDPOINTS) + "). "
@@ -117,7 +163,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="YAML or JSON list of timed steps, due after_seconds from the simulator's start, e.g. "
         '[{"after_seconds": 300, "image_id": "m-...", "region": "cn-beijing", "status": "Available"}] '
-        "(format: exporter/simulator/scripts.py; more through POST /_sim/scripts). Not with --estate.",
+        "(format: ehpc_simulator/scripts.py; more through POST /_sim/scripts). Not with --estate.",
     )
     g.add_argument(
         "--images",
@@ -326,9 +372,9 @@ async def _run_estate(args: argparse.Namespace, stream: TextIO) -> None:
         await asyncio.Event().wait()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m exporter.simulator``: run the simulator alone."""
-    parser = argparse.ArgumentParser(prog="python -m exporter.simulator", description=__doc__)
+def main(argv: list[str] | None = None, prog: str = "python -m ehpc_simulator") -> None:
+    """Run the simulator alone (``python -m ehpc_simulator``, ``ehpc-simulator``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     add_simulate_arguments(parser)
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
@@ -336,3 +382,8 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(run_simulate(args))
         except (ValueError, OSError) as exc:
             parser.exit(1, f"{exc}\n")
+
+
+def console() -> None:
+    """The ``ehpc-simulator`` console script."""
+    main(prog="ehpc-simulator")

@@ -36,8 +36,8 @@ from typing import Any, Final
 
 import yaml
 
-from exporter.simulator.catalogue import is_known
-from exporter.simulator.model import SimImage
+from ehpc_simulator.catalogue import is_known
+from ehpc_simulator.model import SimImage
 
 __all__ = [
     "KEEP",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
-from exporter.simulator.acs3 import decode_query
+from ehpc_simulator.acs3 import decode_query
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 

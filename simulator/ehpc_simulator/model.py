@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from exporter.simulator.catalogue import ACTIONS, is_known
+from ehpc_simulator.catalogue import ACTIONS, is_known
 
 IMAGE_TYPES = ("VM", "Container")
 IMAGE_CATEGORIES = ("Public", "Custom")

@@ -4,19 +4,19 @@ Endpoints (:meth:`Estate.serve`): **one port per region**. Each region's gateway
 port (http by default), serves every account, checks the ACS3 signature once against the shared key
 directory (every account's long-term AccessKeys, and the STS credentials the estate's STS issued, each
 acting for one account), then hands the request to that account's simulator of that region
-(:class:`exporter.simulator.server.Simulator`: its images, faults and counters). A key of account A asking
+(:class:`ehpc_simulator.server.Simulator`: its images, faults and counters). A key of account A asking
 for an image only account B has gets ``ImageNotFound`` (it does not exist in A's account); an unknown
 key ``InvalidAccessKeyId.NotFound``; an expired STS credential ``InvalidSecurityToken.Expired``.
 Refusals of keys no account owns are counted by the region's :meth:`Estate.unattributed` simulator.
-The STS (:mod:`exporter.simulator.sts`) has a port of its own and speaks HTTPS only (the credentials
+The STS (:mod:`ehpc_simulator.sts`) has a port of its own and speaks HTTPS only (the credentials
 library forces ``https`` for STS); without an ``sts_ssl_context`` the estate makes a throwaway CA
-(:mod:`exporter.simulator.certs`) whose PEM is ``EstateEndpoints.ca_file``.
+(:mod:`ehpc_simulator.certs`) whose PEM is ``EstateEndpoints.ca_file``.
 
-Admin API (unauthenticated JSON, as :mod:`exporter.simulator.admin`): each region port serves the
+Admin API (unauthenticated JSON, as :mod:`ehpc_simulator.admin`): each region port serves the
 single-simulator admin routes (``/_sim/images``, ``/_sim/faults``, ``/_sim/scripts``, ``/_sim/sts``...)
 for the account named by ``?account=<name or id>`` (optional when the estate has one account), plus
 ``GET /_sim/accounts``. The STS port serves the estate's own
-(:data:`exporter.simulator.admin.ESTATE_ENDPOINTS`).
+(:data:`ehpc_simulator.admin.ESTATE_ENDPOINTS`).
 
 Estate file (YAML or JSON; ``.json`` read as JSON, anything else as YAML)::
 
@@ -40,7 +40,7 @@ Estate file (YAML or JSON; ``.json`` read as JSON, anything else as YAML)::
             max_session_seconds: 3600     # RAM's MaxSessionDuration: DurationSeconds above it is refused
         regions:
           cn-hangzhou:
-            images: [...]                 # the fleet format of exporter/simulator/fleet.py (images, generate)
+            images: [...]                 # the fleet format of ehpc_simulator/fleet.py (images, generate)
             faults: {latency_ms: 20}      # Faults fields, as the admin API's PUT /_sim/faults takes them
 """
 
@@ -59,13 +59,13 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from exporter.simulator import admin
-from exporter.simulator.auth import KeyDirectory, StsStore, Verifier
-from exporter.simulator.certs import make_local_tls
-from exporter.simulator.fleet import fleet_from_data
-from exporter.simulator.model import faults_from_dict
-from exporter.simulator.server import Simulator, serve_app
-from exporter.simulator.sts import (
+from ehpc_simulator import admin
+from ehpc_simulator.auth import KeyDirectory, StsStore, Verifier
+from ehpc_simulator.certs import make_local_tls
+from ehpc_simulator.fleet import fleet_from_data
+from ehpc_simulator.model import faults_from_dict
+from ehpc_simulator.server import Simulator, serve_app
+from ehpc_simulator.sts import (
     DEFAULT_CLIENT_IDS,
     DEFAULT_MAX_SESSION_SECONDS,
     MIN_DURATION_SECONDS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, MutableMapping, ValuesView
 from typing import Self
 
-from exporter.simulator.model import SimImage
+from ehpc_simulator.model import SimImage
 
 _LIST_CACHE_MAX = 64
 

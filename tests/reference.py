@@ -1,50 +1,22 @@
 """The reference path: the family table as ordinary ``prometheus_client`` metric families (the test oracle).
 
 :class:`SnapshotCollector` turns a snapshot into ``prometheus_client`` families through the same table
-as the fast renderer; ``generate_latest`` over it is what the renderer's bytes must equal. The helpers
-:func:`gauge`, :func:`counter` and :func:`histogram` build an empty family from a spec, checking that the
-table declares that type (the self-metrics use them too).
+as the fast renderer; ``generate_latest`` over it is what the renderer's bytes must equal. It lives with
+the tests, not in the product: the exporter never serves it. Empty families come from the same
+spec-checked helpers the self-metrics use (:mod:`exporter.exposition.selfmetrics`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter.exposition.families import TABLE, FamilyTable, ImageInput, MetricSpec, Sample
+from exporter.exposition.selfmetrics import counter, gauge
 from exporter.snapshot import Snapshot
 
-__all__ = ["SnapshotCollector", "counter", "gauge", "histogram"]
-
-
-def _checked(spec: MetricSpec, kind: str) -> MetricSpec:
-    if spec.type != kind:
-        raise TypeError(f"{spec.name} is a {spec.type} in the table, not a {kind}")
-    return spec
-
-
-def gauge(spec: MetricSpec) -> GaugeMetricFamily:
-    """An empty gauge family for ``spec``."""
-    _checked(spec, "gauge")
-    return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
-
-
-def counter(spec: MetricSpec) -> CounterMetricFamily:
-    """An empty counter family for ``spec`` (its name with ``_total``, as exposed)."""
-    _checked(spec, "counter")
-    return CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
-
-
-def histogram(spec: MetricSpec) -> HistogramMetricFamily:
-    """An empty histogram family for ``spec``."""
-    _checked(spec, "histogram")
-    return HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)
+__all__ = ["SnapshotCollector"]
 
 
 def _family(spec: MetricSpec) -> GaugeMetricFamily | CounterMetricFamily:

@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from exporter.simulator.model import SimImage, image_from_dict
+from ehpc_simulator.model import SimImage, image_from_dict
 
 _APPS = (
     "gromacs",

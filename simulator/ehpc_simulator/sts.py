@@ -5,13 +5,13 @@ form body. Both actions answer ``{"RequestId", "AssumedRoleUser": {"Arn", "Assum
 "Credentials": {"AccessKeyId", "AccessKeySecret", "SecurityToken", "Expiration"}}``; the credential
 acts for the *role's* account, and the estate's region gateways accept it for that account only.
 Errors use the common JSON shape with ``HostId`` ``sts.aliyuncs.com``; their codes and statuses are
-the one table :data:`exporter.simulator.catalogue.STS_ERRORS` (plus the gateway's common codes).
+the one table :data:`ehpc_simulator.catalogue.STS_ERRORS` (plus the gateway's common codes).
 
 Processing order, and so which error a request with several faults gets:
 
 1. ``Action`` missing: ``MissingAction``; not an STS action: ``InvalidAction.NotFound``; ``Version``
    missing: ``MissingVersion``; not ``2015-04-01``: ``InvalidAction.NotFound``.
-2. AssumeRole only: the signature (:class:`exporter.simulator.rpcsig.RpcVerifier`, the same key rules
+2. AssumeRole only: the signature (:class:`ehpc_simulator.rpcsig.RpcVerifier`, the same key rules
    as the region gateways: an STS token as base credential must carry its ``SecurityToken``).
 3. Parameters: ``MissingParameter.<Name>``; ``RoleArn`` not ``acs:ram::<digits>:role/<name>``:
    ``InvalidParameter.RoleArn`` (OIDC: ``OIDCProviderArn`` not ``acs:ram::<digits>:oidc-provider/<name>``:
@@ -48,10 +48,10 @@ from typing import Any, Protocol
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from exporter.simulator import jwt
-from exporter.simulator.acs3 import decode_query
-from exporter.simulator.auth import AuthFailure, KeyDirectory, StsStore
-from exporter.simulator.catalogue import (
+from ehpc_simulator import jwt
+from ehpc_simulator.acs3 import decode_query
+from ehpc_simulator.auth import AuthFailure, KeyDirectory, StsStore
+from ehpc_simulator.catalogue import (
     STS_ACTIONS,
     STS_API_VERSION,
     STS_HOST_ID,
@@ -61,9 +61,9 @@ from exporter.simulator.catalogue import (
     sts_message_of,
     sts_status_of,
 )
-from exporter.simulator.counts import AnswerCounter
-from exporter.simulator.params import FORM_CONTENT_TYPE
-from exporter.simulator.rpcsig import RpcVerifier
+from ehpc_simulator.counts import AnswerCounter
+from ehpc_simulator.params import FORM_CONTENT_TYPE
+from ehpc_simulator.rpcsig import RpcVerifier
 
 DEFAULT_DURATION_SECONDS = 3600
 MIN_DURATION_SECONDS = 900
