@@ -22,24 +22,6 @@ from pydantic.fields import FieldInfo
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError, PydanticOmit, core_schema
 
-__all__ = [
-    "MAX_COLLECTED",
-    "NOT_IN_FILE",
-    "ConfigError",
-    "Loc",
-    "Problem",
-    "close_match",
-    "combined",
-    "fail",
-    "file_keys",
-    "format_loc",
-    "problems",
-    "relocated",
-    "rule",
-    "shown",
-    "whole_line",
-]
-
 Loc = tuple[str | int, ...]
 # Problems kept: past this a file gets a summary line, and a mistake repeated through aliases a million
 # times costs no more to report than a thousand.
@@ -147,11 +129,6 @@ def whole_line(line: str) -> InitErrorDetails:
 def fail(title: str, found: Sequence[InitErrorDetails]) -> NoReturn:
     """Raise ``found`` from a validator: pydantic reports each at its own location under the validated one."""
     raise ValidationError.from_exception_data(title, list(found))
-
-
-def combined(title: str, exc: ValidationError | None, found: Sequence[InitErrorDetails]) -> ValidationError:
-    """``exc``'s errors (its first MAX_COLLECTED) and ``found``, as one error to raise from a validator."""
-    return ValidationError.from_exception_data(title, [*relocated([((), exc)] if exc else []), *found])
 
 
 def relocated(failed: Iterable[tuple[Loc, ValidationError]], shift: int = 0) -> list[InitErrorDetails]:

@@ -12,29 +12,22 @@ all problems of a file at once, in the order of the file (the first 100, then on
 can repeat a mistake a million times). A file the gate refuses as a whole (unreadable, an alias bomb) is
 one line with its ``line:column``. Messages come from :mod:`exporter.config.errors` and never echo the
 input; secret values found in the file are registered with :func:`exporter.logging.register_secret` so
-later log lines mask them too, and masked in the lines here should one be quoted anyway.
-
-Decisions:
-
-- ``status.healthy`` and ``status.replication_healthy`` are automatically part of ``status.vocabulary``
-  (appended in order), so every state set carries the statuses the exporter calls healthy.
-- A config without images and with discovery disabled is valid (the exporter still serves its own
-  metrics and health endpoints); :func:`config_warnings` reports it and ``--check-config`` prints it.
-- An empty section (``images:`` with nothing after it) means "use the defaults".
+later log lines mask them too, and masked in the lines here should one be quoted anyway. A config without
+images and with discovery disabled is valid (the exporter still serves its own metrics and health
+endpoints); :func:`config_warnings` reports it and ``--check-config`` prints it.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from exporter.config import yamlfile
+from exporter.config import forms, yamlfile
 from exporter.config.errors import MAX_COLLECTED, ConfigError, Loc, Problem, format_loc, problems
 from exporter.config.interpolate import FileTooLong, expand_tree, interpolate
 from exporter.config.model import RESERVED_PATHS, WEB_CONFIG_CHECK, Config, parse_listen_address
@@ -57,15 +50,9 @@ MAX_PROBLEMS = 100  # lines reported: a file with a million bad keys gets a summ
 _SECRET_FIELDS = ("access_key_secret", "security_token")
 
 
-@functools.cache
-def _adapter() -> TypeAdapter[Config]:
-    """Built on first use: a command that never reads a config file does not pay for its schema."""
-    return TypeAdapter(Config)
-
-
 def config_json_schema() -> dict[str, Any]:
     """The JSON Schema of the configuration file (for editors and the Helm chart)."""
-    return _adapter().json_schema()
+    return forms.adapter(Config).json_schema()
 
 
 def load_config(
@@ -105,7 +92,9 @@ def load_config(
 
     found: list[Problem] = []
     try:
-        config = _adapter().validate_python(raw, context={WEB_CONFIG_CHECK: web_config_check})
+        config: Config = forms.adapter(Config).validate_python(
+            raw, context={WEB_CONFIG_CHECK: web_config_check}
+        )
     except ValidationError as exc:
         found = problems(exc, Config)
     early_locs = {p.loc for p in early}

@@ -31,7 +31,7 @@ from pydantic import (
 from pydantic_core import CoreSchema, core_schema
 
 from exporter.config import forms, rules
-from exporter.config.errors import NOT_IN_FILE, combined, fail, file_keys, relocated, rule, whole_line
+from exporter.config.errors import NOT_IN_FILE, fail, file_keys, relocated, rule, whole_line
 from exporter.config.schema import (
     MAX_IMAGES,
     MAX_REGIONS_PER_IMAGE,
@@ -563,9 +563,9 @@ class Config:
         except ValidationError as exc:
             if not found:
                 raise
-            raise combined("Config", exc, found) from None
+            fail("Config", [*relocated([((), exc)]), *found])
         if found:
-            raise combined("Config", None, found)
+            fail("Config", found)
         return config
 
 

@@ -29,39 +29,6 @@ from exporter.config.errors import MAX_COLLECTED, close_match, fail, relocated, 
 from exporter.names import EXPOSED_NAMES, INFO_LABELS, pattern_matches
 from exporter.redaction import BIDI_CONTROLS
 
-__all__ = [
-    "BAD_CHARS_RE",
-    "MAX_IMAGES",
-    "MAX_REGIONS_PER_IMAGE",
-    "MAX_STRING_CHARS",
-    "MAX_TARGETS",
-    "MAX_TOTAL_CHARS",
-    "RESERVED_PATHS",
-    "AccountName",
-    "Endpoint",
-    "FamilyPatterns",
-    "FilePath",
-    "HealthyStatuses",
-    "ImageId",
-    "InfoLabels",
-    "Items",
-    "ListenAddress",
-    "NonEmptyStr",
-    "Qps",
-    "Regex",
-    "RegionId",
-    "RegionList",
-    "RoleArn",
-    "SessionSeconds",
-    "StatePath",
-    "StatusNames",
-    "TelemetryPath",
-    "finite",
-    "parse_listen_address",
-    "unique",
-    "within",
-]
-
 # Served without authentication (Kubernetes probes carry no credentials); with "/", the landing page,
 # no telemetry path may shadow them.
 PROBE_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz"})

@@ -267,8 +267,7 @@ _M = MetricName
 # with the labels Prometheus targets often carry).
 IDENTITY = ("account", "region_id")
 _IMAGE_ID = (*IDENTITY, "image_id")
-# Names (MetricName) and ehpc_image_info's optional labels (INFO_LABELS) live in exporter.names, which the
-# config reads too; this table gives each its spec and samples.
+# The names (MetricName, INFO_LABELS) live in exporter.names, which the config reads too.
 
 IMAGE_FAMILIES: tuple[Family[ImageInput], ...] = (
     Family(
