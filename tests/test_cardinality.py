@@ -20,6 +20,7 @@ from exporter.config import DEFAULT_SCOPE, MetricsConfig, StatusConfig, WatchedI
 from exporter.config.load import ConfigError, load_config
 from exporter.exposition import SPECS, TABLE, MetricName, SelfMetrics, SnapshotRenderer, render_snapshot
 from exporter.exposition.families import (
+    CLIENT_FAMILIES,
     EXPOSED_NAMES,
     IMAGE_FAMILIES,
     INFO_LABELS,
@@ -120,6 +121,13 @@ def test_names_and_globs_that_match_load(
     metrics = load_config(path).metrics
     assert metrics.include == tuple(dict.fromkeys([pattern, *names]))
     assert metrics.exclude == (names[-1],)
+
+
+def test_the_names_the_config_checks_are_the_tables_names() -> None:
+    """The config judges metrics.include / exclude against exporter.names (so loading a config does not
+    import the table); the table may name no family that list lacks, nor the list one the table lacks."""
+    assert sorted(EXPOSED_NAMES) == sorted({*SPECS, *CLIENT_FAMILIES})
+    assert len(set(EXPOSED_NAMES)) == len(EXPOSED_NAMES)
 
 
 def test_defaults_change_nothing(tmp_path: Path) -> None:

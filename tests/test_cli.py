@@ -366,6 +366,23 @@ async def test_check_config_bad_flag_value_and_bad_web_config(tmp_path: Path) ->
     assert "Traceback" not in err
 
 
+async def test_check_config_reports_the_config_and_the_web_config_at_once(tmp_path: Path) -> None:
+    """Why: the web config file was read only once the config file was valid, so fixing one file showed
+    the other's problems only on the next run. Now one run prints both, in the order of the file."""
+    web = write(tmp_path, "basic_auth_users: {prometheus: not-a-bcrypt-hash}\n", "web.yml")
+    rc, _out, alone = await run_cli("--check-config", "--web.config.file", web)
+    assert rc == 2
+    assert alone.splitlines()
+    path = write(tmp_path, "refresh: {interval_seconds: -1}\nmetrics: {include: [ehpc_nope]}\n")
+    rc, _out, err = await run_cli("--check-config", "--config", path, "--web.config.file", web)
+    assert rc == 2
+    assert err.splitlines() == [
+        f"{path}: refresh.interval_seconds: must be at least 1",
+        f"{path}: metrics.include[0]: entry 'ehpc_nope' matches no metric family",
+        *alone.splitlines(),  # web.config_file comes from the flag: after the file's own keys
+    ]
+
+
 async def test_run_with_bad_config_exits_before_binding(tmp_path: Path) -> None:
     """The listen port is taken: had the exporter tried to serve, it would fail to bind instead."""
     path = write(

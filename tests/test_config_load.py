@@ -4,11 +4,20 @@ objects a valid file turns into."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
+from typing import Annotated, Any
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
 
+from exporter.cli.common import _web_config_problems
 from exporter.config import (
     DEFAULT_STATUS_VOCABULARY,
     ApiConfig,
@@ -23,6 +32,7 @@ from exporter.config import (
     WatchedImage,
     WebConfig,
 )
+from exporter.config.errors import MAX_COLLECTED
 from exporter.config.load import (
     ConfigError,
     config_json_schema,
@@ -31,6 +41,7 @@ from exporter.config.load import (
     load_config,
     parse_listen_address,
 )
+from exporter.config.schema import ImageId, Items
 
 SECRET = "TopSecretAccessKeySecret0123456789"
 TOKEN = "CAIS-TopSecretStsToken-abcdefghijklmnop"
@@ -713,3 +724,186 @@ def test_json_schema_forbids_unknown_keys() -> None:
         "api", "credentials", "images", "discovery", "refresh", "status", "sharding", "limits", "web",
         "targets", "state", "metrics",
     }  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------------
+# Every problem at once: mistakes in different places never hide one another.
+
+# Each mistake: the keys it sets (path -> value) and the lines it gives on its own, "{p}" for the config
+# file. "{w}" is the web config file, and "<web config>" stands for the lines that file gives on its own.
+Mistakes = dict[str, tuple[dict[tuple[str | int, ...], Any], list[str]]]
+ONE_TARGET_MISTAKES: Mistakes = {
+    "metrics entry": (
+        {("metrics", "include"): ["ehpc_imgae_status"]},
+        [
+            "{p}: metrics.include[0]: entry 'ehpc_imgae_status' matches no metric family"
+            " (did you mean 'ehpc_image_status'?)"
+        ],
+    ),
+    "metrics cap": ({("metrics", "max_series"): -1}, ["{p}: metrics.max_series: must be at least 0"]),
+    "web config": ({("web", "config_file"): "{w}"}, ["<web config>"]),
+    "telemetry path": (
+        {("web", "telemetry_path"): "/readyz"},
+        ["{p}: web.telemetry_path: must not be '/readyz', which the exporter serves itself"],
+    ),
+    "shard": (
+        {("sharding", "shards"): 2, ("sharding", "shard"): 2},
+        ["{p}: sharding.shard: must be less than sharding.shards (2)"],
+    ),
+    "retry": (
+        {("api", "retry", "base_delay_seconds"): 2, ("api", "retry", "max_delay_seconds"): 1},
+        ["{p}: api.retry.max_delay_seconds: must be at least retry.base_delay_seconds"],
+    ),
+    "qps": ({("api", "qps"): 0.001}, ["{p}: api.qps: must be 0 (no budget) or at least 0.01"]),
+    "interval": ({("refresh", "interval_seconds"): 0}, ["{p}: refresh.interval_seconds: must be at least 1"]),
+    "images": (
+        {("images",): [{"id": "m-1"}, {"id": "m-1", "type": "Docker"}]},
+        [
+            "{p}: images[1].id: duplicate image id 'm-1' (also images[0])",
+            "{p}: images[1].type: must be 'VM' or 'Container'",
+        ],
+    ),
+    "credentials": (
+        {("credentials",): {"type": "access_key", "access_key_id": "LTAI", "access_key_secret": "${NOPE}"}},
+        [
+            "{p}: credentials.access_key_secret: environment variable 'NOPE' is not set and has no default",
+        ],
+    ),
+    "region count": (
+        {("limits", "max_regions_per_image"): 1, ("discovery", "additional_regions"): ["cn-beijing", "ap-x"]},
+        ["{p}: discovery.additional_regions: must have at most 1 item(s) (limits.max_regions_per_image)"],
+    ),
+    "regex": (
+        {("discovery", "name_regex"): "(["},
+        ["{p}: discovery.name_regex: invalid regular expression (RE2 syntax): missing ]: ["],
+    ),
+    "unknown key": ({("imagez",): []}, ["{p}: imagez: unknown key (did you mean 'images'?)"]),
+    "runtime-only key": ({("account",): "prod"}, ["{p}: account: unknown key"]),
+}
+# With targets: four good targets (accounts t0 to t3, one region each) the mistakes spoil.
+TARGETS_MISTAKES: Mistakes = {
+    "override combination": (
+        {("api", "retry", "base_delay_seconds"): 2, ("targets", 0, "api", "retry", "max_delay_seconds"): 1},
+        ["{p}: targets[0].api.retry.max_delay_seconds: must be at least retry.base_delay_seconds"],
+    ),
+    "region key override": (
+        {("targets", 1, "api", "region_id"): "cn-beijing"},
+        ["{p}: targets[1].api.region_id: unknown key"],
+    ),
+    "override bound": (
+        {("targets", 1, "refresh", "interval_seconds"): 0.5},
+        ["{p}: targets[1].refresh.interval_seconds: must be at least 1"],
+    ),
+    "duplicate region": (
+        {("targets", 2, "regions"): [{"region_id": "cn-hangzhou"}, {"region_id": "cn-hangzhou", "qps": 1}]},
+        [
+            "{p}: targets[2].regions[1].region_id: duplicate region 'cn-hangzhou'"
+            " (also targets[2].regions[0])",
+            "{p}: targets[2].regions[1].qps: unknown key",
+        ],
+    ),
+    "duplicate account": (
+        {("targets", 3, "account"): "t0"},
+        ["{p}: targets[3].account: duplicate account 't0' (also targets[0])"],
+    ),
+    "one-target section": (
+        {("images",): [{"id": "m-1"}]},
+        ["{p}: images: belongs inside a target when 'targets' is set (each target has its own)"],
+    ),
+    "top-level region key": (
+        {("api", "network"): "vpc"},
+        ["{p}: api.network: is set per region when 'targets' is set (targets[].regions[])"],
+    ),
+    "metrics entry": ONE_TARGET_MISTAKES["metrics entry"],
+    "web config": ONE_TARGET_MISTAKES["web config"],
+}
+TARGETS_BASE = {
+    "targets": [{"account": f"t{i}", "regions": [{"region_id": "cn-hangzhou"}]} for i in range(4)]
+}
+
+
+def _put(doc: Any, path: tuple[str | int, ...], value: Any) -> None:
+    *parents, leaf = path
+    for part in parents:
+        doc = doc[part] if isinstance(part, int) else doc.setdefault(part, {})
+    doc[leaf] = value
+
+
+@pytest.mark.parametrize(
+    ("mistakes", "base"),
+    [(ONE_TARGET_MISTAKES, {}), (TARGETS_MISTAKES, TARGETS_BASE)],
+    ids=["one", "targets"],
+)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_every_problem_is_reported_at_once(
+    tmp_path: Path, mistakes: Mistakes, base: dict[str, Any], data: st.DataObject
+) -> None:
+    """Why: metrics.include and web.config_file problems, and a target's override combinations, used to
+    appear only once everything else was fixed. Any set of mistakes gives exactly the lines each gives
+    alone: none hides another, and none is reported twice."""
+    chosen = data.draw(st.sets(st.sampled_from(sorted(mistakes)), min_size=1), label="mistakes")
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users: {prometheus: not-a-bcrypt-hash}\n")
+    web_lines = _web_config_problems(str(web))
+    assert web_lines
+    assert all(line.startswith(f"{web}: ") for line in web_lines)
+    doc = yaml.safe_load(yaml.safe_dump(base))
+    expected: list[str] = []
+    for name in chosen:
+        keys, lines = mistakes[name]
+        for where, value in keys.items():
+            _put(doc, where, str(web) if value == "{w}" else value)
+        expected += [x for line in lines for x in (web_lines if line == "<web config>" else [line])]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, web_config_check=_web_config_problems)
+    assert sorted(info.value.errors) == sorted(line.format(p=path) for line in expected)
+
+
+@settings(max_examples=30, deadline=None)
+@given(limit=st.integers(1, 2500), over=st.integers(1, 3000), bad_every=st.integers(1, 4))
+@example(limit=2500, over=1, bad_every=1)
+def test_a_long_list_is_judged_by_its_length_first_and_its_problems_are_bounded(
+    limit: int, over: int, bad_every: int
+) -> None:
+    """Why: pydantic validates every item of a list before its length and builds an error for each, so a
+    mistake repeated 100,000 times through aliases cost 4.8 s and 800 MB. A list past its bound is one
+    problem; a long one with bad items reports them in order, up to about MAX_COLLECTED."""
+    adapter: TypeAdapter[tuple[str, ...]] = TypeAdapter(Annotated[tuple[ImageId, ...], Items(limit)])
+    with pytest.raises(ValidationError) as info:
+        adapter.validate_python([f"m-{i}" for i in range(limit + over)])
+    assert [(e["type"], e["loc"]) for e in info.value.errors()] == [("too_long", ())]
+    good = [f"m-{i}" for i in range(limit)]
+    assert adapter.validate_python(good) == tuple(good)
+    items = ["bad id" if i % bad_every == 0 else name for i, name in enumerate(good)]
+    bad = [i for i in range(limit) if i % bad_every == 0]
+    with pytest.raises(ValidationError) as info:
+        adapter.validate_python(items)
+    reported = [e["loc"][0] for e in info.value.errors()]
+    assert reported == bad[: len(reported)]  # the first ones, in order
+    assert min(len(bad), MAX_COLLECTED) <= len(reported) < 2 * MAX_COLLECTED
+
+
+def test_loading_a_config_imports_nothing_of_the_renderer() -> None:
+    """The config reads metric names from exporter.names (no project imports), not the family table."""
+    code = (
+        "import sys, exporter.names; names = sorted(m for m in sys.modules if m.startswith('exporter'));"
+        " from exporter.config.load import load_config; load_config(None);"
+        " print(names, sorted(m for m in sys.modules if m.startswith('exporter.exposition')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "['exporter', 'exporter.names'] []"
+
+
+def test_code_builds_configs_unchecked_and_replace_checks_nothing(tmp_path: Path) -> None:
+    """Only files and flags pass the gate: code (tests, the demo) may build values a file may not, and
+    ``dataclasses.replace`` does not validate either (it is construction)."""
+    api = replace(ApiConfig(max_response_bytes=64), timeout_seconds=0.01)
+    assert (api.max_response_bytes, api.timeout_seconds) == (64, 0.01)
+    path = write(tmp_path, "api: {max_response_bytes: 64, timeout_seconds: 0.01}\n")
+    assert errors_of(path) == [
+        f"{path}: api.max_response_bytes: must be at least 1024",
+        f"{path}: api.timeout_seconds: must be at least 0.1",
+    ]

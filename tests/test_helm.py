@@ -357,7 +357,7 @@ def chart_config_defs() -> dict[str, Any]:
         "anyOf": [{"type": "null"}, {"type": "string", "pattern": r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$"}]
     }
     for field in SECRET_FIELDS:
-        defs["CredentialsIn"]["properties"][field] = {
+        defs["CredentialsConfig"]["properties"][field] = {
             "description": "Only a ${VAR} reference: secrets never go into the ConfigMap.",
             "not": {"not": exact_ref},
         }

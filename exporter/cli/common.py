@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import structlog
 
 from exporter.config import STOP_TIMEOUT_SECONDS, Config
-from exporter.config.load import ConfigError, load_config
+from exporter.config.load import load_config
 from exporter.sharding import ShardingFlags, resolve_sharding
 
 log = structlog.get_logger("ehpc.cli")
@@ -52,28 +52,22 @@ def _sharding_overrides(args: argparse.Namespace, environ: Mapping[str, str] | N
     return dict(resolve_sharding(flags, os.environ if environ is None else environ))
 
 
-def _web_config_errors(config: Config) -> list[str]:
-    """The web config file's problems, if it has any (it is read at start and on reload)."""
-    if config.web.config_file is None:
-        return []
+def _web_config_problems(path: str) -> list[str]:
+    """The problems of the web config file at ``path``, one line each (it is read at start and on reload)."""
     from exporter.http.toolkit import WebConfigError, load_web_security
 
     try:
-        load_web_security(config.web.config_file)
+        load_web_security(path)
     except WebConfigError as exc:  # one line per problem, each naming the file and the field
-        return exc.errors or [f"{config.web.config_file}: invalid web config"]
+        return exc.errors or [f"{path}: invalid web config"]
     except ValueError:  # not expected: whatever else refused the file still names it, quoting nothing
-        return [f"{config.web.config_file}: invalid web config"]
+        return [f"{path}: invalid web config"]
     return []
 
 
 def _load(path: str | None, overrides: Mapping[str, Any]) -> Config:
-    """The config file and the web config file it names, both validated; raises ConfigError."""
-    config = load_config(path, overrides)
-    errors = _web_config_errors(config)
-    if errors:
-        raise ConfigError(errors)
-    return config
+    """The config file and the web config file it names, validated in one pass; raises ConfigError."""
+    return load_config(path, overrides, web_config_check=_web_config_problems)
 
 
 def _summary(config: Config) -> str:

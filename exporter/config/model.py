@@ -1,14 +1,76 @@
-"""The frozen runtime configuration the exporter runs on (and the listen-address parser it binds with).
+"""The configuration the exporter runs on, each key declared once: its type, default and bounds on one field.
 
-``exporter.config.load`` validates the YAML file and CLI flags into these objects; everything after start-up
-reads only these.
+These frozen dataclasses are what everything after start-up reads, and what the config file is validated
+into (pydantic validates them directly, :mod:`exporter.config.load`): a field's bounds are the kinds of
+:mod:`exporter.config.schema`, the file's spelling of a key is the field's alias, and a rule between
+fields is a model validator of the class that holds them. Where the file's shape differs from the
+runtime's, the class says how (``TargetConfig.file_form``, ``Config``'s whole-file validator).
+
+Constructing one in code (tests, the demo, ``dataclasses.replace``) validates nothing: code is trusted as
+code, and may use values a file may not (a 64-byte answer cap, a tenth of a second between refreshes) to
+exercise a behaviour quickly. Only a file, or flags, go through the gate.
+
+Why one module of over 400 lines: it is the whole configuration, one declaration per key, by design;
+splitting it would spread a key out again.
 """
 
 from __future__ import annotations
 
-import re
+import dataclasses
+import os
+import typing
 from dataclasses import dataclass, field, replace
-from typing import Literal, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, cast
+
+from pydantic import (
+    Field,
+    GetCoreSchemaHandler,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import CoreSchema, core_schema
+
+from exporter.config import forms, rules
+from exporter.config.errors import NOT_IN_FILE, fail, file_keys, relocated, rule, whole_line
+from exporter.config.schema import (
+    MAX_IMAGES,
+    MAX_REGIONS_PER_IMAGE,
+    MAX_SERIES,
+    MAX_TARGETS,
+    MIN_QPS,
+    PROBE_PATHS,
+    RESERVED_PATHS,
+    AccountName,
+    Endpoint,
+    ExternalId,
+    FamilyPatterns,
+    FilePath,
+    HealthyStatuses,
+    HttpUrl,
+    ImageId,
+    ImageIds,
+    InfoLabels,
+    Items,
+    ListenAddress,
+    NonEmptyStr,
+    Qps,
+    Regex,
+    RegionId,
+    RegionList,
+    RoleArn,
+    SessionName,
+    SessionSeconds,
+    StatePath,
+    StatusNames,
+    TelemetryPath,
+    finite,
+    parse_listen_address,
+    unique,
+    within,
+)
 
 __all__ = [
     "DEFAULT_ACCOUNT",
@@ -19,6 +81,7 @@ __all__ = [
     "PROBE_PATHS",
     "RESERVED_PATHS",
     "STOP_TIMEOUT_SECONDS",
+    "WEB_CONFIG_CHECK",
     "AdaptiveRateConfig",
     "ApiConfig",
     "AssumeRoleConfig",
@@ -43,96 +106,151 @@ __all__ = [
 
 DEFAULT_LISTEN_ADDRESS = ":9765"  # the exporter's default port; see README "Ports"
 DEFAULT_TELEMETRY_PATH = "/metrics"
-# Served without authentication (Kubernetes probes carry no credentials); with "/", the landing page,
-# no telemetry path may shadow them.
-PROBE_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz"})
-RESERVED_PATHS: frozenset[str] = PROBE_PATHS | {"/", "/-/reload"}  # /-/reload: the lifecycle API
 # The one stop deadline: the process promises to stop within 5 s of SIGTERM; the service's shutdown
 # gets 4.5 s of it, and the CLI adds nothing on top but exiting.
 STOP_TIMEOUT_SECONDS = 4.5
 # The account label of a config without ``targets:`` (the one-target form every older file has).
 DEFAULT_ACCOUNT = "default"
 DEFAULT_STATUS_VOCABULARY = ("Available", "Creating", "Waiting", "UnAvailable", "CreateFailed", "Deprecated")
+# The validation context key of a callable that reads the web config file ``web.config_file`` names
+# and returns its problems as lines (the CLI passes one; ``check`` does not serve, so it does not).
+WEB_CONFIG_CHECK = "web_config_check"
 
 CredentialType = Literal[
     "default", "access_key", "sts", "credentials_uri", "ecs_ram_role", "ram_role_arn", "oidc_role_arn"
 ]
+ImageType = Literal["VM", "Container"]
+ImageCategory = Literal["Public", "Custom"]
 
 
 @dataclass(frozen=True, slots=True)
 class RetryConfig:
-    """Retry policy of one API call: exponential backoff with full jitter, bounded twice."""
+    """``api.retry``: one API call's retries, exponential backoff with full jitter, bounded twice."""
 
-    max_attempts: int = 4
-    base_delay_seconds: float = 0.2
-    max_delay_seconds: float = 5.0
-    max_elapsed_seconds: float = 30.0
+    __pydantic_config__ = forms.FILE
+    max_attempts: Annotated[int, within(1, 20)] = 4
+    base_delay_seconds: Annotated[float, finite(0, 60)] = 0.2
+    max_delay_seconds: Annotated[float, finite(0, 600)] = 5.0
+    max_elapsed_seconds: Annotated[float, finite(0.01, 3600)] = 30.0
+
+    @model_validator(mode="after")
+    def _delays_in_order(self) -> RetryConfig:
+        if self.max_delay_seconds < self.base_delay_seconds:
+            fail("retry", [rule(("max_delay_seconds",), "must be at least retry.base_delay_seconds")])
+        return self
 
 
 @dataclass(frozen=True, slots=True)
 class AdaptiveRateConfig:
-    """AIMD of the QPS budget on throttling (``exporter.openapi.budget.AdaptiveRate`` says why each)."""
+    """``api.adaptive_rate``: AIMD of the QPS budget on throttling (``exporter.openapi.budget.AdaptiveRate``
+    says why each)."""
 
+    __pydantic_config__ = forms.FILE
     enabled: bool = True
     # 0.7, not TCP's 0.5: the server's bucket refunds a dip only up to its burst, and a gentler cut keeps
-    # a refresh within ~15 % of the hidden limit (bench/adaptive.py).
-    decrease_factor: float = 0.7
+    # a refresh within ~15 % of the hidden limit (bench/adaptive.py). Below 0.1 one throttle would drop
+    # the rate tenfold; 0.95 at most so a cut still cuts.
+    decrease_factor: Annotated[float, finite(0.1, 0.95)] = 0.7
     # Of the configured qps, per second of throttle-free sending: back from one 30 % cut in 12 s. Slow
     # enough that crossing a hidden limit costs a few throttled calls (0.05 doubled them, bench/adaptive.py).
-    increase_per_second: float = 0.025
-    min_qps: float = 1.0  # at least one call a second, whatever the throttling (capped at qps)
-    reaction_window_seconds: float = 1.0  # one cut per window (the API's limits are per second)
+    increase_per_second: Annotated[float, finite(0.001, 1)] = 0.025
+    min_qps: Annotated[float, finite(MIN_QPS, 10_000)] = 1.0  # at least a call a second (capped at qps)
+    reaction_window_seconds: Annotated[float, finite(0.01, 60)] = 1.0  # one cut per window (limits are per s)
 
 
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
-    """Where and how fast to call the E-HPC Instant API."""
+    """``api``: where and how fast to call the E-HPC Instant API."""
 
-    region_id: str = "cn-hangzhou"
+    __pydantic_config__ = forms.FILE
+    region_id: RegionId = "cn-hangzhou"
     # Overrides the host built from region_id: "host[:port]" or a full "http(s)://host[:port]" URL.
-    endpoint: str | None = None
+    endpoint: Endpoint | None = None
     network: Literal["public", "vpc"] = "public"
     protocol: Literal["https", "http"] = "https"
-    ca_file: str | None = None  # extra CA bundle (e.g. the simulator's throwaway CA)
-    timeout_seconds: float = 10.0  # one attempt, connect to last byte
-    connect_timeout_seconds: float = 5.0
-    max_concurrency: int = 50
-    qps: float = 20.0  # 0 disables the budget
-    max_response_bytes: int = 4 * 1024 * 1024
+    ca_file: FilePath | None = None  # extra CA bundle (e.g. the simulator's throwaway CA)
+    timeout_seconds: Annotated[float, finite(0.1, 600)] = 10.0  # one attempt, connect to last byte
+    connect_timeout_seconds: Annotated[float, finite(0.1, 600)] = 5.0
+    max_concurrency: Annotated[int, within(1, 1000)] = 50
+    qps: Qps = 20.0  # 0 disables the budget
+    max_response_bytes: Annotated[int, within(1024, 1024**3)] = 4 * 1024 * 1024
     retry: RetryConfig = field(default_factory=RetryConfig)
     adaptive_rate: AdaptiveRateConfig = field(default_factory=AdaptiveRateConfig)
 
 
+# Per credential type: the fields it needs, and the other fields it may use.
+_STS = ("sts_endpoint", "duration_seconds")
+_CREDENTIAL_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # sts_endpoint: where the RRSA step (ALIBABA_CLOUD_ROLE_ARN and friends set) assumes the role.
+    "default": ((), _STS),
+    "access_key": (("access_key_id", "access_key_secret"), ()),
+    "sts": (("access_key_id", "access_key_secret", "security_token"), ()),
+    "credentials_uri": (("credentials_uri",), ()),
+    "ecs_ram_role": ((), ("role_name",)),
+    "ram_role_arn": (
+        ("access_key_id", "access_key_secret", "role_arn"),
+        ("security_token", "role_session_name", "external_id", *_STS),
+    ),
+    # Each of the three may come from the environment the ACK RRSA webhook sets instead (RRSA_ENV).
+    "oidc_role_arn": ((), ("role_arn", "oidc_provider_arn", "oidc_token_file", "role_session_name", *_STS)),
+}
+# The environment variables alibabacloud-credentials reads for an oidc_role_arn field left out.
+RRSA_ENV = {
+    "role_arn": "ALIBABA_CLOUD_ROLE_ARN",
+    "oidc_provider_arn": "ALIBABA_CLOUD_OIDC_PROVIDER_ARN",
+    "oidc_token_file": "ALIBABA_CLOUD_OIDC_TOKEN_FILE",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class CredentialsConfig:
-    """Explicit credentials; absent means the alibabacloud-credentials default chain."""
+    """``credentials``: explicit credentials; absent means the alibabacloud-credentials default chain."""
 
-    type: CredentialType = "default"
-    access_key_id: str | None = None
+    __pydantic_config__ = forms.FILE
+    type: CredentialType
+    access_key_id: NonEmptyStr | None = None
     access_key_secret: str | None = field(default=None, repr=False)
     security_token: str | None = field(default=None, repr=False)
-    credentials_uri: str | None = None
-    role_arn: str | None = None
-    role_session_name: str | None = None
-    oidc_provider_arn: str | None = None
-    oidc_token_file: str | None = None
-    role_name: str | None = None  # ecs_ram_role
+    credentials_uri: HttpUrl | None = None
+    role_arn: NonEmptyStr | None = None
+    role_session_name: NonEmptyStr | None = None
+    oidc_provider_arn: NonEmptyStr | None = None
+    oidc_token_file: FilePath | None = None
+    role_name: NonEmptyStr | None = None  # ecs_ram_role
     # ram_role_arn / oidc_role_arn, and the RRSA path of type default: the STS host[:port] to call
     # (the library's default is sts.aliyuncs.com), the session length and the role's external id.
-    sts_endpoint: str | None = None
-    duration_seconds: int | None = None
-    external_id: str | None = field(default=None, repr=False)
+    sts_endpoint: Endpoint | None = None
+    duration_seconds: SessionSeconds | None = None
+    external_id: ExternalId | None = field(default=None, repr=False)
+
+    @model_validator(mode="after")
+    def _fields_of_its_type(self) -> CredentialsConfig:
+        """The fields the type needs are set, and none it does not use."""
+        required, optional = _CREDENTIAL_FIELDS[self.type]
+        found = []
+        for name in (f.name for f in dataclasses.fields(self) if f.name != "type"):
+            value, env = getattr(self, name), RRSA_ENV.get(name)
+            if name in required and not value:
+                found.append(rule((name,), f"required for type '{self.type}'"))
+            elif name not in required and name not in optional and value is not None:
+                found.append(rule((name,), f"not used by type '{self.type}'"))
+            elif self.type == "oidc_role_arn" and env and not value and not os.environ.get(env):
+                found.append(rule((name,), f"required for type 'oidc_role_arn' (or set {env})"))
+        if found:
+            fail("credentials", found)
+        return self
 
 
 @dataclass(frozen=True, slots=True)
 class AssumeRoleConfig:
-    """A RAM role assumed (STS AssumeRole) with a target's credentials as the base."""
+    """``targets[].assume_role``: a RAM role assumed (STS AssumeRole) with the target's credentials."""
 
-    role_arn: str
-    external_id: str | None = field(default=None, repr=False)
-    role_session_name: str = "ehpc-image-exporter"
-    duration_seconds: int = 3600
-    sts_endpoint: str | None = None  # host[:port]; None is the library's default, sts.aliyuncs.com
+    __pydantic_config__ = forms.FILE
+    role_arn: RoleArn
+    external_id: Annotated[ExternalId, Field(min_length=2)] | None = field(default=None, repr=False)
+    role_session_name: SessionName = "ehpc-image-exporter"
+    duration_seconds: SessionSeconds = 3600
+    sts_endpoint: Endpoint | None = None  # host[:port]; None is the library's default, sts.aliyuncs.com
 
 
 class Scope(NamedTuple):
@@ -142,100 +260,132 @@ class Scope(NamedTuple):
     region_id: str
 
 
-ImageType = Literal["VM", "Container"]
-
-
 @dataclass(frozen=True, slots=True)
 class WatchedImage:
-    """One image to watch, as GetImage is asked about it."""
+    """One entry of ``images``: an image to watch, as GetImage is asked about it."""
 
-    image_id: str
-    image_type: ImageType = "VM"
-    image_category: Literal["Public", "Custom"] | None = None
-    additional_region_ids: tuple[str, ...] = ()
+    __pydantic_config__ = forms.FILE
+    image_id: Annotated[ImageId, Field(alias="id")]
+    image_type: Annotated[ImageType, Field(alias="type")] = "VM"
+    image_category: Annotated[ImageCategory | None, Field(alias="category")] = None
+    additional_region_ids: Annotated[RegionList, Field(alias="additional_regions")] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class DiscoveryConfig:
-    """Watch images found by ListImages as well as the static list."""
+    """``discovery``: watch images found by ListImages as well as the static list."""
 
+    __pydantic_config__ = forms.FILE
     enabled: bool = False
-    image_type: ImageType | None = None
-    image_category: Literal["Public", "Custom"] | None = None
-    name_regex: str | None = None
-    image_ids: tuple[str, ...] = ()
-    additional_region_ids: tuple[str, ...] = ()  # asked of every discovered image
-    page_size: int = 50
+    image_type: Annotated[ImageType | None, Field(alias="type")] = None
+    image_category: Annotated[ImageCategory | None, Field(alias="category")] = None
+    name_regex: Regex | None = None
+    image_ids: Annotated[ImageIds, Field(alias="ids")] = ()
+    # Asked of every discovered image.
+    additional_region_ids: Annotated[RegionList, Field(alias="additional_regions")] = ()
+    page_size: Annotated[int, within(1, 100)] = 50
     # ListImages pages one discovery may read; more (or any page repeating an earlier one) fails it.
-    max_pages: int = 1000
+    max_pages: Annotated[int, within(1, 100_000)] = 1000
 
 
 @dataclass(frozen=True, slots=True)
 class RefreshConfig:
-    """The refresh loop's cadence."""
+    """``refresh``: the refresh loop's cadence."""
 
-    interval_seconds: float = 60.0
-    jitter_ratio: float = 0.1  # each sleep is interval * (1 ± jitter_ratio)
-    image_timeout_seconds: float = 30.0  # one image, retries included
+    __pydantic_config__ = forms.FILE
+    # At least a second in a file: a tiny interval (5e-324) turns the loop into thousands of cycles a second.
+    interval_seconds: Annotated[float, finite(1, 86_400)] = 60.0
+    # Each sleep is interval * (1 ± jitter_ratio).
+    jitter_ratio: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.1
+    image_timeout_seconds: Annotated[float, finite(0.1, 3600)] = 30.0  # one image, retries included
 
 
 @dataclass(frozen=True, slots=True)
 class StatusConfig:
-    """What the exporter calls healthy, and which statuses every state set always carries."""
+    """``status``: what the exporter calls healthy, and which statuses every state set always carries."""
 
-    healthy: tuple[str, ...] = ("Available",)
-    replication_healthy: tuple[str, ...] = ("Available",)
-    vocabulary: tuple[str, ...] = DEFAULT_STATUS_VOCABULARY
+    __pydantic_config__ = forms.FILE
+    healthy: HealthyStatuses = ("Available",)
+    replication_healthy: HealthyStatuses = ("Available",)
+    vocabulary: StatusNames = DEFAULT_STATUS_VOCABULARY
+
+    @model_validator(mode="after")
+    def _healthy_in_vocabulary(self) -> StatusConfig:
+        """The healthy statuses join the vocabulary (after it, in order): every state set carries them."""
+        vocabulary = unique((*self.vocabulary, *self.healthy, *self.replication_healthy))
+        return self if vocabulary == self.vocabulary else replace(self, vocabulary=vocabulary)
 
 
 @dataclass(frozen=True, slots=True)
 class ShardingConfig:
-    """Split the watched set across replicas: this one keeps the images rendezvous hashing gives ``shard``."""
+    """``sharding``: split the watched set across replicas; this one keeps the images rendezvous hashing
+    gives ``shard``."""
 
-    shards: int = 1
-    shard: int = 0
+    __pydantic_config__ = forms.FILE
+    shards: Annotated[int, within(1, 1000)] = 1
+    shard: Annotated[int, within(0, 999)] = 0
+
+    @model_validator(mode="after")
+    def _shard_among_shards(self) -> ShardingConfig:
+        if self.shard >= self.shards:
+            fail("sharding", [rule(("shard",), f"must be less than sharding.shards ({self.shards})")])
+        return self
 
 
 @dataclass(frozen=True, slots=True)
 class StateConfig:
-    """The state file that carries each image's last good data and history across restarts (SQLite)."""
+    """``state``: the SQLite file that carries each image's last good data and history across restarts."""
 
-    path: str  # the database; its directory also holds the -wal / -shm files and moved-aside copies
+    __pydantic_config__ = forms.FILE
+    path: StatePath  # the database; its directory also holds the -wal / -shm files and moved-aside copies
 
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    """Bounds on what hostile or runaway API answers can make the exporter publish."""
+    """``limits``: bounds on what hostile or runaway API answers can make the exporter publish."""
 
+    __pydantic_config__ = forms.FILE
     # Distinct error codes counted beyond the built-in catalogue (seed, gateway and local codes, which
     # are always kept); later new codes are counted under OVERFLOW_CODE (exporter.openapi.errors).
-    max_error_codes: int = 50
+    max_error_codes: Annotated[int, within(0, 10_000)] = 50
     # AdditionalRegionsInfo entries one GetImage answer may carry, and regions one image may ask for;
     # an answer with more is an InvalidResponse.
-    max_regions_per_image: int = 50
+    max_regions_per_image: Annotated[int, within(1, MAX_REGIONS_PER_IMAGE)] = 50
 
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
-    """What ``/metrics`` carries: which families, which info labels, how much of each state set, how many
-    series at most (see :func:`exporter.exposition.families.build_table`)."""
+    """``metrics``: what ``/metrics`` carries: which families, which info labels, how much of each state
+    set, how many series at most (see :func:`exporter.exposition.families.build_table`)."""
 
+    __pydantic_config__ = forms.FILE
     # Shell-style globs over exposed family names (counters with _total); empty include: every family.
     # A family is exposed when it matches include (or include is empty) and no exclude entry.
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    info_labels: tuple[str, ...] | None = None  # ehpc_image_info's optional labels kept; None: all
+    include: FamilyPatterns = ()
+    exclude: FamilyPatterns = ()
+    info_labels: InfoLabels | None = None  # ehpc_image_info's optional labels kept; None: all
     state_sets: Literal["full", "current"] = "full"  # current: only each state set's sample valued 1
-    max_series: int = 0  # the snapshot part's series at most, whole images left out past it; 0: no cap
+    # The snapshot part's series at most, whole images left out past it; 0: no cap.
+    max_series: Annotated[int, within(0, MAX_SERIES)] = 0
 
 
 @dataclass(frozen=True, slots=True)
 class WebConfig:
-    """The exporter's own HTTP server."""
+    """``web``: the exporter's own HTTP server."""
 
-    listen_address: str = DEFAULT_LISTEN_ADDRESS
-    telemetry_path: str = DEFAULT_TELEMETRY_PATH
-    config_file: str | None = None  # Prometheus exporter-toolkit web config (TLS, basic auth)
+    __pydantic_config__ = forms.FILE
+    listen_address: ListenAddress = DEFAULT_LISTEN_ADDRESS
+    telemetry_path: TelemetryPath = DEFAULT_TELEMETRY_PATH
+    config_file: FilePath | None = None  # Prometheus exporter-toolkit web config (TLS, basic auth)
+
+    @field_validator("config_file", mode="after")
+    @classmethod
+    def _web_config_readable(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """The file it names is checked in the same pass, when the caller passes WEB_CONFIG_CHECK."""
+        check = (info.context or {}).get(WEB_CONFIG_CHECK)
+        if value is not None and check is not None and (lines := check(value)):
+            fail("web", [whole_line(line) for line in lines])
+        return value
 
 
 # The identity of a default Config(): its account and ApiConfig's default region.
@@ -244,23 +394,99 @@ DEFAULT_SCOPE = Scope(DEFAULT_ACCOUNT, "cn-hangzhou")
 
 @dataclass(frozen=True, slots=True)
 class TargetConfig:
-    """One account of the estate: how to authenticate, which regions to call, what to watch in each."""
+    """``targets[]``: one account of the estate, how to authenticate, which regions to call, what to watch.
 
-    account: str = DEFAULT_ACCOUNT
+    The file writes its regions as entries (``region_id``, ``endpoint``, ``network``) and may override
+    the top-level ``api`` and ``refresh`` for all of them: that shape is :attr:`file_form` (derived from
+    these fields below), and ``Config`` resolves it into one whole ``ApiConfig`` per region.
+    """
+
+    file_form: ClassVar[type]
+    account: AccountName = DEFAULT_ACCOUNT
     credentials: CredentialsConfig | None = None
     assume_role: AssumeRoleConfig | None = None
     regions: tuple[ApiConfig, ...] = (ApiConfig(),)  # one resolved API config per region
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
-    images: tuple[WatchedImage, ...] = ()  # watched in every region of the target
+    images: Annotated[tuple[WatchedImage, ...], Items(MAX_IMAGES)] = ()  # in every region
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     # A budget shared by every region of the account, on top of each region's own (0 / None: none).
-    account_qps: float = 0.0
-    account_max_concurrency: int | None = None
+    account_qps: Qps = 0.0
+    account_max_concurrency: Annotated[int, within(1, 10_000)] | None = None
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        """Validated in the file's shape (:attr:`file_form`), then resolved against the top level."""
+        return core_schema.with_info_after_validator_function(
+            _resolved, handler.generate_schema(cls.file_form)
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# The target as the file writes it, derived from the fields above (so a key added there is a key here).
+
+
+def _target_entry() -> type:
+    """``TargetConfig`` as the file writes it: an account and region entries required, and the target's
+    overrides of the top-level ``api`` (but its region keys) and ``refresh``."""
+    hints = typing.get_type_hints(TargetConfig, include_extras=True)
+    region = (
+        "``targets[].regions[]``: one region of a target, with its endpoint and network when not inherited."
+    )
+    entry = forms.overrides(ApiConfig, "RegionEntry", region, rules.REGION_KEYS, required=("region_id",))
+    api_keys = tuple(f.name for f in dataclasses.fields(ApiConfig) if f.name not in rules.REGION_KEYS)
+    api = forms.overrides(
+        ApiConfig, "ApiOverrides", "``targets[].api``: overrides of the top-level api.", api_keys
+    )
+    refresh = forms.overrides(
+        RefreshConfig, "RefreshOverrides", "``targets[].refresh``: overrides of refresh."
+    )
+    fields: list[tuple[str, Any, Any]] = []
+    for f in dataclasses.fields(TargetConfig):
+        if f.name == "account":
+            fields.append((f.name, hints[f.name], dataclasses.MISSING))
+        elif f.name == "regions":
+            entries = Annotated[tuple[entry, ...], Items(100, min_length=1)]  # type: ignore[valid-type]
+            fields += [(f.name, entries, dataclasses.MISSING), ("api", api | None, None)]
+        elif f.name == "refresh":
+            fields.append((f.name, refresh | None, None))
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            fields.append((f.name, hints[f.name], default))
+    doc = "``targets[]``: one account, its credentials and regions, what to watch there, its overrides."
+    return forms.dataclass_form("TargetEntry", doc, fields)
+
+
+TargetConfig.file_form = _target_entry()
+
+
+def _resolved(entry: Any, info: ValidationInfo) -> Any:
+    """A valid target entry as a TargetConfig: each region a whole API config (the top-level api, the
+    target's overrides with one level of nesting merged, the region entry's keys), its refresh likewise.
+    Validated again: a combination can break a rule neither part does (an override's max_delay below the
+    top level's base delay). Each target is judged on its own, so one invalid target hides no other's."""
+    api, refresh = info.data.get("api"), info.data.get("refresh")
+    if api is None or refresh is None:
+        return entry  # the top level's own problems are reported; there is nothing to resolve against
+    regions, failed = [], []
+    for region in entry.regions:
+        keys = {k: v for k in rules.REGION_KEYS if (v := getattr(region, k)) is not None}
+        try:
+            regions.append(forms.adapter(ApiConfig).validate_python(forms.merged(api, entry.api, keys)))
+        except ValidationError as exc:
+            failed.append((("api",), exc))
+    try:
+        own_refresh = forms.adapter(RefreshConfig).validate_python(forms.merged(refresh, entry.refresh))
+    except ValidationError as exc:
+        failed.append((("refresh",), exc))
+    if failed:
+        fail("target", relocated(failed))
+    same = {f.name: getattr(entry, f.name) for f in dataclasses.fields(TargetConfig)}
+    return TargetConfig(**{**same, "regions": tuple(regions), "refresh": own_refresh})
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """The whole runtime configuration.
+    """The whole runtime configuration, and the whole file.
 
     Without ``targets`` the top-level ``api``, ``credentials``, ``images`` and ``discovery`` are the one
     target, account :data:`DEFAULT_ACCOUNT` (every older file). With ``targets``, each (account, region)
@@ -268,23 +494,25 @@ class Config:
     (refresher, client) sees one account in one region.
     """
 
+    __pydantic_config__ = forms.FILE
     api: ApiConfig = field(default_factory=ApiConfig)
     credentials: CredentialsConfig | None = None
-    images: tuple[WatchedImage, ...] = ()
+    images: Annotated[tuple[WatchedImage, ...], Items(MAX_IMAGES)] = ()
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     web: WebConfig = field(default_factory=WebConfig)
-    targets: tuple[TargetConfig, ...] = ()
+    targets: Annotated[tuple[TargetConfig, ...], Items(MAX_TARGETS)] = ()
     state: StateConfig | None = None  # off when absent
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    # Set on the per-scope configs :meth:`scopes` derives (and on a one-target config, the default).
-    account: str = DEFAULT_ACCOUNT
-    assume_role: AssumeRoleConfig | None = None
-    account_qps: float = 0.0
-    account_max_concurrency: int | None = None
+    # Set on the per-scope configs :meth:`scopes` derives (and on a one-target config, the default); no
+    # file sets them.
+    account: Annotated[str, NOT_IN_FILE] = DEFAULT_ACCOUNT
+    assume_role: Annotated[AssumeRoleConfig | None, NOT_IN_FILE] = None
+    account_qps: Annotated[float, NOT_IN_FILE] = 0.0
+    account_max_concurrency: Annotated[int | None, NOT_IN_FILE] = None
 
     @property
     def scope(self) -> Scope:
@@ -324,33 +552,30 @@ class Config:
             self.account_max_concurrency,
         )
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _whole_file(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Config:
+        """The rules over the whole file (:mod:`exporter.config.rules`), judged beside the fields' own
+        validation, so that neither hides the other's problems."""
+        if not isinstance(data, dict):
+            return cast(Config, handler(data))
+        runtime_only = {f.name for f in dataclasses.fields(cls)} - set(file_keys(cls))
+        data, found = rules.whole_file(data, runtime_only, _max_regions(data.get("limits")))
+        try:
+            config = cast(Config, handler(data))
+        except ValidationError as exc:
+            if not found:
+                raise
+            fail("Config", [*relocated([((), exc)]), *found])
+        if found:
+            fail("Config", found)
+        return config
 
-_HOST_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 
-
-def parse_listen_address(value: str, *, require_host: bool = False) -> tuple[str, int]:
-    """Split ``host:port`` (``:9765``, ``0.0.0.0:9765``, ``[::1]:9765``) into ``(host, port)``.
-
-    An empty host means every interface. Raises ValueError with a one-line message.
-    """
-    if value.startswith("["):
-        host, sep, rest = value[1:].partition("]")
-        if not sep or not rest.startswith(":") or ":" not in host:
-            raise ValueError("must be host:port, with an IPv6 host in brackets like [::1]:9765")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = value.rpartition(":")
-        if not sep:
-            if require_host and value and _HOST_RE.match(value):
-                return value, 0  # host alone: the scheme's default port
-            raise ValueError("must be host:port, like ':9765' or '127.0.0.1:9765'")
-        if ":" in host:
-            raise ValueError("an IPv6 host must be in brackets, like [::1]:9765")
-        if host and not _HOST_RE.match(host):
-            raise ValueError("invalid host")
-    if require_host and not host:
-        raise ValueError("must name a host")
-    # ASCII digits only, and few of them: int() takes '٣' and raises on 5,000 digits.
-    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5) or int(port_text) > 65535:
-        raise ValueError("port must be a number from 0 to 65535")
-    return host, int(port_text)
+def _max_regions(limits: Any) -> int | None:
+    """The file's ``limits.max_regions_per_image`` when its limits are valid (their default when absent)."""
+    try:
+        found: LimitsConfig = forms.adapter(LimitsConfig).validate_python({} if limits is None else limits)
+    except ValidationError:
+        return None
+    return found.max_regions_per_image

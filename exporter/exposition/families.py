@@ -42,12 +42,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from fnmatch import fnmatchcase
 from typing import Generic, Literal, NamedTuple, TypeVar
 
 from exporter.config import MetricsConfig
 from exporter.history import ImageHistory
+from exporter.names import CLIENT_FAMILIES, EXPOSED_NAMES, INFO_LABELS, MetricName, pattern_matches
 from exporter.redaction import scrub
 from exporter.snapshot import ImageFacts, ImageState, ScopeStatus, Snapshot
 from exporter.view import Health, ImageView, ReplicaHealth
@@ -73,49 +73,6 @@ __all__ = [
     "family_filter",
     "pattern_matches",
 ]
-
-
-class MetricName(StrEnum):
-    """Every metric name the exporter exposes (exposition names, counters with ``_total``)."""
-
-    IMAGE_INFO = "ehpc_image_info"
-    IMAGE_STATUS = "ehpc_image_status"
-    IMAGE_AVAILABLE = "ehpc_image_available"
-    IMAGE_SIZE_BYTES = "ehpc_image_size_bytes"
-    IMAGE_CREATED = "ehpc_image_created_timestamp_seconds"
-    IMAGE_REPLICATION_STATUS = "ehpc_image_replication_status"
-    IMAGE_REPLICATION_AVAILABLE = "ehpc_image_replication_available"
-    IMAGE_UP = "ehpc_image_up"
-    IMAGE_LAST_SUCCESS = "ehpc_image_last_success_timestamp_seconds"
-    IMAGE_LAST_ERROR = "ehpc_image_last_error_info"
-    IMAGE_STATUS_SINCE = "ehpc_image_status_since_timestamp_seconds"
-    IMAGE_STATUS_CHANGES = "ehpc_image_status_changes_total"
-    IMAGE_REPLICATION_SINCE = "ehpc_image_replication_since_timestamp_seconds"
-    IMAGE_REPLICATION_COMPLETE = "ehpc_image_replication_complete"
-    REPLICATION_DURATION = "ehpc_image_replication_duration_seconds"
-    STATE_LAST_SAVE = "ehpc_state_last_save_timestamp_seconds"
-    STATE_SAVE_ERRORS = "ehpc_state_save_errors_total"
-    STATE_LOAD_ERRORS = "ehpc_state_load_errors_total"
-    STATE_LOADED_IMAGES = "ehpc_state_loaded_images"
-    WATCHED_IMAGES = "ehpc_watched_images"
-    REFRESH_DURATION = "ehpc_refresh_duration_seconds"
-    REFRESH_LAST_SUCCESS = "ehpc_refresh_last_success_timestamp_seconds"
-    DISCOVERY_UP = "ehpc_discovery_up"
-    DISCOVERY_LAST_SUCCESS = "ehpc_discovery_last_success_timestamp_seconds"
-    DISCOVERED_IMAGES = "ehpc_discovered_images"
-    API_REQUESTS = "ehpc_api_requests_total"
-    API_ERRORS = "ehpc_api_errors_total"
-    API_REQUEST_DURATION = "ehpc_api_request_duration_seconds"
-    API_IGNORED_VALUES = "ehpc_api_ignored_values_total"
-    REFRESH_OVERRUNS = "ehpc_refresh_overruns_total"
-    API_RATE_LIMIT = "ehpc_api_rate_limit_qps"
-    CONFIG_RELOAD_SUCCESSFUL = "ehpc_config_last_reload_successful"
-    CONFIG_RELOAD_TIMESTAMP = "ehpc_config_last_reload_success_timestamp_seconds"
-    EXPOSITION_SERIES = "ehpc_exposition_series"
-    EXPOSITION_DROPPED_IMAGES = "ehpc_exposition_dropped_images"
-    BUILD_INFO = "ehpc_exporter_build_info"
-    SHARD_ORDINAL = "ehpc_exporter_shard_ordinal"
-    TOTAL_SHARDS = "ehpc_exporter_total_shards"
 
 
 MetricType = Literal["gauge", "counter", "histogram"]
@@ -310,17 +267,7 @@ _M = MetricName
 # with the labels Prometheus targets often carry).
 IDENTITY = ("account", "region_id")
 _IMAGE_ID = (*IDENTITY, "image_id")
-# ehpc_image_info's labels besides the identity, in the order its samples give them (metrics.info_labels).
-INFO_LABELS = (
-    "name",
-    "version",
-    "image_type",
-    "app_id",
-    "os_tag",
-    "platform",
-    "architecture",
-    "registry_url",
-)
+# The names (MetricName, INFO_LABELS) live in exporter.names, which the config reads too.
 
 IMAGE_FAMILIES: tuple[Family[ImageInput], ...] = (
     Family(
@@ -596,29 +543,10 @@ TABLE = FamilyTable(IMAGE_FAMILIES, SNAPSHOT_FAMILIES)
 SNAPSHOT_METRICS: tuple[str, ...] = tuple(spec.name for spec in TABLE.specs)
 # Every family the exporter exposes, by name.
 SPECS: Mapping[str, MetricSpec] = {spec.name: spec for spec in (*TABLE.specs, *SELF_SPECS)}
-# The families prometheus_client's process and gc collectors add to the self part, by exposed name.
-CLIENT_FAMILIES: tuple[str, ...] = (
-    "process_virtual_memory_bytes",
-    "process_resident_memory_bytes",
-    "process_start_time_seconds",
-    "process_cpu_seconds_total",
-    "process_open_fds",
-    "process_max_fds",
-    "python_gc_objects_collected_total",
-    "python_gc_objects_uncollectable_total",
-    "python_gc_collections_total",
-)
-# Every family name metrics.include / metrics.exclude may match.
-EXPOSED_NAMES: tuple[str, ...] = (*map(str, SPECS), *CLIENT_FAMILIES)
 
 
 # --------------------------------------------------------------------------------------------------
 # The table for one ``metrics:`` config: derived families, never special cases in the renderers.
-
-
-def pattern_matches(pattern: str) -> tuple[str, ...]:
-    """The exposed family names ``pattern`` (an exact name or a shell-style glob) matches."""
-    return tuple(name for name in EXPOSED_NAMES if fnmatchcase(name, pattern))
 
 
 def family_filter(metrics: MetricsConfig) -> Callable[[str], bool]:

@@ -1,0 +1,243 @@
+"""Config problems as lines: pydantic's errors translated into one located message each.
+
+A message is written from the error's type and context only, never from its input (pydantic's
+``input_value``), so a secret put in the wrong place cannot reach a terminal or a log; a value is quoted
+only when short and plain (:func:`shown`). Validators that judge several fields at once (the cross-field
+rules) report each problem at its own field with :func:`rule`, and raise them together with :func:`fail`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, NoReturn, get_args, get_origin
+
+from pydantic import GetJsonSchemaHandler, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError, PydanticOmit, core_schema
+
+Loc = tuple[str | int, ...]
+# Problems kept: past this a file gets a summary line, and a mistake repeated through aliases a million
+# times costs no more to report than a thousand.
+MAX_COLLECTED = 1000
+_RULE = "config_rule"
+_WHOLE_LINE = "whole_line"
+_KNOWN_TYPES = frozenset(get_args(core_schema.ErrorType))
+_FILE_KEYS: dict[type, dict[str, FieldInfo]] = {}
+_PLAIN_RE = re.compile(r"^[\x21-\x7e]{1,64}$")  # what an error line may quote as it is
+# What a location may show of a key: no ':', '[' or ']', so "<file>: <location>: <message>" stays parseable.
+_PLAIN_KEY_RE = re.compile(r"^[\x21-\x39\x3b-\x5a\x5c\x5e-\x7e]{1,64}$")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``errors`` holds one line per problem, each naming where it is."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors: list[str] = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One problem: where (keys and indexes from the document root) and what. A ``whole_line`` message is
+    a complete line about another file (the web config named by ``web.config_file``), printed as it is."""
+
+    loc: Loc
+    message: str
+    whole_line: bool = False
+
+
+class NotInFile:
+    """Marks a runtime field that is no key of the file (``Config.scopes()`` sets it): left out of the
+    JSON schema and of :func:`file_keys`, refused when a file sets it."""
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """Omit the field from the JSON schema."""
+        raise PydanticOmit
+
+
+NOT_IN_FILE = NotInFile()
+
+
+def shown(value: object) -> str:
+    """``'value'`` when it is short printable ASCII, else nothing: never a part of a value (a cut secret)."""
+    return f" {value!r}" if isinstance(value, str) and _PLAIN_RE.match(value) else ""
+
+
+def format_loc(loc: Loc) -> str:
+    """``("images", 0, "id")`` -> ``images[0].id``; a key that is long or unprintable is not shown."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            # The line stays one line, and a value pasted where a key belongs is not printed.
+            name = part if _PLAIN_KEY_RE.match(part) else "<unprintable or long key>"
+            out += f".{name}" if out else name
+    return out
+
+
+def close_match(key: str, known: Iterable[str]) -> list[str]:
+    """The known key ``key`` is probably a typo of (none for keys longer than any real one)."""
+    if len(key) > 64:
+        return []
+    return difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+
+
+def file_keys(cls: type) -> dict[str, FieldInfo]:
+    """A config class's fields by the key the file spells them with (the alias where there is one).
+
+    A class the file writes in another shape names it in ``file_form`` (``TargetConfig``); fields marked
+    :data:`NOT_IN_FILE` are left out.
+    """
+    known = _FILE_KEYS.get(cls)
+    if known is not None:
+        return known
+    form: type = getattr(cls, "file_form", cls)
+    hints = typing.get_type_hints(form, include_extras=True)
+    out = {}
+    for field in dataclasses.fields(form):
+        info = FieldInfo.from_annotation(hints[field.name])
+        if not any(isinstance(m, NotInFile) for m in info.metadata):
+            out[info.alias or field.name] = info
+    _FILE_KEYS[cls] = out
+    return out
+
+
+def rule(loc: Loc, message: str) -> InitErrorDetails:
+    """One problem a validator found at ``loc`` (relative to what it validates)."""
+    return {"type": PydanticCustomError(_RULE, "{message}", {"message": message}), "loc": loc, "input": None}
+
+
+def whole_line(line: str) -> InitErrorDetails:
+    """A problem that is already a complete line (the web config file's), reported where it is raised."""
+    return {
+        "type": PydanticCustomError(_WHOLE_LINE, "{message}", {"message": line}),
+        "loc": (),
+        "input": None,
+    }
+
+
+def fail(title: str, found: Sequence[InitErrorDetails]) -> NoReturn:
+    """Raise ``found`` from a validator: pydantic reports each at its own location under the validated one."""
+    raise ValidationError.from_exception_data(title, list(found))
+
+
+def relocated(failed: Iterable[tuple[Loc, ValidationError]], shift: int = 0) -> list[InitErrorDetails]:
+    """Each error of each ValidationError under its prefix (a leading index moved by ``shift``), ready to
+    raise again; repeats dropped (the same combination judged in every region of a target is one problem)."""
+    out: dict[tuple[Loc, str], InitErrorDetails] = {}
+    for prefix, exc in failed:
+        for err in exc.errors(include_url=False)[:MAX_COLLECTED]:
+            kind, loc = err["type"], err["loc"]
+            if shift and loc and isinstance(loc[0], int):
+                loc = (loc[0] + shift, *loc[1:])
+            loc = (*prefix, *loc)
+            known = kind in _KNOWN_TYPES
+            again: InitErrorDetails = {
+                "type": kind if known else PydanticCustomError(kind, "{message}", {"message": err["msg"]}),
+                "loc": loc,
+                "input": err["input"],
+            }
+            if known and "ctx" in err:
+                again["ctx"] = err["ctx"]
+            out.setdefault((loc, err["msg"]), again)
+    return list(out.values())
+
+
+def problems(exc: ValidationError, root: type) -> list[Problem]:
+    """``exc``'s errors as problems, each message written for ``root``'s file (never quoting the input)."""
+    out = []
+    for err in exc.errors(include_url=False, include_input=False)[:MAX_COLLECTED]:
+        whole = err["type"] == _WHOLE_LINE
+        out.append(Problem(err["loc"], err["msg"] if whole else _describe(err, root), whole_line=whole))
+    return out
+
+
+def _num(value: Any) -> Any:
+    """``0.0`` -> ``0``: bounds read as people write them."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _describe(err: ErrorDetails, root: type) -> str:
+    """One message for one pydantic error, from its type and context only (never its input)."""
+    kind = err["type"]
+    ctx: dict[str, Any] = dict(err.get("ctx") or {})
+    simple = {
+        "missing": "required",
+        "int_type": "must be an integer",
+        "int_parsing": "must be an integer",
+        "int_from_float": "must be an integer",
+        "float_type": "must be a number",
+        "float_parsing": "must be a number",
+        "finite_number": "must be a finite number",
+        "bool_type": "must be true or false",
+        "bool_parsing": "must be true or false",
+        "string_type": "must be a string",
+        "list_type": "must be a list",
+        "tuple_type": "must be a list",
+        "dataclass_type": "must be a mapping",
+        "dataclass_args_type": "must be a mapping",
+        "dict_type": "must be a mapping",
+        "string_too_short": "must not be empty",
+        "string_too_long": f"must be at most {ctx.get('max_length')} characters",
+        "int_parsing_size": "must be an integer (too many digits)",
+        "literal_error": f"must be {ctx.get('expected', 'one of the allowed values')}",
+        "greater_than": f"must be greater than {_num(ctx.get('gt'))}",
+        "greater_than_equal": f"must be at least {_num(ctx.get('ge'))}",
+        "less_than": f"must be less than {_num(ctx.get('lt'))}",
+        "less_than_equal": f"must be at most {_num(ctx.get('le'))}",
+        "too_short": f"must have at least {ctx.get('min_length')} item(s)",
+        "too_long": f"must have at most {ctx.get('max_length')} item(s)",
+    }
+    if kind in simple:
+        return simple[kind]
+    loc = err["loc"]
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        holder = _holder_at(root, loc[:-1])
+        key = loc[-1] if loc else None
+        if holder is not None and isinstance(key, str):
+            close = close_match(key, file_keys(holder))
+            if close:
+                return f"unknown key (did you mean '{close[0]}'?)"
+        return "unknown key"
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        return str(ctx["error"])
+    return err["msg"]  # a rule's own message (config_rule), written to be shown
+
+
+def _holder_at(root: type, loc: Loc) -> type | None:
+    """The config class that holds the field at ``loc`` (to suggest a key for an unknown one)."""
+    current: Any = root
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and dataclasses.is_dataclass(current)):
+            return None
+        field = file_keys(current).get(part)
+        if field is None:
+            return None
+        current = _unwrap(field.annotation)
+    return current if isinstance(current, type) and dataclasses.is_dataclass(current) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``tuple[X, ...] | None`` -> ``X``: the config class inside containers and optionals, if any."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(get_args(annotation)[0])
+    if origin in (list, tuple, typing.Union, types.UnionType):
+        for arg in get_args(annotation):
+            found = _unwrap(arg)
+            if isinstance(found, type) and dataclasses.is_dataclass(found):
+                return found
+        return None
+    return annotation

@@ -1,0 +1,141 @@
+"""The rules over the whole config file, judged on what it says rather than on what validated.
+
+``Config``'s whole-file validator runs them beside the field-by-field validation, so a mistake in one
+place hides none of these: duplicate image ids and regions (even in an item with other errors), the
+one-target sections and region keys that do not belong beside ``targets:``, accounts named twice, images
+asking for more regions than ``limits.max_regions_per_image``, and runtime-only keys a file tried to set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from pydantic_core import InitErrorDetails
+
+from exporter.config.errors import MAX_COLLECTED, Loc, format_loc, rule, shown
+
+__all__ = ["ONE_TARGET_SECTIONS", "REGION_KEYS", "whole_file"]
+
+# The api keys a region entry of a target sets; the target's ``api:`` overrides the others.
+REGION_KEYS = ("region_id", "endpoint", "network")
+# Top-level sections that describe the one target of a file without ``targets:``.
+ONE_TARGET_SECTIONS = ("credentials", "images", "discovery")
+
+
+def whole_file(
+    data: Mapping[str, Any], runtime_only: Collection[str], max_regions: int | None
+) -> tuple[dict[str, Any], list[InitErrorDetails]]:
+    """``data`` as the schema should see it, and the problems of these rules.
+
+    An empty section (``images:`` with nothing after it) means its defaults, so it is left out; a
+    ``runtime_only`` key is refused as unknown. ``max_regions`` is the valid ``limits.max_regions_per_image``
+    (None when the limits are invalid: their own problem is reported, and the counts are not judged).
+    """
+    found: list[InitErrorDetails] = []
+    kept: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in runtime_only:
+            found.append({"type": "unexpected_keyword_argument", "loc": (key,), "input": None})
+        elif value is not None:
+            kept[key] = value
+    found += _duplicates(kept)[:MAX_COLLECTED]
+    found += _targets_shape(kept)[:MAX_COLLECTED]
+    if max_regions is not None:
+        found += _region_counts(kept, max_regions)[:MAX_COLLECTED]
+    return kept, found
+
+
+def _scopes(data: Mapping[str, Any]) -> list[tuple[Loc, Mapping[str, Any]]]:
+    """The top level and each target that is a mapping, with where it is."""
+    out: list[tuple[Loc, Mapping[str, Any]]] = [((), data)]
+    targets = data.get("targets")
+    if isinstance(targets, list):
+        out += [(("targets", i), t) for i, t in enumerate(targets) if isinstance(t, dict)]
+    return out
+
+
+def _strings(value: Any, key: str = "") -> list[str | None]:
+    """The strings of a list (each item's ``key`` when given), None where there is none."""
+    if not isinstance(value, list):
+        return []
+    if key:
+        value = [item.get(key) if isinstance(item, dict) else None for item in value]
+    return [v if isinstance(v, str) else None for v in value]
+
+
+def _repeats(values: Sequence[str | None], base: Loc, what: str, field: str = "") -> list[InitErrorDetails]:
+    """A problem at each value seen before in ``values`` (the list at ``base``), the first MAX_COLLECTED."""
+    first: dict[str, int] = {}
+    out: list[InitErrorDetails] = []
+    for i, value in enumerate(values):
+        if value is None:
+            continue
+        if value not in first:
+            first[value] = i
+        elif len(out) < MAX_COLLECTED:
+            loc: Loc = (*base, i, field) if field else (*base, i)
+            also = format_loc((*base, first[value]))
+            out.append(rule(loc, f"duplicate {what}{shown(value)} (also {also})"))
+        else:
+            break
+    return out
+
+
+def _duplicates(data: Mapping[str, Any]) -> list[InitErrorDetails]:
+    """Image ids and regions named twice, found on the file as written so other errors hide nothing."""
+    out: list[InitErrorDetails] = []
+    for base, node in _scopes(data):
+        images = node.get("images")
+        out += _repeats(_strings(images, "id"), (*base, "images"), "image id", "id")
+        for i, item in enumerate(images if isinstance(images, list) else []):
+            if isinstance(item, dict) and isinstance(item.get("additional_regions"), list):
+                regions = (*base, "images", i, "additional_regions")
+                out += _repeats(_strings(item["additional_regions"]), regions, "region")
+        discovery = node.get("discovery")
+        if isinstance(discovery, dict):
+            out += _repeats(_strings(discovery.get("ids")), (*base, "discovery", "ids"), "image id")
+            regions = (*base, "discovery", "additional_regions")
+            out += _repeats(_strings(discovery.get("additional_regions")), regions, "region")
+        if base:
+            out += _repeats(
+                _strings(node.get("regions"), "region_id"), (*base, "regions"), "region", "region_id"
+            )
+    return out
+
+
+def _targets_shape(data: Mapping[str, Any]) -> list[InitErrorDetails]:
+    """With ``targets:``, the one-target sections belong inside a target, and accounts are unique."""
+    targets = data.get("targets")
+    if targets is None:
+        return []
+    out = [
+        rule((name,), "belongs inside a target when 'targets' is set (each target has its own)")
+        for name in ONE_TARGET_SECTIONS
+        if data.get(name) is not None
+    ]
+    api = data.get("api")
+    if isinstance(api, dict):
+        out += [
+            rule(("api", key), "is set per region when 'targets' is set (targets[].regions[])")
+            for key in REGION_KEYS
+            if key in api
+        ]
+    return out + _repeats(_strings(targets, "account"), ("targets",), "account", "account")
+
+
+def _region_counts(data: Mapping[str, Any], most: int) -> list[InitErrorDetails]:
+    """No image asks for more regions than ``limits.max_regions_per_image`` (answers are held to it too)."""
+    message = f"must have at most {most} item(s) (limits.max_regions_per_image)"
+    out = []
+    for base, node in _scopes(data):
+        images = node.get("images")
+        for i, item in enumerate(images if isinstance(images, list) else []):
+            regions = item.get("additional_regions") if isinstance(item, dict) else None
+            if isinstance(regions, list) and len(regions) > most:
+                out.append(rule((*base, "images", i, "additional_regions"), message))
+        discovery = node.get("discovery")
+        regions = discovery.get("additional_regions") if isinstance(discovery, dict) else None
+        if isinstance(regions, list) and len(regions) > most:
+            out.append(rule((*base, "discovery", "additional_regions"), message))
+    return out
