@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -548,7 +549,11 @@ ERROR_CASES: list[tuple[str, Callable[[Path], Any], str]] = [
     ("unknown-curve", lambda d: _tls(curve_preferences=["P256"]), "curve_preferences"),
     ("bad-hash", lambda d: {"basic_auth_users": {"alice": "secret-not-a-hash"}}, "basic_auth_users.alice"),
     ("hash-not-string", lambda d: {"basic_auth_users": {"alice": 12345678}}, "basic_auth_users.alice"),
-    ("colon-in-user", lambda d: {"basic_auth_users": {"a:b": SECRET_HASH}}, "basic_auth_users.a:b"),
+    (
+        "colon-in-user",
+        lambda d: {"basic_auth_users": {"a:b": SECRET_HASH}},
+        "basic_auth_users: user name 'a:b'",
+    ),
     (
         "forbidden-header",
         lambda d: {"http_server_config": {"headers": {"Authorization": "x"}}},
@@ -583,7 +588,7 @@ def test_config_errors_are_one_line_and_leak_nothing(
     message = str(info.value)
     assert isinstance(info.value, ValueError)
     assert "\n" not in message
-    assert message.startswith(f"{path}: ")
+    assert re.match(rf"{re.escape(path)}:\d+:\d+: ", message), message
     assert field in message
     for secret in ("secret", "PRIVATE KEY", "12345678", SECRET_HASH):
         assert secret not in message
@@ -602,7 +607,7 @@ def test_invalid_yaml_does_not_echo_the_file(tmp_path: Path) -> None:
     """A YAML syntax error reports a position, not the offending text (which may be a hash)."""
     path = tmp_path / "web.yml"
     path.write_text(f"basic_auth_users:\n  alice: {SECRET_HASH}: [\n")
-    with pytest.raises(WebConfigError, match=r"invalid YAML at line \d+") as info:
+    with pytest.raises(WebConfigError, match=rf"^{re.escape(str(path))}:2:\d+: invalid YAML: ") as info:
         load_web_security(str(path))
     assert "secret" not in str(info.value)
 
@@ -618,11 +623,11 @@ def test_the_config_files_gate_guards_the_web_config_too(tmp_path: Path) -> None
     path.write_text("x:\n" + laughs + "basic_auth_users: {alice: *i}\n")
     with pytest.raises(WebConfigError) as info:
         load_web_security(str(path))
-    assert str(info.value) == (
-        f"{path}: expands to more than 2000000 nodes (through aliases) at line 8, column 6"
-    )
+    assert str(info.value) == f"{path}:7:6: x.f: expands to more than 100000 nodes (through aliases)"
     path.write_text(f"rate_limit: {{interval: 1s, burst: {'9' * 5000}}}\n")
-    with pytest.raises(WebConfigError, match=r"rate_limit\.burst: must be a non-negative integer"):
+    with pytest.raises(
+        WebConfigError, match=r":1:\d+: rate_limit\.burst: number too large \(5000 characters\)"
+    ):
         load_web_security(str(path))
     with path.open("wb") as handle:
         handle.truncate(64 * 1024 * 1024)
@@ -675,10 +680,10 @@ def test_every_section_problem_is_reported_at_once(tmp_path: Path) -> None:
         load_web_security(path)
     lines = err.value.errors
     assert len(lines) == 3, lines
-    assert all(line.startswith(f"{path}: ") for line in lines)
-    assert [line.split(": ")[1].split(".")[0] for line in lines] == [
-        "tls_server_config",
+    assert all(re.match(rf"{re.escape(path)}:\d+:\d+: ", line) for line in lines), lines
+    assert [line.split(": ")[1].split(".")[0] for line in lines] == [  # in file order (safe_dump sorts)
         "basic_auth_users",
         "rate_limit",
+        "tls_server_config",
     ]
     assert "not-a-bcrypt-hash" not in str(err.value)
