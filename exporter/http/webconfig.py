@@ -467,8 +467,9 @@ def _refusal(
     lines = []
     for problem in errors.ordered(problems, raw)[: errors.MAX_PROBLEMS]:
         position = where(problem.at if problem.at is not None else problem.loc) if where else None
-        line = errors.render(path, problem, position)
-        for secret in secrets:  # belt and braces: a hash pasted where a header value belongs
+        # Belt and braces: a hash or key pasted where a header value or a user name belongs.
+        line = _BCRYPT_RE.sub("[REDACTED]", errors.render(path, problem, position))
+        for secret in secrets:
             line = line.replace(secret, "[REDACTED]")
         lines.append(line)
     if len(problems) > errors.MAX_PROBLEMS:
