@@ -278,6 +278,10 @@ Curve = Annotated[str, Strict(), AfterValidator(_one_of(list(_CURVES)))]
 UserName = Annotated[str, Strict(), AfterValidator(_user)]
 BcryptHash = Annotated[str, Strict(), Field(max_length=128), AfterValidator(_bcrypt)]
 StrictBool = Annotated[bool, Strict()]
+Headers = Annotated[
+    dict[str, PlainText], BeforeValidator(_without_nulls), _at_most(20), AfterValidator(_headers)
+]
+Users = Annotated[dict[UserName, BcryptHash], _at_most(MAX_USERS)]
 
 
 def pem_problem(path: str, kind: str) -> str | None:
@@ -308,10 +312,8 @@ class _In(BaseModel):
 class TlsServerConfig(_In):
     """``tls_server_config``: file names resolved next to the web config file, inline PEMs never in repr."""
 
-    _BLANK: ClassVar[frozenset[str]] = frozenset(
-        {"cert_file", "key_file", "client_ca_file", "cert", "key", "client_ca"}
-        | {"client_auth_type", "min_version", "max_version"}
-    )
+    _BLANK: ClassVar = frozenset(("cert", "key", "client_ca", "cert_file", "key_file", "client_ca_file"))
+    _BLANK |= {"client_auth_type", "min_version", "max_version"}
     cert_file: PlainText | None = None
     key_file: PlainText | None = None
     client_ca_file: PlainText | None = None
@@ -387,12 +389,7 @@ class HttpServerConfig(_In):
     """``http_server_config``: ``http2`` (accepted, without effect) and the allowlisted response headers."""
 
     http2: StrictBool = True
-    headers: Annotated[
-        dict[str, PlainText],
-        BeforeValidator(_without_nulls),
-        _at_most(len(_HEADERS) * 4),
-        AfterValidator(_headers),
-    ] = Field(default_factory=dict)
+    headers: Headers = Field(default_factory=dict)
 
 
 class RateLimit(_In):
@@ -423,9 +420,7 @@ class WebConfigFile(_In):
 
     tls_server_config: Annotated[TlsServerConfig | None, BeforeValidator(_blank_tls)] = None
     http_server_config: HttpServerConfig = Field(default_factory=HttpServerConfig)
-    basic_auth_users: Annotated[dict[UserName, BcryptHash], _at_most(MAX_USERS)] = Field(
-        default_factory=dict, repr=False
-    )
+    basic_auth_users: Users = Field(default_factory=dict, repr=False)
     rate_limit: RateLimit | None = None
     _path: str = PrivateAttr(default="")
     _text: str = PrivateAttr(default="")
