@@ -152,27 +152,27 @@ CONFIG_CASES = [
     ConfigCase(
         "web config: malformed YAML",
         "images: []\n",
-        "web.yml: invalid YAML",
+        "web.yml:2:1: invalid YAML",
         web_config="tls_server_config: [unclosed\n",
     ),
     ConfigCase(
         "web config: unknown key",
         "images: []\n",
-        "web.yml: basic_auth_user: unknown key",
+        "web.yml:1:1: basic_auth_user: unknown key",
         web_config="basic_auth_user: {a: b}\n",
     ),
     ConfigCase(
         "web config: plain-text password",
         "images: []\n",
-        "web.yml: basic_auth_users.prometheus: not a bcrypt hash",
+        "web.yml:1:20: basic_auth_users.prometheus: not a bcrypt hash",
         web_config="basic_auth_users: {prometheus: hunter2plaintextpw}\n",
         must_not_echo="hunter2plaintextpw",
     ),
     ConfigCase(
         "web config: certificate file missing",
         "images: []\n",
-        "web.yml: tls_server_config.cert_file: cannot read",
-        web_config="tls_server_config: {cert_file: missing.crt, key_file: missing.key}\n",
+        "web.yml:1:21: tls_server_config.cert_file: cannot read",
+        web_config="tls_server_config: {cert_file: missing.crt, key: '-----BEGIN PRIVATE KEY-----'}\n",
     ),
     ConfigCase(
         "web config: file does not exist",

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ import structlog
 import trustme
 import yaml
 from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from exporter.http.toolkit import REALM, WebConfigError, WebSecurity, load_web_security
 
@@ -25,6 +29,11 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 PASSWORD = "correct horse battery staple"
 # htpasswd writes $2y$; cost 4 keeps each check near a millisecond.
 HASH = "$2y$" + bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()[4:]
+FAMILIES = settings(
+    max_examples=40,
+    deadline=None,  # nothing here is timed: the machine is shared
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 # Failures a refused TLS client can see, depending on where in the handshake the server gives up.
 REFUSED = (aiohttp.ClientError, ssl.SSLError, ConnectionError)
 
@@ -548,7 +557,11 @@ ERROR_CASES: list[tuple[str, Callable[[Path], Any], str]] = [
     ("unknown-curve", lambda d: _tls(curve_preferences=["P256"]), "curve_preferences"),
     ("bad-hash", lambda d: {"basic_auth_users": {"alice": "secret-not-a-hash"}}, "basic_auth_users.alice"),
     ("hash-not-string", lambda d: {"basic_auth_users": {"alice": 12345678}}, "basic_auth_users.alice"),
-    ("colon-in-user", lambda d: {"basic_auth_users": {"a:b": SECRET_HASH}}, "basic_auth_users.a:b"),
+    (
+        "colon-in-user",
+        lambda d: {"basic_auth_users": {"a:b": SECRET_HASH}},
+        "basic_auth_users: user name 'a:b'",
+    ),
     (
         "forbidden-header",
         lambda d: {"http_server_config": {"headers": {"Authorization": "x"}}},
@@ -583,7 +596,7 @@ def test_config_errors_are_one_line_and_leak_nothing(
     message = str(info.value)
     assert isinstance(info.value, ValueError)
     assert "\n" not in message
-    assert message.startswith(f"{path}: ")
+    assert re.match(rf"{re.escape(path)}:\d+:\d+: ", message), message
     assert field in message
     for secret in ("secret", "PRIVATE KEY", "12345678", SECRET_HASH):
         assert secret not in message
@@ -602,7 +615,7 @@ def test_invalid_yaml_does_not_echo_the_file(tmp_path: Path) -> None:
     """A YAML syntax error reports a position, not the offending text (which may be a hash)."""
     path = tmp_path / "web.yml"
     path.write_text(f"basic_auth_users:\n  alice: {SECRET_HASH}: [\n")
-    with pytest.raises(WebConfigError, match=r"invalid YAML at line \d+") as info:
+    with pytest.raises(WebConfigError, match=rf"^{re.escape(str(path))}:2:\d+: invalid YAML: ") as info:
         load_web_security(str(path))
     assert "secret" not in str(info.value)
 
@@ -618,11 +631,11 @@ def test_the_config_files_gate_guards_the_web_config_too(tmp_path: Path) -> None
     path.write_text("x:\n" + laughs + "basic_auth_users: {alice: *i}\n")
     with pytest.raises(WebConfigError) as info:
         load_web_security(str(path))
-    assert str(info.value) == (
-        f"{path}: expands to more than 2000000 nodes (through aliases) at line 8, column 6"
-    )
+    assert str(info.value) == f"{path}:7:6: x.f: expands to more than 100000 nodes (through aliases)"
     path.write_text(f"rate_limit: {{interval: 1s, burst: {'9' * 5000}}}\n")
-    with pytest.raises(WebConfigError, match=r"rate_limit\.burst: must be a non-negative integer"):
+    with pytest.raises(
+        WebConfigError, match=r":1:\d+: rate_limit\.burst: number too large \(5000 characters\)"
+    ):
         load_web_security(str(path))
     with path.open("wb") as handle:
         handle.truncate(64 * 1024 * 1024)
@@ -675,10 +688,365 @@ def test_every_section_problem_is_reported_at_once(tmp_path: Path) -> None:
         load_web_security(path)
     lines = err.value.errors
     assert len(lines) == 3, lines
-    assert all(line.startswith(f"{path}: ") for line in lines)
-    assert [line.split(": ")[1].split(".")[0] for line in lines] == [
-        "tls_server_config",
+    assert all(re.match(rf"{re.escape(path)}:\d+:\d+: ", line) for line in lines), lines
+    assert [line.split(": ")[1].split(".")[0] for line in lines] == [  # in file order (safe_dump sorts)
         "basic_auth_users",
         "rate_limit",
+        "tls_server_config",
     ]
     assert "not-a-bcrypt-hash" not in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------- families
+# Every key of the format x every family of bad value (wrong type, out of range, unknown key, bad file
+# reference), each put alone into an otherwise valid file with TLS, mTLS, users, headers and a rate limit:
+# exactly one line, at the key's line of the file, naming the field. Then several at once.
+
+TLS, HTTP, RATE = "tls_server_config", "http_server_config", "rate_limit"
+# Field -> kind. A kind decides which families of bad values apply.
+KINDS: dict[tuple[str, ...], str] = {
+    **{(TLS, k): "file" for k in ("cert_file", "key_file", "client_ca_file")},
+    **{(TLS, k): "pem" for k in ("cert", "key", "client_ca")},
+    **{(TLS, k): "choice" for k in ("client_auth_type", "min_version", "max_version")},
+    **{(TLS, k): "list" for k in ("client_allowed_sans", "cipher_suites", "curve_preferences")},
+    (TLS, "prefer_server_cipher_suites"): "bool",
+    (HTTP, "http2"): "bool",
+    **{(k,): "mapping" for k in (TLS, HTTP, "basic_auth_users", RATE)},
+    (HTTP, "headers"): "mapping",
+    (RATE, "interval"): "duration",
+    (RATE, "burst"): "int",
+}
+WRONG_TYPES: dict[str, tuple[list[Any], str]] = {
+    "string": ([5, 2.5, True, ["x"], {"x": 1}], "must be a string"),
+    "bool": (["yes", 1, 2.5, ["x"], {"x": 1}], "must be true or false"),
+    "list": (["x", 5, True, {"x": 1}], "must be a list"),
+    "mapping": (["x", 5, True, ["x"]], "must be a mapping"),
+    "int": (["10", 2.5, True, ["x"], {"x": 1}], "must be an integer"),
+    "duration": ([5, True, 2.5, ["1s"], {"x": 1}], "must be a duration"),
+}
+PEM_WHAT = {"cert": "certificate", "key": "private key", "client_ca": "certificate"}
+
+
+@dataclass(frozen=True)
+class Bad:
+    """One bad value at one key, and the line it must give: ``field: ...says...``, at ``at``'s line."""
+
+    family: str
+    key: tuple[str, ...]
+    value: Any
+    says: str
+    field: str = ""  # the location the line names (default: the key)
+    at: tuple[str | int, ...] = ()  # where line:column points (default: the field)
+    also: tuple[tuple[str, Any], ...] = ()  # siblings set (or, with None, removed) with it
+    field_level: bool = True  # False: a rule or a file, judged once the block's fields are valid
+
+    @property
+    def where(self) -> str:
+        """The location the line names."""
+        return self.field or ".".join(self.key)
+
+    @property
+    def points_at(self) -> tuple[str | int, ...]:
+        """Keys and indexes of the node the line:column is."""
+        if self.at:
+            return self.at
+        parts: list[str | int] = []
+        for token in re.findall(r"[^.\[\]]+|\[\d+\]", self.where):
+            parts.append(int(token[1:-1]) if token.startswith("[") else token)
+        return tuple(parts)
+
+    @property
+    def id(self) -> str:
+        """A readable test id."""
+        return f"{'.'.join(self.key)}-{self.family}-{str(self.value)[:24]!r}"
+
+
+def _out(key: tuple[str, ...], value: Any, says: str, sub: str = "", **kw: Any) -> Bad:
+    """An out-of-range case; ``sub`` names the item or entry under ``key`` the line is about."""
+    return Bad("out of range", key, value, says, field=".".join(key) + sub if sub else "", **kw)
+
+
+def _rule(key: tuple[str, ...], value: Any, says: str, **kw: Any) -> Bad:
+    """A value refused by a cross-field rule or a file check, judged once the block's fields are valid."""
+    return Bad("out of range", key, value, says, field_level=False, **kw)
+
+
+def _bad_values() -> list[Bad]:
+    out: list[Bad] = []
+    for key, kind in KINDS.items():
+        values, says = WRONG_TYPES["string" if kind in ("file", "pem", "choice") else kind]
+        out += [Bad("wrong type", key, v, says) for v in values]
+    bidi = "control or bidi characters"
+    for name, what in PEM_WHAT.items():
+        file = (TLS, f"{name}_file")
+        out += [_out(file, "x" * 4097, "must be at most 4096 characters")]
+        out += [_out(file, v, bidi) for v in ("a\tb.crt", "a\u202eb.crt", "a\x00b")]
+        out.append(_rule((TLS, name), "not a PEM", f"contains no PEM {what}", also=((file[1], None),)))
+        # Bad file references: missing, a directory, a FIFO, a device, unreadable, not PEM.
+        out += [
+            Bad("bad file", file, v, s, field_level=False)
+            for v, s in [
+                ("absent.pem", "No such file or directory"),
+                (".", "Is a directory"),
+                ("fifo", "not a regular file (a FIFO)"),
+                ("/dev/null", "a character device"),
+                ("/proc/self/mem", "cannot read"),
+                ("notes.txt", f"contains no PEM {what}"),
+            ]
+        ]
+    out += [
+        Bad("bad file", (TLS, "key_file"), "server.crt", "contains no PEM private key", field_level=False),
+        Bad("bad file", (TLS, "cert_file"), "server.key", "contains no PEM certificate", field_level=False),
+        Bad(
+            "bad file",
+            (TLS, "key_file"),
+            "other.key",
+            "cannot load the certificate and key",
+            f"{TLS}.cert_file",
+            field_level=False,
+        ),
+    ]
+    auth = (TLS, "client_auth_type")
+    out += [_out(auth, "Always", "unknown value 'Always'")]
+    out += [
+        _out(auth, v, "is not supported")
+        for v in ("RequireAnyClientCert", "RequestClientCert", "RequireClientCert")
+    ]
+    for version in ("min_version", "max_version"):
+        out += [_out((TLS, version), v, "unknown value") for v in ("TLS14", "tls12", "SSL3")]
+    sans, suites, curves = (TLS, "client_allowed_sans"), (TLS, "cipher_suites"), (TLS, "curve_preferences")
+    out += [
+        _out(sans, ["a"] * 1001, "must have at most 1000 item(s)"),
+        _out(sans, ["ok", "a\x07b"], bidi, "[1]"),
+        _out(sans, ["x" * 4097], "at most 4096", "[0]"),
+        _out(suites, ["TLS_RSA_WITH_RC4_128_SHA"], "unknown or insecure cipher suite", "[0]"),
+        _out(suites, [5], "must be a string", "[0]"),
+        _out(suites, ["TLS_AES_128_GCM_SHA256"] * 1001, "at most 1000 item(s)"),
+        _out(curves, ["P256"], "unknown value 'P256'", "[0]"),
+        _rule(curves, ["X25519", "CurveP256"], "list one"),
+        _rule((TLS, "min_version"), "TLS13", "greater than max_version", also=(("max_version", "TLS12"),)),
+        _rule(suites, ["TLS_AES_128_GCM_SHA256"], "only TLS 1.3 suites"),
+        _rule(sans, ["a"], "needs client_auth_type", also=((auth[1], "VerifyClientCertIfGiven"),)),
+        _rule(auth, "NoClientCert", "a client CA is set", also=((sans[1], None),)),
+        _rule((TLS, "client_ca_file"), None, "missing (client_auth_type", at=(TLS,)),
+        _rule((TLS, "key_file"), None, "missing (set key_file or key)", at=(TLS,)),
+        _rule((TLS, "cert"), "-----BEGIN CERTIFICATE-----", "set only one of cert and cert_file"),
+    ]
+    headers = (HTTP, "headers")
+    out += [
+        _out(headers, {"Authorization": "x"}, "can not be configured", ".Authorization"),
+        _out(headers, {"X-Frame-Options": "allow"}, "invalid value 'allow'", ".X-Frame-Options"),
+        _out(headers, {"X-Content-Type-Options": "sniff"}, "invalid value", ".X-Content-Type-Options"),
+        _out(headers, {"X-Frame-Options": HASH}, "invalid value '[REDACTED]'", ".X-Frame-Options"),
+        _out(headers, {"X-XSS-Protection": "0\r\nSet-Cookie: a=b"}, bidi, ".X-XSS-Protection"),
+        _out(headers, {"Strict-Transport-Security": 5}, "must be a string", ".Strict-Transport-Security"),
+        _out(headers, {f"X-H{i}": "x" for i in range(21)}, "at most 20 item(s)"),
+        _out(
+            headers,
+            {"X-Frame-Options": "deny", "x-frame-options": "deny"},
+            "more than once",
+            ".x-frame-options",
+        ),
+    ]
+    users = ("basic_auth_users",)
+    out += [
+        _out(users, {"alice": "plaintext-password"}, "not a bcrypt hash", ".alice"),
+        _out(users, {HASH: "plaintext-password"}, "not a bcrypt hash", ".[REDACTED]", at=(*users, HASH)),
+        _out(users, {"alice": "$2y$03$" + HASH[7:]}, "cost must be between 04 and 31", ".alice"),
+        _out(users, {"alice": 12345678}, "must be a string", ".alice"),
+        _out(users, {"alice": HASH + "x" * 100}, "at most 128 characters", ".alice"),
+        _out(users, {"a:b": HASH}, "user name 'a:b' can not contain ':'", at=(*users, "a:b")),
+        _out(users, {"": HASH}, "must not be empty", at=(*users, "")),
+        _out(users, {"a\x1bb": HASH}, "printable text", at=(*users, "a\x1bb")),
+        _out(users, {f"u{i}": HASH for i in range(10_001)}, "at most 10000 item(s)"),
+    ]
+    burst, interval = (RATE, "burst"), (RATE, "interval")
+    out += [_out(burst, -1, "must be at least 0"), _out(burst, 10**7, "must be at most 1000000")]
+    out += [
+        _out(burst, int("9" * 200), "number too large (200 characters)"),
+        _rule(burst, 0, "when interval is set"),
+    ]
+    out += [_out(interval, v, "must be a duration") for v in ("soon", "1x", "-1s", "1h30", "1s" * 40)]
+    out.append(_out(interval, "99999h", "must be at most 8784h"))
+    # Unknown keys: each real key with its last letter dropped, in its block; the line suggests the key.
+    blocks: dict[tuple[str, ...], list[str]] = {(): [TLS, HTTP, "basic_auth_users", RATE]}
+    blocks[(TLS,)] = [key[1] for key in KINDS if key[0] == TLS and len(key) == 2]
+    blocks[(HTTP,)], blocks[(RATE,)] = ["http2", "headers"], ["interval", "burst"]
+    for block, keys in blocks.items():
+        out += [Bad("unknown key", (*block, k[:-1]), "x", f"unknown key (did you mean '{k}'?)") for k in keys]
+    return out
+
+
+BAD_VALUES = _bad_values()
+
+
+@pytest.fixture(scope="module")
+def estate(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA, client_ca: trustme.CA) -> Path:
+    """A directory with a server certificate and key, a client CA, another key, a FIFO and a text file."""
+    directory = tmp_path_factory.mktemp("web-config-families")
+    write_leaf(ca.issue_cert("127.0.0.1"), directory)
+    write_leaf(ca.issue_cert("127.0.0.1"), directory, stem="other")
+    client_ca.cert_pem.write_to_path(str(directory / "clients-ca.crt"))
+    os.mkfifo(directory / "fifo")
+    (directory / "notes.txt").write_text("not a certificate\n")
+    return directory
+
+
+def valid_document() -> dict[str, Any]:
+    """A web config using every block: TLS with mTLS, headers, users and a rate limit."""
+    return {
+        TLS: {
+            "cert_file": "server.crt",
+            "key_file": "server.key",
+            "client_auth_type": "RequireAndVerifyClientCert",
+            "client_ca_file": "clients-ca.crt",
+            "client_allowed_sans": ["scraper.example"],
+            "min_version": "TLS12",
+            "max_version": "TLS13",
+            "cipher_suites": ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"],
+            "prefer_server_cipher_suites": True,
+            "curve_preferences": ["X25519"],
+        },
+        HTTP: {"http2": True, "headers": {"X-Frame-Options": "deny"}},
+        "basic_auth_users": {"prometheus": HASH},
+        RATE: {"interval": "1s", "burst": 10},
+    }
+
+
+def with_bad(document: dict[str, Any], bad: Bad) -> None:
+    """Put ``bad`` (and its siblings) into ``document``; None removes a key."""
+    *parents, leaf = bad.key
+    node = document
+    for part in parents:
+        node = node[part]
+    for key, value in ((leaf, bad.value), *bad.also):
+        if value is None:
+            node.pop(key, None)
+        else:
+            node[key] = value
+
+
+def line_of(text: str, at: tuple[str | int, ...]) -> int:
+    """The 1-based line where ``at`` is written in a block-style ``yaml.safe_dump`` of a document."""
+    lines = text.splitlines()
+    row, indent = -1, 0
+    for part in at:
+        if isinstance(part, int):  # block lists sit at their key's indent
+            items = [i for i in range(row + 1, len(lines)) if lines[i].startswith(" " * (indent - 2) + "- ")]
+            row = items[part]
+            continue
+        spelt = yaml.safe_dump({part: 0}, width=1 << 20).splitlines()[0]  # "key: 0", or "? key" if empty
+        prefix = " " * indent + (spelt if spelt.startswith("? ") else spelt[: -len(" 0")])
+        row = next(
+            i for i in range(row + 1, len(lines)) if lines[i] == prefix or lines[i].startswith(prefix + " ")
+        )
+        indent += 2
+    return row + 1
+
+
+def dump(directory: Path, document: dict[str, Any]) -> tuple[str, str]:
+    """Write ``document`` in block style, keys in insertion order; (path, text)."""
+    text = yaml.safe_dump(document, sort_keys=False, width=1 << 20)
+    path = directory / "web-config.yml"
+    path.write_text(text)
+    return str(path), text
+
+
+def refusal(path: str) -> list[str]:
+    """The lines load_web_security refuses ``path`` with (it must refuse it)."""
+    with pytest.raises(WebConfigError) as info:
+        load_web_security(path)
+    assert isinstance(info.value, ValueError)
+    return info.value.errors
+
+
+def check_line(line: str, path: str, text: str, bad: Bad) -> int:
+    """``line`` is ``bad``'s: file, line:column of its key, field, message; no secret. Its line number."""
+    match = re.fullmatch(rf"{re.escape(path)}:(\d+):(\d+): {re.escape(bad.where)}: (.+)", line)
+    assert match is not None, (line, bad.where)
+    assert bad.says in match[3], (line, bad.says)
+    assert int(match[1]) == line_of(text, bad.points_at), (line, text.splitlines()[int(match[1]) - 1])
+    for secret in (HASH, PASSWORD, "PRIVATE KEY", "plaintext-password", "12345678"):
+        assert secret not in line
+    return int(match[1])
+
+
+def test_the_valid_document_loads(estate: Path) -> None:
+    """The baseline of the families is valid, so each family's line is its bad value's alone."""
+    security = load_web_security(dump(estate, valid_document())[0])
+    assert security.tls_enabled
+    assert security.users == frozenset({"prometheus"})
+
+
+@pytest.mark.parametrize("bad", BAD_VALUES, ids=[b.id for b in BAD_VALUES])
+def test_each_bad_value_is_one_located_line(estate: Path, bad: Bad) -> None:
+    """Why: a user fixes what the line names, where it says. One bad value, one line, at its key."""
+    document = valid_document()
+    with_bad(document, bad)
+    path, text = dump(estate, document)
+    lines = refusal(path)
+    assert len(lines) == 1, lines
+    check_line(lines[0], path, text, bad)
+
+
+def test_the_families_cover_every_key_and_family() -> None:
+    """Every key the models accept has a wrong-type, an out-of-range or a file case, and an unknown-key
+    case next to it: a key added to the models without a family here fails this."""
+    from exporter.http.webconfig import HttpServerConfig, RateLimit, TlsServerConfig, WebConfigFile
+
+    keys: set[tuple[str, ...]] = {(k,) for k in WebConfigFile.model_fields}
+    for block, model in ((TLS, TlsServerConfig), (HTTP, HttpServerConfig), (RATE, RateLimit)):
+        keys |= {(block, k) for k in model.model_fields}
+    assert keys == set(KINDS)
+    families = {(b.key, b.family) for b in BAD_VALUES}
+    assert all((key, "wrong type") in families for key in keys)
+    assert {b.key for b in BAD_VALUES if b.family == "out of range"} >= {
+        k for k, kind in KINDS.items() if kind != "bool"
+    } - {(k,) for k in (TLS, HTTP, RATE)}
+    assert {b.key[-1] for b in BAD_VALUES if b.family == "bad file"} == {
+        "cert_file",
+        "key_file",
+        "client_ca_file",
+    }
+    assert len({b.key[:-1] for b in BAD_VALUES if b.family == "unknown key"}) == 4
+    assert len(BAD_VALUES) > 150
+
+
+ONE_AT_A_TIME = [b for b in BAD_VALUES if b.field_level and not b.also]
+
+
+@FAMILIES
+@given(picked=st.lists(st.sampled_from(ONE_AT_A_TIME), min_size=2, max_size=10, unique_by=lambda b: b.key))
+def test_every_problem_at_once(estate: Path, picked: list[Bad]) -> None:
+    """Why: a file with several mistakes names them all at once, one located line each, in file order
+    (fixing a file one error per restart is what the loader spares its users)."""
+    chosen = [b for b in picked if not any(o.key[: len(b.key)] == b.key and o is not b for o in picked)]
+    document = valid_document()
+    for bad in chosen:
+        with_bad(document, bad)
+    path, text = dump(estate, document)
+    lines = refusal(path)
+    assert len(lines) == len(chosen), (lines, [b.where for b in chosen])
+    order = sorted(chosen, key=lambda b: line_of(text, b.points_at))
+    numbers = [check_line(line, path, text, bad) for line, bad in zip(lines, order, strict=True)]
+    assert numbers == sorted(numbers)
+
+
+def test_rules_and_file_references_of_a_block_at_once(estate: Path) -> None:
+    """A block's cross-field rules and file references are reported together, each at its own key."""
+    document = valid_document()
+    tls = document[TLS]
+    tls.update(cert_file="absent.pem", key_file=".", min_version="TLS13", max_version="TLS12")
+    tls["client_ca_file"] = "notes.txt"
+    path, text = dump(estate, document)
+    lines = refusal(path)
+    wanted = [
+        Bad("", (TLS, "cert_file"), None, "No such file or directory"),
+        Bad("", (TLS, "key_file"), None, "Is a directory"),
+        Bad("", (TLS, "client_ca_file"), None, "contains no PEM certificate"),
+        Bad("", (TLS, "min_version"), None, "greater than max_version"),
+    ]
+    assert len(lines) == len(wanted), lines
+    order = sorted(wanted, key=lambda b: line_of(text, b.points_at))
+    for line, bad in zip(lines, order, strict=True):
+        check_line(line, path, text, bad)

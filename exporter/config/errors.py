@@ -51,6 +51,7 @@ class Problem:
     loc: Loc
     message: str
     whole_line: bool = False
+    at: Loc | None = None  # the node to point at in the text, when not ``loc`` (the key of a refused key)
 
 
 class NotInFile:
@@ -162,7 +163,7 @@ def problems(exc: ValidationError, root: type) -> list[Problem]:
     return out
 
 
-def _num(value: Any) -> Any:
+def plain_number(value: Any) -> Any:
     """``0.0`` -> ``0``: bounds read as people write them."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
@@ -191,10 +192,10 @@ def _describe(err: ErrorDetails, root: type) -> str:
         "string_too_long": f"must be at most {ctx.get('max_length')} characters",
         "int_parsing_size": "must be an integer (too many digits)",
         "literal_error": f"must be {ctx.get('expected', 'one of the allowed values')}",
-        "greater_than": f"must be greater than {_num(ctx.get('gt'))}",
-        "greater_than_equal": f"must be at least {_num(ctx.get('ge'))}",
-        "less_than": f"must be less than {_num(ctx.get('lt'))}",
-        "less_than_equal": f"must be at most {_num(ctx.get('le'))}",
+        "greater_than": f"must be greater than {plain_number(ctx.get('gt'))}",
+        "greater_than_equal": f"must be at least {plain_number(ctx.get('ge'))}",
+        "less_than": f"must be less than {plain_number(ctx.get('lt'))}",
+        "less_than_equal": f"must be at most {plain_number(ctx.get('le'))}",
         "too_short": f"must have at least {ctx.get('min_length')} item(s)",
         "too_long": f"must have at most {ctx.get('max_length')} item(s)",
     }

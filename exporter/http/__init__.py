@@ -4,7 +4,8 @@ exporter-toolkit web config (TLS, basic auth, rate limit).
 - :mod:`exporter.http.app`: routes, content negotiation, gzip, the error guard;
 - :mod:`exporter.http.landing`: the health board at ``/``;
 - :mod:`exporter.http.source`: what the app reads from the service;
-- :mod:`exporter.http.toolkit`: ``--web.config.file`` (Prometheus exporter-toolkit format).
+- :mod:`exporter.http.webconfig`: ``--web.config.file`` (Prometheus exporter-toolkit format) read and checked;
+- :mod:`exporter.http.toolkit`: the TLS context, basic auth and rate limit built from it.
 """
 
 from exporter.http.app import OPEN_PATHS, accepts_gzip, create_app, wants_openmetrics
