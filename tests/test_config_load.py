@@ -847,7 +847,7 @@ def test_every_problem_is_reported_at_once(
     web.write_text("basic_auth_users: {prometheus: not-a-bcrypt-hash}\n")
     web_lines = _web_config_problems(str(web))
     assert web_lines
-    assert all(line.startswith(f"{web}: ") for line in web_lines)
+    assert all(line.startswith(f"{web}:") for line in web_lines)  # file, or file:line:column
     doc = yaml.safe_load(yaml.safe_dump(base))
     expected: list[str] = []
     for name in chosen:
