@@ -1,11 +1,13 @@
-"""Credentials through alibabacloud-credentials, offline: static keys, env chain, credentials URI, errors."""
+"""Credential sources, offline: static keys, the default chain, a credentials URI, role chains against the
+simulated STS; caching until near the real expiry, one shared fetch, failures held and never cached, a
+refused credential dropped, every credential registered as a secret the moment it exists."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +18,7 @@ from aiohttp import web
 from alibabacloud_credentials.utils import auth_constant, auth_util
 
 from exporter.config import ApiConfig, CredentialsConfig
-from exporter.credentials import Credential, build_credential_source, scrub
+from exporter.credentials import FAILURE_HOLD_SECONDS, Credential, build_credential_source, scrub
 from exporter.openapi.client import EhpcClient
 from exporter.openapi.errors import ApiError
 
@@ -42,6 +44,20 @@ def isolated_chain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(auth_constant, "HOME", str(tmp_path))
 
 
+class FakeWall:
+    """Epoch seconds that move only when the test says (the sources' ``clock``)."""
+
+    def __init__(self, start: float = 1_900_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move on."""
+        self.now += seconds
+
+
 @dataclass
 class CredServer:
     """A credentials-URI endpoint that counts fetches and issues a new key pair each time."""
@@ -51,18 +67,22 @@ class CredServer:
     ttl: timedelta = timedelta(hours=1)
     body: dict[str, Any] | None = None  # overrides the answer when set
     status: int = 200
-    delay: float = 0.0
     issued: list[str] = field(default_factory=list)
+    clock: Callable[[], float] = time.time  # what its Expiration is counted from
+    release: asyncio.Event | None = None  # when set, each answer waits for it
+    waiting: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, _request: web.Request) -> web.Response:
         self.hits += 1
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        if self.release is not None:
+            self.waiting.set()
+            await self.release.wait()
         if self.body is not None:
             return web.json_response(self.body, status=self.status)
         ak = f"STS.key{self.hits}"
         self.issued.append(ak)
-        expiration = (datetime.now(UTC) + self.ttl).strftime("%Y-%m-%dT%H:%M:%SZ")
+        expires = datetime.fromtimestamp(self.clock(), UTC) + self.ttl
+        expiration = expires.strftime("%Y-%m-%dT%H:%M:%SZ")
         return web.json_response(
             {
                 "Code": "Success",
@@ -157,7 +177,7 @@ async def test_invalid_explicit_config_is_a_credential_error() -> None:
         with pytest.raises(ApiError) as info:
             await source.get()
         assert info.value.code == "CredentialError"
-        assert "secret is empty" in info.value.message
+        assert "AccessKeySecret is empty" in info.value.message
 
 
 async def test_credentials_uri_cached_until_near_expiry(cred_server: CredServer) -> None:
@@ -170,14 +190,25 @@ async def test_credentials_uri_cached_until_near_expiry(cred_server: CredServer)
     assert cred_server.hits == 1
 
 
-async def test_credentials_uri_refetched_within_15_minutes_of_expiry(cred_server: CredServer) -> None:
-    cred_server.ttl = timedelta(minutes=10)  # already inside the library's 15-minute stale window
+async def test_a_credential_shorter_than_the_margin_is_kept_until_near_its_expiry(
+    cred_server: CredServer,
+) -> None:
+    """Why: a credential valid for less than the library's 15-minute margin was fetched again on every
+    call (every GetImage); now it is kept for three quarters of its life, and never past its expiry."""
+    clock = FakeWall()
+    cred_server.clock = clock
+    cred_server.ttl = timedelta(minutes=10)
     source = build_credential_source(
-        CredentialsConfig(type="credentials_uri", credentials_uri=cred_server.url)
+        CredentialsConfig(type="credentials_uri", credentials_uri=cred_server.url), clock=clock
     )
-    keys = [(await source.get()).access_key_id for _ in range(3)]
-    assert keys == ["STS.key1", "STS.key2", "STS.key3"]
-    assert cred_server.hits == 3
+    first = await source.get()
+    for _ in range(449):
+        clock.advance(1)
+        assert await source.get() is first
+    assert cred_server.hits == 1
+    clock.advance(1)  # 450 s: a quarter of the 600 s lifetime is left
+    assert (await source.get()).access_key_id == "STS.key2"
+    assert cred_server.hits == 2
 
 
 async def test_default_chain_uses_credentials_uri(
@@ -189,17 +220,19 @@ async def test_default_chain_uses_credentials_uri(
     assert cred.security_token == "token1"
 
 
-async def test_concurrent_refreshes_do_not_stall_the_event_loop(cred_server: CredServer) -> None:
-    """The library guards refreshes with a blocking threading.Lock (5 s timeout); we must serialize first."""
-    cred_server.ttl = timedelta(minutes=5)  # stale on arrival: every get() refreshes
-    cred_server.delay = 0.05
+async def test_concurrent_callers_share_one_fetch(cred_server: CredServer) -> None:
+    """Fifty images needing a credential at once make one request, and all get its answer."""
+    cred_server.release = asyncio.Event()
     source = build_credential_source(
         CredentialsConfig(type="credentials_uri", credentials_uri=cred_server.url)
     )
-    start = time.monotonic()
-    creds = await asyncio.gather(*(source.get() for _ in range(10)))
-    assert time.monotonic() - start < 3.0  # 10 x 50 ms, not 5 s per contended refresh
-    assert all(c.access_key_id.startswith("STS.key") for c in creds)
+    callers = [asyncio.ensure_future(source.get()) for _ in range(50)]
+    async with asyncio.timeout(30):
+        await cred_server.waiting.wait()
+        cred_server.release.set()
+        creds = await asyncio.gather(*callers)
+    assert cred_server.hits == 1
+    assert {c.access_key_id for c in creds} == {"STS.key1"}
 
 
 async def test_failure_messages_and_logs_never_carry_secrets(
@@ -213,11 +246,15 @@ async def test_failure_messages_and_logs_never_carry_secrets(
         "Expiration": "2030-01-01T00:00:00Z",
     }
     uri = cred_server.url + "&signature=" + LEAKY_TOKEN
-    source = build_credential_source(CredentialsConfig(type="credentials_uri", credentials_uri=uri))
+    clock = FakeWall()
+    source = build_credential_source(
+        CredentialsConfig(type="credentials_uri", credentials_uri=uri), clock=clock
+    )
     with caplog.at_level(logging.DEBUG):
         with pytest.raises(ApiError) as info:
             await source.get()
         cred_server.body, cred_server.status = {"Code": "Oops", "AccessKeySecret": LEAKY_SECRET}, 500
+        clock.advance(FAILURE_HOLD_SECONDS)  # the failure is held that long, then fetched again
         with pytest.raises(ApiError) as info500:
             await source.get()
     assert cred_server.hits == 2
