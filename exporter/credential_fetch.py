@@ -36,7 +36,7 @@ import aiohttp
 import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from exporter.logging import register_secret
+from exporter.redaction import contains_secret, register_secret
 
 __all__ = [
     "ECS_METADATA_URL",
@@ -219,8 +219,10 @@ def _refusal(status: int, body: bytes) -> tuple[str, str | None]:
         doc = None
     code = doc.get("Code") if isinstance(doc, dict) else None
     rid = doc.get("RequestId") if isinstance(doc, dict) else None
-    code = code if isinstance(code, str) and _CODE_RE.fullmatch(code) else None
-    rid = rid if isinstance(rid, str) and _REQUEST_ID_RE.fullmatch(rid) else None
+    # Shaped like a code and a request id, and carrying no secret: an STS that echoes the caller's key in
+    # them (as some echo the request) must not put it in a message.
+    code = code if isinstance(code, str) and _CODE_RE.fullmatch(code) and not contains_secret(code) else None
+    rid = rid if isinstance(rid, str) and _REQUEST_ID_RE.fullmatch(rid) and not contains_secret(rid) else None
     text = f"HTTP {status} {code}" if code else f"HTTP {status} without a readable error code"
     return (f"{text} (request id {rid})" if rid else text), code
 

@@ -130,6 +130,15 @@ def credential_error(message: str) -> ApiError:
     return ApiError(code=CREDENTIAL_ERROR, message=scrub(message), http_status=0)
 
 
+def _refusal(message: str) -> ApiError:
+    """A ``CredentialError`` of this module's own words, which name steps, fields and files, never a value.
+
+    Not :func:`scrub`: it reads ``.../token: not found`` as a key and its value, and cuts the reason.
+    """
+    cut = message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
+    return ApiError(code=CREDENTIAL_ERROR, message=cut, http_status=0)
+
+
 class StaticCredentialSource:
     """A fixed credential (a configured key, tests, benchmarks); no fetch, nothing to refresh.
 
@@ -152,7 +161,7 @@ class StaticCredentialSource:
     async def get(self) -> Credential:
         """Return the fixed credential."""
         if self._problem is not None:
-            raise credential_error(f"{self.description}: {self._problem}") from None
+            raise _refusal(f"{self.description}: {self._problem}") from None
         return self._credential
 
     def refused(self, credential: Credential) -> None:
@@ -246,7 +255,7 @@ class CachedCredentialSource:
         held = self._held
         if held is not None and now < held.expires_at:
             return held.credential
-        raise credential_error(f"{self.description}: {why}") from None
+        raise _refusal(f"{self.description}: {why}") from None
 
     async def _fetch(self) -> _Held:
         try:
@@ -261,7 +270,7 @@ class CachedCredentialSource:
         except CredentialFault as exc:
             why = str(exc)
         except Exception as exc:  # a library failure (profile files) or a bug: a CredentialError, not a crash
-            why = f"{type(exc).__name__}: {_exception_message(exc)}"
+            why = scrub(f"{type(exc).__name__}: {_exception_message(exc)}")  # library text quotes bodies
         else:
             now = self._clock()
             held = _Held(cred, refresh_time(fetched.expires_at, now), fetched.expires_at or math.inf)
@@ -350,7 +359,7 @@ class _Chain:
                 problems.append(f"{step.name}: {exc}")
                 continue
             except Exception as exc:  # a library failure in a profile step: the chain goes on
-                problems.append(f"{step.name}: {type(exc).__name__}: {_exception_message(exc)}")
+                problems.append(scrub(f"{step.name}: {type(exc).__name__}: {_exception_message(exc)}"))
                 continue
             self._last = step
             return fetched
