@@ -142,7 +142,7 @@ class HostileSts:
     requests: list[Request] = field(default_factory=list)
     hung_up: asyncio.Event = field(default_factory=asyncio.Event)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    handlers: set[asyncio.Task[Any]] = field(default_factory=set)
+    handlers: dict[asyncio.Task[Any], asyncio.StreamWriter] = field(default_factory=dict)
 
     @property
     def host(self) -> str:
@@ -153,7 +153,7 @@ class HostileSts:
         """Read one request head (bounded) and answer it with the current behaviour."""
         task = asyncio.current_task()
         if task is not None:
-            self.handlers.add(task)
+            self.handlers[task] = writer
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
@@ -165,7 +165,7 @@ class HostileSts:
             self.hung_up.set()
         finally:
             if task is not None:
-                self.handlers.discard(task)
+                self.handlers.pop(task, None)
             writer.close()
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
@@ -182,9 +182,13 @@ async def hostile_sts(behaviour: Behaviour) -> AsyncIterator[HostileSts]:
         yield sts
     finally:
         server.close()
-        for task in list(sts.handlers):
-            task.cancel()
-        await asyncio.gather(*sts.handlers, return_exceptions=True)
+        # Close each connection still answering: its handler then ends on its own (cancelling it would
+        # make asyncio's stream callback log the cancellation as an error).
+        handlers = list(sts.handlers.items())
+        for _task, writer in handlers:
+            writer.transport.abort()
+        async with asyncio.timeout(30):
+            await asyncio.gather(*(task for task, _ in handlers), return_exceptions=True)
         await server.wait_closed()
 
 
