@@ -45,15 +45,18 @@ WAIT = 30.0  # the longest any wait here lasts before the test fails; never a me
 BETA = Scope("beta", HZ)
 
 
-def config_text(estate: RunningEstate, sts_endpoint: str, *, listen: str = "127.0.0.1:0") -> str:
+def config_text(
+    estate: RunningEstate, sts_endpoint: str, *, listen: str = "127.0.0.1:0", beta_timeout: float = 10
+) -> str:
     """alpha with its own key, beta through alpha's key assuming beta's reader role at ``sts_endpoint``.
 
-    An attempt (the credential included) may take 1 s; a credential fetch is bounded at 10 s on its own.
+    An attempt of beta's (the credential included) may take ``beta_timeout`` seconds, alpha's 10 s; a
+    credential fetch is bounded at 10 s on its own.
     """
     region = f"[{{region_id: {HZ}, endpoint: '{estate.ep.region_urls[HZ]}'}}]"
     key = f"{{type: access_key, access_key_id: {ALPHA_AK}, access_key_secret: {ALPHA_SECRET}}}"
     return f"""
-api: {{qps: 0, timeout_seconds: 1, connect_timeout_seconds: 1, retry: {{max_attempts: 1}}}}
+api: {{qps: 0, timeout_seconds: 10, retry: {{max_attempts: 1}}}}
 refresh: {{interval_seconds: 3600, jitter_ratio: 0}}
 web: {{listen_address: "{listen}"}}
 targets:
@@ -64,6 +67,7 @@ targets:
   - account: beta
     credentials: {key}
     assume_role: {{role_arn: "{READER_ARN}", sts_endpoint: "{sts_endpoint}"}}
+    api: {{timeout_seconds: {beta_timeout}}}
     regions: {region}
     images: [{{id: {BETA_HZ_IMAGE}}}]
 """
@@ -87,8 +91,8 @@ async def service(estate: RunningEstate, tmp_path: Path) -> AsyncIterator[Any]:
         def write(self, sts_endpoint: str) -> None:
             path.write_text(config_text(estate, sts_endpoint))
 
-        async def start(self, sts_endpoint: str) -> ExporterService:
-            self.write(sts_endpoint)
+        async def start(self, sts_endpoint: str, beta_timeout: float = 10) -> ExporterService:
+            path.write_text(config_text(estate, sts_endpoint, beta_timeout=beta_timeout))
             svc = ExporterService(load_config(path), process_metrics=False)
             svc.enable_lifecycle(functools.partial(_reload, svc, str(path), {}))
             started.append(svc)
@@ -128,7 +132,7 @@ async def test_a_target_whose_sts_hangs_still_publishes_its_images_up_0(
     Now the image gives up at its attempt's deadline (1 s) while the shared fetch goes on to its own
     (10 s): the image is published up 0 before the STS sees the fetch let go, then it does let go."""
     async with hostile_sts(hang()) as sts:
-        svc = await service.start(sts.url)
+        svc = await service.start(sts.url, beta_timeout=1)
         await wait_until(lambda: svc.ready, within=WAIT, what="ready")
         assert up(svc, "beta", BETA_HZ_IMAGE) == 0
         assert error_code(svc, "beta", BETA_HZ_IMAGE) == "CredentialError"
@@ -143,7 +147,7 @@ async def test_a_reload_to_a_healthy_sts_replaces_a_stuck_provider(
 ) -> None:
     """Why: with the cycle stuck in a fetch, a reload pointing at a healthy STS made no call."""
     async with hostile_sts(hang()) as sts:
-        svc = await service.start(sts.url)
+        svc = await service.start(sts.url, beta_timeout=2)
         await wait_until(lambda: up(svc, "beta", BETA_HZ_IMAGE) == 0, within=WAIT, what="beta down")
         service.write(estate.ep.sts_host)
         await svc.reload(load_config(service.config))
@@ -213,6 +217,7 @@ async def test_stuck_token_reads_never_starve_gzip_metrics_or_a_reload(
       oidc_provider_arn: "acs:ram::{BETA_ID}:oidc-provider/rrsa"
       oidc_token_file: "{tmp_path / f"token{i}"}"
       sts_endpoint: "{estate.ep.sts_host}"
+    api: {{timeout_seconds: 2}}
     regions: {region}
     images: [{{id: {BETA_HZ_IMAGE}}}]"""
         for i in range(8)
@@ -263,7 +268,7 @@ async def test_a_hanging_sts_in_a_real_process(estate: RunningEstate, tmp_path: 
     async with hostile_sts(hang()) as sts:
         port = free_port()
         path = tmp_path / "config.yaml"
-        path.write_text(config_text(estate, sts.url, listen=f"127.0.0.1:{port}"))
+        path.write_text(config_text(estate, sts.url, listen=f"127.0.0.1:{port}", beta_timeout=3))
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("ALIBABA_CLOUD_")},
             "HOME": str(tmp_path),
@@ -310,7 +315,9 @@ async def test_a_hanging_sts_in_a_real_process(estate: RunningEstate, tmp_path: 
                 assert check.returncode == 1, output.decode()[-2000:]
                 assert b"CredentialError" in output
 
-                path.write_text(config_text(estate, estate.ep.sts_host, listen=f"127.0.0.1:{port}"))
+                path.write_text(
+                    config_text(estate, estate.ep.sts_host, listen=f"127.0.0.1:{port}", beta_timeout=3)
+                )
                 async with asyncio.timeout(WAIT):
                     async with http.post(f"{url}/-/reload") as resp:
                         assert resp.status == 200, await resp.text()
