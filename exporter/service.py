@@ -141,7 +141,9 @@ class ExporterService:
 
     @property
     def ready(self) -> bool:
-        """Every (account, region) has data being served: from a completed cycle, or from the state file."""
+        """Every (account, region) has data being served: from a completed cycle, successful or failed, or
+        from the state file. A cycle always completes: every API call and every credential fetch has a
+        deadline, so a target whose STS hangs is ready with its images at ``ehpc_image_up 0``."""
         return self._rendered.snapshot.completed
 
     @property
