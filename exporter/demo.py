@@ -4,8 +4,8 @@ The estate is three accounts in two regions, each account reached the way a real
 ``prod`` with a static AccessKey, ``staging`` by assuming a role (STS AssumeRole) with prod's key, and
 ``research`` through OIDC (STS AssumeRoleWithOIDC with a token file, as RRSA on ACK), against the
 simulator's STS over HTTPS. The demo owns its process, so it points ``SSL_CERT_FILE`` at the STS's
-throwaway CA: alibabacloud-credentials' HTTP client (Tea) trusts that variable, and nothing else can reach
-it. Every series carries ``account`` and ``region_id``.
+throwaway CA: the exporter's STS client uses the system's trust, which honours that variable, and nothing
+else can reach it. Every series carries ``account`` and ``region_id``.
 
 prod's fleet in the home region is generated (deterministic for a seed) with the things an operator
 wants to see on a dashboard: images that are not Available, images whose replication is incomplete (a
