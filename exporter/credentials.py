@@ -198,11 +198,12 @@ class CachedCredentialSource:
 
     One fetch at a time, shared by every caller that needs it, and each ends within ``deadline``
     seconds whatever the provider meets (the whole role chain included). A caller's own deadline cuts
-    its wait without cancelling the fetch the others share. A failed fetch answers every caller for
-    ``failure_hold`` seconds (a failing STS sees one call per hold, not one per image); meanwhile, and
-    when a refresh fails, a credential that has not yet expired keeps being served. A credential that
-    fails the gate is never held, and one the API refused (:meth:`refused`) is dropped, so the next
-    fetch is a real one. Every credential that passes is registered with the output gate.
+    its wait without cancelling the fetch the others share. While the held credential is still valid,
+    nobody waits: it is served and the refresh runs behind it, so a slow or failing STS costs nothing
+    until the credential really expires. A failed fetch answers every caller for ``failure_hold``
+    seconds (a failing STS sees one call per hold, not one per image). A credential that fails the gate
+    is never held, and one the API refused (:meth:`refused`) is dropped, so the next fetch is a real
+    one. Every credential that passes is registered with the output gate.
     """
 
     def __init__(
@@ -225,24 +226,39 @@ class CachedCredentialSource:
         self.fetches = 0  # fetches started (tests and diagnostics)
 
     async def get(self) -> Credential:
-        """The held credential, or one fetched now (shared with every concurrent caller)."""
+        """The held credential (refreshed behind it when due), or one fetched now, shared with every
+        concurrent caller."""
         now = self._clock()
         held = self._held
         if held is not None and now < held.refresh_at:
             return held.credential
         failed = self._failed
-        if failed is not None and now < failed[1]:
-            return self._fallback(now, failed[0])
-        task = self._inflight
-        if task is None or task.done():
-            self.fetches += 1
-            task = self._inflight = asyncio.ensure_future(self._fetch())
-            task.add_done_callback(_retrieve)
+        held_back = failed is not None and now < failed[1]
+        task = None if held_back else self._fetching()
+        if held is not None and now < held.expires_at:
+            return held.credential
+        if task is None:
+            return self._fallback(now, failed[0] if failed is not None else "no credential")
         try:
             return (await asyncio.shield(task)).credential
         except CredentialFault as exc:
             why = str(exc)
         return self._fallback(self._clock(), why)
+
+    def _fetching(self) -> asyncio.Task[_Held]:
+        """The fetch in flight, or a new one."""
+        task = self._inflight
+        if task is None or task.done():
+            self.fetches += 1
+            task = self._inflight = asyncio.ensure_future(self._fetch())
+            task.add_done_callback(_retrieve)
+        return task
+
+    async def settled(self) -> None:
+        """Return once no fetch is in flight (a refresh running behind the held credential included)."""
+        task = self._inflight
+        if task is not None:
+            await asyncio.wait([task])
 
     def refused(self, credential: Credential) -> None:
         """Drop ``credential`` if it is the one held: the API refused it, so it is never served again."""

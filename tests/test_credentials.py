@@ -24,6 +24,7 @@ from exporter.credentials import (
     FAILURE_HOLD_SECONDS,
     MAX_HOLD_SECONDS,
     REFRESH_MARGIN_SECONDS,
+    CachedCredentialSource,
     Credential,
     build_credential_source,
     refresh_time,
@@ -213,7 +214,8 @@ async def test_a_credential_shorter_than_the_margin_is_kept_until_near_its_expir
     cred_server: CredServer,
 ) -> None:
     """Why: a credential valid for less than the library's 15-minute margin was fetched again on every
-    call (every GetImage); now it is kept for three quarters of its life, and never past its expiry."""
+    call (every GetImage); now it is kept for three quarters of its life, then served while its refresh
+    runs (a stalled endpoint costs nothing), never past its expiry."""
     clock = FakeWall()
     cred_server.clock = clock
     cred_server.ttl = timedelta(minutes=10)
@@ -225,8 +227,19 @@ async def test_a_credential_shorter_than_the_margin_is_kept_until_near_its_expir
         clock.advance(1)
         assert await source.get() is first
     assert cred_server.hits == 1
-    clock.advance(1)  # 450 s: a quarter of the 600 s lifetime is left
-    assert (await source.get()).access_key_id == "STS.key2"
+    # 450 s: a quarter of the 600 s lifetime is left. The refresh starts, behind the credential still
+    # served: here the endpoint stalls, and no caller waits for it.
+    cred_server.release = asyncio.Event()
+    clock.advance(1)
+    async with asyncio.timeout(30):
+        assert await source.get() is first
+        await cred_server.waiting.wait()
+        clock.advance(149)
+        assert await source.get() is first
+        clock.advance(1)  # expired: now callers wait for the refresh in flight
+        pending = asyncio.ensure_future(source.get())
+        cred_server.release.set()
+        assert (await pending).access_key_id == "STS.key2"
     assert cred_server.hits == 2
 
 
@@ -378,12 +391,14 @@ async def test_sts_calls_per_session(
         AssumeRoleConfig(READER_ARN, duration_seconds=duration, sts_endpoint=estate.ep.sts_host),
         clock=estate.clock,
     )
+    assert isinstance(source, CachedCredentialSource)
     sessions, step = 4, 15
     for _ in range(sessions * duration // step):
         cred = await source.get()
         issued = estate.estate.sts.store.get(cred.access_key_id)
         assert issued is not None
         assert issued.expires_at > estate.clock()
+        await source.settled()  # a refresh it started behind the credential lands before time moves on
         estate.clock.advance(step)
     calls = estate.estate.sts.sessions()[READER_ARN]
     print(f"duration {duration}: {calls} AssumeRole for {sessions} sessions")
