@@ -36,6 +36,7 @@ import aiohttp
 import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from exporter.openapi.errors import ApiError
 from exporter.redaction import contains_secret, register_secret
 
 __all__ = [
@@ -132,7 +133,7 @@ class CredentialSupply(Protocol):
     """The base of a role chain: its current credential, and a way to drop one the STS refused."""
 
     async def get(self) -> Credential:
-        """The current credential (cached by the supplier)."""
+        """The current credential (cached by the supplier), or ``ApiError(code="CredentialError")``."""
         ...
 
     def refused(self, credential: Credential) -> None:
@@ -505,7 +506,10 @@ class AssumeRole:
         """A credential of the role; a refusal of the base's key drops it from the base's cache."""
         from alibabacloud_credentials.utils import parameter_helper
 
-        base = await self.base.get()
+        try:
+            base = await self.base.get()
+        except ApiError as exc:  # the base's own CredentialError, its message already says which
+            raise CredentialFault(exc.message) from None
         now = self.clock()
         query = {
             "Action": "AssumeRole",

@@ -350,6 +350,19 @@ async def test_fetched_sts_secrets_are_masked_in_logs(simulator: Any) -> None:
     assert cred.access_key_secret not in mask_secrets(f"oops {cred.access_key_secret} leaked")
 
 
+async def test_a_role_chain_whose_base_has_no_key_says_which() -> None:
+    source = build_credential_source(
+        CredentialsConfig(type="access_key", access_key_id="only-id"),
+        AssumeRoleConfig("acs:ram::1111111111111111:role/reader", sts_endpoint="127.0.0.1:9"),
+    )
+    with pytest.raises(ApiError) as info:
+        await source.get()
+    assert info.value.message == (
+        "credentials type access_key, assuming acs:ram::1111111111111111:role/reader: "
+        "credentials type access_key: AccessKeySecret is empty"
+    )
+
+
 # ----- when to fetch again --------------------------------------------------------------------------------
 
 
