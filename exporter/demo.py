@@ -7,10 +7,11 @@ exporter module that imports it (an import-linter contract in pyproject.toml say
 imports this module only for ``demo`` and ``simulate``, and says how to install the simulator when it is
 missing.
 
-The demo: the simulator's demo estate (:mod:`ehpc_simulator.demo`: three accounts in two regions, each
-reached the way a real estate reaches them, against the simulator's STS over HTTPS) and the exporter
-watching it, in one process. The demo owns its process, so it points ``SSL_CERT_FILE`` at the STS's
-throwaway CA: alibabacloud-credentials' HTTP client (Tea) trusts that variable, and nothing else can
+The demo: the simulator's demo estate (:mod:`ehpc_simulator.demo`: three accounts in two regions,
+``prod`` with a static AccessKey, ``staging`` by assuming a role with prod's key, ``research`` through
+OIDC with a token file as RRSA on ACK, against the simulator's STS over HTTPS) and the exporter watching
+it, in one process. The demo owns its process, so it points ``SSL_CERT_FILE`` at the STS's throwaway CA:
+the exporter's STS client uses the system's trust, which honours that variable, and nothing else can
 reach it. Every series carries ``account`` and ``region_id``. Besides the estate's images, prod watches
 one image that does not exist: how a deleted image looks.
 """

@@ -61,11 +61,12 @@ def default_client(config: Config, observer: ApiObserver, account: Account) -> E
     return EhpcClient(config.api, account.credentials, observer=observer, account_budget=account.budget)
 
 
-def new_account(config: Config) -> Account:
-    """The shared resources of ``config``'s account (credentials, account budget)."""
-    cap = config.account_max_concurrency
-    # A QPS cap alone still needs a concurrency bound: one no account reaches (the regions' own bind).
-    budget = Budget(config.account_qps, cap or 1_000_000) if config.account_qps or cap else None
+def new_account(config: Config, budget: Budget | None = None) -> Account:
+    """The shared resources of ``config``'s account: a new credential source, and ``budget`` or a new one."""
+    if budget is None:
+        cap = config.account_max_concurrency
+        # A QPS cap alone still needs a concurrency bound: one no account reaches (the regions' own bind).
+        budget = Budget(config.account_qps, cap or 1_000_000) if config.account_qps or cap else None
     return Account(build_credential_source(config.credentials, config.assume_role), budget)
 
 
@@ -140,7 +141,9 @@ class ExporterService:
 
     @property
     def ready(self) -> bool:
-        """Every (account, region) has data being served: from a completed cycle, or from the state file."""
+        """Every (account, region) has data being served: from a completed cycle, successful or failed, or
+        from the state file. A cycle always completes: every API call and every credential fetch has a
+        deadline, so a target whose STS hangs is ready with its images at ``ehpc_image_up 0``."""
         return self._rendered.snapshot.completed
 
     @property
@@ -161,17 +164,19 @@ class ExporterService:
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
-    def _account(self, config: Config) -> Account:
-        """The shared resources of ``config``'s account, made once per distinct account settings."""
+    def _account(self, config: Config, accounts: dict[tuple[object, ...], Account] | None = None) -> Account:
+        """The shared resources of ``config``'s account, made once per distinct account settings (in
+        ``accounts``, by default the service's own)."""
+        accounts = self._accounts if accounts is None else accounts
         key = config.account_settings
-        found = self._accounts.get(key)
+        found = accounts.get(key)
         if found is None:
-            found = self._accounts[key] = new_account(config)
+            found = accounts[key] = new_account(config)
         return found
 
-    def _new_unit(self, config: Config) -> _Unit:
+    def _new_unit(self, config: Config, accounts: dict[tuple[object, ...], Account] | None = None) -> _Unit:
         observer = self.metrics.scope(config.scope)
-        client = self._client_factory(config, observer, self._account(config))
+        client = self._client_factory(config, observer, self._account(config, accounts))
         observer.rate_limit = client.budget.effective_qps
         refresher = Refresher(
             config,
@@ -384,8 +389,10 @@ class ExporterService:
 
         Per (account, region): a new one gets a client and a loop; a removed one's loop is cancelled,
         its series leave with the next publish; a changed one is reconfigured, with a new client when
-        its endpoint, budget or credentials changed. Everything that can raise (a client factory) runs
-        before anything changes, so a failed reload leaves the running config whole.
+        its endpoint, budget or credentials changed. Every account gets a new credential source (its
+        budget stays): a reload is how an operator replaces a provider that is stuck or holds a refused
+        key, whatever the file says. Everything that can raise (a client factory) runs before anything
+        changes, so a failed reload leaves the running config whole.
         """
         old = self._config
         new_scopes = {c.scope: c for c in config.scopes()}
@@ -393,16 +400,24 @@ class ExporterService:
         started = bool(units)
         rebuilt: dict[Scope, EhpcClient] = {}
         added: dict[Scope, _Unit] = {}
+        accounts: dict[tuple[object, ...], Account] = {}
         if started:
+            for cfg in new_scopes.values():
+                key = cfg.account_settings
+                if key not in accounts:
+                    before = self._accounts.get(key)
+                    accounts[key] = new_account(cfg, before.budget if before is not None else None)
             for scope, cfg in new_scopes.items():
                 unit = units.get(scope)
                 if unit is None:
-                    added[scope] = self._new_unit(cfg)
+                    added[scope] = self._new_unit(cfg, accounts)
                 elif (cfg.api, cfg.account_settings) != (unit.config.api, unit.config.account_settings):
                     observer = self.metrics.scope(scope)
-                    rebuilt[scope] = self._client_factory(cfg, observer, self._account(cfg))
-        used = {c.account_settings for c in new_scopes.values()}
-        self._accounts = {k: v for k, v in self._accounts.items() if k in used}
+                    rebuilt[scope] = self._client_factory(cfg, observer, accounts[cfg.account_settings])
+            self._accounts = accounts
+        else:
+            used = {c.account_settings for c in new_scopes.values()}
+            self._accounts = {k: v for k, v in self._accounts.items() if k in used}
         self._config = config
         self.metrics.max_error_codes = config.limits.max_error_codes
         self.metrics.set_sharding(config.sharding.shard, config.sharding.shards)
@@ -441,6 +456,8 @@ class ExporterService:
                 unit.client = client
                 # A rebuilt client (new endpoint or budget) starts at its configured qps again.
                 self.metrics.scope(scope).rate_limit = client.budget.effective_qps
+            else:
+                unit.client.credentials = accounts[cfg.account_settings].credentials
             unit.config = cfg
             unit.refresher.reconfigure(cfg, client)
         if self._running and [c.scope for c in old.scopes()] != list(new_scopes):

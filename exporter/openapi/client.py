@@ -32,7 +32,7 @@ import yarl
 
 from exporter import __version__
 from exporter.config import ApiConfig
-from exporter.credentials import CredentialSource
+from exporter.credentials import Credential, CredentialSource, RefusableSource
 from exporter.models import (
     Image,
     ImagePage,
@@ -43,7 +43,7 @@ from exporter.models import (
     parse_list_images,
 )
 from exporter.openapi.budget import Budget
-from exporter.openapi.errors import CONNECTION_ERROR, INVALID_RESPONSE, TIMEOUT, ApiError
+from exporter.openapi.errors import CONNECTION_ERROR, CREDENTIAL_ERROR, INVALID_RESPONSE, TIMEOUT, ApiError
 from exporter.openapi.signing import ALGORITHM, EMPTY_SHA256, canonical_query, signature
 
 API_VERSION = "2023-07-01"
@@ -61,6 +61,17 @@ SIGNED_HEADERS = (
 SIGNED_HEADERS_STS = (
     "accept;host;user-agent;x-acs-accesskey-id;x-acs-action;x-acs-content-sha256;x-acs-date;"
     "x-acs-security-token;x-acs-signature-nonce;x-acs-version"
+)
+
+# Answers that refuse the credential itself (not the request): the source drops it and fetches anew.
+REFUSED_CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId.NotFound",
+        "InvalidAccessKeyId.Inactive",
+        "InvalidSecurityToken.Expired",
+        "InvalidSecurityToken.Malformed",
+        "SignatureDoesNotMatch",
+    }
 )
 
 log = structlog.get_logger("ehpc.api")
@@ -190,7 +201,7 @@ class EhpcClient:
         account_budget: Budget | None = None,
     ) -> None:
         self._api = api
-        self._credentials = credentials
+        self.credentials = credentials
         self._observer = observer
         self._scheme, self._host = resolve_endpoint(api)
         self.base_url = f"{self._scheme}://{self._host}/"
@@ -214,6 +225,16 @@ class EhpcClient:
         self._proxy: str | None = None
         self._date_second = -1
         self._date = ""
+
+    @property
+    def credentials(self) -> CredentialSource:
+        """Where each attempt's credential comes from (a reload may put a fresh source in)."""
+        return self._credentials
+
+    @credentials.setter
+    def credentials(self, source: CredentialSource) -> None:
+        self._credentials = source
+        self._refusable = source if isinstance(source, RefusableSource) else None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -395,18 +416,11 @@ class EhpcClient:
                     deadline = start + (limit if max_elapsed is None else min(limit, max_elapsed))
                 elif start >= deadline and error is not None:
                     raise error  # the wait for a send slot used up the time left
-                remaining = deadline - start
                 # The last attempts are cut to the deadline so the call as a whole is bounded by it; the
                 # cut shows as a Timeout of that attempt, observed and counted like any other.
-                timeout = (
-                    aiohttp.ClientTimeout(
-                        total=remaining, connect=min(remaining, self._timeout.connect or remaining)
-                    )
-                    if remaining < self._api.timeout_seconds
-                    else self._timeout
-                )
+                attempt_deadline = start + min(deadline - start, self._api.timeout_seconds)
                 try:
-                    result = parse(await self._attempt(action, url, query, timeout))
+                    result = parse(await self._attempt(action, url, query, attempt_deadline))
                 except ApiError as exc:
                     error = exc
                     if error.action is None:
@@ -505,12 +519,33 @@ class EhpcClient:
         )
         return headers
 
-    async def _attempt(self, action: str, url: yarl.URL, query: str, limits: aiohttp.ClientTimeout) -> Any:
-        """One signed HTTP attempt; returns the decoded JSON of a 2xx answer or raises :class:`ApiError`."""
-        cred = await self._credentials.get()
+    async def _credential(self, action: str, deadline: float) -> Credential:
+        """The attempt's credential, waited for no later than the attempt's deadline.
+
+        The wait is the attempt's time, so the image's own limit bounds it too; a fetch that outlasts it
+        goes on for the callers that share it (the source bounds it), this attempt is a CredentialError.
+        """
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._credentials.get()
+        except TimeoutError:
+            raise ApiError(
+                code=CREDENTIAL_ERROR, message=f"{action}: no credential in the attempt's time", action=action
+            ) from None
+
+    async def _attempt(self, action: str, url: yarl.URL, query: str, deadline: float) -> Any:
+        """One signed HTTP attempt, the credential included, ending by ``deadline`` (loop time); returns
+        the decoded JSON of a 2xx answer or raises :class:`ApiError`."""
+        cred = await self._credential(action, deadline)
         headers = self._headers(
             action, query, cred.access_key_id, cred.access_key_secret, cred.security_token
         )
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:  # aiohttp reads a zero total as "no limit"
+            raise ApiError(
+                code=TIMEOUT, message=f"{action}: no time left after the credential", action=action
+            )
+        limits = aiohttp.ClientTimeout(total=left, connect=min(left, self._timeout.connect or left))
         session = self._get_session()
         try:
             async with session.post(
@@ -529,7 +564,10 @@ class EhpcClient:
                             request_id=gated_request_id(resp.headers.get("x-acs-request-id")),
                             action=action,
                         ) from None
-                raise error_from_response(action, status, body, resp.headers)
+                error = error_from_response(action, status, body, resp.headers)
+                if error.code in REFUSED_CREDENTIAL_CODES and self._refusable is not None:
+                    self._refusable.refused(cred)  # never signed with again: the next attempt fetches anew
+                raise error
         except ApiError:
             raise
         except TimeoutError:

@@ -32,7 +32,8 @@ Processing order, and so which error a request with several faults gets:
 
 Lifetimes: the real STS issues credentials valid for ``DurationSeconds``; the simulator does too, unless
 the estate's ``sts_max_ttl_seconds`` caps it (a test can so see a credential expire in seconds and watch a
-client refresh it). Every answer is counted by (action, code).
+client refresh it). Every answer is counted by (action, code), and every credential issued by role
+(:meth:`StsService.sessions`: how many sessions callers started, the number a caching client keeps low).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ehpc_simulator import jwt
 from ehpc_simulator.acs3 import decode_query
-from ehpc_simulator.auth import AuthFailure, KeyDirectory, StsStore
+from ehpc_simulator.auth import AuthFailure, KeyDirectory, StsCredential, StsStore
 from ehpc_simulator.catalogue import (
     STS_ACTIONS,
     STS_API_VERSION,
@@ -217,7 +218,22 @@ class StsService(AnswerCounter):
         self.ram = ram
         self.store = store
         self.verifier = RpcVerifier(keys, store, clock=self._now)
+        self._sessions: dict[str, int] = {}  # role ARN -> credentials issued
+        self._last: dict[str, StsCredential] = {}  # role ARN -> the newest credential issued
         super().__init__()
+
+    def sessions(self) -> dict[str, int]:
+        """Role ARN -> credentials issued for it (one per successful AssumeRole or AssumeRoleWithOIDC)."""
+        return dict(self._sessions)
+
+    def last_issued(self, role_arn: str) -> StsCredential | None:
+        """The newest credential issued for the role ``role_arn`` names (as :meth:`sessions` spells it)."""
+        return self._last.get(role_arn)
+
+    def reset_counters(self) -> None:
+        """Forget every count, the sessions issued included."""
+        super().reset_counters()
+        self._sessions.clear()
 
     def _now(self) -> float:
         return self.ram.clock()
@@ -369,6 +385,8 @@ class StsService(AnswerCounter):
         if cap is not None:
             ttl = min(ttl, cap)
         cred = self.store.issue(ttl, self._now(), role.account_id)
+        self._sessions[role.arn] = self._sessions.get(role.arn, 0) + 1
+        self._last[role.arn] = cred
         expiration = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cred.expires_at))
         return {
             "RequestId": str(uuid.uuid4()).upper(),
