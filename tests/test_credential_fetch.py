@@ -494,14 +494,6 @@ def _directory(path: Path) -> str:
     return str(path)
 
 
-def _unreadable(path: Path) -> str:
-    if os.geteuid() == 0:
-        pytest.skip("root reads a file whatever its mode")
-    path.write_text(JWT)
-    path.chmod(0)
-    return str(path)
-
-
 TOKEN_FILES: dict[str, tuple[Callable[[Path], str], str]] = {
     "FIFO": (_fifo, "is not a regular file (a FIFO)"),
     "FIFO held open by a silent writer": (_fifo_held_open, "is not a regular file (a FIFO)"),
@@ -514,7 +506,6 @@ TOKEN_FILES: dict[str, tuple[Callable[[Path], str], str]] = {
     "missing": (lambda p: str(p / "nowhere"), "not found"),
     "symlink loop": (_loop, "cannot be read"),
     "under a regular file": (_under_a_file, "cannot be read"),
-    "unreadable": (_unreadable, "permission denied"),
     "empty": (lambda p: (p.write_text(""), str(p))[1], "not a JWT"),
 }
 
