@@ -521,7 +521,7 @@ def _close_held() -> Iterator[None]:
 async def test_a_token_file_that_is_not_a_small_regular_file_is_refused_without_a_read(
     kind: str, tmp_path: Path
 ) -> None:
-    """FIFOs, devices, directories, sockets, oversize, missing, loops, unreadable: a CredentialError
+    """FIFOs, devices, directories, sockets, oversize, missing, loops: a CredentialError
     naming the file, before any read that could block or any byte reaches the STS."""
     make, says = TOKEN_FILES[kind]
     path = make(tmp_path / "token")
