@@ -29,10 +29,10 @@ import structlog
 
 from exporter.clock import Clock, LoopClock
 from exporter.config import Config, DiscoveryConfig, ImageType, WatchedImage
+from exporter.errors import TIMEOUT, ApiError
 from exporter.exposition import SelfMetrics
 from exporter.history import observe
 from exporter.models import Image, ImageSummary
-from exporter.openapi.errors import TIMEOUT, ApiError
 from exporter.sharding import in_shard
 from exporter.snapshot import DiscoveryStatus, ImageError, ImageFacts, ImageKey, ImageState, Snapshot
 

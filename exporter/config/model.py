@@ -346,7 +346,7 @@ class LimitsConfig:
 
     __pydantic_config__ = forms.FILE
     # Distinct error codes counted beyond the built-in catalogue (seed, gateway and local codes, which
-    # are always kept); later new codes are counted under OVERFLOW_CODE (exporter.openapi.errors).
+    # are always kept); later new codes are counted under OVERFLOW_CODE (exporter.errors).
     max_error_codes: Annotated[int, within(0, 10_000)] = 50
     # AdditionalRegionsInfo entries one GetImage answer may carry, and regions one image may ask for;
     # an answer with more is an InvalidResponse.
