@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple, cast
 
@@ -101,6 +102,7 @@ __all__ = [
     "TargetConfig",
     "WatchedImage",
     "WebConfig",
+    "copy_available",
     "parse_listen_address",
 ]
 
@@ -314,6 +316,15 @@ class StatusConfig:
         """The healthy statuses join the vocabulary (after it, in order): every state set carries them."""
         vocabulary = unique((*self.vocabulary, *self.healthy, *self.replication_healthy))
         return self if vocabulary == self.vocabulary else replace(self, vocabulary=vocabulary)
+
+
+def copy_available(copy: str | None, replication_healthy: Collection[str]) -> bool:
+    """Whether a region's copy is available: there is one, in a status of ``status.replication_healthy``.
+
+    The one definition: the verdict (:mod:`exporter.view`) and the replication times
+    (:mod:`exporter.history`) both ask it, so they cannot disagree on when a replication is complete.
+    """
+    return copy is not None and copy in replication_healthy
 
 
 @dataclass(frozen=True, slots=True)
