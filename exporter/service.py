@@ -52,7 +52,7 @@ class Account:
     budget: Budget | None = None
 
 
-# Builds the client of one (account, region): a one-target config, its observer, its account's resources.
+# Builds the client of one scope (account, region): its per-scope config, observer and account's resources.
 ClientFactory = Callable[[Config, ApiObserver, Account], EhpcClient]
 
 
@@ -143,7 +143,7 @@ class ExporterService:
     def ready(self) -> bool:
         """Every (account, region) has data being served: from a completed cycle, successful or failed, or
         from the state file. A cycle always completes: every API call and every credential fetch has a
-        deadline, so a target whose STS hangs is ready with its images at ``ehpc_image_up 0``."""
+        deadline, so a scope whose STS hangs is ready with its images at ``ehpc_image_up 0``."""
         return self._rendered.snapshot.completed
 
     @property

@@ -501,8 +501,8 @@ class Config:
 
     Without ``targets`` the top-level ``api``, ``credentials``, ``images`` and ``discovery`` are the one
     target, account :data:`DEFAULT_ACCOUNT` (every older file). With ``targets``, each (account, region)
-    is watched as that same one-target shape: :meth:`scopes` derives it, so everything below the service
-    (refresher, client) sees one account in one region.
+    of each target is a scope, watched through a config of that same one-region shape: :meth:`scopes`
+    derives them, so everything below the service (refresher, client) sees one account in one region.
     """
 
     __pydantic_config__ = forms.FILE
@@ -518,8 +518,8 @@ class Config:
     targets: Annotated[tuple[TargetConfig, ...], Items(MAX_TARGETS)] = ()
     state: StateConfig | None = None  # off when absent
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    # Set on the per-scope configs :meth:`scopes` derives (and on a one-target config, the default); no
-    # file sets them.
+    # Set on the per-scope configs :meth:`scopes` derives (a file without ``targets`` keeps the defaults);
+    # no file sets them.
     account: Annotated[str, NOT_IN_FILE] = DEFAULT_ACCOUNT
     assume_role: Annotated[AssumeRoleConfig | None, NOT_IN_FILE] = None
     account_qps: Annotated[float, NOT_IN_FILE] = 0.0
@@ -527,11 +527,11 @@ class Config:
 
     @property
     def scope(self) -> Scope:
-        """The identity of a one-target config: its account and region."""
+        """The scope of a per-scope config: its account and region."""
         return Scope(self.account, self.api.region_id)
 
     def scopes(self) -> tuple[Config, ...]:
-        """One one-target config per (account, region) watched, in configuration order."""
+        """One per-scope config for each (account, region) watched, in configuration order."""
         if not self.targets:
             return (self,)
         return tuple(
@@ -554,7 +554,7 @@ class Config:
 
     @property
     def account_settings(self) -> tuple[object, ...]:
-        """What a one-target config's credentials and account budget depend on (shared per account)."""
+        """What a per-scope config's credentials and account budget depend on (shared per account)."""
         return (
             self.account,
             self.credentials,
