@@ -36,7 +36,7 @@ import aiohttp
 import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from exporter.openapi.errors import ApiError
+from exporter.errors import ApiError
 from exporter.redaction import contains_secret, register_secret
 
 __all__ = [

@@ -34,8 +34,8 @@ from exporter.credential_fetch import (
     run_blocking,
     sts_host,
 )
+from exporter.errors import CREDENTIAL_ERROR, ApiError
 from exporter.logging import gate_foreign_records
-from exporter.openapi.errors import CREDENTIAL_ERROR, ApiError
 
 __all__ = [
     "FETCH_DEADLINE_SECONDS",

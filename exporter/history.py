@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import NamedTuple
 
+from exporter.config import copy_available
+
 __all__ = ["ImageHistory", "ReplicaHistory", "observe"]
 
 
@@ -60,7 +62,7 @@ def observe(
     done: list[tuple[str, float]] = []
     for region in sorted(set(requested)):
         copy = copies.get(region)
-        available = copy is not None and copy in healthy
+        available = copy_available(copy, healthy)
         before = old.get(region)
         if before is None:
             replicas.append(ReplicaHistory(region, copy, at, None if available else at))

@@ -30,7 +30,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
-from exporter.openapi.errors import INVALID_RESPONSE, ApiError
+from exporter.errors import INVALID_RESPONSE, ApiError
 from exporter.redaction import (
     CONTROL_RE,
     REDACTED,

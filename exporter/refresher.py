@@ -29,10 +29,10 @@ import structlog
 
 from exporter.clock import Clock, LoopClock
 from exporter.config import Config, DiscoveryConfig, ImageType, WatchedImage
+from exporter.errors import TIMEOUT, ApiError
 from exporter.exposition import SelfMetrics
 from exporter.history import observe
 from exporter.models import Image, ImageSummary
-from exporter.openapi.errors import TIMEOUT, ApiError
 from exporter.sharding import in_shard
 from exporter.snapshot import DiscoveryStatus, ImageError, ImageFacts, ImageKey, ImageState, Snapshot
 
@@ -125,8 +125,8 @@ class Refresher:
         self._scope = config.scope
         self._log = log.bind(account=config.account, region_id=config.api.region_id)
         self._publish = publish
-        self._clock = wall_clock
-        self._steady: Clock = clock or LoopClock()  # cycle durations and the schedule
+        self._wall_clock = wall_clock
+        self._clock: Clock = clock or LoopClock()  # cycle durations and the schedule
         self._rng = rng or random.Random()  # noqa: S311 - schedule jitter, not cryptography
         self._snapshot = Snapshot(status=config.status, expected=(config.scope,))
         self._discovered: dict[str, WatchedImage] = {}
@@ -182,7 +182,7 @@ class Refresher:
 
     async def run(self) -> None:
         """Refresh forever: first at once, then every jittered interval, never overlapping; cancel to stop."""
-        clock = self._steady
+        clock = self._clock
         while True:
             started = clock.monotonic()
             try:
@@ -210,7 +210,7 @@ class Refresher:
         async with self._cycle_lock:
             self._wake.clear()
             config, client = self._config, self._client
-            monotonic = self._steady.monotonic
+            monotonic = self._clock.monotonic
             started = monotonic()
             watched = await self._watched_set(config, client)
             if self._metrics is not None:
@@ -221,7 +221,7 @@ class Refresher:
             snapshot = Snapshot.build(
                 states,
                 status=config.status,
-                refreshed_at=self._clock(),
+                refreshed_at=self._wall_clock(),
                 duration_seconds=monotonic() - started,
                 sequence=self._sequence,
                 discovery=self._discovery if config.discovery.enabled else None,
@@ -290,7 +290,7 @@ class Refresher:
             self._log.exception("discovery_crashed", kept=len(self._discovered))
             return self._discovered
         self._discovered = _discovered(summaries, cfg)
-        self._discovery = DiscoveryStatus(True, self._clock(), len(self._discovered))
+        self._discovery = DiscoveryStatus(True, self._wall_clock(), len(self._discovered))
         return self._discovered
 
     def _discovery_failed(self, code: str) -> None:
@@ -350,7 +350,7 @@ class Refresher:
         except Exception as exc:  # a bug must cost one image, not the cycle
             self._log.exception("image_refresh_crashed", image_id=watched.image_id)
             result = ApiError(code=EXPORTER_ERROR, message=type(exc).__name__, action="GetImage")
-        return result, self._clock()
+        return result, self._wall_clock()
 
     def _next_state(
         self,

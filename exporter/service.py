@@ -52,7 +52,7 @@ class Account:
     budget: Budget | None = None
 
 
-# Builds the client of one (account, region): a one-target config, its observer, its account's resources.
+# Builds the client of one scope (account, region): its per-scope config, observer and account's resources.
 ClientFactory = Callable[[Config, ApiObserver, Account], EhpcClient]
 
 
@@ -98,9 +98,9 @@ class ExporterService:
         clock: Clock | None = None,
     ) -> None:
         self._config = config
-        self._steady = clock
+        self._clock = clock
         self._client_factory = client_factory
-        self._clock = wall_clock
+        self._wall_clock = wall_clock
         self.metrics = SelfMetrics(
             build_info, process_metrics=process_metrics, max_error_codes=config.limits.max_error_codes
         )
@@ -143,7 +143,7 @@ class ExporterService:
     def ready(self) -> bool:
         """Every (account, region) has data being served: from a completed cycle, successful or failed, or
         from the state file. A cycle always completes: every API call and every credential fetch has a
-        deadline, so a target whose STS hangs is ready with its images at ``ehpc_image_up 0``."""
+        deadline, so a scope whose STS hangs is ready with its images at ``ehpc_image_up 0``."""
         return self._rendered.snapshot.completed
 
     @property
@@ -183,8 +183,8 @@ class ExporterService:
             client,
             metrics=self.metrics,
             publish=self._publisher(config.scope),
-            wall_clock=self._clock,
-            clock=self._steady,
+            wall_clock=self._wall_clock,
+            clock=self._clock,
         )
         return _Unit(config, client, refresher)
 
@@ -239,7 +239,7 @@ class ExporterService:
         if state is None or self._store is not None:
             return
         self.metrics.state = StateMetrics()
-        self._store = StateStore(state.path, self.metrics.state, wall_clock=self._clock)
+        self._store = StateStore(state.path, self.metrics.state, wall_clock=self._wall_clock)
         loaded = await self._store.load(self._config)
         units = self._ensure_units()
         for scope, snapshot in loaded.items():
@@ -483,7 +483,7 @@ class ExporterService:
 
     def record_reload(self, ok: bool) -> None:
         """Record a configuration reload outcome in ``ehpc_config_last_reload_*``."""
-        self.metrics.record_reload(ok, self._clock())
+        self.metrics.record_reload(ok, self._wall_clock())
 
 
 def _merged(config: Config, parts: Mapping[Scope, Snapshot], sequence: int) -> Snapshot:

@@ -4,7 +4,8 @@
 written in one transaction (WAL mode, ``synchronous=NORMAL``: a committed save survives the process being
 killed; only a power cut can lose the last ones). On start the file is read before the server listens,
 so ``/metrics`` answers at once with the last-known data and its honest timestamps, and ``up`` says what
-the last call before the restart said. The refresh loops then start as on a cold start.
+the last call before the restart said. Each refresh loop then continues from its (account, region)'s
+restored snapshot as if it were its last cycle's (:meth:`exporter.refresher.Refresher.restore`).
 
 The file is data, never code: it is opened through :class:`exporter.state_db.StateDb` (only this
 module's statements run, each within a budget; nothing a trigger or view would do is allowed; values and
@@ -113,7 +114,7 @@ class StateStore:
     ) -> None:
         self.path = Path(path)
         self._metrics = metrics
-        self._clock = wall_clock
+        self._wall_clock = wall_clock
         self._db: StateDb | None = None
         # Per (account, region), its images' states as last committed (compared by value with the next).
         self._saved: dict[Scope, Mapping[str, ImageState]] = {}
@@ -351,7 +352,7 @@ class StateStore:
             )
             self._failing = True
             return
-        self._metrics.last_save = self._clock()
+        self._metrics.last_save = self._wall_clock()
         if self._failing:
             log.info("state_save_recovered", path=str(self.path))
         self._failing = False

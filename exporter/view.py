@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import NamedTuple
 
-from exporter.config import StatusConfig
+from exporter.config import StatusConfig, copy_available
 from exporter.redaction import generation, scrub
 
 __all__ = ["HEALTH_ORDER", "Health", "ImageView", "ReplicaHealth", "ReplicaView", "image_view"]
@@ -138,7 +138,8 @@ def _replica_view(
     if copy is None:
         return ReplicaView(name, None, ReplicaHealth.NOT_REPLICATED, state_set(None, vocabulary))
     label = status_label(copy)
-    health = ReplicaHealth.AVAILABLE if copy in config.replication_healthy else ReplicaHealth.NOT_AVAILABLE
+    available = copy_available(copy, config.replication_healthy)
+    health = ReplicaHealth.AVAILABLE if available else ReplicaHealth.NOT_AVAILABLE
     return ReplicaView(name, label, health, state_set(label, vocabulary))
 
 

@@ -15,9 +15,9 @@ from ehpc_simulator import Faults, SimImage
 from exporter.config import AdaptiveRateConfig, ApiConfig, RetryConfig, WatchedImage
 from exporter.config.load import ConfigError, load_config
 from exporter.credentials import Credential, StaticCredentialSource
+from exporter.errors import ApiError
 from exporter.openapi.budget import AdaptiveRate, Budget
 from exporter.openapi.client import EhpcClient
-from exporter.openapi.errors import ApiError
 from exporter.service import ExporterService
 from tests.exporter_support import captured_events, samples, sim_config
 from tests.fixtures.sim import SIM_VM_ID, RunningSimulator

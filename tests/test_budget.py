@@ -1,6 +1,6 @@
-"""The call budget's token bucket under cancellation: cancelled waiters must not cost future rate.
+"""The call budget's pacer under cancellation: cancelled waiters must not cost future rate.
 
-The schedule tests run on virtual time (tests/fixtures/virtual_time.py): the bucket sleeps on the
+The schedule tests run on virtual time (tests/fixtures/virtual_time.py): the pacer sleeps on the
 loop's clock, so its slots are checked exactly, with no slack for a busy machine.
 """
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.openapi.budget import TokenBucket
+from exporter.openapi.budget import Pacer
 from tests.fixtures.virtual_time import VirtualTimeLoop, run_virtual
 
 EPS = 1e-9  # float rounding of summed intervals; virtual time itself has no lateness
@@ -27,15 +27,15 @@ def test_cancelled_waiters_do_not_push_the_schedule_ahead(
     """Why: per-image timeouts cancel queued takers; leaked reservations once froze the exporter for good."""
 
     async def scenario() -> float:
-        bucket = TokenBucket(qps=qps)
+        pacer = Pacer(qps=qps)
         loop = asyncio.get_running_loop()
-        waiters = [asyncio.create_task(bucket.take()) for _ in range(queued)]
+        waiters = [asyncio.create_task(pacer.take()) for _ in range(queued)]
         await asyncio.sleep(cancel_after)
         for w in waiters:
             w.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
         start = loop.time()
-        await bucket.take()
+        await pacer.take()
         return loop.time() - start
 
     # A fresh taker gets a slot within one interval, not after the time the cancelled ones queued for.
@@ -63,13 +63,13 @@ def test_rate_is_exact_and_never_runs_ahead_of_schedule(
     stall = stall_fraction * interval
 
     async def scenario() -> tuple[float, list[float]]:
-        bucket = TokenBucket(qps=qps)
+        pacer = Pacer(qps=qps)
         loop = asyncio.get_running_loop()
         assert isinstance(loop, VirtualTimeLoop)
         stamps: list[float] = []
 
         async def taker() -> None:
-            await bucket.take()
+            await pacer.take()
             stamps.append(loop.time())
 
         start = loop.time()
@@ -119,32 +119,32 @@ async def test_an_account_budget_caps_its_regions_together() -> None:
 
 
 def test_a_rate_change_while_takers_queue_keeps_the_schedule_sound() -> None:
-    """Why: the adaptive rate changes the bucket under queued takers; a cut must slow the queue at
+    """Why: the adaptive rate changes the pacer under queued takers; a cut must slow the queue at
     once, a rise speed it up, and cancelled takers must still cost nothing."""
 
     async def scenario() -> tuple[float, list[float], float]:
-        bucket = TokenBucket(qps=100)
+        pacer = Pacer(qps=100)
         loop = asyncio.get_running_loop()
         stamps: list[float] = []
 
         async def taker() -> None:
-            await bucket.take()
+            await pacer.take()
             stamps.append(loop.time())
 
         start = loop.time()
         queued = [asyncio.create_task(taker()) for _ in range(4)]
         await asyncio.sleep(0)
-        bucket.set_qps(20)  # 10 ms -> 50 ms while three of them sleep
+        pacer.set_qps(20)  # 10 ms -> 50 ms while three of them sleep
         await asyncio.gather(*queued)
-        assert bucket.qps == pytest.approx(20)
-        waiters = [asyncio.create_task(bucket.take()) for _ in range(100)]  # 5 s of slots at 20 qps
+        assert pacer.qps == pytest.approx(20)
+        waiters = [asyncio.create_task(pacer.take()) for _ in range(100)]  # 5 s of slots at 20 qps
         await asyncio.sleep(0.01)
         for w in waiters:
             w.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
-        bucket.set_qps(1000)
+        pacer.set_qps(1000)
         before = loop.time()
-        await bucket.take()
+        await pacer.take()
         return start, stamps, loop.time() - before
 
     start, stamps, wait = run_virtual(scenario())
@@ -156,8 +156,8 @@ def test_a_rate_change_while_takers_queue_keeps_the_schedule_sound() -> None:
 
 def test_only_a_limited_bucket_changes_its_rate() -> None:
     """Why: qps 0 (unlimited) has no schedule to adapt; a zero or negative rate would stall or crash."""
-    with pytest.raises(ValueError, match="limited bucket"):
-        TokenBucket(qps=0).set_qps(5)
+    with pytest.raises(ValueError, match="limited pacer"):
+        Pacer(qps=0).set_qps(5)
     for bad in (0.0, -1.0):
         with pytest.raises(ValueError, match="positive"):
-            TokenBucket(qps=5).set_qps(bad)
+            Pacer(qps=5).set_qps(bad)

@@ -18,6 +18,7 @@ from ehpc_simulator import Faults
 from exporter.buildinfo import BuildInfo
 from exporter.config import DEFAULT_SCOPE, MetricsConfig, StatusConfig, WatchedImage
 from exporter.config.load import ConfigError, load_config
+from exporter.errors import ApiError
 from exporter.exposition import SPECS, TABLE, MetricName, SelfMetrics, SnapshotRenderer, render_snapshot
 from exporter.exposition.families import (
     CLIENT_FAMILIES,
@@ -27,7 +28,6 @@ from exporter.exposition.families import (
     build_table,
     family_filter,
 )
-from exporter.openapi.errors import ApiError
 from exporter.service import ExporterService
 from exporter.snapshot import ImageError, ImageState, Snapshot
 from tests.exporter_support import make_image, samples, sim_config, value

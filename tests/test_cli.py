@@ -32,7 +32,7 @@ from ehpc_simulator.model import Faults
 from exporter import __version__
 from exporter.cli import EXIT_FAILURE, EXIT_OK, build_parser
 from exporter.cli import main as cli_main
-from exporter.cli.common import _stop_within_deadline
+from exporter.cli.common import stop_within_deadline
 from exporter.cli.parser import build_simulate_parser
 from exporter.config import STOP_TIMEOUT_SECONDS, Config
 from exporter.demo import add_simulate_arguments
@@ -458,7 +458,7 @@ async def test_run_reload_on_sighup_and_stop_on_sigterm(tmp_path: Path, simulato
 @settings(max_examples=100, deadline=None)
 @given(takes=st.floats(0, 100_000, allow_nan=False))
 def test_a_stop_past_the_deadline_exits_1_at_the_deadline(takes: float) -> None:
-    """Why: "stops within 5 s" is the process's own promise, kept by _stop_within_deadline: a stop that
+    """Why: "stops within 5 s" is the process's own promise, kept by stop_within_deadline: a stop that
     finishes in time exits 0 with "stopped" when it finishes; one that would take longer (a request
     stuck, a disk full) is given up at STOP_TIMEOUT_SECONDS with "stop_timeout" and exit 1. On virtual
     time, so the deadline is checked exactly, however busy the machine is."""
@@ -468,7 +468,7 @@ def test_a_stop_past_the_deadline_exits_1_at_the_deadline(takes: float) -> None:
         loop = asyncio.get_running_loop()
         with captured_events("stopped", "stop_timeout") as events:
             start = loop.time()
-            rc = await _stop_within_deadline(lambda: asyncio.sleep(takes))
+            rc = await stop_within_deadline(lambda: asyncio.sleep(takes))
             took = loop.time() - start
         return rc, took, [e["event"] for e in events]
 
@@ -649,9 +649,9 @@ async def test_reload_records_a_failure_whatever_the_loader_raises(
     def explode(path: str | None, overrides: object) -> Config:
         raise ValueError("invalid literal for int(): 'NotToBeEchoed'")
 
-    monkeypatch.setattr(cli_run, "_load", explode)
+    monkeypatch.setattr(cli_run, "load_config_files", explode)
     with capture_logs() as logs:
-        await cli_run._reload(svc, str(tmp_path / "c.yaml"), {})
+        await cli_run.reload_config(svc, str(tmp_path / "c.yaml"), {})
     assert value(samples(svc.render_self(False)), "ehpc_config_last_reload_successful") == 0
     errors = [e["error"] for e in logs if e["event"] == "config_reload_failed"]
     assert errors == [f"{tmp_path / 'c.yaml'}: cannot load the config (ValueError)"]
@@ -673,7 +673,7 @@ async def test_a_good_reload_is_recorded_and_logged_once(
     monkeypatch.setattr(svc.metrics, "record_reload", spy)  # a spy around the real method
     path = write(tmp_path, "images: [{id: m-1}]\n")
     with capture_logs() as logs:
-        await cli_run._reload(svc, path, {})
+        await cli_run.reload_config(svc, path, {})
     assert outcomes == [True]
     assert [e["event"] for e in logs].count("config_reloaded") == 1
     assert svc.config.images[0].image_id == "m-1"

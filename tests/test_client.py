@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from ehpc_simulator import Faults, SimImage
 from exporter.config import ApiConfig, RetryConfig
 from exporter.credentials import Credential, CredentialSource, StaticCredentialSource
+from exporter.errors import SEED_CODES, ApiError, is_retryable
 from exporter.openapi.client import EhpcClient
-from exporter.openapi.errors import SEED_CODES, ApiError, is_retryable
 from tests.exporter_support import captured_events
 from tests.fixtures.sim import (
     SIM_CONTAINER_ID,

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from exporter.cli.common import _web_config_problems
+from exporter.cli.common import web_config_problems
 from exporter.config import (
     DEFAULT_STATUS_VOCABULARY,
     ApiConfig,
@@ -845,7 +845,7 @@ def test_every_problem_is_reported_at_once(
     chosen = data.draw(st.sets(st.sampled_from(sorted(mistakes)), min_size=1), label="mistakes")
     web = tmp_path / "web.yml"
     web.write_text("basic_auth_users: {prometheus: not-a-bcrypt-hash}\n")
-    web_lines = _web_config_problems(str(web))
+    web_lines = web_config_problems(str(web))
     assert web_lines
     assert all(line.startswith(f"{web}:") for line in web_lines)  # file, or file:line:column
     doc = yaml.safe_load(yaml.safe_dump(base))
@@ -858,7 +858,7 @@ def test_every_problem_is_reported_at_once(
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(ConfigError) as info:
-        load_config(path, web_config_check=_web_config_problems)
+        load_config(path, web_config_check=web_config_problems)
     assert sorted(info.value.errors) == sorted(line.format(p=path) for line in expected)
 
 

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from exporter import credential_fetch
-from exporter.cli.run import _reload
+from exporter.cli.run import reload_config
 from exporter.config import Scope
 from exporter.config.load import load_config
 from exporter.service import ExporterService
@@ -95,7 +95,7 @@ async def service(estate: RunningEstate, tmp_path: Path) -> AsyncIterator[Any]:
         async def start(self, sts_endpoint: str, beta_timeout: float = 10) -> ExporterService:
             path.write_text(config_text(estate, sts_endpoint, beta_timeout=beta_timeout))
             svc = ExporterService(load_config(path), process_metrics=False)
-            svc.enable_lifecycle(functools.partial(_reload, svc, str(path), {}))
+            svc.enable_lifecycle(functools.partial(reload_config, svc, str(path), {}))
             started.append(svc)
             await svc.start()
             return svc
@@ -226,7 +226,7 @@ async def test_stuck_token_reads_never_starve_gzip_metrics_or_a_reload(
     path = tmp_path / "config.yaml"
     path.write_text(config_text(estate, estate.ep.sts_host) + targets + "\n")
     svc = ExporterService(load_config(path), process_metrics=False)
-    svc.enable_lifecycle(functools.partial(_reload, svc, str(path), {}))
+    svc.enable_lifecycle(functools.partial(reload_config, svc, str(path), {}))
     await svc.start()
     try:
         await wait_until_async(lambda: svc.ready, within=WAIT, what="ready")

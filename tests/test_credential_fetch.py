@@ -44,8 +44,8 @@ from exporter.credentials import (
     CachedCredentialSource,
     build_credential_source,
 )
+from exporter.errors import ApiError
 from exporter.logging import mask_secrets
-from exporter.openapi.errors import ApiError
 from tests.fixtures.estate import OIDC_ROLE_ARN, PROVIDER_ARN, RunningEstate
 from tests.hostile_sts import (
     HOSTILE_TOKEN,

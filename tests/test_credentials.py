@@ -30,9 +30,9 @@ from exporter.credentials import (
     refresh_time,
     scrub,
 )
+from exporter.errors import ApiError
 from exporter.logging import mask_secrets
 from exporter.openapi.client import EhpcClient
-from exporter.openapi.errors import ApiError
 from tests.fixtures.estate import (
     ALPHA_AK,
     ALPHA_SECRET,

@@ -17,6 +17,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 
 from exporter.buildinfo import BuildInfo
 from exporter.config import DEFAULT_SCOPE, Scope, StatusConfig, WatchedImage
+from exporter.errors import ApiError
 from exporter.exposition import (
     SNAPSHOT_METRICS,
     SPECS,
@@ -32,7 +33,6 @@ from exporter.exposition import (
     render_snapshot,
 )
 from exporter.exposition.families import Sample
-from exporter.openapi.errors import ApiError
 from exporter.snapshot import ImageError, ImageState, Snapshot
 from tests.exporter_support import make_image, samples, series_of, value
 from tests.reference import SnapshotCollector

@@ -30,8 +30,8 @@ from ehpc_simulator import SimImage
 from exporter.buildinfo import BuildInfo
 from exporter.clock import LoopClock
 from exporter.config import Config, WatchedImage
+from exporter.errors import ApiError
 from exporter.openapi.client import ApiObserver, EhpcClient
-from exporter.openapi.errors import ApiError
 from exporter.service import Account, ExporterService, default_client
 from tests.exporter_support import sim_config
 from tests.fixtures.http import wait_until_async

@@ -148,7 +148,8 @@ def test_kubernetes_validate_catches_a_bad_object(chart: helm.Chart) -> None:
         kv.validate(deployment, KUBE_VERSION, strict=True)
 
 
-def _run_crd_validator(path: Path) -> tuple[int, list[dict[str, Any]]]:
+def run_crd_validator(path: Path) -> tuple[int, list[dict[str, Any]]]:
+    """Validate the objects of a rendered file against the CRD schemas; (exit code, findings)."""
     proc = subprocess.run(
         ["node", str(CRD_VALIDATOR), str(path)], capture_output=True, text=True, timeout=60, check=False
     )
@@ -167,7 +168,7 @@ def test_monitoring_objects_validate_against_operator_crds(chart: helm.Chart, tm
             expected += sum(d["kind"] in MONITORING_KINDS for d in docs)
             yaml.safe_dump_all(docs, f)
             f.write("---\n")
-    rc, results = _run_crd_validator(manifest)
+    rc, results = run_crd_validator(manifest)
     assert [r for r in results if not r["ok"]] == []
     assert rc == 0
     assert len(results) == expected
@@ -184,7 +185,7 @@ def test_crd_validator_rejects_bad_objects(chart: helm.Chart, tmp_path: Path) ->
     rule["spec"]["groups"] = [{"name": "g", "rules": [{"alert": "A", "for": "1m"}]}]
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump_all([sm, rule]))
-    rc, results = _run_crd_validator(bad)
+    rc, results = run_crd_validator(bad)
     assert rc == 1
     errors = {r["kind"]: r["error"] for r in results}
     assert "interval" in errors["ServiceMonitor"]

@@ -37,7 +37,7 @@ from tests.helm_render import (
     render,
     workload,
 )
-from tests.test_helm import KUBE_VERSION, MONITORING_KINDS, _run_crd_validator, scenario_values
+from tests.test_helm import KUBE_VERSION, MONITORING_KINDS, run_crd_validator, scenario_values
 
 FULLNAME = f"{RELEASE}-ehpc-image-exporter"
 HEADLESS = f"{FULLNAME}-headless"
@@ -172,7 +172,7 @@ def test_servicemonitor_scrapes_every_pod_and_labels_the_shard(chart: helm.Chart
     assert endpoint["relabelings"][-len(user) :] == user, "the user's relabelings come last and can override"
     manifest = tmp_path / "sm.yaml"
     manifest.write_text(yaml.safe_dump(sm))
-    rc, results = _run_crd_validator(manifest)
+    rc, results = run_crd_validator(manifest)
     assert (rc, [r["ok"] for r in results]) == (0, [True])
 
     plain = one(render(chart, scenario_values("monitoring")), "ServiceMonitor")["spec"]["endpoints"][0]

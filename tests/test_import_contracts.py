@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,8 +168,99 @@ def test_every_forbidden_import_is_reported_at_its_line(tree: Path) -> None:
     rc, report = _lint(tree, pythonpath=tree)
     assert rc != 0, report
     sections = _sections(report)
-    assert set(sections) == {SIMULATOR_CONTRACT, SEAM_CONTRACT}, report
+    # The layers contract sees the chains these imports close through the simulator; its own test is below.
+    assert set(sections) - {LAYERS_CONTRACT} == {SIMULATOR_CONTRACT, SEAM_CONTRACT}, report
     assert sections[SIMULATOR_CONTRACT] == into_simulator, report
     assert sections[SEAM_CONTRACT] == into_exporter, report
     assert len(into_simulator) >= len(FORMS)  # every form, in both directions
     assert len(into_simulator) + len(into_exporter) >= 60
+
+
+# ----- The exporter's layers ---------------------------------------------------------------------------
+LAYERS_CONTRACT = "The exporter's layers: each imports only the layers below it"
+# Every link "a -> b (l.N)" of a chain, first or continuation, in any contract's section.
+_LINK = re.compile(r"^-?\s+([\w.]+) -> ([\w.]+) \(l\.(\d+)(?:, l\.\d+)*\)$")
+
+
+def _layers() -> list[list[str]]:
+    """The layers of the contract as committed, top first: each a list of independent siblings."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    (contract,) = [c for c in config["tool"]["importlinter"]["contracts"] if c["name"] == LAYERS_CONTRACT]
+    (container,) = contract["containers"]
+    return [[f"{container}.{name.strip()}" for name in line.split("|")] for line in contract["layers"]]
+
+
+def _place(module: str, layers: list[list[str]]) -> tuple[int, str] | None:
+    """(layer index, sibling) of a module, or None for the container itself."""
+    for index, siblings in enumerate(layers):
+        for sibling in siblings:
+            if module == sibling or module.startswith(sibling + "."):
+                return index, sibling
+    return None
+
+
+def _runs_back_up(importer: str, imported: str, layers: list[list[str]]) -> bool:
+    """An import from a lower layer into a higher one, or between two independent siblings."""
+    low, high = _place(importer, layers), _place(imported, layers)
+    if low is None or high is None:
+        return False
+    return high[0] < low[0] or (high[0] == low[0] and high[1] != low[1])
+
+
+def _links(report: str, contract: str) -> set[Injected]:
+    """Every import link named under one contract's section of the report."""
+    _, _, broken = report.partition("Broken contracts")
+    out: set[Injected] = set()
+    inside = False
+    lines = broken.splitlines()
+    for n, line in enumerate(lines):
+        if n + 1 < len(lines) and set(lines[n + 1]) == {"-"} and len(lines[n + 1]) == len(line):
+            inside = line == contract
+            continue
+        found = _LINK.match(line)
+        if found and inside:
+            out.add(Injected(found[1], found[2], int(found[3])))
+    return out
+
+
+def test_every_module_of_the_exporter_has_its_layer() -> None:
+    """The contract is exhaustive: each module is placed, so a new one must be given its layer."""
+    layers = _layers()
+    unplaced = [m for m in _modules(REPO, "exporter") if m != "exporter" and _place(m, layers) is None]
+    assert unplaced == []
+    assert len(layers) >= 8
+
+
+def test_every_import_that_runs_back_up_is_reported_at_its_line(tree: Path) -> None:
+    """Every exporter module below the top imports a module of a layer above it, and every module with
+    independent siblings one of a sibling, in each form in turn: each is reported at its line under the
+    layers contract, and no link the tree already has is."""
+    layers = _layers()
+    exporter = _modules(tree, "exporter")
+    placed = {m: p for m in exporter if (p := _place(m, layers)) is not None}
+    injected: set[Injected] = set()
+    for n, (module, (index, sibling)) in enumerate(sorted(placed.items())):
+        above = sorted(m for m, (i, _) in placed.items() if i < index)
+        beside = sorted(m for m, (i, s) in placed.items() if i == index and s != sibling)
+        for k, targets in enumerate((above, beside)):
+            if targets:
+                target = targets[(7 * n + k) % len(targets)]
+                injected.add(_inject(exporter[module], module, target, FORMS[(n + k) % len(FORMS)]))
+    assert all(_runs_back_up(i.importer, i.imported, layers) for i in injected)
+
+    rc, report = _lint(tree, pythonpath=tree)
+    assert rc != 0, report
+    reported = _links(report, LAYERS_CONTRACT)
+    assert {link for link in reported if _runs_back_up(link.importer, link.imported, layers)} == injected, (
+        report
+    )
+    assert len(injected) >= 60
+    assert {form(".")[0].split()[0] for form in FORMS} <= {"import", "from", "def"}  # every form was used
+
+
+def test_a_module_outside_the_layers_breaks_the_contract(tree: Path) -> None:
+    """A new module nobody placed is reported, not silently allowed to import anything."""
+    (tree / "exporter" / "unplaced.py").write_text('"""Not in any layer."""\n', encoding="utf-8")
+    rc, report = _lint(tree, pythonpath=tree)
+    assert rc != 0, report
+    assert "exporter.unplaced" in report, report

@@ -16,7 +16,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from ehpc_simulator import SimImage
-from exporter.cli.check import _check_row
+from exporter.cli.check import check_row
 from exporter.config import DiscoveryConfig, WatchedImage
 from exporter.service import ExporterService
 from tests.exporter_support import samples, sim_config
@@ -221,7 +221,7 @@ async def test_the_board_shows_every_kind_of_problem(
 
     # One verdict: the page, check and the metrics name the same healthy images, in the same words.
     views = fleet.snapshot.views
-    checked = {key.image_id: _check_row(view) for key, view in views.items()}
+    checked = {key.image_id: check_row(view) for key, view in views.items()}
     assert {i: r["word"] for i, r in rows.items()} == {i: c["health"] for i, c in checked.items()}
     page_healthy = {i for i, r in rows.items() if r["word"] == "healthy"}
     assert page_healthy == {i for i, c in checked.items() if c["ok"]} == EXPECTED_HEALTHY

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exporter.errors import INVALID_RESPONSE, ApiError
 from exporter.models import (
     GIB,
     ID,
@@ -36,7 +37,6 @@ from exporter.models import (
     registry_url,
 )
 from exporter.openapi.client import error_from_response
-from exporter.openapi.errors import INVALID_RESPONSE, ApiError
 from exporter.redaction import (
     REDACTED,
     contains_secret,

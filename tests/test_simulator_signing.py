@@ -6,7 +6,7 @@ tested in test_import_contracts.py). What it does instead is checked here:
 
 - Its own V3 code reproduces the official vectors of alibaba-openapi.md §2.4/§2.6, and accepts what the
   official SDK's signer signs, sent as the SDK puts it on the wire (hypothesis).
-- Its own status table agrees with exporter/openapi/errors.py wherever both name a code.
+- Its own status table agrees with exporter/errors.py wherever both name a code.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from Tea.request import TeaRequest
 
 from ehpc_simulator import acs3, catalogue
 from ehpc_simulator.auth import AuthFailure, StsStore, Verified, Verifier
-from exporter.openapi import errors as exporter_errors
+from exporter import errors as exporter_errors
 
 # ----- the official vectors, through the simulator's own code -----------------------------------------
 

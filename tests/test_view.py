@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.cli.check import _check_row
+from exporter.cli.check import check_row
 from exporter.config import StatusConfig, WatchedImage
 from exporter.exposition import render_snapshot
 from exporter.redaction import register_secret
@@ -108,8 +108,8 @@ def test_metrics_check_and_counts_agree_with_the_verdict(drawn: tuple[ImageState
             for r in snapshot.find(image_id).watched.additional_region_ids
         )
         assert (up and available and replicas_ok) == v.healthy, (image_id, v)
-        assert _check_row(v)["ok"] == v.healthy
-        assert _check_row(v)["health"] == str(v.health)
+        assert check_row(v)["ok"] == v.healthy
+        assert check_row(v)["health"] == str(v.health)
     counts = snapshot.health_counts()
     assert list(counts) == list(HEALTH_ORDER)
     assert counts[Health.HEALTHY] == sum(v.healthy for v in snapshot.views.values())

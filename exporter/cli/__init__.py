@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from exporter.cli.check import _cmd_check
+from exporter.cli.check import cmd_check
 from exporter.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
-from exporter.cli.parser import _with_default_subcommand, build_parser
-from exporter.cli.run import _cmd_demo, _cmd_run, _cmd_simulate
+from exporter.cli.parser import build_parser, with_default_subcommand
+from exporter.cli.run import cmd_demo, cmd_run, cmd_simulate
 from exporter.config import STOP_TIMEOUT_SECONDS
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "STOP_TIMEOUT_SECONDS", "build_parser", "main"]
@@ -22,17 +22,17 @@ __all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "STOP_TIMEOUT_SECONDS", "bu
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script: parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand, return its code."""
-    arguments = _with_default_subcommand(sys.argv[1:] if argv is None else argv)
+    arguments = with_default_subcommand(sys.argv[1:] if argv is None else argv)
     if arguments[0] == "simulate":  # the simulator's own flags, parsed only when it is asked for
-        return _cmd_simulate(arguments[1:])
+        return cmd_simulate(arguments[1:])
     parser = build_parser()
     args, unknown = parser.parse_known_args(arguments)
     if unknown:
         args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "run": _cmd_run,
-        "check": _cmd_check,
-        "demo": _cmd_demo,
+        "run": cmd_run,
+        "check": cmd_check,
+        "demo": cmd_demo,
     }
     try:
         return commands[args.command](args)

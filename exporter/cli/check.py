@@ -20,7 +20,7 @@ from exporter.view import HEALTH_ORDER, ImageView
 if TYPE_CHECKING:
     from exporter.snapshot import Snapshot
 
-from exporter.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, _print_errors, _sharding_overrides
+from exporter.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, print_errors, sharding_overrides
 
 log = structlog.get_logger("ehpc.cli")
 
@@ -28,18 +28,19 @@ log = structlog.get_logger("ehpc.cli")
 # check
 
 
-def _cmd_check(args: argparse.Namespace) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
+    """The `check` command: one refresh, each image's verdict printed, the exit code saying how it went."""
     configure_logging(args.log_format, args.log_level)
     try:
-        config = load_config(args.config, _sharding_overrides(args))
+        config = load_config(args.config, sharding_overrides(args))
     except ShardingError as exc:
-        _print_errors([str(exc)])
+        print_errors([str(exc)])
         return EXIT_CONFIG
     except ConfigError as exc:
-        _print_errors(exc.errors)
+        print_errors(exc.errors)
         return EXIT_CONFIG
     snapshot = asyncio.run(_refresh_once(config))
-    rows = [_gated(_check_row(view)) for view in snapshot.views.values()]
+    rows = [_gated(check_row(view)) for view in snapshot.views.values()]
     discovery = snapshot.discovery
     if args.output == "json":
         doc: dict[str, Any] = {"images": rows}
@@ -76,7 +77,7 @@ def _gated(value: Any) -> Any:
     return value
 
 
-def _check_row(view: ImageView) -> dict[str, Any]:
+def check_row(view: ImageView) -> dict[str, Any]:
     """One image's verdict as ``check`` prints it (the same verdict the metrics and the page show)."""
     return {
         "account": view.account,

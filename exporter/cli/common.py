@@ -32,7 +32,7 @@ EXIT_CONFIG = 2
 # Shared helpers.
 
 
-def _overrides(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def flag_overrides(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The config keys the flags (and the sharding environment) set; raises ShardingError.
 
     Resolved once at start: the same overrides apply to every reload, so flags and environment keep
@@ -42,17 +42,17 @@ def _overrides(args: argparse.Namespace, environ: Mapping[str, str] | None = Non
         "web.listen_address": args.web_listen_address,
         "web.telemetry_path": args.web_telemetry_path,
         "web.config_file": args.web_config_file,
-        **_sharding_overrides(args, environ),
+        **sharding_overrides(args, environ),
     }
 
 
-def _sharding_overrides(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def sharding_overrides(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``sharding.shards`` / ``sharding.shard`` from --total-shards, --shard, --pod and the environment."""
     flags = ShardingFlags(shard=args.shard, total_shards=args.total_shards, pod=args.pod)
     return dict(resolve_sharding(flags, os.environ if environ is None else environ))
 
 
-def _web_config_problems(path: str) -> list[str]:
+def web_config_problems(path: str) -> list[str]:
     """The problems of the web config file at ``path``, one line each (it is read at start and on reload)."""
     from exporter.http.toolkit import WebConfigError, load_web_security
 
@@ -65,12 +65,13 @@ def _web_config_problems(path: str) -> list[str]:
     return []
 
 
-def _load(path: str | None, overrides: Mapping[str, Any]) -> Config:
+def load_config_files(path: str | None, overrides: Mapping[str, Any]) -> Config:
     """The config file and the web config file it names, validated in one pass; raises ConfigError."""
-    return load_config(path, overrides, web_config_check=_web_config_problems)
+    return load_config(path, overrides, web_config_check=web_config_problems)
 
 
-def _summary(config: Config) -> str:
+def config_summary(config: Config) -> str:
+    """The one-line description of a loaded config the start-up log line carries."""
     discovery = "discovery on" if config.discovery.enabled else "discovery off"
     shard = (
         f", shard {config.sharding.shard} of {config.sharding.shards}" if config.sharding.shards > 1 else ""
@@ -83,13 +84,14 @@ def _summary(config: Config) -> str:
     )
 
 
-def _print_errors(errors: Sequence[str], stream: TextIO | None = None) -> None:
+def print_errors(errors: Sequence[str], stream: TextIO | None = None) -> None:
+    """Each problem on a line of its own, to stderr unless ``stream`` is given."""
     for line in errors:
         print(line, file=stream or sys.stderr)
 
 
 @contextlib.contextmanager
-def _signal_handlers(stopping: asyncio.Event, on_reload: Callable[[], None] | None = None) -> Iterator[None]:
+def signal_handlers(stopping: asyncio.Event, on_reload: Callable[[], None] | None = None) -> Iterator[None]:
     """SIGTERM/SIGINT set ``stopping`` (a second one is only logged); SIGHUP calls ``on_reload``."""
     loop = asyncio.get_running_loop()
 
@@ -111,7 +113,7 @@ def _signal_handlers(stopping: asyncio.Event, on_reload: Callable[[], None] | No
             loop.remove_signal_handler(sig)
 
 
-async def _stop_within_deadline(stop: Callable[[], Awaitable[Any]]) -> int:
+async def stop_within_deadline(stop: Callable[[], Awaitable[Any]]) -> int:
     """Run ``stop`` within the one stop deadline (the service's); the exit code says whether it made it."""
     try:
         async with asyncio.timeout(STOP_TIMEOUT_SECONDS):
@@ -123,7 +125,7 @@ async def _stop_within_deadline(stop: Callable[[], Awaitable[Any]]) -> int:
     return EXIT_OK
 
 
-async def _start(service: ExporterService) -> bool:
+async def start_service(service: ExporterService) -> bool:
     """Start ``service``; log and clean up on failure (port taken, bad address)."""
     try:
         await service.start()

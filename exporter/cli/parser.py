@@ -268,7 +268,7 @@ def version_text() -> str:
     )
 
 
-def _with_default_subcommand(argv: Sequence[str]) -> list[str]:
+def with_default_subcommand(argv: Sequence[str]) -> list[str]:
     """``ehpc-image-exporter --config x`` means ``ehpc-image-exporter run --config x``."""
     args = list(argv)
     if not args:

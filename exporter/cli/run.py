@@ -25,13 +25,13 @@ from exporter.cli.common import (
     EXIT_CONFIG,
     EXIT_FAILURE,
     EXIT_OK,
-    _load,
-    _overrides,
-    _print_errors,
-    _signal_handlers,
-    _start,
-    _stop_within_deadline,
-    _summary,
+    config_summary,
+    flag_overrides,
+    load_config_files,
+    print_errors,
+    signal_handlers,
+    start_service,
+    stop_within_deadline,
 )
 
 log = structlog.get_logger("ehpc.cli")
@@ -47,30 +47,31 @@ SIMULATOR_MISSING = (
 # run
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
+    """`run`: load the config, serve until a stop signal; the exit code says why it stopped."""
     try:
-        overrides = _overrides(args)
+        overrides = flag_overrides(args)
     except ShardingError as exc:  # before anything is served: one line naming the flag or variable
         if not args.check_config:
             configure_logging(args.log_format, args.log_level)
             log.error("config_invalid", error=str(exc))
         else:
-            _print_errors([str(exc)])
+            print_errors([str(exc)])
         return EXIT_CONFIG
     if args.check_config:
         try:
-            config = _load(args.config, overrides)
+            config = load_config_files(args.config, overrides)
         except ConfigError as exc:
-            _print_errors(exc.errors)
+            print_errors(exc.errors)
             return EXIT_CONFIG
         for warning in config_warnings(config):
             print(f"warning: {warning}", file=sys.stderr)
-        print(f"config OK: {_summary(config)}")
+        print(f"config OK: {config_summary(config)}")
         return EXIT_OK
 
     configure_logging(args.log_format, args.log_level)
     try:
-        config = _load(args.config, overrides)
+        config = load_config_files(args.config, overrides)
     except ConfigError as exc:
         for line in exc.errors:
             log.error("config_invalid", error=line)
@@ -93,7 +94,7 @@ async def _run(
     async def reload() -> str | None:
         # SIGHUPs and POST /-/reload in a burst apply one after the other, the last file wins.
         async with lock:
-            return await _reload(service, path, overrides)
+            return await reload_config(service, path, overrides)
 
     if lifecycle:
         service.enable_lifecycle(reload)
@@ -110,15 +111,17 @@ async def _run(
         await service.stop()
 
     # Handlers first: a signal that arrives while binding is handled like any other.
-    with _signal_handlers(stopping, on_hup):
-        if not await _start(service):
+    with signal_handlers(stopping, on_hup):
+        if not await start_service(service):
             return EXIT_FAILURE
         log.info("started", version=__version__, url=service.url, config=path, **_counts(config))
         await stopping.wait()
-        return await _stop_within_deadline(stop)
+        return await stop_within_deadline(stop)
 
 
-async def _reload(service: ExporterService, path: str | None, overrides: Mapping[str, Any]) -> str | None:
+async def reload_config(
+    service: ExporterService, path: str | None, overrides: Mapping[str, Any]
+) -> str | None:
     """Re-read the config (SIGHUP, POST /-/reload); None if applied, else the reason in one line.
 
     Any failure keeps the running config and records the reload as failed. A load failure is recorded
@@ -126,7 +129,7 @@ async def _reload(service: ExporterService, path: str | None, overrides: Mapping
     """
     log.info("config_reloading", config=path)
     try:
-        config = await asyncio.to_thread(_load, path, overrides)
+        config = await asyncio.to_thread(load_config_files, path, overrides)
     except ConfigError as exc:
         errors = exc.errors
     except Exception as exc:  # whatever else the loader raises is still a failed reload, never a silent 1
@@ -177,7 +180,8 @@ def _simulator_installed(command: str) -> bool:
     return True
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
+    """`demo`: the simulator and an exporter watching it, in one process."""
     if not _simulator_installed("demo"):
         return EXIT_FAILURE
     configure_logging(args.log_format, args.log_level)
@@ -188,7 +192,7 @@ async def _demo(args: argparse.Namespace) -> int:
     from exporter.demo import run_demo
 
     stopping = asyncio.Event()
-    with _signal_handlers(stopping):
+    with signal_handlers(stopping):
         async with contextlib.AsyncExitStack() as stack:
             try:
                 demo = await stack.enter_async_context(
@@ -210,11 +214,12 @@ async def _demo(args: argparse.Namespace) -> int:
             print(f"sts:       {demo.sts_url}")
             sys.stdout.flush()
             await stopping.wait()
-            return await _stop_within_deadline(stack.aclose)
+            return await stop_within_deadline(stack.aclose)
     return EXIT_OK  # pragma: no cover - the with-block always returns
 
 
-def _cmd_simulate(argv: Sequence[str]) -> int:
+def cmd_simulate(argv: Sequence[str]) -> int:
+    """`simulate`: the simulator alone, for a separately started exporter."""
     if not _simulator_installed("simulate"):
         return EXIT_FAILURE
     from exporter.demo import add_simulate_arguments
@@ -228,7 +233,7 @@ async def _simulate(args: argparse.Namespace) -> int:
     from exporter.demo import run_simulate
 
     stopping = asyncio.Event()
-    with _signal_handlers(stopping):
+    with signal_handlers(stopping):
         task = asyncio.create_task(run_simulate(args))
         waiter = asyncio.create_task(stopping.wait())
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -245,4 +250,4 @@ async def _simulate(args: argparse.Namespace) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-        return await _stop_within_deadline(finish)
+        return await stop_within_deadline(finish)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple, cast
 
@@ -101,6 +102,7 @@ __all__ = [
     "TargetConfig",
     "WatchedImage",
     "WebConfig",
+    "copy_available",
     "parse_listen_address",
 ]
 
@@ -316,6 +318,15 @@ class StatusConfig:
         return self if vocabulary == self.vocabulary else replace(self, vocabulary=vocabulary)
 
 
+def copy_available(copy: str | None, replication_healthy: Collection[str]) -> bool:
+    """Whether a region's copy is available: there is one, in a status of ``status.replication_healthy``.
+
+    The one definition: the verdict (:mod:`exporter.view`) and the replication times
+    (:mod:`exporter.history`) both ask it, so they cannot disagree on when a replication is complete.
+    """
+    return copy is not None and copy in replication_healthy
+
+
 @dataclass(frozen=True, slots=True)
 class ShardingConfig:
     """``sharding``: split the watched set across replicas; this one keeps the images rendezvous hashing
@@ -346,7 +357,7 @@ class LimitsConfig:
 
     __pydantic_config__ = forms.FILE
     # Distinct error codes counted beyond the built-in catalogue (seed, gateway and local codes, which
-    # are always kept); later new codes are counted under OVERFLOW_CODE (exporter.openapi.errors).
+    # are always kept); later new codes are counted under OVERFLOW_CODE (exporter.errors).
     max_error_codes: Annotated[int, within(0, 10_000)] = 50
     # AdditionalRegionsInfo entries one GetImage answer may carry, and regions one image may ask for;
     # an answer with more is an InvalidResponse.
@@ -490,8 +501,8 @@ class Config:
 
     Without ``targets`` the top-level ``api``, ``credentials``, ``images`` and ``discovery`` are the one
     target, account :data:`DEFAULT_ACCOUNT` (every older file). With ``targets``, each (account, region)
-    is watched as that same one-target shape: :meth:`scopes` derives it, so everything below the service
-    (refresher, client) sees one account in one region.
+    of each target is a scope, watched through a config of that same one-region shape: :meth:`scopes`
+    derives them, so everything below the service (refresher, client) sees one account in one region.
     """
 
     __pydantic_config__ = forms.FILE
@@ -507,8 +518,8 @@ class Config:
     targets: Annotated[tuple[TargetConfig, ...], Items(MAX_TARGETS)] = ()
     state: StateConfig | None = None  # off when absent
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    # Set on the per-scope configs :meth:`scopes` derives (and on a one-target config, the default); no
-    # file sets them.
+    # Set on the per-scope configs :meth:`scopes` derives (a file without ``targets`` keeps the defaults);
+    # no file sets them.
     account: Annotated[str, NOT_IN_FILE] = DEFAULT_ACCOUNT
     assume_role: Annotated[AssumeRoleConfig | None, NOT_IN_FILE] = None
     account_qps: Annotated[float, NOT_IN_FILE] = 0.0
@@ -516,11 +527,11 @@ class Config:
 
     @property
     def scope(self) -> Scope:
-        """The identity of a one-target config: its account and region."""
+        """The scope of a per-scope config: its account and region."""
         return Scope(self.account, self.api.region_id)
 
     def scopes(self) -> tuple[Config, ...]:
-        """One one-target config per (account, region) watched, in configuration order."""
+        """One per-scope config for each (account, region) watched, in configuration order."""
         if not self.targets:
             return (self,)
         return tuple(
@@ -543,7 +554,7 @@ class Config:
 
     @property
     def account_settings(self) -> tuple[object, ...]:
-        """What a one-target config's credentials and account budget depend on (shared per account)."""
+        """What a per-scope config's credentials and account budget depend on (shared per account)."""
         return (
             self.account,
             self.credentials,

@@ -22,9 +22,9 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from exporter.buildinfo import BuildInfo
 from exporter.config import Scope
+from exporter.errors import KNOWN_CODES, LOCAL_CODES, OVERFLOW_CODE, ApiError
 from exporter.exposition.families import SPECS, MetricName, MetricSpec
 from exporter.exposition.lines import go_float
-from exporter.openapi.errors import KNOWN_CODES, LOCAL_CODES, OVERFLOW_CODE, ApiError
 from exporter.redaction import scrub
 
 __all__ = [

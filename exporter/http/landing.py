@@ -26,7 +26,7 @@ _LANDING: Template = Template(
 
 
 def _h(text: str, *, quote: bool = True) -> str:
-    """``text`` through the output gate, then HTML-escaped: how every value reaches the page."""
+    """``text`` through the output gate, then HTML-escaped: how every config or snapshot string gets in."""
     return html.escape(scrub(text), quote=quote)
 
 

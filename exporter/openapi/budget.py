@@ -1,6 +1,6 @@
-"""The call budget of one API client: a QPS token bucket and a concurrency cap, shared by every attempt.
+"""The call budget of one API client: a QPS pacer and a concurrency cap, shared by every attempt.
 
-The bucket's rate may adapt (:class:`AdaptiveRate`): the API's real limits are not published, so the
+The pacer's rate may adapt (:class:`AdaptiveRate`): the API's real limits are not published, so the
 configured ``qps`` is a ceiling and a guess, and a ``Throttling.*`` answer says the guess was too high.
 """
 
@@ -12,7 +12,7 @@ from types import TracebackType
 from exporter.config import AdaptiveRateConfig
 
 
-class TokenBucket:
+class Pacer:
     """Spaces sends ``1/qps`` apart on a virtual schedule (GCRA with a burst of one token).
 
     Takers queue on a FIFO lock and a slot is claimed only once its sleep is over, so a caller cancelled
@@ -39,9 +39,9 @@ class TokenBucket:
         return 1.0 / self._interval if self._interval else 0.0
 
     def set_qps(self, qps: float) -> None:
-        """Change a limited bucket's rate; the next send is one new interval after the last one."""
+        """Change a limited pacer's rate; the next send is one new interval after the last one."""
         if qps <= 0 or not self._interval:
-            raise ValueError("only a limited bucket changes its rate, to a positive one")
+            raise ValueError("only a limited pacer changes its rate, to a positive one")
         interval = 1.0 / qps
         # Re-spaced from the last claimed slot, so a cut takes effect at the very next send rather than
         # one old interval later.
@@ -130,7 +130,7 @@ class Budget:
 
     __slots__ = (
         "_adaptive",
-        "_bucket",
+        "_pacer",
         "_parent",
         "_sem",
         "configured_qps",
@@ -148,8 +148,8 @@ class Budget:
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
-        self._bucket = TokenBucket(qps)
-        self.configured_qps = self._bucket.qps
+        self._pacer = Pacer(qps)
+        self.configured_qps = self._pacer.qps
         self._adaptive = (
             AdaptiveRate(qps, adaptive) if adaptive is not None and adaptive.enabled and qps > 0 else None
         )
@@ -162,7 +162,7 @@ class Budget:
     @property
     def qps(self) -> float:
         """The effective rate (the adaptive one, else the configured one); 0 means unlimited."""
-        return self._bucket.qps
+        return self._pacer.qps
 
     @property
     def adaptive(self) -> AdaptiveRate | None:
@@ -171,31 +171,31 @@ class Budget:
 
     def effective_qps(self) -> float:
         """The effective rate, as a callable for the self-metrics; 0 means unlimited."""
-        return self._bucket.qps
+        return self._pacer.qps
 
     def on_throttle(self, sent_at: float, now: float) -> bool:
         """Report a throttled attempt (sent and answered on the loop's clock); whether the rate was cut."""
         adaptive = self._adaptive
         if adaptive is None or not adaptive.on_throttle(sent_at, now):
             return False
-        self._bucket.set_qps(adaptive.rate)
+        self._pacer.set_qps(adaptive.rate)
         return True
 
     def on_success(self) -> None:
         """Report an attempt that was not throttled."""
         adaptive = self._adaptive
         if adaptive is not None and adaptive.on_success():
-            self._bucket.set_qps(adaptive.rate)
+            self._pacer.set_qps(adaptive.rate)
 
     async def acquire(self) -> None:
-        """Take a concurrency slot, then wait for a send slot of the token bucket."""
+        """Take a concurrency slot, then wait for a send slot of the pacer."""
         await self._sem.acquire()
         parent = self._parent
         try:
             if parent is not None:
                 await parent.acquire()
             try:
-                await self._bucket.take()
+                await self._pacer.take()
             except BaseException:
                 if parent is not None:
                     parent.release()

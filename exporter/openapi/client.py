@@ -33,6 +33,7 @@ import yarl
 from exporter import __version__
 from exporter.config import ApiConfig
 from exporter.credentials import Credential, CredentialSource, RefusableSource
+from exporter.errors import CONNECTION_ERROR, CREDENTIAL_ERROR, INVALID_RESPONSE, TIMEOUT, ApiError
 from exporter.models import (
     Image,
     ImagePage,
@@ -43,7 +44,6 @@ from exporter.models import (
     parse_list_images,
 )
 from exporter.openapi.budget import Budget
-from exporter.openapi.errors import CONNECTION_ERROR, CREDENTIAL_ERROR, INVALID_RESPONSE, TIMEOUT, ApiError
 from exporter.openapi.signing import ALGORITHM, EMPTY_SHA256, canonical_query, signature
 
 API_VERSION = "2023-07-01"

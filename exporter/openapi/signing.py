@@ -1,4 +1,4 @@
-"""ACS3-HMAC-SHA256 (OpenAPI V3) request signing, shared by the client and the simulator's verifier."""
+"""ACS3-HMAC-SHA256 (OpenAPI V3) request signing for the client (the simulator checks with its own code)."""
 
 from __future__ import annotations
 

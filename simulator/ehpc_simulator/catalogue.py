@@ -1,7 +1,7 @@
 """The error codes the simulator can answer, with their HTTP status and the message the cloud sends.
 
 The statuses are the simulator's own transcription of the documents, deliberately not shared with
-:mod:`exporter.openapi.errors`: the simulator plays the cloud the exporter is tested against, and the
+:mod:`exporter.errors`: the simulator plays the cloud the exporter is tested against, and the
 official SDK referees both (tests/test_official_sdk.py).
 """
 

@@ -1,4 +1,8 @@
-"""The one typed error of the E-HPC Instant API, and the catalogue of codes it can carry."""
+"""The one typed error of the E-HPC Instant API, and the catalogue of codes it can carry.
+
+A leaf of the layers (pyproject.toml): the ingestion gate, the credentials, the client and the
+self-metrics all raise or count it, so it lives below all of them.
+"""
 
 from __future__ import annotations
 
