@@ -17,7 +17,7 @@ from dataclasses import fields
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from exporter.errors import INVALID_RESPONSE, ApiError
@@ -484,6 +484,9 @@ def test_an_answers_credential_is_masked_in_its_own_free_text(
 ) -> None:
     """Echoed whole, embedded, or with controls inside, in any free-text field of the same answer: that
     value is masked, the answer stands, and nothing is registered for other answers or outputs."""
+    # A credential the answer already carries in a shaped value (a region id such as "cn-beijing") makes
+    # the answer refused: that is the next test's family, not this one's.
+    assume(credential not in json.dumps(good_body()))
     before = (registered_secret_count(), generation())
     half = len(credential) // 2
     echo = f"{around[0]}{credential[:half]}{controls}{credential[half:]}{around[1]}"
