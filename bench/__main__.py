@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from bench import adaptive, credentials, fleet, memory, refresh, scrape, sdk, sharding, warmstart
+from bench import adaptive, credentials, fleet, limits, memory, refresh, scrape, sdk, sharding, warmstart
 from bench.common import BENCH_DIR, Result, Settings
 from bench.report import machine, machine_md, table, update_results_md, write_json
 
@@ -28,6 +28,7 @@ SUITES: dict[str, Callable[[Settings], Awaitable[list[Result]]]] = {
     "warmstart": warmstart.run,
     "sharding": sharding.run,
     "credentials": credentials.run,
+    "limits": limits.run,
 }
 
 

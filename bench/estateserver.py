@@ -6,11 +6,12 @@ account, its static AccessKey, its image count and seed, and per region its faul
 
     {"regions": ["cn-hangzhou", "cn-shanghai"],
      "accounts": [{"name": "acct-a", "id": "100000000000000001", "key_id": "AK-A", "secret": "s",
-                   "images": 1000, "seed": 11,
+                   "images": 1000, "seed": 11, "replicas": ["cn-beijing"],
                    "regions": {"cn-hangzhou": {"latency_ms": 40, "jitter_ms": 8, "qps_limit": 150}}}]}
 
-Every region of an account serves the same images (`account_images`), so one target's image list is
-watched in each of its regions. The announcement is ``{"url": ..., "region_urls": {region: url}}``.
+Every region of an account serves the same images (`account_images`, copied to ``replicas``, by default
+REPLICA_REGIONS), so one target's image list is watched in each of its regions. The announcement is
+``{"url": ..., "region_urls": {region: url}}``.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from ehpc_simulator.model import Faults
 REPLICA_REGIONS = ("cn-beijing", "cn-shenzhen")
 
 
-def account_images(n: int, seed: int) -> list[SimImage]:
+def account_images(n: int, seed: int, replicas: Sequence[str] = REPLICA_REGIONS) -> list[SimImage]:
     """One account's images: the generator's realistic mix of states, but no image answers an error."""
-    return generate_fleet(n, REPLICA_REGIONS, seed=seed, error_fraction=0)
+    return generate_fleet(n, replicas, seed=seed, error_fraction=0)
 
 
 def build_estate(spec: dict[str, Any]) -> Estate:
@@ -44,7 +45,7 @@ def build_estate(spec: dict[str, Any]) -> Estate:
     estate = Estate(spec["regions"])
     for acct in spec["accounts"]:
         account = estate.add_account(acct["id"], acct["name"], {acct["key_id"]: acct["secret"]})
-        images = account_images(acct["images"], acct["seed"])
+        images = account_images(acct["images"], acct["seed"], acct.get("replicas", REPLICA_REGIONS))
         for region_id, faults in acct["regions"].items():
             sim = account.region(region_id)
             sim.images.update({i.image_id: i for i in images})

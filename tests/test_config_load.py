@@ -149,7 +149,7 @@ CASES: list[tuple[str, str, list[str]]] = [
         refresh: {interval_seconds: 5.0e-324, jitter_ratio: .nan, image_timeout_seconds: 3601}
         discovery: {max_pages: 0}
         sharding: {shards: 1001, shard: 1000}
-        limits: {max_error_codes: 10001, max_regions_per_image: 0}
+        limits: {max_error_codes: 101, max_regions_per_image: 0}
         """,
         [
             "{p}: api.timeout_seconds: must be a finite number",
@@ -167,7 +167,7 @@ CASES: list[tuple[str, str, list[str]]] = [
             "{p}: discovery.max_pages: must be at least 1",
             "{p}: sharding.shards: must be at most 1000",
             "{p}: sharding.shard: must be at most 999",
-            "{p}: limits.max_error_codes: must be at most 10000",
+            "{p}: limits.max_error_codes: must be at most 100",
             "{p}: limits.max_regions_per_image: must be at least 1",
         ],
     ),

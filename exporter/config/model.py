@@ -37,8 +37,10 @@ from pydantic_core import CoreSchema, core_schema
 from exporter.config import forms, rules
 from exporter.config.errors import NOT_IN_FILE, fail, file_keys, relocated, rule, whole_line
 from exporter.config.schema import (
+    MAX_ERROR_CODES,
     MAX_IMAGES,
     MAX_REGIONS_PER_IMAGE,
+    MAX_REGIONS_PER_TARGET,
     MAX_SERIES,
     MAX_TARGETS,
     MIN_QPS,
@@ -287,7 +289,9 @@ class DiscoveryConfig:
     additional_region_ids: Annotated[RegionList, Field(alias="additional_regions")] = ()
     page_size: Annotated[int, within(1, 100)] = 50
     # ListImages pages one discovery may read; more (or any page repeating an earlier one) fails it.
-    max_pages: Annotated[int, within(1, 100_000)] = 1000
+    # page_size x max_pages images count against MAX_WATCHED_IMAGE_REGIONS (the most discovery may find):
+    # 5,000 images by default, so a dozen targets may discover at the defaults.
+    max_pages: Annotated[int, within(1, 100_000)] = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,7 +362,7 @@ class LimitsConfig:
     __pydantic_config__ = forms.FILE
     # Distinct error codes counted beyond the built-in catalogue (seed, gateway and local codes, which
     # are always kept); later new codes are counted under OVERFLOW_CODE (exporter.errors).
-    max_error_codes: Annotated[int, within(0, 10_000)] = 50
+    max_error_codes: Annotated[int, within(0, MAX_ERROR_CODES)] = 50
     # AdditionalRegionsInfo entries one GetImage answer may carry, and regions one image may ask for;
     # an answer with more is an InvalidResponse.
     max_regions_per_image: Annotated[int, within(1, MAX_REGIONS_PER_IMAGE)] = 50
@@ -456,7 +460,7 @@ def _target_entry() -> type:
         if f.name == "account":
             fields.append((f.name, hints[f.name], dataclasses.MISSING))
         elif f.name == "regions":
-            entries = Annotated[tuple[entry, ...], Items(100, min_length=1)]  # type: ignore[valid-type]
+            entries = Annotated[tuple[entry, ...], Items(MAX_REGIONS_PER_TARGET, min_length=1)]  # type: ignore[valid-type]
             fields += [(f.name, entries, dataclasses.MISSING), ("api", api | None, None)]
         elif f.name == "refresh":
             fields.append((f.name, refresh | None, None))
@@ -571,7 +575,9 @@ class Config:
         if not isinstance(data, dict):
             return cast(Config, handler(data))
         runtime_only = {f.name for f in dataclasses.fields(cls)} - set(file_keys(cls))
-        data, found = rules.whole_file(data, runtime_only, _max_regions(data.get("limits")))
+        discovery = DiscoveryConfig()
+        defaults = (discovery.page_size, discovery.max_pages)
+        data, found = rules.whole_file(data, runtime_only, _max_regions(data.get("limits")), defaults)
         try:
             config = cast(Config, handler(data))
         except ValidationError as exc:

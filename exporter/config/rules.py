@@ -3,7 +3,8 @@
 ``Config``'s whole-file validator runs them beside the field-by-field validation, so a mistake in one
 place hides none of these: duplicate image ids and regions (even in an item with other errors), the
 one-target sections and region keys that do not belong beside ``targets:``, accounts named twice, images
-asking for more regions than ``limits.max_regions_per_image``, and runtime-only keys a file tried to set.
+asking for more regions than ``limits.max_regions_per_image``, runtime-only keys a file tried to set,
+and a file larger than one exporter serves well (:func:`_sizes`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
 from pydantic_core import InitErrorDetails
 
 from exporter.config.errors import MAX_COLLECTED, Loc, format_loc, rule, shown
+from exporter.config.schema import MAX_REGIONS_PER_IMAGE, MAX_SCOPES, MAX_WATCHED_IMAGE_REGIONS
 
 __all__ = ["ONE_TARGET_SECTIONS", "REGION_KEYS", "whole_file"]
 
@@ -24,13 +27,17 @@ ONE_TARGET_SECTIONS = ("credentials", "images", "discovery")
 
 
 def whole_file(
-    data: Mapping[str, Any], runtime_only: Collection[str], max_regions: int | None
+    data: Mapping[str, Any],
+    runtime_only: Collection[str],
+    max_regions: int | None,
+    discovery_defaults: tuple[int, int] = (50, 1000),
 ) -> tuple[dict[str, Any], list[InitErrorDetails]]:
     """``data`` as the schema should see it, and the problems of these rules.
 
     An empty section (``images:`` with nothing after it) means its defaults, so it is left out; a
     ``runtime_only`` key is refused as unknown. ``max_regions`` is the valid ``limits.max_regions_per_image``
     (None when the limits are invalid: their own problem is reported, and the counts are not judged).
+    ``discovery_defaults`` are ``discovery.page_size`` and ``max_pages`` when a file leaves them out.
     """
     found: list[InitErrorDetails] = []
     kept: dict[str, Any] = {}
@@ -43,6 +50,7 @@ def whole_file(
     found += _targets_shape(kept)[:MAX_COLLECTED]
     if max_regions is not None:
         found += _region_counts(kept, max_regions)[:MAX_COLLECTED]
+    found += _sizes(kept, discovery_defaults)[:MAX_COLLECTED]
     return kept, found
 
 
@@ -138,4 +146,96 @@ def _region_counts(data: Mapping[str, Any], most: int) -> list[InitErrorDetails]
         regions = discovery.get("additional_regions") if isinstance(discovery, dict) else None
         if isinstance(regions, list) and len(regions) > most:
             out.append(rule((*base, "discovery", "additional_regions"), message))
+    return out
+
+
+_INT: TypeAdapter[int] = TypeAdapter(int)
+_BOOL: TypeAdapter[bool] = TypeAdapter(bool)
+
+
+def _number(value: Any, default: int) -> int:
+    """``value`` as the schema reads an integer, ``default`` when absent or invalid (its own problem)."""
+    if value is None:
+        return default
+    try:
+        return max(0, _INT.validate_python(value))
+    except ValidationError:
+        return default
+
+
+def _regions_of(item: Any) -> list[str | None]:
+    return _strings(item.get("additional_regions")) if isinstance(item, dict) else []
+
+
+def _image_regions(node: Mapping[str, Any], discovery_defaults: tuple[int, int]) -> int:
+    """What one (account, region) of ``node`` may watch, in image-regions: each image once plus once per
+    additional region; discovery as the most it may find (``page_size`` x ``max_pages`` images)."""
+    images = node.get("images")
+    total = sum(1 + len(_regions_of(item)) for item in (images if isinstance(images, list) else []))
+    discovery = node.get("discovery")
+    if isinstance(discovery, dict):
+        try:
+            enabled = _BOOL.validate_python(discovery.get("enabled", False))
+        except ValidationError:
+            enabled = False
+        if enabled:
+            size, pages = discovery_defaults
+            found = _number(discovery.get("page_size"), size) * _number(discovery.get("max_pages"), pages)
+            total += found * (1 + len(_regions_of(discovery)))
+    return total
+
+
+def _sizes(data: Mapping[str, Any], discovery_defaults: tuple[int, int]) -> list[InitErrorDetails]:
+    """The file within what one exporter serves well (the limits in :mod:`exporter.config.schema`, measured
+    by bench/limits.py): (account, region) pairs, image-regions watched (per replica when sharded), and the
+    distinct additional regions
+    of each target (each is a replication histogram of every one of its regions). Counted on the file as
+    written; a part that is not a list or a number counts as nothing or its default (its own problem)."""
+    targets = data.get("targets")
+    nodes: list[tuple[Loc, int, Mapping[str, Any]]]
+    if isinstance(targets, list):
+        nodes = [
+            (("targets", i), len(t["regions"]) if isinstance(t.get("regions"), list) else 0, t)
+            for i, t in enumerate(targets)
+            if isinstance(t, dict)
+        ]
+    else:
+        nodes = [((), 1, data)]
+    out: list[InitErrorDetails] = []
+    pairs = sum(n for _, n, _ in nodes)
+    if pairs > MAX_SCOPES:
+        out.append(
+            rule(
+                ("targets",),
+                f"has {pairs} (account, region) pairs in all (the regions of every target); "
+                f"at most {MAX_SCOPES}: run another exporter for the rest",
+            )
+        )
+    watched = sum(n * _image_regions(node, discovery_defaults) for _, n, node in nodes)
+    sharding = data.get("sharding")
+    shards = max(1, _number(sharding.get("shards") if isinstance(sharding, dict) else None, 1))
+    if -(-watched // shards) > MAX_WATCHED_IMAGE_REGIONS:  # each replica watches an even share
+        per = f", {-(-watched // shards)} per replica of {shards}" if shards > 1 else ""
+        where: Loc = ("targets",) if isinstance(targets, list) else ("images",)
+        out.append(
+            rule(
+                where,
+                f"may watch {watched} image-regions in all{per} (each image in each region of its target, "
+                f"once plus once per additional region; discovery as page_size x max_pages images); at most "
+                f"{MAX_WATCHED_IMAGE_REGIONS} per replica: lower discovery.max_pages or add sharding.shards",
+            )
+        )
+    for base, _, node in nodes:
+        images = node.get("images")
+        named = {r for item in (images if isinstance(images, list) else []) for r in _regions_of(item)}
+        named |= set(_regions_of(node.get("discovery")))
+        named.discard(None)
+        if len(named) > MAX_REGIONS_PER_IMAGE:
+            out.append(
+                rule(
+                    (*base, "images") if base or isinstance(images, list) else ("discovery",),
+                    f"name {len(named)} distinct additional regions together with discovery; at most "
+                    f"{MAX_REGIONS_PER_IMAGE} per target",
+                )
+            )
     return out
