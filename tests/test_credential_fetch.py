@@ -186,8 +186,13 @@ def test_the_gate_refuses_every_bad_field_and_never_quotes_one(case: Fields) -> 
         gate_answer(case.fields, NOW, token_required=True)
     message = str(info.value)
     assert any(name in message for name in GOOD_FIELDS) or "malformed" in message
+    # What the gate writes itself (a field's name, the expected shape) is not a quote of the answer, even
+    # when a generated value happens to spell part of it ("Expirati").
+    own_words = message.replace("Expiration is not a UTC time like 2030-01-02T15:04:05Z", "")
+    for name in GOOD_FIELDS:
+        own_words = own_words.replace(name, "")
     for value in case.planted:
-        assert value not in message
+        assert value not in own_words
 
 
 @settings(max_examples=300, deadline=None)
