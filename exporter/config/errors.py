@@ -13,7 +13,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, NoReturn, get_args, get_origin
 
@@ -170,6 +170,15 @@ def plain_number(value: Any) -> Any:
 
 def _describe(err: ErrorDetails, root: type) -> str:
     """One message for one pydantic error, from its type and context only (never its input)."""
+    return message(err, lambda loc: _holder_at(root, loc))
+
+
+def message(err: ErrorDetails, holder_at: Callable[[Loc], type | None]) -> str:
+    """One message for one pydantic error, from its type and context only (never its input).
+
+    ``holder_at`` finds the class holding the fields at a location (a config dataclass, or a web-config
+    model), for the did-you-mean of an unknown key. Shared by both YAML files' readers.
+    """
     kind = err["type"]
     ctx: dict[str, Any] = dict(err.get("ctx") or {})
     simple = {
@@ -187,6 +196,8 @@ def _describe(err: ErrorDetails, root: type) -> str:
         "tuple_type": "must be a list",
         "dataclass_type": "must be a mapping",
         "dataclass_args_type": "must be a mapping",
+        "model_type": "must be a mapping",
+        "model_attributes_type": "must be a mapping",
         "dict_type": "must be a mapping",
         "string_too_short": "must not be empty",
         "string_too_long": f"must be at most {ctx.get('max_length')} characters",
@@ -203,16 +214,24 @@ def _describe(err: ErrorDetails, root: type) -> str:
         return simple[kind]
     loc = err["loc"]
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        holder = _holder_at(root, loc[:-1])
+        holder = holder_at(loc[:-1])
         key = loc[-1] if loc else None
         if holder is not None and isinstance(key, str):
-            close = close_match(key, file_keys(holder))
+            close = close_match(key, holder_keys(holder))
             if close:
                 return f"unknown key (did you mean '{close[0]}'?)"
         return "unknown key"
     if kind in ("value_error", "assertion_error") and "error" in ctx:
         return str(ctx["error"])
     return err["msg"]  # a rule's own message (config_rule), written to be shown
+
+
+def holder_keys(holder: type) -> Iterable[str]:
+    """The keys a file may write in ``holder``: a pydantic model's aliases or names, else a config class's."""
+    fields = getattr(holder, "model_fields", None)
+    if isinstance(fields, dict):
+        return [field.alias or name for name, field in fields.items()]
+    return file_keys(holder)
 
 
 def _holder_at(root: type, loc: Loc) -> type | None:

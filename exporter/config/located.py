@@ -16,14 +16,14 @@ import re
 import types
 import typing
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any, get_args, get_origin
+from typing import Annotated, Any, cast, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from exporter.config import yamlfile
-from exporter.config.errors import Loc, Problem, close_match, format_loc, plain_number
+from exporter.config.errors import Loc, Problem, format_loc, message
 
 __all__ = [
     "MAX_PROBLEMS",
@@ -81,49 +81,8 @@ def _unwrap_model(annotation: Any) -> Any:
 
 
 def describe(err: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
-    """One message for one pydantic error, from its type and context only (never its input)."""
-    kind = err["type"]
-    ctx: dict[str, Any] = dict(err.get("ctx") or {})
-    simple = {
-        "missing": "required",
-        "int_type": "must be an integer",
-        "int_parsing": "must be an integer",
-        "int_from_float": "must be an integer",
-        "float_type": "must be a number",
-        "float_parsing": "must be a number",
-        "finite_number": "must be a finite number",
-        "bool_type": "must be true or false",
-        "bool_parsing": "must be true or false",
-        "string_type": "must be a string",
-        "list_type": "must be a list",
-        "tuple_type": "must be a list",
-        "model_type": "must be a mapping",
-        "model_attributes_type": "must be a mapping",
-        "dict_type": "must be a mapping",
-        "string_too_short": "must not be empty",
-        "string_too_long": f"must be at most {ctx.get('max_length')} characters",
-        "int_parsing_size": "must be an integer (too many digits)",
-        "literal_error": f"must be {ctx.get('expected', 'one of the allowed values')}",
-        "greater_than": f"must be greater than {plain_number(ctx.get('gt'))}",
-        "greater_than_equal": f"must be at least {plain_number(ctx.get('ge'))}",
-        "less_than": f"must be less than {plain_number(ctx.get('lt'))}",
-        "less_than_equal": f"must be at most {plain_number(ctx.get('le'))}",
-        "too_short": f"must have at least {ctx.get('min_length')} item(s)",
-        "too_long": f"must have at most {ctx.get('max_length')} item(s)",
-    }
-    if kind in simple:
-        return simple[kind]
-    if kind == "extra_forbidden":
-        holder = _model_at(model, loc[:-1])
-        key = loc[-1]
-        if holder is not None and isinstance(key, str):
-            close = close_match(key, file_keys(holder))
-            if close:
-                return f"unknown key (did you mean '{close[0]}'?)"
-        return "unknown key"
-    if kind in ("value_error", "assertion_error") and "error" in ctx:
-        return str(ctx["error"])
-    return err["msg"]
+    """One message for one pydantic error of ``model``'s file (the wording both YAML files share)."""
+    return message(cast(ErrorDetails, {**err, "loc": loc}), lambda at: _model_at(model, at))
 
 
 def collect(exc: ValidationError, model: type[BaseModel], base: Loc = ()) -> list[Problem]:
