@@ -36,6 +36,7 @@ import aiohttp
 import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from exporter.config.yamlfile import file_kind
 from exporter.errors import ApiError
 from exporter.redaction import contains_secret, register_secret
 
@@ -304,7 +305,7 @@ def _read_regular_file(path: str, cap: int) -> bytes:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise CredentialFault(f"is not a regular file ({_file_kind(mode)})")
+            raise CredentialFault(f"is not a regular file ({file_kind(mode)})")
         chunks: list[bytes] = []
         size = 0
         while size <= cap:
@@ -318,19 +319,6 @@ def _read_regular_file(path: str, cap: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
-
-
-def _file_kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return kind
-    return "not a file"
 
 
 async def read_token_file(path: str) -> str:

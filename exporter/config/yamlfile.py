@@ -97,7 +97,8 @@ class OversizedInt:
 # Reading.
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, for a message ("a FIFO", "a directory", ...)."""
     for test, name in (
         (stat.S_ISDIR, "a directory"),
         (stat.S_ISFIFO, "a FIFO"),
@@ -114,7 +115,7 @@ def _check_regular(st: os.stat_result, max_bytes: int) -> None:
     if stat.S_ISDIR(st.st_mode):
         raise ReadError("Is a directory")
     if not stat.S_ISREG(st.st_mode):
-        raise ReadError(f"not a regular file ({_kind(st.st_mode)})")
+        raise ReadError(f"not a regular file ({file_kind(st.st_mode)})")
     if st.st_size > max_bytes:
         raise ReadError(f"larger than {max_bytes} bytes")
 
