@@ -594,7 +594,9 @@ def test_planted_credentials_of_many_lengths_cost_later_answers_nothing(
 ) -> None:
     """Hundreds of answers planting credentials of distinct lengths, all starting like text of normal
     answers: each is read, and afterwards a normal answer costs what it cost before (a ratio measured in
-    this run) and reads the same. Planted answers themselves cost about a normal one each."""
+    this run) and reads the same. (What a planted answer costs itself grows with the length of what it
+    carries, as any answer's does: comparing it with a normal answer measured the body's size, not the
+    learning, and went red by itself on a busy machine.)"""
     normal = good_body()
     baseline = parse(normal)
     base_cost = _parse_cost(normal)
@@ -603,7 +605,6 @@ def test_planted_credentials_of_many_lengths_cost_later_answers_nothing(
         outcome(body)
     assert parse(normal) == baseline
     assert _parse_cost(normal) < 3 * base_cost
-    assert _parse_cost(planted[lengths.index(max(lengths))]) < 3 * base_cost
 
 
 # ------------------------------------------------------------------------------------------- ListImages
