@@ -227,7 +227,8 @@ def test_info_labels_keep_the_identity_and_what_is_listed(kept: tuple[str, ...])
 
 
 def test_state_sets_current_keeps_only_the_ones() -> None:
-    """``current``: the state sets' 1-valued samples, exactly those of ``full``; other families untouched."""
+    """``current``: the state sets' 1-valued samples, exactly those of ``full``; other families untouched
+    (tricky_snapshot has no history: the since-timestamps ``current`` also cuts: test_exposition_cost)."""
     snapshot = tricky_snapshot()
     full = samples(render_snapshot(snapshot).text)
     found = samples(render_snapshot(snapshot, build_table(MetricsConfig(state_sets="current"))).text)
