@@ -45,6 +45,9 @@ healthy image with requested regions but two, which are conditional by design: `
 (only while the image fails) and ``replication_since_timestamp_seconds`` (only while that copy is not
 available).
 
+History (:mod:`exporter.history`): the since-timestamps and change counters have no sample before an
+image's first successful answer; ``ehpc_image_replication_complete`` follows the replication series.
+
 Additions to the product contract: ``ehpc_config_last_reload_successful``,
 ``ehpc_config_last_reload_success_timestamp_seconds``, ``ehpc_refresh_overruns_total``,
 ``ehpc_exporter_shard_ordinal`` and ``ehpc_exporter_total_shards``, and the standard
