@@ -1,7 +1,10 @@
 """`python -m bench [--quick] [--only NAME ...] [--profile]`: run the benchmarks and print one table.
 
 The full run writes bench/results.json and the generated block of bench/RESULTS.md; a quick run
-writes nothing unless --json is given, so smoke checks never overwrite the committed results.
+writes nothing unless --json is given, so smoke checks never overwrite the committed results. --merge
+records the rows of a partial run (--only) in bench/results.json, each naming its run, and keeps the
+others. A run that measured the series suite (not --quick) rewrites the README's table of series and
+bytes per mode.
 """
 
 from __future__ import annotations
@@ -14,9 +17,21 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from bench import adaptive, credentials, fleet, limits, memory, refresh, scrape, sdk, sharding, warmstart
+from bench import (
+    adaptive,
+    credentials,
+    fleet,
+    limits,
+    memory,
+    refresh,
+    scrape,
+    sdk,
+    series,
+    sharding,
+    warmstart,
+)
 from bench.common import BENCH_DIR, Result, Settings
-from bench.report import machine, machine_md, table, update_results_md, write_json
+from bench.report import machine, machine_md, merge_json, table, update_results_md, write_json
 
 SUITES: dict[str, Callable[[Settings], Awaitable[list[Result]]]] = {
     "refresh": refresh.run,
@@ -29,6 +44,7 @@ SUITES: dict[str, Callable[[Settings], Awaitable[list[Result]]]] = {
     "sharding": sharding.run,
     "credentials": credentials.run,
     "limits": limits.run,
+    "series": series.run,
 }
 
 
@@ -55,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also write pyinstrument profiles")
     parser.add_argument("--json", type=Path, help="write results here (default: bench/results.json, full)")
     parser.add_argument("--no-write", action="store_true", help="print only, write no files")
+    parser.add_argument(
+        "--merge", action="store_true", help="record this run's rows in bench/results.json, keep the others"
+    )
     args = parser.parse_args(argv)
     settings = Settings(quick=args.quick, repeats=max(3, args.repeats), profile=args.profile)
     from exporter.logging import configure_logging
@@ -74,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_json(json_path, results, m)
         if full:
             update_results_md(BENCH_DIR / "RESULTS.md", results, m)
+        if args.merge and not full and not args.quick and not args.profile:
+            merge_json(BENCH_DIR / "results.json", results, m)
+        if not args.quick and not args.profile:
+            series.update_readme(results, m["command"])
     return 0
 
 

@@ -99,6 +99,17 @@ def write_json(path: Path, results: Sequence[Result], m: dict[str, Any]) -> None
     path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 
+def merge_json(path: Path, results: Sequence[Result], m: dict[str, Any]) -> None:
+    """Record the rows of a partial run in results.json: each replaces the row of its name (or is added),
+    its detail naming the run; the machine block and the other rows stay as the full run wrote them."""
+    doc = json.loads(path.read_text())
+    run = f"{m['command']}, {m['date']}, commit {m['commit']}, load average at the end {m['loadavg_at_end']}"
+    fresh = {r.name: {**r.record(), "detail": f"{r.detail} ({run})"} for r in results}
+    rows = [fresh.pop(row["name"], row) for row in doc["results"]]
+    doc["results"] = rows + list(fresh.values())
+    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+
 def update_results_md(path: Path, results: Sequence[Result], m: dict[str, Any]) -> None:
     """Replace the generated block of RESULTS.md, keeping the hand-written analysis around it."""
     block = f"{BEGIN}\n{machine_md(m)}\n\n{table(results)}\n{END}"

@@ -130,12 +130,17 @@ def test_the_names_the_config_checks_are_the_tables_names() -> None:
     assert len(set(EXPOSED_NAMES)) == len(EXPOSED_NAMES)
 
 
-def test_defaults_change_nothing(tmp_path: Path) -> None:
-    """No section (or an empty one) is the full table: the default exposition is the one it always was."""
+def test_full_state_sets_alone_is_the_whole_table(tmp_path: Path) -> None:
+    """No section (or an empty one) is the default; ``state_sets: full`` and nothing else is the whole
+    table, the exposition the default was before it became sparse (tests/golden/metrics.full.prom)."""
     assert load_config(write_config(tmp_path, "metrics: {}\n")).metrics == MetricsConfig()
-    assert build_table(MetricsConfig()) is TABLE
+    assert build_table(MetricsConfig(state_sets="full")) is TABLE
+    assert build_table(MetricsConfig()) is not TABLE
     snapshot = tricky_snapshot()
-    assert render_snapshot(snapshot, build_table(MetricsConfig())).text == reference(snapshot)[0]
+    assert (
+        render_snapshot(snapshot, build_table(MetricsConfig(state_sets="full"))).text
+        == reference(snapshot)[0]
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -147,7 +152,9 @@ def test_include_and_exclude_pick_families_exclude_winning() -> None:
     snapshot = tricky_snapshot()
     full = render_snapshot(snapshot).text
     metrics = MetricsConfig(
-        include=("ehpc_image_*", "ehpc_watched_images"), exclude=("ehpc_image_replication_*",)
+        include=("ehpc_image_*", "ehpc_watched_images"),
+        exclude=("ehpc_image_replication_*",),
+        state_sets="full",
     )
     text = render_snapshot(snapshot, build_table(metrics)).text
     expected = [
@@ -166,7 +173,9 @@ def test_include_and_exclude_pick_families_exclude_winning() -> None:
 def test_exclude_alone_keeps_everything_else() -> None:
     snapshot = tricky_snapshot()
     full = render_snapshot(snapshot).text
-    text = render_snapshot(snapshot, build_table(MetricsConfig(exclude=("ehpc_image_status",)))).text
+    text = render_snapshot(
+        snapshot, build_table(MetricsConfig(exclude=("ehpc_image_status",), state_sets="full"))
+    ).text
     assert families_of(text) == [n for n in families_of(full) if n != "ehpc_image_status"]
     assert sample_lines(text) == [
         line for line in sample_lines(full) if not line.startswith("ehpc_image_status{")
@@ -201,7 +210,7 @@ def test_info_labels_keep_the_identity_and_what_is_listed(kept: tuple[str, ...])
     """Every info sample carries the identity plus exactly the listed labels, with the same values."""
     snapshot = tricky_snapshot()
     full = samples(render_snapshot(snapshot).text)
-    text = render_snapshot(snapshot, build_table(MetricsConfig(info_labels=kept))).text
+    text = render_snapshot(snapshot, build_table(MetricsConfig(info_labels=kept, state_sets="full"))).text
     found = samples(text)
     want = {"account", "region_id", "image_id", *kept}
     full_info = {k: v for k, v in full.items() if k[0] == "ehpc_image_info"}
@@ -218,7 +227,8 @@ def test_info_labels_keep_the_identity_and_what_is_listed(kept: tuple[str, ...])
 
 
 def test_state_sets_current_keeps_only_the_ones() -> None:
-    """``current``: the state sets' 1-valued samples, exactly those of ``full``; other families untouched."""
+    """``current``: the state sets' 1-valued samples, exactly those of ``full``; other families untouched
+    (tricky_snapshot has no history: the since-timestamps ``current`` also cuts: test_exposition_cost)."""
     snapshot = tricky_snapshot()
     full = samples(render_snapshot(snapshot).text)
     found = samples(render_snapshot(snapshot, build_table(MetricsConfig(state_sets="current"))).text)
@@ -316,7 +326,7 @@ def test_the_cap_keeps_whole_images_in_key_order(cap: int, batch: int) -> None:
         while kept < len(images) and used + len(images[kept]) <= cap:
             used += len(images[kept])
             kept += 1
-        table = build_table(MetricsConfig(max_series=cap))
+        table = build_table(MetricsConfig(max_series=cap, state_sets="full"))
         renderer = SnapshotRenderer(table)
         for snapshot_now in (snapshot, changed_snapshot(snapshot), snapshot):
             rendered = renderer.render(snapshot_now)
@@ -342,10 +352,12 @@ def test_no_cap_counts_every_series() -> None:
     rendered = render_snapshot(snapshot)
     assert rendered.series == len(sample_lines(rendered.text))
     assert rendered.dropped_images == 0
-    big = render_snapshot(snapshot, build_table(MetricsConfig(max_series=rendered.series)))
+    big = render_snapshot(snapshot, build_table(MetricsConfig(max_series=rendered.series, state_sets="full")))
     assert big.text == rendered.text
     assert big.dropped_images == 0
-    one_less = render_snapshot(snapshot, build_table(MetricsConfig(max_series=rendered.series - 1)))
+    one_less = render_snapshot(
+        snapshot, build_table(MetricsConfig(max_series=rendered.series - 1, state_sets="full"))
+    )
     assert one_less.dropped_images == 1  # the last image in key order, whole
 
 
@@ -424,7 +436,11 @@ async def test_reload_switches_state_sets_and_filters_at_once(simulator: Running
     the exporter is an hour), so the new snapshot can only be the re-render: no time budget decides it.
     """
     base = sim_config(simulator, WATCHED, api_timeout=3600)
-    cfg = replace(base, refresh=replace(base.refresh, image_timeout_seconds=3600))
+    cfg = replace(
+        base,
+        refresh=replace(base.refresh, image_timeout_seconds=3600),
+        metrics=MetricsConfig(state_sets="full"),
+    )
     svc = ExporterService(cfg, process_metrics=False)
     await svc.start()
     try:

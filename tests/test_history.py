@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from ehpc_simulator import Simulator
 from ehpc_simulator.scripts import AppliedStep, ScriptStep
-from exporter.config import WatchedImage
+from exporter.config import MetricsConfig, WatchedImage
 from exporter.history import ImageHistory, ReplicaHistory, observe
 from exporter.service import ExporterService
 from tests.exporter_support import samples, sim_config, value
@@ -151,7 +151,10 @@ async def test_history_equals_what_the_simulator_did() -> None:
             WatchedImage(SIM_VM_ID, additional_region_ids=("cn-beijing",)),
             WatchedImage(SIM_CONTAINER_ID, "Container"),
         ]
-        service = ExporterService(sim_config(running, watched), wall_clock=wall, process_metrics=False)
+        # state_sets: full: the since-timestamp of the copy once available (the default shows it only
+        # while a copy is not available).
+        config = sim_config(running, watched, metrics=MetricsConfig(state_sets="full"))
+        service = ExporterService(config, wall_clock=wall, process_metrics=False)
         sim.schedule(steps, start=START)
         while wall.now <= START + 2400:
             await service.refresh_once()

@@ -371,7 +371,7 @@ class LimitsConfig:
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     """``metrics``: what ``/metrics`` carries: which families, which info labels, how much of each state
-    set, how many series at most (see :func:`exporter.exposition.families.build_table`)."""
+    set and sparse family, how many series at most (see :func:`exporter.exposition.families.build_table`)."""
 
     __pydantic_config__ = forms.FILE
     # Shell-style globs over exposed family names (counters with _total); empty include: every family.
@@ -379,7 +379,9 @@ class MetricsConfig:
     include: FamilyPatterns = ()
     exclude: FamilyPatterns = ()
     info_labels: InfoLabels | None = None  # ehpc_image_info's optional labels kept; None: all
-    state_sets: Literal["full", "current"] = "full"  # current: only each state set's sample valued 1
+    # current: each state set's sample valued 1 only, and a copy's since-timestamp only while the copy is
+    # not available (20 series per image at 5 regions); full: every sample (55), the exposition of old.
+    state_sets: Literal["full", "current"] = "current"
     # The snapshot part's series at most, whole images left out past it; 0: no cap.
     max_series: Annotated[int, within(0, MAX_SERIES)] = 0
 

@@ -9,22 +9,41 @@ renderers sort them as ``prometheus_client`` does. Every family carries the iden
 image id in two accounts or regions is two images. The module is long because
 it is the whole table, one declaration per family: splitting it would spread a family out again.
 
-Series semantics (chosen for alerting; the sample functions below are the one place they are decided):
+Series semantics (chosen for alerting; the sample functions below are the one place they are decided).
+The default, ``metrics.state_sets: current``, exposes a sample where it says something, as
+kube-state-metrics 2.20 does for ``kube_pod_status_reason`` (only the reason that is set); ``full`` adds
+the dense rest, byte for byte the exposition of the versions before it:
 
-* a healthy image: info, status state set, available, size, created, replication, ``up 1``, last success;
+* a healthy image: info, status (its current status, 1), available, size, created, up 1, last success,
+  status since, status changes, replication complete, and per requested region its copy's status (1) and
+  ``replication_available 1``: 10 series plus 2 per region, **20 at 5 regions** (``full``: 15 plus 8 per
+  region, 55 at 5: every status of both state sets at 0 or 1, every copy's since-timestamp);
 * a **failing** image (any error but ``ImageNotFound``): its last good data keeps being served (status,
   replication, info) so dashboards keep context, with ``up 0`` and ``last_error_info{code} 1``; alert on
   ``up`` and on ``time() - last_success`` for staleness;
-* a **missing** image (``ImageNotFound``): info, size and created stay for context, but the status and
-  replication state sets are all 0 and ``available`` / ``replication_available`` are 0: the image is gone,
-  so "image not available" alerts fire without a special case;
+* a **missing** image (``ImageNotFound``): info, size and created stay for context, ``available`` /
+  ``replication_available`` / ``replication_complete`` are 0 (the image is gone, so "image not available"
+  alerts fire without a special case), and the status and replication state sets have no sample (no
+  status is current; ``full``: every status at 0);
 * an image that never answered (and is not missing): only ``up 0`` and ``last_error_info``;
 * a replication region that was asked for (``additional_regions``) but is absent from the answer:
-  state set all 0 and ``replication_available 0`` (the copy is not there);
+  ``replication_available 0`` and no state-set sample (``full``: all 0): the copy is not there;
+* the since-timestamp of a copy (``ehpc_image_replication_since_timestamp_seconds``) only while that copy
+  is not available (its ``replication_available`` is 0, or it has none): how long a copy has been
+  missing, waiting or broken is what the runbook and the on-call read; when an available copy became
+  available is history no shipped alert or panel reads (``full`` keeps it for every requested region);
 * an empty ``Status`` is exposed as ``status="Unknown"``; a status outside the configured vocabulary gets
   its own label value next to the vocabulary;
 * the refresh gauges (``ehpc_watched_images``, ``ehpc_refresh_*``) and the discovery gauges have no
   sample before the first cycle; the discovery gauges none while discovery is off.
+
+Why these two cuts and no other: what they leave out is implied by what stays. A state set's 0 samples are
+the vocabulary minus the current status; an available copy's since-timestamp is the only sample of the
+current form that no alert, panel or runbook query reads (``replication_available`` says it is there;
+``ehpc_image_replication_duration_seconds`` says how long copies took). Every family keeps a sample for a
+healthy image with requested regions but two, which are conditional by design: ``last_error_info``
+(only while the image fails) and ``replication_since_timestamp_seconds`` (only while that copy is not
+available).
 
 History (:mod:`exporter.history`): the since-timestamps and change counters have no sample before an
 image's first successful answer; ``ehpc_image_replication_complete`` follows the replication series.
@@ -99,8 +118,12 @@ class Family(Generic[In]):
     samples: Callable[[In], Iterable[Sample]]
     # Its samples change every cycle (a timestamp): rendered afresh each time, never cached per image.
     volatile: bool = False
-    # A state set (a sample per known state, 1 for the current one): metrics.state_sets may keep the 1s only.
+    # A state set (a sample per known state, 1 for the current one): metrics.state_sets: current keeps the 1s.
     state_set: bool = False
+    # Under metrics.state_sets: current: its samples where that form leaves out more than a state set's 0s
+    # (None: the same), and its help text where the full form's would mislead ("": the same).
+    sparse: Callable[[In], Iterable[Sample]] | None = None
+    sparse_help: str = ""
 
 
 class ImageInput(NamedTuple):
@@ -214,11 +237,18 @@ def _status_changes(i: ImageInput) -> Iterable[Sample]:
     return () if i.history is None else ((_id(i), float(i.history.changes)),)
 
 
-def _replication_since(i: ImageInput) -> Iterable[Sample]:
+def _replication_since(i: ImageInput, *, available_too: bool = True) -> Iterable[Sample]:
     if i.history is None:
         return ()
+    # The copies replication_available calls available (view regions have passed the gate, as these).
+    skip = () if available_too else {r.region for r in i.view.replicas if r.health is ReplicaHealth.AVAILABLE}
     iid = _id(i)
-    return [((*iid, scrub(r.region_id)), r.since) for r in i.history.replicas]
+    regions = ((scrub(r.region_id), r.since) for r in i.history.replicas)
+    return [((*iid, region), since) for region, since in regions if region not in skip]
+
+
+def _replication_since_pending(i: ImageInput) -> Iterable[Sample]:
+    return _replication_since(i, available_too=False)
 
 
 def _replication_complete(i: ImageInput) -> Iterable[Sample]:
@@ -288,6 +318,8 @@ IMAGE_FAMILIES: tuple[Family[ImageInput], ...] = (
         ),
         _status,
         state_set=True,
+        sparse_help="Image status: 1 for the current status (none while the image is missing; "
+        "metrics.state_sets: full adds 0 for every other known status).",
     ),
     Family(
         MetricSpec(
@@ -311,6 +343,8 @@ IMAGE_FAMILIES: tuple[Family[ImageInput], ...] = (
         ),
         _replication_status,
         state_set=True,
+        sparse_help="Status of the image copy in another region: 1 for its current status (none when "
+        "there is no copy; metrics.state_sets: full adds 0 for every other known status).",
     ),
     Family(
         MetricSpec(
@@ -372,6 +406,10 @@ IMAGE_FAMILIES: tuple[Family[ImageInput], ...] = (
             (*_IMAGE_ID, "replication_region"),
         ),
         _replication_since,
+        sparse=_replication_since_pending,
+        sparse_help="Unix time the current status of the image's copy in that region (or its absence) was "
+        "first observed, while the copy is not available (the exporter's first look if unchanged since "
+        "then; kept across restarts by the state file; metrics.state_sets: full: for every copy).",
     ),
     Family(
         MetricSpec(
@@ -537,7 +575,8 @@ SELF_SPECS: tuple[MetricSpec, ...] = (
     ),
 )
 
-# The exporter's table of the snapshot part.
+# The exporter's whole table of the snapshot part: every sample of every family (``state_sets: full``);
+# build_table derives the one a config asks for (the default: current states, sparse since-timestamps).
 TABLE = FamilyTable(IMAGE_FAMILIES, SNAPSHOT_FAMILIES)
 # The families of the snapshot part, in exposition order.
 SNAPSHOT_METRICS: tuple[str, ...] = tuple(spec.name for spec in TABLE.specs)
@@ -591,18 +630,27 @@ def _projected(family: Family[In], keep: tuple[str, ...]) -> Family[In]:
 
 
 def _configured(family: Family[In], metrics: MetricsConfig) -> Family[In]:
-    if family.state_set and metrics.state_sets == "current":
-        family = replace(family, samples=_current_only(family.samples))
+    if metrics.state_sets == "current":
+        if family.state_set:
+            family = replace(family, samples=_current_only(family.samples))
+        if family.sparse is not None:
+            family = replace(family, samples=family.sparse)
+        if family.sparse_help:
+            family = replace(family, spec=replace(family.spec, help=family.sparse_help))
     if family.spec.name == _M.IMAGE_INFO and metrics.info_labels is not None:
         # The identity always stays: without it two images' info samples would be one series.
         family = _projected(family, (*_IMAGE_ID, *metrics.info_labels))
     return family
 
 
+# The config that asks nothing of the table: every family, every sample, no cap.
+_WHOLE = MetricsConfig(state_sets="full")
+
+
 def build_table(metrics: MetricsConfig, base: FamilyTable = TABLE) -> FamilyTable:
     """The table of the snapshot part under ``metrics``: ``base``'s families that pass include and exclude,
-    state sets and info labels cut as configured, and the series cap."""
-    if metrics == MetricsConfig():
+    state sets, sparse families and info labels cut as configured, and the series cap."""
+    if metrics == _WHOLE:
         return base
     allowed = family_filter(metrics)
     return FamilyTable(
