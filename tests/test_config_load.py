@@ -4,6 +4,8 @@ objects a valid file turns into."""
 from __future__ import annotations
 
 import os
+import re
+import string
 import subprocess
 import sys
 import textwrap
@@ -41,7 +43,8 @@ from exporter.config.load import (
     load_config,
     parse_listen_address,
 )
-from exporter.config.schema import ImageId, Items
+from exporter.config.schema import MIN_SECRET_CHARS, ImageId, Items
+from exporter.logging import mask_secrets
 
 SECRET = "TopSecretAccessKeySecret0123456789"
 TOKEN = "CAIS-TopSecretStsToken-abcdefghijklmnop"
@@ -907,3 +910,98 @@ def test_code_builds_configs_unchecked_and_replace_checks_nothing(tmp_path: Path
         f"{path}: api.max_response_bytes: must be at least 1024",
         f"{path}: api.timeout_seconds: must be at least 0.1",
     ]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Secrets too short to be real: refused, never masked, and no line garbled or quoting one.
+
+REGION_SHAPE = re.compile(r"^[a-z]{2,}-[a-z0-9-]+$")  # what the config's region kind accepts at all
+BASELINE_SECRET = "BaselineSecretLongEnoughToBeReal0123"
+
+
+# A file with other mistakes whose lines quote values and suggest keys ("did you mean 'access_key_id'?").
+def short_secret_doc(secret: str, region: str = "CN-X") -> str:
+    creds = {"type": "access_key", "access_key_id": "LTAI5tExampleKeyId", "access_key_secret": secret}
+    doc = {
+        "credentials": {**creds, "key_id": "x"},
+        "api": {"region_id": region},
+        "images": [{"id": "m-dup000000001"}, {"id": "m-dup000000001"}],
+        "refresh": {"interval_seconds": -1},
+        "imagez": [],
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+# The words those lines and the file's keys are made of: the secrets most likely to garble them.
+LINE_WORDS = sorted(
+    {w for w in re.split(r"[^A-Za-z0-9_.-]+", " ".join(CASES[0][2] + CASES[1][2])) if w}
+    | {"key", "id", "access", "access_key", "unknown", "mean", "did", "you", "images", "api", "region",
+       "must", "least", "type", "required", "duplicate", "credentials", "x", "LTAI", "REDACTED"}
+)  # fmt: skip
+SHORT_SECRETS = st.one_of(
+    st.sampled_from(LINE_WORDS),
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="$"),
+            min_size=1, max_size=MIN_SECRET_CHARS - 1),
+).filter(lambda s: len(s) < MIN_SECRET_CHARS)  # fmt: skip
+
+
+def _lines_for(tmp_path: Path, secret: str) -> list[str]:
+    path = write(tmp_path, short_secret_doc(secret))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return [line.removeprefix(f"{path}: ") for line in info.value.errors]
+
+
+# What the file itself writes that a line shows: its unknown keys and the values its lines quote. A secret
+# equal to one of them is withheld there (the next test); here the lines must not change at all.
+SHOWN_INPUTS = ("key_id", "imagez", "CN-X", "m-dup000000001")
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(secret=SHORT_SECRETS.filter(lambda s: s not in SHOWN_INPUTS))
+@example(secret="key")  # the issue's: "unknown [REDACTED] (did you mean '[REDACTED]_id'?)"
+def test_a_short_secret_is_refused_and_garbles_no_line(tmp_path: Path, secret: str) -> None:
+    """A secret shorter than any real one (a word, a placeholder): the file is refused with a line saying
+    so, every other line is exactly what it is with a real secret (nothing masked, nothing missing: the
+    lines do not depend on the secret at all), and the secret is not registered, so no later output is
+    masked either."""
+    baseline = _lines_for(tmp_path, BASELINE_SECRET)
+    lines = _lines_for(tmp_path, secret)
+    too_short = (
+        f"credentials.access_key_secret: too short to be a real credential (at least {MIN_SECRET_CHARS}"
+        " characters; Alibaba Cloud's AccessKey secrets have 30): a placeholder or a value cut short"
+    )
+    assert lines[0] == too_short
+    assert lines[1:] == baseline
+    assert "[REDACTED]" not in "".join(baseline)
+    sample = f"unknown {secret} key (did you mean 'access_{secret}_id'?)"
+    assert mask_secrets(sample) == sample  # not registered: no output masks it
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(secret=SHORT_SECRETS.filter(lambda s: REGION_SHAPE.match(s) is None and s not in LINE_WORDS))
+def test_a_short_secret_pasted_into_another_field_is_not_quoted(tmp_path: Path, secret: str) -> None:
+    """The refused secret also written as a region id: that line says '[REDACTED]', never the value."""
+    path = write(tmp_path, short_secret_doc(secret, region=secret))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (region,) = [line for line in info.value.errors if ": api.region_id: " in line]
+    assert (
+        region
+        == f"{path}: api.region_id: invalid region id '[REDACTED]' (expected lower-case like 'cn-hangzhou')"
+    )
+
+
+@settings(max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    secret=st.text(
+        st.sampled_from(string.ascii_letters + string.digits), min_size=MIN_SECRET_CHARS, max_size=60
+    )
+)
+def test_a_secret_long_enough_is_accepted_and_masked(tmp_path: Path, secret: str) -> None:
+    path = write(
+        tmp_path,
+        f"credentials: {{type: access_key, access_key_id: LTAI5tX, access_key_secret: '{secret}'}}\n",
+    )
+    assert load_config(path).credentials is not None
+    assert mask_secrets(f"x {secret} y") == "x [REDACTED] y"

@@ -11,14 +11,16 @@ Every problem becomes one line ``<source>: <location>: <message>`` in :class:`Co
 all problems of a file at once, in the order of the file (the first 100, then one summary line: aliases
 can repeat a mistake a million times). A file the gate refuses as a whole (unreadable, an alias bomb) is
 one line with its ``line:column``. Messages come from :mod:`exporter.config.errors` and never echo the
-input; secret values found in the file are registered with :func:`exporter.logging.register_secret` so
-later log lines mask them too, and masked in the lines here should one be quoted anyway. A config without
-images and with discovery disabled is valid (the exporter still serves its own metrics and health
-endpoints); :func:`config_warnings` reports it and ``--check-config`` prints it.
+input; no line quotes a secret of the file (``errors.withholding``), and the secrets long enough to be
+real are registered with :func:`exporter.logging.register_secret` so later log lines mask them too (a
+shorter one is refused). A config without images and with discovery disabled is valid (the exporter
+still serves its own metrics and health endpoints); :func:`config_warnings` reports it and
+``--check-config`` prints it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -28,10 +30,18 @@ import yaml
 from pydantic import ValidationError
 
 from exporter.config import forms, yamlfile
-from exporter.config.errors import MAX_COLLECTED, ConfigError, Loc, Problem, format_loc, problems
+from exporter.config.errors import (
+    MAX_COLLECTED,
+    ConfigError,
+    Loc,
+    Problem,
+    format_loc,
+    problems,
+    withholding,
+)
 from exporter.config.interpolate import FileTooLong, expand_tree, interpolate
 from exporter.config.model import RESERVED_PATHS, WEB_CONFIG_CHECK, Config, parse_listen_address
-from exporter.config.schema import MAX_TOTAL_CHARS
+from exporter.config.schema import MAX_TOTAL_CHARS, MIN_SECRET_CHARS
 from exporter.logging import register_secret
 
 __all__ = [
@@ -87,26 +97,30 @@ def load_config(
         ) from None
     overridden = _apply_overrides(raw, overrides or {})
     secrets = _secret_values(raw)
-    for secret in secrets:
+    # A shorter one is refused below (schema.Secret) and never masked: masking a word would garble every
+    # later output (and a reload's refused file would leave it masked for the life of the process).
+    real = [secret for secret in secrets if len(secret) >= MIN_SECRET_CHARS]
+    for secret in real:
         register_secret(secret, pin=True)
 
     found: list[Problem] = []
-    try:
-        config: Config = forms.adapter(Config).validate_python(
-            raw, context={WEB_CONFIG_CHECK: web_config_check}
-        )
-    except ValidationError as exc:
-        found = problems(exc, Config)
-    early_locs = {p.loc for p in early}
-    found = early + [p for p in found if p.loc not in early_locs]
-    if found:
-        ordered = _ordered(found, raw)
-        lines = [_render(p, source, overridden, secrets) for p in ordered[:MAX_PROBLEMS]]
-        if len(ordered) >= MAX_COLLECTED:
-            lines.append(f"{source}: more problems not shown (the first {MAX_PROBLEMS} are)")
-        elif len(ordered) > MAX_PROBLEMS:
-            lines.append(f"{source}: {len(ordered) - MAX_PROBLEMS} more problems not shown")
-        raise ConfigError(lines)
+    with withholding(_withheld(secrets)):
+        try:
+            config: Config = forms.adapter(Config).validate_python(
+                raw, context={WEB_CONFIG_CHECK: web_config_check}
+            )
+        except ValidationError as exc:
+            found = problems(exc, Config)
+        early_locs = {p.loc for p in early}
+        found = early + [p for p in found if p.loc not in early_locs]
+        if found:
+            ordered = _ordered(found, raw)
+            lines = [_render(p, source, overridden, real) for p in ordered[:MAX_PROBLEMS]]
+            if len(ordered) >= MAX_COLLECTED:
+                lines.append(f"{source}: more problems not shown (the first {MAX_PROBLEMS} are)")
+            elif len(ordered) > MAX_PROBLEMS:
+                lines.append(f"{source}: {len(ordered) - MAX_PROBLEMS} more problems not shown")
+            raise ConfigError(lines)
     return config
 
 
@@ -171,6 +185,38 @@ def _secret_values(raw: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _withheld(secrets: Sequence[str]) -> list[tuple[str, bool]]:
+    """What no line may quote (:func:`exporter.config.errors.withholding`): a value equal to a secret of
+    the file, or containing one long enough to be real. A short one that is also a key of the file
+    ("images") is left alone: its lines name that key, and the file is refused for the secret anyway."""
+    keys = _file_key_names()
+    return [
+        (secret, len(secret) >= MIN_SECRET_CHARS)
+        for secret in secrets
+        if len(secret) >= MIN_SECRET_CHARS or secret not in keys
+    ]
+
+
+@functools.cache
+def _file_key_names() -> frozenset[str]:
+    """Every key a config file may write, at any depth (as the JSON schema spells them)."""
+    names: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            properties = node.get("properties")
+            if isinstance(properties, dict):
+                names.update(properties)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config_json_schema())
+    return frozenset(names)
+
+
 def _ordered(found: list[Problem], raw: Mapping[str, Any]) -> list[Problem]:
     """Problems in the order of the file (a missing field sorts after its siblings); stable otherwise."""
     key_index: dict[int, dict[str, int]] = {}  # id(mapping) -> key -> position, built once per mapping
@@ -207,8 +253,8 @@ def _render(problem: Problem, source: str, overridden: Sequence[Loc], secrets: S
         where = format_loc(problem.loc)
         prefix = COMMAND_LINE if from_flag else source
         line = f"{prefix}: {where}: {problem.message}" if where else f"{prefix}: {problem.message}"
-    # Belt and braces: no message quotes a secret field's value, but a secret pasted into the wrong
-    # field (say, as a region id) must not be printed either.
+    # Belt and braces: no message quotes a secret (errors.withholding), and a real one (``secrets``, each
+    # long enough never to be a word of the line) would be masked should one be quoted anyway.
     for secret in secrets:
         line = line.replace(secret, "[REDACTED]")
     return line
