@@ -13,9 +13,9 @@ can repeat a mistake a million times). A file the gate refuses as a whole (unrea
 one line with its ``line:column``. Messages come from :mod:`exporter.config.errors` and never echo the
 input; no line quotes a secret of the file (``errors.withholding``), and the secrets long enough to be
 real are registered with :func:`exporter.logging.register_secret` so later log lines mask them too (a
-shorter one is refused). A config without images and with discovery disabled is valid (the exporter
-still serves its own metrics and health endpoints); :func:`config_warnings` reports it and
-``--check-config`` prints it.
+shorter one is refused). Valid but probably unintended settings (a config without images and with
+discovery disabled, an undocumented region) are :func:`config_warnings`, and a state directory this
+machine cannot use is :func:`state_path_problems` (both in :mod:`exporter.config.checks`).
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import ValidationError
 
 from exporter.config import forms, yamlfile
+from exporter.config.checks import config_warnings, state_path_problems
 from exporter.config.errors import (
     MAX_COLLECTED,
     ConfigError,
@@ -53,6 +53,7 @@ __all__ = [
     "interpolate",
     "load_config",
     "parse_listen_address",
+    "state_path_problems",
 ]
 
 COMMAND_LINE = "command line"
@@ -258,36 +259,3 @@ def _render(problem: Problem, source: str, overridden: Sequence[Loc], secrets: S
     for secret in secrets:
         line = line.replace(secret, "[REDACTED]")
     return line
-
-
-def config_warnings(config: Config) -> list[str]:
-    """Valid but probably unintended settings, one line each (printed by --check-config, logged at start)."""
-    out: list[str] = []
-    for scope in config.scopes():
-        # Named only when there are targets: a one-target file's lines read as they always did.
-        where = f"account {scope.account}, region {scope.api.region_id}: " if config.targets else ""
-        if not scope.images and not scope.discovery.enabled:
-            out.append(
-                f"{where}images: no images to watch and discovery is disabled; only the exporter's own"
-                " metrics are served"
-                if not config.targets
-                else f"{where}images: no images to watch and discovery is disabled"
-            )
-        if scope.api.protocol == "http" and not _is_loopback_endpoint(scope.api.endpoint):
-            out.append(
-                f"{where}api.protocol: 'http' sends requests (and any STS token) unencrypted; use it only"
-                " for testing"
-            )
-        if scope.refresh.image_timeout_seconds > scope.refresh.interval_seconds:
-            out.append(
-                f"{where}refresh.image_timeout_seconds: longer than refresh.interval_seconds, so a slow image"
-                " can make a cycle overrun the next one"
-            )
-    return list(dict.fromkeys(out))
-
-
-def _is_loopback_endpoint(endpoint: str | None) -> bool:
-    if endpoint is None:
-        return False
-    host = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}").hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
