@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=24,
         metavar="N",
-        help="simulated images (the demo also watches one image that does not exist: N + 1 are watched)",
+        help="simulated images of prod in its home region; each other (account, region) gets a quarter as"
+        " many (at least 3), and prod also watches one image that does not exist, in both its regions",
     )
     demo.add_argument(
         "--interval", type=_positive_float, default=15.0, metavar="SECONDS", help="refresh interval"
