@@ -71,7 +71,10 @@ _SECRET_KV_RE = re.compile(
     r"""("[^"]*"|'[^']*'|[^\s,;}&'"]+)""",
     re.IGNORECASE,
 )
-_URL_QUERY_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"]*)\?[^\s#'\"]*", re.IGNORECASE)
+# A request's path alone counts too: urllib3 quotes the signed STS request it gave up on as "url: /?...".
+_URL_QUERY_RE = re.compile(
+    r"((?:\b[a-z][a-z0-9+.-]*://|(?<![\w.~-])/)[^\s?#'\"]*)\?[^\s#'\"]*", re.IGNORECASE
+)
 
 
 def scrub(message: str) -> str:

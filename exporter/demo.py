@@ -13,7 +13,7 @@ OIDC with a token file as RRSA on ACK, against the simulator's STS over HTTPS) a
 it, in one process. The demo owns its process, so it points ``SSL_CERT_FILE`` at the STS's throwaway CA:
 the exporter's STS client uses the system's trust, which honours that variable, and nothing else can
 reach it. Every series carries ``account`` and ``region_id``. Besides the estate's images, prod watches
-one image that does not exist: how a deleted image looks.
+one image that does not exist, in both its regions: how a deleted image looks.
 """
 
 from __future__ import annotations
@@ -192,7 +192,9 @@ async def run_demo(
                     sts=ep.sts_url,
                     exporter=service.url,
                     targets=len(config.scopes()),
-                    images=ep.images + 1,
+                    # The estate's images (each in its one (account, region)) and the static ones, watched
+                    # in every region of their target: the deleted image is watched in both of prod's.
+                    images=ep.images + sum(len(scope.images) for scope in config.scopes()),
                 )
                 yield RunningDemo(ep, service)
             finally:

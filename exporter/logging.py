@@ -12,10 +12,10 @@ Redaction runs last before rendering, on every event whatever the caller passed:
   replaced, control characters other than newline and tab dropped.
 
 Records of the standard library's ``logging``, whoever writes them (aiohttp, asyncio, the credentials
-library), pass the record gate (:func:`gate_foreign_records`) before any handler sees them: message,
-arguments and traceback become one gated text (the output gate, then secret-looking ``key: value``
-pairs and URL queries cut, as libraries quote response bodies and signed URLs), and the record goes to
-the root logger's handlers only. A
+library, Python's ``warnings``), pass the record gate (:func:`gate_foreign_records`) before any handler
+sees them: message, arguments and traceback become one gated text (the output gate, then secret-looking
+``key: value`` pairs and URL queries cut, a bare request path's too, as libraries quote response bodies
+and signed requests), and the record goes to the root logger's handlers only. A
 handler a library attaches to its own logger (alibabacloud-credentials adds a stderr handler to
 ``credentials`` each time one of its modules is imported) is never called, so each line is written
 once, by the same chain, in the configured format.
@@ -75,6 +75,11 @@ _SECRET_PAIR_RE = re2.compile(
 )
 # A URL's query, which signed and presigned URLs carry their signatures and tokens in.
 _URL_QUERY_RE = re2.compile(r"""(?i)(\b[a-z][a-z0-9+.-]*://[^\s?#'"]*)\?[^\s#'"]*""")
+# A request's path with its query, as urllib3 quotes the request it gave up on ("Max retries exceeded
+# with url: /?Action=AssumeRole&...&Signature=..."): a signed request that never reached the server can
+# be replayed by whoever reads the line until its timestamp expires. A query with a "=" only, so a path
+# that merely ends a question ("and/or?") is left alone.
+_PATH_QUERY_RE = re2.compile(r"""(?m)(^|[\s(:='"])(/[^\s?#'"]*)\?[^\s#'"]*=[^\s#'"]*""")
 
 
 def _redact_value(value: Any) -> Any:
@@ -104,8 +109,10 @@ def _gated_text(text: str) -> str:
     text = scrub(text, keep_lines=True)
     if _SECRET_PAIR_RE.search(text):
         text = _SECRET_PAIR_RE.sub(rf"\1{REDACTED}", text)
-    if "://" in text and "?" in text:
-        text = _URL_QUERY_RE.sub(rf"\1?{REDACTED}", text)
+    if "?" in text:
+        if "://" in text:
+            text = _URL_QUERY_RE.sub(rf"\1?{REDACTED}", text)
+        text = _PATH_QUERY_RE.sub(rf"\1\2?{REDACTED}", text)
     return text
 
 
@@ -232,8 +239,10 @@ def configure_logging(fmt: LogFormat | None = None, level: str = "info") -> None
     )
 
     # Route the standard library (aiohttp, asyncio, the credentials library) through the same processors
-    # and redaction.
+    # and redaction; Python's warnings too (a library's DeprecationWarning or urllib3's would otherwise be
+    # a plain-text line on stderr, outside the configured format and the gate).
     gate_foreign_records()
+    logging.captureWarnings(True)
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[_add_stdlib_logger_name, *shared, _add_foreign_exception],
         processors=[
@@ -309,6 +318,7 @@ def reset_logging() -> None:
     library's own handlers, attached for good, must not start writing again.
     """
     structlog.reset_defaults()
+    logging.captureWarnings(False)
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
         root.removeHandler(handler)

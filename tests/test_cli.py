@@ -36,6 +36,7 @@ from exporter.cli.common import stop_within_deadline
 from exporter.cli.parser import build_simulate_parser
 from exporter.config import STOP_TIMEOUT_SECONDS, Config
 from exporter.demo import add_simulate_arguments
+from exporter.logging import reset_logging
 from exporter.service import ExporterService
 from tests.exporter_support import captured_events, samples, value
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
@@ -291,7 +292,7 @@ async def test_check_config_ok(tmp_path: Path) -> None:
         tmp_path,
         f"""
         credentials: {{type: access_key, access_key_id: LTAI, access_key_secret: {SECRET}}}
-        images: [{{id: m-1}}, {{id: m-2}}]
+        images: [{{id: m-2ze74g5mvy4pjg00001}}, {{id: m-2ze74g5mvy4pjg00002}}]
         refresh: {{interval_seconds: 30}}
         """,
     )
@@ -409,6 +410,168 @@ async def test_run_port_in_use_exits_1(tmp_path: Path) -> None:
     events = log_events(err.splitlines())
     assert [e["event"] for e in events if e["level"] == "error"] == ["start_failed"]
     assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------------------
+# --check-config: typos (warnings, exit code unchanged), the state directory, the targets summary. In
+# process: the command line is what is under test, not the process boundary.
+
+MULTI_ACCOUNT_ENV = {
+    "MONITORING_ACCESS_KEY_ID": "LTAI5tExampleKeyId000000",
+    "MONITORING_ACCESS_KEY_SECRET": "ExampleSecretOf30Characters000",
+    "ALIBABA_CLOUD_ROLE_ARN": "acs:ram::111111111111:role/rrsa",
+    "ALIBABA_CLOUD_OIDC_PROVIDER_ARN": "acs:ram::111111111111:oidc-provider/ack-rrsa",
+    "ALIBABA_CLOUD_OIDC_TOKEN_FILE": "/var/run/secrets/tokens/oidc-token",
+}
+
+
+def main_in_process(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``ehpc-image-exporter ARGV`` in this process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    rc = cli_main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out.rstrip("\n"), err.rstrip("\n")
+
+
+def test_check_config_prints_each_target(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why: examples/multi-account.yaml, three targets with discovery on, printed "config OK: 0 images,
+    discovery off" (the top level's, which a file with targets does not use)."""
+    for name, val in MULTI_ACCOUNT_ENV.items():
+        monkeypatch.setenv(name, val)
+    rc, out, err = main_in_process(
+        capsys, "--check-config", "--config", str(REPO / "examples" / "multi-account.yaml")
+    )
+    assert (rc, err) == (0, "")
+    assert out.splitlines() == [
+        "config OK: 3 targets, 4 (account, region) pairs, refresh every 60s, listen :9765/metrics",
+        "targets:",
+        "  monitoring: 0 images, discovery on, region cn-hangzhou",
+        "  prod: 1 image, discovery on, regions cn-hangzhou, cn-shanghai",
+        "  research: 0 images, discovery on, region cn-beijing, refresh every 120s",
+    ]
+
+
+def test_check_config_warns_about_typos_and_still_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Why: ``region_id: cn-hangzou`` and ``id: not-an-image`` passed and then failed at run time. Now each
+    is a warning on stderr naming the place; regions get added, so the exit code stays 0."""
+    path = write(tmp_path, "api: {region_id: cn-hangzou}\nimages: [{id: not-an-image}]\n")
+    rc, out, err = main_in_process(capsys, "--check-config", "--config", path)
+    assert rc == 0
+    assert err.splitlines() == [
+        "warning: api.region_id: region 'cn-hangzou' is not a documented E-HPC Instant region (did you mean"
+        " 'cn-hangzhou'?)",
+        "warning: images[0].id: image id 'not-an-image' does not look like an E-HPC Instant image id ('m-'"
+        " and 8 to 32 lower-case letters and digits, like m-2ze74g5mvy4pjg12345)",
+    ]
+    assert out == "config OK: 1 image, discovery off, refresh every 60s, listen :9765/metrics"
+
+
+def test_check_config_refuses_a_state_directory_it_cannot_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Why: a state.path in a missing directory passed, and the exporter then started cold. The file is
+    valid, but this machine cannot keep its state: exit 2, one line naming the file, the key and why."""
+    missing = tmp_path / "no-such-dir"
+    path = write(tmp_path, f"images: [{{id: m-2ze74g5mvy4pjg12345}}]\nstate: {{path: {missing}/state.db}}\n")
+    rc, out, err = main_in_process(capsys, "--check-config", "--config", path)
+    assert (rc, out) == (2, "")
+    assert err == (
+        f"{path}: state.path: directory '{missing}' does not exist; the exporter would start cold and keep no"
+        " state across restarts"
+    )
+    missing.mkdir()
+    rc, out, err = main_in_process(capsys, "--check-config", "--config", path)
+    assert (rc, err) == (0, "")
+
+
+def test_run_logs_each_warning_once_and_the_state_directory_as_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Why: a warning about a top-level setting was logged once per (account, region), four times for
+    four, and a missing state directory only as the store's own "unusable" line. At the start of ``run``
+    (here one whose port is taken, so it ends there) each warning is one line, and the state directory
+    one error saying what is wrong."""
+    regions = (
+        "[{region_id: cn-hangzhou, endpoint: 'ehpc.example.com:80'},"
+        " {region_id: cn-shanghai, endpoint: 'ehpc.example.com:81'}]"
+    )
+    path = write(
+        tmp_path,
+        f"""
+        api: {{protocol: http}}
+        refresh: {{interval_seconds: 5, image_timeout_seconds: 6}}
+        state: {{path: {tmp_path}/gone/state.db}}
+        targets:
+          - {{account: a, regions: {regions}, images: [{{id: m-2ze74g5mvy4pjg12345}}]}}
+          - {{account: b, regions: {regions}, images: [{{id: m-2ze74g5mvy4pjg12345}}]}}
+        """,
+    )
+    try:
+        with listening_socket() as port:
+            rc, _out, err = main_in_process(
+                capsys,
+                "run",
+                "--config",
+                path,
+                "--web.listen-address",
+                f"127.0.0.1:{port}",
+                "--log.format",
+                "json",
+            )
+    finally:
+        reset_logging()
+    assert rc == EXIT_FAILURE
+    events = log_events(err.splitlines())
+    assert [e["warning"] for e in events if e["event"] == "config_warning"] == [
+        "api.protocol: 'http' sends requests (and any STS token) unencrypted; use it only for testing",
+        "refresh.image_timeout_seconds: longer than refresh.interval_seconds, so a slow image can make a"
+        " cycle overrun the next one",
+    ]
+    assert [e["error"] for e in events if e["event"] == "state_path_unusable"] == [
+        f"state.path: directory '{tmp_path}/gone' does not exist; the exporter would start cold and keep no"
+        " state across restarts"
+    ]
+
+
+def test_check_help_says_a_failed_discovery_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """Why: ``check`` exits 1 when a discovery fails (its images may be unwatched); the help did not say."""
+    texts = {}
+    for argv in (("check", "--help"), ("--help",)):
+        with pytest.raises(SystemExit):
+            cli_main(list(argv))
+        texts[argv] = " ".join(capsys.readouterr().out.split())
+    assert (
+        "1 if any image is unhealthy, incompletely replicated or failing, or a discovery failed"
+        in texts["check", "--help"]
+    )
+    assert "exit 1 if any image is unhealthy or failing, or a discovery failed" in texts["--help",]
+
+
+async def test_check_counts_one_image_as_one_image(
+    tmp_path: Path, simulator: RunningSimulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Why: the table ended with "1 images". The real verdicts of one image, printed as ``check`` does."""
+    from exporter.cli.check import _print_table, check_row
+    from exporter.config.load import load_config
+
+    path = write(
+        tmp_path,
+        sim_config(
+            simulator, [SIM_CONTAINER_ID], extra=f"discovery: {{enabled: true, ids: [{SIM_CONTAINER_ID}]}}\n"
+        ),
+    )
+    snapshot = await ExporterService(load_config(path), process_metrics=False).refresh_once()
+    capsys.readouterr()
+    _print_table([check_row(view) for view in snapshot.views.values()], snapshot)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == [
+        "1 image: 0 missing, 0 failing, 0 unhealthy, 0 replication incomplete, 1 healthy",
+        "discovery ok: 1 image",
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -900,6 +1063,22 @@ async def test_demo_port_taken_exits_1() -> None:
     assert rc == 1
     assert out == ""
     assert [e["event"] for e in log_events(err.splitlines()) if e["level"] == "error"] == ["start_failed"]
+
+
+@pytest.mark.parametrize("images", [3, 12])
+async def test_demo_logs_as_many_images_as_it_watches(images: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why: the demo logged 55 images while 56 were watched: the deleted image is watched in both of
+    prod's regions, and was counted once. The count logged is the one a refresh watches."""
+    from exporter.demo import run_demo
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)  # the demo points it at its STS's CA; put it back
+    with capture_logs() as logs:
+        async with run_demo(
+            listen_address="127.0.0.1:0", simulator_listen_address="127.0.0.1:0", images=images
+        ) as demo:
+            snapshot = await demo.service.refresh_once()
+    (started,) = [e for e in logs if e["event"] == "demo_started"]
+    assert started["images"] == len(snapshot.views)
 
 
 def test_demo_fleet_always_has_something_to_show() -> None:

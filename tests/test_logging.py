@@ -3,14 +3,20 @@ survives into a log line whichever way a caller hands it over."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import logging
+import os
 import re
+import signal
+import socket
 import string
 import uuid
+import warnings
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 import structlog
@@ -30,6 +36,18 @@ from exporter.logging import (
     reset_logging,
 )
 from exporter.redaction import canonical, scoped_secrets
+from tests.fixtures.estate import (
+    ALPHA_AK,
+    ALPHA_HZ_IMAGE,
+    ALPHA_SECRET,
+    BETA_HZ_IMAGE,
+    HZ,
+    READER_ARN,
+    SELF_READER_ARN,
+    RunningEstate,
+)
+from tests.fixtures.http import wait_until_async
+from tests.fixtures.promstack import exporter_command, free_port
 
 SECRET = "LogTestSecretValue-9f8e7d6c5b4a"
 TOKEN = "CAIS-LogTestStsToken-0123456789abcdef"
@@ -349,3 +367,209 @@ def test_every_logger_is_gated_before_any_handler(capsys: pytest.CaptureFixture[
     assert "ValueError: secret=[REDACTED]" in record.exc_text
     (line,) = capsys.readouterr().err.splitlines()
     assert json.loads(line)["exception"] == record.exc_text
+
+
+# ------------------------------------------------------------------------------ signed requests, warnings
+
+SIGNATURE_CHARS = string.ascii_letters + string.digits + "%"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    fmt=st.sampled_from(LOG_FORMATS),
+    signature=st.text(st.sampled_from(SIGNATURE_CHARS), min_size=20, max_size=44),
+    token=st.text(st.sampled_from(SECRET_CHARS), min_size=24, max_size=60),
+    path=st.sampled_from(["/", "/v1/assume-role", "/sts/"]),
+    order=st.permutations(
+        ["Action=AssumeRole", "AccessKeyId=LTAI5tX", "Signature", "SecurityToken", "Format=JSON"]
+    ),
+)
+def test_a_signed_request_a_library_quotes_is_cut(
+    capsys: pytest.CaptureFixture[str],
+    fmt: LogFormat,
+    signature: str,
+    token: str,
+    path: str,
+    order: list[str],
+) -> None:
+    """urllib3 quotes the request it gave up on without its host ("Max retries exceeded with url:
+    /?Action=AssumeRole&...&Signature=..."), and alibabacloud-credentials logs that message and its
+    traceback. A signed request that never reached STS can be replayed by whoever reads the line until its
+    timestamp runs out: its query is cut, whatever the parameters' order, in every format."""
+    values = {"Signature": signature, "SecurityToken": token}
+    query = "&".join(f"{p}={values[p]}" if p in values else p for p in order)
+    message = (
+        "HTTPSConnectionPool(host='sts.aliyuncs.com', port=443): Max retries exceeded with url:"
+        f" {path}?{query} (Caused by ProxyError('Unable to connect to proxy'))"
+    )
+    marker = f"m{uuid.uuid4().hex[:8]}"
+    configure_logging(fmt, "info")
+    lib = logging.getLogger(LIBRARY_LOGGER)
+    try:
+        capsys.readouterr()
+        lib.warning("Refresh credentials failed %s, cached value is None, error: %s", marker, message)
+        try:
+            raise ConnectionError(message)
+        except ConnectionError:
+            lib.exception("%s", marker)
+        err = capsys.readouterr().err
+    finally:
+        reset_logging()
+    texts = records_of(fmt, err, marker)
+    assert len(texts) == 2, err
+    for text in [err, *texts]:
+        assert signature not in text
+        assert token not in text
+    # What it says stays readable, in the message and in the traceback.
+    assert f"url: {path}?{REDACTED}" in texts[0]
+    assert err.count(f"url: {path}?{REDACTED}") == 2
+    assert err.count("sts.aliyuncs.com") == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    signature=st.text(st.sampled_from(SIGNATURE_CHARS), min_size=20, max_size=44),
+    path=st.sampled_from(["/", "/v1/assume-role"]),
+    prefix=st.sampled_from(["credentials file: RetryError: ", "", "("]),
+)
+def test_a_signed_request_is_cut_from_a_credential_failure_s_reason(
+    signature: str, path: str, prefix: str
+) -> None:
+    """The same message as a failed credential's reason (``image_refresh_failed``'s ``reason``, the
+    health board's and ``check``'s): the request's query is cut there too, the words around it kept; a
+    path that merely ends a question is left alone."""
+    from exporter.credentials import scrub as scrub_reason
+
+    message = (
+        f"{prefix}HTTPSConnectionPool(host='sts.aliyuncs.com', port=443): Max retries exceeded with url:"
+        f" {path}?Action=AssumeRole&AccessKeyId=LTAI5tX&Signature={signature} (Caused by ProxyError)"
+    )
+    reason = scrub_reason(message)
+    assert signature not in reason
+    assert f"url: {path}?<redacted> (Caused by ProxyError)" in reason
+    assert scrub_reason("and/or? left alone") == "and/or? left alone"
+
+
+def test_python_warnings_are_records_in_the_configured_format(capsys: pytest.CaptureFixture[str]) -> None:
+    """A library's ``warnings.warn`` (a DeprecationWarning, urllib3's) was a plain-text line on stderr,
+    outside the format and the gate: it is one record of ``py.warnings``, gated like any other."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        configure_logging("json", "info")
+        try:
+            capsys.readouterr()
+            warnings.warn(f"call with {SECRET} is deprecated", DeprecationWarning, stacklevel=1)
+        finally:
+            reset_logging()
+    (line,) = capsys.readouterr().err.splitlines()
+    record = json.loads(line)
+    assert (record["logger"], record["level"]) == ("py.warnings", "warning")
+    assert f"DeprecationWarning: call with {REDACTED} is deprecated" in record["event"]
+    assert SECRET not in line
+
+
+# ------------------------------------------------------------------------------ the real library, for real
+
+PROFILE_AK = "LTAI5tProfileKeyForLogTest"
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound and released: a connection to it is refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.process
+async def test_a_real_exporter_writes_every_line_once_in_json(estate: RunningEstate, tmp_path: Path) -> None:
+    """Why: with ``--log.format json``, alibabacloud-credentials wrote plain-text lines to stderr, each
+    three times (a handler of its own per module), which broke log parsers.
+
+    The real exporter and the real library, in their own process: one account reaches its credentials
+    through the default chain's credentials file (a ram_role_arn profile, so the library's own provider
+    calls STS, and fails: the proxy it is sent through refuses), one assumes a role the estate's STS
+    refuses it, one works. Every stderr line is one JSON record; the library's records are there, each
+    once; nothing quotes the profile's or the key's secret, or the signed request the library gave up on.
+    """
+    profile_secret = f"ProfileSecret{uuid.uuid4().hex}"
+    profile = tmp_path / "credentials.ini"
+    profile.write_text(
+        "[default]\ntype = ram_role_arn\n"
+        f"access_key_id = {PROFILE_AK}\naccess_key_secret = {profile_secret}\n"
+        f"role_arn = {READER_ARN}\nrole_session_name = log-test\n"
+    )
+    hz = estate.ep.region_urls[HZ]
+    region = f"[{{region_id: {HZ}, endpoint: '{hz}'}}]"
+    key = f"{{type: access_key, access_key_id: {ALPHA_AK}, access_key_secret: {ALPHA_SECRET}}}"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"""
+api: {{qps: 0, timeout_seconds: 5, retry: {{max_attempts: 1}}}}
+refresh: {{interval_seconds: 2, jitter_ratio: 0}}
+web: {{listen_address: "127.0.0.1:{free_port()}"}}
+targets:
+  - account: library
+    regions: {region}
+    images: [{{id: {ALPHA_HZ_IMAGE}}}]
+  - account: refused
+    credentials: {key}
+    assume_role: {{role_arn: "{SELF_READER_ARN}", sts_endpoint: "{estate.ep.sts_host}"}}
+    regions: {region}
+    images: [{{id: {BETA_HZ_IMAGE}}}]
+  - account: alpha
+    credentials: {key}
+    regions: {region}
+    images: [{{id: {ALPHA_HZ_IMAGE}}}]
+"""
+    )
+    proxy = f"http://127.0.0.1:{_closed_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALIBABA_CLOUD_")} | {
+        "HOME": str(tmp_path),  # no profile of whoever runs the tests
+        "ALIBABA_CLOUD_CREDENTIALS_FILE": str(profile),
+        "ALIBABA_CLOUD_CLI_PROFILE_DISABLED": "true",
+        "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true",
+        "HTTPS_PROXY": proxy,  # the library's STS call goes nowhere beyond this machine, and fails
+        "https_proxy": proxy,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+        "SSL_CERT_FILE": estate.ca_file,  # the estate's STS, over HTTPS
+        "PYTHONUNBUFFERED": "1",
+    }
+    stderr = tmp_path / "stderr"
+    with stderr.open("wb") as err_file:
+        proc = await asyncio.create_subprocess_exec(
+            exporter_command(), "run", "--config", str(config), "--log.format", "json",
+            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=err_file,
+        )  # fmt: skip
+        try:
+
+            def seen() -> bool:
+                assert proc.returncode is None, stderr.read_text()[-3000:]
+                text = stderr.read_text()
+                return text.count("Refresh credentials failed") >= 2 and '"account": "refused"' in text
+
+            await wait_until_async(
+                seen, within=60, what="two library failures and the refused role", interval=0.1
+            )
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(60):
+                rc = await proc.wait()
+    assert rc == 0
+    text = stderr.read_text()
+    records = [json.loads(line) for line in text.splitlines()]  # every line: one JSON record
+    library = [r for r in records if r["logger"] == LIBRARY_LOGGER]
+    warned = [r for r in library if r["event"].startswith("Refresh credentials failed")]
+    assert len(warned) >= 2
+    # Each failure is a warning and the exception after it, once each: never the same line again.
+    assert len(library) == 2 * len(warned)
+    lines = [json.dumps(r, sort_keys=True) for r in library]
+    assert len(set(lines)) == len(lines)
+    refused = [r for r in records if r.get("account") == "refused" and r["event"] == "image_refresh_failed"]
+    assert refused
+    assert all(r["code"] == "CredentialError" for r in refused)
+    assert any(r.get("account") == "alpha" and r["event"] == "refresh_done" for r in records)
+    for secret in (profile_secret, ALPHA_SECRET):
+        assert secret not in text
+    assert re.search(r"[?&]Signature=", text) is None, "a signed request is quoted"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from exporter.config import Config
-from exporter.config.load import ConfigError, load_config
+from exporter.config.load import ConfigError, config_warnings, load_config
 from exporter.logging import configure_logging
 from exporter.redaction import scrub
 from exporter.sharding import ShardingError
@@ -20,7 +20,14 @@ from exporter.view import HEALTH_ORDER, ImageView
 if TYPE_CHECKING:
     from exporter.snapshot import Snapshot
 
-from exporter.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, print_errors, sharding_overrides
+from exporter.cli.common import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_OK,
+    plural,
+    print_errors,
+    sharding_overrides,
+)
 
 log = structlog.get_logger("ehpc.cli")
 
@@ -39,6 +46,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print_errors(exc.errors)
         return EXIT_CONFIG
+    for warning in config_warnings(config):  # a typo'd region fails below as a ConnectionError: say why
+        log.warning("config_warning", warning=warning)
     snapshot = asyncio.run(_refresh_once(config))
     rows = [_gated(check_row(view)) for view in snapshot.views.values()]
     discovery = snapshot.discovery
@@ -113,12 +122,12 @@ def _print_table(rows: Sequence[Mapping[str, Any]], snapshot: Snapshot) -> None:
     for line in table:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip())
     counts = ", ".join(f"{n} {h}" for h, n in snapshot.health_counts().items())
-    print(f"{len(rows)} images: {counts}")
+    print(f"{plural(len(rows), 'image')}: {counts}")
     for scope, status in snapshot.scopes.items():
         discovery = status.discovery
         where = f"{scrub(scope.account)}/{scrub(scope.region_id)}: " if len(snapshot.scopes) > 1 else ""
         if discovery is not None and not discovery.up:
             code = scrub(discovery.error_code or "?")
-            print(f"{where}discovery FAILED ({code}): kept {discovery.discovered} images")
+            print(f"{where}discovery FAILED ({code}): kept {plural(discovery.discovered, 'image')}")
         elif discovery is not None:
-            print(f"{where}discovery ok: {discovery.discovered} images")
+            print(f"{where}discovery ok: {plural(discovery.discovered, 'image')}")

@@ -70,18 +70,36 @@ def load_config_files(path: str | None, overrides: Mapping[str, Any]) -> Config:
     return load_config(path, overrides, web_config_check=web_config_problems)
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def config_summary(config: Config) -> str:
-    """The one-line description of a loaded config the start-up log line carries."""
-    discovery = "discovery on" if config.discovery.enabled else "discovery off"
+    """What ``--check-config`` says of a valid config: one line, and with ``targets:`` a line per target
+    (its account, static images, discovery and regions)."""
     shard = (
         f", shard {config.sharding.shard} of {config.sharding.shards}" if config.sharding.shards > 1 else ""
     )
-    count = len(config.images)
-    return (
-        f"{count} image{'s' if count != 1 else ''}, {discovery}, refresh every"
-        f" {config.refresh.interval_seconds:g}s{shard}, listen {config.web.listen_address}"
+    tail = (
+        f"refresh every {config.refresh.interval_seconds:g}s{shard}, listen {config.web.listen_address}"
         f"{config.web.telemetry_path}"
     )
+    if not config.targets:
+        discovery = "discovery on" if config.discovery.enabled else "discovery off"
+        return f"{plural(len(config.images), 'image')}, {discovery}, {tail}"
+    pairs = plural(len(config.scopes()), "(account, region) pair")
+    lines = [f"{plural(len(config.targets), 'target')}, {pairs}, {tail}", "targets:"]
+    for target in config.targets:
+        refresh = target.refresh.interval_seconds
+        own = f", refresh every {refresh:g}s" if refresh != config.refresh.interval_seconds else ""
+        lines.append(
+            f"  {target.account}: {plural(len(target.images), 'image')},"
+            f" discovery {'on' if target.discovery.enabled else 'off'},"
+            f" {'region' if len(target.regions) == 1 else 'regions'}"
+            f" {', '.join(api.region_id for api in target.regions)}{own}"
+        )
+    return "\n".join(lines)
 
 
 def print_errors(errors: Sequence[str], stream: TextIO | None = None) -> None:

@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--check-config",
         action="store_true",
         help="validate the config (and the web config file) and exit: 0 if valid, 2 with one line per"
-        " error on stderr otherwise",
+        " error on stderr otherwise (a state.path whose directory is missing or not writable is one);"
+        " warnings (an undocumented region, an odd image id) are printed and do not change the exit code",
     )
     _add_web_flags(run)
     run.add_argument(
@@ -172,12 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check",
         formatter_class=_HelpFormatter,
-        help="refresh once and print a table; exit 1 if any image is unhealthy or failing",
+        help="refresh once and print a table; exit 1 if any image is unhealthy or failing, or a discovery"
+        " failed",
         description=(
             "Call the API once for every watched image and print image, status, replication regions\n"
-            "(region:status) and last error. Exit 0 if every image is healthy and every requested region\n"
-            "is replicated, 1 if any image is unhealthy, incompletely replicated or failing, 2 if the\n"
-            "config is invalid. With the sharding flags (or in a sharded pod) only that shard's share."
+            "(region:status) and last error. Exit 0 if every image is healthy, every requested region\n"
+            "is replicated and every discovery (ListImages) succeeded; 1 if any image is unhealthy,\n"
+            "incompletely replicated or failing, or a discovery failed (its images may be unwatched);\n"
+            "2 if the config is invalid. With the sharding flags (or in a sharded pod) only that shard's\n"
+            "share."
         ),
     )
     _add_config_flag(check, required=True)
@@ -217,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=24,
         metavar="N",
-        help="simulated images (the demo also watches one image that does not exist: N + 1 are watched)",
+        help="simulated images of prod in its home region; each other (account, region) gets a quarter as"
+        " many (at least 3), and prod also watches one image that does not exist, in both its regions",
     )
     demo.add_argument(
         "--interval", type=_positive_float, default=15.0, metavar="SECONDS", help="refresh interval"

@@ -14,7 +14,7 @@ import structlog
 from exporter import __version__
 from exporter.cli.parser import PROG, build_simulate_parser
 from exporter.config import Config
-from exporter.config.load import ConfigError, config_warnings
+from exporter.config.load import COMMAND_LINE, ConfigError, config_warnings, state_path_problems
 from exporter.logging import configure_logging
 from exporter.sharding import ShardingError
 
@@ -66,6 +66,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
         for warning in config_warnings(config):
             print(f"warning: {warning}", file=sys.stderr)
+        # Valid, but this machine cannot keep the state: an error here, where it is checked before a
+        # start (the running exporter only logs it and starts cold, a start never fails on it).
+        unusable = state_path_problems(config)
+        if unusable:
+            print_errors([f"{args.config or COMMAND_LINE}: {problem}" for problem in unusable])
+            return EXIT_CONFIG
         print(f"config OK: {config_summary(config)}")
         return EXIT_OK
 
@@ -78,6 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     for warning in config_warnings(config):
         log.warning("config_warning", warning=warning)
+    for problem in state_path_problems(config):
+        log.error("state_path_unusable", error=problem)
     return asyncio.run(_run(config, args.config, overrides, lifecycle=args.web_enable_lifecycle))
 
 
@@ -156,9 +164,12 @@ async def reload_config(
 
 def _counts(config: Config) -> dict[str, Any]:
     # The configured images only: discovery's are not known before its first run (refresh_done says).
+    # Summed over the (account, region) pairs: a target's images are watched in each of its regions.
+    scopes = config.scopes()
     return {
-        "static_images": len(config.images),
-        "discovery": config.discovery.enabled,
+        **({"targets": len(config.targets), "scopes": len(scopes)} if config.targets else {}),
+        "static_images": sum(len(scope.images) for scope in scopes),
+        "discovery": any(scope.discovery.enabled for scope in scopes),
         "interval_seconds": config.refresh.interval_seconds,
     }
 

@@ -13,7 +13,9 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Any, NoReturn, get_args, get_origin
 
@@ -21,6 +23,8 @@ from pydantic import GetJsonSchemaHandler, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError, PydanticOmit, core_schema
+
+from exporter.redaction import REDACTED
 
 Loc = tuple[str | int, ...]
 # Problems kept: past this a file gets a summary line, and a mistake repeated through aliases a million
@@ -68,9 +72,36 @@ class NotInFile:
 NOT_IN_FILE = NotInFile()
 
 
+# The file's secrets while it is validated and its lines written (:func:`withholding`): each with whether a
+# value merely containing it is withheld too (a secret long enough to be real), or only one equal to it.
+_WITHHELD: ContextVar[tuple[tuple[str, bool], ...]] = ContextVar("withheld", default=())
+
+
+@contextmanager
+def withholding(secrets: Iterable[tuple[str, bool]]) -> Iterator[None]:
+    """Within the block no line quotes a secret: :func:`shown` and :func:`format_loc` leave out a value or
+    key equal to one of ``secrets`` (``(secret, inside)`` pairs), or containing one whose ``inside`` is set.
+
+    Left out where the line is written, not masked afterwards: masking a secret that is also a word
+    ("key") would garble the lines' own words ("unknown [REDACTED]").
+    """
+    token = _WITHHELD.set(tuple((s, inside) for s, inside in secrets if s))
+    try:
+        yield
+    finally:
+        _WITHHELD.reset(token)
+
+
+def _withheld(text: str) -> bool:
+    return any(text == secret or (inside and secret in text) for secret, inside in _WITHHELD.get())
+
+
 def shown(value: object) -> str:
-    """``'value'`` when it is short printable ASCII, else nothing: never a part of a value (a cut secret)."""
-    return f" {value!r}" if isinstance(value, str) and _PLAIN_RE.match(value) else ""
+    """``'value'`` when it is short printable ASCII, else nothing: never a part of a value (a cut secret);
+    ``'[REDACTED]'`` for a secret of the file being read (:func:`withholding`), which a value never shows."""
+    if not isinstance(value, str) or not _PLAIN_RE.match(value):
+        return ""
+    return f" '{REDACTED}'" if _withheld(value) else f" {value!r}"
 
 
 def format_loc(loc: Loc) -> str:
@@ -81,7 +112,10 @@ def format_loc(loc: Loc) -> str:
             out += f"[{part}]"
         else:
             # The line stays one line, and a value pasted where a key belongs is not printed.
-            name = part if _PLAIN_KEY_RE.match(part) else "<unprintable or long key>"
+            if not _PLAIN_KEY_RE.match(part):
+                name = "<unprintable or long key>"
+            else:
+                name = "<redacted key>" if _withheld(part) else part
             out += f".{name}" if out else name
     return out
 

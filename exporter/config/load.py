@@ -11,27 +11,37 @@ Every problem becomes one line ``<source>: <location>: <message>`` in :class:`Co
 all problems of a file at once, in the order of the file (the first 100, then one summary line: aliases
 can repeat a mistake a million times). A file the gate refuses as a whole (unreadable, an alias bomb) is
 one line with its ``line:column``. Messages come from :mod:`exporter.config.errors` and never echo the
-input; secret values found in the file are registered with :func:`exporter.logging.register_secret` so
-later log lines mask them too, and masked in the lines here should one be quoted anyway. A config without
-images and with discovery disabled is valid (the exporter still serves its own metrics and health
-endpoints); :func:`config_warnings` reports it and ``--check-config`` prints it.
+input; no line quotes a secret of the file (``errors.withholding``), and the secrets long enough to be
+real are registered with :func:`exporter.logging.register_secret` so later log lines mask them too (a
+shorter one is refused). Valid but probably unintended settings (a config without images and with
+discovery disabled, an undocumented region) are :func:`config_warnings`, and a state directory this
+machine cannot use is :func:`state_path_problems` (both in :mod:`exporter.config.checks`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import ValidationError
 
 from exporter.config import forms, yamlfile
-from exporter.config.errors import MAX_COLLECTED, ConfigError, Loc, Problem, format_loc, problems
+from exporter.config.checks import config_warnings, state_path_problems
+from exporter.config.errors import (
+    MAX_COLLECTED,
+    ConfigError,
+    Loc,
+    Problem,
+    format_loc,
+    problems,
+    withholding,
+)
 from exporter.config.interpolate import FileTooLong, expand_tree, interpolate
 from exporter.config.model import RESERVED_PATHS, WEB_CONFIG_CHECK, Config, parse_listen_address
-from exporter.config.schema import MAX_TOTAL_CHARS
+from exporter.config.schema import MAX_TOTAL_CHARS, MIN_SECRET_CHARS
 from exporter.logging import register_secret
 
 __all__ = [
@@ -43,6 +53,7 @@ __all__ = [
     "interpolate",
     "load_config",
     "parse_listen_address",
+    "state_path_problems",
 ]
 
 COMMAND_LINE = "command line"
@@ -87,26 +98,30 @@ def load_config(
         ) from None
     overridden = _apply_overrides(raw, overrides or {})
     secrets = _secret_values(raw)
-    for secret in secrets:
+    # A shorter one is refused below (schema.Secret) and never masked: masking a word would garble every
+    # later output (and a reload's refused file would leave it masked for the life of the process).
+    real = [secret for secret in secrets if len(secret) >= MIN_SECRET_CHARS]
+    for secret in real:
         register_secret(secret, pin=True)
 
     found: list[Problem] = []
-    try:
-        config: Config = forms.adapter(Config).validate_python(
-            raw, context={WEB_CONFIG_CHECK: web_config_check}
-        )
-    except ValidationError as exc:
-        found = problems(exc, Config)
-    early_locs = {p.loc for p in early}
-    found = early + [p for p in found if p.loc not in early_locs]
-    if found:
-        ordered = _ordered(found, raw)
-        lines = [_render(p, source, overridden, secrets) for p in ordered[:MAX_PROBLEMS]]
-        if len(ordered) >= MAX_COLLECTED:
-            lines.append(f"{source}: more problems not shown (the first {MAX_PROBLEMS} are)")
-        elif len(ordered) > MAX_PROBLEMS:
-            lines.append(f"{source}: {len(ordered) - MAX_PROBLEMS} more problems not shown")
-        raise ConfigError(lines)
+    with withholding(_withheld(secrets)):
+        try:
+            config: Config = forms.adapter(Config).validate_python(
+                raw, context={WEB_CONFIG_CHECK: web_config_check}
+            )
+        except ValidationError as exc:
+            found = problems(exc, Config)
+        early_locs = {p.loc for p in early}
+        found = early + [p for p in found if p.loc not in early_locs]
+        if found:
+            ordered = _ordered(found, raw)
+            lines = [_render(p, source, overridden, real) for p in ordered[:MAX_PROBLEMS]]
+            if len(ordered) >= MAX_COLLECTED:
+                lines.append(f"{source}: more problems not shown (the first {MAX_PROBLEMS} are)")
+            elif len(ordered) > MAX_PROBLEMS:
+                lines.append(f"{source}: {len(ordered) - MAX_PROBLEMS} more problems not shown")
+            raise ConfigError(lines)
     return config
 
 
@@ -171,6 +186,38 @@ def _secret_values(raw: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _withheld(secrets: Sequence[str]) -> list[tuple[str, bool]]:
+    """What no line may quote (:func:`exporter.config.errors.withholding`): a value equal to a secret of
+    the file, or containing one long enough to be real. A short one that is also a key of the file
+    ("images") is left alone: its lines name that key, and the file is refused for the secret anyway."""
+    keys = _file_key_names()
+    return [
+        (secret, len(secret) >= MIN_SECRET_CHARS)
+        for secret in secrets
+        if len(secret) >= MIN_SECRET_CHARS or secret not in keys
+    ]
+
+
+@functools.cache
+def _file_key_names() -> frozenset[str]:
+    """Every key a config file may write, at any depth (as the JSON schema spells them)."""
+    names: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            properties = node.get("properties")
+            if isinstance(properties, dict):
+                names.update(properties)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config_json_schema())
+    return frozenset(names)
+
+
 def _ordered(found: list[Problem], raw: Mapping[str, Any]) -> list[Problem]:
     """Problems in the order of the file (a missing field sorts after its siblings); stable otherwise."""
     key_index: dict[int, dict[str, int]] = {}  # id(mapping) -> key -> position, built once per mapping
@@ -207,41 +254,8 @@ def _render(problem: Problem, source: str, overridden: Sequence[Loc], secrets: S
         where = format_loc(problem.loc)
         prefix = COMMAND_LINE if from_flag else source
         line = f"{prefix}: {where}: {problem.message}" if where else f"{prefix}: {problem.message}"
-    # Belt and braces: no message quotes a secret field's value, but a secret pasted into the wrong
-    # field (say, as a region id) must not be printed either.
+    # Belt and braces: no message quotes a secret (errors.withholding), and a real one (``secrets``, each
+    # long enough never to be a word of the line) would be masked should one be quoted anyway.
     for secret in secrets:
         line = line.replace(secret, "[REDACTED]")
     return line
-
-
-def config_warnings(config: Config) -> list[str]:
-    """Valid but probably unintended settings, one line each (printed by --check-config, logged at start)."""
-    out: list[str] = []
-    for scope in config.scopes():
-        # Named only when there are targets: a one-target file's lines read as they always did.
-        where = f"account {scope.account}, region {scope.api.region_id}: " if config.targets else ""
-        if not scope.images and not scope.discovery.enabled:
-            out.append(
-                f"{where}images: no images to watch and discovery is disabled; only the exporter's own"
-                " metrics are served"
-                if not config.targets
-                else f"{where}images: no images to watch and discovery is disabled"
-            )
-        if scope.api.protocol == "http" and not _is_loopback_endpoint(scope.api.endpoint):
-            out.append(
-                f"{where}api.protocol: 'http' sends requests (and any STS token) unencrypted; use it only"
-                " for testing"
-            )
-        if scope.refresh.image_timeout_seconds > scope.refresh.interval_seconds:
-            out.append(
-                f"{where}refresh.image_timeout_seconds: longer than refresh.interval_seconds, so a slow image"
-                " can make a cycle overrun the next one"
-            )
-    return list(dict.fromkeys(out))
-
-
-def _is_loopback_endpoint(endpoint: str | None) -> bool:
-    if endpoint is None:
-        return False
-    host = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}").hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")

@@ -64,6 +64,7 @@ from exporter.config.schema import (
     RegionId,
     RegionList,
     RoleArn,
+    Secret,
     SessionName,
     SessionSeconds,
     StatePath,
@@ -213,8 +214,8 @@ class CredentialsConfig:
     __pydantic_config__ = forms.FILE
     type: CredentialType
     access_key_id: NonEmptyStr | None = None
-    access_key_secret: str | None = field(default=None, repr=False)
-    security_token: str | None = field(default=None, repr=False)
+    access_key_secret: Secret | None = field(default=None, repr=False)
+    security_token: Secret | None = field(default=None, repr=False)
     credentials_uri: HttpUrl | None = None
     role_arn: NonEmptyStr | None = None
     role_session_name: NonEmptyStr | None = None

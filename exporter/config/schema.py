@@ -65,6 +65,10 @@ MAX_WATCHED_IMAGE_REGIONS = 60_000
 MAX_SERIES = 1_000_000_000  # the most metrics.max_series may be (far past what any Prometheus ingests)
 _CHUNK = 1000  # items of a long list validated at a time (Items)
 MIN_QPS = 0.01  # calls per second; below it (but above 0, "off") the budget would space calls for hours
+# The shortest AccessKey secret or STS token a file may hold. Alibaba Cloud's AccessKey secrets are 30
+# characters, STS secrets longer and STS tokens hundreds; anything under 16 is a placeholder ("key",
+# "changeme") or a paste cut short, and masking it in every output would garble the outputs' own words.
+MIN_SECRET_CHARS = 16
 
 _REGION_RE = re.compile(r"^[a-z]{2,}-[a-z0-9-]+$")
 _TELEMETRY_PATH_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$")
@@ -143,6 +147,16 @@ def _role_arn(value: str) -> str:
 def _non_empty(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
+    return value
+
+
+def _secret(value: str) -> str:
+    # Empty is left to the credential type's own rule ("required for type ..."), which says it better.
+    if value and len(value) < MIN_SECRET_CHARS:
+        raise ValueError(
+            f"too short to be a real credential (at least {MIN_SECRET_CHARS} characters; Alibaba Cloud's"
+            " AccessKey secrets have 30): a placeholder or a value cut short"
+        )
     return value
 
 
@@ -312,6 +326,7 @@ TelemetryPath = Annotated[str, AfterValidator(_telemetry_path)]
 # STS session lengths: 900 s is the API's minimum, 43,200 s (12 h) the most a role may allow.
 SessionSeconds = Annotated[int, Field(ge=900, le=43_200)]
 ExternalId = Annotated[str, Field(max_length=1224)]
+Secret = Annotated[str, AfterValidator(_secret)]  # an AccessKey secret or an STS token
 SessionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9.@_-]{2,64}$")]
 FamilyPattern = Annotated[str, Field(max_length=200), AfterValidator(_family_pattern)]
 # Repeats are dropped: the filter reads the same either way, and the runtime keeps each entry once.
