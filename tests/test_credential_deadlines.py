@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from exporter import credential_fetch
+from exporter import credential_io
 from exporter.cli.run import reload_config
 from exporter.config import Scope
 from exporter.config.load import load_config
@@ -190,13 +190,13 @@ def hung_file_system(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Even
     """Every token file read blocks until the returned event is set (a hung network mount): the edge
     of the process, the one thing replaced here."""
     release = threading.Event()
-    real = credential_fetch._read_regular_file
+    real = credential_io.read_token_bytes
 
-    def stuck(path: str, cap: int) -> bytes:
+    def stuck(path: str) -> bytes:
         release.wait()
-        return real(path, cap)
+        return real(path)
 
-    monkeypatch.setattr(credential_fetch, "_read_regular_file", stuck)
+    monkeypatch.setattr(credential_io, "read_token_bytes", stuck)
     yield release
     release.set()
 

@@ -36,7 +36,7 @@ from exporter.models import (
     parse_time,
     registry_url,
 )
-from exporter.openapi.client import error_from_response
+from exporter.openapi.answers import error_from_response
 from exporter.redaction import (
     REDACTED,
     contains_secret,
