@@ -263,6 +263,7 @@ class AssumeRole:
     external_id: str | None = None
     clock: Callable[[], float] = time.time
     name: str = "AssumeRole"
+    ca_file: str | None = None  # a private CA of the STS (api.ca_file)
 
     async def fetch(self) -> Fetched:
         """A credential of the role; a refusal of the base's key drops it from the base's cache."""
@@ -292,7 +293,7 @@ class AssumeRole:
             query["SecurityToken"] = base.security_token
         to_sign = parameter_helper.compose_string_to_sign("GET", query)
         query["Signature"] = str(parameter_helper.sign_string(to_sign, base.access_key_secret + "&"))
-        status, body = await exchange("GET", _sts_url(self.endpoint, query))
+        status, body = await exchange("GET", _sts_url(self.endpoint, query), ca_file=self.ca_file)
         if status != 200:
             text, code = _refusal(status, body)
             if code in BASE_REFUSED_CODES:
@@ -313,6 +314,7 @@ class AssumeRoleWithOidc:
     duration_seconds: int = 3600
     clock: Callable[[], float] = time.time
     name: str = "AssumeRoleWithOIDC"
+    ca_file: str | None = None  # a private CA of the STS (api.ca_file)
 
     async def fetch(self) -> Fetched:
         """A credential of the role for the token read now (tokens rotate on disk)."""
@@ -328,7 +330,7 @@ class AssumeRoleWithOidc:
             "RoleSessionName": self.session_name,
             "Timestamp": _timestamp(self.clock()),
         }
-        status, body = await exchange("GET", _sts_url(self.endpoint, query))
+        status, body = await exchange("GET", _sts_url(self.endpoint, query), ca_file=self.ca_file)
         return sts_answer(status, body, self.clock())
 
 
@@ -339,6 +341,7 @@ class CredentialsUri:
     uri: str
     clock: Callable[[], float] = time.time
     name: str = "credentials URI"
+    ca_file: str | None = None  # a private CA of an https URI (api.ca_file)
 
     async def fetch(self) -> Fetched:
         """The credential the URI serves now."""
@@ -348,7 +351,7 @@ class CredentialsUri:
             raise CredentialFault("the credentials URI is not a URL") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise CredentialFault("the credentials URI is not an http(s) URL")
-        status, body = await exchange("GET", url)
+        status, body = await exchange("GET", url, ca_file=self.ca_file)
         return uri_answer(status, body, self.clock())
 
 

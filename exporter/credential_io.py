@@ -1,5 +1,5 @@
 """The I/O of a credential fetch, bounded: a few daemon threads of its own for blocking work, the OIDC
-token file, and one HTTP exchange with a capped body.
+token file, and one HTTP exchange with a capped body and the configured trust (``api.ca_file``).
 
 Why not the alibabacloud-credentials providers' own HTTP: it has no bound on a body and no overall
 deadline (a read timeout per socket read, which a server sending a byte every few seconds never trips),
@@ -34,6 +34,7 @@ from exporter.redaction import register_secret
 
 __all__ = [
     "MAX_ANSWER_BYTES",
+    "MAX_CA_FILE_BYTES",
     "MAX_TOKEN_FILE_BYTES",
     "POOL_WORKERS",
     "CredentialFault",
@@ -47,6 +48,7 @@ T = TypeVar("T")
 
 MAX_ANSWER_BYTES = 64 * 1024  # an STS answer is about 2 KB; a credentials-URI or metadata answer less
 MAX_TOKEN_FILE_BYTES = 16 * 1024  # a projected service-account token (a JWT) is about 1 KB
+MAX_CA_FILE_BYTES = 4 * 1024 * 1024  # a whole public CA bundle is about 250 KB
 POOL_WORKERS = 4
 _JWT_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
@@ -149,8 +151,9 @@ class _PoolResolver(AbstractResolver):
         """Nothing to release."""
 
 
-def _ssl_context() -> ssl.SSLContext:
-    # The trust of the library's HTTP client: the system's (which honours SSL_CERT_FILE) plus certifi's.
+def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """The trust of the library's HTTP client (the system's, which honours SSL_CERT_FILE, plus certifi's),
+    and the configured CA (``api.ca_file``) added to it; blocking (files), so run on our threads."""
     context = ssl.create_default_context()
     try:
         import certifi
@@ -158,6 +161,16 @@ def _ssl_context() -> ssl.SSLContext:
         context.load_verify_locations(certifi.where())
     except (ImportError, OSError):
         pass
+    if ca_file:
+        # Through the one bounded reader (a FIFO or a device named here cannot hold a thread), then as
+        # PEM text: load_verify_locations(cafile=...) would open the path itself.
+        try:
+            pem = files.read_bytes(ca_file, max_bytes=MAX_CA_FILE_BYTES).decode("ascii")
+            context.load_verify_locations(cadata=pem)
+        except files.ReadError as exc:
+            raise CredentialFault(f"CA file {ca_file}: {exc.reason}") from None
+        except (UnicodeDecodeError, ssl.SSLError, ValueError):
+            raise CredentialFault(f"CA file {ca_file}: no PEM certificate in it") from None
     return context
 
 
@@ -176,12 +189,14 @@ async def exchange(
     *,
     connect_timeout: float | None = None,
     use_proxy: bool = True,
+    ca_file: str | None = None,
 ) -> tuple[int, bytes]:
     """One request: its status and body (at most ``MAX_ANSWER_BYTES``); no overall deadline of its own,
-    the caller's cancels it. Transport failures are :class:`CredentialFault` naming the host only (the
-    query may carry a token)."""
+    the caller's cancels it. ``ca_file``: a CA trusted besides the system's, for an https URL. Transport
+    failures are :class:`CredentialFault` naming the host only (the query may carry a token)."""
     host = url.host or "?"
-    ssl_context: ssl.SSLContext | bool = await run_blocking(_ssl_context) if url.scheme == "https" else False
+    secure = url.scheme == "https"
+    ssl_context: ssl.SSLContext | bool = await run_blocking(_ssl_context, ca_file) if secure else False
     connector = aiohttp.TCPConnector(ssl=ssl_context, resolver=_PoolResolver(), force_close=True)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
     try:
@@ -205,6 +220,10 @@ async def exchange(
         raise
     except TimeoutError:  # aiohttp's connect timeout (the caller's deadline cancels instead)
         raise CredentialFault(f"{host}: no connection within {connect_timeout or 0:g}s") from None
+    except aiohttp.ClientConnectorCertificateError as exc:
+        why = getattr(exc.certificate_error, "verify_message", None) or type(exc.certificate_error).__name__
+        hint = "" if ca_file else "; a private CA is trusted with api.ca_file"
+        raise CredentialFault(f"{host}: its TLS certificate is not trusted ({why}{hint})") from None
     except aiohttp.ClientConnectorError as exc:
         raise CredentialFault(f"{host}: cannot connect ({exc.os_error.strerror or 'refused'})") from None
     except aiohttp.ClientPayloadError:

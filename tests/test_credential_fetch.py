@@ -583,8 +583,9 @@ async def test_no_credential_work_runs_on_the_default_pool(
 ) -> None:
     """Why: the library read the token file on the loop's default pool, which gzip, reloads and the state
     file share, so a FIFO there held one of its threads for ever. A whole RRSA fetch over HTTPS, by host
-    name (a DNS lookup, a TLS context, a token file read): nothing reaches the default pool."""
-    monkeypatch.setenv("SSL_CERT_FILE", estate.ca_file)
+    name (a DNS lookup, a TLS context with the configured CA, a token file read): nothing reaches the
+    default pool."""
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     token_file = tmp_path / "token"
     token_file.write_text(estate.estate.issue_oidc_token(PROVIDER_ARN))
     port = estate.ep.sts_host.rsplit(":", 1)[1]
@@ -597,7 +598,8 @@ async def test_no_credential_work_runs_on_the_default_pool(
             oidc_provider_arn=PROVIDER_ARN,
             oidc_token_file=str(token_file),
             sts_endpoint=f"localhost:{port}",
-        )
+        ),
+        ca_file=estate.ca_file,
     )
     cred = await source.get()
     assert cred.security_token
