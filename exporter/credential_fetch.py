@@ -1,42 +1,31 @@
-"""Bounded credential fetches: STS AssumeRole and AssumeRoleWithOIDC, a credentials URI, ECS instance
-metadata and the OIDC token file, and the one gate every credential passes (:func:`credential_problem`).
+"""Credential fetches: STS AssumeRole and AssumeRoleWithOIDC, a credentials URI and ECS instance
+metadata, and the one gate every credential passes (:func:`credential_problem`).
 
-Why not the alibabacloud-credentials providers' own HTTP: it has no bound on a body and no overall
-deadline (a read timeout per socket read, which a server sending a byte every few seconds never trips),
-its token file read runs on the event loop's default thread pool (a FIFO holds one of its threads for
-ever), and its cache keeps an answer the exporter then refuses. Here a fetch is one coroutine that the
-caller's deadline cancels, every body is read up to a cap, every file read and name lookup runs on this
-module's own few daemon threads (:func:`run_blocking`), and nothing is cached: the caller
-(:mod:`exporter.credentials`) keeps what passed. The requests are the library's (the same parameters,
-the V1 signature from its own helpers), so the real STS and the simulated one see no difference.
+Why not the alibabacloud-credentials providers: their HTTP is unbounded (see :mod:`exporter.credential_io`,
+which does this module's I/O: threads, the token file, one bounded exchange), and their cache keeps an
+answer the exporter then refuses. Here a fetch is one coroutine that the caller's deadline cancels, and
+nothing is cached: the caller (:mod:`exporter.credentials`) keeps what passed. The requests are the
+library's (the same parameters, the V1 signature from its own helpers), so the real STS and the simulated
+one see no difference.
 
 Every failure is a :class:`CredentialFault` whose message names the step and the field, never a value.
 """
 
 from __future__ import annotations
 
-import asyncio
 import calendar
-import contextlib
 import json
 import os
 import re
-import socket
-import ssl
-import stat
-import threading
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
-import aiohttp
 import yarl
-from aiohttp.abc import AbstractResolver, ResolveResult
 
-from exporter.config.yamlfile import file_kind
+from exporter.credential_io import CredentialFault, exchange, read_token_file, run_blocking
 from exporter.errors import ApiError
 from exporter.redaction import contains_secret, register_secret
 
@@ -44,10 +33,7 @@ __all__ = [
     "ECS_METADATA_URL",
     "MAX_ACCESS_KEY_ID",
     "MAX_ACCESS_KEY_SECRET",
-    "MAX_ANSWER_BYTES",
     "MAX_SECURITY_TOKEN",
-    "MAX_TOKEN_FILE_BYTES",
-    "POOL_WORKERS",
     "AssumeRole",
     "AssumeRoleWithOidc",
     "Credential",
@@ -59,21 +45,15 @@ __all__ = [
     "Provider",
     "credential_problem",
     "gate_answer",
-    "read_token_file",
-    "run_blocking",
+    "run_blocking",  # the credential sources' blocking work too (exporter.credential_io)
     "sts_host",
 ]
 
-T = TypeVar("T")
-
-MAX_ANSWER_BYTES = 64 * 1024  # an STS answer is about 2 KB; a credentials-URI or metadata answer less
-MAX_TOKEN_FILE_BYTES = 16 * 1024  # a projected service-account token (a JWT) is about 1 KB
 MAX_ACCESS_KEY_ID = 128
 MAX_ACCESS_KEY_SECRET = 256
 # An STS token is 1-2 KB and travels in one request header, which servers cap near 8 KB.
 MAX_SECURITY_TOKEN = 8 * 1024
 MAX_ROLE_NAME = 64  # RAM role names: 1-64 of letters, digits, '.', '_' and '-'
-POOL_WORKERS = 4
 ECS_METADATA_URL = "http://100.100.100.200"  # fixed by the platform, like the library's
 ECS_TIMEOUT_SECONDS = 1.0  # the library's connect timeout for the metadata service: off ECS, fail fast
 ECS_TOKEN_TTL_SECONDS = 21_600
@@ -96,11 +76,6 @@ _EXPIRATION_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]
 _CODE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}")
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _ROLE_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_JWT_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-
-
-class CredentialFault(Exception):
-    """A credential could not be had; the message names the step and the field, never a value."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,207 +227,6 @@ def uri_answer(status: int, body: bytes, now: float) -> Fetched:
     return gate_answer(doc, now, token_required=False)
 
 
-# --------------------------------------------------------------------------------------------------------
-# Blocking work on a few daemon threads of our own.
-
-_slots = threading.BoundedSemaphore(POOL_WORKERS)
-
-
-async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` on one of at most ``POOL_WORKERS`` daemon threads; awaiting it can be cancelled.
-
-    Not the event loop's default pool, which serves gzip, reloads and the state file: a stuck read here
-    (a hung network mount) holds one of these threads, never one of those. Daemon threads: a stuck one
-    never holds up the process's exit (``check`` returns). When all are held, the call fails at once.
-    """
-    if not _slots.acquire(blocking=False):
-        raise CredentialFault(f"all {POOL_WORKERS} credential worker threads are busy (a read is stuck)")
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if future.done():  # the caller gave up (its deadline)
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    def work() -> None:
-        result: Any = None
-        error: BaseException | None = None
-        try:
-            result = fn(*args)
-        except BaseException as exc:  # handed to the awaiting coroutine, whatever it is
-            error = exc
-        finally:
-            _slots.release()
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=work, name="ehpc-credentials", daemon=True).start()
-    return await future
-
-
-def _read_regular_file(path: str, cap: int) -> bytes:
-    """At most ``cap`` bytes of the regular file at ``path``; anything else is refused before a read.
-
-    Opened non-blocking, so a FIFO without a writer cannot hold the open; then only a regular file is
-    read (a FIFO, a device such as /dev/zero, a directory or a socket is refused by its type), and never
-    more than ``cap`` + 1 bytes, whatever its size says (it may grow while read).
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise CredentialFault(f"is not a regular file ({file_kind(mode)})")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= cap:
-            chunk = os.read(fd, cap + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > cap:
-            raise CredentialFault(f"is larger than {cap} bytes")
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-async def read_token_file(path: str) -> str:
-    """The OIDC token in ``path`` (a JWT), registered as a secret the moment it is read."""
-    try:
-        raw = await run_blocking(_read_regular_file, path, MAX_TOKEN_FILE_BYTES)
-    except CredentialFault as exc:
-        raise CredentialFault(f"OIDC token file {path}: {exc}") from None
-    except FileNotFoundError:
-        raise CredentialFault(f"OIDC token file {path}: not found") from None
-    except PermissionError:
-        raise CredentialFault(f"OIDC token file {path}: permission denied") from None
-    except OSError as exc:
-        raise CredentialFault(f"OIDC token file {path}: cannot be read ({exc.strerror or 'error'})") from None
-    try:
-        token = raw.decode("ascii").strip()
-    except UnicodeDecodeError:
-        raise CredentialFault(f"OIDC token file {path}: not a JWT (non-ASCII bytes)") from None
-    if _JWT_RE.fullmatch(token) is None:
-        raise CredentialFault(f"OIDC token file {path}: not a JWT")
-    register_secret(token)
-    return token
-
-
-# --------------------------------------------------------------------------------------------------------
-# HTTP: one short-lived session per fetch, a capped body, lookups on our threads.
-
-
-class _PoolResolver(AbstractResolver):
-    """Name lookups on :func:`run_blocking`'s threads (aiohttp's own resolver uses the default pool)."""
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        infos = await run_blocking(
-            socket.getaddrinfo, host, port, family, socket.SOCK_STREAM, 0, socket.AI_ADDRCONFIG
-        )
-        return [
-            ResolveResult(
-                hostname=host,
-                host=str(address[0]),
-                port=int(address[1]),
-                family=fam,
-                proto=proto,
-                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
-            )
-            for fam, _type, proto, _name, address in infos
-            if fam in (socket.AF_INET, socket.AF_INET6)
-        ]
-
-    async def close(self) -> None:
-        """Nothing to release."""
-
-
-def _ssl_context() -> ssl.SSLContext:
-    # The trust of the library's HTTP client: the system's (which honours SSL_CERT_FILE) plus certifi's.
-    context = ssl.create_default_context()
-    try:
-        import certifi
-
-        context.load_verify_locations(certifi.where())
-    except (ImportError, OSError):
-        pass
-    return context
-
-
-def _proxy(url: yarl.URL) -> str | None:
-    """The proxy the environment names for ``url`` (HTTPS_PROXY / HTTP_PROXY, NO_PROXY), as the library."""
-    host = url.host or ""
-    if urllib.request.proxy_bypass(host):
-        return None
-    return urllib.request.getproxies().get(url.scheme)
-
-
-async def _exchange(
-    method: str,
-    url: yarl.URL,
-    headers: Mapping[str, str] | None = None,
-    *,
-    connect_timeout: float | None = None,
-    use_proxy: bool = True,
-) -> tuple[int, bytes]:
-    """One request: its status and body (at most ``MAX_ANSWER_BYTES``); no overall deadline of its own,
-    the caller's cancels it. Transport failures are :class:`CredentialFault` naming the host only (the
-    query may carry a token)."""
-    host = url.host or "?"
-    ssl_context: ssl.SSLContext | bool = await run_blocking(_ssl_context) if url.scheme == "https" else False
-    connector = aiohttp.TCPConnector(ssl=ssl_context, resolver=_PoolResolver(), force_close=True)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
-    try:
-        async with (
-            aiohttp.ClientSession(
-                connector=connector,
-                timeout=timeout,
-                auto_decompress=False,  # the cap is the wire size: no compressed bomb
-                skip_auto_headers=("Accept-Encoding",),
-            ) as session,
-            session.request(
-                method,
-                url,
-                headers=dict(headers or {}),
-                allow_redirects=False,
-                proxy=_proxy(url) if use_proxy else None,
-            ) as resp,
-        ):
-            return resp.status, await _bounded_body(resp)
-    except CredentialFault:
-        raise
-    except TimeoutError:  # aiohttp's connect timeout (the caller's deadline cancels instead)
-        raise CredentialFault(f"{host}: no connection within {connect_timeout or 0:g}s") from None
-    except aiohttp.ClientConnectorError as exc:
-        raise CredentialFault(f"{host}: cannot connect ({exc.os_error.strerror or 'refused'})") from None
-    except aiohttp.ClientPayloadError:
-        raise CredentialFault(f"{host}: truncated answer") from None
-    except (aiohttp.ClientError, OSError, ValueError) as exc:
-        raise CredentialFault(f"{host}: {type(exc).__name__}") from None
-
-
-async def _bounded_body(resp: aiohttp.ClientResponse) -> bytes:
-    length = resp.content_length
-    if length is not None and length > MAX_ANSWER_BYTES:
-        resp.close()
-        raise CredentialFault(
-            f"{resp.url.host}: answer larger than {MAX_ANSWER_BYTES} bytes ({length} announced)"
-        )
-    buf = bytearray()
-    while chunk := await resp.content.readany():
-        buf += chunk
-        if len(buf) > MAX_ANSWER_BYTES:
-            resp.close()  # drop the connection rather than drain the rest
-            raise CredentialFault(f"{resp.url.host}: answer larger than {MAX_ANSWER_BYTES} bytes")
-    return bytes(buf)
-
-
 def sts_host(endpoint: str | None, *, region: str | None, vpc: bool) -> str:
     """The STS to call: ``endpoint`` when configured, else the library's rule
     (``sts[-vpc].<region>.aliyuncs.com``, or ``sts.aliyuncs.com`` without a region)."""
@@ -489,6 +263,7 @@ class AssumeRole:
     external_id: str | None = None
     clock: Callable[[], float] = time.time
     name: str = "AssumeRole"
+    ca_file: str | None = None  # a private CA of the STS (api.ca_file)
 
     async def fetch(self) -> Fetched:
         """A credential of the role; a refusal of the base's key drops it from the base's cache."""
@@ -518,7 +293,7 @@ class AssumeRole:
             query["SecurityToken"] = base.security_token
         to_sign = parameter_helper.compose_string_to_sign("GET", query)
         query["Signature"] = str(parameter_helper.sign_string(to_sign, base.access_key_secret + "&"))
-        status, body = await _exchange("GET", _sts_url(self.endpoint, query))
+        status, body = await exchange("GET", _sts_url(self.endpoint, query), ca_file=self.ca_file)
         if status != 200:
             text, code = _refusal(status, body)
             if code in BASE_REFUSED_CODES:
@@ -539,6 +314,7 @@ class AssumeRoleWithOidc:
     duration_seconds: int = 3600
     clock: Callable[[], float] = time.time
     name: str = "AssumeRoleWithOIDC"
+    ca_file: str | None = None  # a private CA of the STS (api.ca_file)
 
     async def fetch(self) -> Fetched:
         """A credential of the role for the token read now (tokens rotate on disk)."""
@@ -554,7 +330,7 @@ class AssumeRoleWithOidc:
             "RoleSessionName": self.session_name,
             "Timestamp": _timestamp(self.clock()),
         }
-        status, body = await _exchange("GET", _sts_url(self.endpoint, query))
+        status, body = await exchange("GET", _sts_url(self.endpoint, query), ca_file=self.ca_file)
         return sts_answer(status, body, self.clock())
 
 
@@ -565,6 +341,7 @@ class CredentialsUri:
     uri: str
     clock: Callable[[], float] = time.time
     name: str = "credentials URI"
+    ca_file: str | None = None  # a private CA of an https URI (api.ca_file)
 
     async def fetch(self) -> Fetched:
         """The credential the URI serves now."""
@@ -574,7 +351,7 @@ class CredentialsUri:
             raise CredentialFault("the credentials URI is not a URL") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise CredentialFault("the credentials URI is not an http(s) URL")
-        status, body = await _exchange("GET", url)
+        status, body = await exchange("GET", url, ca_file=self.ca_file)
         return uri_answer(status, body, self.clock())
 
 
@@ -600,11 +377,11 @@ class EcsMetadata:
         return uri_answer(status, body, self.clock())
 
     async def _get(self, url: yarl.URL, headers: Mapping[str, str]) -> tuple[int, bytes]:
-        return await _exchange("GET", url, headers, connect_timeout=ECS_TIMEOUT_SECONDS, use_proxy=False)
+        return await exchange("GET", url, headers, connect_timeout=ECS_TIMEOUT_SECONDS, use_proxy=False)
 
     async def _token(self, base: yarl.URL) -> str | None:
         try:
-            status, body = await _exchange(
+            status, body = await exchange(
                 "PUT",
                 base / "latest/api/token",
                 {"X-aliyun-ecs-metadata-token-ttl-seconds": str(ECS_TOKEN_TTL_SECONDS)},

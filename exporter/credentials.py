@@ -395,7 +395,9 @@ def _session_name(configured: str | None) -> str:
     return configured or os.environ.get("ALIBABA_CLOUD_ROLE_SESSION_NAME") or DEFAULT_SESSION_NAME
 
 
-def _oidc(cfg: CredentialsConfig, env: Mapping[str, str | None], clock: Callable[[], float]) -> Provider:
+def _oidc(
+    cfg: CredentialsConfig, env: Mapping[str, str | None], clock: Callable[[], float], ca_file: str | None
+) -> Provider:
     """AssumeRoleWithOIDC for ``cfg``, its missing fields from ``env`` (the ACK RRSA webhook's variables)."""
     role_arn = cfg.role_arn or env.get("ALIBABA_CLOUD_ROLE_ARN")
     provider_arn = cfg.oidc_provider_arn or env.get("ALIBABA_CLOUD_OIDC_PROVIDER_ARN")
@@ -410,6 +412,7 @@ def _oidc(cfg: CredentialsConfig, env: Mapping[str, str | None], clock: Callable
         session_name=_session_name(cfg.role_session_name or env.get("ALIBABA_CLOUD_ROLE_SESSION_NAME")),
         duration_seconds=cfg.duration_seconds or DEFAULT_DURATION_SECONDS,
         clock=clock,
+        ca_file=ca_file,
     )
 
 
@@ -425,7 +428,7 @@ def _ecs(role_name: str | None, clock: Callable[[], float]) -> Provider:
     )
 
 
-def _default_chain(cfg: CredentialsConfig | None, clock: Callable[[], float]) -> _Chain:
+def _default_chain(cfg: CredentialsConfig | None, clock: Callable[[], float], ca_file: str | None) -> _Chain:
     """The library's default chain (alibaba-openapi.md 6.1), each network step our bounded one."""
     from alibabacloud_credentials.provider import CLIProfileCredentialsProvider, ProfileCredentialsProvider
     from alibabacloud_credentials.utils import auth_util
@@ -443,14 +446,14 @@ def _default_chain(cfg: CredentialsConfig | None, clock: Callable[[], float]) ->
             sts_endpoint=cfg.sts_endpoint if cfg is not None else None,
             duration_seconds=cfg.duration_seconds if cfg is not None else None,
         )
-        steps.append(_oidc(rrsa, env, clock))
+        steps.append(_oidc(rrsa, env, clock, ca_file))
     if not _env_flag(auth_util.environment_cli_profile_disabled):
         steps.append(_LibraryProfile("CLI profile", CLIProfileCredentialsProvider))
     steps.append(_LibraryProfile("credentials file", ProfileCredentialsProvider))
     if not _env_flag(auth_util.environment_ecs_metadata_disabled):
         steps.append(_ecs(None, clock))
     if auth_util.environment_credentials_uri:
-        steps.append(CredentialsUri(auth_util.environment_credentials_uri, clock=clock))
+        steps.append(CredentialsUri(auth_util.environment_credentials_uri, clock=clock, ca_file=ca_file))
     return _Chain(steps)
 
 
@@ -462,22 +465,23 @@ def describe(cfg: CredentialsConfig | None, role: AssumeRoleConfig | None = None
 
 
 def _base(
-    cfg: CredentialsConfig | None, clock: Callable[[], float], deadline: float
+    cfg: CredentialsConfig | None, clock: Callable[[], float], deadline: float, ca_file: str | None
 ) -> StaticCredentialSource | CachedCredentialSource:
     """The source ``cfg`` describes, before any ``assume_role``."""
     what = describe(cfg)
     if cfg is None or cfg.type == "default":
-        return CachedCredentialSource(_default_chain(cfg, clock), what, clock=clock, deadline=deadline)
+        chain = _default_chain(cfg, clock, ca_file)
+        return CachedCredentialSource(chain, what, clock=clock, deadline=deadline)
     if cfg.type in ("access_key", "sts"):
         key = Credential(cfg.access_key_id or "", cfg.access_key_secret or "", cfg.security_token or None)
         return StaticCredentialSource(key, what, token_required=cfg.type == "sts")
     provider: Provider
     if cfg.type == "credentials_uri":
-        provider = CredentialsUri(cfg.credentials_uri or "", clock=clock)
+        provider = CredentialsUri(cfg.credentials_uri or "", clock=clock, ca_file=ca_file)
     elif cfg.type == "ecs_ram_role":
         provider = _ecs(cfg.role_name, clock)
     elif cfg.type == "oidc_role_arn":
-        provider = _oidc(cfg, os.environ, clock)
+        provider = _oidc(cfg, os.environ, clock, ca_file)
     else:  # ram_role_arn: the configured key (an STS one too) assumes the role
         key = Credential(cfg.access_key_id or "", cfg.access_key_secret or "", cfg.security_token or None)
         provider = AssumeRole(
@@ -488,6 +492,7 @@ def _base(
             duration_seconds=cfg.duration_seconds or DEFAULT_DURATION_SECONDS,
             external_id=cfg.external_id,
             clock=clock,
+            ca_file=ca_file,
         )
     return CachedCredentialSource(provider, what, clock=clock, deadline=deadline)
 
@@ -498,16 +503,18 @@ def build_credential_source(
     *,
     clock: Callable[[], float] = time.time,
     deadline: float = FETCH_DEADLINE_SECONDS,
+    ca_file: str | None = None,
 ) -> StaticCredentialSource | CachedCredentialSource:
     """A source for ``cfg`` (``None`` or type ``default``: the default chain), assuming ``assume_role``
-    with it when given; ``clock`` is the wall clock expirations are read against.
+    with it when given; ``clock`` is the wall clock expirations are read against; ``ca_file`` a CA the
+    STS and a credentials URI are trusted with besides the system's (the target's ``api.ca_file``).
 
     Never raises and never fetches: a configuration that cannot give a key is a ``CredentialError`` on
     ``get()``. Each level of a role chain is its own cached source, so the base's credential is
     registered and refreshed on its own, and dropped alone when the STS refuses it.
     """
     _tame_library_logger()
-    base = _base(cfg, clock, deadline)
+    base = _base(cfg, clock, deadline, ca_file)
     if assume_role is None:
         return base
     provider = AssumeRole(
@@ -518,5 +525,6 @@ def build_credential_source(
         duration_seconds=assume_role.duration_seconds,
         external_id=assume_role.external_id,
         clock=clock,
+        ca_file=ca_file,
     )
     return CachedCredentialSource(provider, describe(cfg, assume_role), clock=clock, deadline=deadline)

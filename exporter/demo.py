@@ -10,16 +10,15 @@ missing.
 The demo: the simulator's demo estate (:mod:`ehpc_simulator.demo`: three accounts in two regions,
 ``prod`` with a static AccessKey, ``staging`` by assuming a role with prod's key, ``research`` through
 OIDC with a token file as RRSA on ACK, against the simulator's STS over HTTPS) and the exporter watching
-it, in one process. The demo owns its process, so it points ``SSL_CERT_FILE`` at the STS's throwaway CA:
-the exporter's STS client uses the system's trust, which honours that variable, and nothing else can
-reach it. Every series carries ``account`` and ``region_id``. Besides the estate's images, prod watches
-one image that does not exist, in both its regions: how a deleted image looks.
+it, in one process. The STS's certificate comes from a throwaway CA, which the demo's targets trust as
+any user trusts a private CA: ``api.ca_file``. Every series carries ``account`` and ``region_id``.
+Besides the estate's images, prod watches one image that does not exist, in both its regions: how a
+deleted image looks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -77,13 +76,16 @@ def demo_config(
     *,
     listen_address: str = "127.0.0.1:9765",
     interval_seconds: float = 15.0,
+    ca_file: str | None = None,
 ) -> Config:
-    """The exporter's config for the demo estate: three targets, each account reached its own way."""
+    """The exporter's config for the demo estate: three targets, each account reached its own way;
+    ``ca_file``: the STS's CA."""
     regions = tuple(
         ApiConfig(
             region_id=region,
             endpoint=region_urls[region],
             protocol="http",
+            ca_file=ca_file,
             timeout_seconds=5.0,
             retry=RetryConfig(
                 max_attempts=4, base_delay_seconds=0.1, max_delay_seconds=1.0, max_elapsed_seconds=5.0
@@ -172,8 +174,6 @@ async def run_demo(
             seed=seed,
             on_change=_changed,
         ) as ep:
-            if ep.ca_file is not None:
-                os.environ["SSL_CERT_FILE"] = ep.ca_file  # see the module docstring
             token = Path(tmp) / "rrsa-token"
             token.write_text(ep.oidc_token)  # what the kubelet projects for RRSA
             config = demo_config(
@@ -182,6 +182,7 @@ async def run_demo(
                 str(token),
                 listen_address=listen_address,
                 interval_seconds=interval_seconds,
+                ca_file=ep.ca_file,
             )
             service = ExporterService(config)
             await service.start()

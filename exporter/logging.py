@@ -27,12 +27,13 @@ import logging
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 import re2
 import structlog
-from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+from exporter.logformat import LEVELS, LOG_FORMATS, LogFormat
 
 # The secret registry and the gate live in exporter.redaction (every output uses them); re-exported
 # here because logging is where most callers first meet them.
@@ -60,10 +61,6 @@ __all__ = [
     "reset_logging",
 ]
 
-LogFormat = Literal["logfmt", "json", "console"]
-# logfmt and json as the Prometheus tools spell them; console: structlog's coloured lines for people.
-LOG_FORMATS: tuple[LogFormat, ...] = ("logfmt", "json", "console")
-LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
 
 _SECRET_KEY_RE = re.compile(r"secret|passw(or)?d|token|authorization|credential", re.IGNORECASE)
 # In free text: the value after a secret-looking key (``"AccessKeySecret": "..."``, ``token=...``), as
@@ -274,6 +271,10 @@ class _BadRequestFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrite a malformed-request record, or drop it when debug logging is off."""
+        # Here, not at the top: only aiohttp's server logs through this filter, so aiohttp is loaded
+        # already, and commands that serve nothing (--check-config) do not load it for logging.
+        from aiohttp.http_exceptions import HttpProcessingError
+
         exc = record.exc_info[1] if record.exc_info else None
         if not isinstance(exc, HttpProcessingError):
             return True

@@ -8,7 +8,8 @@ characters are dropped before the shape is checked (the API's own example ends a
 refusal makes the whole answer an ``InvalidResponse`` naming the field, never quoting the value: the
 image keeps its last good data. Numbers are range-checked. Values the exporter merely cannot *use* (an
 unparseable size or time, a region nobody asked for, an empty or repeated region entry) do not fail the
-answer: they are listed in ``Image.ignored`` so the refresher counts and logs them.
+answer: they are listed in ``Image.ignored`` so the refresher counts and logs them. Fields nothing reads
+are not read at all (:class:`Image`).
 
 Registry credentials (``ContainerImageSpec.RegistryCredential`` and a registry URL's userinfo) are never
 kept in a model, so what is not held cannot leak into a label, a log line or a page. What an answer
@@ -83,7 +84,7 @@ CODE = _kind("error code", 128, r"[A-Za-z][A-Za-z0-9_.-]*")
 REQUEST_ID = _kind("request id", 128, r"[A-Za-z0-9][A-Za-z0-9_-]*", strip=True)
 LABEL = _kind("label", 256)  # free text published as a label value (name, version, OS tag, ...)
 URL = _kind("url", 2048)
-TEXT = _kind("text", 8192)  # free text kept but not published (description, messages)
+TEXT = _kind("text", 8192)  # free text kept but not published (error messages)
 SHORT = _kind("value", 64)  # sizes and times, parsed further
 
 # A registry credential is learned (masked in its answer's free text) only from this many characters, as
@@ -144,13 +145,17 @@ class RegionReplica:
 
 @dataclass(frozen=True, slots=True)
 class Image:
-    """The fields of a GetImage answer the exporter uses (never the registry credential)."""
+    """The fields of a GetImage answer the exporter uses (never the registry credential).
+
+    Only what something reads is kept, and only what is kept passes the gate: a value the exporter never
+    uses (Description, IsACRRegistry, IsACREnterprise, RegistryCriId, DocumentInfo) cannot harm it, and
+    refusing an answer over one would lose good data.
+    """
 
     image_id: str
     image_type: str
     name: str
     version: str
-    description: str
     app_id: str
     status: str
     size_bytes: int | None
@@ -159,10 +164,6 @@ class Image:
     platform: str
     architecture: str
     registry_url: str
-    is_acr_registry: bool | None
-    is_acr_enterprise: bool | None
-    registry_cri_id: str
-    document_id: str
     additional_regions: tuple[RegionReplica, ...]
     request_id: str
     # Fields whose values the exporter could not use and left out (counted and logged by the refresher).
@@ -171,17 +172,11 @@ class Image:
 
 @dataclass(frozen=True, slots=True)
 class ImageSummary:
-    """One item of a ListImages page."""
+    """One item of a ListImages page: what discovery reads (the id, the type, the name to match)."""
 
     image_id: str
     image_type: str
     name: str
-    version: str
-    description: str
-    app_id: str
-    os_tag: str
-    create_time: datetime | None
-    update_time: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,7 +416,6 @@ def parse_get_image(
     ct = img.child("ContainerImageSpec")
     registry = ct.text("RegistryUrl", URL, registry_url) if ct is not None else ""
     spec = vm if vm is not None else ct
-    doc = img.child("DocumentInfo")
     ignored: list[str] = []
     regions = _regions(img, requested_regions, max_regions, ignored)
     image_type = img.text("ImageType", STATUS)
@@ -443,7 +437,6 @@ def parse_get_image(
         image_type=image_type,
         name=img.text("Name", LABEL),
         version=img.text("Version", LABEL),
-        description=img.text("Description", TEXT),
         app_id=img.text("AppId", LABEL),
         status=img.text("Status", STATUS),
         size_bytes=size,
@@ -452,10 +445,6 @@ def parse_get_image(
         platform=spec.text("Platform", LABEL) if spec is not None else "",
         architecture=spec.text("Architecture", LABEL) if spec is not None else "",
         registry_url=registry,
-        is_acr_registry=ct.flag("IsACRRegistry") if ct is not None else None,
-        is_acr_enterprise=ct.flag("IsACREnterprise") if ct is not None else None,
-        registry_cri_id=ct.text("RegistryCriId", LABEL) if ct is not None else "",
-        document_id=doc.text("DocumentId", LABEL) if doc is not None else "",
         additional_regions=regions,
         request_id=rid or "",
         ignored=tuple(dict.fromkeys(ignored)),
@@ -473,12 +462,6 @@ def parse_list_images(body: Any, *, max_items: int = MAX_PAGE_SIZE) -> ImagePage
             image_id=i.text("ImageId", ID),
             image_type=i.text("ImageType", STATUS),
             name=i.text("Name", LABEL),
-            version=i.text("Version", LABEL),
-            description=i.text("Description", TEXT),
-            app_id=i.text("AppId", LABEL),
-            os_tag=i.text("OsTag", LABEL),
-            create_time=parse_time(i.text("CreateTime", SHORT)),
-            update_time=parse_time(i.text("UpdateTime", SHORT)),
         )
         for i in root.children("Images", max_items)
     )

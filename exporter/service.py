@@ -67,7 +67,8 @@ def new_account(config: Config, budget: Budget | None = None) -> Account:
         cap = config.account_max_concurrency
         # A QPS cap alone still needs a concurrency bound: one no account reaches (the regions' own bind).
         budget = Budget(config.account_qps, cap or 1_000_000) if config.account_qps or cap else None
-    return Account(build_credential_source(config.credentials, config.assume_role), budget)
+    source = build_credential_source(config.credentials, config.assume_role, ca_file=config.api.ca_file)
+    return Account(source, budget)
 
 
 @dataclass(slots=True)

@@ -144,7 +144,6 @@ def make_image(
             image_type=image_type,
             name=name,
             version=version,
-            description="",
             app_id="",
             status=status,
             size_bytes=size_bytes,
@@ -153,10 +152,6 @@ def make_image(
             platform="Linux",
             architecture="x86_64",
             registry_url=registry_url,
-            is_acr_registry=None,
-            is_acr_enterprise=None,
-            registry_cri_id="",
-            document_id="",
             additional_regions=tuple(RegionReplica(r, image_id, s) for r, s in regions),
             request_id="req",
         )

@@ -241,6 +241,54 @@ async def test_help_documents_every_flag(command: str) -> None:
         assert {"--listen-address", "--fleet", "--estate", "--error-rate", "--log.format"} <= set(flags)
 
 
+# What a command that does no work must not load: each costs tens of milliseconds of CPU at every start
+# (structlog, aiohttp, pydantic, the service and what it wires), which --version and --help used to pay.
+HEAVY = ("aiohttp", "structlog", "pydantic", "prometheus_client", "yaml", "re2", "alibabacloud_credentials")
+WIRED = ("exporter.service", "exporter.refresher", "exporter.openapi", "exporter.exposition", "exporter.http")
+LIGHT_COMMANDS: dict[str, tuple[list[str], tuple[str, ...]]] = {
+    "--version": (["--version"], HEAVY + WIRED),
+    "run --version": (["run", "--version"], HEAVY + WIRED),
+    "--help": (["--help"], HEAVY + WIRED),
+    "check --help": (["check", "--help"], HEAVY + WIRED),
+    "a usage error": (["--no-such-flag"], HEAVY + WIRED),
+    # Reading a config needs pydantic, YAML and the logging setup, not the network or the renderer.
+    "run --check-config": (
+        ["run", "--check-config", "--config", "examples/simulator.yaml"],
+        ("aiohttp", "prometheus_client", "alibabacloud_credentials", *WIRED),
+    ),
+}
+_LOADED = """
+import sys
+from exporter.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print("LOADED", *sorted(sys.modules))
+"""
+
+
+@pytest.mark.parametrize("name", sorted(LIGHT_COMMANDS))
+def test_commands_that_do_no_work_load_nothing_heavy(name: str) -> None:
+    """--version, --help, a usage error and --check-config import only what they use (the command line
+    imports each command when it runs): none of the heavy libraries or the wiring it names is loaded."""
+    argv, forbidden = LIGHT_COMMANDS[name]
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOADED, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=CHILD_ENV,
+        cwd=Path(__file__).resolve().parent.parent,
+        check=False,
+    )
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("LOADED ")]
+    loaded = set(line.split()[1:])
+    assert "exporter.cli.parser" in loaded
+    found = sorted(m for m in loaded if any(m == f or m.startswith(f + ".") for f in forbidden))
+    assert found == [], f"{name} loaded {found[:10]}"
+
+
 async def test_python_dash_m_is_the_same_cli() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "exporter", "--version", stdout=asyncio.subprocess.PIPE, env=CHILD_ENV

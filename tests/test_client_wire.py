@@ -14,7 +14,8 @@ import pytest
 from exporter.config import ApiConfig, RetryConfig
 from exporter.credentials import Credential, StaticCredentialSource
 from exporter.errors import ApiError
-from exporter.openapi.client import EhpcClient, error_from_response, resolve_endpoint
+from exporter.openapi.answers import error_from_response
+from exporter.openapi.client import EhpcClient, resolve_endpoint
 from exporter.openapi.signing import AUTHORIZATION_RE, EMPTY_SHA256, sign
 
 AK, SK, TOKEN = "wire-ak", "wire-secret-value", "wire-sts-token"

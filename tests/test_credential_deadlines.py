@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from exporter import credential_fetch
+from exporter import credential_io
 from exporter.cli.run import reload_config
 from exporter.config import Scope
 from exporter.config.load import load_config
@@ -57,7 +57,7 @@ def config_text(
     region = f"[{{region_id: {HZ}, endpoint: '{estate.ep.region_urls[HZ]}'}}]"
     key = f"{{type: access_key, access_key_id: {ALPHA_AK}, access_key_secret: {ALPHA_SECRET}}}"
     return f"""
-api: {{qps: 0, timeout_seconds: 10, retry: {{max_attempts: 1}}}}
+api: {{qps: 0, timeout_seconds: 10, retry: {{max_attempts: 1}}, ca_file: "{estate.ca_file}"}}
 refresh: {{interval_seconds: 3600, jitter_ratio: 0}}
 web: {{listen_address: "{listen}"}}
 targets:
@@ -75,9 +75,11 @@ targets:
 
 
 @pytest.fixture(autouse=True)
-def trust_the_estate(estate: RunningEstate, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The healthy STS is the estate's, over HTTPS with the throwaway CA."""
-    monkeypatch.setenv("SSL_CERT_FILE", estate.ca_file)
+def trust_only_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The healthy STS is the estate's, over HTTPS with a private CA: trusted by the config's
+    ``api.ca_file`` (config_text), nothing in the environment."""
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -190,13 +192,13 @@ def hung_file_system(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Even
     """Every token file read blocks until the returned event is set (a hung network mount): the edge
     of the process, the one thing replaced here."""
     release = threading.Event()
-    real = credential_fetch._read_regular_file
+    real = credential_io.read_token_bytes
 
-    def stuck(path: str, cap: int) -> bytes:
+    def stuck(path: str) -> bytes:
         release.wait()
-        return real(path, cap)
+        return real(path)
 
-    monkeypatch.setattr(credential_fetch, "_read_regular_file", stuck)
+    monkeypatch.setattr(credential_io, "read_token_bytes", stuck)
     yield release
     release.set()
 
@@ -271,11 +273,10 @@ async def test_a_hanging_sts_in_a_real_process(estate: RunningEstate, tmp_path: 
         port = free_port()
         path = tmp_path / "config.yaml"
         path.write_text(config_text(estate, sts.url, listen=f"127.0.0.1:{port}", beta_timeout=3))
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("ALIBABA_CLOUD_")},
+        env = {  # the STS's CA is the config's api.ca_file: nothing of it in the environment
+            **{k: v for k, v in os.environ.items() if not k.startswith(("ALIBABA_CLOUD_", "SSL_CERT_"))},
             "HOME": str(tmp_path),
             "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true",
-            "SSL_CERT_FILE": estate.ca_file,
         }
         log = (tmp_path / "exporter.log").open("wb")
         proc = await asyncio.create_subprocess_exec(

@@ -29,15 +29,13 @@ from exporter.config import AssumeRoleConfig, CredentialsConfig
 from exporter.credential_fetch import (
     MAX_ACCESS_KEY_ID,
     MAX_ACCESS_KEY_SECRET,
-    MAX_ANSWER_BYTES,
     MAX_SECURITY_TOKEN,
-    MAX_TOKEN_FILE_BYTES,
     CredentialFault,
     EcsMetadata,
     gate_answer,
-    read_token_file,
     sts_answer,
 )
+from exporter.credential_io import MAX_ANSWER_BYTES, MAX_TOKEN_FILE_BYTES, read_token_file
 from exporter.credentials import (
     FAILURE_HOLD_SECONDS,
     FETCH_DEADLINE_SECONDS,
@@ -499,18 +497,20 @@ def _directory(path: Path) -> str:
     return str(path)
 
 
+# What the message says after "OIDC token file <path>: ": the shared reader's words (exporter.files),
+# the same a config file gets.
 TOKEN_FILES: dict[str, tuple[Callable[[Path], str], str]] = {
-    "FIFO": (_fifo, "is not a regular file (a FIFO)"),
-    "FIFO held open by a silent writer": (_fifo_held_open, "is not a regular file (a FIFO)"),
-    "/dev/zero": (lambda _p: "/dev/zero", "is not a regular file (a character device)"),
-    "/dev/urandom": (lambda _p: "/dev/urandom", "is not a regular file (a character device)"),
-    "directory": (_directory, "is not a regular file (a directory)"),
-    "socket": (_socket, "cannot be read"),
-    "oversize": (_oversize, f"is larger than {MAX_TOKEN_FILE_BYTES} bytes"),
-    "sparse terabyte": (_sparse_terabyte, f"is larger than {MAX_TOKEN_FILE_BYTES} bytes"),
-    "missing": (lambda p: str(p / "nowhere"), "not found"),
-    "symlink loop": (_loop, "cannot be read"),
-    "under a regular file": (_under_a_file, "cannot be read"),
+    "FIFO": (_fifo, "not a regular file (a FIFO)"),
+    "FIFO held open by a silent writer": (_fifo_held_open, "not a regular file (a FIFO)"),
+    "/dev/zero": (lambda _p: "/dev/zero", "not a regular file (a character device)"),
+    "/dev/urandom": (lambda _p: "/dev/urandom", "not a regular file (a character device)"),
+    "directory": (_directory, "Is a directory"),
+    "socket": (_socket, "not a regular file (a socket)"),
+    "oversize": (_oversize, f"larger than {MAX_TOKEN_FILE_BYTES} bytes"),
+    "sparse terabyte": (_sparse_terabyte, f"larger than {MAX_TOKEN_FILE_BYTES} bytes"),
+    "missing": (lambda p: str(p / "nowhere"), "No such file or directory"),
+    "symlink loop": (_loop, "Too many levels of symbolic links"),
+    "under a regular file": (_under_a_file, "Not a directory"),
     "empty": (lambda p: (p.write_text(""), str(p))[1], "not a JWT"),
 }
 
@@ -583,8 +583,9 @@ async def test_no_credential_work_runs_on_the_default_pool(
 ) -> None:
     """Why: the library read the token file on the loop's default pool, which gzip, reloads and the state
     file share, so a FIFO there held one of its threads for ever. A whole RRSA fetch over HTTPS, by host
-    name (a DNS lookup, a TLS context, a token file read): nothing reaches the default pool."""
-    monkeypatch.setenv("SSL_CERT_FILE", estate.ca_file)
+    name (a DNS lookup, a TLS context with the configured CA, a token file read): nothing reaches the
+    default pool."""
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     token_file = tmp_path / "token"
     token_file.write_text(estate.estate.issue_oidc_token(PROVIDER_ARN))
     port = estate.ep.sts_host.rsplit(":", 1)[1]
@@ -597,7 +598,8 @@ async def test_no_credential_work_runs_on_the_default_pool(
             oidc_provider_arn=PROVIDER_ARN,
             oidc_token_file=str(token_file),
             sts_endpoint=f"localhost:{port}",
-        )
+        ),
+        ca_file=estate.ca_file,
     )
     cred = await source.get()
     assert cred.security_token

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import re
 import ssl
 from collections.abc import AsyncIterator
@@ -14,16 +15,24 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from ehpc_simulator import estate_file
 from ehpc_simulator.cli import add_simulate_arguments, run_simulate
 from ehpc_simulator.estate import Estate
+from ehpc_simulator.estate_file import EstateFileError
 from tests.fixtures.estate import (
     ALPHA_AK,
     ALPHA_HZ_IMAGE,
+    ALPHA_ID,
     ALPHA_SECRET,
     ALPHA_SH_IMAGE,
     BETA_AK,
     BETA_HZ_IMAGE,
+    BETA_ID,
     BETA_SECRET,
     HZ,
     READER_ARN,
@@ -161,59 +170,173 @@ async def test_sts_admin(session: aiohttp.ClientSession, estate: RunningEstate) 
 # ----- the file format ----------------------------------------------------------------------------------
 
 
-def _broken(path: list[Any], value: Any) -> dict[str, Any]:
+def _broken(*changes: tuple[list[Any], Any]) -> dict[str, Any]:
+    """The fixture estate with each ``(path, value)`` set (``KeyError``: the key removed)."""
     data = estate_data()
-    node: Any = data
-    for key in path[:-1]:
-        node = node[key]
-    if value is KeyError:
-        del node[path[-1]]
-    else:
-        node[path[-1]] = value
+    for path, value in changes:
+        node: Any = data
+        for key in path[:-1]:
+            node = node[key]
+        if value is KeyError:
+            del node[path[-1]]
+        else:
+            node[path[-1]] = value
     return data
 
 
-BAD_FILES = [
-    (_broken(["regions"], []), "regions:"),
-    (_broken(["accounts", 0, "id"], "12"), "accounts[0].id:"),
-    (_broken(["accounts", 1, "id"], "1111111111111111"), "accounts[1]:"),
-    (_broken(["accounts", 0, "colour"], "red"), "accounts[0]: unknown field(s) colour"),
+# (path, bad value, the start of its error line): one per kind of rule, at distinct places of the file.
+BAD_FIELDS: list[tuple[list[Any], Any, str]] = [
+    (["regions"], [HZ, SH, HZ], "regions: duplicate region id"),
+    (["accounts", 0, "id"], "12", "accounts[0].id: a string of 12-16 digits"),
+    (["accounts", 1, "name"], "alpha", "accounts[1].name: 'alpha' is taken by account alpha"),
+    (["accounts", 2, "id"], BETA_ID, f"accounts[2].id: '{BETA_ID}' is taken by account"),
+    (["accounts", 0, "colour"], "red", "accounts[0].colour: unknown field"),
     (
-        _broken(["accounts", 1, "roles", 0, "trusted_accounts"], ["nobody"]),
-        "accounts[1].roles[0].trusted_accounts[0]",
+        ["accounts", 2, "acess_keys"],
+        {},
+        "accounts[2].acess_keys: unknown field (did you mean 'access_keys'?)",
     ),
     (
-        _broken(["accounts", 2, "roles", 0, "trusted_oidc_providers"], ["x"]),
-        "accounts[2].roles[0].trusted_oidc_providers[0]",
+        ["accounts", 1, "roles", 0, "trusted_accounts"],
+        ["nobody"],
+        "accounts[1].roles[0].trusted_accounts[0]: no account 'nobody'",
     ),
     (
-        _broken(["accounts", 1, "roles", 0, "max_session_seconds"], 60),
-        "accounts[1].roles[0].max_session_seconds",
-    ),
-    (_broken(["accounts", 1, "roles", 0, "name"], "a/b"), "accounts[1].roles[0].name"),
-    (_broken(["accounts", 0, "regions", "eu-west-1"], {}), "accounts[0].regions.eu-west-1"),
-    (
-        _broken(["accounts", 0, "regions", HZ, "faults"], {"latency_ms": -1}),
-        "accounts[0].regions.cn-hangzhou.faults.latency_ms",
+        ["accounts", 2, "roles", 0, "trusted_oidc_providers"],
+        ["x"],
+        "accounts[2].roles[0].trusted_oidc_providers[0]: no OIDC provider 'x'",
     ),
     (
-        _broken(["accounts", 0, "regions", HZ, "images", 0, "image_id"], ""),
-        "accounts[0].regions.cn-hangzhou.images[0]",
+        ["accounts", 1, "roles", 1, "max_session_seconds"],
+        60,
+        "accounts[1].roles[1].max_session_seconds: must",
     ),
-    (_broken(["accounts", 1, "access_keys"], {ALPHA_AK: "other"}), "accounts[1].access_keys"),
+    (["accounts", 1, "roles", 2, "name"], "a/b", "accounts[1].roles[2].name: 1-64 of letters"),
+    (["accounts", 2, "roles", 1, "name"], "OIDC-Reader", "accounts[2].roles[1].name: 'OIDC-Reader' exists"),
+    (["accounts", 0, "regions", "eu-west-1"], {}, "accounts[0].regions.eu-west-1: not one of the estate's"),
     (
-        _broken(["accounts", 2, "oidc_providers", 0, "issuer"], KeyError),
-        "accounts[2].oidc_providers[0].issuer",
+        ["accounts", 0, "regions", HZ, "faults"],
+        {"latency_ms": -1},
+        "accounts[0].regions.cn-hangzhou.faults.latency_ms: expected a non-negative number",
     ),
-    (_broken(["sts_max_ttl_seconds"], 0), "sts_max_ttl_seconds"),
+    (
+        ["accounts", 0, "regions", SH, "images", 0, "image_id"],
+        "",
+        "accounts[0].regions.cn-shanghai.images[0].image_id: a non-empty string",
+    ),
+    (
+        ["accounts", 1, "access_keys"],
+        {ALPHA_AK: "other"},
+        f"accounts[1].access_keys.{ALPHA_AK}: belongs to account alpha",
+    ),
+    (
+        ["accounts", 2, "oidc_providers", 0, "issuer"],
+        KeyError,
+        "accounts[2].oidc_providers[0].issuer: required",
+    ),
+    (["sts_max_ttl_seconds"], 0, "sts_max_ttl_seconds: must be greater than 0"),
+    (
+        ["accounts", 1, "regions", HZ, "generate"],
+        {"count": True},
+        f"accounts[1].regions.{HZ}.generate.count: must",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("data", "where"), BAD_FILES, ids=[w for _, w in BAD_FILES])
-def test_bad_estate_files_name_the_field(data: dict[str, Any], where: str) -> None:
-    """Each error message starts with the path of the bad field."""
-    with pytest.raises(ValueError, match=re.escape(where)):
-        Estate.from_dict(data)
+ALONE: list[tuple[list[Any], Any, str]] = [
+    (["regions"], [], "regions: must not be empty"),  # a region key is then judged against no list
+    (["accounts"], [], "accounts: must not be empty"),
+    (["accounts", 0], None, "accounts[0]: must be a mapping"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "line"), BAD_FIELDS + ALONE, ids=[w for *_, w in BAD_FIELDS + ALONE]
+)
+def test_bad_estate_fields_name_the_field(path: list[Any], value: Any, line: str) -> None:
+    """Each problem is one line that starts with the path of the bad field."""
+    with pytest.raises(ValueError, match=re.escape(line)) as caught:
+        Estate.from_dict(_broken((path, value)))
+    assert [x for x in str(caught.value).splitlines() if x.startswith(line)]
+
+
+@settings(max_examples=60)
+@given(st.sets(st.sampled_from(range(len(BAD_FIELDS))), min_size=2))
+def test_every_problem_reported_at_once(picked: set[int]) -> None:
+    """Any mix of bad fields: each is named on a line of its own, in one error, in file order."""
+    chosen = [BAD_FIELDS[n] for n in sorted(picked)]
+    with pytest.raises(EstateFileError) as caught:
+        Estate.from_dict(_broken(*((path, value) for path, value, _ in chosen)))
+    lines = caught.value.lines
+    for *_, line in chosen:
+        assert [x for x in lines if x.startswith(line)], (line, lines)
+    assert len(lines) == len(set(lines))  # each problem once
+
+
+@settings(max_examples=30)
+@given(st.sets(st.sampled_from(range(len(BAD_FIELDS))), min_size=1))
+def test_a_yaml_file_points_at_each_problem(
+    tmp_path_factory: pytest.TempPathFactory, picked: set[int]
+) -> None:
+    """``file:line:column:`` of every problem: the key the field is written under (the nearest
+    written parent of a missing one), or the list item."""
+    chosen = [BAD_FIELDS[n] for n in sorted(picked)]
+    data = _broken(*((path, value) for path, value, _ in chosen))
+    path = tmp_path_factory.mktemp("estate") / "estate.yaml"
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    path.write_text(text)
+    with pytest.raises(EstateFileError) as caught:
+        Estate.load(path)
+    rows = text.splitlines()
+    for *_, expected in chosen:
+        found = [x for x in caught.value.lines if x.split(": ", 1)[-1].startswith(expected)]
+        assert found, (expected, caught.value.lines)
+        where = re.match(rf"{re.escape(str(path))}:(\d+):(\d+): ", found[0])
+        assert where, found[0]
+        row, column = int(where[1]) - 1, int(where[2]) - 1
+        at = rows[row][column:]
+        field = expected.split(": ", 1)[0]
+        last = re.findall(r"[^.\[\]]+|\[\d+\]", field)[-1]
+        if last.startswith("["):
+            continue  # a list item: its text is the value, checked by the key cases
+        written = f"{last}:" in text
+        assert at.startswith(f"{last}:") if written else at, (found[0], rows[row])
+
+
+def test_an_unknown_field_suggests_the_known_one() -> None:
+    """A misspelt key of a role, a provider, a region entry, or the top level: the known key is named."""
+    misspelt = _broken(
+        (["accounts", 1, "roles", 0, "trusted_acounts"], []),
+        (["accounts", 2, "oidc_providers", 0, "client_id"], []),
+        (["accounts", 0, "regions", HZ, "fault"], {}),
+        (["sts_max_ttl"], 1),
+    )
+    with pytest.raises(EstateFileError) as caught:
+        Estate.from_dict(misspelt)
+    assert caught.value.lines == [  # in file order: the top-level key was added last
+        f"accounts[0].regions.{HZ}.fault: unknown field (did you mean 'faults'?)",
+        "accounts[1].roles[0].trusted_acounts: unknown field (did you mean 'trusted_accounts'?)",
+        "accounts[2].oidc_providers[0].client_id: unknown field (did you mean 'client_ids'?)",
+        "sts_max_ttl: unknown field (did you mean 'sts_max_ttl_seconds'?)",
+    ]
+
+
+def test_no_secret_in_an_error() -> None:
+    """An AccessKey secret put where a name belongs, or as a name that clashes, is never quoted."""
+    secret = "s3cr3t-value-never-shown"
+    bad = _broken(
+        (["accounts", 0, "name"], 12345),
+        (["accounts", 1, "access_keys"], {BETA_AK: 7}),
+        (["accounts", 2, "roles", 0, "max_session_seconds"], secret),
+        (["accounts", 2, "id"], secret),
+    )
+    with pytest.raises(EstateFileError) as caught:
+        Estate.from_dict(bad)
+    assert secret not in str(caught.value)
+    named = [line.split(": ", 1)[0] for line in caught.value.lines]
+    for field in ("accounts[0].name", f"accounts[1].access_keys.{BETA_AK}", "accounts[2].id"):
+        assert field in named
+    assert "accounts[2].roles[0].max_session_seconds" in named
 
 
 def test_example_estate_loads() -> None:
@@ -229,16 +352,39 @@ def test_example_estate_loads() -> None:
         p.arn for p in example.account("research").oidc_providers.values()
     }
     assert len(example.account("staging").region(SH).images) == 5
+    assert example.account("prod").region(SH).faults.latency_ms == 30
+
+
+def test_the_validated_file_is_frozen() -> None:
+    """What the reader returns cannot be changed on the way to the estate."""
+    spec = estate_file.read(estate_data())
+    with pytest.raises(ValidationError):
+        spec.accounts[0].name = "other"
+    assert Estate.from_file(spec).describe() == Estate.from_dict(estate_data()).describe()
 
 
 def test_unreadable_estate_file(tmp_path: Path) -> None:
-    """A missing or unparsable file names itself."""
+    """A missing or unparsable file names itself (a YAML one where it breaks)."""
     with pytest.raises(ValueError, match=r"nope\.yaml"):
         Estate.load(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    with pytest.raises(ValueError, match=r"bad\.json"):
+    with pytest.raises(ValueError, match=r"bad\.json: not valid JSON"):
         Estate.load(bad)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("regions: [cn-hangzhou\naccounts: []\n")
+    with pytest.raises(EstateFileError, match=rf"^{re.escape(str(broken))}:\d+:\d+: not valid YAML"):
+        Estate.load(broken)
+    as_json = tmp_path / "estate.json"
+    as_json.write_text(json.dumps(_broken((["accounts", 0, "id"], "1"), (["sts_max_ttl_seconds"], -1))))
+    with pytest.raises(EstateFileError) as caught:
+        Estate.load(as_json)
+    assert caught.value.lines == [
+        f"{as_json}: accounts[0].id: a string of 12-16 digits",
+        # a trust naming the id that failed cannot find it: reported too, at the trust
+        f"{as_json}: accounts[1].roles[1].trusted_accounts[0]: no account '{ALPHA_ID}'",
+        f"{as_json}: sts_max_ttl_seconds: must be greater than 0",
+    ]
 
 
 # ----- simulate --estate -----------------------------------------------------------------------------------

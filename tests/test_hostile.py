@@ -143,8 +143,9 @@ class Field:
     """One field of an answer the gateway can poison.
 
     ``kind``: ``text`` (free text the exporter parses), ``shaped`` (an id, status, region or request id
-    of a fixed shape), ``unparsed`` (in the body, not used: anything harmless is fine), ``size``,
-    ``date``, ``bool``, ``number``; ``label``: the ehpc_image_info label that carries it.
+    of a fixed shape), ``unparsed`` (in the body, not used: anything harmless is fine), ``ignored`` (in
+    the body and read by nothing: whatever it holds, the answer stands, unless the body as a whole is not
+    JSON), ``size``, ``date``, ``bool``, ``number``; ``label``: the ehpc_image_info label that carries it.
     """
 
     name: str
@@ -168,7 +169,9 @@ FIELDS: tuple[Field, ...] = (
     Field("Image.AppId", ("Image", "AppId"), label="app_id"),
     Field("Image.Name", ("Image", "Name"), label="name"),
     Field("Image.Version", ("Image", "Version"), label="version"),
-    Field("Image.Description", ("Image", "Description")),
+    # Read by nothing (exporter.models.Image keeps only what is used): a bad value is no reason to lose
+    # the answer, so each must leave the image up.
+    Field("Image.Description", ("Image", "Description"), kind="ignored"),
     Field("Image.Size", ("Image", "Size"), kind="size"),
     Field("Image.CreateTime", ("Image", "CreateTime"), kind="date"),
     Field("Image.Status", ("Image", "Status"), kind="shaped", bad_shape="Available now!"),
@@ -178,16 +181,16 @@ FIELDS: tuple[Field, ...] = (
     Field("VMImageSpec.Platform", (*_VM, "Platform"), label="platform"),
     Field("VMImageSpec.Architecture", (*_VM, "Architecture"), label="architecture"),
     Field("ContainerImageSpec.RegistryUrl", (*_CT, "RegistryUrl"), "Container", label="registry_url"),
-    Field("ContainerImageSpec.IsACRRegistry", (*_CT, "IsACRRegistry"), "Container", kind="bool"),
-    Field("ContainerImageSpec.IsACREnterprise", (*_CT, "IsACREnterprise"), "Container", kind="bool"),
-    Field("ContainerImageSpec.RegistryCriId", (*_CT, "RegistryCriId"), "Container"),
+    Field("ContainerImageSpec.IsACRRegistry", (*_CT, "IsACRRegistry"), "Container", kind="ignored"),
+    Field("ContainerImageSpec.IsACREnterprise", (*_CT, "IsACREnterprise"), "Container", kind="ignored"),
+    Field("ContainerImageSpec.RegistryCriId", (*_CT, "RegistryCriId"), "Container", kind="ignored"),
     Field("ContainerImageSpec.OsTag", (*_CT, "OsTag"), "Container", label="os_tag"),
     Field("ContainerImageSpec.Platform", (*_CT, "Platform"), "Container", label="platform"),
     Field("ContainerImageSpec.Architecture", (*_CT, "Architecture"), "Container", label="architecture"),
     Field("RegistryCredential.Server", (*_CRED, "Server"), "Container", kind="unparsed"),
     Field("RegistryCredential.UserName", (*_CRED, "UserName"), "Container", kind="unparsed"),
     Field("RegistryCredential.Password", (*_CRED, "Password"), "Container", kind="unparsed"),
-    Field("DocumentInfo.DocumentId", ("Image", "DocumentInfo", "DocumentId")),
+    Field("DocumentInfo.DocumentId", ("Image", "DocumentInfo", "DocumentId"), kind="ignored"),
     Field("DocumentInfo.EncodingMode", ("Image", "DocumentInfo", "EncodingMode"), kind="unparsed"),
     Field("DocumentInfo.Document", ("Image", "DocumentInfo", "Document"), kind="unparsed"),
     Field("AdditionalRegionsInfo.Status", (*_REG, "Status"), kind="shaped", bad_shape="Avail able!"),
@@ -226,11 +229,14 @@ def _v(name: str, value: Any, *outcomes: str, check: Any = None) -> Variant:
 
 
 def _parsed(f: Field) -> bool:
-    return f.kind not in ("unparsed", "number")
+    return f.kind not in ("unparsed", "ignored", "number")
 
 
 def _strict(f: Field) -> tuple[str, ...]:
-    """InvalidResponse for a field the exporter reads; either outcome for one it does not."""
+    """InvalidResponse for a field the exporter reads; the answer standing for one nothing reads; either
+    outcome for one it does not keep."""
+    if f.kind == "ignored":
+        return (UP,)
     if f.kind == "message":
         return (INV, code("InvalidParams"))
     return (INV,) if _parsed(f) else (INV, UP)
@@ -238,7 +244,7 @@ def _strict(f: Field) -> tuple[str, ...]:
 
 def _lenient(f: Field) -> tuple[str, ...]:
     """Outcomes for odd but decodable strings (controls) in a field of a fixed shape."""
-    if f.kind == "text":
+    if f.kind in ("text", "ignored"):
         return (UP,)
     if f.kind == "code":
         return (INV,)
@@ -337,7 +343,7 @@ def fam_numbers(f: Field) -> list[Variant]:
             _v("non-integer", 1.5, INV, UP),
             _v("1e400 (overflows a double)", Raw(b"1e400"), INV, UP),
         ]
-    if f.kind in ("text", "shaped", "size", "date", "code"):
+    if f.kind in ("text", "shaped", "size", "date", "code", "ignored"):
         return [
             _v("400-digit number", Raw(b"9" * 400), *_strict(f)),
             _v("1e400", Raw(b"-1e400"), *_strict(f)),
@@ -347,8 +353,8 @@ def fam_numbers(f: Field) -> list[Variant]:
 
 def _own(f: Field) -> tuple[str, ...]:
     """Outcomes for the answer's own registry credential echoed in one of its fields."""
-    if f.kind == "text":
-        return (UP,)  # masked where it stands
+    if f.kind in ("text", "ignored"):
+        return (UP,)  # masked where it stands, or never read
     return (INV,) if _parsed(f) else (UP, INV)  # a shaped value cannot be masked: refused
 
 
@@ -1283,19 +1289,14 @@ class ListCase:
     script: Callable[[Request, list[str]], Answer]  # (request, the good ids) -> answer
     must_fail: bool  # the discovery must fail (counted under ListImages); else either is fine
     counted_as: str = "InvalidResponse"
+    must_pass: bool = False  # the discovery must not fail (a value in a field nothing reads)
 
 
-LIST_FIELDS = (
-    "ImageId",
-    "ImageType",
-    "Name",
-    "Version",
-    "Description",
-    "AppId",
-    "OsTag",
-    "CreateTime",
-    "UpdateTime",
-)
+LIST_FIELDS = ("ImageId", "ImageType", "Name")  # what discovery reads of an item
+# Read by nothing (exporter.models.ImageSummary keeps what discovery reads): whatever they hold, the page
+# stands, unless the body as a whole cannot be read.
+LIST_UNREAD = ("Version", "Description", "AppId", "OsTag", "CreateTime", "UpdateTime")
+BODY_BREAKERS = ("raw 0xff byte", "nesting")
 LIST_VALUES: tuple[tuple[str, Any, bool], ...] = (
     # (variant, value, must fail: True for everything that is not decodable, too long, of the wrong type
     #  or a secret; controls may be stripped)
@@ -1391,6 +1392,16 @@ def list_cases() -> list[ListCase]:
         ListCase(f"Images[].{f} x {name}", _item_poisoned(f, value), must_fail)
         for f in LIST_FIELDS
         for name, value, must_fail in LIST_VALUES
+    ]
+    out += [
+        ListCase(
+            f"Images[].{f} x {name}",
+            _item_poisoned(f, value),
+            must_fail=name in BODY_BREAKERS,
+            must_pass=name not in BODY_BREAKERS,
+        )
+        for f in LIST_UNREAD
+        for name, value, _ in LIST_VALUES
     ]
     for f, value, name, must_fail in (
         ("TotalCount", Raw(b"9" * 400), "400-digit", True),
@@ -1497,6 +1508,8 @@ def _list_worker(
                     f"hostile: ListImages failures counted as {sorted(failed) or 'nothing'},"
                     f" expected {case.counted_as}"
                 )
+            if hostile.samples and case.must_pass and failed:
+                problems.append(f"hostile: ListImages failed ({sorted(failed)}) over a field nothing reads")
             if hostile.samples and not case.must_fail and failed - {"InvalidResponse"}:
                 problems.append(f"hostile: ListImages failures counted as {sorted(failed)}")
             # The cycle in flight when the good answer came back may still count one failure.

@@ -36,7 +36,7 @@ from exporter.models import (
     parse_time,
     registry_url,
 )
-from exporter.openapi.client import error_from_response
+from exporter.openapi.answers import error_from_response
 from exporter.redaction import (
     REDACTED,
     contains_secret,
@@ -103,16 +103,13 @@ GET_IMAGE_FIELDS: tuple[tuple[str | int, ...], ...] = (
     ("Image", "AppId"),
     ("Image", "Name"),
     ("Image", "Version"),
-    ("Image", "Description"),
     ("Image", "Size"),
     ("Image", "CreateTime"),
     ("Image", "Status"),
     ("Image", "ContainerImageSpec", "RegistryUrl"),
-    ("Image", "ContainerImageSpec", "RegistryCriId"),
     ("Image", "VMImageSpec", "OsTag"),
     ("Image", "VMImageSpec", "Platform"),
     ("Image", "VMImageSpec", "Architecture"),
-    ("Image", "DocumentInfo", "DocumentId"),
     ("Image", "AdditionalRegionsInfo", 0, "RegionId"),
     ("Image", "AdditionalRegionsInfo", 0, "ImageId"),
     ("Image", "AdditionalRegionsInfo", 0, "Status"),
@@ -202,8 +199,49 @@ def test_every_field_refuses_every_bad_string(path: tuple[Any, ...], family: str
     assert SECRET not in str(err.value)
 
 
+# Fields of the answer nothing reads: not read, so no value there refuses the answer (it would lose the
+# good data beside it) and none can reach an output. DocumentInfo and ContainerImageSpec's flags included.
+UNREAD_FIELDS: tuple[tuple[str | int, ...], ...] = (
+    ("Image", "Description"),
+    ("Image", "ContainerImageSpec", "IsACRRegistry"),
+    ("Image", "ContainerImageSpec", "IsACREnterprise"),
+    ("Image", "ContainerImageSpec", "RegistryCriId"),
+    ("Image", "DocumentInfo", "DocumentId"),
+    ("Image", "DocumentInfo"),
+)
+WRONG_TYPES = [42, 1.5, True, ["a"], {"a": 1}]
+
+
+@pytest.mark.parametrize("path", UNREAD_FIELDS, ids=dotted)
+@pytest.mark.parametrize(
+    "value",
+    [*BAD_STRINGS.values(), *WRONG_TYPES, "Avail\x1bable"],
+    ids=[*BAD_STRINGS, *map(repr, WRONG_TYPES), "ESC"],
+)
+def test_a_field_nothing_reads_never_refuses_the_answer(path: tuple[Any, ...], value: Any) -> None:
+    """Every family of bad value, in every field the exporter does not read: the answer reads exactly
+    as the good one does, and no part of the value is kept."""
+    image = parse(put(good_body(), path, value))
+    assert image == parse(good_body())
+    assert SECRET not in strings_of(image)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    path=st.sampled_from(UNREAD_FIELDS),
+    value=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(st.characters(codec=None)),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+        max_leaves=20,
+    ),
+)
+def test_any_json_in_a_field_nothing_reads_is_ignored(path: tuple[Any, ...], value: Any) -> None:
+    """Property: whatever JSON stands in a field nothing reads, the answer reads as the good one."""
+    assert parse(put(good_body(), path, value)) == parse(good_body())
+
+
 @pytest.mark.parametrize("path", GET_IMAGE_FIELDS, ids=dotted)
-@pytest.mark.parametrize("value", [42, 1.5, True, ["a"], {"a": 1}], ids=repr)
+@pytest.mark.parametrize("value", WRONG_TYPES, ids=repr)
 def test_every_field_refuses_wrong_types(path: tuple[Any, ...], value: Any) -> None:
     with pytest.raises(ApiError, match=dotted(path).replace("[", r"\[").replace("]", r"\]")):
         parse(put(good_body(), path, value))
@@ -558,7 +596,7 @@ ORDINARY = st.sampled_from(_answer_values())
     user=ORDINARY | CREDENTIAL_TEXT,
     password=ORDINARY | CREDENTIAL_TEXT,
     userinfo=st.none() | ORDINARY,
-    echo=st.sampled_from(["", "Name", "Description"]),
+    echo=st.sampled_from(["", "Name", "Version"]),
     image_id=st.sampled_from([IMAGE_ID, "m-otherimage0000000002"]),
 )
 def test_what_one_answer_carries_never_changes_another(
@@ -609,7 +647,8 @@ def test_planted_credentials_of_many_lengths_cost_later_answers_nothing(
 
 # ------------------------------------------------------------------------------------------- ListImages
 
-LIST_FIELDS = ("ImageId", "ImageType", "Name", "Version", "Description", "AppId", "OsTag", "CreateTime")
+LIST_FIELDS = ("ImageId", "ImageType", "Name")  # what discovery reads of an item
+LIST_UNREAD = ("Version", "Description", "AppId", "OsTag", "CreateTime", "UpdateTime")
 
 
 def list_body(**item: Any) -> dict[str, Any]:
@@ -622,6 +661,15 @@ def list_body(**item: Any) -> dict[str, Any]:
 def test_list_items_refuse_bad_strings(field: str, family: str) -> None:
     with pytest.raises(ApiError, match=rf"Images\[0\]\.{field}"):
         parse_list_images(list_body(**{field: BAD_STRINGS[family]}))
+
+
+@pytest.mark.parametrize("field", LIST_UNREAD)
+@pytest.mark.parametrize(
+    "value", [*BAD_STRINGS.values(), *WRONG_TYPES], ids=[*BAD_STRINGS, *map(repr, WRONG_TYPES)]
+)
+def test_list_item_fields_nothing_reads_are_ignored(field: str, value: Any) -> None:
+    """A bad value in an item field discovery does not read leaves the page as the good one."""
+    assert parse_list_images(list_body(**{field: value})) == parse_list_images(list_body())
 
 
 @pytest.mark.parametrize("field", ["TotalCount", "PageNumber", "PageSize"])

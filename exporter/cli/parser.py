@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from exporter.argtypes import bounded
 from exporter.buildinfo import BuildInfo
-from exporter.logging import LEVELS, LOG_FORMATS
+
+# Not exporter.logging, which loads structlog and aiohttp: building this parser is all that --help and
+# --version cost, so it imports only leaves.
+from exporter.logformat import LEVELS, LOG_FORMATS
 
 PROG = "ehpc-image-exporter"
 # SIGTERM to exit: Kubernetes waits 30 s by default, our promise is 5 s; leave margin inside it.
@@ -32,6 +37,25 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         ):
             return text
         return f"{text} (default: %(default)s)"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the text is made when the flag is given, not each time the parser is built (from a
+    checkout it asks git, a process of its own, which ``run`` and ``check`` would otherwise pay for)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        kwargs.setdefault("help", "show program's version number and exit")
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        sys.stdout.write(version_text() + "\n")
+        parser.exit()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -136,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="Run '%(prog)s <subcommand> --help' for the flags of each subcommand.",
     )
-    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="{run,check,demo,simulate}")
 
     run = sub.add_parser(
@@ -168,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_sharding_flags(run)
     _add_logging_flags(run)
-    run.add_argument("--version", action="version", version=version_text())
+    run.add_argument("--version", action=_VersionAction)
 
     check = sub.add_parser(
         "check",

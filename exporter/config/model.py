@@ -173,7 +173,9 @@ class ApiConfig:
     endpoint: Endpoint | None = None
     network: Literal["public", "vpc"] = "public"
     protocol: Literal["https", "http"] = "https"
-    ca_file: FilePath | None = None  # extra CA bundle (e.g. the simulator's throwaway CA)
+    # A CA trusted besides the system's, for the API and the target's STS and credentials URI (a private
+    # CA: a TLS-inspecting proxy's, the simulator's throwaway one).
+    ca_file: FilePath | None = None
     timeout_seconds: Annotated[float, finite(0.1, 600)] = 10.0  # one attempt, connect to last byte
     connect_timeout_seconds: Annotated[float, finite(0.1, 600)] = 5.0
     max_concurrency: Annotated[int, within(1, 1000)] = 50
@@ -566,6 +568,7 @@ class Config:
             self.account,
             self.credentials,
             self.assume_role,
+            self.api.ca_file,  # the STS's trust
             self.account_qps,
             self.account_max_concurrency,
         )

@@ -5,7 +5,7 @@ Shared by the config loader (``exporter.config.load``) and the web-config loader
 
 - :func:`read_bytes` reads regular files only (a FIFO, a device or a directory is refused without
   blocking: the path is stat-ed first and opened with ``O_NONBLOCK``), at most ``max_bytes``, within a
-  deadline.
+  deadline: :mod:`exporter.files`, the reader the OIDC token file shares.
 - :func:`load` composes the node graph (which shares aliased nodes, so it is as small as the text), then
   counts what construction and interpolation would make of it, aliases expanded, *before* building
   anything: an alias bomb of a few hundred bytes is refused in microseconds instead of being copied into
@@ -19,14 +19,14 @@ Shared by the config loader (``exporter.config.load``) and the web-config loader
 
 from __future__ import annotations
 
-import os
-import stat
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
+
+from exporter import files
+from exporter.files import READ_SECONDS, ReadError
 
 __all__ = [
     "MAX_DEPTH",
@@ -53,20 +53,10 @@ MAX_EXPANDED_NODES = 2_000_000
 MAX_EXPANDED_CHARS = 64 * 1024 * 1024  # scalar characters, aliases expanded
 MAX_DEPTH = 32  # the config nests 6 deep, the web config 4
 MAX_INT_CHARS = 100  # far beyond any setting, far below Python's 4,300-digit conversion limit
-READ_SECONDS = 10.0  # a regular file on a healthy disk reads 32 MB in well under a second
-_CHUNK = 1 << 20
 
 # libyaml's parser when PyYAML was built with it: about 6x faster on a 10,000-image config, which is
 # read at start-up and on every SIGHUP reload.
 _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class ReadError(Exception):
-    """The file cannot be read; ``reason`` is one line that quotes nothing from the file."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
 
 
 NodePath = tuple[str | int, ...]  # keys and indexes from the document root
@@ -97,59 +87,9 @@ class OversizedInt:
 # Reading.
 
 
-def file_kind(mode: int) -> str:
-    """What a file that is not a regular one is, for a message ("a FIFO", "a directory", ...)."""
-    for test, name in (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-def _check_regular(st: os.stat_result, max_bytes: int) -> None:
-    if stat.S_ISDIR(st.st_mode):
-        raise ReadError("Is a directory")
-    if not stat.S_ISREG(st.st_mode):
-        raise ReadError(f"not a regular file ({file_kind(st.st_mode)})")
-    if st.st_size > max_bytes:
-        raise ReadError(f"larger than {max_bytes} bytes")
-
-
 def read_bytes(path: str, *, max_bytes: int = MAX_FILE_BYTES, max_seconds: float = READ_SECONDS) -> bytes:
-    """The content of the regular file ``path``: at most ``max_bytes``, within ``max_seconds``.
-
-    Raises :class:`ReadError`. Never blocks on a FIFO or a device: they are refused by the stat before
-    the open, and the open itself is non-blocking in case the path was swapped in between.
-    """
-    try:
-        _check_regular(os.stat(path), max_bytes)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ReadError(exc.strerror or type(exc).__name__) from None
-    try:
-        _check_regular(os.fstat(fd), max_bytes)  # what was opened, not what was stat-ed
-        deadline = time.monotonic() + max_seconds
-        chunks: list[bytes] = []
-        total = 0
-        while chunk := os.read(fd, min(_CHUNK, max_bytes + 1 - total)):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > max_bytes:  # a file that grows while read, or one whose size lies (/proc)
-                raise ReadError(f"larger than {max_bytes} bytes")
-            if time.monotonic() > deadline:
-                raise ReadError(f"not read within {max_seconds:g} s")
-    except BlockingIOError:
-        raise ReadError("reading would block (not a plain file)") from None
-    except OSError as exc:
-        raise ReadError(exc.strerror or type(exc).__name__) from None
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
+    """:func:`exporter.files.read_bytes`, capped at a YAML file's size unless told otherwise."""
+    return files.read_bytes(path, max_bytes=max_bytes, max_seconds=max_seconds)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -6,9 +6,10 @@ surfaces as :class:`ApiError`. Retries (exponential backoff, full jitter, ``x-ac
 bound) are bounded by ``RetryConfig.max_attempts`` and ``max_elapsed_seconds``. Every ``Throttling.*``
 answer and every other answer is reported to the budget, whose rate adapts (``api.adaptive_rate``).
 
-Why one module of over 400 lines: signing, budgeting, retrying and reading bounded bodies are the
-steps of one attempt, sharing its state (the prepared query, the deadline, the observer); each step is
-a method of its own.
+Reading what comes back (the capped body, strict JSON, the ApiError of an error answer) is
+:mod:`exporter.openapi.answers`. Why the rest is one module of about 500 lines: signing, budgeting and
+retrying are the steps of one attempt, sharing its state (the prepared query, the deadline, the
+observer); each step is a method of its own.
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ from exporter.models import (
     ImagePage,
     ImageSummary,
     gated_request_id,
-    parse_error_body,
     parse_get_image,
     parse_list_images,
 )
+from exporter.openapi.answers import decode_json, describe, error_from_response, read_body
 from exporter.openapi.budget import Budget
 from exporter.openapi.signing import ALGORITHM, EMPTY_SHA256, canonical_query, signature
 
@@ -51,7 +52,6 @@ PRODUCT_HOST = "ehpcinstant"
 USER_AGENT = (
     f"ehpc-image-exporter/{__version__} Python/{platform.python_version()} aiohttp/{aiohttp.__version__}"
 )
-_MAX_MESSAGE = 300
 DEFAULT_MAX_PAGES = 1000  # ListImages pages per listing unless the caller says otherwise
 _QUERY_CACHE_MAX = 65_536  # GetImage requests prepared once per watched image, not once per refresh
 # Every header the client sends is signed (as the SDK does); sorted, as the canonical request lists them.
@@ -120,73 +120,6 @@ def resolve_endpoint(api: ApiConfig) -> tuple[str, str]:
     if url.user or url.password or url.path not in ("", "/") or url.query_string or url.fragment:
         raise ValueError(f"api.endpoint {raw!r}: only scheme, host and port are allowed")
     return url.scheme, url.host_port_subcomponent or url.host
-
-
-def _short(message: str) -> str:
-    # SignatureDoesNotMatch quotes the server's string to sign: no secret, but long and noisy.
-    cut = message.lower().find("server string to sign is:")
-    if cut >= 0:
-        message = message[:cut].rstrip()
-    message = " ".join(message.split())
-    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
-
-
-def _retry_after(value: str | None) -> float | None:
-    """``x-acs-retry-after`` (milliseconds) to seconds; ignored unless a positive integer."""
-    if not value:
-        return None
-    try:
-        ms = int(value.strip())
-    except ValueError:
-        return None
-    return ms / 1000.0 if ms > 0 else None
-
-
-def decode_json(body: bytes) -> Any:
-    """A JSON body decoded strictly: UTF-8 only, or ``ValueError``.
-
-    ``json.loads`` on bytes would accept encoded lone surrogates (``\xed\xa0\x80``) and other
-    encodings; JSON on the wire is UTF-8 (RFC 8259). Nesting deeper than the parser's stack is a
-    ``ValueError`` here too.
-    """
-    try:
-        return json.loads(body.decode("utf-8"))
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-
-
-def error_from_response(action: str, status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
-    """The :class:`ApiError` of a non-2xx answer: its gated JSON body, or ``InvalidResponse``.
-
-    A body without a code, or whose code the ingestion gate refuses (not of the API's shape, too long,
-    carrying a secret), is ``InvalidResponse``: an attacker-chosen string never becomes a label.
-    """
-    retry_after = _retry_after(headers.get("x-acs-retry-after"))
-    header_rid = gated_request_id(headers.get("x-acs-request-id"))
-    try:
-        data = decode_json(body)
-    except ValueError:
-        data = None
-    parsed = parse_error_body(data)
-    request_id = parsed.request_id or header_rid
-    if parsed.code is None:
-        what = parsed.refused or "without a JSON error body"
-        return ApiError(
-            code=INVALID_RESPONSE,
-            message=f"{action}: HTTP {status} {what}",
-            http_status=status,
-            request_id=request_id,
-            action=action,
-            retry_after=retry_after,
-        )
-    return ApiError(
-        code=parsed.code,
-        message=_short(parsed.message),
-        http_status=status,
-        request_id=request_id,
-        action=action,
-        retry_after=retry_after,
-    )
 
 
 class EhpcClient:
@@ -552,7 +485,7 @@ class EhpcClient:
                 url, headers=headers, allow_redirects=False, proxy=self._proxy, timeout=limits
             ) as resp:
                 status = resp.status
-                body = await self._read_body(action, resp)
+                body = await read_body(action, resp, self._api.max_response_bytes)
                 if 200 <= status < 300:
                     try:
                         return decode_json(body)
@@ -579,43 +512,10 @@ class EhpcClient:
         except aiohttp.ClientPayloadError as exc:
             raise ApiError(
                 code=INVALID_RESPONSE,
-                message=f"{action}: truncated response ({_describe(exc)})",
+                message=f"{action}: truncated response ({describe(exc)})",
                 action=action,
             ) from None
         except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: aiohttp refusing a header
             raise ApiError(
-                code=CONNECTION_ERROR, message=f"{action}: {_describe(exc)}", action=action
+                code=CONNECTION_ERROR, message=f"{action}: {describe(exc)}", action=action
             ) from None
-
-    async def _read_body(self, action: str, resp: aiohttp.ClientResponse) -> bytes:
-        """The body, refusing more than ``max_response_bytes`` without buffering past the cap."""
-        cap = self._api.max_response_bytes
-        length = resp.content_length
-        if length is not None and "Content-Encoding" not in resp.headers:
-            if length > cap:
-                resp.close()
-                raise self._too_large(action, resp, f"{length} bytes announced")
-            return await resp.read()
-        buf = bytearray()
-        stream = resp.content
-        while chunk := await stream.readany():
-            buf += chunk
-            if len(buf) > cap:
-                resp.close()  # drop the connection rather than drain the rest
-                raise self._too_large(action, resp, f"more than {cap} bytes")
-        return bytes(buf)
-
-    def _too_large(self, action: str, resp: aiohttp.ClientResponse, what: str) -> ApiError:
-        return ApiError(
-            code=INVALID_RESPONSE,
-            message=f"{action}: response too large ({what}; limit {self._api.max_response_bytes})",
-            http_status=resp.status,
-            request_id=gated_request_id(resp.headers.get("x-acs-request-id")),
-            action=action,
-        )
-
-
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."

@@ -348,7 +348,8 @@ async def _run_estate(args: argparse.Namespace, stream: TextIO) -> None:
         ssl_context = _ssl_context(args)
         estate = Estate.load(args.estate)
     except (ValueError, OSError) as exc:
-        raise ValueError(f"simulate: {exc}") from None
+        # One line per problem (an estate file reports them all), each saying which command it is from.
+        raise ValueError("\n".join(f"simulate: {line}" for line in str(exc).splitlines())) from None
     host, port = args.listen_address
     if not _is_loopback(host):
         print(

@@ -18,7 +18,9 @@ for the account named by ``?account=<name or id>`` (optional when the estate has
 ``GET /_sim/accounts``. The STS port serves the estate's own
 (:data:`ehpc_simulator.admin.ESTATE_ENDPOINTS`).
 
-Estate file (YAML or JSON; ``.json`` read as JSON, anything else as YAML)::
+Estate file (YAML or JSON; ``.json`` read as JSON, anything else as YAML), read by the frozen pydantic
+models of :mod:`ehpc_simulator.estate_file`, which report every problem at once, one line each naming the
+file, the line and column, and the field::
 
     regions: [cn-hangzhou, cn-shanghai]   # every account has every region (empty unless given below)
     sts_max_ttl_seconds: null             # cap on issued credential lifetimes, seconds (default: none;
@@ -47,8 +49,6 @@ Estate file (YAML or JSON; ``.json`` read as JSON, anything else as YAML)::
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -56,19 +56,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from aiohttp import web
 
-from ehpc_simulator import admin
+from ehpc_simulator import admin, estate_file
 from ehpc_simulator.auth import KeyDirectory, StsStore, Verifier
 from ehpc_simulator.certs import make_local_tls
-from ehpc_simulator.fleet import fleet_from_data
-from ehpc_simulator.model import faults_from_dict
+from ehpc_simulator.estate_file import ACCOUNT_ID, RAM_NAME, RAM_NAME_RULE, EstateFile
 from ehpc_simulator.server import Simulator, serve_app
 from ehpc_simulator.sts import (
     DEFAULT_CLIENT_IDS,
     DEFAULT_MAX_SESSION_SECONDS,
-    MIN_DURATION_SECONDS,
     OidcProvider,
     RamRole,
     StsService,
@@ -78,9 +75,6 @@ from ehpc_simulator.sts import (
 
 DEFAULT_SUBJECT = "system:serviceaccount:monitoring:ehpc-image-exporter"
 DEFAULT_AUDIENCE = "sts.aliyuncs.com"
-MAX_SESSION_SECONDS = 43200  # RAM's upper bound for a role's MaxSessionDuration
-_ACCOUNT_ID = re.compile(r"^\d{12,16}$")
-_ROLE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class Account:
@@ -128,8 +122,8 @@ class Account:
         max_session_seconds: int = DEFAULT_MAX_SESSION_SECONDS,
     ) -> RamRole:
         """Create a role trusting account ids and provider ARNs (the estate file also takes names)."""
-        if not _ROLE_NAME.match(name):
-            raise ValueError(f"role name {name!r}: 1-64 of letters, digits, '.', '_', '-'")
+        if not RAM_NAME.match(name):
+            raise ValueError(f"role name {name!r}: {RAM_NAME_RULE}")
         if name.lower() in self.roles:
             raise ValueError(f"role {name!r} exists already in account {self.name}")
         role = RamRole(
@@ -147,8 +141,8 @@ class Account:
         self, name: str, *, issuer: str, client_ids: Sequence[str] = DEFAULT_CLIENT_IDS
     ) -> OidcProvider:
         """Create an OIDC provider (with a fresh RSA signing key)."""
-        if not _ROLE_NAME.match(name):
-            raise ValueError(f"OIDC provider name {name!r}: 1-64 of letters, digits, '.', '_', '-'")
+        if not RAM_NAME.match(name):
+            raise ValueError(f"OIDC provider name {name!r}: {RAM_NAME_RULE}")
         if name in self.oidc_providers:
             raise ValueError(f"OIDC provider {name!r} exists already in account {self.name}")
         provider = OidcProvider(account_id=self.id, name=name, issuer=issuer, client_ids=tuple(client_ids))
@@ -278,7 +272,7 @@ class Estate:
         self, account_id: str, name: str, access_keys: Mapping[str, str] | None = None
     ) -> Account:
         """Create an account (every estate region gets an empty simulator for it)."""
-        if not _ACCOUNT_ID.match(account_id):
+        if not ACCOUNT_ID.match(account_id):
             raise ValueError(f"account id {account_id!r}: 12-16 digits")
         if not name:
             raise ValueError("account name: required")
@@ -292,22 +286,47 @@ class Estate:
 
     @classmethod
     def from_dict(cls, data: Any, *, clock: Callable[[], float] = time.time) -> Estate:
-        """An estate from parsed file data (module docstring); ValueError names the bad field."""
-        return _EstateParser(clock).parse(data)
+        """An estate from parsed file data (module docstring); EstateFileError (a ValueError) names
+        every bad field."""
+        return cls.from_file(estate_file.read(data), clock=clock)
 
     @classmethod
     def load(cls, path: str | Path, *, clock: Callable[[], float] = time.time) -> Estate:
-        """Read an estate file (YAML, or JSON for ``.json``); ValueError names the file and the field."""
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-            data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-        except (OSError, ValueError, yaml.YAMLError) as exc:
-            raise ValueError(f"{p}: {exc}") from None
-        try:
-            return cls.from_dict(data, clock=clock)
-        except ValueError as exc:
-            raise ValueError(f"{p}: {exc}") from None
+        """Read an estate file (YAML, or JSON for ``.json``); EstateFileError (a ValueError) names the
+        file, and every bad field with its line and column."""
+        return cls.from_file(estate_file.load(path), clock=clock)
+
+    @classmethod
+    def from_file(cls, spec: EstateFile, *, clock: Callable[[], float] = time.time) -> Estate:
+        """The estate a validated file describes (its rules hold, so building it cannot fail)."""
+        estate = cls(spec.regions, sts_max_ttl_seconds=spec.sts_max_ttl_seconds, clock=clock)
+        built = [(estate.add_account(a.id, a.name, a.access_keys), a) for a in spec.accounts]
+        for account, given in built:
+            for p in given.oidc_providers:
+                account.add_oidc_provider(p.name, issuer=p.issuer, client_ids=p.client_ids)
+        # Trusts once every account and provider exists: a role may name one later in the file.
+        for account, given in built:
+            for role in given.roles:
+                providers = [
+                    account.oidc_providers[ref].arn if ref in account.oidc_providers else ref
+                    for ref in role.trusted_oidc_providers
+                ]
+                trusted = role.trusted_accounts
+                if trusted is None:
+                    trusted = () if providers else (account.id,)
+                account.add_role(
+                    role.name,
+                    trusted_accounts=[estate.account(ref).id for ref in trusted],
+                    trusted_oidc_providers=providers,
+                    external_id=role.external_id,
+                    max_session_seconds=role.max_session_seconds,
+                )
+            for region_id, region in given.regions.items():
+                sim = account.region(region_id)
+                sim.images.update((image.image_id, image) for image in region.fleet)
+                if region.faults is not None:
+                    sim.faults = region.faults
+        return estate
 
     # ----- looking up -------------------------------------------------------------------------------
 
@@ -438,164 +457,3 @@ class Estate:
                 for account in self.accounts:
                     for sim in account.regions.values():
                         sim.url = None
-
-
-class _EstateParser:
-    """The estate file's checks; every error names its field (``accounts[1].roles[0].name: ...``)."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-
-    def parse(self, data: Any) -> Estate:
-        obj = _object(data, "estate", {"regions", "sts_max_ttl_seconds", "accounts"})
-        regions = obj.get("regions")
-        if not isinstance(regions, list) or not regions or not all(isinstance(r, str) and r for r in regions):
-            raise ValueError("regions: a non-empty list of region ids is required")
-        if len(set(regions)) != len(regions):
-            raise ValueError("regions: duplicate region id")
-        cap = obj.get("sts_max_ttl_seconds")
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or cap <= 0):
-            raise ValueError("sts_max_ttl_seconds: a positive number of seconds, or null")
-        estate = Estate(regions, sts_max_ttl_seconds=cap, clock=self.clock)
-        raw_accounts = obj.get("accounts")
-        if not isinstance(raw_accounts, list) or not raw_accounts:
-            raise ValueError("accounts: a non-empty list is required")
-        accounts = [self._account(estate, a, f"accounts[{n}]") for n, a in enumerate(raw_accounts)]
-        # Second pass: trusts may name accounts defined later in the file.
-        for n, (account, raw) in enumerate(zip(accounts, raw_accounts, strict=True)):
-            for m, role in enumerate(raw.get("roles") or []):
-                self._role(estate, account, role, f"accounts[{n}].roles[{m}]")
-        return estate
-
-    def _account(self, estate: Estate, data: Any, where: str) -> Account:
-        obj = _object(data, where, {"name", "id", "access_keys", "roles", "oidc_providers", "regions"})
-        name = obj.get("name")
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{where}.name: a non-empty string is required")
-        raw_id = obj.get("id")
-        # Unquoted in YAML, a 16-digit id is an integer: take it as the digits it is.
-        account_id = str(raw_id) if isinstance(raw_id, int) and not isinstance(raw_id, bool) else raw_id
-        if not isinstance(account_id, str) or not _ACCOUNT_ID.match(account_id):
-            raise ValueError(f"{where}.id: a string of 12-16 digits is required")
-        keys = obj.get("access_keys") or {}
-        if not isinstance(keys, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in keys.items()
-        ):
-            raise ValueError(f"{where}.access_keys: expected a mapping of AccessKeyId to secret")
-        for other in estate.accounts:
-            taken = set(keys) & set(other.access_keys)
-            if taken:
-                raise ValueError(f"{where}.access_keys: {sorted(taken)[0]} belongs to account {other.name}")
-        try:
-            account = estate.add_account(account_id, name, keys)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-        providers = obj.get("oidc_providers") or []
-        if not isinstance(providers, list):
-            raise ValueError(f"{where}.oidc_providers: expected a list")
-        for n, p in enumerate(providers):
-            self._provider(account, p, f"{where}.oidc_providers[{n}]")
-        if not isinstance(obj.get("roles") or [], list):
-            raise ValueError(f"{where}.roles: expected a list")
-        regions = obj.get("regions") or {}
-        if not isinstance(regions, dict):
-            raise ValueError(f"{where}.regions: expected a mapping of region id to images and faults")
-        for region_id, region_data in regions.items():
-            self._region(estate, account, region_id, region_data, f"{where}.regions.{region_id}")
-        return account
-
-    def _provider(self, account: Account, data: Any, where: str) -> None:
-        obj = _object(data, where, {"name", "issuer", "client_ids"})
-        name, issuer = obj.get("name"), obj.get("issuer")
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{where}.name: a non-empty string is required")
-        if not isinstance(issuer, str) or not issuer:
-            raise ValueError(f"{where}.issuer: a non-empty string (the tokens' iss) is required")
-        client_ids = obj.get("client_ids", list(DEFAULT_CLIENT_IDS))
-        if (
-            not isinstance(client_ids, list)
-            or not client_ids
-            or not all(isinstance(c, str) for c in client_ids)
-        ):
-            raise ValueError(f"{where}.client_ids: a non-empty list of strings is required")
-        try:
-            account.add_oidc_provider(name, issuer=issuer, client_ids=client_ids)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-
-    def _role(self, estate: Estate, account: Account, data: Any, where: str) -> None:
-        fields = {"name", "trusted_accounts", "trusted_oidc_providers", "external_id", "max_session_seconds"}
-        obj = _object(data, where, fields)
-        name = obj.get("name")
-        if not isinstance(name, str):
-            raise ValueError(f"{where}.name: a string is required")
-        providers = []
-        for n, ref in enumerate(
-            _strings(obj.get("trusted_oidc_providers", []), f"{where}.trusted_oidc_providers")
-        ):
-            if ref in account.oidc_providers:
-                providers.append(account.oidc_providers[ref].arn)
-            elif estate.find_oidc_provider(ref) is not None:
-                providers.append(ref)
-            else:
-                raise ValueError(f"{where}.trusted_oidc_providers[{n}]: no OIDC provider {ref!r}")
-        default_accounts = [] if providers else [account.id]
-        accounts = []
-        for n, ref in enumerate(
-            _strings(obj.get("trusted_accounts", default_accounts), f"{where}.trusted_accounts")
-        ):
-            try:
-                accounts.append(estate.account(str(ref)).id)
-            except KeyError:
-                raise ValueError(f"{where}.trusted_accounts[{n}]: no account {ref!r}") from None
-        external_id = obj.get("external_id")
-        if external_id is not None and not isinstance(external_id, str):
-            raise ValueError(f"{where}.external_id: a string or null")
-        max_session = obj.get("max_session_seconds", DEFAULT_MAX_SESSION_SECONDS)
-        if (
-            isinstance(max_session, bool)
-            or not isinstance(max_session, int)
-            or not MIN_DURATION_SECONDS <= max_session <= MAX_SESSION_SECONDS
-        ):
-            raise ValueError(
-                f"{where}.max_session_seconds: an integer {MIN_DURATION_SECONDS}..{MAX_SESSION_SECONDS}"
-            )
-        try:
-            account.add_role(
-                name,
-                trusted_accounts=accounts,
-                trusted_oidc_providers=providers,
-                external_id=external_id,
-                max_session_seconds=max_session,
-            )
-        except ValueError as exc:
-            raise ValueError(f"{where}.name: {exc}") from None
-
-    def _region(self, estate: Estate, account: Account, region_id: Any, data: Any, where: str) -> None:
-        if region_id not in estate.regions:
-            raise ValueError(f"{where}: not one of the estate's regions ({', '.join(estate.regions)})")
-        obj = _object(data or {}, where, {"images", "generate", "faults"})
-        sim = account.region(region_id)
-        fleet = {k: v for k, v in obj.items() if k != "faults"}
-        for image in fleet_from_data(fleet, where):
-            sim.images[image.image_id] = image
-        if "faults" in obj:
-            try:
-                sim.faults = faults_from_dict(obj["faults"])
-            except ValueError as exc:
-                raise ValueError(f"{where}.{exc}") from None
-
-
-def _object(data: Any, where: str, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected an object")
-    unknown = sorted(str(k) for k in set(data) - allowed)
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
-    return data
-
-
-def _strings(value: Any, where: str) -> list[str]:
-    if isinstance(value, list) and all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
-        return [str(v) for v in value]
-    raise ValueError(f"{where}: expected a list of strings")
