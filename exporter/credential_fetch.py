@@ -27,7 +27,7 @@ import yarl
 
 from exporter.credential_io import CredentialFault, exchange, read_token_file, run_blocking
 from exporter.errors import ApiError
-from exporter.redaction import contains_secret, register_secret
+from exporter.redaction import MIN_SECRET_CHARS, contains_secret, register_secret
 
 __all__ = [
     "ECS_METADATA_URL",
@@ -121,13 +121,17 @@ class CredentialSupply(Protocol):
 # The gate: one definition of a usable credential, whoever supplies it.
 
 
-def _field_problem(name: str, value: object, cap: int, *, required: bool) -> str | None:
+def _field_problem(name: str, value: object, cap: int, *, required: bool, least: int = 1) -> str | None:
     if value is None or value == "":
         return f"{name} is empty" if required else None
     if not isinstance(value, str):
         return f"{name} is not a string"
     if len(value) > cap:
         return f"{name} is longer than {cap} characters"
+    # A secret shorter than any real one is a placeholder or an answer cut short; registered, it would
+    # garble every output that uses the word (the same rule as the config file's, MIN_SECRET_CHARS).
+    if len(value) < least:
+        return f"{name} is shorter than {least} characters: not a real credential"
     # The id and the token travel in HTTP headers and the secret keys an HMAC: a control character (or a
     # lone surrogate, not printable either) cannot be sent, and would split a header line.
     if not value.isprintable():
@@ -145,8 +149,12 @@ def credential_problem(
     """
     problems = [
         _field_problem("AccessKeyId", access_key_id, MAX_ACCESS_KEY_ID, required=True),
-        _field_problem("AccessKeySecret", secret, MAX_ACCESS_KEY_SECRET, required=True),
-        _field_problem("SecurityToken", token, MAX_SECURITY_TOKEN, required=token_required),
+        _field_problem(
+            "AccessKeySecret", secret, MAX_ACCESS_KEY_SECRET, required=True, least=MIN_SECRET_CHARS
+        ),
+        _field_problem(
+            "SecurityToken", token, MAX_SECURITY_TOKEN, required=token_required, least=MIN_SECRET_CHARS
+        ),
     ]
     for value, problem in ((secret, problems[1]), (token, problems[2])):
         if problem is None and isinstance(value, str) and value:

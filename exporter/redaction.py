@@ -29,6 +29,7 @@ __all__ = [
     "BIDI_CONTROLS",
     "CONTROL_RE",
     "MAX_SECRETS",
+    "MIN_SECRET_CHARS",
     "MIN_SECRET_LENGTH",
     "REDACTED",
     "SURROGATE_RE",
@@ -51,6 +52,11 @@ REDACTED = "[REDACTED]"
 # Shorter strings are not masked: masking a two-letter "secret" would shred every line, and no real
 # AccessKey secret or STS token is that short.
 MIN_SECRET_LENGTH = 4
+# The shortest AccessKey secret or STS token any credential may carry, configured or fetched. Alibaba
+# Cloud's AccessKey secrets are 30 characters, STS secrets longer and STS tokens hundreds; anything under
+# 16 is a placeholder ("key", "changeme") or a value cut short, and masking it in every output would
+# garble the outputs' own words. Here, at the bottom, so the config and the credential gate share it.
+MIN_SECRET_CHARS = 16
 # STS tokens rotate for the life of the process; keep the newest ones, the oldest have expired.
 # Pinned secrets (the config file's) are never evicted.
 MAX_SECRETS = 256

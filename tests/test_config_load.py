@@ -48,8 +48,9 @@ from exporter.config.load import (
     parse_listen_address,
     state_path_problems,
 )
-from exporter.config.schema import MIN_SECRET_CHARS, ImageId, Items
+from exporter.config.schema import ImageId, Items
 from exporter.logging import mask_secrets
+from exporter.redaction import MIN_SECRET_CHARS
 from exporter.regions import KNOWN_REGIONS
 
 SECRET = "TopSecretAccessKeySecret0123456789"

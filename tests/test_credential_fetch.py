@@ -44,6 +44,7 @@ from exporter.credentials import (
 )
 from exporter.errors import ApiError
 from exporter.logging import mask_secrets
+from exporter.redaction import MIN_SECRET_CHARS, contains_secret, scrub
 from tests.fixtures.estate import OIDC_ROLE_ARN, PROVIDER_ARN, RunningEstate
 from tests.hostile_sts import (
     HOSTILE_TOKEN,
@@ -126,12 +127,20 @@ def with_control(base: str) -> st.SearchStrategy[str]:
 def bad_key_field(name: str) -> st.SearchStrategy[Any]:
     """Every way an id, secret or token can be unusable."""
     cap = CAPS[name]
-    return st.one_of(
+    bad = st.one_of(
         non_strings.filter(lambda v: v is not None),
         st.just(""),
         st.integers(cap + 1, cap + 3000).map(lambda n: "k" * n),
         with_control(GOOD_FIELDS[name]),
     )
+    return bad | short_secret if name in SECRET_FIELDS else bad
+
+
+SECRET_FIELDS = ("AccessKeySecret", "SecurityToken")
+# Shorter than any real secret: a placeholder or an answer cut short (the config file's rule too).
+short_secret = st.text(
+    st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=MIN_SECRET_CHARS - 1
+)
 
 
 past = st.integers(0, int(NOW) - 1).map(lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)))
@@ -193,11 +202,25 @@ def test_the_gate_refuses_every_bad_field_and_never_quotes_one(case: Fields) -> 
         assert value not in own_words
 
 
+@settings(max_examples=200, deadline=None)
+@given(field=st.sampled_from(SECRET_FIELDS), value=short_secret)
+def test_a_secret_too_short_to_be_real_is_refused_and_never_registered(field: str, value: str) -> None:
+    """A fetched secret or token shorter than MIN_SECRET_CHARS (a credentials URI answering "key") is
+    refused by name, and the output gate never learns it: no later line is garbled by it."""
+    fields = {**GOOD_FIELDS, field: value}
+    line = f"unknown key_id {value} (did you mean 'access_key_id'?)"
+    before = scrub(line)
+    with pytest.raises(CredentialFault, match=f"{field} is shorter than {MIN_SECRET_CHARS} characters"):
+        gate_answer(fields, NOW, token_required=True)
+    assert not contains_secret(value)
+    assert scrub(line) == before
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     ak=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=MAX_ACCESS_KEY_ID),
-    secret=st.text(min_size=1, max_size=MAX_ACCESS_KEY_SECRET).filter(str.isprintable),
-    token=st.text(min_size=1, max_size=200).filter(str.isprintable),
+    secret=st.text(min_size=MIN_SECRET_CHARS, max_size=MAX_ACCESS_KEY_SECRET).filter(str.isprintable),
+    token=st.text(min_size=MIN_SECRET_CHARS, max_size=200).filter(str.isprintable),
     expires=st.integers(int(NOW), 253402300799),
 )
 def test_the_gate_takes_every_good_credential_as_it_is(

@@ -244,7 +244,7 @@ def test_the_ca_file_is_part_of_the_account(tmp_path: Path) -> None:
         path = tmp_path / f"{name}.yaml"
         path.write_text(
             f"api: {{ca_file: /etc/{name}}}\nimages: [{{id: m-1}}]\n"
-            "credentials: {type: access_key, access_key_id: a, access_key_secret: b}\n"
+            "credentials: {type: access_key, access_key_id: a, access_key_secret: ca-test-secret-0123456}\n"
         )
         (scope,) = load_config(str(path)).scopes()
         settings.append(scope.account_settings)

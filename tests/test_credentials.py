@@ -107,8 +107,8 @@ class CredServer:
             {
                 "Code": "Success",
                 "AccessKeyId": ak,
-                "AccessKeySecret": f"secret{self.hits}",
-                "SecurityToken": f"token{self.hits}",
+                "AccessKeySecret": f"fetched-secret-{self.hits:04d}",
+                "SecurityToken": f"CAISfetched-token-{self.hits:04d}",
                 "Expiration": expiration,
             }
         )
@@ -141,30 +141,35 @@ def test_credential_repr_hides_secret_and_token() -> None:
 
 async def test_explicit_access_key_and_sts() -> None:
     ak = build_credential_source(
-        CredentialsConfig(type="access_key", access_key_id="id1", access_key_secret="sk1")
+        CredentialsConfig(type="access_key", access_key_id="id1", access_key_secret="static-secret-000001")
     )
-    assert await ak.get() == Credential("id1", "sk1", None)
+    assert await ak.get() == Credential("id1", "static-secret-000001", None)
     sts = build_credential_source(
-        CredentialsConfig(type="sts", access_key_id="STS.id", access_key_secret="sk2", security_token="tok")
+        CredentialsConfig(
+            type="sts",
+            access_key_id="STS.id",
+            access_key_secret="static-secret-000002",
+            security_token="CAISstatic-token-0002",
+        )
     )
-    assert await sts.get() == Credential("STS.id", "sk2", "tok")
+    assert await sts.get() == Credential("STS.id", "static-secret-000002", "CAISstatic-token-0002")
 
 
 async def test_env_chain(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(auth_util, "environment_access_key_id", "env-id")
-    monkeypatch.setattr(auth_util, "environment_access_key_secret", "env-secret")
+    monkeypatch.setattr(auth_util, "environment_access_key_secret", "env-secret-0123456789")
     source = build_credential_source(None)
-    assert await source.get() == Credential("env-id", "env-secret", None)
-    monkeypatch.setattr(auth_util, "environment_security_token", "env-token")
+    assert await source.get() == Credential("env-id", "env-secret-0123456789", None)
+    monkeypatch.setattr(auth_util, "environment_security_token", "CAISenv-token-0123456")
     sts_source = build_credential_source(CredentialsConfig(type="default"))
-    assert await sts_source.get() == Credential("env-id", "env-secret", "env-token")
+    assert await sts_source.get() == Credential("env-id", "env-secret-0123456789", "CAISenv-token-0123456")
 
 
 async def test_profile_file_in_chain(tmp_path: Path) -> None:
     (tmp_path / "credentials.ini").write_text(
-        "[default]\ntype = access_key\naccess_key_id = ini-id\naccess_key_secret = ini-secret\n"
+        "[default]\ntype = access_key\naccess_key_id = ini-id\naccess_key_secret = ini-secret-0123456789\n"
     )
-    assert await build_credential_source(None).get() == Credential("ini-id", "ini-secret", None)
+    assert await build_credential_source(None).get() == Credential("ini-id", "ini-secret-0123456789", None)
 
 
 async def test_empty_chain_is_a_credential_error_not_a_crash() -> None:
@@ -182,7 +187,10 @@ async def test_empty_chain_is_a_credential_error_not_a_crash() -> None:
 async def test_control_characters_in_a_key_are_a_credential_error() -> None:
     source = build_credential_source(
         CredentialsConfig(
-            type="sts", access_key_id="id", access_key_secret="sk", security_token="tok\r\nX: y"
+            type="sts",
+            access_key_id="id",
+            access_key_secret="static-secret-000003",
+            security_token="CAIStoken-0003\r\nX: y",
         )
     )
     with pytest.raises(ApiError) as info:
@@ -205,7 +213,7 @@ async def test_credentials_uri_cached_until_near_expiry(cred_server: CredServer)
         CredentialsConfig(type="credentials_uri", credentials_uri=cred_server.url)
     )
     first = await source.get()
-    assert first == Credential("STS.key1", "secret1", "token1")
+    assert first == Credential("STS.key1", "fetched-secret-0001", "CAISfetched-token-0001")
     assert await source.get() is first  # served from the library cache, same object
     assert cred_server.hits == 1
 
@@ -249,7 +257,7 @@ async def test_default_chain_uses_credentials_uri(
     monkeypatch.setattr(auth_util, "environment_credentials_uri", cred_server.url)
     cred = await build_credential_source(None).get()
     assert cred.access_key_id == "STS.key1"
-    assert cred.security_token == "token1"
+    assert cred.security_token == "CAISfetched-token-0001"
 
 
 async def test_concurrent_callers_share_one_fetch(cred_server: CredServer) -> None:
@@ -305,10 +313,10 @@ async def test_failure_messages_and_logs_never_carry_secrets(
 def test_scrub() -> None:
     msg = (
         "error refreshing credentials from http://h/creds?token=abc,  http_code=500, result: "
-        '{"AccessKeySecret": "zzz"}'
+        '{"AccessKeySecret": "zzz-secret-0123456789"}'
     )
     out = scrub(msg)
-    assert "zzz" not in out
+    assert "zzz-secret-0123456789" not in out
     assert "token=abc" not in out
     assert "http_code=500" in out
     assert scrub("AccessKeySecret=zzz, SecurityToken: 'yyy'") == (
@@ -461,7 +469,7 @@ async def test_a_refused_answer_is_never_held(cred_server: CredServer, change: d
         "Code": "Success",
         "AccessKeyId": "STS.poison",
         "AccessKeySecret": "poison-secret-0123",
-        "SecurityToken": "CAISpoison0123",
+        "SecurityToken": "CAISpoison0123-abcdef",
         "Expiration": "2099-01-01T00:00:00Z",
     }
     cred_server.body = {**good, **change}
@@ -521,11 +529,11 @@ def test_configured_keys_are_masked_from_the_start() -> None:
         CredentialsConfig(
             type="sts",
             access_key_id="STS.cfg",
-            access_key_secret="cfg-secret-4711",
-            security_token="cfg-tok-4711",
+            access_key_secret="cfg-secret-4711-abcdef",
+            security_token="CAIScfg-tok-4711-abcdef",
         )
     )
-    assert mask_secrets("cfg-secret-4711 cfg-tok-4711") == "[REDACTED] [REDACTED]"
+    assert mask_secrets("cfg-secret-4711-abcdef CAIScfg-tok-4711-abcdef") == "[REDACTED] [REDACTED]"
 
 
 async def test_a_refused_answers_secret_and_token_are_masked_all_the_same(cred_server: CredServer) -> None:
@@ -533,8 +541,8 @@ async def test_a_refused_answers_secret_and_token_are_masked_all_the_same(cred_s
     cred_server.body = {
         "Code": "Success",
         "AccessKeyId": "STS.late",
-        "AccessKeySecret": "late-secret-5150",
-        "SecurityToken": "CAISlate5150",
+        "AccessKeySecret": "late-secret-5150-abcdef",
+        "SecurityToken": "CAISlate5150-abcdef",
         "Expiration": "2001-01-01T00:00:00Z",
     }
     source = build_credential_source(
@@ -542,7 +550,7 @@ async def test_a_refused_answers_secret_and_token_are_masked_all_the_same(cred_s
     )
     with pytest.raises(ApiError, match="Expiration is already past"):
         await source.get()
-    assert mask_secrets("late-secret-5150/CAISlate5150") == "[REDACTED]/[REDACTED]"
+    assert mask_secrets("late-secret-5150-abcdef/CAISlate5150-abcdef") == "[REDACTED]/[REDACTED]"
 
 
 async def test_every_step_of_a_role_chain_and_the_oidc_token_are_masked(

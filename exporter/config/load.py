@@ -41,8 +41,9 @@ from exporter.config.errors import (
 )
 from exporter.config.interpolate import FileTooLong, expand_tree, interpolate
 from exporter.config.model import RESERVED_PATHS, WEB_CONFIG_CHECK, Config, parse_listen_address
-from exporter.config.schema import MAX_TOTAL_CHARS, MIN_SECRET_CHARS
+from exporter.config.schema import MAX_TOTAL_CHARS
 from exporter.logging import register_secret
+from exporter.redaction import MIN_SECRET_CHARS
 
 __all__ = [
     "COMMAND_LINE",

@@ -27,7 +27,7 @@ from pydantic_core import CoreSchema, InitErrorDetails, core_schema
 from exporter.config import yamlfile
 from exporter.config.errors import MAX_COLLECTED, close_match, fail, relocated, shown
 from exporter.names import EXPOSED_NAMES, INFO_LABELS, pattern_matches
-from exporter.redaction import BIDI_CONTROLS
+from exporter.redaction import BIDI_CONTROLS, MIN_SECRET_CHARS
 
 # Served without authentication (Kubernetes probes carry no credentials); with "/", the landing page,
 # no telemetry path may shadow them.
@@ -65,10 +65,6 @@ MAX_WATCHED_IMAGE_REGIONS = 60_000
 MAX_SERIES = 1_000_000_000  # the most metrics.max_series may be (far past what any Prometheus ingests)
 _CHUNK = 1000  # items of a long list validated at a time (Items)
 MIN_QPS = 0.01  # calls per second; below it (but above 0, "off") the budget would space calls for hours
-# The shortest AccessKey secret or STS token a file may hold. Alibaba Cloud's AccessKey secrets are 30
-# characters, STS secrets longer and STS tokens hundreds; anything under 16 is a placeholder ("key",
-# "changeme") or a paste cut short, and masking it in every output would garble the outputs' own words.
-MIN_SECRET_CHARS = 16
 
 _REGION_RE = re.compile(r"^[a-z]{2,}-[a-z0-9-]+$")
 _TELEMETRY_PATH_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$")
