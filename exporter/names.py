@@ -9,7 +9,14 @@ from __future__ import annotations
 from enum import StrEnum
 from fnmatch import fnmatchcase
 
-__all__ = ["CLIENT_FAMILIES", "EXPOSED_NAMES", "INFO_LABELS", "MetricName", "pattern_matches"]
+__all__ = [
+    "CLIENT_FAMILIES",
+    "EXPORTER_LABELS",
+    "EXPOSED_NAMES",
+    "INFO_LABELS",
+    "MetricName",
+    "pattern_matches",
+]
 
 
 class MetricName(StrEnum):
@@ -65,6 +72,28 @@ INFO_LABELS = (
     "platform",
     "architecture",
     "registry_url",
+)
+
+# Every label name the exporter sets on a family it serves: the table's and the self part's (histograms'
+# ``le`` included; build info's ``version`` is an info label's name too) and prometheus_client's gc
+# collector's ``generation``. A configured own label (``labels:``) may be none of them;
+# tests/test_exposition_labels.py holds this list to the families.
+EXPORTER_LABELS: tuple[str, ...] = (
+    "account",
+    "region_id",
+    "image_id",
+    *INFO_LABELS,
+    "status",
+    "replication_region",
+    "code",
+    "action",
+    "http_status",
+    "field",
+    "reason",
+    "le",
+    "revision",
+    "python_version",
+    "generation",
 )
 
 # The families prometheus_client's process and gc collectors add to the self part, by exposed name.

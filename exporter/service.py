@@ -341,9 +341,12 @@ class ExporterService:
             self._count_series(rendered, previous.dropped_images)
 
     def _new_renderer(self, config: Config) -> SnapshotRenderer:
-        """A renderer of ``config``'s table (metrics:), with the self part filtered the same way."""
+        """A renderer of ``config``'s table (metrics: and own labels), with the self part filtered and
+        labelled the same way."""
+        labels = config.own_labels()
         self.metrics.allow = family_filter(config.metrics)
-        return SnapshotRenderer(build_table(config.metrics))
+        self.metrics.labels = labels
+        return SnapshotRenderer(build_table(config.metrics, labels=labels))
 
     def _count_series(self, rendered: RenderedSnapshot, dropped_before: int = 0) -> None:
         """Publish the exposition's size, and log when the series cap starts, changes or stops dropping."""
@@ -422,7 +425,8 @@ class ExporterService:
         self._config = config
         self.metrics.max_error_codes = config.limits.max_error_codes
         self.metrics.set_sharding(config.sharding.shard, config.sharding.shards)
-        metrics_changed = config.metrics != old.metrics
+        # Own labels are part of the table as well: a change needs a new renderer, and its cache with it.
+        metrics_changed = config.metrics != old.metrics or config.own_labels() != old.own_labels()
         if metrics_changed:
             # A cold renderer for the new table; the next publish (now, below) renders with it.
             self._renderer = self._new_renderer(config)

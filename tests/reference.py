@@ -37,7 +37,7 @@ class SnapshotCollector:
         wide = [list(family.samples(snapshot)) for family in self.table.snapshot]
         images = _kept(
             [
-                [list(f.samples(ImageInput.of(s, snapshot))) for f in self.table.images]
+                [list(f.samples(ImageInput.of(s, snapshot, self.table.labels))) for f in self.table.images]
                 for s in snapshot.images.values()
             ],
             self.table.max_series - sum(map(len, wide)) if self.table.max_series else None,

@@ -99,10 +99,17 @@ def github_anchor(heading: str) -> str:
 
 @pytest.mark.process
 def test_generated_rules_match_thresholds_and_chart_copy() -> None:
-    """Regenerating changes nothing, and the chart's PrometheusRule embeds the same bytes."""
+    """Regenerating changes nothing; the chart's copy is the same rules with the placeholder of the
+    carried labels where the shipped file has carry_labels (none by default: then it is the only
+    difference, besides the header line saying so)."""
     expected = build.render(build.load_thresholds())
     assert build.RULES_FILE.read_text() == expected, "run: python -m alerts.build"
-    assert build.CHART_RULES_FILE.read_text() == build.RULES_FILE.read_text()
+    chart = build.CHART_RULES_FILE.read_text()
+    assert chart == build.render(build.load_thresholds(), chart=True)
+    assert build.load_thresholds().carry_labels == ()
+    shipped = chart.replace(build.CHART_HEADER, "").replace(build.CHART_CARRY, "")
+    assert shipped == build.RULES_FILE.read_text()
+    assert chart.count(build.CHART_CARRY) == 7  # every `by` of an image or target aggregation
     proc = subprocess.run(
         [sys.executable, "-m", "alerts.build", "--check"],
         capture_output=True,
@@ -438,6 +445,14 @@ def test_image_alerts_follow_the_image_labels(tmp_path: Path) -> None:
         ),
         ({"alerts": {"EhpcImageFlapping": {"max_changes": 0}}}, "alerts.EhpcImageFlapping.max_changes"),
         ({"deployment_labels": []}, "deployment_labels"),
+        ({"carry_labels": ["account"]}, "carry_labels"),
+        ({"carry_labels": ["image_id"]}, "carry_labels"),
+        ({"carry_labels": ["instance"]}, "carry_labels"),
+        ({"carry_labels": ["pod"]}, "carry_labels"),
+        ({"carry_labels": ["__name__"]}, "carry_labels"),
+        ({"carry_labels": ["team", "team"]}, "carry_labels"),
+        ({"carry_labels": ["team-x"]}, "carry_labels.0"),
+        ({"carry_labels": "team"}, "carry_labels"),
     ],
 )
 def test_invalid_thresholds_are_rejected_with_their_location(
@@ -523,3 +538,52 @@ def test_rules_fire_on_the_demo_exporters_real_series(demo_stack: DemoStack) -> 
         demo.sim("PATCH", f"/_sim/images/{broken}", {"status": "Available"})
         demo.sim("PUT", f"/_sim/images/{lagging}/regions/{region}", {"status": "Available"})
         demo.sim("PATCH", f"/_sim/images/{denied}", {"error": None})
+
+
+PROMTOOL_CARRIED = ALERTS / "tests-carried.yml"
+
+
+def carried_rules(tmp_path: Path, carried: list[str]) -> Path:
+    """The shipped rules built with ``carry_labels: carried``, beside a copy of tests-carried.yml."""
+    override = tmp_path / "override.yaml"
+    override.write_text(yaml.safe_dump({"carry_labels": carried}))
+    assert build.main(["--thresholds", str(override), "--output", str(tmp_path / "carried.rules.yml")]) == 0
+    tests = tmp_path / PROMTOOL_CARRIED.name
+    tests.write_text(PROMTOOL_CARRIED.read_text())
+    return tests
+
+
+@pytest.mark.process
+def test_carried_labels_reach_the_alerts_of_every_aggregation(tmp_path: Path) -> None:
+    """With ``carry_labels: [team]`` every aggregating alert keeps the series' team (promtool cases, one
+    per aggregation); each ``by`` of the image or target labels ends with it, and only those."""
+    tests = carried_rules(tmp_path, ["team"])
+    proc = promtool("test", "rules", tests, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cases = yaml.safe_load(tests.read_text())["tests"]
+    carried = {t["alertname"] for case in cases for t in case["alert_rule_test"]}
+    assert carried >= {
+        "EhpcImageDataStale",
+        "EhpcTargetFailing",
+        "EhpcImageReplicationSlow",
+        "EhpcImageFlapping",
+    }
+    exprs = "\n".join(rule["expr"] for rule in load_rules(tmp_path / "carried.rules.yml"))
+    clauses = re.findall(r"by \(([^)]*)\)", exprs)
+    keeps = [c for c in clauses if c.startswith(("account, region_id", "region_id"))]
+    assert len(keeps) == 7
+    assert all(c.endswith(", team") for c in keeps), keeps
+    assert not [c for c in clauses if c not in keeps and "team" in c]
+    assert promtool("check", "rules", tmp_path / "carried.rules.yml").returncode == 0
+
+
+@pytest.mark.process
+def test_the_carried_cases_fail_without_carried_labels(tmp_path: Path) -> None:
+    """Control: the same cases against the rules as shipped (nothing carried) fail, every aggregating one:
+    the cases prove the carrying, not just the alerts."""
+    tests = carried_rules(tmp_path, [])
+    proc = promtool("test", "rules", tests, cwd=tmp_path)
+    assert proc.returncode != 0
+    failed = set(re.findall(r"^\s*name: ([^,\n]+),", proc.stdout + proc.stderr, re.MULTILINE))
+    names = {case["name"] for case in yaml.safe_load(tests.read_text())["tests"]}
+    assert failed == names - {"an alert without aggregation keeps the team anyway"}, proc.stdout

@@ -23,12 +23,14 @@ from ehpc_simulator import Faults, SimImage
 from exporter.config import (
     Config,
     CredentialsConfig,
+    Labels,
     StatusConfig,
     TargetConfig,
     WatchedImage,
     WebConfig,
 )
 from exporter.exposition import RenderedSnapshot, render_snapshot
+from exporter.exposition.families import build_table
 from exporter.http.app import accepts_gzip, create_app, wants_openmetrics
 from exporter.service import ExporterService
 from exporter.snapshot import DiscoveryStatus, ImageError, ImageState, Snapshot
@@ -294,10 +296,14 @@ T0 = 1_767_323_045.0  # 2026-01-02 03:04:05 UTC
 
 
 class SnapshotSource(BrokenSource):
-    """A source serving one given snapshot (for landing-page cases no simulator produces)."""
+    """A source serving one given snapshot (for landing-page cases no simulator produces), rendered with
+    the own labels of ``config``."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.rendered = render_snapshot(snapshot)
+    def __init__(self, snapshot: Snapshot, config: Config | None = None) -> None:
+        self.config = config or Config()
+        self.rendered = render_snapshot(
+            snapshot, build_table(self.config.metrics, labels=self.config.own_labels())
+        )
 
     def render_self(self, openmetrics: bool) -> bytes:
         return b""
@@ -366,6 +372,103 @@ async def test_landing_page_escapes_hostile_values_in_text_and_attributes() -> N
     assert "&lt;i&gt;code&lt;/i&gt;&quot;" in page
     assert "&lt;u&gt;Forbidden&lt;/u&gt;" in page
     assert "It has not succeeded since start-up" in page
+
+
+# Own labels: the target's, one image's own on top (a value to escape, a name unset), one image's empty.
+LABELLED = Config(
+    labels=Labels({"team": "hpc"}),
+    images=(
+        WatchedImage("m-db", labels=Labels({"team": 'db <b>"x"</b>', "env": "prod"})),
+        WatchedImage("m-off", labels=Labels({"team": ""})),
+    ),
+)
+LABELLED_STATES = (
+    ImageState(WatchedImage("m-db"), make_image("m-db", status="CreateFailed"), last_success=T0),
+    ImageState(WatchedImage("m-hpc"), make_image("m-hpc"), last_success=T0),
+    ImageState(WatchedImage("m-off"), None, error=ImageError("ServiceUnavailable", since=T0)),
+    ImageState(WatchedImage("m-disc"), make_image("m-disc", status="Creating"), last_success=T0),
+)
+
+
+def own_labels_of(page: str) -> dict[str, list[str]]:
+    """Each row's own labels as the page lists them (name=value, escaped as in the page)."""
+    rows = re.findall(r'<tr class="h-\w+" data-image="([^"]+)".*?</th>', page)
+    found = {}
+    for image_id in rows:
+        row = re.search(rf'data-image="{re.escape(image_id)}".*?</th>', page)
+        assert row is not None
+        found[image_id] = [
+            f"{n}={v}" for n, v in re.findall(r'<li data-label="([^"]+)">[^=]+=<b>(.*?)</b></li>', row[0])
+        ]
+    return found
+
+
+async def test_landing_page_shows_each_images_own_labels() -> None:
+    """Each row lists the labels /metrics gives the image (its own over its target's; a discovered one
+    its target's; an empty value none), escaped; the folded config lists the target's."""
+    status, page = await landing(SnapshotSource(built(*LABELLED_STATES), LABELLED))
+    assert status == 200
+    assert own_labels_of(page) == {
+        "m-off": [],
+        "m-db": ["env=prod", "team=db &lt;b&gt;&quot;x&quot;&lt;/b&gt;"],
+        "m-disc": ["team=hpc"],
+        "m-hpc": ["team=hpc"],
+    }
+    assert '<b>"x"</b>' not in page  # no tag of the value's gets through
+    assert "<th>labels</th><td>team=hpc</td>" in page
+    assert (
+        'id="grouping">group by: <strong>account and region</strong> <a href="/?group=env">env</a>'
+        ' <a href="/?group=team">team</a>'
+    ) in page
+
+
+async def test_landing_page_groups_by_a_chosen_label() -> None:
+    """``?group=team``: one heading per value (the group with the worst image first, then by value),
+    the images without it last among equals; each heading counts its images."""
+    status, page = await landing(SnapshotSource(built(*LABELLED_STATES), LABELLED), "/?group=team&refresh=60")
+    assert status == 200
+    groups = re.findall(
+        r'<tr class="group" data-label="team" data-value="([^"]*)">.*?(\d+) image\(s\), ([^<]+)<', page
+    )
+    assert groups == [
+        ("", "1", "1 not healthy"),
+        ("db &lt;b&gt;&quot;x&quot;&lt;/b&gt;", "1", "1 not healthy"),
+        ("hpc", "2", "1 not healthy"),
+    ]
+    assert re.findall(r'<tr class="h-\w+" data-image="([^"]+)"', page) == ["m-off", "m-db", "m-disc", "m-hpc"]
+    assert "no team &middot; 1 image(s)" in page
+    assert (
+        '<a href="/?refresh=60">account and region</a> <a href="/?group=env&amp;refresh=60">env</a>'
+        " <strong>team</strong>"
+    ) in page
+    _status, by_env = await landing(SnapshotSource(built(*LABELLED_STATES), LABELLED), "/?group=env")
+    assert re.findall(r'data-label="env" data-value="([^"]*)"', by_env) == ["", "prod"]
+
+
+@pytest.mark.parametrize(
+    ("config", "query", "known"),
+    [
+        (LABELLED, "group=owner", "env, team"),
+        (LABELLED, "group=Team", "env, team"),
+        (LABELLED, "group=team&group=env", "env, team"),
+        (LABELLED, "group=", "env, team"),
+        (LABELLED, "group=%3Cscript%3E", "env, team"),
+        (Config(), "group=team", "none is configured"),
+    ],
+)
+async def test_landing_bad_group_is_a_400(config: Config, query: str, known: str) -> None:
+    """A group that is not one configured own label answers 400 naming the ones there are."""
+    status, body = await landing(SnapshotSource(built(*LABELLED_STATES), config), f"/?{query}")
+    assert status == 400
+    assert body == f"group must be the name of an own label ({known})\n"
+
+
+async def test_landing_page_without_labels_has_no_grouping() -> None:
+    """Without own labels the board is as it was: no chips, no grouping links."""
+    status, page = await landing(SnapshotSource(built(*LABELLED_STATES)))
+    assert status == 200
+    assert "own-labels" not in page.replace(".own-labels", "")
+    assert 'id="grouping"' not in page
 
 
 async def test_landing_page_while_waiting_for_the_first_refresh() -> None:

@@ -35,7 +35,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.config import Config, yamlfile
+from exporter.config import Config, Labels, yamlfile
 from exporter.config.errors import file_keys
 from exporter.config.load import ConfigError, load_config
 from exporter.http.toolkit import load_web_security
@@ -99,6 +99,8 @@ def _leaves_of(annotation: Any, metadata: list[Any], loc: tuple[str | int, ...])
         yield from _leaves_of(get_args(annotation)[0], [], (*loc, 0))
     elif isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         yield from _leaves(annotation, loc)
+    elif annotation is Labels:  # a mapping of names the file chooses: one name stands for any
+        yield Leaf((*loc, "fuzz"), str)
     elif origin is Literal or annotation is str:
         yield Leaf(loc, str)
     elif annotation in (int, float):
@@ -130,9 +132,14 @@ def test_the_schema_walk_finds_every_field() -> None:
         if (leaf.le is None and leaf.lt is None) or (leaf.ge is None and leaf.gt is None)
     ]
     assert unbounded == []
-    assert {"api.region_id", "images[0].id", "discovery.name_regex", "web.listen_address"} <= {
-        leaf.dotted for leaf in STRINGS
-    }
+    assert {
+        "api.region_id",
+        "images[0].id",
+        "images[0].labels.fuzz",
+        "discovery.name_regex",
+        "web.listen_address",
+        "targets[0].labels.fuzz",
+    } <= {leaf.dotted for leaf in STRINGS}
     assert len(STRINGS) >= 25
 
 

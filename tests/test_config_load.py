@@ -731,8 +731,8 @@ def test_json_schema_forbids_unknown_keys() -> None:
     schema = config_json_schema()
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]) == {
-        "api", "credentials", "images", "discovery", "refresh", "status", "sharding", "limits", "web",
-        "targets", "state", "metrics",
+        "api", "credentials", "images", "discovery", "labels", "refresh", "status", "sharding", "limits",
+        "web", "targets", "state", "metrics",
     }  # fmt: skip
 
 

@@ -25,10 +25,11 @@ up to a minute.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ import yaml
 
 from alerts import build
 from tests.fixtures.promstack import (
+    PromStackError,
     WebhookReceiver,
     alertmanager_process,
     prometheus_process,
@@ -89,10 +91,10 @@ class Scenario:
     repair: Callable[[], None]
 
 
-def short_rules(tmp: Path) -> Path:
-    """The shipped rules regenerated with the short ``for:`` override."""
+def short_rules(tmp: Path, carry_labels: Sequence[str] = ()) -> Path:
+    """The shipped rules regenerated with the short ``for:`` override (and ``carry_labels``)."""
     override = tmp / "override.yaml"
-    override.write_text(yaml.safe_dump(OVERRIDE))
+    override.write_text(yaml.safe_dump({**OVERRIDE, "carry_labels": list(carry_labels)}))
     out = tmp / "rules.yml"
     proc = subprocess.run(
         [sys.executable, "-m", "alerts.build", "--thresholds", str(override), "--output", str(out)],
@@ -409,3 +411,92 @@ def test_data_stale_keeps_firing_across_an_exporter_restart(tmp_path: Path, reli
         f"last success {'the same' if before == after and before else f'{before} -> {after}'}",
         ok,
     )
+
+
+HPC_DOWN = "m-e2eteamhpcdown0001"  # CreateFailed: EhpcImageNotAvailable, no aggregation
+HPC_STALE = "m-e2eteamhpcstale001"  # EcsError from the start: EhpcImageDataStale, through its max by
+DB_DOWN = "m-e2eteamdbdown00001"  # CreateFailed, its own label team: db over the target's
+
+
+def paged(alertname: str, image_id: str, team: str) -> Callable[[dict[str, Any]], bool]:
+    """A notification holding that alert of that image, firing, with that team label."""
+
+    def match(body: dict[str, Any]) -> bool:
+        return any(
+            a.get("status") == "firing"
+            and a.get("labels", {}).get("alertname") == alertname
+            and a.get("labels", {}).get("image_id") == image_id
+            and a.get("labels", {}).get("team") == team
+            for a in body.get("alerts", [])
+        )
+
+    return match
+
+
+def test_an_own_label_routes_the_page_to_its_team(tmp_path: Path) -> None:
+    """``labels: {team: hpc}`` on the target, and rules built with ``carry_labels: [team]``: an alert
+    without aggregation and one through an aggregation (``max by``) both arrive with ``team="hpc"`` at
+    the Alertmanager route matching ``team="hpc"``, and never at the default receiver; an image whose
+    own ``team: db`` overrides the target's pages the default receiver (no route matches it)."""
+    fleet = tmp_path / "fleet.yaml"
+    images = [
+        {"image_id": HPC_DOWN, "name": "gromacs", "status": "CreateFailed"},
+        {"image_id": HPC_STALE, "name": "cp2k", "error": "EcsError"},
+        {"image_id": DB_DOWN, "name": "postgres", "status": "CreateFailed"},
+    ]
+    fleet.write_text(yaml.safe_dump({"images": images}))
+    watched: list[dict[str, Any]] = [
+        {"id": HPC_DOWN},
+        {"id": HPC_STALE},
+        {"id": DB_DOWN, "labels": {"team": "db"}},
+    ]
+    rules = short_rules(tmp_path, carry_labels=["team"])
+
+    with processes() as procs, webhook_server() as default, webhook_server() as hpc:
+        sim = start_simulator(tmp_path / "sim", fleet)
+        procs.append(sim)
+        config = exporter_config(sim.url, watched, interval=1, labels={"team": "hpc"})
+        exporter = start_exporter(tmp_path / "exporter", config)
+        procs.append(exporter)
+        with (
+            alertmanager_process(
+                default.url,
+                group_by=("alertname", "image_id", "team"),
+                directory=tmp_path / "am",
+                routes={"hpc": (['team="hpc"'], hpc.url)},
+            ) as am,
+            prometheus_process(
+                [scrape_config(JOB, [exporter.address])],
+                rule_files=[rules],
+                alertmanagers=[am.address],
+                directory=tmp_path / "prom",
+            ) as prom,
+        ):
+            try:
+                # Each wait ends on the notification itself (the receiver's condition), not on a timer.
+                hpc.wait_for(paged("EhpcImageNotAvailable", HPC_DOWN, "hpc"), within=WITHIN)
+                hpc.wait_for(paged("EhpcImageDataStale", HPC_STALE, "hpc"), within=WITHIN)
+                default.wait_for(paged("EhpcImageNotAvailable", DB_DOWN, "db"), within=WITHIN)
+            except PromStackError as exc:
+                raise AssertionError(f"{exc}\nprometheus:\n{prom.log}\nalertmanager:\n{am.log}") from None
+            # Where Alertmanager routed each alert it holds, as it says itself.
+            routed = {
+                (a["labels"]["alertname"], a["labels"].get("image_id"), a["labels"].get("team")): sorted(
+                    r["name"] for r in a["receivers"]
+                )
+                for a in am.alerts()
+            }
+            served = [
+                line for line in exporter.metrics_text().splitlines() if line.startswith("ehpc_image_up{")
+            ]
+            exporter.check_alive()
+    assert routed[("EhpcImageNotAvailable", HPC_DOWN, "hpc")] == ["hpc"]
+    assert routed[("EhpcImageDataStale", HPC_STALE, "hpc")] == ["hpc"]
+    assert routed[("EhpcImageNotAvailable", DB_DOWN, "db")] == ["hook"]
+    # No team="hpc" alert ever reached the default receiver, nor another team's the hpc route.
+    assert not [a for a in notifications(default) if a.get("labels", {}).get("team") == "hpc"]
+    assert {a.get("labels", {}).get("team") for a in notifications(hpc)} == {"hpc"}
+    # What Prometheus scraped: each image's team (its own over its target's), on the series itself.
+    teams = dict(re.findall(r'image_id="([^"]+)".*team="([^"]*)"', "\n".join(served)))
+    assert teams == {HPC_DOWN: "hpc", HPC_STALE: "hpc", DB_DOWN: "db"}
+    assert "Traceback" not in exporter.output() + sim.output()

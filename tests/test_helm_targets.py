@@ -18,8 +18,11 @@ import helm_python as helm
 import kubernetes_validate as kv
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kubernetes_validate.utils import SchemaNotFoundError
 
+from alerts import build
 from exporter.config.load import interpolate
 from tests.helm_render import (
     CHART,
@@ -274,6 +277,11 @@ FAILURES: list[tuple[str, dict[str, Any], str]] = [
         "targets is set: move config.images into each target's images",
     ),
     (
+        "top-level labels with targets",
+        {**TWO_ACCOUNTS, "config": {"labels": {"team": "hpc"}}},
+        "targets is set: move config.labels into each target's labels",
+    ),
+    (
         "sts endpoint without rrsa",
         {"rrsa": {"stsEndpoint": "sts-vpc.cn-hangzhou.aliyuncs.com"}},
         "rrsa.stsEndpoint is set but rrsa.enabled is false",
@@ -414,3 +422,86 @@ def test_rendered_env_relocates_the_token_and_resolves_secrets(tmp_path: Path) -
     mount, volume = mounts[TOKEN_DIR]
     assert mount["readOnly"] is True
     assert volume["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "sts.aliyuncs.com"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Own labels: targets[].labels and images[].labels reach the config; the carried labels reach the rules.
+
+
+def test_target_and_image_labels_reach_the_config(chart: helm.Chart) -> None:
+    """A target's ``labels`` and its images' are copied into the config as written, beside the one-target
+    form's ``config.labels``; the exporter then resolves them (its own tests say how)."""
+    values = copy.deepcopy(TWO_ACCOUNTS)
+    values["targets"][0]["labels"] = {"team": "hpc", "env": "prod"}
+    values["targets"][0]["images"][0]["labels"] = {"team": "cfd"}
+    config = yaml.safe_load(config_of(render(chart, values)))
+    assert config["targets"][0]["labels"] == {"team": "hpc", "env": "prod"}
+    assert config["targets"][0]["images"][0]["labels"] == {"team": "cfd"}
+    assert "labels" not in config["targets"][1]
+    single = yaml.safe_load(
+        config_of(render(chart, {"config": {"labels": {"team": "hpc"}, "images": [{"id": "m-1"}]}}))
+    )
+    assert single["labels"] == {"team": "hpc"}
+
+
+# (labels, what the message names). A bad name is named itself: Helm's validator reports a
+# propertyNames failure at the name, not at the mapping's path.
+LABEL_MISTAKES = [
+    ({"account": "x"}, "'account'"),
+    ({"job": "x"}, "'job'"),
+    ({"__team": "x"}, "'__team'"),
+    ({"team-name": "x"}, "'team-name'"),
+    ({"team": 3}, "{path}/team"),
+    ({"team": "x" * 129}, "{path}/team"),
+    ({f"l{i}": "v" for i in range(11)}, "{path}"),
+]
+
+
+@pytest.mark.parametrize(("labels", "needle"), LABEL_MISTAKES)
+@pytest.mark.parametrize("where", ["target", "image", "config"])
+def test_the_values_schema_refuses_what_the_exporter_would(
+    chart: helm.Chart, labels: dict[str, Any], needle: str, where: str
+) -> None:
+    """A reserved, ``__`` or mis-spelt name, a value that is no string or too long, too many labels: the
+    chart's schema (the exporter's own, for labels) refuses each at ``helm install``, naming the place."""
+    values = copy.deepcopy(TWO_ACCOUNTS)
+    if where == "target":
+        values["targets"][1]["labels"] = labels
+        path = "/targets/1/labels"
+    elif where == "image":
+        values["targets"][0]["images"][0]["labels"] = labels
+        path = "/targets/0/images/0/labels"
+    else:
+        values = {"config": {"labels": labels}}
+        path = "/config/labels"
+    with pytest.raises(helm.HelmValuesError) as info:
+        chart.validate_schema(chart.merge_values(values))
+    assert needle.format(path=path) in str(info.value)
+
+
+CARRY_NAMES = st.sampled_from(["team", "env", "cluster", "owner", "cost_centre", "Tier"])
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(carried=st.lists(CARRY_NAMES, unique=True, max_size=4))
+def test_the_chart_carries_the_labels_as_the_rules_builder_does(
+    chart: helm.Chart, carried: list[str]
+) -> None:
+    """For any list of carried labels, the PrometheusRule is exactly what ``alerts.build`` renders with
+    ``carry_labels`` set to that list: the chart fills its copy's placeholders the same way."""
+    docs = render(chart, {"prometheusRule": {"enabled": True, "carryLabels": carried}})
+    thresholds = build.load_thresholds().model_copy(update={"carry_labels": tuple(carried)})
+    assert one(docs, "PrometheusRule")["spec"] == yaml.safe_load(build.render(thresholds))
+    assert build.CHART_CARRY not in json.dumps(one(docs, "PrometheusRule")["spec"])
+
+
+@pytest.mark.parametrize(
+    "carried", [["account"], ["image_id"], ["instance"], ["__name"], ["team-x"], ["team", "team"], [""]]
+)
+def test_the_values_schema_refuses_a_label_that_cannot_be_carried(
+    chart: helm.Chart, carried: list[str]
+) -> None:
+    """Labels the aggregations keep anyway, instance and pod, Prometheus' own, bad names, repeats."""
+    with pytest.raises(helm.HelmValuesError) as info:
+        chart.validate_schema(chart.merge_values({"prometheusRule": {"carryLabels": carried}}))
+    assert "/prometheusRule/carryLabels" in str(info.value)

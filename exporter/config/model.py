@@ -36,6 +36,7 @@ from pydantic_core import CoreSchema, core_schema
 
 from exporter.config import forms, rules
 from exporter.config.errors import NOT_IN_FILE, fail, file_keys, relocated, rule, whole_line
+from exporter.config.labels import EMPTY_LABELS, Labels, OwnLabels
 from exporter.config.schema import (
     MAX_ERROR_CODES,
     MAX_IMAGES,
@@ -94,8 +95,10 @@ __all__ = [
     "CredentialsConfig",
     "DiscoveryConfig",
     "ImageType",
+    "Labels",
     "LimitsConfig",
     "MetricsConfig",
+    "OwnLabels",
     "RefreshConfig",
     "RetryConfig",
     "Scope",
@@ -276,6 +279,8 @@ class WatchedImage:
     image_type: Annotated[ImageType, Field(alias="type")] = "VM"
     image_category: Annotated[ImageCategory | None, Field(alias="category")] = None
     additional_region_ids: Annotated[RegionList, Field(alias="additional_regions")] = ()
+    # Added to its target's on every series of the image, its own winning (exporter.config.labels).
+    labels: Labels = EMPTY_LABELS
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,6 +434,7 @@ class TargetConfig:
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
     images: Annotated[tuple[WatchedImage, ...], Items(MAX_IMAGES)] = ()  # in every region
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    labels: Labels = EMPTY_LABELS  # on every series of the account (exporter.config.labels)
     # A budget shared by every region of the account, on top of each region's own (0 / None: none).
     account_qps: Qps = 0.0
     account_max_concurrency: Annotated[int, within(1, 10_000)] | None = None
@@ -519,6 +525,7 @@ class Config:
     credentials: CredentialsConfig | None = None
     images: Annotated[tuple[WatchedImage, ...], Items(MAX_IMAGES)] = ()
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    labels: Labels = EMPTY_LABELS  # the one target's (exporter.config.labels)
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
@@ -550,6 +557,7 @@ class Config:
                 credentials=t.credentials,
                 images=t.images,
                 discovery=t.discovery,
+                labels=t.labels,
                 refresh=t.refresh,
                 targets=(),
                 account=t.account,
@@ -560,6 +568,18 @@ class Config:
             for t in self.targets
             for api in t.regions
         )
+
+    def own_labels(self) -> OwnLabels:
+        """What the configured own labels give each series: each account its target's labels, each listed
+        image with labels of its own those on top of its target's."""
+        accounts: dict[str, Labels] = {}
+        images: dict[tuple[str, str], Labels] = {}
+        for scope in self.scopes():
+            accounts[scope.account] = scope.labels
+            for image in scope.images:
+                if image.labels:
+                    images[(scope.account, image.image_id)] = scope.labels.over(image.labels)
+        return OwnLabels(accounts, images)
 
     @property
     def account_settings(self) -> tuple[object, ...]:

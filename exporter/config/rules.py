@@ -4,7 +4,8 @@
 place hides none of these: duplicate image ids and regions (even in an item with other errors), the
 one-target sections and region keys that do not belong beside ``targets:``, accounts named twice, images
 asking for more regions than ``limits.max_regions_per_image``, runtime-only keys a file tried to set,
-and a file larger than one exporter serves well (:func:`_sizes`).
+a file larger than one exporter serves well (:func:`_sizes`), and more distinct own label names than
+every labelled series may carry (:func:`_label_names`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import InitErrorDetails
 
 from exporter.config.errors import MAX_COLLECTED, Loc, format_loc, rule, shown
+from exporter.config.labels import MAX_LABELS
 from exporter.config.schema import MAX_REGIONS_PER_IMAGE, MAX_SCOPES, MAX_WATCHED_IMAGE_REGIONS
 
 __all__ = ["ONE_TARGET_SECTIONS", "REGION_KEYS", "whole_file"]
@@ -23,7 +25,7 @@ __all__ = ["ONE_TARGET_SECTIONS", "REGION_KEYS", "whole_file"]
 # The api keys a region entry of a target sets; the target's ``api:`` overrides the others.
 REGION_KEYS = ("region_id", "endpoint", "network")
 # Top-level sections that describe the one target of a file without ``targets:``.
-ONE_TARGET_SECTIONS = ("credentials", "images", "discovery")
+ONE_TARGET_SECTIONS = ("credentials", "images", "discovery", "labels")
 
 
 def whole_file(
@@ -51,6 +53,7 @@ def whole_file(
     if max_regions is not None:
         found += _region_counts(kept, max_regions)[:MAX_COLLECTED]
     found += _sizes(kept, discovery_defaults)[:MAX_COLLECTED]
+    found += _label_names(kept)
     return kept, found
 
 
@@ -239,3 +242,29 @@ def _sizes(data: Mapping[str, Any], discovery_defaults: tuple[int, int]) -> list
                 )
             )
     return out
+
+
+def _label_names(data: Mapping[str, Any]) -> list[InitErrorDetails]:
+    """At most MAX_LABELS distinct own label names in the whole file: every family that carries own labels
+    carries all of them (exporter.config.labels says why that many). Reported once, at the ``labels`` that
+    names one too many."""
+    seen: set[str] = set()
+    for base, node in _scopes(data):
+        images = node.get("images")
+        places: list[tuple[Loc, Any]] = [((*base, "labels"), node.get("labels"))]
+        places += [
+            ((*base, "images", i, "labels"), item.get("labels"))
+            for i, item in enumerate(images if isinstance(images, list) else [])
+            if isinstance(item, dict)
+        ]
+        for loc, labels in places:
+            if not isinstance(labels, dict) or len(labels) > MAX_LABELS:
+                continue  # too many in one mapping is that mapping's own problem
+            seen.update(name for name in labels if isinstance(name, str))
+            if len(seen) > MAX_LABELS:
+                message = (
+                    f"brings the file to {len(seen)} distinct label names; at most {MAX_LABELS} in all, since"
+                    " every labelled series carries every name"
+                )
+                return [rule(loc, message)]
+    return []

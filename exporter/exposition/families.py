@@ -6,7 +6,9 @@ its input to its samples. The fast renderer, the reference collector and the hea
 read this table; nothing else spells a family out. Label names are listed once, in any order: the
 renderers sort them as ``prometheus_client`` does. Every family carries the identity labels
 (:data:`IDENTITY`: ``account`` and ``region_id``); per image they are part of the image's key, so the same
-image id in two accounts or regions is two images. The module is long because
+image id in two accounts or regions is two images. Own labels (config ``labels:``) go where the account
+goes: :func:`build_table` puts their names first on every family with an ``account`` label, and the values
+of the image or the account before its samples' own (:func:`with_own_labels`). The module is long because
 it is the whole table, one declaration per family: splitting it would spread a family out again.
 
 Series semantics (chosen for alerting; the sample functions below are the one place they are decided).
@@ -64,7 +66,8 @@ from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Generic, Literal, NamedTuple, TypeVar
 
-from exporter.config import MetricsConfig
+from exporter.config import MetricsConfig, OwnLabels
+from exporter.config.labels import NO_LABELS
 from exporter.history import ImageHistory
 from exporter.names import CLIENT_FAMILIES, EXPOSED_NAMES, INFO_LABELS, MetricName, pattern_matches
 from exporter.redaction import scrub
@@ -91,6 +94,7 @@ __all__ = [
     "build_table",
     "family_filter",
     "pattern_matches",
+    "with_own_labels",
 ]
 
 
@@ -127,27 +131,32 @@ class Family(Generic[In]):
 
 
 class ImageInput(NamedTuple):
-    """What the series of one image are computed from: its verdict, its last good facts, its history and
-    its last success."""
+    """What the series of one image are computed from: its verdict, its last good facts, its history, its
+    last success and its own label values."""
 
     view: ImageView
     facts: ImageFacts | None
     last_success: float | None  # changes every cycle: only volatile families may read it
     history: ImageHistory | None = None
+    own: tuple[str, ...] = ()  # its own label values, in the order of the table's OwnLabels.names
 
     @classmethod
-    def of(cls, state: ImageState, snapshot: Snapshot) -> ImageInput:
-        """The input of ``state``, an image of ``snapshot`` (whose verdict it reads)."""
-        return cls(snapshot.views[state.key], state.image, state.last_success, state.history)
+    def of(cls, state: ImageState, snapshot: Snapshot, labels: OwnLabels = NO_LABELS) -> ImageInput:
+        """The input of ``state``, an image of ``snapshot`` (whose verdict it reads), with its values of
+        ``labels`` (the table's)."""
+        key = state.key
+        own = labels.image(key.account, key.image_id) if labels.names else ()
+        return cls(snapshot.views[key], state.image, state.last_success, state.history, own)
 
 
 class FamilyTable(NamedTuple):
-    """The families of the snapshot part in exposition order: per image first, then snapshot-wide; and
-    the cap on its series (``metrics.max_series``, 0: none)."""
+    """The families of the snapshot part in exposition order: per image first, then snapshot-wide; the
+    cap on its series (``metrics.max_series``, 0: none); and the own labels its families carry."""
 
     images: tuple[Family[ImageInput], ...]
     snapshot: tuple[Family[Snapshot], ...]
     max_series: int = 0
+    labels: OwnLabels = NO_LABELS
 
     @property
     def specs(self) -> tuple[MetricSpec, ...]:
@@ -647,14 +656,52 @@ def _configured(family: Family[In], metrics: MetricsConfig) -> Family[In]:
 _WHOLE = MetricsConfig(state_sets="full")
 
 
-def build_table(metrics: MetricsConfig, base: FamilyTable = TABLE) -> FamilyTable:
+def with_own_labels(spec: MetricSpec, names: tuple[str, ...]) -> MetricSpec:
+    """``spec`` with the own label ``names`` first when it has an ``account`` label (its samples' values
+    then start with the account's or the image's), else ``spec`` itself."""
+    if not names or "account" not in spec.labels:
+        return spec
+    return replace(spec, labels=(*names, *spec.labels))
+
+
+def _own_per_image(family: Family[ImageInput], names: tuple[str, ...]) -> Family[ImageInput]:
+    """``family`` with the image's own label values (``ImageInput.own``) before each sample's."""
+    samples = family.samples
+
+    def labelled(i: ImageInput) -> Iterable[Sample]:
+        own = i.own
+        return [((*own, *values), v) for values, v in samples(i)]
+
+    return replace(family, spec=with_own_labels(family.spec, names), samples=labelled)
+
+
+def _own_per_scope(family: Family[Snapshot], labels: OwnLabels) -> Family[Snapshot]:
+    """``family`` with its account's own label values before each sample's, found by the sample's
+    ``account`` value (gated like the values: both pass the output gate at the same render)."""
+    samples = family.samples
+    at = family.spec.labels.index("account")
+    unset = ("",) * len(labels.names)
+
+    def labelled(snapshot: Snapshot) -> Iterable[Sample]:
+        by_account = labels.by_gated_account()
+        return [((*by_account.get(values[at], unset), *values), v) for values, v in samples(snapshot)]
+
+    return replace(family, spec=with_own_labels(family.spec, labels.names), samples=labelled)
+
+
+def build_table(
+    metrics: MetricsConfig, base: FamilyTable = TABLE, *, labels: OwnLabels = NO_LABELS
+) -> FamilyTable:
     """The table of the snapshot part under ``metrics``: ``base``'s families that pass include and exclude,
-    state sets, sparse families and info labels cut as configured, and the series cap."""
-    if metrics == _WHOLE:
+    state sets, sparse families and info labels cut as configured, the series cap, and the own ``labels``
+    on every family with an account (``base`` itself when nothing is asked of it)."""
+    names = labels.names
+    if metrics == _WHOLE and not names:
         return base
     allowed = family_filter(metrics)
-    return FamilyTable(
-        tuple(_configured(f, metrics) for f in base.images if allowed(f.spec.name)),
-        tuple(_configured(f, metrics) for f in base.snapshot if allowed(f.spec.name)),
-        metrics.max_series,
-    )
+    images = tuple(_configured(f, metrics) for f in base.images if allowed(f.spec.name))
+    wide = tuple(_configured(f, metrics) for f in base.snapshot if allowed(f.spec.name))
+    if names:
+        images = tuple(_own_per_image(f, names) if "account" in f.spec.labels else f for f in images)
+        wide = tuple(_own_per_scope(f, labels) if "account" in f.spec.labels else f for f in wide)
+    return FamilyTable(images, wide, metrics.max_series, labels if names else NO_LABELS)

@@ -19,6 +19,8 @@ from array import array
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
+from exporter.config import OwnLabels
+from exporter.config.labels import NO_LABELS
 from exporter.exposition.deflate import Deflated, deflate
 from exporter.exposition.families import TABLE, FamilyTable, ImageInput
 from exporter.exposition.lines import LineEncoder, header
@@ -34,9 +36,10 @@ RENDER_SLICE_SECONDS = 0.002
 
 class RenderedSnapshot:
     """The snapshot part rendered once, as parts to write in order (no ``# EOF``), and lazy gzip; with its
-    series count and the images the series cap left out."""
+    series count, the images the series cap left out, and the own labels it was rendered with (what the
+    health board shows)."""
 
-    __slots__ = ("_deflated", "_lock", "_parts", "_sizes", "dropped_images", "series", "snapshot")
+    __slots__ = ("_deflated", "_lock", "_parts", "_sizes", "dropped_images", "labels", "series", "snapshot")
 
     def __init__(
         self,
@@ -46,10 +49,12 @@ class RenderedSnapshot:
         *,
         series: int = 0,
         dropped_images: int = 0,
+        labels: OwnLabels = NO_LABELS,
     ) -> None:
         self.snapshot = snapshot
         self.series = series
         self.dropped_images = dropped_images
+        self.labels = labels
         self._parts = {False: text, True: openmetrics}
         self._sizes = {False: sum(map(len, text)), True: sum(map(len, openmetrics))}
         self._deflated: dict[bool, Deflated] = {}
@@ -191,7 +196,7 @@ class SnapshotRenderer:
             fresh: list[list[bytes]] = [[] for _ in volatile]
             for n in range(start, min(start + PART_IMAGES, len(states))):
                 state = states[n]
-                image = ImageInput.of(state, snapshot)
+                image = ImageInput.of(state, snapshot, self._table.labels)
                 # What its cached lines depend on, compared by value: its input without the volatile part
                 # (a field added to ImageInput joins the key by itself).
                 key = image._replace(last_success=None)
@@ -244,7 +249,9 @@ class SnapshotRenderer:
             for at, om_header in zip(header_at, self._om_headers, strict=True):
                 parts[at] = om_header
             om = tuple(parts)
-        return RenderedSnapshot(snapshot, text, om, series=series, dropped_images=len(states) - count)
+        return RenderedSnapshot(
+            snapshot, text, om, series=series, dropped_images=len(states) - count, labels=self._table.labels
+        )
 
 
 def _batch(entries: Sequence[_Entry], family: int, prev: _Previous, ends: array[int]) -> bytes:

@@ -3,7 +3,8 @@ sharding).
 
 Rendered per scrape by ``prometheus_client`` from :class:`SelfMetrics` (a few hundred samples, after the
 snapshot part, so the OpenMetrics ``# EOF`` it ends with is the only one). Names, help texts, types and
-label names come from the family table (:data:`~exporter.exposition.families.SELF_SPECS`).
+label names come from the family table (:data:`~exporter.exposition.families.SELF_SPECS`); the families
+per (account, region) carry the account's own labels, as the snapshot part's do.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from prometheus_client.metrics_core import (
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from exporter.buildinfo import BuildInfo
-from exporter.config import Scope
+from exporter.config import OwnLabels, Scope
+from exporter.config.labels import NO_LABELS
 from exporter.errors import KNOWN_CODES, LOCAL_CODES, OVERFLOW_CODE, ApiError
-from exporter.exposition.families import SPECS, MetricName, MetricSpec
+from exporter.exposition.families import SPECS, MetricName, MetricSpec, with_own_labels
 from exporter.exposition.lines import go_float
 from exporter.redaction import scrub
 
@@ -186,6 +188,8 @@ class SelfMetrics:
         self.exposition_dropped_images = 0
         # Which families the self part exposes, by exposed name (metrics.include / exclude).
         self.allow: Callable[[str], bool] = _everything
+        # The own labels of the config in force: each (account, region)'s families carry its account's.
+        self.labels: OwnLabels = NO_LABELS
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Allowed(self, process_metrics))
 
@@ -224,15 +228,21 @@ class SelfMetrics:
     def collect(self) -> Iterable[Metric]:
         """Yield the self-metric families."""
         scopes = sorted(self._scopes.items())
-        requests = counter(SPECS[_M.API_REQUESTS])
-        errors = counter(SPECS[_M.API_ERRORS])
-        ignored = counter(SPECS[_M.API_IGNORED_VALUES])
-        latency = histogram(SPECS[_M.API_REQUEST_DURATION])
-        rate_limit = gauge(SPECS[_M.API_RATE_LIMIT])
-        overruns = counter(SPECS[_M.REFRESH_OVERRUNS])
-        replication = histogram(SPECS[_M.REPLICATION_DURATION])
+        own = self.labels
+
+        def spec(name: MetricName) -> MetricSpec:
+            return with_own_labels(SPECS[name], own.names)  # own label names first on per-account families
+
+        requests = counter(spec(_M.API_REQUESTS))
+        errors = counter(spec(_M.API_ERRORS))
+        ignored = counter(spec(_M.API_IGNORED_VALUES))
+        latency = histogram(spec(_M.API_REQUEST_DURATION))
+        rate_limit = gauge(spec(_M.API_RATE_LIMIT))
+        overruns = counter(spec(_M.REFRESH_OVERRUNS))
+        replication = histogram(spec(_M.REPLICATION_DURATION))
         for scope, m in scopes:
-            who = [scrub(scope.account), scrub(scope.region_id)]
+            # Own label values first, as with_own_labels puts their names.
+            who = [*own.account(scope.account), scrub(scope.account), scrub(scope.region_id)]
             for action, n in sorted(m._requests.items()):
                 requests.add_metric([*who, action], n)
             # Codes pass the output gate here; two codes it maps to one label value are added up, so

@@ -10,7 +10,7 @@ from string import Template
 
 from aiohttp import hdrs, web
 
-from exporter.config import Config, Scope
+from exporter.config import Config, OwnLabels, Scope
 from exporter.http.source import SOURCE_KEY, TELEMETRY_PATH_KEY, MetricsSource
 from exporter.redaction import scrub
 from exporter.snapshot import ImageKey, Snapshot
@@ -139,6 +139,7 @@ def _scope_rows(cfg: Config) -> list[tuple[str, str]]:
         ("refresh interval", f"{cfg.refresh.interval_seconds:g} s (jitter ±{cfg.refresh.jitter_ratio:.0%})"),
         ("static images", str(len(cfg.images))),
         ("discovery", "enabled" if cfg.discovery.enabled else "disabled"),
+        *([("labels", ", ".join(f"{k}={v}" for k, v in cfg.labels.items()))] if cfg.labels else []),
     ]
 
 
@@ -267,10 +268,20 @@ def _replica_cell(replica: ReplicaView | None, region: str) -> str:
     )
 
 
-def _image_row(view: ImageView, name: str, regions: Sequence[str]) -> str:
-    """One matrix row: id (and name), health, status, then one cell per region column."""
+def _own_labels(own: Sequence[tuple[str, str]]) -> str:
+    """An image's own labels (config ``labels:``), as /metrics carries them, under its id."""
+    if not own:
+        return ""
+    items = "".join(f'<li data-label="{_h(n)}">{_h(n)}=<b>{_h(v)}</b></li>' for n, v in own)
+    return f'<ul class="detail own-labels">{items}</ul>'
+
+
+def _image_row(
+    view: ImageView, name: str, regions: Sequence[str], own: Sequence[tuple[str, str]] = ()
+) -> str:
+    """One matrix row: id (and name, and own labels), health, status, then one cell per region column."""
     by_region = {r.region: r for r in view.replicas}
-    label = f'<div class="detail">{_h(name)}</div>' if name else ""
+    label = (f'<div class="detail">{_h(name)}</div>' if name else "") + _own_labels(own)
     cells = "".join(_replica_cell(by_region.get(region), region) for region in regions)
     return (
         f'<tr class="h-{_HEALTH_CLASS[view.health]}" data-image="{_h(view.image_id)}"'
@@ -299,36 +310,87 @@ def _group_row(scope: Scope, views: Sequence[ImageView], columns: int) -> str:
     )
 
 
-def _matrix(snapshot: Snapshot) -> str:
-    """The image-by-region matrix grouped by account and region (the group with the worst image first),
-    worst first within each (HEALTH_ORDER, then id), at most MAX_LANDING_ROWS rows."""
+def _label_group_row(name: str, value: str, views: Sequence[ImageView], columns: int) -> str:
+    """The heading of the images with one value of the own label the board is grouped by."""
+    bad = sum(1 for v in views if v.health is not Health.HEALTHY)
+    state = f"{bad} not healthy" if bad else "all healthy"
+    which = f"{_h(name)} <code>{_h(value)}</code>" if value else f"no {_h(name)}"
+    return (
+        f'<tr class="group" data-label="{_h(name)}" data-value="{_h(value)}">'
+        f'<th scope="rowgroup" colspan="{columns}">{which} &middot; {len(views)} image(s), {state}</th></tr>'
+    )
+
+
+def _group_by(request: web.Request, labels: OwnLabels) -> str | None:
+    """The ``group`` query parameter: one of the configured own label names, or None (account and
+    region); anything else is a 400."""
+    values = request.query.getall("group", [])
+    if not values:
+        return None
+    if len(values) != 1 or values[0] not in labels.names:
+        known = ", ".join(labels.names) or "none is configured"
+        raise web.HTTPBadRequest(text=f"group must be the name of an own label ({known})\n")
+    return values[0]
+
+
+def _grouping_links(labels: OwnLabels, group: str | None, refresh: int | None) -> str:
+    """Links that group the board by account and region, or by one own label (when there are any); each
+    keeps the auto-refresh."""
+    if not labels.names:
+        return ""
+    again = f"refresh={refresh}" if refresh is not None else ""
+    choices = [(f"/?{again}" if again else "/", "account and region", group is None)]
+    choices += [(f"/?group={n}" + (f"&{again}" if again else ""), n, group == n) for n in labels.names]
+    links = " ".join(
+        f"<strong>{_h(text)}</strong>" if current else f'<a href="{_h(href)}">{_h(text)}</a>'
+        for href, text, current in choices
+    )
+    return f'<p class="grouping" id="grouping">group by: {links}</p>'
+
+
+def _matrix(snapshot: Snapshot, labels: OwnLabels, group: str | None = None) -> str:
+    """The image-by-region matrix grouped by account and region, or by the value of the own label
+    ``group`` (the group with the worst image first), worst first within each (HEALTH_ORDER, then id), at
+    most MAX_LANDING_ROWS rows."""
     if not snapshot.completed:
         return '<p class="muted" id="images">No image checked yet.</p>'
     rank = {h: i for i, h in enumerate(HEALTH_ORDER)}
-    groups: dict[Scope, list[tuple[ImageKey, ImageView]]] = {}
+    own = {key: labels.image(key.account, key.image_id) if labels.names else () for key in snapshot.views}
+    at = labels.names.index(group) if group is not None else -1
+
+    def group_of(key: ImageKey) -> tuple[bool, str, str]:
+        # By label value, the images without the label after the others at equal worst; else by scope.
+        if group is not None:
+            return (own[key][at] == "", own[key][at], "")
+        return (False, key.account, key.region_id)
+
+    groups: dict[tuple[bool, str, str], list[tuple[ImageKey, ImageView]]] = {}
     for key, view in snapshot.views.items():
-        groups.setdefault(Scope(key.account, key.region_id), []).append((key, view))
-    worst = {scope: min(rank[v.health] for _, v in items) for scope, items in groups.items()}
+        groups.setdefault(group_of(key), []).append((key, view))
+    worst = {g: min(rank[v.health] for _, v in items) for g, items in groups.items()}
     ordered = sorted(
         snapshot.views.items(),
-        key=lambda item: (worst[Scope(*item[0][:2])], item[0][:2], rank[item[1].health], item[0]),
+        key=lambda item: (worst[group_of(item[0])], group_of(item[0]), rank[item[1].health], item[0]),
     )
     shown = ordered[:MAX_LANDING_ROWS]
     if not shown:
         return '<p id="images">No image is watched.</p>'
     regions = sorted({r.region for _, v in shown for r in v.replicas})
     rows = []
-    current: Scope | None = None
+    current: tuple[bool, str, str] | None = None
     for key, view in shown:
-        scope = Scope(key.account, key.region_id)
+        found = group_of(key)
+        members = [v for _, v in groups[found]]
+        if group is not None and found != current:
+            rows.append(_label_group_row(group, own[key][at], members, 3 + len(regions)))
         # One heading per (account, region), when there are several (one says nothing the page does not).
-        if scope != current and len(groups) > 1:
-            rows.append(_group_row(scope, [v for _, v in groups[scope]], 3 + len(regions)))
-        current = scope
+        elif group is None and found != current and len(groups) > 1:
+            rows.append(_group_row(Scope(key.account, key.region_id), members, 3 + len(regions)))
+        current = found
         state = snapshot.images.get(key)  # for the name only: the verdict is the view's
         img = state.image if state is not None else None
         name = " ".join(filter(None, (img.name, img.version))) if img is not None else ""
-        rows.append(_image_row(view, name, regions))
+        rows.append(_image_row(view, name, regions, labels.shown(own[key]) if labels.names else ()))
     head = "".join(f'<th scope="col" class="region">{_h(r)}</th>' for r in regions)
     cut = ""
     if len(shown) < len(ordered):
@@ -360,7 +422,9 @@ async def landing(request: web.Request) -> web.Response:
     """The health board: banners, counts by health, the worst-first matrix, the folded config."""
     refresh = _refresh_seconds(request)  # first: a bad request answers 400 before any work
     source = request.app[SOURCE_KEY]
-    snapshot = source.rendered.snapshot  # one read: the whole page shows one snapshot
+    rendered = source.rendered  # one read: the whole page shows one snapshot, with the labels /metrics has
+    snapshot, labels = rendered.snapshot, rendered.labels
+    group = _group_by(request, labels)
     page = _LANDING.substitute(
         title=_h(_title(snapshot)),
         meta_refresh=f'<meta http-equiv="refresh" content="{refresh}">' if refresh is not None else "",
@@ -370,7 +434,7 @@ async def landing(request: web.Request) -> web.Response:
         banners=_banners(snapshot),
         counts=_counts(snapshot),
         summary=_summary(snapshot, len(snapshot.views)),
-        matrix=_matrix(snapshot),
+        matrix=_grouping_links(labels, group, refresh) + _matrix(snapshot, labels, group),
         config_rows=_config_rows(source),
     )
     return web.Response(

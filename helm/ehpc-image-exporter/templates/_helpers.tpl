@@ -110,7 +110,7 @@ works (a ${VAR} name allows only [A-Za-z0-9_]). Call with (list $i "ACCESS_KEY_I
 {{/* The config file's content as a YAML mapping: `config` as given, plus what the chart derives from
 `targets` and `rrsa`. Keys the chart interprets are camelCase in the values (credentials, rrsa,
 assumeRole, accountQps, accountMaxConcurrency); blocks copied into the config verbatim (regions, api,
-refresh, images, discovery) keep the config's snake_case, as `config:` itself does. */}}
+refresh, images, labels, discovery) keep the config's snake_case, as `config:` itself does. */}}
 {{- define "ehpc-image-exporter.configData" -}}
 {{- $config := deepCopy (.Values.config | default dict) }}
 {{- if .Values.targets }}
@@ -139,7 +139,7 @@ refresh, images, discovery) keep the config's snake_case, as `config:` itself do
 {{- with .stsEndpoint }}{{ $_ := set $role "sts_endpoint" . }}{{ end }}
 {{- $_ := set $out "assume_role" $role }}
 {{- end }}
-{{- range $key := list "api" "refresh" "images" }}
+{{- range $key := list "api" "refresh" "images" "labels" }}
 {{- if hasKey $t $key }}{{ $_ := set $out $key (get $t $key) }}{{ end }}
 {{- end }}
 {{- if hasKey $t "discovery" }}
@@ -211,6 +211,9 @@ so the pod's checksum/config annotation is the sha256 of the file the exporter r
 {{- end }}
 {{- if dig "images" "" (.Values.config | default dict) }}
 {{- fail "targets is set: move config.images into each target's images (config.images is the single-target form)" }}
+{{- end }}
+{{- if dig "labels" "" (.Values.config | default dict) }}
+{{- fail "targets is set: move config.labels into each target's labels (config.labels is the single-target form)" }}
 {{- end }}
 {{- end }}
 {{- $seen := dict }}
