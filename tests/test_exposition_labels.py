@@ -178,7 +178,7 @@ def test_a_config_without_labels_changes_nothing() -> None:
     the same bytes as with no labels at all."""
     plain = Config(targets=tuple(TargetConfig(a, images=(WatchedImage("m-ok"),)) for a in ACCOUNTS))
     assert plain.own_labels() == NO_LABELS
-    assert build_table(MetricsConfig(), labels=plain.own_labels()) is TABLE
+    assert build_table(MetricsConfig(state_sets="full"), labels=plain.own_labels()) is TABLE
     assert build_table(MetricsConfig(state_sets="current"), labels=plain.own_labels()).labels is NO_LABELS
     with_none, without = SelfMetrics(BUILD, process_metrics=False), SelfMetrics(BUILD, process_metrics=False)
     with_none.labels = plain.own_labels()
@@ -202,11 +202,11 @@ def test_series_count_and_cap_do_not_change_with_labels() -> None:
     labels = config.own_labels()
     plain, labelled = (
         render_snapshot(snapshot),
-        render_snapshot(snapshot, build_table(MetricsConfig(), labels=labels)),
+        render_snapshot(snapshot, build_table(MetricsConfig(state_sets="full"), labels=labels)),
     )
     assert labelled.series == plain.series == len(all_labels(plain.text.decode()))
     for cap in (plain.series // 3, plain.series // 2, plain.series - 1):
-        capped = MetricsConfig(max_series=cap)
+        capped = MetricsConfig(max_series=cap, state_sets="full")
         a, b = (
             render_snapshot(snapshot, build_table(capped)),
             render_snapshot(snapshot, build_table(capped, labels=labels)),

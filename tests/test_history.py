@@ -14,7 +14,13 @@ from exporter.config import MetricsConfig, WatchedImage
 from exporter.history import ImageHistory, ReplicaHistory, observe
 from exporter.service import ExporterService
 from tests.exporter_support import samples, sim_config, value
-from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_ID, RunningSimulator, sim_images
+from tests.fixtures.sim import (
+    SIM_ACCESS_KEY_SECRET,
+    SIM_CONTAINER_ID,
+    SIM_VM_ID,
+    RunningSimulator,
+    sim_images,
+)
 
 HEALTHY = ("Available",)
 REGIONS = ("cn-beijing", "cn-shanghai")
@@ -133,7 +139,9 @@ async def test_history_equals_what_the_simulator_did() -> None:
     controlled clock: since-timestamps, change counts and replication times equal the simulator's own
     record of what it applied and when."""
     wall = _Wall(START)
-    sim = Simulator(images=sim_images(), access_keys={"ak": "sk"}, clock=wall, signing_clock=time.time)
+    sim = Simulator(
+        images=sim_images(), access_keys={"ak": SIM_ACCESS_KEY_SECRET}, clock=wall, signing_clock=time.time
+    )
     steps = [
         ScriptStep(300, SIM_VM_ID, status="Creating"),  # an update...
         ScriptStep(600, SIM_VM_ID, status="Available"),  # ...done
@@ -145,7 +153,7 @@ async def test_history_equals_what_the_simulator_did() -> None:
         ),
     ]
     async with sim.serve() as url:
-        running = RunningSimulator(sim, url, "ak", "sk")
+        running = RunningSimulator(sim, url, "ak", SIM_ACCESS_KEY_SECRET)
         sim.images[SIM_VM_ID].regions["cn-beijing"] = "Available"
         watched = [
             WatchedImage(SIM_VM_ID, additional_region_ids=("cn-beijing",)),

@@ -42,7 +42,7 @@ from tests.fixtures.estate import (
     region_target,
 )
 from tests.fixtures.http import wait_until_async
-from tests.fixtures.sim import SIM_VM_ID, RunningSimulator, signed_call, sim_images
+from tests.fixtures.sim import SIM_ACCESS_KEY_SECRET, SIM_VM_ID, RunningSimulator, signed_call, sim_images
 
 START = 1_700_000_000.0  # far from real time on purpose: only signing_clock keeps the signatures valid
 ASKED = '["cn-beijing","cn-shanghai","cn-hongkong"]'
@@ -92,12 +92,12 @@ async def scripted() -> AsyncIterator[Scripted]:
     clock = FakeClock(start=START)
     sim = Simulator(
         images=sim_images(),
-        access_keys={"ak": "sk"},
+        access_keys={"ak": SIM_ACCESS_KEY_SECRET},
         clock=clock.monotonic,
         signing_clock=time.time,
     )
     async with sim.serve() as url, aiohttp.ClientSession() as session:
-        yield Scripted(RunningSimulator(sim, url, "ak", "sk"), clock, session)
+        yield Scripted(RunningSimulator(sim, url, "ak", SIM_ACCESS_KEY_SECRET), clock, session)
 
 
 def region(
