@@ -157,7 +157,7 @@ async def test_list_images_empty(simulator: RunningSimulator) -> None:
 
 async def test_wrong_secret_is_signature_mismatch_and_not_retried(simulator: RunningSimulator) -> None:
     rec = Recorder()
-    async with make_client(simulator, secret="not-the-secret", observer=rec) as client:
+    async with make_client(simulator, secret="not-the-secret-at-all", observer=rec) as client:
         with pytest.raises(ApiError) as info:
             await client.get_image(SIM_VM_ID)
     err = info.value
@@ -165,13 +165,13 @@ async def test_wrong_secret_is_signature_mismatch_and_not_retried(simulator: Run
     assert err.http_status == 400
     assert err.action == "GetImage"
     assert "string to sign" not in err.message
-    assert "not-the-secret" not in str(err)
+    assert "not-the-secret-at-all" not in str(err)
     assert count(simulator, "GetImage", "SignatureDoesNotMatch") == 1
     assert rec.codes == ["SignatureDoesNotMatch"]
 
 
 async def test_unknown_access_key(simulator: RunningSimulator) -> None:
-    source = StaticCredentialSource(Credential("nobody", "x"))
+    source = StaticCredentialSource(Credential("nobody", "nobody-secret-0123456"))
     async with make_client(simulator, credentials=source) as client:
         with pytest.raises(ApiError) as info:
             await client.get_image(SIM_VM_ID)

@@ -18,7 +18,7 @@ from exporter.openapi.answers import error_from_response
 from exporter.openapi.client import EhpcClient, resolve_endpoint
 from exporter.openapi.signing import AUTHORIZATION_RE, EMPTY_SHA256, sign
 
-AK, SK, TOKEN = "wire-ak", "wire-secret-value", "wire-sts-token"
+AK, SK, TOKEN = "wire-ak", "wire-secret-value", "CAISwire-sts-token-0123"
 OK_IMAGE = {
     "RequestId": "R1",
     "Success": True,

@@ -168,7 +168,7 @@ async def test_reload_rebuilds_the_client_when_api_or_credentials_change(simulat
         await wait_until_async(lambda: len(svc.snapshot.images) == 2)
         assert len(factory.clients) == 1
         wrong = CredentialsConfig(
-            type="access_key", access_key_id="unknown-key", access_key_secret="whatever-secret"
+            type="access_key", access_key_id="unknown-key", access_key_secret="whatever-secret-0123"
         )
         sequence = svc.snapshot.sequence
         await svc.reload(replace(cfg, credentials=wrong))
@@ -219,7 +219,9 @@ async def test_reload_records_its_outcome_once_and_a_failed_one_keeps_the_config
             raise RuntimeError("cannot build a client")
 
         svc._client_factory = broken
-        wrong = CredentialsConfig(type="access_key", access_key_id="other", access_key_secret="other-secret")
+        wrong = CredentialsConfig(
+            type="access_key", access_key_id="other", access_key_secret="other-secret-012345"
+        )
         before = svc.config
         with pytest.raises(RuntimeError):
             await svc.reload(replace(cfg, credentials=wrong))
