@@ -2,7 +2,8 @@
 
 A target overrides some top-level keys (``targets[].api``, ``targets[].refresh``): its overrides are the
 class's own fields, each optional, None meaning "inherited". A region entry names a few keys of the API
-config. Both are made from the class's annotated fields, so a key added to the class is a key here.
+config. Both are made from the class's annotated fields, so a key added to the class is a key here. The
+runtime classes are passed in (they live in :mod:`exporter.config.model`, which imports this module).
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ import dataclasses
 import functools
 import typing
 from dataclasses import field, make_dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, TypeAdapter
+from pydantic import ConfigDict, TypeAdapter, ValidationError, ValidationInfo
 
-__all__ = ["FILE", "adapter", "dataclass_form", "merged", "overrides"]
+from exporter.config import rules
+from exporter.config.errors import fail, relocated
+from exporter.config.schema import MAX_REGIONS_PER_TARGET, Items
+
+__all__ = ["FILE", "adapter", "dataclass_form", "merged", "overrides", "resolved_target", "target_entry"]
 
 FILE = ConfigDict(extra="forbid")  # every config class: a key the file misspells is an error, never ignored
 
@@ -75,3 +80,59 @@ def _set(changes: Any) -> dict[str, Any]:
         return {}
     values = ((f.name, getattr(changes, f.name)) for f in dataclasses.fields(changes))
     return {k: _set(v) if dataclasses.is_dataclass(v) else v for k, v in values if v is not None}
+
+
+def target_entry(target: type, api_config: type, refresh_config: type) -> type:
+    """The target class as the file writes it: an account and region entries required, and the target's
+    overrides of the top-level ``api`` (but its region keys) and ``refresh``."""
+    hints = typing.get_type_hints(target, include_extras=True)
+    region = (
+        "``targets[].regions[]``: one region of a target, with its endpoint and network when not inherited."
+    )
+    entry = overrides(api_config, "RegionEntry", region, rules.REGION_KEYS, required=("region_id",))
+    api_keys = tuple(f.name for f in dataclasses.fields(api_config) if f.name not in rules.REGION_KEYS)
+    api = overrides(
+        api_config, "ApiOverrides", "``targets[].api``: overrides of the top-level api.", api_keys
+    )
+    refresh = overrides(refresh_config, "RefreshOverrides", "``targets[].refresh``: overrides of refresh.")
+    fields: list[tuple[str, Any, Any]] = []
+    for f in dataclasses.fields(target):
+        if f.name == "account":
+            fields.append((f.name, hints[f.name], dataclasses.MISSING))
+        elif f.name == "regions":
+            entries = Annotated[tuple[entry, ...], Items(MAX_REGIONS_PER_TARGET, min_length=1)]  # type: ignore[valid-type]
+            fields += [(f.name, entries, dataclasses.MISSING), ("api", api | None, None)]
+        elif f.name == "refresh":
+            fields.append((f.name, refresh | None, None))
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            fields.append((f.name, hints[f.name], default))
+    doc = "``targets[]``: one account, its credentials and regions, what to watch there, its overrides."
+    return dataclass_form("TargetEntry", doc, fields)
+
+
+def resolved_target(
+    entry: Any, info: ValidationInfo, target: type, api_config: type, refresh_config: type
+) -> Any:
+    """A valid target entry as a ``target``: each region a whole API config (the top-level api, the
+    target's overrides with one level of nesting merged, the region entry's keys), its refresh likewise.
+    Validated again: a combination can break a rule neither part does (an override's max_delay below the
+    top level's base delay). Each target is judged on its own, so one invalid target hides no other's."""
+    api, refresh = info.data.get("api"), info.data.get("refresh")
+    if api is None or refresh is None:
+        return entry  # the top level's own problems are reported; there is nothing to resolve against
+    regions, failed = [], []
+    for region in entry.regions:
+        keys = {k: v for k in rules.REGION_KEYS if (v := getattr(region, k)) is not None}
+        try:
+            regions.append(adapter(api_config).validate_python(merged(api, entry.api, keys)))
+        except ValidationError as exc:
+            failed.append((("api",), exc))
+    try:
+        own_refresh = adapter(refresh_config).validate_python(merged(refresh, entry.refresh))
+    except ValidationError as exc:
+        failed.append((("refresh",), exc))
+    if failed:
+        fail("target", relocated(failed))
+    same = {f.name: getattr(entry, f.name) for f in dataclasses.fields(target)}
+    return target(**{**same, "regions": tuple(regions), "refresh": own_refresh})

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import typing
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple, cast
@@ -41,7 +40,6 @@ from exporter.config.schema import (
     MAX_ERROR_CODES,
     MAX_IMAGES,
     MAX_REGIONS_PER_IMAGE,
-    MAX_REGIONS_PER_TARGET,
     MAX_SERIES,
     MAX_TARGETS,
     MIN_QPS,
@@ -447,67 +445,12 @@ class TargetConfig:
         )
 
 
-# --------------------------------------------------------------------------------------------------------
 # The target as the file writes it, derived from the fields above (so a key added there is a key here).
-
-
-def _target_entry() -> type:
-    """``TargetConfig`` as the file writes it: an account and region entries required, and the target's
-    overrides of the top-level ``api`` (but its region keys) and ``refresh``."""
-    hints = typing.get_type_hints(TargetConfig, include_extras=True)
-    region = (
-        "``targets[].regions[]``: one region of a target, with its endpoint and network when not inherited."
-    )
-    entry = forms.overrides(ApiConfig, "RegionEntry", region, rules.REGION_KEYS, required=("region_id",))
-    api_keys = tuple(f.name for f in dataclasses.fields(ApiConfig) if f.name not in rules.REGION_KEYS)
-    api = forms.overrides(
-        ApiConfig, "ApiOverrides", "``targets[].api``: overrides of the top-level api.", api_keys
-    )
-    refresh = forms.overrides(
-        RefreshConfig, "RefreshOverrides", "``targets[].refresh``: overrides of refresh."
-    )
-    fields: list[tuple[str, Any, Any]] = []
-    for f in dataclasses.fields(TargetConfig):
-        if f.name == "account":
-            fields.append((f.name, hints[f.name], dataclasses.MISSING))
-        elif f.name == "regions":
-            entries = Annotated[tuple[entry, ...], Items(MAX_REGIONS_PER_TARGET, min_length=1)]  # type: ignore[valid-type]
-            fields += [(f.name, entries, dataclasses.MISSING), ("api", api | None, None)]
-        elif f.name == "refresh":
-            fields.append((f.name, refresh | None, None))
-        else:
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            fields.append((f.name, hints[f.name], default))
-    doc = "``targets[]``: one account, its credentials and regions, what to watch there, its overrides."
-    return forms.dataclass_form("TargetEntry", doc, fields)
-
-
-TargetConfig.file_form = _target_entry()
+TargetConfig.file_form = forms.target_entry(TargetConfig, ApiConfig, RefreshConfig)
 
 
 def _resolved(entry: Any, info: ValidationInfo) -> Any:
-    """A valid target entry as a TargetConfig: each region a whole API config (the top-level api, the
-    target's overrides with one level of nesting merged, the region entry's keys), its refresh likewise.
-    Validated again: a combination can break a rule neither part does (an override's max_delay below the
-    top level's base delay). Each target is judged on its own, so one invalid target hides no other's."""
-    api, refresh = info.data.get("api"), info.data.get("refresh")
-    if api is None or refresh is None:
-        return entry  # the top level's own problems are reported; there is nothing to resolve against
-    regions, failed = [], []
-    for region in entry.regions:
-        keys = {k: v for k in rules.REGION_KEYS if (v := getattr(region, k)) is not None}
-        try:
-            regions.append(forms.adapter(ApiConfig).validate_python(forms.merged(api, entry.api, keys)))
-        except ValidationError as exc:
-            failed.append((("api",), exc))
-    try:
-        own_refresh = forms.adapter(RefreshConfig).validate_python(forms.merged(refresh, entry.refresh))
-    except ValidationError as exc:
-        failed.append((("refresh",), exc))
-    if failed:
-        fail("target", relocated(failed))
-    same = {f.name: getattr(entry, f.name) for f in dataclasses.fields(TargetConfig)}
-    return TargetConfig(**{**same, "regions": tuple(regions), "refresh": own_refresh})
+    return forms.resolved_target(entry, info, TargetConfig, ApiConfig, RefreshConfig)
 
 
 @dataclass(frozen=True, slots=True)
