@@ -36,6 +36,7 @@ from exporter.credential_fetch import (
 )
 from exporter.errors import CREDENTIAL_ERROR, ApiError
 from exporter.logging import gate_foreign_records
+from exporter.redaction import mask_secrets
 
 __all__ = [
     "FETCH_DEADLINE_SECONDS",
@@ -76,6 +77,7 @@ _URL_QUERY_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"]*)\?[^\s#'\"]*", r
 
 def scrub(message: str) -> str:
     """Remove response bodies, secret-looking key/value pairs and URL queries from a library message."""
+    message = mask_secrets(message)  # before the cut: a secret cut in two would leave its start
     message = _BODY_RE.sub(r"\1<redacted>", message)
     message = _URL_QUERY_RE.sub(r"\1?<redacted>", message)
     message = _SECRET_KV_RE.sub(r"\1<redacted>", message)

@@ -35,6 +35,7 @@ from exporter.history import observe
 from exporter.models import Image, ImageSummary
 from exporter.sharding import in_shard
 from exporter.snapshot import DiscoveryStatus, ImageError, ImageFacts, ImageKey, ImageState, Snapshot
+from exporter.view import error_reason
 
 __all__ = ["ImageApi", "Refresher"]
 
@@ -269,7 +270,7 @@ class Refresher:
                     max_pages=cfg.max_pages,
                 )
         except ApiError as exc:
-            self._discovery_failed(exc.code)
+            self._discovery_failed(exc.code, exc.message)
             self._log.warning(
                 "discovery_failed",
                 code=exc.code,
@@ -280,23 +281,23 @@ class Refresher:
             )
             return self._discovered
         except TimeoutError:
-            self._discovery_failed(TIMEOUT)
+            self._discovery_failed(TIMEOUT, f"ListImages: no listing within {limit:g}s")
             self._log.warning(
                 "discovery_failed", code=TIMEOUT, timeout_seconds=limit, kept=len(self._discovered)
             )
             return self._discovered
         except Exception:  # a bug must not stop the static images from being refreshed
-            self._discovery_failed(EXPORTER_ERROR)
+            self._discovery_failed(EXPORTER_ERROR, "ListImages: the exporter failed (see its log)")
             self._log.exception("discovery_crashed", kept=len(self._discovered))
             return self._discovered
         self._discovered = _discovered(summaries, cfg)
         self._discovery = DiscoveryStatus(True, self._wall_clock(), len(self._discovered))
         return self._discovered
 
-    def _discovery_failed(self, code: str) -> None:
+    def _discovery_failed(self, code: str, message: str) -> None:
         """Record a failed discovery: the last good set is kept, and so is when it was found."""
         last = self._discovery.last_success if self._discovery is not None else None
-        self._discovery = DiscoveryStatus(False, last, len(self._discovered), code)
+        self._discovery = DiscoveryStatus(False, last, len(self._discovered), code, error_reason(message))
 
     async def _fetch_all(
         self, client: ImageApi, watched: list[WatchedImage], config: Config
@@ -402,7 +403,9 @@ class Refresher:
             watched,
             prev.image if prev is not None else None,
             prev.last_success if prev is not None else None,
-            ImageError(result.code, result.http_status, result.request_id, since),
+            ImageError(
+                result.code, result.http_status, result.request_id, since, error_reason(result.message)
+            ),
             scope,
             prev.history if prev is not None else None,  # failures are not observations
         )
