@@ -43,6 +43,7 @@ __all__ = [
     "CachedCredentialSource",
     "Credential",
     "CredentialSource",
+    "RefreshObserver",
     "RefusableSource",
     "StaticCredentialSource",
     "build_credential_source",
@@ -90,6 +91,18 @@ def _tame_library_logger() -> None:
     # its modules is imported, and its warnings quote response bodies: the record gate sends its records,
     # like every library's, through the output gate to the application's handlers only.
     gate_foreign_records()
+
+
+class RefreshObserver(Protocol):
+    """What hears each credential refresh of a source (the account's self-metrics)."""
+
+    def on_refresh(self, expires_at: float | None) -> None:
+        """A fetch succeeded; the credential expires at ``expires_at`` (None: not known, a long-term key)."""
+        ...
+
+    def on_refresh_failed(self) -> None:
+        """A fetch failed (the held credential, if any, is served while it is valid)."""
+        ...
 
 
 @runtime_checkable
@@ -209,6 +222,8 @@ class CachedCredentialSource:
         self._failed: tuple[str, float] | None = None  # why the last fetch failed, until when it answers
         self._inflight: asyncio.Task[_Held] | None = None
         self.fetches = 0  # fetches started (tests and diagnostics)
+        # Hears how each fetch ended (the account's ehpc_credentials_* self-metrics); set by the service.
+        self.observer: RefreshObserver | None = None
 
     async def get(self) -> Credential:
         """The held credential (refreshed behind it when due), or one fetched now, shared with every
@@ -276,10 +291,14 @@ class CachedCredentialSource:
             now = self._clock()
             held = _Held(cred, refresh_time(fetched.expires_at, now), fetched.expires_at or math.inf)
             self._held, self._failed = held, None
+            if self.observer is not None:
+                self.observer.on_refresh(fetched.expires_at)
             return held
         finally:
             self._inflight = None
         self._failed = (why, self._clock() + self._failure_hold)
+        if self.observer is not None:
+            self.observer.on_refresh_failed()
         raise CredentialFault(why)
 
 
