@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import structlog
+
 from exporter.config import AssumeRoleConfig, CredentialsConfig
 from exporter.credential_fetch import (
     DEFAULT_SESSION_NAME,
@@ -62,6 +64,8 @@ UNKNOWN_EXPIRY_HOLD_SECONDS = 300.0  # profile files tell no expiry: asked again
 DEFAULT_DURATION_SECONDS = 3600
 
 _MAX_MESSAGE = 600
+
+log = structlog.get_logger("ehpc.credentials")
 
 # Library messages embed whole response bodies ("... result: {...AccessKeySecret...}") and URIs whose query
 # may carry a token; these patterns cut both out.
@@ -224,6 +228,7 @@ class CachedCredentialSource:
         self.fetches = 0  # fetches started (tests and diagnostics)
         # Hears how each fetch ended (the account's ehpc_credentials_* self-metrics); set by the service.
         self.observer: RefreshObserver | None = None
+        self._failing = False  # the last fetch failed (logged once per streak)
 
     async def get(self) -> Credential:
         """The held credential (refreshed behind it when due), or one fetched now, shared with every
@@ -291,12 +296,23 @@ class CachedCredentialSource:
             now = self._clock()
             held = _Held(cred, refresh_time(fetched.expires_at, now), fetched.expires_at or math.inf)
             self._held, self._failed = held, None
+            if self._failing:
+                self._failing = False
+                log.info("credential_refresh_recovered", source=self.description)
             if self.observer is not None:
                 self.observer.on_refresh(fetched.expires_at)
             return held
         finally:
             self._inflight = None
         self._failed = (why, self._clock() + self._failure_hold)
+        # Once per streak: a refresh behind a still valid credential fails silently otherwise, until the
+        # credential expires and every call fails (ehpc_credentials_refresh_errors_total counts each).
+        kept = self._held
+        valid_until = kept.expires_at if kept is not None and kept.expires_at != math.inf else None
+        (log.debug if self._failing else log.warning)(
+            "credential_refresh_failed", source=self.description, reason=why, held_until=valid_until
+        )
+        self._failing = True
         if self.observer is not None:
             self.observer.on_refresh_failed()
         raise CredentialFault(why)

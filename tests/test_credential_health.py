@@ -28,7 +28,7 @@ from exporter.exposition import SelfMetrics
 from exporter.refresher import Refresher, cycle_result
 from exporter.service import ExporterService, default_client, new_account
 from exporter.snapshot import DiscoveryStatus, ImageError, ImageFacts, ImageState, Snapshot
-from tests.exporter_support import samples, sim_config, value
+from tests.exporter_support import captured_events, samples, sim_config, value
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.http import wait_until_async
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
@@ -167,6 +167,38 @@ async def test_a_renewal_moves_the_expiry_forward_and_a_failed_one_keeps_it() ->
         assert value(found, EXPIRY, account="acct") == start + 700 + 900
         assert value(found, ERRORS, account="acct") == 1
         assert value(found, REFRESHES, account="acct") == 3
+    finally:
+        await runner.cleanup()
+
+
+async def test_failing_renewals_are_logged_once_per_streak() -> None:
+    """A renewal failing behind a valid credential is otherwise silent until expiry: one warning when the
+    streak starts (with when the held credential expires), debug lines after, one line when it ends."""
+    clock = Wall()
+    endpoint = Endpoint(clock, 900, ok=False)
+    runner = await serve(endpoint)
+    try:
+        source = build_credential_source(
+            CredentialsConfig(type="credentials_uri", credentials_uri=endpoint.url), clock=clock
+        )
+        events = ("credential_refresh_failed", "credential_refresh_recovered")
+        with captured_events(*events) as logs:
+            for ok in (False, False, True, False):
+                endpoint.ok = ok
+                clock.now += 10  # past the failure hold
+                with contextlib.suppress(ApiError):
+                    await source.get()
+                    clock.now += 700  # past the refresh time: the next get renews behind it
+                await source.settled()
+        assert [(e["event"], e["log_level"]) for e in logs] == [
+            ("credential_refresh_failed", "warning"),
+            ("credential_refresh_failed", "debug"),
+            ("credential_refresh_recovered", "info"),
+            ("credential_refresh_failed", "warning"),  # a new streak, behind a valid credential
+        ]
+        assert logs[0]["held_until"] is None  # nothing held yet
+        assert logs[3]["held_until"] == endpoint.answers[2]
+        assert "HTTP 500" in logs[0]["reason"]
     finally:
         await runner.cleanup()
 
