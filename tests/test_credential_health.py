@@ -181,6 +181,7 @@ async def test_failing_renewals_are_logged_once_per_streak() -> None:
         source = build_credential_source(
             CredentialsConfig(type="credentials_uri", credentials_uri=endpoint.url), clock=clock
         )
+        assert isinstance(source, CachedCredentialSource)
         events = ("credential_refresh_failed", "credential_refresh_recovered")
         with captured_events(*events) as logs:
             for ok in (False, False, True, False):

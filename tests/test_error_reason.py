@@ -15,12 +15,14 @@ reason" means no piece of the secret is shown, however small.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
 import string
 import unicodedata
 from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 from hypothesis import HealthCheck, given, settings
@@ -201,9 +203,7 @@ def image_id(n: int) -> str:
     return f"m-reason-{n}"
 
 
-async def served(
-    messages: list[str], secrets: list[str]
-) -> tuple[str, str, dict[str, object], Snapshot, str]:
+async def served(messages: list[str], secrets: list[str]) -> tuple[str, str, dict[str, Any], Snapshot, str]:
     """Each message as the simulator's error for one image: (page, table, json, snapshot, metrics)."""
     images = [
         SimImage(image_id(n), name=f"r{n}", error="NotEnabled", error_detail=m)
@@ -242,13 +242,11 @@ async def served(
 def test_reasons_reach_the_page_and_check_gated(planted: list[tuple[str, str]], plain: list[str]) -> None:
     """The simulator answers planted echoes and plain odd messages; page, table and JSON show each reason,
     one bounded line, nothing of any secret; /metrics has no reason anywhere."""
-    import asyncio
-
     messages = [m for _, m in planted] + plain
     secrets = [s for s, _ in planted]
     with scoped_secrets():
         page, table, doc, snapshot, metrics = asyncio.run(served(messages, secrets))
-    rows = {row["image_id"]: row for row in doc["images"]}  # type: ignore[index]
+    rows = {row["image_id"]: row for row in doc["images"]}
     for n in range(len(messages)):
         view = snapshot.views[next(k for k in snapshot.views if k.image_id == image_id(n))]
         reason = view.error_reason

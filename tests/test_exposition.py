@@ -502,8 +502,8 @@ def test_contract_names_and_types() -> None:
         MetricName.CREDENTIALS_REFRESHES,
         MetricName.CREDENTIALS_REFRESH_ERRORS,
     }
-    for name in per_account:
-        assert SPECS[name].labels == ("account",), name
+    for family in per_account:
+        assert SPECS[family].labels == ("account",), family
     for name, spec in SPECS.items():
         scoped = name not in unscoped | per_account
         assert ({"account", "region_id"} <= set(spec.labels)) == scoped, name
