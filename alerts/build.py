@@ -132,6 +132,14 @@ class WindowSettings(AlertSettings):
     window: Duration
 
 
+class CredentialsExpiringSettings(AlertSettings):
+    """EhpcCredentialsExpiring: temporary credentials with less than ``min_remaining_seconds`` left whose
+    renewal failed within ``window``."""
+
+    min_remaining_seconds: int = Field(gt=0)
+    window: Duration
+
+
 class AlertsSettings(_Strict):
     """One block per alert; a missing block is an error, so no alert is shipped without its settings."""
 
@@ -153,6 +161,7 @@ class AlertsSettings(_Strict):
     EhpcStateLoadFailed: AlertSettings
     EhpcShardsMissing: AlertSettings
     EhpcShardingMismatch: AlertSettings
+    EhpcCredentialsExpiring: CredentialsExpiringSettings
 
 
 class Thresholds(_Strict):
@@ -296,6 +305,32 @@ def _last_save(t: Thresholds) -> str:
         f'{{{{ with printf "time() - ehpc_state_last_save_timestamp_seconds{{{fmt}}}" {args} | query }}}}'
         "The last successful save was {{ . | first | value | humanizeDuration }} ago."
         "{{ else }}No save has succeeded since the exporter started.{{ end }}"
+    )
+
+
+def _renewals_failed(window: str) -> str:
+    fmt, args = _lookup(("job", "instance", "account"))
+    return (
+        f'{{{{ with printf "increase(ehpc_credentials_refresh_errors_total{{{fmt}}}[{window}])"'
+        f" {args} | query }}}}"
+        '{{ . | first | value | printf "%.0f" }}{{ else }}some{{ end }}'
+    )
+
+
+def _credentials_expiring_expr(t: Thresholds) -> str:
+    """EhpcCredentialsExpiring: an account's temporary credentials expire within ``min_remaining_seconds``
+    (or have expired), and fetching new ones failed within ``window``. The value is the time left.
+
+    The exporter renews a credential when a quarter of its lifetime is left (at most 15 minutes), so a
+    working renewal never leaves less than 225 s of a 900 s session (the STS minimum), and the newly
+    renewed credential has its whole lifetime ahead: a failure from before a successful renewal is out of
+    a ``window`` no longer than that lifetime minus ``min_remaining_seconds`` by the time the new one gets
+    that close. Long-term AccessKeys have no expiry series: nothing to fire on.
+    """
+    s = t.alerts.EhpcCredentialsExpiring
+    return (
+        f"ehpc_credentials_expiry_timestamp_seconds - time() < {s.min_remaining_seconds}\n"
+        f"and increase(ehpc_credentials_refresh_errors_total[{s.window}]) > 0"
     )
 
 
@@ -503,6 +538,7 @@ def build_rules(t: Thresholds, carry: str | None = None) -> dict[str, Any]:
     auth_codes = "|".join(a.EhpcApiAuthErrors.codes)
     tf = a.EhpcTargetFailing
     rs = a.EhpcImageReplicationSlow
+    ce = a.EhpcCredentialsExpiring
     rules = [
         _alert(
             "EhpcImageNotAvailable",
@@ -691,13 +727,20 @@ def build_rules(t: Thresholds, carry: str | None = None) -> dict[str, Any]:
             # The load happens before the first scrape, so the counter is already 1 in the first sample
             # and increase() would never see it: the value itself, which lasts as long as the process.
             "ehpc_state_load_errors_total > 0",
+            # reason="row" is one refused image (that image started cold), every other reason the file.
+            '{{ if eq $labels.reason "row" }}ehpc-image-exporter {{ $labels.instance }} started '
+            '{{ $value | printf "%.0f" }} image(s) without their saved state (row){{ else }}'
             "ehpc-image-exporter {{ $labels.instance }} started without its saved state "
-            "({{ $labels.reason }})",
+            "({{ $labels.reason }}){{ end }}",
+            '{{ if eq $labels.reason "row" }}{{ $labels.instance }} refused '
+            '{{ $value | printf "%.0f" }} saved image row(s) of its state file at start-up (a value the '
+            "gate does not let in) and started those images cold; the rest of the file loaded. The log "
+            "line state_rows_refused names the fields and why.{{ else }}"
             "{{ $labels.instance }} could not use its state file at start-up ({{ $labels.reason }}) and "
             "started cold: status since-times, change counts and replications in flight start afresh. "
             '{{ if eq $labels.reason "locked" }}Another process holds the file: two exporters share one '
             "state file.{{ else }}The exporter log names the file and, for a corrupt or foreign one, where "
-            "it was moved aside.{{ end }}",
+            "it was moved aside.{{ end }}{{ end }}",
             url,
         ),
         _alert(
@@ -719,6 +762,20 @@ def build_rules(t: Thresholds, carry: str | None = None) -> dict[str, Any]:
             + _totals_seen(t)
             + "), or a pod's shard ordinal is not below its total, for more than "
             f"{a.EhpcShardingMismatch.for_}. Some images are watched twice, others by nobody.",
+            url,
+        ),
+        _alert(
+            "EhpcCredentialsExpiring",
+            ce,
+            _credentials_expiring_expr(t),
+            "Credentials of account {{ $labels.account }} on {{ $labels.instance }} "
+            "{{ if ge $value 0.0 }}expire soon{{ else }}have expired{{ end }} and are not renewed",
+            "The temporary credentials of account {{ $labels.account }} (assumed role, RRSA/OIDC, ECS RAM "
+            "role or credentials URI) on {{ $labels.instance }} "
+            "{{ if ge $value 0.0 }}expire in {{ $value | humanizeDuration }}{{ else }}have expired{{ end }}, "
+            f"and fetching new ones failed {_renewals_failed(ce.window)} time(s) in the last {ce.window}. "
+            "Once they expire, every call of the account fails with CredentialError and its images go "
+            "stale. The exporter log line credential_refresh_failed says why.",
             url,
         ),
     ]

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import structlog
+
 from exporter.config import AssumeRoleConfig, CredentialsConfig
 from exporter.credential_fetch import (
     DEFAULT_SESSION_NAME,
@@ -36,12 +38,14 @@ from exporter.credential_fetch import (
 )
 from exporter.errors import CREDENTIAL_ERROR, ApiError
 from exporter.logging import gate_foreign_records
+from exporter.redaction import mask_secrets
 
 __all__ = [
     "FETCH_DEADLINE_SECONDS",
     "CachedCredentialSource",
     "Credential",
     "CredentialSource",
+    "RefreshObserver",
     "RefusableSource",
     "StaticCredentialSource",
     "build_credential_source",
@@ -61,6 +65,8 @@ DEFAULT_DURATION_SECONDS = 3600
 
 _MAX_MESSAGE = 600
 
+log = structlog.get_logger("ehpc.credentials")
+
 # Library messages embed whole response bodies ("... result: {...AccessKeySecret...}") and URIs whose query
 # may carry a token; these patterns cut both out.
 _BODY_RE = re.compile(
@@ -79,6 +85,7 @@ _URL_QUERY_RE = re.compile(
 
 def scrub(message: str) -> str:
     """Remove response bodies, secret-looking key/value pairs and URL queries from a library message."""
+    message = mask_secrets(message)  # before the cut: a secret cut in two would leave its start
     message = _BODY_RE.sub(r"\1<redacted>", message)
     message = _URL_QUERY_RE.sub(r"\1?<redacted>", message)
     message = _SECRET_KV_RE.sub(r"\1<redacted>", message)
@@ -91,6 +98,18 @@ def _tame_library_logger() -> None:
     # its modules is imported, and its warnings quote response bodies: the record gate sends its records,
     # like every library's, through the output gate to the application's handlers only.
     gate_foreign_records()
+
+
+class RefreshObserver(Protocol):
+    """What hears each credential refresh of a source (the account's self-metrics)."""
+
+    def on_refresh(self, expires_at: float | None) -> None:
+        """A fetch succeeded; the credential expires at ``expires_at`` (None: not known, a long-term key)."""
+        ...
+
+    def on_refresh_failed(self) -> None:
+        """A fetch failed (the held credential, if any, is served while it is valid)."""
+        ...
 
 
 @runtime_checkable
@@ -210,6 +229,9 @@ class CachedCredentialSource:
         self._failed: tuple[str, float] | None = None  # why the last fetch failed, until when it answers
         self._inflight: asyncio.Task[_Held] | None = None
         self.fetches = 0  # fetches started (tests and diagnostics)
+        # Hears how each fetch ended (the account's ehpc_credentials_* self-metrics); set by the service.
+        self.observer: RefreshObserver | None = None
+        self._failing = False  # the last fetch failed (logged once per streak)
 
     async def get(self) -> Credential:
         """The held credential (refreshed behind it when due), or one fetched now, shared with every
@@ -277,10 +299,25 @@ class CachedCredentialSource:
             now = self._clock()
             held = _Held(cred, refresh_time(fetched.expires_at, now), fetched.expires_at or math.inf)
             self._held, self._failed = held, None
+            if self._failing:
+                self._failing = False
+                log.info("credential_refresh_recovered", source=self.description)
+            if self.observer is not None:
+                self.observer.on_refresh(fetched.expires_at)
             return held
         finally:
             self._inflight = None
         self._failed = (why, self._clock() + self._failure_hold)
+        # Once per streak: a refresh behind a still valid credential fails silently otherwise, until the
+        # credential expires and every call fails (ehpc_credentials_refresh_errors_total counts each).
+        kept = self._held
+        valid_until = kept.expires_at if kept is not None and kept.expires_at != math.inf else None
+        (log.debug if self._failing else log.warning)(
+            "credential_refresh_failed", source=self.description, reason=why, held_until=valid_until
+        )
+        self._failing = True
+        if self.observer is not None:
+            self.observer.on_refresh_failed()
         raise CredentialFault(why)
 
 

@@ -39,6 +39,7 @@ from exporter.redaction import (
     canonical,
     contains_secret,
     generation,
+    mask_secrets,
     split_userinfo,
 )
 
@@ -484,6 +485,9 @@ class ErrorBody:
     refused: str | None = None  # why the code was refused, naming the field
 
 
+_BREAKS_RE = re.compile(r"\s+")
+
+
 def parse_error_body(body: Any) -> ErrorBody:
     """The error body's code (gated: a bad code means no code), message (cleaned) and request id."""
     if not isinstance(body, Mapping):
@@ -491,9 +495,13 @@ def parse_error_body(body: Any) -> ErrorBody:
     raw_message = body.get("Message")
     message = ""
     if isinstance(raw_message, str):
-        # The message only reaches logs; cleaned and cut rather than refused, so a real error with an
-        # odd message keeps its code. The output gate masks any secret in it.
-        message = SURROGATE_RE.sub("\ufffd", CONTROL_RE.sub(" ", raw_message[: TEXT.max_length]))
+        # The message reaches logs, the page and check (an error's reason); cleaned and cut rather than
+        # refused, so a real error with an odd message keeps its code. The exporter's own secrets are
+        # masked before the cut (a secret cut in two would leave its start for no gate to know), looked
+        # for through every break: whitespace runs become newlines, which masking looks through, and
+        # spaces again below.
+        masked = mask_secrets(_BREAKS_RE.sub("\n", raw_message))[: TEXT.max_length]
+        message = SURROGATE_RE.sub("\ufffd", CONTROL_RE.sub(" ", masked))
     request_id = gated_request_id(body.get("RequestId"))
     code = body.get("Code")
     if not isinstance(code, str) or not code:

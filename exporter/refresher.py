@@ -11,6 +11,11 @@ to this replica's shard (:func:`exporter.sharding.in_shard`, rendezvous hashing 
 every replica discovers the whole account and keeps its own share. A failed discovery keeps the
 previously discovered set; its calls are counted by the client's observer under ``ListImages``.
 
+Each cycle is counted by its result (:func:`cycle_result`, ``ehpc_refresh_cycles_total{result}``): success
+when every watched image answered and discovery, while on, succeeded; failure when no image answered (or,
+with none watched, discovery failed), or the cycle crashed; partial otherwise. ``ImageNotFound`` is an
+answer: the API was reached and said so.
+
 Per image, a failure keeps the last good :class:`~exporter.models.Image` and records the error code;
 ``ImageNotFound`` marks the image missing until it answers again or leaves the watched set. An image
 that leaves the watched set is simply not in the next snapshot, so its series disappear.
@@ -35,8 +40,9 @@ from exporter.history import observe
 from exporter.models import Image, ImageSummary
 from exporter.sharding import in_shard
 from exporter.snapshot import DiscoveryStatus, ImageError, ImageFacts, ImageKey, ImageState, Snapshot
+from exporter.view import Health, error_reason
 
-__all__ = ["ImageApi", "Refresher"]
+__all__ = ["ImageApi", "Refresher", "cycle_result"]
 
 log = structlog.get_logger("ehpc.refresh")
 
@@ -102,6 +108,21 @@ def _discovered(summaries: Sequence[ImageSummary], cfg: DiscoveryConfig) -> dict
 
 
 Publish = Callable[[Snapshot], Awaitable[None]]
+
+
+def cycle_result(snapshot: Snapshot) -> str:
+    """How the cycle that made ``snapshot`` (one (account, region)'s) ended: success, partial or failure.
+
+    An image failed when its verdict is failing (missing is an answer); discovery failed when it is on
+    and its last run failed. Failure: every watched image failed, or none is watched and discovery
+    failed. Partial: anything else that failed. Success: nothing failed.
+    """
+    failed = sum(1 for view in snapshot.views.values() if view.health is Health.FAILING)
+    discovery_failed = snapshot.discovery_failed
+    nothing_answered = failed == len(snapshot.views) if snapshot.views else discovery_failed
+    if nothing_answered:
+        return "failure"
+    return "partial" if failed or discovery_failed else "success"
 
 
 class Refresher:
@@ -189,6 +210,8 @@ class Refresher:
                 await self.refresh_once()
             except Exception:  # a bug in one cycle must not end the loop; the next cycle retries
                 self._log.exception("refresh_crashed")
+                if self._metrics is not None:
+                    self._metrics.record_cycle("failure")
             cfg = self._config.refresh
             jitter = self._rng.uniform(-cfg.jitter_ratio, cfg.jitter_ratio)
             next_start = started + cfg.interval_seconds * (1 + jitter)
@@ -241,6 +264,8 @@ class Refresher:
                 **discovery,
                 duration_seconds=round(snapshot.duration_seconds or 0.0, 3),
             )
+            if self._metrics is not None:  # last: a cycle that raised before here counts as crashed
+                self._metrics.record_cycle(cycle_result(snapshot))
             return snapshot
 
     async def _watched_set(self, config: Config, client: ImageApi) -> dict[str, WatchedImage]:
@@ -269,7 +294,7 @@ class Refresher:
                     max_pages=cfg.max_pages,
                 )
         except ApiError as exc:
-            self._discovery_failed(exc.code)
+            self._discovery_failed(exc.code, exc.message)
             self._log.warning(
                 "discovery_failed",
                 code=exc.code,
@@ -280,23 +305,23 @@ class Refresher:
             )
             return self._discovered
         except TimeoutError:
-            self._discovery_failed(TIMEOUT)
+            self._discovery_failed(TIMEOUT, f"ListImages: no listing within {limit:g}s")
             self._log.warning(
                 "discovery_failed", code=TIMEOUT, timeout_seconds=limit, kept=len(self._discovered)
             )
             return self._discovered
         except Exception:  # a bug must not stop the static images from being refreshed
-            self._discovery_failed(EXPORTER_ERROR)
+            self._discovery_failed(EXPORTER_ERROR, "ListImages: the exporter failed (see its log)")
             self._log.exception("discovery_crashed", kept=len(self._discovered))
             return self._discovered
         self._discovered = _discovered(summaries, cfg)
         self._discovery = DiscoveryStatus(True, self._wall_clock(), len(self._discovered))
         return self._discovered
 
-    def _discovery_failed(self, code: str) -> None:
+    def _discovery_failed(self, code: str, message: str) -> None:
         """Record a failed discovery: the last good set is kept, and so is when it was found."""
         last = self._discovery.last_success if self._discovery is not None else None
-        self._discovery = DiscoveryStatus(False, last, len(self._discovered), code)
+        self._discovery = DiscoveryStatus(False, last, len(self._discovered), code, error_reason(message))
 
     async def _fetch_all(
         self, client: ImageApi, watched: list[WatchedImage], config: Config
@@ -402,7 +427,9 @@ class Refresher:
             watched,
             prev.image if prev is not None else None,
             prev.last_success if prev is not None else None,
-            ImageError(result.code, result.http_status, result.request_id, since),
+            ImageError(
+                result.code, result.http_status, result.request_id, since, error_reason(result.message)
+            ),
             scope,
             prev.history if prev is not None else None,  # failures are not observations
         )

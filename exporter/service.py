@@ -22,7 +22,7 @@ from aiohttp import web
 from exporter.buildinfo import BuildInfo
 from exporter.clock import Clock
 from exporter.config import STOP_TIMEOUT_SECONDS, Config, Scope, parse_listen_address
-from exporter.credentials import CredentialSource, build_credential_source
+from exporter.credentials import CachedCredentialSource, CredentialSource, build_credential_source
 from exporter.exposition import RenderedSnapshot, SelfMetrics, SnapshotRenderer
 from exporter.exposition.families import build_table, family_filter
 from exporter.exposition.selfmetrics import StateMetrics
@@ -172,8 +172,23 @@ class ExporterService:
         key = config.account_settings
         found = accounts.get(key)
         if found is None:
-            found = accounts[key] = new_account(config)
+            found = accounts[key] = self._observed(config, new_account(config))
         return found
+
+    def _observed(self, config: Config, account: Account) -> Account:
+        """``account`` with its credential refreshes counted under its name (a source that fetches)."""
+        if isinstance(account.credentials, CachedCredentialSource):
+            account.credentials.observer = self.metrics.credentials(config.account)
+        return account
+
+    def _retain_credentials(self) -> None:
+        """Keep the credential counters of the accounts whose source fetches; forget the others'."""
+        keep = []
+        for c in self._config.scopes():
+            account = self._accounts.get(c.account_settings)
+            if account is not None and isinstance(account.credentials, CachedCredentialSource):
+                keep.append(c.account)
+        self.metrics.retain_credentials(keep)
 
     def _new_unit(self, config: Config, accounts: dict[tuple[object, ...], Account] | None = None) -> _Unit:
         observer = self.metrics.scope(config.scope)
@@ -410,7 +425,8 @@ class ExporterService:
                 key = cfg.account_settings
                 if key not in accounts:
                     before = self._accounts.get(key)
-                    accounts[key] = new_account(cfg, before.budget if before is not None else None)
+                    budget = before.budget if before is not None else None
+                    accounts[key] = self._observed(cfg, new_account(cfg, budget))
             for scope, cfg in new_scopes.items():
                 unit = units.get(scope)
                 if unit is None:
@@ -431,6 +447,7 @@ class ExporterService:
             # A cold renderer for the new table; the next publish (now, below) renders with it.
             self._renderer = self._new_renderer(config)
         self.metrics.retain(new_scopes)
+        self._retain_credentials()
         if config.web != old.web and self._runner is not None:
             log.warning("web_config_change_needs_restart")
         if config.state != old.state and self._runner is not None:

@@ -89,12 +89,18 @@ class ImageFacts(NamedTuple):
 
 
 class ImageError(NamedTuple):
-    """Why the last GetImage of an image failed (never a message: it is shown on pages and in labels)."""
+    """Why the last GetImage of an image failed: its code (a metric label) and its reason (never one).
+
+    ``reason`` is the failure's message as :func:`exporter.view.error_reason` leaves it (through the output
+    gate, one line, bounded): the page and ``check`` show it. It is not kept in the state file: a
+    restored failing image shows its reason again from its next failure.
+    """
 
     code: str
     http_status: int = 0
     request_id: str | None = None
     since: float = 0.0  # wall time of the first failure of this streak with this code
+    reason: str = ""  # the message of the latest failure, gated (the streak keeps its first ``since``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +150,7 @@ class ImageState:
             [(r.region_id, r.status) for r in img.additional_regions] if img is not None else (),
             error,
             status,
+            self.error.reason if self.error is not None else "",
         )
 
 
@@ -155,6 +162,7 @@ class DiscoveryStatus:
     last_success: float | None  # wall time it last succeeded
     discovered: int  # images it found (the last good set while failing)
     error_code: str | None = None  # why the last one failed
+    reason: str = ""  # its message, gated like an image's (exporter.view.error_reason); not saved
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +193,7 @@ def _views(
 def _inputs(state: ImageState) -> tuple[object, ...]:
     """What an image's verdict depends on (besides the status config)."""
     error = state.error
-    return (state.watched, state.image, None if error is None else (error.code, error.since))
+    return (state.watched, state.image, None if error is None else (error.code, error.since, error.reason))
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +302,7 @@ class Snapshot:
             last_success=min(successes) if successes and len(successes) == len(found) else None,
             discovered=sum(d.discovered for d in found),
             error_code=failing[0].error_code if failing else None,
+            reason=failing[0].reason if failing else "",
         )
 
     def health_counts(self) -> dict[Health, int]:

@@ -7,14 +7,18 @@ replicas, each with a health class of its own. The metrics (``exporter.expositio
 never re-derive it, so they cannot disagree about whether an image is healthy.
 
 Every label a view holds (ids, statuses, regions, codes) has passed the output gate
-(:func:`exporter.redaction.scrub`). The words are the same everywhere: an image is *missing* only when
-the API says ``ImageNotFound``; a requested region with no copy in the answer is *not replicated*; a copy
-whose status is outside the healthy set is *not available*.
+(:func:`exporter.redaction.scrub`), and so has an error's reason (:func:`error_reason`: the message of
+the failure, on one line and bounded; shown on the page and by ``check``, never a metric label). The
+words are the same everywhere: an image is *missing* only when the API says ``ImageNotFound``; a
+requested region with no copy in the answer is *not replicated*; a copy whose status is outside the
+healthy set is *not available*.
 """
 
 from __future__ import annotations
 
 import functools
+import re
+import unicodedata
 from collections.abc import Sequence
 from enum import StrEnum
 from typing import NamedTuple
@@ -22,11 +26,27 @@ from typing import NamedTuple
 from exporter.config import StatusConfig, copy_available
 from exporter.redaction import generation, scrub
 
-__all__ = ["HEALTH_ORDER", "Health", "ImageView", "ReplicaHealth", "ReplicaView", "image_view"]
+__all__ = [
+    "HEALTH_ORDER",
+    "MAX_REASON_LENGTH",
+    "Health",
+    "ImageView",
+    "ReplicaHealth",
+    "ReplicaView",
+    "error_reason",
+    "image_view",
+]
 
 IMAGE_NOT_FOUND = "ImageNotFound"
 # The state-set label value used when the API answers an empty Status.
 UNKNOWN_STATUS = "Unknown"
+# An error's reason as the page and ``check`` show it: one line of at most this many characters.
+MAX_REASON_LENGTH = 300
+ELLIPSIS = "\u2026"
+# What separates words: any whitespace, Unicode's too (other controls are dropped, as the gate does).
+_BREAKS_RE = re.compile(r"\s+")
+# Messages longer than this are gated each time rather than memoised (a few real ones are 600).
+_MEMO_MAX = 2048
 
 
 class Health(StrEnum):
@@ -83,6 +103,7 @@ class ImageView(NamedTuple):
     replicas: tuple[ReplicaView, ...]  # the requested regions, sorted
     error_code: str | None  # the code of the last failed GetImage, while failing
     error_since: float | None  # wall time the current failure streak started
+    error_reason: str | None = None  # why it failed (error_reason: gated, one line), while failing
 
     @property
     def healthy(self) -> bool:
@@ -102,6 +123,35 @@ class ImageView(NamedTuple):
             out.append(f"status {self.status}")
         out += [f"{r.region} {r.health}" for r in self.replicas if r.health is not ReplicaHealth.AVAILABLE]
         return out
+
+
+def _invisible(text: str) -> str:
+    """``text`` without format characters (zero-width spaces and joiners, soft hyphens, bidi marks):
+    they show nothing, so a secret split by one would read whole."""
+    if text.isascii():
+        return text
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
+
+
+@functools.lru_cache(maxsize=1024)
+def _reason(message: str, _secrets: int) -> str:
+    text = scrub(_invisible(message), keep_lines=True)  # a secret whole, or split by a newline or tab
+    # Then every run of whitespace as a newline, which the gate looks through when it matches secrets: a
+    # secret split by a space (a control character the ingestion gate made one) is masked whole too.
+    text = scrub(_BREAKS_RE.sub("\n", text), keep_lines=True)
+    text = " ".join(text.split())
+    if len(text) <= MAX_REASON_LENGTH:
+        return text
+    # Cut after masking, never before: a secret cut in two would leave its start unmasked.
+    return text[: MAX_REASON_LENGTH - 1].rstrip() + ELLIPSIS
+
+
+def error_reason(message: str) -> str:
+    """An error's message as every view shows it: through the output gate, one line, at most
+    ``MAX_REASON_LENGTH`` characters (a longer one cut, ending with an ellipsis)."""
+    if len(message) > _MEMO_MAX:
+        return _reason.__wrapped__(message, 0)
+    return _reason(message, generation())
 
 
 def status_label(status: str) -> str:
@@ -150,11 +200,12 @@ def image_view(
     replicas: Sequence[tuple[str, str]],
     error: tuple[str, float] | None,
     config: StatusConfig,
+    reason: str = "",
 ) -> ImageView:
     """The verdict on one image, ``key`` = (account, region, image id).
 
     ``status`` and ``replicas`` (region, status) are the last good data (``None`` / empty before any);
-    ``error`` is ``(code, since)`` while the last GetImage failed.
+    ``error`` is ``(code, since)`` while the last GetImage failed, and ``reason`` its message.
     """
     vocabulary = config.vocabulary
     missing = error is not None and error[0] == IMAGE_NOT_FOUND
@@ -195,4 +246,5 @@ def image_view(
         replicas=views,
         error_code=scrub(error[0]) if error is not None else None,
         error_since=error[1] if error is not None else None,
+        error_reason=(error_reason(reason) or None) if error is not None else None,
     )

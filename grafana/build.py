@@ -508,6 +508,66 @@ def _exporter_panels() -> list[Any]:
     return [_row(60, "Exporter: shards and state file", 85), shards, state]
 
 
+def _credential_panels(min_remaining: int) -> list[Any]:
+    """Credential and cycle health: time left of each account's temporary credentials (one source per
+    account, so account but no region label), failed renewals, and refresh cycles by result."""
+    acct = f'{JOB}, account=~"$account"'
+    left = (
+        _timeseries(
+            71,
+            "Credential time left",
+            "Seconds until each account's temporary credentials expire (assumed role, RRSA/OIDC, ECS RAM "
+            "role, credentials URI), per exporter; a renewal moves it up again. Long-term AccessKeys have no "
+            f"line. Below {min_remaining} s with failed renewals: EhpcCredentialsExpiring.",
+            "s",
+        )
+        .grid_pos(_grid(0, 95, 8, 8))
+        .with_target(
+            _query(
+                f"min by (account, instance) (ehpc_credentials_expiry_timestamp_seconds{{{acct}}} - time())",
+                "{{account}} ({{instance}})",
+            )
+        )
+        .thresholds(_thresholds((None, RED), (min_remaining, GREEN)))
+        .thresholds_style(common.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.LINE))
+    )
+    failures = (
+        _timeseries(
+            72,
+            "Credential renewals failed",
+            "Failed fetches of each account's credentials per interval (the STS, the OIDC token file, the "
+            "credentials URI or ECS metadata failing); the credential held is used while it is valid.",
+            "short",
+        )
+        .grid_pos(_grid(8, 95, 8, 8))
+        .with_target(
+            _query(
+                "sum by (account) "
+                f"(increase(ehpc_credentials_refresh_errors_total{{{acct}}}[$__rate_interval]))",
+                "{{account}}",
+            )
+        )
+    )
+    cycles = (
+        _timeseries(
+            73,
+            "Refresh cycles by result",
+            "Refresh cycles per interval by result: success (every image answered), partial (some image or "
+            "discovery failed), failure (no image answered, or the cycle crashed).",
+            "short",
+        )
+        .grid_pos(_grid(16, 95, 8, 8))
+        .with_target(
+            _query(
+                f"sum by ({TARGET_KEY}, result) "
+                f"(increase(ehpc_refresh_cycles_total{{{TGT}}}[$__rate_interval]))",
+                TARGET_LEGEND + " {{result}}",
+            )
+        )
+    )
+    return [_row(70, "Credentials and refresh cycles", 94), left, failures, cycles]
+
+
 def panels(
     stale_after: int, lookback: str = "1h", refresh_max_age: int = 300, max_error_ratio: float = 0.2
 ) -> list[dashboard.Row | Any]:
@@ -1024,6 +1084,7 @@ def build_dashboard() -> dict[str, Any]:
     for item in [
         *_history_panels(slow.window, slow.max_seconds, flapping.max_changes, flapping.window),
         *_exporter_panels(),
+        *_credential_panels(alerts.EhpcCredentialsExpiring.min_remaining_seconds),
     ]:
         builder = builder.with_row(item) if isinstance(item, dashboard.Row) else builder.with_panel(item)
     raw: dict[str, Any] = json.loads(json.dumps(builder.build(), cls=JSONEncoder))

@@ -57,6 +57,11 @@ CONTRACT_METRICS = frozenset(
         "ehpc_exporter_shard_ordinal",
         "ehpc_exporter_total_shards",
         "ehpc_api_rate_limit_qps",
+        # Credential and cycle health.
+        "ehpc_credentials_expiry_timestamp_seconds",
+        "ehpc_credentials_refreshes_total",
+        "ehpc_credentials_refresh_errors_total",
+        "ehpc_refresh_cycles_total",
         "up",
     }
 )
@@ -172,6 +177,7 @@ def test_required_alerts_exist() -> None:
         "EhpcStateLoadFailed",
         "EhpcShardsMissing",
         "EhpcShardingMismatch",
+        "EhpcCredentialsExpiring",
     }
 
 

@@ -904,6 +904,7 @@ async def test_run_stops_on_sigint(simulator: RunningSimulator, tmp_path: Path) 
 
 
 HOME = ["default", "cn-hangzhou"]  # the account and region of a config without targets
+ECS_ERROR = "An error occurred while calling the ECS API operation."  # the simulator's message: the reason
 
 
 async def test_check_exits_1_on_failing_or_unhealthy_images(
@@ -915,10 +916,10 @@ async def test_check_exits_1_on_failing_or_unhealthy_images(
     assert rc == 1
     lines = [re.split(r"\s{2,}", line) for line in out.splitlines()]
     assert lines == [  # worst first
-        ["ACCOUNT", "REGION", "IMAGE", "HEALTH", "STATUS", "REGIONS", "LAST ERROR"],
-        [*HOME, SIM_VM_ID, "failing", "-", "cn-beijing:unknown", "EcsError"],
-        [*HOME, SIM_VM_FAILED_ID, "unhealthy", "CreateFailed", "cn-beijing:CreateFailed", "-"],
-        [*HOME, SIM_CONTAINER_ID, "healthy", "Available", "cn-beijing:Available", "-"],
+        ["ACCOUNT", "REGION", "IMAGE", "HEALTH", "STATUS", "REGIONS", "LAST ERROR", "REASON"],
+        [*HOME, SIM_VM_ID, "failing", "-", "cn-beijing:unknown", "EcsError", ECS_ERROR],
+        [*HOME, SIM_VM_FAILED_ID, "unhealthy", "CreateFailed", "cn-beijing:CreateFailed", "-", "-"],
+        [*HOME, SIM_CONTAINER_ID, "healthy", "Available", "cn-beijing:Available", "-", "-"],
         ["3 images: 0 missing, 1 failing, 1 unhealthy, 0 replication incomplete, 1 healthy"],
     ]
     assert simulator.access_key_secret not in out + err
@@ -938,6 +939,7 @@ async def test_check_exits_0_when_all_healthy(tmp_path: Path, simulator: Running
                 "status": "Available",
                 "regions": {"cn-beijing": "Available"},
                 "last_error": None,
+                "last_error_reason": None,
                 "ok": True,
                 "problems": [],
             }
@@ -966,10 +968,16 @@ async def test_check_fails_when_discovery_fails(tmp_path: Path, simulator: Runni
     simulator.sim.faults = Faults(action_errors={"ListImages": "NoPermission"})  # GetImage still works
     rc, out, _err = await run_cli("check", "--config", path)
     assert rc == 1
-    assert "discovery FAILED (NoPermission): kept 0 images" in out
+    denied = "You are not authorized to do this operation. Action: ehpc:"  # the simulator leaves it empty
+    assert f"discovery FAILED (NoPermission: {denied}): kept 0 images" in out
     rc, out, _err = await run_cli("check", "--config", path, "--output", "json")
     assert rc == 1
-    assert json.loads(out)["discovery"] == {"up": False, "discovered": 0, "error": "NoPermission"}
+    assert json.loads(out)["discovery"] == {
+        "up": False,
+        "discovered": 0,
+        "error": "NoPermission",
+        "reason": denied,
+    }
     simulator.sim.faults = Faults()  # the same config with discovery working passes
     rc, out, _err = await run_cli("check", "--config", path)
     assert "discovery ok" in out

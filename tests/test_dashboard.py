@@ -275,6 +275,16 @@ EXPORTER_LEVEL = frozenset(
 )
 
 
+# An account's credentials serve all its regions: account but no region label; job and account filter.
+ACCOUNT_LEVEL = frozenset(
+    {
+        "ehpc_credentials_expiry_timestamp_seconds",
+        "ehpc_credentials_refreshes_total",
+        "ehpc_credentials_refresh_errors_total",
+    }
+)
+
+
 def test_every_query_filters_by_account_and_region(dash: dict[str, Any]) -> None:
     """Every selector of an exporter metric carries the account and region_id variables (Prometheus' own
     `up` and the process-level shard and state families have no identity labels, and take the job
@@ -285,6 +295,10 @@ def test_every_query_filters_by_account_and_region(dash: dict[str, Any]) -> None
             name, matchers = selector
             if name in EXPORTER_LEVEL:
                 if 'job=~"$job"' not in matchers:
+                    unfiltered.append(f"{panel['title']} [{target['refId']}]: {name}{{{matchers}}}")
+                continue
+            if name in ACCOUNT_LEVEL:
+                if 'job=~"$job"' not in matchers or 'account=~"$account"' not in matchers:
                     unfiltered.append(f"{panel['title']} [{target['refId']}]: {name}{{{matchers}}}")
                 continue
             if 'account=~"$account"' not in matchers or 'region_id=~"$region_id"' not in matchers:
@@ -540,3 +554,24 @@ def test_every_query_returns_data_from_real_prometheus(dash: dict[str, Any], dem
     assert empty == []
     # Only the panels over the families the demo lacks were let off.
     assert set(absent_ok) <= {"Shards", "State file"}, absent_ok
+
+
+def test_credential_and_cycle_panels(dash: dict[str, Any]) -> None:
+    """Time left of each account's credentials with the EhpcCredentialsExpiring threshold as its line,
+    failed renewals per account, refresh cycles by result per target."""
+    from alerts.build import load_thresholds
+
+    alert = load_thresholds().alerts.EhpcCredentialsExpiring
+    by_title = {p["title"]: p for p in all_panels(dash)}
+    left = by_title["Credential time left"]
+    assert "ehpc_credentials_expiry_timestamp_seconds{" in left["targets"][0]["expr"]
+    assert left["targets"][0]["expr"].endswith("- time())")
+    assert left["fieldConfig"]["defaults"]["unit"] == "s"
+    steps = left["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert steps[1]["value"] == alert.min_remaining_seconds
+    assert (
+        "ehpc_credentials_refresh_errors_total"
+        in by_title["Credential renewals failed"]["targets"][0]["expr"]
+    )
+    cycles = by_title["Refresh cycles by result"]["targets"][0]["expr"]
+    assert cycles.startswith("sum by (account, region_id, result) (increase(ehpc_refresh_cycles_total{")

@@ -462,6 +462,10 @@ def test_contract_names_and_types() -> None:
         "ehpc_api_rate_limit_qps": "gauge",
         "ehpc_exposition_series": "gauge",
         "ehpc_exposition_dropped_images": "gauge",
+        "ehpc_refresh_cycles_total": "counter",
+        "ehpc_credentials_expiry_timestamp_seconds": "gauge",
+        "ehpc_credentials_refreshes_total": "counter",
+        "ehpc_credentials_refresh_errors_total": "counter",
     }
     assert {n.value: SPECS[n].type for n in MetricName} == contract
     assert set(SPECS[MetricName.IMAGE_INFO].labels) == {
@@ -477,7 +481,8 @@ def test_contract_names_and_types() -> None:
         "architecture",
         "registry_url",
     }
-    # Every family carries the identity labels but those about the process itself (one state file).
+    # Every family carries the identity labels but those about the process itself (one state file) and
+    # those about an account's credentials.
     unscoped = {
         MetricName.BUILD_INFO,
         MetricName.CONFIG_RELOAD_SUCCESSFUL,
@@ -491,8 +496,17 @@ def test_contract_names_and_types() -> None:
         MetricName.EXPOSITION_SERIES,
         MetricName.EXPOSITION_DROPPED_IMAGES,
     }
+    # An account's credentials serve all its regions (one source per account): account only.
+    per_account = {
+        MetricName.CREDENTIALS_EXPIRY,
+        MetricName.CREDENTIALS_REFRESHES,
+        MetricName.CREDENTIALS_REFRESH_ERRORS,
+    }
+    for family in per_account:
+        assert SPECS[family].labels == ("account",), family
     for name, spec in SPECS.items():
-        assert ({"account", "region_id"} <= set(spec.labels)) == (name not in unscoped), name
+        scoped = name not in unscoped | per_account
+        assert ({"account", "region_id"} <= set(spec.labels)) == scoped, name
 
 
 def test_openmetrics_parses_with_one_eof() -> None:

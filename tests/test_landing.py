@@ -55,10 +55,16 @@ EXPECTED_COUNTS = {
     "replication incomplete": 1,
     "healthy": 2,
 }
+# A failing or missing image: its code, since when, and the reason (the simulator's documented message).
+REASONS = {
+    ABSENT: "The specified image does not exist.",
+    BROKEN: "No authorization is granted.",
+    FLAKY: "The request has failed due to a temporary failure of the server.",
+}
 EXPECTED_HEALTH = {
-    ABSENT: f"⊘ missing ImageNotFound since {T1_TEXT}",
-    BROKEN: f"⚠ failing NotAuthorized since {T1_TEXT}",
-    FLAKY: f"⚠ failing ServiceUnavailable since {T2_TEXT}",
+    ABSENT: f"⊘ missing ImageNotFound since {T1_TEXT} {REASONS[ABSENT]}",
+    BROKEN: f"⚠ failing NotAuthorized since {T1_TEXT} {REASONS[BROKEN]}",
+    FLAKY: f"⚠ failing ServiceUnavailable since {T2_TEXT} {REASONS[FLAKY]}",
     SIM_VM_FAILED_ID: "✖ unhealthy status CreateFailed, cn-beijing not available",
     SIM_VM_ID: "◐ replication incomplete cn-shanghai not available, cn-wulanchabu not replicated",
     FOUND: "✔ healthy",
@@ -86,7 +92,8 @@ EXPECTED_CELLS = {  # one text per region column, in REGIONS order
 }
 EXPECTED_HEALTHY = {FOUND, SIM_CONTAINER_ID}
 EXPECTED_DISCOVERY = (
-    "⚠ Discovery is failing (ListImages: InvalidResponse). Still watching the 1 image(s) it found at"
+    "⚠ Discovery is failing (ListImages: InvalidResponse: ListImages: paging did not end after 1 pages)."
+    " Still watching the 1 image(s) it found at"
     f" {T1_TEXT}; images created since are not watched."
 )
 
@@ -156,6 +163,7 @@ async def board(page: Page) -> dict[str, dict[str, object]]:
         image_id = await row.locator("th.image code").inner_text()
         rows[image_id] = {
             "word": await row.locator("td.health .word").inner_text(),
+            "reason": squash(" ".join(await row.locator("td.health .reason").all_inner_texts())),
             "health": squash(await row.locator("td.health").inner_text()),
             "status": squash(await row.locator("td.status").inner_text()),
             "cells": [squash(t) for t in await row.locator("td.r").all_inner_texts()],
@@ -223,6 +231,9 @@ async def test_the_board_shows_every_kind_of_problem(
     views = fleet.snapshot.views
     checked = {key.image_id: check_row(view) for key, view in views.items()}
     assert {i: r["word"] for i, r in rows.items()} == {i: c["health"] for i, c in checked.items()}
+    # The reason: the same words on the page and in check, for the failing and missing images only.
+    assert {i: r["reason"] for i, r in rows.items() if r["reason"]} == REASONS
+    assert {i: c["last_error_reason"] for i, c in checked.items() if c["last_error_reason"]} == REASONS
     page_healthy = {i for i, r in rows.items() if r["word"] == "healthy"}
     assert page_healthy == {i for i, c in checked.items() if c["ok"]} == EXPECTED_HEALTHY
     assert await metrics_healthy(fleet.url) == EXPECTED_HEALTHY

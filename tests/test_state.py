@@ -124,6 +124,7 @@ STATES = st.builds(
             st.integers(0, 599),
             st.one_of(st.none(), gated(REQUEST_ID)),
             TIME,
+            st.just(""),  # the reason is not saved (exporter.snapshot.ImageError): none to read back
         ),
     ),
     scope=st.just(SCOPE),

@@ -49,13 +49,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     for warning in config_warnings(config):  # a typo'd region fails below as a ConnectionError: say why
         log.warning("config_warning", warning=warning)
     snapshot = asyncio.run(_refresh_once(config))
+    return print_report(snapshot, args.output)
+
+
+def print_report(snapshot: Snapshot, output: str) -> int:
+    """Print every verdict of ``snapshot`` as ``check`` does (``output``: table or json); its exit code."""
     rows = [_gated(check_row(view)) for view in snapshot.views.values()]
     discovery = snapshot.discovery
-    if args.output == "json":
+    if output == "json":
         doc: dict[str, Any] = {"images": rows}
         if discovery is not None:
             doc["discovery"] = _gated(
-                {"up": discovery.up, "discovered": discovery.discovered, "error": discovery.error_code}
+                {
+                    "up": discovery.up,
+                    "discovered": discovery.discovered,
+                    "error": discovery.error_code,
+                    "reason": discovery.reason or None,
+                }
             )
         print(json.dumps(doc, indent=2))
     else:
@@ -96,13 +106,15 @@ def check_row(view: ImageView) -> dict[str, Any]:
         "status": view.status,
         "regions": {r.region: r.status if r.status is not None else str(r.health) for r in view.replicas},
         "last_error": view.error_code,
+        "last_error_reason": view.error_reason,  # the message that says why (gated, one line)
         "ok": view.healthy,
         "problems": view.problems,
     }
 
 
 def _print_table(rows: Sequence[Mapping[str, Any]], snapshot: Snapshot) -> None:
-    header = ("ACCOUNT", "REGION", "IMAGE", "HEALTH", "STATUS", "REGIONS", "LAST ERROR")
+    # The reason last: up to 300 characters, it is never padded and never pushes another column.
+    header = ("ACCOUNT", "REGION", "IMAGE", "HEALTH", "STATUS", "REGIONS", "LAST ERROR", "REASON")
     table = [header]
     rank = {str(h): i for i, h in enumerate(HEALTH_ORDER)}
     for row in sorted(rows, key=lambda r: (rank[r["health"]], r["account"], r["region_id"], r["image_id"])):
@@ -116,6 +128,7 @@ def _print_table(rows: Sequence[Mapping[str, Any]], snapshot: Snapshot) -> None:
                 row["status"] or "-",
                 regions,
                 row["last_error"] or "-",
+                row["last_error_reason"] or "-",
             )
         )
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
@@ -128,6 +141,7 @@ def _print_table(rows: Sequence[Mapping[str, Any]], snapshot: Snapshot) -> None:
         where = f"{scrub(scope.account)}/{scrub(scope.region_id)}: " if len(snapshot.scopes) > 1 else ""
         if discovery is not None and not discovery.up:
             code = scrub(discovery.error_code or "?")
-            print(f"{where}discovery FAILED ({code}): kept {plural(discovery.discovered, 'image')}")
+            why = f": {scrub(discovery.reason)}" if discovery.reason else ""
+            print(f"{where}discovery FAILED ({code}{why}): kept {plural(discovery.discovered, 'image')}")
         elif discovery is not None:
             print(f"{where}discovery ok: {plural(discovery.discovered, 'image')}")

@@ -519,6 +519,34 @@ SELF_SPECS: tuple[MetricSpec, ...] = (
         IDENTITY,
     ),
     MetricSpec(
+        _M.REFRESH_CYCLES,
+        "counter",
+        "Refresh cycles by result: success (every image answered, discovery too while on), partial (some "
+        "failed), failure (no image answered, none watched and discovery failed, or the cycle crashed); "
+        "ImageNotFound is an answer.",
+        (*IDENTITY, "result"),
+    ),
+    MetricSpec(
+        _M.CREDENTIALS_EXPIRY,
+        "gauge",
+        "Unix time the account's current temporary credentials expire (assumed role, RRSA/OIDC, ECS RAM "
+        "role, credentials URI); absent for long-term AccessKeys and before the first fetch.",
+        ("account",),
+    ),
+    MetricSpec(
+        _M.CREDENTIALS_REFRESHES,
+        "counter",
+        "Fetches of the account's credentials (each one of a role chain's whole), failed ones included; "
+        "absent for a configured AccessKey, which is never fetched.",
+        ("account",),
+    ),
+    MetricSpec(
+        _M.CREDENTIALS_REFRESH_ERRORS,
+        "counter",
+        "Failed fetches of the account's credentials (the held credential is served while still valid).",
+        ("account",),
+    ),
+    MetricSpec(
         _M.REPLICATION_DURATION,
         "histogram",
         "Observed replication times in seconds: from the first answer showing a requested copy not "

@@ -1,5 +1,5 @@
-"""The self part: the exporter's own counters (API calls and latency, error codes, ignored values, reloads,
-sharding).
+"""The self part: the exporter's own counters (API calls and latency, error codes, ignored values, refresh
+cycles, credential refreshes, reloads, sharding).
 
 Rendered per scrape by ``prometheus_client`` from :class:`SelfMetrics` (a few hundred samples, after the
 snapshot part, so the OpenMetrics ``# EOF`` it ends with is the only one). Names, help texts, types and
@@ -32,9 +32,11 @@ from exporter.redaction import scrub
 __all__ = [
     "API_ACTIONS",
     "API_DURATION_BUCKETS",
+    "CYCLE_RESULTS",
     "IGNORED_FIELDS",
     "REPLICATION_BUCKETS",
     "STATE_LOAD_REASONS",
+    "CredentialMetrics",
     "ScopeMetrics",
     "SelfMetrics",
     "StateMetrics",
@@ -106,6 +108,9 @@ REPLICATION_BUCKETS: tuple[float, ...] = (
 # Why a state file could not be used at start-up (ehpc_state_load_errors_total{reason}), and "row": each
 # row the gate refused (that image started cold); see exporter.state.
 STATE_LOAD_REASONS: tuple[str, ...] = ("corrupt", "foreign", "locked", "unreadable", "row")
+# How a refresh cycle ended (ehpc_refresh_cycles_total{result}); the refresher decides which
+# (exporter.refresher.cycle_result).
+CYCLE_RESULTS: tuple[str, ...] = ("success", "partial", "failure")
 # The fields ehpc_api_ignored_values_total starts at 0 for (what exporter.models may leave out).
 IGNORED_FIELDS: tuple[str, ...] = ("Image.Size", "Image.CreateTime", "Image.AdditionalRegionsInfo")
 
@@ -148,6 +153,26 @@ class StateMetrics:
         self.loaded_images = 0
 
 
+class CredentialMetrics:
+    """One account's credential refreshes: the observer of its credential source (kept across reloads,
+    which give the account a new source, so the counters never restart)."""
+
+    def __init__(self) -> None:
+        self.refreshes = 0
+        self.refresh_errors = 0
+        self.expires_at: float | None = None  # of the last credential fetched; None: not temporary
+
+    def on_refresh(self, expires_at: float | None) -> None:
+        """Count a successful fetch; its credential expires at ``expires_at`` (None: a long-term key)."""
+        self.refreshes += 1
+        self.expires_at = expires_at
+
+    def on_refresh_failed(self) -> None:
+        """Count a failed fetch; the expiry stays that of the credential still held."""
+        self.refreshes += 1
+        self.refresh_errors += 1
+
+
 def _error_status(error: ApiError) -> str:
     # Local failures have no API answer: always "0", whatever status a malformed body came with, so
     # the pre-registered series is the one that moves.
@@ -177,6 +202,7 @@ class SelfMetrics:
         self.max_error_codes = max_error_codes
         self._buckets = tuple(buckets)
         self._scopes: dict[Scope, ScopeMetrics] = {}
+        self._credentials: dict[str, CredentialMetrics] = {}  # by account: the sources that fetch
         self._extra_codes: set[str] = set()
         self.reload_successful: bool | None = None
         self.reload_success_timestamp: float | None = None
@@ -205,6 +231,20 @@ class SelfMetrics:
         keep = set(scopes)
         for scope in [s for s in self._scopes if s not in keep]:
             del self._scopes[scope]
+
+    def credentials(self, account: str) -> CredentialMetrics:
+        """The credential counters of ``account`` (a source that fetches), created (at zero) on first use."""
+        found = self._credentials.get(account)
+        if found is None:
+            found = self._credentials[account] = CredentialMetrics()
+        return found
+
+    def retain_credentials(self, accounts: Iterable[str]) -> None:
+        """Forget the credential counters of every account not in ``accounts`` (removed by a reload, or
+        now on a long-term key, whose last expiry must not linger)."""
+        keep = set(accounts)
+        for account in [a for a in self._credentials if a not in keep]:
+            del self._credentials[account]
 
     def _code(self, code: str) -> str:
         """The label value ``code`` is counted under: itself, or the overflow code past the cap."""
@@ -239,6 +279,7 @@ class SelfMetrics:
         latency = histogram(spec(_M.API_REQUEST_DURATION))
         rate_limit = gauge(spec(_M.API_RATE_LIMIT))
         overruns = counter(spec(_M.REFRESH_OVERRUNS))
+        cycles = counter(spec(_M.REFRESH_CYCLES))
         replication = histogram(spec(_M.REPLICATION_DURATION))
         for scope, m in scopes:
             # Own label values first, as with_own_labels puts their names.
@@ -260,6 +301,8 @@ class SelfMetrics:
             if m.rate_limit is not None:
                 rate_limit.add_metric(who, m.rate_limit())
             overruns.add_metric(who, m.overruns)
+            for result in CYCLE_RESULTS:
+                cycles.add_metric([*who, result], m.cycles[result])
             # Region ids pass the output gate; two that it maps to one label value share a series.
             gated_hist: dict[str, list[_Histogram]] = {}
             for region, hist in m._replication.items():
@@ -276,6 +319,8 @@ class SelfMetrics:
         yield latency
         yield rate_limit
         yield overruns
+        yield cycles
+        yield from self._credential_families()
         yield replication
         yield from self._state_families()
         ok = self.reload_successful
@@ -289,6 +334,21 @@ class SelfMetrics:
         yield info
         yield _scalar(_M.SHARD_ORDINAL, self.shard_ordinal)
         yield _scalar(_M.TOTAL_SHARDS, self.total_shards)
+
+    def _credential_families(self) -> Iterable[Metric]:
+        own = self.labels
+        expiry = gauge(with_own_labels(SPECS[_M.CREDENTIALS_EXPIRY], own.names))
+        refreshes = counter(with_own_labels(SPECS[_M.CREDENTIALS_REFRESHES], own.names))
+        errors = counter(with_own_labels(SPECS[_M.CREDENTIALS_REFRESH_ERRORS], own.names))
+        for account, c in sorted(self._credentials.items()):
+            who = [*own.account(account), scrub(account)]  # own label values first, as their names
+            if c.expires_at is not None:
+                expiry.add_metric(who, c.expires_at)
+            refreshes.add_metric(who, c.refreshes)
+            errors.add_metric(who, c.refresh_errors)
+        yield expiry
+        yield refreshes
+        yield errors
 
     def _state_families(self) -> Iterable[Metric]:
         state = self.state
@@ -361,6 +421,7 @@ class ScopeMetrics:
         self._ignored: dict[tuple[str, str], int] = {}
         self._replication: dict[str, _Histogram] = {}  # by replication region
         self.overruns = 0
+        self.cycles = dict.fromkeys(CYCLE_RESULTS, 0)
         # Reads the effective QPS budget of this scope's client (set with the client; absent before).
         self.rate_limit: Callable[[], float] | None = None
         for action in API_ACTIONS:
@@ -415,6 +476,10 @@ class ScopeMetrics:
     def record_overrun(self) -> None:
         """Count a refresh cycle that outlasted its interval."""
         self.overruns += 1
+
+    def record_cycle(self, result: str) -> None:
+        """Count a refresh cycle that ended with ``result`` (one of ``CYCLE_RESULTS``)."""
+        self.cycles[result] += 1
 
     def errors(self) -> dict[tuple[str, str, str], int]:
         """A copy of the error counters: (action, code, http_status) -> count."""

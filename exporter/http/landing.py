@@ -181,13 +181,14 @@ def _banners(snapshot: Snapshot) -> str:
                 f" {_time_html(discovery.last_success)}; images created since are not watched."
             )
         where = "" if len(snapshot.expected) <= 1 else f" in {_h(scope.account)} / {_h(scope.region_id)}"
+        reason = f': <span class="reason">{_h(discovery.reason)}</span>' if discovery.reason else ""
         # The first one keeps the id links and tests find it by; the others are told apart by data-*.
         ident = ' id="discovery"' if not any("banner bad discovery" in o for o in out) else ""
         out.append(
             f'<div class="banner bad discovery"{ident} role="alert" data-account="{_h(scope.account)}"'
             f' data-region="{_h(scope.region_id)}">'
             f"{_sym(_HEALTH_SYMBOL[Health.FAILING])} <strong>Discovery is failing{where}</strong>"
-            f" (ListImages: <code>{_h(discovery.error_code or 'unknown error')}</code>). {kept}</div>"
+            f" (ListImages: <code>{_h(discovery.error_code or 'unknown error')}</code>{reason}). {kept}</div>"
         )
     return "\n".join(out)
 
@@ -222,13 +223,16 @@ def _summary(snapshot: Snapshot, total: int) -> str:
 
 
 def _health_cell(view: ImageView) -> str:
-    """The image's verdict: symbol and word, what is wrong, and for a failing one its code and since when."""
+    """The image's verdict: symbol and word, what is wrong, and for a failing one its code, since when and
+    why (the error's reason)."""
     detail = ""
     if view.health in (Health.FAILING, Health.MISSING) and view.error_code is not None:
         detail = (
             f'<div class="detail"><code class="code">{_h(view.error_code)}</code>'
             f" since {_time_html(view.error_since)}</div>"
         )
+        if view.error_reason:  # the message that says why (gated and one line in the view)
+            detail += f'<div class="detail reason">{_h(view.error_reason)}</div>'
     # The view's own phrases, so a narrow screen sees what is wrong before scrolling to the regions;
     # not the failing/missing one (the code line above says it) nor "unknown" regions (nothing is known).
     unknown = {f"{r.region} {r.health}" for r in view.replicas if r.health is ReplicaHealth.UNKNOWN}
