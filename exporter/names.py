@@ -94,6 +94,7 @@ EXPORTER_LABELS: tuple[str, ...] = (
     "http_status",
     "field",
     "reason",
+    "result",
     "le",
     "revision",
     "python_version",
