@@ -8,8 +8,8 @@ from exporter.buildinfo import BuildInfo
 from exporter.config import DEFAULT_SCOPE
 from exporter.errors import KNOWN_CODES, OVERFLOW_CODE, ApiError
 from exporter.exposition import SelfMetrics
-from exporter.exposition.families import SELF_SPECS
 from exporter.exposition.selfmetrics import StateMetrics
+from exporter.exposition.selfspecs import SELF_SPECS
 from exporter.redaction import register_secret
 from tests.exporter_support import samples, value
 

@@ -8,8 +8,9 @@ renderers sort them as ``prometheus_client`` does. Every family carries the iden
 (:data:`IDENTITY`: ``account`` and ``region_id``); per image they are part of the image's key, so the same
 image id in two accounts or regions is two images. Own labels (config ``labels:``) go where the account
 goes: :func:`build_table` puts their names first on every family with an ``account`` label, and the values
-of the image or the account before its samples' own (:func:`with_own_labels`). The module is long because
-it is the whole table, one declaration per family: splitting it would spread a family out again.
+of the image or the account before its samples' own (:func:`with_own_labels`). What a family is lives in
+:mod:`exporter.exposition.spec`; the self part's families, rendered per scrape, in
+:mod:`exporter.exposition.selfspecs`; :data:`SPECS` joins both parts by name.
 
 Series semantics (chosen for alerting; the sample functions below are the one place they are decided).
 The default, ``metrics.state_sets: current``, exposes a sample where it says something, as
@@ -54,9 +55,6 @@ Additions to the product contract: ``ehpc_config_last_reload_successful``,
 ``ehpc_config_last_reload_success_timestamp_seconds``, ``ehpc_refresh_overruns_total``,
 ``ehpc_exporter_shard_ordinal`` and ``ehpc_exporter_total_shards``, and the standard
 ``process_*`` / ``python_gc_*`` collectors of ``prometheus_client`` (optional).
-
-Why one module of over 400 lines: it is the table of every family, one entry each, by design (adding a
-family or a label is one entry here).
 """
 
 from __future__ import annotations
@@ -64,10 +62,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
-from typing import Generic, Literal, NamedTuple, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from exporter.config import MetricsConfig, OwnLabels
 from exporter.config.labels import NO_LABELS
+from exporter.exposition.selfspecs import SELF_SPECS
+from exporter.exposition.spec import IDENTITY, MetricSpec, Sample, with_own_labels
 from exporter.history import ImageHistory
 from exporter.names import CLIENT_FAMILIES, EXPOSED_NAMES, INFO_LABELS, MetricName, pattern_matches
 from exporter.redaction import scrub
@@ -98,20 +98,7 @@ __all__ = [
 ]
 
 
-MetricType = Literal["gauge", "counter", "histogram"]
-# One sample: its label values in the order of the family's label names, and its value.
-Sample = tuple[tuple[str, ...], float]
 In = TypeVar("In")
-
-
-@dataclass(frozen=True, slots=True)
-class MetricSpec:
-    """Name, type, help text and label names (in the order samples give their values) of one family."""
-
-    name: str  # a MetricName for the exporter's own; a plain string for a family added elsewhere
-    type: MetricType
-    help: str
-    labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,9 +289,6 @@ def _discovered(s: ScopeStatus) -> float | None:
 
 
 _M = MetricName
-# The identity labels: the account and the region whose endpoint answered (not "region", which clashes
-# with the labels Prometheus targets often carry).
-IDENTITY = ("account", "region_id")
 _IMAGE_ID = (*IDENTITY, "image_id")
 # The names (MetricName, INFO_LABELS) live in exporter.names, which the config reads too.
 
@@ -478,140 +462,6 @@ SNAPSHOT_FAMILIES: tuple[Family[Snapshot], ...] = (
     ),
 )
 
-# The families of the self part in exposition order (rendered per scrape by exporter.exposition.selfmetrics).
-SELF_SPECS: tuple[MetricSpec, ...] = (
-    MetricSpec(
-        _M.API_REQUESTS,
-        "counter",
-        "E-HPC Instant API calls made, each retry attempt counted.",
-        (*IDENTITY, "action"),
-    ),
-    MetricSpec(
-        _M.API_ERRORS,
-        "counter",
-        "Failed E-HPC Instant API calls by error code and HTTP status (0: no HTTP answer).",
-        (*IDENTITY, "action", "code", "http_status"),
-    ),
-    MetricSpec(
-        _M.API_IGNORED_VALUES,
-        "counter",
-        "Values of accepted API answers the exporter could not use and left out (an unparseable size "
-        "or time, a region entry that was not asked for, empty or repeated), by field.",
-        (*IDENTITY, "action", "field"),
-    ),
-    MetricSpec(
-        _M.API_REQUEST_DURATION,
-        "histogram",
-        "Latency of one E-HPC Instant API call attempt in seconds.",
-        (*IDENTITY, "action"),
-    ),
-    MetricSpec(
-        _M.API_RATE_LIMIT,
-        "gauge",
-        "The client's effective API call budget in calls per second: api.qps, lowered after throttling "
-        "while api.adaptive_rate is on (0: unlimited).",
-        IDENTITY,
-    ),
-    MetricSpec(
-        _M.REFRESH_OVERRUNS,
-        "counter",
-        "Refresh cycles that outlasted the refresh interval (the next one then started at once).",
-        IDENTITY,
-    ),
-    MetricSpec(
-        _M.REFRESH_CYCLES,
-        "counter",
-        "Refresh cycles by result: success (every image answered, discovery too while on), partial (some "
-        "failed), failure (no image answered, none watched and discovery failed, or the cycle crashed); "
-        "ImageNotFound is an answer.",
-        (*IDENTITY, "result"),
-    ),
-    MetricSpec(
-        _M.CREDENTIALS_EXPIRY,
-        "gauge",
-        "Unix time the account's current temporary credentials expire (assumed role, RRSA/OIDC, ECS RAM "
-        "role, credentials URI); absent for long-term AccessKeys and before the first fetch.",
-        ("account",),
-    ),
-    MetricSpec(
-        _M.CREDENTIALS_REFRESHES,
-        "counter",
-        "Fetches of the account's credentials (each one of a role chain's whole), failed ones included; "
-        "absent for a configured AccessKey, which is never fetched.",
-        ("account",),
-    ),
-    MetricSpec(
-        _M.CREDENTIALS_REFRESH_ERRORS,
-        "counter",
-        "Failed fetches of the account's credentials (the held credential is served while still valid).",
-        ("account",),
-    ),
-    MetricSpec(
-        _M.REPLICATION_DURATION,
-        "histogram",
-        "Observed replication times in seconds: from the first answer showing a requested copy not "
-        "available (or absent) to the first showing it available (one refresh interval of precision).",
-        (*IDENTITY, "replication_region"),
-    ),
-    MetricSpec(
-        _M.STATE_LAST_SAVE,
-        "gauge",
-        "Unix time the state file was last written (absent while state is off or before the first save).",
-    ),
-    MetricSpec(
-        _M.STATE_SAVE_ERRORS,
-        "counter",
-        "Failed writes of the state file (the file keeps its previous content).",
-    ),
-    MetricSpec(
-        _M.STATE_LOAD_ERRORS,
-        "counter",
-        "State files that could not be used at start-up, by reason; the exporter then started cold.",
-        ("reason",),
-    ),
-    MetricSpec(
-        _M.STATE_LOADED_IMAGES,
-        "gauge",
-        "Images loaded from the state file at start-up (0 on a cold start).",
-    ),
-    MetricSpec(
-        _M.CONFIG_RELOAD_SUCCESSFUL,
-        "gauge",
-        "1 if the last configuration load or reload succeeded, 0 if it failed.",
-    ),
-    MetricSpec(
-        _M.CONFIG_RELOAD_TIMESTAMP, "gauge", "Unix time of the last successful configuration load or reload."
-    ),
-    MetricSpec(
-        _M.EXPOSITION_SERIES,
-        "gauge",
-        "Series in the snapshot part of the current exposition (everything but these self-metrics).",
-    ),
-    MetricSpec(
-        _M.EXPOSITION_DROPPED_IMAGES,
-        "gauge",
-        "Watched images left out of the exposition, whole, because metrics.max_series was reached.",
-    ),
-    MetricSpec(
-        _M.BUILD_INFO,
-        "gauge",
-        "Exporter build information, always 1.",
-        ("version", "revision", "python_version"),
-    ),
-    # Always present (0 and 1 unsharded): "sum by (job) of watched images" and "which pod is missing"
-    # queries need every replica to say where it stands; Prometheus adds job/instance/pod.
-    MetricSpec(
-        _M.SHARD_ORDINAL,
-        "gauge",
-        "The shard this replica watches, 0 <= ordinal < ehpc_exporter_total_shards (see docs/sharding.md).",
-    ),
-    MetricSpec(
-        _M.TOTAL_SHARDS,
-        "gauge",
-        "How many shards split the watched images (1: unsharded).",
-    ),
-)
-
 # The exporter's whole table of the snapshot part: every sample of every family (``state_sets: full``);
 # build_table derives the one a config asks for (the default: current states, sparse since-timestamps).
 TABLE = FamilyTable(IMAGE_FAMILIES, SNAPSHOT_FAMILIES)
@@ -682,14 +532,6 @@ def _configured(family: Family[In], metrics: MetricsConfig) -> Family[In]:
 
 # The config that asks nothing of the table: every family, every sample, no cap.
 _WHOLE = MetricsConfig(state_sets="full")
-
-
-def with_own_labels(spec: MetricSpec, names: tuple[str, ...]) -> MetricSpec:
-    """``spec`` with the own label ``names`` first when it has an ``account`` label (its samples' values
-    then start with the account's or the image's), else ``spec`` itself."""
-    if not names or "account" not in spec.labels:
-        return spec
-    return replace(spec, labels=(*names, *spec.labels))
 
 
 def _own_per_image(family: Family[ImageInput], names: tuple[str, ...]) -> Family[ImageInput]:

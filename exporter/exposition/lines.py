@@ -14,7 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as CONTENT_TYPE_OPENMETRICS
 from prometheus_client.utils import floatToGoString as _float_to_go_string
 
-from exporter.exposition.families import MetricSpec, Sample
+from exporter.exposition.spec import MetricSpec, Sample
 
 __all__ = ["CONTENT_TYPE_OPENMETRICS", "CONTENT_TYPE_TEXT", "LineEncoder", "go_float", "header"]
 

@@ -3,7 +3,7 @@ cycles, credential refreshes, reloads, sharding).
 
 Rendered per scrape by ``prometheus_client`` from :class:`SelfMetrics` (a few hundred samples, after the
 snapshot part, so the OpenMetrics ``# EOF`` it ends with is the only one). Names, help texts, types and
-label names come from the family table (:data:`~exporter.exposition.families.SELF_SPECS`); the families
+label names come from the family table (:data:`~exporter.exposition.selfspecs.SELF_SPECS`); the families
 per (account, region) carry the account's own labels, as the snapshot part's do.
 """
 
@@ -25,8 +25,9 @@ from exporter.buildinfo import BuildInfo
 from exporter.config import OwnLabels, Scope
 from exporter.config.labels import NO_LABELS
 from exporter.errors import KNOWN_CODES, LOCAL_CODES, OVERFLOW_CODE, ApiError
-from exporter.exposition.families import SPECS, MetricName, MetricSpec, with_own_labels
+from exporter.exposition.families import SPECS, MetricName
 from exporter.exposition.lines import go_float
+from exporter.exposition.spec import MetricSpec, with_own_labels
 from exporter.redaction import scrub
 
 __all__ = [
