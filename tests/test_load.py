@@ -257,22 +257,14 @@ def load_run(exporter: ExporterProcess, run: Run, tmp_path: Path, key: str) -> t
     return dict(json.loads(out.strip().splitlines()[-1])), checker
 
 
-def refreshes(exporter: ExporterProcess) -> tuple[float, float]:
-    """(last refresh end, overruns so far) from /metrics."""
-    text = exporter.metrics_text()
-    found = {
-        name: value
-        for name, _labels, value in quick_samples(
-            text, ("ehpc_refresh_last_success_timestamp_seconds", "ehpc_refresh_overruns_total")
-        )
-    }
-    return found.get("ehpc_refresh_last_success_timestamp_seconds", 0), found.get(
-        "ehpc_refresh_overruns_total", 0
-    )
+def refreshes(exporter: ExporterProcess) -> float:
+    """When the last refresh cycle ended, from /metrics (0: none yet)."""
+    name = "ehpc_refresh_last_success_timestamp_seconds"
+    return next((v for _n, _labels, v in quick_samples(exporter.metrics_text(), (name,))), 0.0)
 
 
 def test_wrk_during_refreshes(tmp_path: Path, reliability: Reliability) -> None:
-    """Zero errors and every answer whole under wrk while 2,500 images refresh back to back."""
+    """Zero errors and every answer whole under wrk while 2,500 images refresh every 2 s."""
     images = generate_fleet(FLEET_SIZE, REGIONS, seed=5)
     fleet = tmp_path / "fleet.json"
     fleet.write_text(json.dumps({"images": [asdict(i) for i in images]}))
@@ -287,12 +279,13 @@ def test_wrk_during_refreshes(tmp_path: Path, reliability: Reliability) -> None:
         exporter = start_exporter(tmp_path / "exporter", doc, wait="healthy")
         procs.append(exporter)
         exporter.wait_ready(within=300)
-        before, overruns_before = refreshes(exporter)
+        before = refreshes(exporter)
         results = {run.label: load_run(exporter, run, tmp_path, f"run{i}") for i, run in enumerate(RUNS)}
-        # The refresher never stops (each cycle overruns the 2 s interval), so a cycle was running during
-        # the runs; under that load it may still be running now: it must complete, not be wedged.
-        after, overruns_after = wait_until(
-            lambda: (r := refreshes(exporter))[0] > before and r[1] > overruns_before and r,
+        # Cycles start every 2 s through the runs (on an idle machine one takes about half a second; under
+        # wrk it may overrun the interval: how fast is the bench's question, not this test's); one may still
+        # be running now: it must complete, not be wedged.
+        after = wait_until(
+            lambda: (r := refreshes(exporter)) > before and r,
             300,
             "a refresh cycle completing after the wrk runs",
             interval=0.5,
@@ -329,10 +322,9 @@ def test_wrk_during_refreshes(tmp_path: Path, reliability: Reliability) -> None:
     reliability.check(
         "load",
         "refreshes during the wrk runs",
-        "cycles run back to back through the runs (each overruns the 2 s interval) and complete",
+        "cycles run through the runs (every 2 s, or back to back when one overruns) and complete",
         ("a cycle completed" if after > before else "NO cycle completed")
-        + ("; overruns counted" if overruns_after > overruns_before else "; no overrun counted")
         + f"; exit {rc}; "
         + ("a TRACEBACK" if "Traceback" in log else "no traceback"),
-        after > before and overruns_after > overruns_before and rc == 0 and "Traceback" not in log,
+        after > before and rc == 0 and "Traceback" not in log,
     )
