@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import AfterValidator
 
@@ -135,12 +135,11 @@ def registry_url(url: str) -> str:
     return f"{scheme}{rest}"
 
 
-@dataclass(frozen=True, slots=True)
-class RegionReplica:
-    """One ``AdditionalRegionsInfo`` entry: the image's copy in another region."""
+class Replica(NamedTuple):
+    """One ``AdditionalRegionsInfo`` entry: the image's copy in another region, as the snapshot keeps it
+    (the copy's own ``ImageId`` is read by nothing, so it is not read: no value there refuses an answer)."""
 
     region_id: str
-    image_id: str
     status: str
 
 
@@ -165,7 +164,7 @@ class Image:
     platform: str
     architecture: str
     registry_url: str
-    additional_regions: tuple[RegionReplica, ...]
+    additional_regions: tuple[Replica, ...]
     request_id: str
     # Fields whose values the exporter could not use and left out (counted and logged by the refresher).
     ignored: tuple[str, ...] = ()
@@ -379,15 +378,13 @@ def gated_request_id(value: object, learned: Sequence[str] = ()) -> str | None:
         return None
 
 
-def _regions(
-    img: _Reader, requested: Sequence[str], limit: int, ignored: list[str]
-) -> tuple[RegionReplica, ...]:
+def _regions(img: _Reader, requested: Sequence[str], limit: int, ignored: list[str]) -> tuple[Replica, ...]:
     """The requested regions' copies: unrequested, empty and identical repeated entries are ignored."""
     field = img.path("AdditionalRegionsInfo")
     wanted = set(requested)
-    out: dict[str, RegionReplica] = {}
+    out: dict[str, Replica] = {}
     for r in img.children("AdditionalRegionsInfo", limit):
-        replica = RegionReplica(r.text("RegionId", REGION), r.text("ImageId", ID), r.text("Status", STATUS))
+        replica = Replica(r.text("RegionId", REGION), r.text("Status", STATUS))
         seen = out.get(replica.region_id)
         if not replica.region_id or replica.region_id not in wanted or seen == replica:
             ignored.append(field)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from exporter.config import DEFAULT_SCOPE, Scope, StatusConfig, WatchedImage
 from exporter.history import ImageHistory
-from exporter.models import Image
+from exporter.models import Image, Replica
 from exporter.view import HEALTH_ORDER, IMAGE_NOT_FOUND, Health, ImageView, image_view, status_label
 
 __all__ = [
@@ -36,13 +36,6 @@ class ImageKey(NamedTuple):
     account: str
     region_id: str
     image_id: str
-
-
-class Replica(NamedTuple):
-    """The image's copy in one additional region."""
-
-    region_id: str
-    status: str
 
 
 class ImageFacts(NamedTuple):
@@ -83,7 +76,7 @@ class ImageFacts(NamedTuple):
             platform=image.platform,
             architecture=image.architecture,
             registry_url=image.registry_url,
-            additional_regions=tuple(Replica(r.region_id, r.status) for r in image.additional_regions),
+            additional_regions=image.additional_regions,
             ignored=image.ignored,
         )
 

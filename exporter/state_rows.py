@@ -31,11 +31,12 @@ from exporter.models import (
     GatedRequestId,
     GatedStatus,
     GatedUrl,
+    Replica,
     parse_time,
     unchanged,
 )
 from exporter.redaction import scrub, split_userinfo
-from exporter.snapshot import DiscoveryStatus, ImageError, ImageFacts, ImageState, Replica
+from exporter.snapshot import DiscoveryStatus, ImageError, ImageFacts, ImageState
 
 __all__ = [
     "MAX_IGNORED",

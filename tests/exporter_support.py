@@ -22,7 +22,7 @@ from exporter.config import (
     WatchedImage,
     WebConfig,
 )
-from exporter.models import Image, RegionReplica
+from exporter.models import Image, Replica
 from exporter.snapshot import ImageFacts
 from tests.fixtures.sim import RunningSimulator
 
@@ -152,7 +152,7 @@ def make_image(
             platform="Linux",
             architecture="x86_64",
             registry_url=registry_url,
-            additional_regions=tuple(RegionReplica(r, image_id, s) for r, s in regions),
+            additional_regions=tuple(Replica(r, s) for r, s in regions),
             request_id="req",
         )
     )

@@ -194,13 +194,7 @@ FIELDS: tuple[Field, ...] = (
     Field("DocumentInfo.EncodingMode", ("Image", "DocumentInfo", "EncodingMode"), kind="unparsed"),
     Field("DocumentInfo.Document", ("Image", "DocumentInfo", "Document"), kind="unparsed"),
     Field("AdditionalRegionsInfo.Status", (*_REG, "Status"), kind="shaped", bad_shape="Avail able!"),
-    Field(
-        "AdditionalRegionsInfo.ImageId",
-        (*_REG, "ImageId"),
-        kind="shaped",
-        bad_shape="../x",
-        shape_strict=False,
-    ),
+    Field("AdditionalRegionsInfo.ImageId", (*_REG, "ImageId"), kind="ignored"),
     Field("AdditionalRegionsInfo.RegionId", (*_REG, "RegionId"), kind="shaped", bad_shape="Mars 1"),
     Field("TotalCount", ("TotalCount",), kind="number"),
 )
