@@ -34,9 +34,10 @@ _RULE = "config_rule"
 _WHOLE_LINE = "whole_line"
 _KNOWN_TYPES = frozenset(get_args(core_schema.ErrorType))
 _FILE_KEYS: dict[type, dict[str, FieldInfo]] = {}
-_PLAIN_RE = re.compile(r"^[\x21-\x7e]{1,64}$")  # what an error line may quote as it is
+# What an error line may quote as it is (matched whole: "$" would also accept a value ending in "\n").
+_PLAIN_RE = re.compile(r"[\x21-\x7e]{1,64}")
 # What a location may show of a key: no ':', '[' or ']', so "<file>: <location>: <message>" stays parseable.
-_PLAIN_KEY_RE = re.compile(r"^[\x21-\x39\x3b-\x5a\x5c\x5e-\x7e]{1,64}$")
+_PLAIN_KEY_RE = re.compile(r"[\x21-\x39\x3b-\x5a\x5c\x5e-\x7e]{1,64}")
 
 
 class ConfigError(Exception):
@@ -99,7 +100,7 @@ def _withheld(text: str) -> bool:
 def shown(value: object) -> str:
     """``'value'`` when it is short printable ASCII, else nothing: never a part of a value (a cut secret);
     ``'[REDACTED]'`` for a secret of the file being read (:func:`withholding`), which a value never shows."""
-    if not isinstance(value, str) or not _PLAIN_RE.match(value):
+    if not isinstance(value, str) or not _PLAIN_RE.fullmatch(value):
         return ""
     return f" '{REDACTED}'" if _withheld(value) else f" {value!r}"
 
@@ -112,7 +113,7 @@ def format_loc(loc: Loc) -> str:
             out += f"[{part}]"
         else:
             # The line stays one line, and a value pasted where a key belongs is not printed.
-            if not _PLAIN_KEY_RE.match(part):
+            if not _PLAIN_KEY_RE.fullmatch(part):
                 name = "<unprintable or long key>"
             else:
                 name = "<redacted key>" if _withheld(part) else part
