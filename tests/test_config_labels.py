@@ -87,7 +87,7 @@ MASKED = (
 
 def at(place: str, name: str) -> str:
     """Where a line says a label is: its mapping's path and its name (when the name can be shown)."""
-    return f"{place}.{name}" if _PLAIN_KEY_RE.match(name) else f"{place}.<unprintable or long key>"
+    return f"{place}.{name}" if _PLAIN_KEY_RE.fullmatch(name) else f"{place}.<unprintable or long key>"
 
 
 # --------------------------------------------------------------------------------------------------------

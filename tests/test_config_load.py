@@ -218,6 +218,7 @@ CASES: list[tuple[str, str, list[str]]] = [
         status: {{vocabulary: ["a\\nb"]}}
         "bad\\nkey": 1
         {"k" * 100}: 2
+        "tail\\n": 3
         """,
         [
             "{p}: api.region_id: must not contain control or bidi characters",
@@ -225,6 +226,7 @@ CASES: list[tuple[str, str, list[str]]] = [
             "{p}: images[0].id: must be at most 128 characters",
             "{p}: images[1].id: must not contain control or bidi characters",
             "{p}: status.vocabulary[0]: must not contain control or bidi characters",
+            "{p}: <unprintable or long key>: unknown key",
             "{p}: <unprintable or long key>: unknown key",
             "{p}: <unprintable or long key>: unknown key",
         ],
