@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -98,9 +99,14 @@ def exposed(metrics: SelfMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]]
 STEPS = st.lists(st.tuples(st.integers(0, 5000), st.booleans()), min_size=1, max_size=12)
 
 
-async def _run_schedule(ttl: int, steps: list[tuple[int, bool]]) -> None:
+@contextlib.asynccontextmanager
+async def observed_source(
+    ttl: int, *, ok: bool = True
+) -> AsyncIterator[tuple[Wall, Endpoint, SelfMetrics, CachedCredentialSource]]:
+    """A credentials-URI source on a fake wall clock, fetching from an endpoint issuing ``ttl``-second
+    credentials, its outcomes told to account ``acct``'s metrics."""
     clock = Wall()
-    endpoint = Endpoint(clock, ttl)
+    endpoint = Endpoint(clock, ttl, ok=ok)
     runner = await serve(endpoint)
     metrics = SelfMetrics(process_metrics=False)
     try:
@@ -109,6 +115,13 @@ async def _run_schedule(ttl: int, steps: list[tuple[int, bool]]) -> None:
         )
         assert isinstance(source, CachedCredentialSource)
         source.observer = metrics.credentials("acct")
+        yield clock, endpoint, metrics, source
+    finally:
+        await runner.cleanup()
+
+
+async def _run_schedule(ttl: int, steps: list[tuple[int, bool]]) -> None:
+    async with observed_source(ttl) as (clock, endpoint, metrics, source):
         shown: list[float] = []
         for advance, ok in steps:
             clock.now += advance
@@ -127,8 +140,6 @@ async def _run_schedule(ttl: int, steps: list[tuple[int, bool]]) -> None:
             if expiry is not None:
                 shown.append(expiry)
         assert shown == sorted(shown)  # it only moves forward: each renewal is later than the last
-    finally:
-        await runner.cleanup()
 
 
 @given(st.sampled_from([60, 900, 3600, 43200]), STEPS)
@@ -142,16 +153,7 @@ def test_the_expiry_follows_renewals_and_every_fetch_is_counted(
 
 async def test_a_renewal_moves_the_expiry_forward_and_a_failed_one_keeps_it() -> None:
     """The case the alert is about, spelt out: renewed, then the STS fails: errors grow, expiry stays."""
-    clock = Wall()
-    endpoint = Endpoint(clock, 900)
-    runner = await serve(endpoint)
-    metrics = SelfMetrics(process_metrics=False)
-    try:
-        source = build_credential_source(
-            CredentialsConfig(type="credentials_uri", credentials_uri=endpoint.url), clock=clock
-        )
-        assert isinstance(source, CachedCredentialSource)
-        source.observer = metrics.credentials("acct")
+    async with observed_source(900) as (clock, endpoint, metrics, source):
         start = clock.now
         await source.get()
         assert value(exposed(metrics), EXPIRY, account="acct") == start + 900
@@ -167,8 +169,6 @@ async def test_a_renewal_moves_the_expiry_forward_and_a_failed_one_keeps_it() ->
         assert value(found, EXPIRY, account="acct") == start + 700 + 900
         assert value(found, ERRORS, account="acct") == 1
         assert value(found, REFRESHES, account="acct") == 3
-    finally:
-        await runner.cleanup()
 
 
 async def test_failing_renewals_are_logged_once_per_streak() -> None:

@@ -24,7 +24,7 @@ import pytest
 import trustme
 import yarl
 from aiohttp import web
-from alibabacloud_credentials.utils import auth_constant, auth_util
+from alibabacloud_credentials.utils import auth_util
 
 from ehpc_simulator.estate import Estate, EstateEndpoints
 from exporter import credential_io
@@ -34,6 +34,7 @@ from exporter.credential_io import CredentialFault
 from exporter.errors import ApiError
 from exporter.openapi.client import EhpcClient
 from exporter.service import new_account
+from tests.fixtures.credchain import isolate_default_chain
 from tests.fixtures.estate import (
     ALPHA_AK,
     ALPHA_SECRET,
@@ -54,19 +55,7 @@ def nothing_trusted_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_pa
     """No CA in the environment, and the library's default chain reads nothing of this machine."""
     for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
         monkeypatch.delenv(name, raising=False)
-    for name, value in {
-        "environment_access_key_id": None,
-        "environment_access_key_secret": None,
-        "environment_security_token": None,
-        "environment_ecs_metadata_disabled": "true",
-        "environment_cli_profile_disabled": "true",
-        "environment_credentials_file": str(tmp_path / "credentials.ini"),
-        "environment_credentials_uri": None,
-        "enable_oidc_credential": False,
-        "environment_profile_name": None,
-    }.items():
-        monkeypatch.setattr(auth_util, name, value)
-    monkeypatch.setattr(auth_constant, "HOME", str(tmp_path))
+    isolate_default_chain(monkeypatch, tmp_path)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from alibabacloud_credentials.utils import auth_constant, auth_util
+from alibabacloud_credentials.utils import auth_util
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,6 +33,7 @@ from exporter.credentials import (
 from exporter.errors import ApiError
 from exporter.logging import mask_secrets
 from exporter.openapi.client import EhpcClient
+from tests.fixtures.credchain import isolate_default_chain
 from tests.fixtures.estate import (
     ALPHA_AK,
     ALPHA_SECRET,
@@ -49,19 +50,7 @@ LEAKY_TOKEN = "leaky-token-CAIS1234"
 @pytest.fixture(autouse=True)
 def isolated_chain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The library reads its environment once at import: patch those module attributes, not os.environ."""
-    for name, value in {
-        "environment_access_key_id": None,
-        "environment_access_key_secret": None,
-        "environment_security_token": None,
-        "environment_ecs_metadata_disabled": "true",  # never probe 100.100.100.200
-        "environment_cli_profile_disabled": "true",
-        "environment_credentials_file": str(tmp_path / "credentials.ini"),
-        "environment_credentials_uri": None,
-        "enable_oidc_credential": False,
-        "environment_profile_name": None,
-    }.items():
-        monkeypatch.setattr(auth_util, name, value)
-    monkeypatch.setattr(auth_constant, "HOME", str(tmp_path))
+    isolate_default_chain(monkeypatch, tmp_path)
 
 
 class FakeWall:
