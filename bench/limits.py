@@ -119,7 +119,7 @@ def estate_spec(shape: Shape) -> dict[str, Any]:
             "name": account_name(k),
             "id": f"{200000000000000 + k:015d}",
             "key_id": f"LIMIT-AK-{k}",
-            "secret": f"limit-secret-{k}",
+            "secret": f"limit-bench-secret-{k:04d}",
             "images": shape.images_per_scope,
             "seed": 3000 + k,
             "replicas": replica_ids(shape),
@@ -141,7 +141,7 @@ def exporter_doc(shape: Shape, region_urls: dict[str, str], listen: str) -> dict
                 "credentials": {
                     "type": "access_key",
                     "access_key_id": f"LIMIT-AK-{k}",
-                    "access_key_secret": f"limit-secret-{k}",
+                    "access_key_secret": f"limit-bench-secret-{k:04d}",
                 },
                 "regions": [{"region_id": r, "endpoint": region_urls[r]} for r in region_ids(shape)],
                 "images": [

@@ -108,6 +108,20 @@ def merge_json(path: Path, results: Sequence[Result], m: dict[str, Any]) -> None
     rows = [fresh.pop(row["name"], row) for row in doc["results"]]
     doc["results"] = rows + list(fresh.values())
     path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    # RESULTS.md shows what results.json holds: the full run's machine block, every row as it now is.
+    merged = [
+        Result(
+            r["name"],
+            math.nan if r["value"] is None else r["value"],
+            r["unit"],
+            r["target"],
+            r["pass"],
+            r["detail"],
+            r["samples"],
+        )
+        for r in doc["results"]
+    ]
+    update_results_md(path.parent / "RESULTS.md", merged, doc["machine"])
 
 
 def update_results_md(path: Path, results: Sequence[Result], m: dict[str, Any]) -> None:
