@@ -37,8 +37,8 @@ from exporter.credential_fetch import (
     sts_host,
 )
 from exporter.errors import CREDENTIAL_ERROR, ApiError
-from exporter.logging import gate_foreign_records
-from exporter.redaction import mask_secrets
+from exporter.logging import gate_foreign_records, gate_library_text
+from exporter.redaction import REDACTED
 
 __all__ = [
     "FETCH_DEADLINE_SECONDS",
@@ -67,28 +67,17 @@ _MAX_MESSAGE = 600
 
 log = structlog.get_logger("ehpc.credentials")
 
-# Library messages embed whole response bodies ("... result: {...AccessKeySecret...}") and URIs whose query
-# may carry a token; these patterns cut both out.
+# Library messages embed whole response bodies ("... result: {...AccessKeySecret...}"): cut whole.
 _BODY_RE = re.compile(
     r"((?:result|response|body)\s*[:=]\s*).*?(?=', '|'\]|\"\]|$)", re.IGNORECASE | re.DOTALL
-)
-_SECRET_KV_RE = re.compile(
-    r"""(["']?[\w-]*(?:secret|token|password|passwd)[\w-]*["']?\s*[:=]\s*)"""
-    r"""("[^"]*"|'[^']*'|[^\s,;}&'"]+)""",
-    re.IGNORECASE,
-)
-# A request's path alone counts too: urllib3 quotes the signed STS request it gave up on as "url: /?...".
-_URL_QUERY_RE = re.compile(
-    r"((?:\b[a-z][a-z0-9+.-]*://|(?<![\w.~-])/)[^\s?#'\"]*)\?[^\s#'\"]*", re.IGNORECASE
 )
 
 
 def scrub(message: str) -> str:
-    """Remove response bodies, secret-looking key/value pairs and URL queries from a library message."""
-    message = mask_secrets(message)  # before the cut: a secret cut in two would leave its start
-    message = _BODY_RE.sub(r"\1<redacted>", message)
-    message = _URL_QUERY_RE.sub(r"\1?<redacted>", message)
-    message = _SECRET_KV_RE.sub(r"\1<redacted>", message)
+    """A library message as a failure's reason: through the gate every library text passes (secrets,
+    secret-looking pairs, URL and request queries), response bodies cut, one line, bounded."""
+    message = gate_library_text(message)  # before the cut: a secret cut in two would leave its start
+    message = _BODY_RE.sub(rf"\1{REDACTED}", message)
     message = " ".join(message.split())
     return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
 

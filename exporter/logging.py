@@ -53,6 +53,7 @@ __all__ = [
     "LogFormat",
     "configure_logging",
     "gate_foreign_records",
+    "gate_library_text",
     "mask_secrets",
     "redact",
     "register_secret",
@@ -74,9 +75,9 @@ _SECRET_PAIR_RE = re2.compile(
 _URL_QUERY_RE = re2.compile(r"""(?i)(\b[a-z][a-z0-9+.-]*://[^\s?#'"]*)\?[^\s#'"]*""")
 # A request's path with its query, as urllib3 quotes the request it gave up on ("Max retries exceeded
 # with url: /?Action=AssumeRole&...&Signature=..."): a signed request that never reached the server can
-# be replayed by whoever reads the line until its timestamp expires. A query with a "=" only, so a path
-# that merely ends a question ("and/or?") is left alone.
-_PATH_QUERY_RE = re2.compile(r"""(?m)(^|[\s(:='"])(/[^\s?#'"]*)\?[^\s#'"]*=[^\s#'"]*""")
+# be replayed by whoever reads the line until its timestamp expires. The path starts a word ("and/or?"
+# is no path), and its query is cut whatever it holds.
+_PATH_QUERY_RE = re2.compile(r"""(?m)(^|[^\w.~/-])(/[^\s?#'"]*)\?[^\s#'"]*""")
 
 
 def _redact_value(value: Any) -> Any:
@@ -101,8 +102,9 @@ def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> Event
     return {k: (REDACTED if _is_secret_key(k) else _redact_value(v)) for k, v in event_dict.items()}
 
 
-def _gated_text(text: str) -> str:
-    """Free text from a record: through the output gate, then secret-looking pairs and URL queries cut."""
+def gate_library_text(text: str) -> str:
+    """A library's free text (a log record, an exception's message): through the output gate, then
+    secret-looking pairs and URL and request queries cut, as libraries quote bodies and signed requests."""
     text = scrub(text, keep_lines=True)
     if _SECRET_PAIR_RE.search(text):
         text = _SECRET_PAIR_RE.sub(rf"\1{REDACTED}", text)
@@ -119,14 +121,14 @@ def _gate_record(record: logging.LogRecord) -> None:
         message = record.getMessage()
     except Exception:  # a caller's format string and arguments that do not fit: say so, drop the args
         message = f"{record.msg!s} (log arguments did not format)"
-    record.msg, record.args = _gated_text(message), ()
+    record.msg, record.args = gate_library_text(message), ()
     if record.exc_info:
         record.exc_text = logging.Formatter().formatException(record.exc_info)
         record.exc_info = None  # the exception object still holds the raw message
     if record.exc_text:
-        record.exc_text = _gated_text(record.exc_text)
+        record.exc_text = gate_library_text(record.exc_text)
     if record.stack_info:
-        record.stack_info = _gated_text(record.stack_info)
+        record.stack_info = gate_library_text(record.stack_info)
 
 
 def _call_root_handlers(self: logging.Logger, record: logging.LogRecord) -> None:

@@ -309,7 +309,7 @@ def test_scrub() -> None:
     assert "token=abc" not in out
     assert "http_code=500" in out
     assert scrub("AccessKeySecret=zzz, SecurityToken: 'yyy'") == (
-        "AccessKeySecret=<redacted>, SecurityToken: <redacted>"
+        "AccessKeySecret=[REDACTED], SecurityToken: [REDACTED]"
     )
     chain = (
         "chain: ['EnvironmentVariableCredentialsProvider: Environment variable accessKeyId cannot be empty']"
