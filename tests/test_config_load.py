@@ -1081,7 +1081,7 @@ ODD_IMAGE_IDS = st.one_of(
     st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="$\\'\""),
             min_size=1, max_size=40),
     st.text(st.sampled_from("m-\u03b1\u03b2\u65e5\u672c0123456789abcdef"), min_size=1, max_size=30),
-).filter(lambda v: IMAGE_ID_RE.match(v) is None)  # fmt: skip
+).filter(lambda v: IMAGE_ID_RE.fullmatch(v) is None)  # fmt: skip
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])

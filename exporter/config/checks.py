@@ -33,7 +33,7 @@ __all__ = ["IMAGE_ID_RE", "MAX_SHOWN_PER_KIND", "config_warnings", "state_path_p
 # "m-uf60twafjtaart******" (ECS image ids: "m-" and 20 lower-case letters and digits, 5 or 6 of them
 # masked), the simulator makes the same shape, and a copy in another region gets an id of that shape too.
 # 8 to 32 rather than exactly 20: older ECS ids are shorter, and this is only a warning.
-IMAGE_ID_RE = re.compile(r"^m-[a-z0-9]{8,32}$")
+IMAGE_ID_RE = re.compile(r"m-[a-z0-9]{8,32}")  # matched whole
 IMAGE_ID_SHAPE = "'m-' and 8 to 32 lower-case letters and digits, like m-2ze74g5mvy4pjg12345"
 # Distinct undocumented regions, or odd image ids, listed one line each; the rest are counted in one line.
 MAX_SHOWN_PER_KIND = 20
@@ -53,7 +53,7 @@ def config_warnings(config: Config) -> list[str]:
         ),
         *_grouped(
             _image_id_places(config),
-            lambda image_id: IMAGE_ID_RE.match(image_id) is None,
+            lambda image_id: IMAGE_ID_RE.fullmatch(image_id) is None,
             lambda image_id: (
                 f"image id{shown(image_id)} does not look like an E-HPC Instant image id ({IMAGE_ID_SHAPE})"
             ),
