@@ -137,6 +137,9 @@ def bad_key_field(name: str) -> st.SearchStrategy[Any]:
 
 
 SECRET_FIELDS = ("AccessKeySecret", "SecurityToken")
+# Any printable character (what str.isprintable accepts but the space): drawn, not filtered, so long
+# values cost no rejected examples.
+PRINTABLE = st.characters(exclude_categories=("C", "Z"))
 # Shorter than any real secret: a placeholder or an answer cut short (the config file's rule too).
 short_secret = st.text(
     st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=MIN_SECRET_CHARS - 1
@@ -219,8 +222,8 @@ def test_a_secret_too_short_to_be_real_is_refused_and_never_registered(field: st
 @settings(max_examples=300, deadline=None)
 @given(
     ak=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=MAX_ACCESS_KEY_ID),
-    secret=st.text(min_size=MIN_SECRET_CHARS, max_size=MAX_ACCESS_KEY_SECRET).filter(str.isprintable),
-    token=st.text(min_size=MIN_SECRET_CHARS, max_size=200).filter(str.isprintable),
+    secret=st.text(PRINTABLE, min_size=MIN_SECRET_CHARS, max_size=MAX_ACCESS_KEY_SECRET),
+    token=st.text(PRINTABLE, min_size=MIN_SECRET_CHARS, max_size=200),
     expires=st.integers(int(NOW), 253402300799),
 )
 def test_the_gate_takes_every_good_credential_as_it_is(
