@@ -108,7 +108,8 @@ GOOD_VALUES = st.text(
 @st.composite
 def bad_names(draw: st.DrawFn) -> tuple[str, str, bool]:
     """(name, the message it must get, whether a did-you-mean may follow): each way a name breaks a rule."""
-    kind = draw(st.sampled_from(["reserved", "prometheus", "dunder", "char", "digit", "empty", "long"]))
+    kinds = ["reserved", "prometheus", "dunder", "char", "end", "digit", "empty", "long"]
+    kind = draw(st.sampled_from(kinds))
     if kind == "reserved":
         name = draw(st.sampled_from(EXPORTER_LABELS))
         return name, "is a label the exporter sets itself: choose another name", False
@@ -131,6 +132,8 @@ def bad_names(draw: st.DrawFn) -> tuple[str, str, bool]:
         if len(name) > MAX_NAME_CHARS:
             return name, f"a label name must be at most {MAX_NAME_CHARS} characters", False
         return name, invalid, True
+    if kind == "end":  # a line end after a good name: what a "$" anchor lets through
+        return draw(GOOD_NAMES) + draw(st.sampled_from(["\n", "\r\n", "\r", "\x00", " "])), invalid, True
     if kind == "digit":
         return draw(st.sampled_from(string.digits)) + draw(st.text(_REST, max_size=10)), invalid, True
     if kind == "empty":

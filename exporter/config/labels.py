@@ -83,7 +83,7 @@ def name_problem(name: str) -> str | None:
         return "a label name must not be empty"
     if len(name) > MAX_NAME_CHARS:
         return f"a label name must be at most {MAX_NAME_CHARS} characters"
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):  # whole: "$" alone would take a name ending in a newline
         return "invalid label name (letters, digits and '_', not starting with a digit)" + _hint(name)
     if name.startswith("__"):
         return "label names starting with '__' are reserved for Prometheus' own use" + _hint(name)

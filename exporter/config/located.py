@@ -171,7 +171,7 @@ def render(source: str, problem: Problem, position: Position | None = None) -> s
 
 def _quiet(text: str) -> str:
     """PyYAML's text without the longer fragments it quotes from the file (a tag or an alias name)."""
-    return _QUOTED_RE.sub(lambda m: m[0] if _TOKEN_NAME_RE.match(m[0]) else "'...'", text)
+    return _QUOTED_RE.sub(lambda m: m[0] if _TOKEN_NAME_RE.fullmatch(m[0]) else "'...'", text)
 
 
 def yaml_error(source: str, exc: yaml.YAMLError) -> str:

@@ -66,6 +66,7 @@ MAX_SERIES = 1_000_000_000  # the most metrics.max_series may be (far past what 
 _CHUNK = 1000  # items of a long list validated at a time (Items)
 MIN_QPS = 0.01  # calls per second; below it (but above 0, "off") the budget would space calls for hours
 
+# Each shape is matched whole (fullmatch): "$" alone also accepts a value ending in a newline.
 _REGION_RE = re.compile(r"^[a-z]{2,}-[a-z0-9-]+$")
 _TELEMETRY_PATH_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -90,12 +91,12 @@ def parse_listen_address(value: str, *, require_host: bool = False) -> tuple[str
     else:
         host, sep, port_text = value.rpartition(":")
         if not sep:
-            if require_host and value and _HOST_RE.match(value):
+            if require_host and value and _HOST_RE.fullmatch(value):
                 return value, 0  # host alone: the scheme's default port
             raise ValueError("must be host:port, like ':9765' or '127.0.0.1:9765'")
         if ":" in host:
             raise ValueError("an IPv6 host must be in brackets, like [::1]:9765")
-        if host and not _HOST_RE.match(host):
+        if host and not _HOST_RE.fullmatch(host):
             raise ValueError("invalid host")
     if require_host and not host:
         raise ValueError("must name a host")
@@ -110,7 +111,7 @@ def parse_listen_address(value: str, *, require_host: bool = False) -> tuple[str
 
 
 def _region_id(value: str) -> str:
-    if len(value) > 64 or not _REGION_RE.match(value):
+    if len(value) > 64 or not _REGION_RE.fullmatch(value):
         raise ValueError(f"invalid region id{shown(value)} (expected lower-case like 'cn-hangzhou')")
     return value
 
@@ -126,7 +127,7 @@ def _image_id(value: str) -> str:
 
 
 def _account(value: str) -> str:
-    if not _ACCOUNT_RE.match(value):
+    if not _ACCOUNT_RE.fullmatch(value):
         raise ValueError(
             f"invalid account name{shown(value)} (1-63 letters, digits, '_', '.' or '-', starting with a"
             " letter or digit): it is the value of the account label"
@@ -135,7 +136,7 @@ def _account(value: str) -> str:
 
 
 def _role_arn(value: str) -> str:
-    if not _ROLE_ARN_RE.match(value):
+    if not _ROLE_ARN_RE.fullmatch(value):
         raise ValueError(f"invalid role ARN{shown(value)} (expected acs:ram::<account id>:role/<name>)")
     return value
 
@@ -217,7 +218,7 @@ def _telemetry_path(value: str) -> str:
         raise ValueError("must start with '/'")
     if value in RESERVED_PATHS:
         raise ValueError(f"must not be {value!r}, which the exporter serves itself")
-    if not _TELEMETRY_PATH_RE.match(value):
+    if not _TELEMETRY_PATH_RE.fullmatch(value):
         raise ValueError("must be a plain URL path (no spaces, query or fragment)")
     return value
 
@@ -231,7 +232,7 @@ def _state_path(value: str) -> str:
 def _family_pattern(value: str) -> str:
     """A family name or glob that matches an exposed family: a typo that matched nothing would silently
     export everything (include) or nothing less (exclude)."""
-    if not _FAMILY_PATTERN_RE.match(value):
+    if not _FAMILY_PATTERN_RE.fullmatch(value):
         raise ValueError("must be a metric family name or a shell-style glob of one (like ehpc_image_*)")
     if not pattern_matches(value):
         close = close_match(value, EXPOSED_NAMES)
