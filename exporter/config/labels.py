@@ -142,7 +142,9 @@ def _json_schema(_schema: Any, _handler: Any) -> dict[str, Any]:
             "type": "string",
             "pattern": NAME_PATTERN,
             "maxLength": MAX_NAME_CHARS,
-            "not": {"anyOf": [{"pattern": "^__"}, {"enum": sorted(RESERVED)}]},
+            # A line end refused outright: "$" in the pattern would accept one at the very end in engines
+            # (Python's) where it also matches before a final newline.
+            "not": {"anyOf": [{"pattern": "^__"}, {"pattern": "\n"}, {"enum": sorted(RESERVED)}]},
         },
         "additionalProperties": {"type": "string", "maxLength": MAX_VALUE_CHARS},
     }
