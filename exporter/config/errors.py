@@ -59,6 +59,31 @@ class Problem:
     at: Loc | None = None  # the node to point at in the text, when not ``loc`` (the key of a refused key)
 
 
+def ordered(problems: Iterable[Problem], raw: Any) -> list[Problem]:
+    """Problems in the order of the file (a missing field sorts after its siblings); stable otherwise."""
+    key_index: dict[int, dict[str, int]] = {}  # id(mapping) -> key -> position, built once per mapping
+
+    def position(loc: Loc) -> tuple[int, ...]:
+        node: Any = raw
+        out = []
+        for part in loc:
+            if isinstance(node, dict) and part in node:
+                found = key_index.get(id(node))
+                if found is None:
+                    found = key_index[id(node)] = {k: i for i, k in enumerate(node)}
+                out.append(found[str(part)])
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                out.append(part)
+                node = node[part]
+            else:
+                out.append(1 << 30)
+                node = None
+        return tuple(out)
+
+    return sorted(problems, key=lambda p: position(p.at if p.at is not None else p.loc))
+
+
 class NotInFile:
     """Marks a runtime field that is no key of the file (``Config.scopes()`` sets it): left out of the
     JSON schema and of :func:`file_keys`, refused when a file sets it."""

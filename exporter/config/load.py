@@ -36,6 +36,7 @@ from exporter.config.errors import (
     Loc,
     Problem,
     format_loc,
+    ordered,
     problems,
     withholding,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "ConfigError",
     "config_json_schema",
     "config_warnings",
+    "file_key_names",
     "interpolate",
     "load_config",
     "parse_listen_address",
@@ -116,12 +118,12 @@ def load_config(
         early_locs = {p.loc for p in early}
         found = early + [p for p in found if p.loc not in early_locs]
         if found:
-            ordered = _ordered(found, raw)
-            lines = [_render(p, source, overridden, real) for p in ordered[:MAX_PROBLEMS]]
-            if len(ordered) >= MAX_COLLECTED:
+            in_order = ordered(found, raw)
+            lines = [_render(p, source, overridden, real) for p in in_order[:MAX_PROBLEMS]]
+            if len(in_order) >= MAX_COLLECTED:
                 lines.append(f"{source}: more problems not shown (the first {MAX_PROBLEMS} are)")
-            elif len(ordered) > MAX_PROBLEMS:
-                lines.append(f"{source}: {len(ordered) - MAX_PROBLEMS} more problems not shown")
+            elif len(in_order) > MAX_PROBLEMS:
+                lines.append(f"{source}: {len(in_order) - MAX_PROBLEMS} more problems not shown")
             raise ConfigError(lines)
     return config
 
@@ -191,7 +193,7 @@ def _withheld(secrets: Sequence[str]) -> list[tuple[str, bool]]:
     """What no line may quote (:func:`exporter.config.errors.withholding`): a value equal to a secret of
     the file, or containing one long enough to be real. A short one that is also a key of the file
     ("images") is left alone: its lines name that key, and the file is refused for the secret anyway."""
-    keys = _file_key_names()
+    keys = file_key_names()
     return [
         (secret, len(secret) >= MIN_SECRET_CHARS)
         for secret in secrets
@@ -200,7 +202,7 @@ def _withheld(secrets: Sequence[str]) -> list[tuple[str, bool]]:
 
 
 @functools.cache
-def _file_key_names() -> frozenset[str]:
+def file_key_names() -> frozenset[str]:
     """Every key a config file may write, at any depth (as the JSON schema spells them)."""
     names: set[str] = set()
 
@@ -217,34 +219,6 @@ def _file_key_names() -> frozenset[str]:
 
     walk(config_json_schema())
     return frozenset(names)
-
-
-def _ordered(found: list[Problem], raw: Mapping[str, Any]) -> list[Problem]:
-    """Problems in the order of the file (a missing field sorts after its siblings); stable otherwise."""
-    key_index: dict[int, dict[str, int]] = {}  # id(mapping) -> key -> position, built once per mapping
-
-    def index(node: dict[str, Any], key: str) -> int:
-        known = key_index.get(id(node))
-        if known is None:
-            known = key_index[id(node)] = {k: i for i, k in enumerate(node)}
-        return known[key]
-
-    def position(loc: Loc) -> tuple[int, ...]:
-        node: Any = raw
-        out = []
-        for part in loc:
-            if isinstance(node, dict) and part in node:
-                out.append(index(node, str(part)))
-                node = node[part]
-            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-                out.append(part)
-                node = node[part]
-            else:
-                out.append(1 << 30)
-                node = None
-        return tuple(out)
-
-    return sorted(found, key=lambda p: position(p.loc))
 
 
 def _render(problem: Problem, source: str, overridden: Sequence[Loc], secrets: Sequence[str]) -> str:

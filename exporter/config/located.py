@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Annotated, Any, cast, get_args, get_origin
 
 import yaml
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from exporter.config import yamlfile
-from exporter.config.errors import Loc, Problem, format_loc, message
+from exporter.config.errors import Loc, Problem, format_loc, message, ordered
 
 __all__ = [
     "MAX_PROBLEMS",
@@ -99,31 +99,6 @@ def collect(exc: ValidationError, model: type[BaseModel], base: Loc = ()) -> lis
         else:
             out.append(Problem(where, describe(err, model, where)))
     return out
-
-
-def ordered(problems: Iterable[Problem], raw: Any) -> list[Problem]:
-    """Problems in the order of the file (a missing field sorts after its siblings); stable otherwise."""
-    key_index: dict[int, dict[str, int]] = {}  # id(mapping) -> key -> position, built once per mapping
-
-    def position(loc: Loc) -> tuple[int, ...]:
-        node: Any = raw
-        out = []
-        for part in loc:
-            if isinstance(node, dict) and part in node:
-                found = key_index.get(id(node))
-                if found is None:
-                    found = key_index[id(node)] = {k: i for i, k in enumerate(node)}
-                out.append(found[str(part)])
-                node = node[part]
-            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-                out.append(part)
-                node = node[part]
-            else:
-                out.append(1 << 30)
-                node = None
-        return tuple(out)
-
-    return sorted(problems, key=lambda p: position(p.at if p.at is not None else p.loc))
 
 
 def locator(text: str) -> Callable[[Loc], Position | None]:
