@@ -43,6 +43,7 @@ from exporter.config.load import (
     ConfigError,
     config_json_schema,
     config_warnings,
+    file_key_names,
     interpolate,
     load_config,
     parse_listen_address,
@@ -1300,9 +1301,15 @@ def test_a_short_secret_is_refused_and_garbles_no_line(tmp_path: Path, secret: s
 
 
 @settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(secret=SHORT_SECRETS.filter(lambda s: REGION_SHAPE.match(s) is None and s not in LINE_WORDS))
+@given(
+    secret=SHORT_SECRETS.filter(
+        lambda s: REGION_SHAPE.match(s) is None and s not in LINE_WORDS and s not in file_key_names()
+    )
+)
 def test_a_short_secret_pasted_into_another_field_is_not_quoted(tmp_path: Path, secret: str) -> None:
-    """The refused secret also written as a region id: that line says '[REDACTED]', never the value."""
+    """The refused secret also written as a region id: that line says '[REDACTED]', never the value.
+    (A short one that is also a key of the file, such as 'telemetry_path', is left alone by design: its
+    lines name that key; the file is refused for the secret anyway.)"""
     path = write(tmp_path, short_secret_doc(secret, region=secret))
     with pytest.raises(ConfigError) as info:
         load_config(path)
