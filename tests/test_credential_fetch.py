@@ -45,6 +45,7 @@ from exporter.credentials import (
 from exporter.errors import ApiError
 from exporter.logging import mask_secrets
 from exporter.redaction import MIN_SECRET_CHARS, contains_secret, scrub
+from tests.fixtures.clock import FakeWall
 from tests.fixtures.estate import OIDC_ROLE_ARN, PROVIDER_ARN, RunningEstate
 from tests.hostile_sts import (
     HOSTILE_TOKEN,
@@ -75,20 +76,6 @@ JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJleHBvcnRlciJ9.c2lnbmF0dXJlLW9mLXRoZS10b2t
 # with the default (FETCH_DEADLINE_SECONDS), so that what ends it is the bound it is about.
 DEADLINE = 0.5
 WAIT = 30.0  # how long a test waits for an event before it fails: generous, never a measurement
-
-
-class FakeWall:
-    """Epoch seconds that move only when the test says."""
-
-    def __init__(self, start: float = 1_900_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        """Move on."""
-        self.now += seconds
 
 
 # ----- the gate, alone ------------------------------------------------------------------------------------

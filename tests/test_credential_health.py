@@ -30,7 +30,7 @@ from exporter.refresher import Refresher, cycle_result
 from exporter.service import ExporterService, default_client, new_account
 from exporter.snapshot import DiscoveryStatus, ImageError, ImageFacts, ImageState, Snapshot
 from tests.exporter_support import captured_events, samples, sim_config, value
-from tests.fixtures.clock import FakeClock
+from tests.fixtures.clock import FakeClock, FakeWall
 from tests.fixtures.http import wait_until_async
 from tests.fixtures.sim import SIM_CONTAINER_ID, SIM_VM_FAILED_ID, SIM_VM_ID, RunningSimulator
 
@@ -41,21 +41,11 @@ CYCLES = "ehpc_refresh_cycles_total"
 CREDENTIAL_FAMILIES = (EXPIRY, REFRESHES, ERRORS)
 
 
-class Wall:
-    """Epoch seconds that move only when the test says (the source's and the endpoint's clock)."""
-
-    def __init__(self, start: float = 1_900_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
 class Endpoint:
     """A credentials URI that answers each fetch well or not, and writes down what it answered."""
 
-    clock: Wall
+    clock: FakeWall
     ttl: int = 3600
     ok: bool = True
     answers: list[float | None] = field(default_factory=list)  # each fetch: its expiry, None if failed
@@ -102,10 +92,10 @@ STEPS = st.lists(st.tuples(st.integers(0, 5000), st.booleans()), min_size=1, max
 @contextlib.asynccontextmanager
 async def observed_source(
     ttl: int, *, ok: bool = True
-) -> AsyncIterator[tuple[Wall, Endpoint, SelfMetrics, CachedCredentialSource]]:
+) -> AsyncIterator[tuple[FakeWall, Endpoint, SelfMetrics, CachedCredentialSource]]:
     """A credentials-URI source on a fake wall clock, fetching from an endpoint issuing ``ttl``-second
     credentials, its outcomes told to account ``acct``'s metrics."""
-    clock = Wall()
+    clock = FakeWall()
     endpoint = Endpoint(clock, ttl, ok=ok)
     runner = await serve(endpoint)
     metrics = SelfMetrics(process_metrics=False)
@@ -174,7 +164,7 @@ async def test_a_renewal_moves_the_expiry_forward_and_a_failed_one_keeps_it() ->
 async def test_failing_renewals_are_logged_once_per_streak() -> None:
     """A renewal failing behind a valid credential is otherwise silent until expiry: one warning when the
     streak starts (with when the held credential expires), debug lines after, one line when it ends."""
-    clock = Wall()
+    clock = FakeWall()
     endpoint = Endpoint(clock, 900, ok=False)
     runner = await serve(endpoint)
     try:
@@ -217,7 +207,7 @@ async def test_a_long_term_key_has_no_credential_series_and_a_reload_follows_the
     """A configured AccessKey is never fetched: no series. A reload to a credentials URI adds them; back
     to the key removes them (a stale expiry would read as "not renewed"); the counters survive a reload
     that keeps the URI (a new source, the same account)."""
-    clock = Wall(time.time())
+    clock = FakeWall(time.time())
     endpoint = Endpoint(clock, 3600)
     runner = await serve(endpoint)
     keyed = sim_config(simulator, [SIM_VM_ID])

@@ -33,6 +33,7 @@ from exporter.credentials import (
 from exporter.errors import ApiError
 from exporter.logging import mask_secrets
 from exporter.openapi.client import EhpcClient
+from tests.fixtures.clock import FakeWall
 from tests.fixtures.credchain import isolate_default_chain
 from tests.fixtures.estate import (
     ALPHA_AK,
@@ -51,20 +52,6 @@ LEAKY_TOKEN = "leaky-token-CAIS1234"
 def isolated_chain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The library reads its environment once at import: patch those module attributes, not os.environ."""
     isolate_default_chain(monkeypatch, tmp_path)
-
-
-class FakeWall:
-    """Epoch seconds that move only when the test says (the sources' ``clock``)."""
-
-    def __init__(self, start: float = 1_900_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        """Move on."""
-        self.now += seconds
 
 
 @dataclass

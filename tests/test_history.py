@@ -14,6 +14,7 @@ from exporter.config import MetricsConfig, WatchedImage
 from exporter.history import ImageHistory, ReplicaHistory, observe
 from exporter.service import ExporterService
 from tests.exporter_support import samples, sim_config, value
+from tests.fixtures.clock import FakeWall
 from tests.fixtures.sim import (
     SIM_ACCESS_KEY_SECRET,
     SIM_CONTAINER_ID,
@@ -113,16 +114,6 @@ START = 1_700_000_000.0
 POLL = 60.0  # the exporter's cycles are every minute; every scripted change falls on one
 
 
-class _Wall:
-    """A wall clock the test moves (the simulator's and the exporter's)."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _truth(
     applied: list[AppliedStep], image_id: str, region: str | None
 ) -> list[tuple[float, str | None, str | None]]:
@@ -138,7 +129,7 @@ async def test_history_equals_what_the_simulator_did() -> None:
     """A scripted day of changes (an update, a re-replication, a flapping image), polled every minute on a
     controlled clock: since-timestamps, change counts and replication times equal the simulator's own
     record of what it applied and when."""
-    wall = _Wall(START)
+    wall = FakeWall(START)
     sim = Simulator(
         images=sim_images(), access_keys={"ak": SIM_ACCESS_KEY_SECRET}, clock=wall, signing_clock=time.time
     )
